@@ -1,0 +1,126 @@
+"""The small ``nn.Module`` pieces the UNets of the course are built from.
+
+01 uses :class:`DownBlock` and :class:`UpBlock` (Conv-BatchNorm-ReLU, max-pooling,
+transposed convolution). 02 adds :class:`EmbedBlock` to feed a number (the time
+step, later a class) into the network. 03 replaces the pieces one by one:
+:class:`GELUConvBlock` (GroupNorm + GELU), :class:`RearrangePoolBlock` (lossless
+space-to-depth instead of max-pooling), :class:`SinusoidalPositionEmbedBlock`,
+:class:`ResidualConvBlock`, and :class:`GELUDownBlock` / :class:`GELUUpBlock`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops.layers.torch import Rearrange
+from torch import nn
+
+
+def conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
+    """3x3 convolution (same size), BatchNorm, ReLU: the unit 01 stacks everywhere."""
+    return [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU()]
+
+
+class DownBlock(nn.Sequential):
+    """(Conv-BN-ReLU) x2 then MaxPool: doubles the features' depth, halves height and width."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(*conv_bn_relu(in_ch, out_ch), *conv_bn_relu(out_ch, out_ch),
+                         nn.MaxPool2d(2))
+
+
+class UpBlock(nn.Module):
+    """Concatenate the skip connection, ConvTranspose (x2 size), then (Conv-BN-ReLU) x2."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ConvTranspose2d(2 * in_ch, out_ch, kernel_size=2, stride=2),
+            nn.BatchNorm2d(out_ch), nn.ReLU(),
+            *conv_bn_relu(out_ch, out_ch), *conv_bn_relu(out_ch, out_ch),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if x.shape != skip.shape:
+            raise ValueError(f"UpBlock: input {tuple(x.shape)} and skip {tuple(skip.shape)} must "
+                             "match to be concatenated; check the image size is divisible by 4.")
+        return self.model(torch.cat((x, skip), dim=1))
+
+
+class EmbedBlock(nn.Sequential):
+    """Vector (B, in_dim) -> (B, emb_dim, 1, 1): Linear-GELU-Linear, shaped to broadcast over pixels."""
+
+    def __init__(self, in_dim: int, emb_dim: int):
+        super().__init__(nn.Linear(in_dim, emb_dim), nn.GELU(), nn.Linear(emb_dim, emb_dim),
+                         nn.Unflatten(1, (emb_dim, 1, 1)))
+
+
+class GELUConvBlock(nn.Sequential):
+    """3x3 convolution, GroupNorm (``groups`` groups), GELU."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
+        if out_ch % groups:
+            raise ValueError(f"GroupNorm needs out_ch ({out_ch}) divisible by groups ({groups})")
+        super().__init__(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.GroupNorm(groups, out_ch),
+                         nn.GELU())
+
+
+class RearrangePoolBlock(nn.Sequential):
+    """Halve H and W by moving each 2x2 patch into channels (nothing is lost), then a GELU conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
+        super().__init__(Rearrange("b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2),
+                         GELUConvBlock(4 * in_ch, out_ch, groups))
+
+
+class ResidualConvBlock(nn.Module):
+    """Two GELU conv blocks with a residual sum: y = f1(x) + f2(f1(x))."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
+        super().__init__()
+        self.conv1 = GELUConvBlock(in_ch, out_ch, groups)
+        self.conv2 = GELUConvBlock(out_ch, out_ch, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.conv1(x)
+        return x1 + self.conv2(x1)
+
+
+class GELUDownBlock(nn.Sequential):
+    """03's down block: two GELU conv blocks, then Rearrange pooling."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
+        super().__init__(GELUConvBlock(in_ch, out_ch, groups), GELUConvBlock(out_ch, out_ch, groups),
+                         RearrangePoolBlock(out_ch, out_ch, groups))
+
+
+class GELUUpBlock(UpBlock):
+    """03's up block: concatenate skip, ConvTranspose k2 s2 (no checkerboard overlap), GELU convs."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
+        nn.Module.__init__(self)
+        self.model = nn.Sequential(
+            nn.ConvTranspose2d(2 * in_ch, out_ch, kernel_size=2, stride=2),
+            nn.GroupNorm(groups, out_ch), nn.GELU(),
+            GELUConvBlock(out_ch, out_ch, groups), GELUConvBlock(out_ch, out_ch, groups),
+        )
+
+
+class SinusoidalPositionEmbedBlock(nn.Module):
+    """Transformer position encoding of t (Vaswani et al. 2017, sec. 3.5): [sin(t·w_k), cos(t·w_k)].
+
+    Frequencies w_k = 10000^(-k/(d/2-1)), k = 0..d/2-1, from one cycle per step to one
+    per ~10000 steps, so nearby t get similar vectors and distant t different ones.
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0):
+        super().__init__()
+        if dim % 2 or dim < 4:
+            raise ValueError(f"embedding dim must be even and >= 4, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half) / (half - 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.float().reshape(-1, 1) * self.freqs
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)

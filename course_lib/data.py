@@ -1,0 +1,235 @@
+"""Datasets of the course: where they are found, and the transforms that put them in [-1, 1].
+
+Lookup order for a dataset's root folder (the first that holds it wins):
+
+1. ``$COURSE_DATA_DIR`` (CI points it at the offline copies),
+2. the repository's ``data/`` folder,
+3. system dataset folders (``/usr/share/datasets``; Debian's ``dataset-fashion-mnist``
+   installs ``fashion-mnist/*.gz`` there, which are unpacked into ``data/``),
+4. a download into ``data/`` (torchvision for MNIST/FashionMNIST, the TensorFlow
+   flower-photos archive for flowers), unless ``COURSE_NO_DOWNLOAD=1``.
+
+Images are decoded once and kept as one float tensor in [-1, 1]; the random
+horizontal flip is applied per item when the dataset is read.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .config import REPO_ROOT
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+FLOWER_CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
+DEFAULT_FLOWERS = ("daisy", "rose", "sunflower")
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+DATASETS = ("FashionMNIST", "MNIST", "flowers")
+SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
+# Debian's package names its folder differently from torchvision.
+SYSTEM_NAMES = {"FashionMNIST": ("FashionMNIST", "fashion-mnist"), "MNIST": ("MNIST", "mnist"),
+                "flowers": ("flowers", "flower_photos")}
+FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset is in none of the places the lookup searches."""
+
+
+# --- 1. finding the data ---------------------------------------------------------------
+
+def repo_data_dir() -> Path:
+    return REPO_ROOT / "data"
+
+
+def _has_dataset(root: Path, name: str) -> bool:
+    """True when ``root`` holds ``name`` in the layout torchvision reads."""
+    if name == "flowers":
+        folder = root / "flowers"
+        return folder.is_dir() and any((folder / c).is_dir() for c in FLOWER_CLASSES)
+    raw = root / name / "raw"
+    return all((raw / f).is_file() for f in IDX_FILES)
+
+
+def _from_system_dir(sys_dir: Path, name: str, target: Path) -> bool:
+    """Use a system copy: torchvision layout as is, Debian's ``*.gz`` files unpacked into ``target``."""
+    if _has_dataset(sys_dir, name):
+        return True
+    for folder in SYSTEM_NAMES[name]:
+        src = sys_dir / folder
+        if name != "flowers" and all((src / f"{f}.gz").is_file() for f in IDX_FILES):
+            raw = target / name / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in IDX_FILES:
+                with gzip.open(src / f"{f}.gz", "rb") as fin, open(raw / f, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            return True
+    return False
+
+
+def _download(name: str, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    if name == "flowers":
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(FLOWERS_URL, download_root=str(target))
+        # The archive names its classes in the plural ("roses"); the course uses the singular.
+        (target / "flower_photos").rename(target / "flowers")
+        for plural in (target / "flowers").iterdir():
+            if plural.is_dir() and plural.name.endswith("s") and plural.name[:-1] in FLOWER_CLASSES:
+                plural.rename(plural.with_name(plural.name[:-1]))
+    else:
+        getattr(torchvision.datasets, name)(str(target), train=True, download=True)
+        getattr(torchvision.datasets, name)(str(target), train=False, download=True)
+
+
+def find_data_root(name: str, allow_download: bool | None = None) -> Path:
+    """Folder that holds dataset ``name``, searched in the order given in this module's docstring."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if allow_download is None:
+        allow_download = os.environ.get("COURSE_NO_DOWNLOAD", "") not in ("1", "true", "yes")
+    looked = []
+    env = os.environ.get("COURSE_DATA_DIR")
+    if env:
+        root = Path(env).expanduser().resolve()
+        looked.append(f"$COURSE_DATA_DIR={root}")
+        if _has_dataset(root, name):
+            return root
+    else:
+        looked.append("$COURSE_DATA_DIR (not set)")
+    local = repo_data_dir()
+    looked.append(str(local))
+    if _has_dataset(local, name):
+        return local
+    for sys_dir in SYSTEM_DIRS:
+        looked.append(str(sys_dir))
+        if sys_dir.is_dir() and _from_system_dir(sys_dir, name, local):
+            return sys_dir if _has_dataset(sys_dir, name) else local
+    reason = "download disabled by COURSE_NO_DOWNLOAD=1"
+    if allow_download:
+        try:
+            _download(name, local)
+            if _has_dataset(local, name):
+                return local
+            reason = "the download finished but the files are not in the expected layout"
+        except Exception as err:  # no network, server gone, disk full ...
+            reason = f"download failed: {type(err).__name__}: {err}"
+    places = "\n  - ".join(looked)
+    raise DataNotFoundError(
+        f"Dataset {name!r} was not found. Looked in:\n  - {places}\nand {reason}.\n"
+        f"Fix: set COURSE_DATA_DIR to a folder that holds {name}/ in torchvision's layout "
+        f"(e.g. export COURSE_DATA_DIR=/path/to/datasets), or put it in {local}, "
+        "or run once with internet access so it downloads."
+    )
+
+
+# --- 2. transforms -----------------------------------------------------------------------
+
+def image_transform(size: int, channels: int) -> v2.Compose:
+    """uint8 image(s) -> float in [-1, 1]: resize the short side, centre-crop, x/127.5 - 1."""
+    return v2.Compose([
+        v2.Resize(size, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.5] * channels, [0.5] * channels),
+    ])
+
+
+def to_display(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of the course transform: [-1, 1] -> [0, 1], clamped, for plotting."""
+    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+class ImageDataset(Dataset):
+    """Images already in [-1, 1] with integer labels; optional random horizontal flip per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                 flip: bool = False):
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"expected images (N, C, H, W) and N labels, got {tuple(images.shape)} "
+                             f"and {tuple(labels.shape)}")
+        self.images, self.labels, self.classes = images, labels, list(classes)
+        self.flip = v2.RandomHorizontalFlip() if flip else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        return (self.flip(x) if self.flip else x), self.labels[i]
+
+
+def _subset(n: int, limit: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of a fixed random subset of size ``limit`` (all of them when limit is None)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+
+
+def _load_idx(name: str, train: bool, size: int, flip: bool, limit: int | None) -> ImageDataset:
+    root = find_data_root(name)
+    raw = getattr(torchvision.datasets, name)(str(root), train=train, download=False)
+    keep = _subset(len(raw.data), limit)
+    images = image_transform(size, 1)(raw.data[keep].unsqueeze(1))
+    return ImageDataset(images, raw.targets[keep], raw.classes if name == "MNIST" else FASHION_CLASSES,
+                        flip)
+
+
+def load_fashion_mnist(size: int = 16, train: bool = True, flip: bool = True,
+                       limit: int | None = None) -> ImageDataset:
+    """FashionMNIST at ``size``x``size``, 1 channel, in [-1, 1]."""
+    return _load_idx("FashionMNIST", train, size, flip, limit)
+
+
+def load_mnist(size: int = 28, train: bool = True, flip: bool = False,
+               limit: int | None = None) -> ImageDataset:
+    """MNIST at ``size``x``size``, 1 channel, in [-1, 1] (no flip by default: digits are not symmetric)."""
+    return _load_idx("MNIST", train, size, flip, limit)
+
+
+def flower_files(classes: Sequence[str] = DEFAULT_FLOWERS) -> list[tuple[str, int]]:
+    """(path, label) of every photo of the chosen classes, labels numbered in the order given."""
+    unknown = [c for c in classes if c not in FLOWER_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown flower classes {unknown}; choose from {FLOWER_CLASSES}")
+    folder = find_data_root("flowers") / "flowers"
+    found = torchvision.datasets.ImageFolder(str(folder), allow_empty=True)
+    return [(path, list(classes).index(found.classes[y])) for path, y in found.samples
+            if found.classes[y] in classes]
+
+
+def load_flowers(size: int = 32, classes: Sequence[str] = DEFAULT_FLOWERS, flip: bool = True,
+                 limit: int | None = None) -> ImageDataset:
+    """Flower photos of ``classes``, short side resized to ``size`` and centre-cropped, RGB in [-1, 1]."""
+    files = flower_files(classes)
+    keep = _subset(len(files), limit).tolist()
+    tf = image_transform(size, 3)
+    images = torch.stack([
+        tf(torchvision.io.decode_image(files[i][0], mode=torchvision.io.ImageReadMode.RGB))
+        for i in keep
+    ])
+    labels = torch.tensor([files[i][1] for i in keep])
+    return ImageDataset(images, labels, classes, flip)
+
+
+def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = True,
+                seed: int = 0) -> DataLoader:
+    """A DataLoader in the main process (fastest for in-memory tensors on a small CPU)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)

@@ -1,0 +1,182 @@
+"""The UNets of the course, each built from :mod:`course_lib.blocks`.
+
+* :class:`UNet` (01): image -> image, no notion of time.
+* :class:`TimeUNet` (02): the same network told the time step t through :class:`EmbedBlock`.
+* :class:`OptimizedUNet` (03, and with ``c_dim`` 04-06): GroupNorm/GELU blocks, Rearrange
+  pooling, sinusoidal time embedding, residual blocks, and optionally a context vector
+  (one-hot class or CLIP embedding) that scales the decoder features: ``c·h + t``.
+
+All share the layout: down0 (full size) -> down1 (1/2) -> down2 (1/4) -> dense bottleneck
+-> up0 -> up1 (+skip down2) -> up2 (+skip down1) -> out (+skip down0 in 03).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import (DownBlock, EmbedBlock, GELUConvBlock, GELUDownBlock, GELUUpBlock,
+                     ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock, conv_bn_relu)
+
+
+def check_images(x: torch.Tensor, channels: int, size: int) -> None:
+    """Raise a clear error unless ``x`` is a batch (B, channels, size, size)."""
+    if x.ndim != 4 or x.shape[1] != channels or x.shape[-2:] != (size, size):
+        raise ValueError(f"expected images of shape (B, {channels}, {size}, {size}), got "
+                         f"{tuple(x.shape)}; build the model with the image size and channels "
+                         "of your data.")
+
+
+def check_timesteps(t: torch.Tensor, batch: int, T: int) -> None:
+    """Raise a clear error unless ``t`` holds ``batch`` integer steps in [0, T)."""
+    if t.shape != (batch,) or t.dtype.is_floating_point:
+        raise ValueError(f"t must be an integer tensor of shape ({batch},), got {t.dtype} "
+                         f"{tuple(t.shape)}")
+    if t.min() < 0 or t.max() >= T:
+        raise ValueError(f"t must lie in [0, {T - 1}] (T={T}), got values in "
+                         f"[{t.min().item()}, {t.max().item()}]")
+
+
+def _check_size(size: int) -> None:
+    if size % 4:
+        raise ValueError(f"image size {size} must be divisible by 4 (the UNet halves it twice)")
+
+
+def dense_bottleneck(ch: int, hidden: int, side: int, act: type[nn.Module]) -> nn.Sequential:
+    """Flatten (B, ch, side, side) -> Linear layers -> Unflatten back: every pixel sees every other."""
+    flat = ch * side * side
+    return nn.Sequential(nn.Flatten(), act(), nn.Linear(flat, hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, flat), nn.ReLU(),
+                         nn.Unflatten(1, (ch, side, side)))
+
+
+class UNet(nn.Module):
+    """01's plain UNet: denoise an image in one pass (no time input)."""
+
+    def __init__(self, img_ch: int = 1, size: int = 16, channels=(16, 32, 64)):
+        super().__init__()
+        _check_size(size)
+        c0, c1, c2 = channels
+        self.img_ch, self.size = img_ch, size
+        self.down0 = nn.Sequential(*conv_bn_relu(img_ch, c0))
+        self.down1 = DownBlock(c0, c1)
+        self.down2 = DownBlock(c1, c2)
+        self.bottleneck = dense_bottleneck(c2, c1, size // 4, nn.ReLU)
+        self.up0 = nn.Sequential(*conv_bn_relu(c2, c2))
+        self.up1 = UpBlock(c2, c1)
+        self.up2 = UpBlock(c1, c0)
+        self.out = nn.Sequential(*conv_bn_relu(c0, c0), nn.Conv2d(c0, img_ch, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.img_ch, self.size)
+        down0 = self.down0(x)
+        down1 = self.down1(down0)
+        down2 = self.down2(down1)
+        up0 = self.up0(self.bottleneck(down2))
+        up1 = self.up1(up0, down2)
+        up2 = self.up2(up1, down1)
+        return self.out(up2)
+
+
+class TimeUNet(UNet):
+    """02's UNet: 01's network plus t/T embedded and added to the decoder features."""
+
+    def __init__(self, img_ch: int = 1, size: int = 16, channels=(16, 32, 64), T: int = 150):
+        super().__init__(img_ch, size, channels)
+        self.T = T
+        self.t_emb1 = EmbedBlock(1, channels[2])
+        self.t_emb2 = EmbedBlock(1, channels[1])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.img_ch, self.size)
+        check_timesteps(t, len(x), self.T)
+        t = (t.float() / self.T).unsqueeze(1)
+        down0 = self.down0(x)
+        down1 = self.down1(down0)
+        down2 = self.down2(down1)
+        up0 = self.up0(self.bottleneck(down2))
+        up1 = self.up1(up0 + self.t_emb1(t), down2)
+        up2 = self.up2(up1 + self.t_emb2(t), down1)
+        return self.out(up2)
+
+
+class OptimizedUNet(nn.Module):
+    """03's UNet; with ``c_dim`` it also takes a context c (04-06): up = c_emb·h + t_emb.
+
+    ``forward(x, t, c=None, c_mask=None)``: c is (B, c_dim) (one-hot class or CLIP
+    embedding); c_mask (B, 1) is 1 to keep the context and 0 to drop it. A missing c
+    means "no context", the same as a mask of 0.
+    """
+
+    def __init__(self, img_ch: int = 1, size: int = 16, channels=(32, 64, 128), T: int = 150,
+                 groups: int = 8, t_dim: int = 32, c_dim: int | None = None):
+        super().__init__()
+        _check_size(size)
+        c0, c1, c2 = channels
+        self.img_ch, self.size, self.T, self.c_dim = img_ch, size, T, c_dim
+        self.down0 = ResidualConvBlock(img_ch, c0, groups)
+        self.down1 = GELUDownBlock(c0, c1, groups)
+        self.down2 = GELUDownBlock(c1, c2, groups)
+        self.bottleneck = dense_bottleneck(c2, c1, size // 4, nn.GELU)
+        self.up0 = GELUConvBlock(c2, c2, groups)
+        self.up1 = GELUUpBlock(c2, c1, groups)
+        self.up2 = GELUUpBlock(c1, c0, groups)
+        self.out = nn.Sequential(nn.Conv2d(2 * c0, c0, 3, padding=1), nn.GroupNorm(groups, c0),
+                                 nn.ReLU(), nn.Conv2d(c0, img_ch, 3, padding=1))
+        self.sinusoidal = SinusoidalPositionEmbedBlock(t_dim)
+        self.t_emb1 = EmbedBlock(t_dim, c2)
+        self.t_emb2 = EmbedBlock(t_dim, c1)
+        if c_dim is not None:
+            self.c_emb1 = EmbedBlock(c_dim, c2)
+            self.c_emb2 = EmbedBlock(c_dim, c1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
+                c_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_images(x, self.img_ch, self.size)
+        check_timesteps(t, len(x), self.T)
+        down0 = self.down0(x)
+        down1 = self.down1(down0)
+        down2 = self.down2(down1)
+        up0 = self.up0(self.bottleneck(down2))
+        t = self.sinusoidal(t)
+        scale1 = scale2 = 1.0
+        if self.c_dim is not None:
+            c = self.context(c, c_mask, len(x), x)
+            scale1, scale2 = self.c_emb1(c), self.c_emb2(c)
+        elif c is not None:
+            raise ValueError("this UNet was built without a context; pass c_dim=... to use c")
+        up1 = self.up1(scale1 * up0 + self.t_emb1(t), down2)
+        up2 = self.up2(scale2 * up1 + self.t_emb2(t), down1)
+        return self.out(torch.cat((up2, down0), dim=1))
+
+    def context(self, c, c_mask, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """The context actually seen: c·mask, zeros when c is None."""
+        if c is None:
+            return like.new_zeros(batch, self.c_dim)
+        if c.shape != (batch, self.c_dim):
+            raise ValueError(f"context c must have shape ({batch}, {self.c_dim}), got "
+                             f"{tuple(c.shape)}")
+        c = c.float()
+        if c_mask is not None:
+            c = c * c_mask.reshape(batch, 1).to(c.dtype)
+        return c
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_shapes(model: nn.Module, *inputs) -> list[tuple[str, tuple, int]]:
+    """(name, output shape, parameters) of each top-level child, in the order they run."""
+    rows, hooks = [], []
+    for name, child in model.named_children():
+        def hook(mod, args, out, name=name):
+            rows.append((name, tuple(out.shape), count_parameters(mod)))
+        hooks.append(child.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows

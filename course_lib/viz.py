@@ -1,0 +1,134 @@
+"""Pictures of the course: image grids, loss curves, strips over time, denoising animations.
+
+Every helper builds a ``matplotlib.figure.Figure`` directly (not through pyplot), so
+a notebook cell that ends with the call shows the figure exactly once, and tests can
+inspect it without a display.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from matplotlib.animation import FuncAnimation
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+from .data import to_display
+
+
+def _as_image(x: torch.Tensor):
+    """(C, H, W) in [-1, 1] -> array for imshow (H, W) grey or (H, W, 3) colour."""
+    x = to_display(x)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def show_images(batch: torch.Tensor, nrow: int = 8, title: str | None = None,
+                scale: float = 1.0) -> Figure:
+    """Grid of a batch (B, C, H, W) of images in [-1, 1]."""
+    if batch.ndim != 4:
+        raise ValueError(f"show_images wants a batch (B, C, H, W), got shape {tuple(batch.shape)}")
+    grid = make_grid(to_display(batch), nrow=nrow, padding=1, pad_value=1.0)
+    rows = (len(batch) + nrow - 1) // nrow
+    fig = Figure(figsize=(scale * min(nrow, len(batch)) * 0.9, scale * rows * 0.9 + 0.4))
+    ax = fig.add_subplot()
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], scale: float = 1.0) -> Figure:
+    """Several batches as labelled rows (e.g. original / noisy / predicted)."""
+    n = max(len(r) for r in rows)
+    fig = Figure(figsize=(scale * (n + 1.5) * 0.9, scale * len(rows) * 0.95))
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (batch, label) in enumerate(zip(rows, labels)):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(batch):
+                ax.imshow(_as_image(batch[c]), cmap="gray", vmin=0, vmax=1)
+        axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right",
+                        va="center")
+    fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
+    return fig
+
+
+def show_strip(frames: Sequence[torch.Tensor], labels: Sequence[str] | None = None,
+               title: str | None = None, scale: float = 1.0) -> Figure:
+    """Images of one or more samples over time: ``frames[k]`` is a batch (B, C, H, W) at time k.
+
+    Rows are samples, columns are times; ``labels`` name the columns.
+    """
+    rows = len(frames[0])
+    cols = len(frames)
+    fig = Figure(figsize=(scale * cols * 1.0, scale * rows * 1.0 + (0.5 if title else 0.2)))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for c, batch in enumerate(frames):
+        for r in range(rows):
+            ax = axes[r][c]
+            ax.imshow(_as_image(batch[r]), cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+        if labels is not None:
+            axes[0][c].set_title(labels[c], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_losses(curves: dict[str, Sequence[float]] | Sequence[float], smooth: int = 20,
+                title: str = "training loss", log: bool = False) -> Figure:
+    """Loss per step (faint) and its running mean over ``smooth`` steps; one line per curve."""
+    if not isinstance(curves, dict):
+        curves = {"loss": curves}
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.add_subplot()
+    for name, values in curves.items():
+        v = torch.as_tensor(list(values), dtype=torch.float32)
+        line, = ax.plot(v.numpy(), alpha=0.25)
+        if len(v) >= smooth > 1:
+            mean = v.unfold(0, smooth, 1).mean(1)
+            ax.plot(range(smooth - 1, len(v)), mean.numpy(), color=line.get_color(), label=name)
+        else:
+            line.set_label(name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def animate(frames: Sequence[torch.Tensor], nrow: int = 8, interval: int = 80,
+            titles: Sequence[str] | None = None) -> FuncAnimation:
+    """Animation of a batch over time (e.g. the reverse process); ``frames[k]`` is (B, C, H, W).
+
+    In a notebook, show it with ``HTML(anim.to_jshtml())`` or use :func:`animation_html`.
+    """
+    grids = [make_grid(to_display(f), nrow=nrow, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
+             for f in frames]
+    fig = Figure(figsize=(min(nrow, len(frames[0])) * 0.8, ((len(frames[0]) + nrow - 1) // nrow)
+                          * 0.8 + 0.4))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    image = ax.imshow(grids[0], cmap="gray", vmin=0, vmax=1)
+    title = ax.set_title(titles[0] if titles else "")
+
+    def update(k):
+        image.set_data(grids[k])
+        if titles:
+            title.set_text(titles[k])
+        return image, title
+
+    return FuncAnimation(fig, update, frames=len(grids), interval=interval, blit=False)
+
+
+def animation_html(frames: Sequence[torch.Tensor], **kwargs):
+    """The animation of :func:`animate` as an inline, playable HTML widget for JupyterLab."""
+    from IPython.display import HTML
+
+    return HTML(animate(frames, **kwargs).to_jshtml(default_mode="once"))

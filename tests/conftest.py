@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests never touch the network: downloads are disabled here."""
+import os
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ["COURSE_NO_DOWNLOAD"] = "1"
+
+
+@pytest.fixture
+def data_available():
+    """Skip (or, under CI, fail) when the offline datasets are not reachable."""
+    from course_lib.data import DataNotFoundError, find_data_root
+
+    try:
+        for name in ("FashionMNIST", "MNIST", "flowers"):
+            find_data_root(name, allow_download=False)
+    except DataNotFoundError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the offline datasets: {err}")
+        pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")

@@ -1,0 +1,130 @@
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib import data
+
+
+def _fake_idx(root: Path, name: str) -> None:
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    for f in data.IDX_FILES:
+        (raw / f).write_bytes(b"x")
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """Empty env dir, repo data dir and system dir, wired into the lookup."""
+    env, repo, system = tmp_path / "env", tmp_path / "repo", tmp_path / "system"
+    for p in (env, repo, system):
+        p.mkdir()
+    monkeypatch.setenv("COURSE_DATA_DIR", str(env))
+    monkeypatch.setattr(data, "repo_data_dir", lambda: repo)
+    monkeypatch.setattr(data, "SYSTEM_DIRS", (system,))
+    return env, repo, system
+
+
+def test_env_var_wins_over_repo_data(places):
+    env, repo, _ = places
+    _fake_idx(env, "MNIST")
+    _fake_idx(repo, "MNIST")
+    assert data.find_data_root("MNIST", allow_download=False) == env.resolve()
+
+
+def test_repo_data_used_when_env_var_lacks_dataset(places):
+    _, repo, _ = places
+    _fake_idx(repo, "MNIST")
+    assert data.find_data_root("MNIST", allow_download=False) == repo
+
+
+def test_system_gz_files_are_unpacked_into_repo_data(places):
+    _, repo, system = places
+    src = system / "fashion-mnist"
+    src.mkdir()
+    for f in data.IDX_FILES:
+        with gzip.open(src / f"{f}.gz", "wb") as g:
+            g.write(f"payload {f}".encode())
+    assert data.find_data_root("FashionMNIST", allow_download=False) == repo
+    unpacked = repo / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    assert unpacked.read_bytes() == b"payload train-images-idx3-ubyte"
+
+
+def test_not_found_lists_every_place_and_the_fix(places):
+    env, repo, system = places
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.find_data_root("flowers", allow_download=False)
+    msg = str(info.value)
+    for place in (env.resolve(), repo, system):
+        assert str(place) in msg
+    assert "COURSE_DATA_DIR" in msg and "Fix" in msg
+
+
+def test_failed_download_is_reported_not_raised_raw(places, monkeypatch):
+    def offline(name, target):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(data, "_download", offline)
+    with pytest.raises(data.DataNotFoundError, match="download failed: OSError: network unreachable"):
+        data.find_data_root("MNIST", allow_download=True)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.find_data_root("CIFAR10")
+
+
+def test_transform_and_inverse_round_trip():
+    img = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
+    x = data.image_transform(16, 1)(img)
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.allclose(data.to_display(x), img.float() / 255, atol=1e-6)
+    assert data.to_display(torch.tensor([-3.0, 3.0])).tolist() == [0.0, 1.0]
+
+
+def test_flip_flips_only_width():
+    images = torch.arange(16.0).reshape(1, 1, 4, 4)
+    ds = data.ImageDataset(images, torch.tensor([0]), ["a"], flip=True)
+    seen = {tuple(ds[0][0].flatten().tolist()) for _ in range(50)}
+    assert seen == {tuple(images.flatten().tolist()), tuple(images.flip(-1).flatten().tolist())}
+
+
+@pytest.mark.usefixtures("data_available")
+def test_real_fashion_mnist_shapes_and_range():
+    ds = data.load_fashion_mnist(size=16, limit=500)
+    assert ds.images.shape == (500, 1, 16, 16)
+    assert ds.images.min() == -1 and 0.9 < ds.images.max() <= 1  # resizing softens the peaks
+    assert 0 <= ds.labels.min() and ds.labels.max() <= 9
+    assert len(ds.classes) == 10 and ds.classes[9] == "Ankle boot"
+    # FashionMNIST's mean pixel is 0.286 in [0, 1], i.e. about -0.43 in [-1, 1]
+    full = data.load_fashion_mnist(size=28, flip=False)
+    assert len(full) == 60000
+    assert abs(full.images.mean().item() - (2 * 0.2860 - 1)) < 0.01
+
+
+@pytest.mark.usefixtures("data_available")
+def test_real_mnist_test_split():
+    ds = data.load_mnist(train=False)
+    assert ds.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.labels).tolist()[:2] == [980, 1135]
+
+
+@pytest.mark.usefixtures("data_available")
+def test_real_flowers_default_classes_and_crop():
+    ds = data.load_flowers(size=32, limit=64)
+    assert ds.images.shape == (64, 3, 32, 32)
+    assert ds.classes == ["daisy", "rose", "sunflower"]
+    assert set(ds.labels.tolist()) <= {0, 1, 2}
+    assert -1 <= ds.images.min() < ds.images.max() <= 1
+    assert len(data.flower_files(["tulip"])) == 980
+
+
+def test_unknown_flower_class():
+    with pytest.raises(ValueError, match="unknown flower classes"):
+        data.flower_files(["orchid"])
+
+
+def test_loader_batches_and_drops_last():
+    ds = data.ImageDataset(torch.zeros(10, 1, 4, 4), torch.zeros(10, dtype=torch.long), ["a"])
+    batches = list(data.make_loader(ds, batch_size=4))
+    assert [len(b[0]) for b in batches] == [4, 4]

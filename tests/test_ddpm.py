@@ -1,0 +1,200 @@
+import functools
+
+import pytest
+import torch
+
+from course_lib import ddpm
+from course_lib.unets import OptimizedUNet
+
+SCHEDULES = {"linear": ddpm.linear_schedule(150), "cosine": ddpm.cosine_schedule(150)}
+
+
+@pytest.fixture(params=list(SCHEDULES))
+def schedule(request):
+    return SCHEDULES[request.param]
+
+
+def test_add_noise_mix():
+    x, e = torch.ones(3), torch.zeros(3)
+    assert torch.equal(ddpm.add_noise(x, 0.5, noise=e), torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ddpm.add_noise(x, 1.5)
+
+
+def test_linear_schedule_endpoints():
+    s = ddpm.linear_schedule(150)
+    assert s.T == 150
+    assert s.betas[0].item() == pytest.approx(1e-4)
+    assert s.betas[-1].item() == pytest.approx(0.02)
+
+
+def test_alpha_bar_monotone_in_unit_interval(schedule):
+    ab = schedule.alpha_bars
+    assert (ab > 0).all() and (ab <= 1).all()
+    assert (ab[1:] < ab[:-1]).all()
+    assert torch.allclose(ab, torch.cumprod(1 - schedule.betas.double(), 0).float())
+
+
+def test_cosine_schedule_follows_its_formula():
+    s = ddpm.cosine_schedule(1000)
+    f = lambda t: torch.cos(torch.tensor((t / 1000 + 0.008) / 1.008 * torch.pi / 2)) ** 2  # noqa
+    assert s.alpha_bars[499].item() == pytest.approx((f(500) / f(0)).item(), rel=1e-4)
+    assert s.betas.max().item() == pytest.approx(0.999)  # the cap bites at the last step
+
+
+def test_bad_betas_and_T():
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        ddpm.Schedule(torch.tensor([0.1, 1.5]))
+    with pytest.raises(ValueError, match="T must be"):
+        ddpm.linear_schedule(0)
+
+
+def test_q_sample_empirical_moments(schedule):
+    torch.manual_seed(0)
+    x0 = torch.tensor([0.8, -0.3])
+    for t in (0, 40, 149):
+        noise = torch.randn(200_000, 2)
+        xt = schedule.q_sample(x0.expand(200_000, 2), torch.full((200_000,), t), noise)
+        ab = schedule.alpha_bars[t]
+        assert torch.allclose(xt.mean(0), ab.sqrt() * x0, atol=0.01)
+        assert torch.allclose(xt.var(0), (1 - ab).expand(2), atol=0.01)
+
+
+def test_q_sample_rejects_t_out_of_range(schedule):
+    with pytest.raises(ValueError, match=r"\[0, 149\]"):
+        schedule.q_sample(torch.zeros(2, 1), torch.tensor([0, 150]), torch.zeros(2, 1))
+
+
+def test_posterior_closed_form(schedule):
+    torch.manual_seed(1)
+    x0, xt = torch.randn(4, 3), torch.randn(4, 3)
+    for t in (1, 75, 149):
+        mean, var = schedule.q_posterior(x0, xt, t)
+        b, a, ab, abp = (schedule.betas[t].double(), schedule.alphas[t].double(),
+                         schedule.alpha_bars[t].double(), schedule.alpha_bars[t - 1].double())
+        want_mean = (abp.sqrt() * b * x0.double() + a.sqrt() * (1 - abp) * xt.double()) / (1 - ab)
+        assert torch.allclose(mean.double(), want_mean, atol=1e-5)
+        assert var.item() == pytest.approx(((1 - abp) / (1 - ab) * b).item(), rel=1e-3)
+    # Bayes: the posterior is the product of q(x_t|x_{t-1}) and q(x_{t-1}|x_0); check its precision
+    t = 75
+    abp, a = schedule.alpha_bars[t - 1].double(), schedule.alphas[t].double()
+    precision = 1 / (1 - abp) + a / (1 - a)
+    assert schedule.posterior_variance[t].item() == pytest.approx(1 / precision.item(), rel=1e-4)
+
+
+def test_reverse_step_with_true_noise_at_first_step_returns_x0(schedule):
+    torch.manual_seed(2)
+    x0, eps = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    x1 = schedule.q_sample(x0, 0, eps)
+    for variance in ("beta", "posterior"):
+        assert torch.allclose(ddpm.ddpm_step(eps, x1, 0, schedule, variance=variance), x0,
+                              atol=1e-5)
+
+
+def test_ddpm_step_mean_and_variance_use_the_same_t(schedule):
+    """With the true noise, the step's mean is the posterior mean; sigma² is beta_t or beta~_t."""
+    torch.manual_seed(3)
+    x0, eps, z = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    t = 60
+    xt = schedule.q_sample(x0, t, eps)
+    post_mean, post_var = schedule.q_posterior(x0, xt, t)
+    mean = ddpm.ddpm_step(eps, xt, t, schedule, noise=torch.zeros_like(z))
+    assert torch.allclose(mean, post_mean, atol=1e-5)
+    step = ddpm.ddpm_step(eps, xt, t, schedule, noise=z, variance="beta")
+    assert torch.allclose(step - mean, schedule.betas[t].sqrt() * z, atol=1e-6)
+    step = ddpm.ddpm_step(eps, xt, t, schedule, noise=z, variance="posterior")
+    assert torch.allclose(step - mean, post_var.sqrt() * z, atol=1e-6)
+    with pytest.raises(ValueError, match="variance"):
+        ddpm.ddpm_step(eps, xt, t, schedule, variance="sigma")
+
+
+def test_clip_x0_keeps_prediction_in_range(schedule):
+    xt, eps = torch.full((1, 4), 5.0), torch.zeros(1, 4)
+    t = 100
+    clipped = ddpm.ddpm_step(eps, xt, t, schedule, noise=torch.zeros(1, 4), clip_x0=True)
+    want, _ = schedule.q_posterior(torch.ones(1, 4), xt, t)
+    assert torch.allclose(clipped, want, atol=1e-5)
+    unclipped = ddpm.ddpm_step(eps, xt, t, schedule, noise=torch.zeros(1, 4))
+    assert not torch.allclose(unclipped, clipped)
+
+
+def test_ddim_eta1_all_steps_equals_ddpm_posterior_step(schedule):
+    torch.manual_seed(4)
+    xt, eps, z = torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 6)
+    for t in (1, 50, 149):
+        ddim = ddpm.ddim_step(eps, xt, t, t - 1, schedule, eta=1.0, noise=z)
+        ancestral = ddpm.ddpm_step(eps, xt, t, schedule, noise=z, variance="posterior")
+        assert torch.allclose(ddim, ancestral, atol=1e-4)
+
+
+def test_ddim_eta0_with_true_noise_returns_x0_in_one_jump(schedule):
+    torch.manual_seed(5)
+    x0, eps = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
+    for t in (0, 70, 130):  # (at t=149 the cosine ᾱ is ~1e-5: float32 cannot invert it exactly)
+        xt = schedule.q_sample(x0, t, eps)
+        assert torch.allclose(ddpm.ddim_step(eps, xt, t, -1, schedule, eta=0.0), x0, atol=1e-4)
+
+
+def test_ddim_rejects_forward_steps(schedule):
+    with pytest.raises(ValueError, match="backwards"):
+        ddpm.ddim_step(torch.zeros(1), torch.zeros(1), 5, 7, schedule)
+
+
+def test_ddim_timesteps():
+    assert ddpm.ddim_timesteps(150, 150) == list(range(149, -1, -1))
+    ts = ddpm.ddim_timesteps(150, 10)
+    assert len(ts) == 10 and ts[0] == 149 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    with pytest.raises(ValueError, match="steps <= T"):
+        ddpm.ddim_timesteps(150, 151)
+
+
+def _oracle(x0):
+    """A 'perfect' denoiser for a dataset holding the single image x0."""
+    def model(x, t, schedule):
+        ab = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    return model
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_recover_the_single_training_image(schedule, sampler):
+    torch.manual_seed(6)
+    x0 = torch.rand(1, 1, 4, 4) * 2 - 1
+    model = functools.partial(_oracle(x0), schedule=schedule)
+    noise = torch.randn(5, 1, 4, 4)
+    rec = ddpm.FrameRecorder(schedule.T if sampler == "ddpm" else 20, n=5)
+    if sampler == "ddpm":
+        out = ddpm.sample_ddpm(model, noise, schedule, callback=rec, disable=True)
+    else:
+        out = ddpm.sample_ddim(model, noise, schedule, steps=20, callback=rec, disable=True)
+    assert torch.allclose(out, x0.expand_as(out), atol=1e-3)
+    assert len(rec.frames) == 5 and rec.labels[0] == "t=149" and rec.labels[-1] == "t=0"
+
+
+def test_diffusion_loss_is_mse_against_the_noise(schedule):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(16, 1, 4, 4)
+    seen = {}
+
+    def model(x, t):
+        seen["t"] = t
+        return torch.zeros_like(x)
+    loss = ddpm.diffusion_loss(model, x0, schedule, generator=g)
+    g = torch.Generator().manual_seed(0)
+    torch.randint(0, schedule.T, (16,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    assert loss.item() == pytest.approx((noise ** 2).mean().item())
+    assert seen["t"].min() >= 0 and seen["t"].max() < schedule.T
+
+
+def test_cfg_combines_conditional_and_unconditional():
+    torch.manual_seed(7)
+    model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
+    x, t, c = torch.randn(2, 1, 8, 8), torch.tensor([5, 9]), torch.eye(3)[:2]
+    with torch.no_grad():
+        cond = model(x, t, c, torch.ones(2, 1))
+        uncond = model(x, t, c, torch.zeros(2, 1))
+        for w in (-1.0, 0.0, 0.5, 2.0):
+            guided = ddpm.CFGDenoiser(model, c, w)(x, t)
+            assert torch.allclose(guided, (1 + w) * cond - w * uncond, atol=1e-5)
+        assert torch.allclose(uncond, model(x, t, None), atol=1e-6)

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from course_lib.blocks import (DownBlock, EmbedBlock, GELUConvBlock, RearrangePoolBlock,
+                               ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock)
+from course_lib.unets import OptimizedUNet, TimeUNet, UNet, count_parameters, layer_shapes
+
+
+def test_down_block_halves_size():
+    assert DownBlock(1, 16)(torch.randn(2, 1, 16, 16)).shape == (2, 16, 8, 8)
+
+
+def test_up_block_doubles_size_and_checks_skip():
+    up = UpBlock(32, 16)
+    assert up(torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4)).shape == (2, 16, 8, 8)
+    with pytest.raises(ValueError, match="must match"):
+        up(torch.randn(2, 32, 4, 4), torch.randn(2, 32, 5, 5))
+
+
+def test_rearrange_pool_is_a_lossless_reshape():
+    block = RearrangePoolBlock(3, 8, groups=4)
+    rearrange = block[0]
+    x = torch.randn(2, 3, 8, 8)
+    y = rearrange(x)
+    assert y.shape == (2, 12, 4, 4)
+    assert torch.equal(torch.sort(y.flatten())[0], torch.sort(x.flatten())[0])
+    # every value is kept, and the inverse arrangement gives x back exactly
+    from einops import rearrange as inverse
+    assert torch.equal(inverse(y, "b (c p1 p2) h w -> b c (h p1) (w p2)", p1=2, p2=2), x)
+    # channel 0 of the output is the top-left pixel of each 2x2 patch
+    assert torch.equal(y[:, 0], x[:, 0, ::2, ::2])
+    assert block(x).shape == (2, 8, 4, 4)
+
+
+def test_gelu_conv_block_checks_groups():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        GELUConvBlock(3, 10, groups=4)
+
+
+def test_residual_block_sums_its_two_convs():
+    block = ResidualConvBlock(1, 8, groups=4)
+    x = torch.randn(2, 1, 8, 8)
+    x1 = block.conv1(x)
+    assert torch.allclose(block(x), x1 + block.conv2(x1))
+
+
+def test_sinusoidal_embedding_distinct_and_smooth():
+    emb = SinusoidalPositionEmbedBlock(32)(torch.arange(150))
+    assert emb.shape == (150, 32)
+    dist = torch.cdist(emb, emb)
+    off_diagonal = dist + torch.eye(150) * 1e9
+    assert off_diagonal.min() > 1e-3                      # every t has its own vector
+    assert dist[10, 11] < dist[10, 60] and dist[10, 11] < dist[10, 140]  # neighbours are closer
+    assert torch.allclose(emb.norm(dim=1), torch.full((150,), 4.0))  # sqrt(16 sin²+cos²)
+
+
+def test_embed_block_broadcast_shape():
+    assert EmbedBlock(1, 16)(torch.rand(5, 1)).shape == (5, 16, 1, 1)
+
+
+@pytest.mark.parametrize("size,ch", [(16, 1), (28, 1), (32, 3)])
+def test_every_unet_keeps_the_image_shape(size, ch):
+    x = torch.randn(2, ch, size, size)
+    t = torch.tensor([0, 149])
+    assert UNet(ch, size)(x).shape == x.shape
+    assert TimeUNet(ch, size)(x, t).shape == x.shape
+    assert OptimizedUNet(ch, size, channels=(16, 32, 64))(x, t).shape == x.shape
+    cond = OptimizedUNet(ch, size, channels=(16, 32, 64), c_dim=10)
+    assert cond(x, t, torch.eye(10)[:2], torch.ones(2, 1)).shape == x.shape
+
+
+def test_unets_reject_bad_shapes_and_times():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        UNet(1, 18)
+    with pytest.raises(ValueError, match=r"\(B, 1, 16, 16\)"):
+        UNet()(torch.randn(2, 1, 28, 28))
+    model = TimeUNet(T=150)
+    x = torch.randn(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"\[0, 149\]"):
+        model(x, torch.tensor([0, 150]))
+    with pytest.raises(ValueError, match="integer"):
+        model(x, torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="without a context"):
+        OptimizedUNet()(x, torch.tensor([1, 2]), c=torch.zeros(2, 10))
+
+
+def test_time_input_changes_the_output():
+    torch.manual_seed(0)
+    for model in (TimeUNet(), OptimizedUNet(channels=(16, 32, 64))):
+        model.eval()
+        x = torch.randn(2, 1, 16, 16)
+        assert not torch.allclose(model(x, torch.tensor([0, 0])), model(x, torch.tensor([100, 100])))
+
+
+def test_parameter_counts_and_layer_table():
+    assert 200_000 < count_parameters(UNet()) < 260_000   # the reference course's ~235k scale
+    rows = layer_shapes(UNet(), torch.randn(1, 1, 16, 16))
+    shapes = dict((name, shape) for name, shape, _ in rows)
+    assert shapes["down0"] == (1, 16, 16, 16)
+    assert shapes["down2"] == (1, 64, 4, 4)
+    assert shapes["out"] == (1, 1, 16, 16)
+    assert sum(p for *_, p in rows) == count_parameters(UNet())

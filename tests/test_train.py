@@ -1,0 +1,104 @@
+import pytest
+import torch
+from torch import nn
+
+from course_lib.train import (CheckpointError, NonFiniteLossError, load_checkpoint,
+                              save_checkpoint, train)
+
+
+def _regression_problem(n=256):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    return list(zip(x.split(32), y.split(32)))
+
+
+def _mse(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def test_training_reduces_loss():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    history = train(model, _regression_problem(), _mse, epochs=20, lr=0.05, progress=False)
+    assert len(history.losses) == 20 * 8
+    assert history.final_loss < 0.01 * history.losses[0]
+    assert len(history.epoch_seconds) == 20
+
+
+def test_ema_tracks_the_weights():
+    model = nn.Linear(4, 1)
+    history = train(model, _regression_problem(), _mse, epochs=5, lr=0.05, ema_decay=0.9,
+                    progress=False)
+    ema = history.ema.module
+    assert not torch.equal(ema.weight, model.weight)
+    assert torch.allclose(ema.weight, model.weight, atol=0.5)
+
+
+def test_grad_clip_limits_the_step():
+    model = nn.Linear(4, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    batch = [(torch.full((1, 4), 1000.0), torch.zeros(1, 1) + 1e6)]
+    train(model, batch, _mse, epochs=1, lr=1.0, grad_clip=1.0, progress=False,
+          optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
+    assert model.weight.norm().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_nan_loss_stops_with_a_hint_before_updating():
+    model = nn.Linear(4, 1)
+    before = model.weight.clone()
+    batches = [(torch.full((2, 4), float("nan")), torch.zeros(2, 1))]
+    with pytest.raises(NonFiniteLossError, match="smaller learning rate.*grad_clip"):
+        train(model, batches, _mse, progress=False)
+    assert torch.equal(model.weight, before)
+
+
+def test_max_steps_stops_early():
+    history = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_steps=5,
+                    progress=False)
+    assert len(history.losses) == 5
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    path = save_checkpoint(tmp_path / "m.pt", model, epochs=3)
+    other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    payload = load_checkpoint(path, other)
+    assert payload["epochs"] == 3
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", nn.Linear(4, 1))
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="truncated.*delete it and train again"):
+        load_checkpoint(path, nn.Linear(4, 1))
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", nn.Linear(4, 1))
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(path, nn.Linear(5, 1))
+    with pytest.raises(CheckpointError, match="holds a Linear"):
+        load_checkpoint(path, nn.Sequential(nn.Linear(4, 1)))
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt", nn.Linear(4, 1))
+
+
+def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", nn.Linear(4, 1), tag="old")
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, nn.Linear(4, 1), tag="new")
+    monkeypatch.undo()
+    assert load_checkpoint(path, nn.Linear(4, 1))["tag"] == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

@@ -1,0 +1,41 @@
+import torch
+from matplotlib.figure import Figure
+
+from course_lib import viz
+
+
+def test_show_images_grid():
+    fig = viz.show_images(torch.rand(10, 1, 8, 8) * 2 - 1, nrow=5, title="t")
+    assert isinstance(fig, Figure)
+    img = fig.axes[0].get_images()[0].get_array()
+    assert img.shape[:2] == (2 * 8 + 3, 5 * 8 + 6)  # 2 rows, 5 columns, 1-pixel padding
+    assert fig.axes[0].get_title() == "t"
+
+
+def test_show_images_rejects_single_image():
+    import pytest
+    with pytest.raises(ValueError, match="batch"):
+        viz.show_images(torch.zeros(1, 8, 8))
+
+
+def test_show_rows_and_strip_layout():
+    rows = [torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)]
+    assert len(viz.show_rows(rows, ["a", "b"]).axes) == 8
+    frames = [torch.zeros(3, 3, 8, 8)] * 5
+    fig = viz.show_strip(frames, labels=[f"t={i}" for i in range(5)])
+    assert len(fig.axes) == 15 and fig.axes[0].get_title() == "t=0"
+
+
+def test_plot_losses_smooths_each_curve():
+    fig = viz.plot_losses({"a": [1.0] * 50, "b": [2.0] * 50}, smooth=10)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 4
+    assert len(lines[1].get_xdata()) == 41
+
+
+def test_animation_has_one_frame_per_step():
+    frames = [torch.full((4, 1, 8, 8), v) for v in (-1.0, 0.0, 1.0)]
+    anim = viz.animate(frames, nrow=2, titles=["a", "b", "c"])
+    assert len(list(anim.new_frame_seq())) == 3
+    html = viz.animation_html(frames, nrow=2)
+    assert "<img" in html.data or "animation" in html.data.lower()
