@@ -58,6 +58,11 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def checkpoint_path(name: str) -> Path:
+    """Where notebooks keep trained models: ``checkpoints/<profile>/<name>.pt`` in the repository."""
+    return REPO_ROOT / "checkpoints" / profile() / f"{name}.pt"
+
+
 def describe() -> str:
     """One line naming the profile, the device and the library versions."""
     import torchvision

@@ -103,6 +103,24 @@ def plot_losses(curves: dict[str, Sequence[float]] | Sequence[float], smooth: in
     return fig
 
 
+def plot_schedules(schedules: dict) -> Figure:
+    """beta_t and ᾱ_t (with the signal and noise weights sqrt(ᾱ_t), sqrt(1-ᾱ_t)) of each schedule."""
+    fig = Figure(figsize=(10, 3.2))
+    ax_beta, ax_ab = fig.subplots(1, 2)
+    for name, s in schedules.items():
+        line, = ax_beta.plot(s.betas.cpu().numpy(), label=name)
+        ab = s.alpha_bars.cpu()
+        ax_ab.plot(ab.sqrt().numpy(), color=line.get_color(), label=f"{name}: √ᾱ (signal)")
+        ax_ab.plot((1 - ab).sqrt().numpy(), color=line.get_color(), linestyle="--",
+                   label=f"{name}: √(1-ᾱ) (noise)")
+    ax_beta.set(title="β_t: noise added at step t", xlabel="t")
+    ax_ab.set(title="how much image and noise x_t holds", xlabel="t")
+    ax_beta.legend()
+    ax_ab.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def animate(frames: Sequence[torch.Tensor], nrow: int = 8, interval: int = 80,
             titles: Sequence[str] | None = None) -> FuncAnimation:
     """Animation of a batch over time (e.g. the reverse process); ``frames[k]`` is (B, C, H, W).

@@ -36,3 +36,9 @@ def test_device_is_cpu_without_accelerator(capsys):
         "mps" if torch.backends.mps.is_available() else "cpu")
     assert device.type == expected
     assert f"device: {expected}" in capsys.readouterr().out
+
+
+def test_checkpoint_path_is_per_profile(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "test")
+    path = config.checkpoint_path("02_time_unet")
+    assert path == config.REPO_ROOT / "checkpoints" / "test" / "02_time_unet.pt"

@@ -39,3 +39,12 @@ def test_animation_has_one_frame_per_step():
     assert len(list(anim.new_frame_seq())) == 3
     html = viz.animation_html(frames, nrow=2)
     assert "<img" in html.data or "animation" in html.data.lower()
+
+
+def test_plot_schedules_draws_each_schedule():
+    from course_lib.ddpm import cosine_schedule, linear_schedule
+    fig = viz.plot_schedules({"linear": linear_schedule(50), "cosine": cosine_schedule(50)})
+    beta_ax, ab_ax = fig.axes
+    assert len(beta_ax.get_lines()) == 2 and len(ab_ax.get_lines()) == 4
+    signal = ab_ax.get_lines()[0].get_ydata()
+    assert signal[0] > 0.99 and signal[-1] < signal[0]
