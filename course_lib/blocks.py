@@ -109,8 +109,8 @@ class GELUUpBlock(UpBlock):
 class SinusoidalPositionEmbedBlock(nn.Module):
     """Transformer position encoding of t (Vaswani et al. 2017, sec. 3.5): [sin(t·w_k), cos(t·w_k)].
 
-    Frequencies w_k = 10000^(-k/(d/2-1)), k = 0..d/2-1, from one cycle per step to one
-    per ~10000 steps, so nearby t get similar vectors and distant t different ones.
+    Frequencies w_k = 10000^(-k/(d/2-1)), k = 0..d/2-1: periods from 2π steps to 2π·10⁴
+    steps, so nearby t get similar vectors and distant t different ones.
     """
 
     def __init__(self, dim: int, max_period: float = 10000.0):

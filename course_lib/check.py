@@ -13,6 +13,7 @@ import torch
 from einops.layers.torch import Rearrange
 
 from .blocks import DownBlock, SinusoidalPositionEmbedBlock, UpBlock
+from .conditioning import keep_mask, one_hot
 from .ddpm import add_noise, ddim_step, ddpm_step, linear_schedule
 
 PASS, FAIL = "✅", "❌"
@@ -130,3 +131,42 @@ def check_ddim_step(fn):
         if not ok:
             return False, f"t={t}->{t_prev}: {detail}"
     return True, "deterministic DDIM matches"
+
+
+# --- 04 --------------------------------------------------------------------------------------
+
+@checker("classifier-free guidance (04)")
+def check_guidance(fn):
+    cond, uncond = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    for w in (-1.0, 0.0, 0.5, 2.0):
+        ok, detail = _close(fn(cond, uncond, w), (1 + w) * cond - w * uncond)
+        if not ok:
+            return False, f"w={w}: {detail}"
+    return True, "matches for w = -1, 0, 0.5 and 2"
+
+
+@checker("context with dropout (04)")
+def check_context_drop(fn):
+    labels = torch.randint(0, 10, (20_000,))
+    c = fn(labels, 10, 0.9)
+    if not isinstance(c, torch.Tensor) or c.shape != (20_000, 10):
+        return False, f"expected a (20000, 10) tensor, got {getattr(c, 'shape', type(c))}"
+    kept = c.sum(dim=1)
+    if not set(kept.unique().tolist()) <= {0.0, 1.0}:
+        return False, "each row must be a one-hot vector or all zeros"
+    if not torch.equal(c[kept == 1].argmax(dim=1), labels[kept == 1]):
+        return False, "kept rows must be the one-hot vector of their own label"
+    share = kept.mean().item()
+    return abs(share - 0.9) < 0.015, f"{share:.1%} of contexts kept (expected about 90%)"
+
+
+# --- 05 --------------------------------------------------------------------------------------
+
+@checker("CLIP contrastive loss (05)")
+def check_clip_loss(fn):
+    import open_clip
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    scale = torch.tensor(10.0)
+    return _close(fn(img, txt, scale), open_clip.ClipLoss()(img, txt, scale), 1e-5)

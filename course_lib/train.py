@@ -55,11 +55,13 @@ def _to(batch, device):
 
 def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1,
           lr: float = 1e-3, device: torch.device | str = "cpu",
-          optimizer: torch.optim.Optimizer | None = None, grad_clip: float | None = None,
+          optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+          grad_clip: float | None = None,
           ema_decay: float | None = None, max_steps: int | None = None,
           progress: bool = True, desc: str = "train") -> History:
     """Minimise ``loss_fn(model, batch)`` for ``epochs`` passes over ``loader``.
 
+    ``scheduler`` (a learning-rate scheduler) is stepped after every optimizer step.
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``) whose ``.module`` is usually the better model to sample from.
     """
@@ -89,6 +91,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
             history.losses.append(value)

@@ -6,6 +6,7 @@ inspect it without a display.
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import torch
@@ -53,6 +54,23 @@ def show_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], scale: float 
         axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right",
                         va="center")
     fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
+    return fig
+
+
+def show_captioned(images: torch.Tensor, captions: Sequence[str], ncol: int = 4,
+                   scale: float = 1.0) -> Figure:
+    """Images with a caption under each (e.g. photos and the text CLIP is trained on)."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    rows = (len(images) + ncol - 1) // ncol
+    fig = Figure(figsize=(scale * ncol * 2.2, scale * rows * 2.5))
+    axes = fig.subplots(rows, ncol, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(_as_image(images[k]), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(textwrap.fill(captions[k], 24), fontsize=8)
+    fig.tight_layout()
     return fig
 
 

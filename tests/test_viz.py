@@ -48,3 +48,12 @@ def test_plot_schedules_draws_each_schedule():
     assert len(beta_ax.get_lines()) == 2 and len(ab_ax.get_lines()) == 4
     signal = ab_ax.get_lines()[0].get_ydata()
     assert signal[0] > 0.99 and signal[-1] < signal[0]
+
+
+def test_show_captioned_titles_every_image():
+    import pytest
+    fig = viz.show_captioned(torch.zeros(5, 3, 8, 8), [f"caption {i}" for i in range(5)], ncol=3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:5] == [f"caption {i}" for i in range(5)] and titles[5] == ""
+    with pytest.raises(ValueError, match="captions"):
+        viz.show_captioned(torch.zeros(2, 3, 8, 8), ["one"])

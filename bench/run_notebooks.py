@@ -1,0 +1,78 @@
+"""Execute notebooks in a profile and report wall time and peak memory of each.
+
+    python bench/run_notebooks.py                      # every notebook, full profile, outputs discarded
+    python bench/run_notebooks.py --inplace 01 02      # store full-profile outputs in 01 and 02
+    python bench/run_notebooks.py --profile test       # the nbval profile
+
+Each notebook runs in its own `jupyter nbconvert --execute` process; its peak memory is the
+largest resident set of that process and its kernel (read with os.wait4). The table is printed
+and written to bench/notebooks_<profile>.md. Targets: each notebook under 4 GiB, and the time
+its issue names (01 <= 3 min, 02 <= 6, 03 <= 8, 04 <= 10, 05 <= 12 on 2 CPU cores).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_MIN = {"00": 1, "01": 3, "02": 6, "03": 8, "04": 10, "05": 12, "06": 10}
+
+
+def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]:
+    """(seconds, peak MiB, exit status) of executing one notebook."""
+    cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+           "--ExecutePreprocessor.timeout=-1", str(notebook)]
+    cmd += ["--inplace"] if inplace else ["--output-dir", str(ROOT / "bench" / "out")]
+    env = dict(os.environ, COURSE_PROFILE=profile)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    return seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="*", help="notebook number prefixes (default: all)")
+    parser.add_argument("--profile", default="full", choices=("full", "test"))
+    parser.add_argument("--inplace", action="store_true", help="store the outputs in the notebooks")
+    args = parser.parse_args(argv)
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.which:
+        notebooks = [nb for nb in notebooks if nb.name[:2] in args.which]
+    rows, failed = [], 0
+    for nb in notebooks:
+        print(f"--- {nb.name} ({args.profile} profile)", flush=True)
+        seconds, mib, code = run(nb, args.profile, args.inplace)
+        failed += code != 0
+        target = TARGET_MIN.get(nb.name[:2])
+        ok = code == 0 and mib < 4096 and (args.profile != "full" or target is None
+                                            or seconds <= 60 * target)
+        rows.append(f"| {nb.stem} | {seconds / 60:.1f} | {target or '-'} | {mib:.0f} | "
+                    f"{'ok' if ok else 'MISSED' if code == 0 else f'FAILED ({code})'} |")
+        print(rows[-1], flush=True)
+    header = [f"Notebooks, {args.profile} profile, on {os.cpu_count()} CPU cores "
+              f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+              f"threads {torch.get_num_threads()}", "",
+              "| notebook | minutes | target (min) | peak memory (MiB) | status |",
+              "|---|---|---|---|---|"]
+    # keep earlier rows of notebooks not run this time, so partial runs add up to one table
+    out = ROOT / "bench" / f"notebooks_{args.profile}.md"
+    merged = {row.split("|")[1].strip(): row for row in
+              (out.read_text().splitlines() if out.exists() else []) if row.startswith("| 0")}
+    merged.update({row.split("|")[1].strip(): row for row in rows})
+    table = "\n".join(header + [merged[k] for k in sorted(merged)])
+    print("\n" + table)
+    out.write_text(table + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

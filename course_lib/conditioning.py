@@ -1,0 +1,28 @@
+"""Context for conditional diffusion (04-06): one-hot classes and the keep-mask of classifier-free training.
+
+Classifier-free guidance trains one network for two jobs: with the context (conditional) and
+without it (unconditional). During training each image keeps its context with probability
+``keep_prob`` and has it zeroed otherwise; the UNet sees ``c · mask`` (see
+``OptimizedUNet.context``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Integer labels (B,) -> float one-hot vectors (B, n_classes)."""
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes - 1}], got [{labels.min()}, "
+                         f"{labels.max()}]")
+    return F.one_hot(labels.long(), n_classes).float()
+
+
+def keep_mask(batch: int, keep_prob: float = 0.9, device=None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bernoulli(keep_prob) mask of shape (B, 1): 1 keeps the context, 0 drops it."""
+    if not 0.0 <= keep_prob <= 1.0:
+        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
+    probs = torch.full((batch, 1), keep_prob, device=device)
+    return torch.bernoulli(probs, generator=generator)

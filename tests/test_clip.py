@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from course_lib import clip as cl
+
+RGB = {"red": (0.85, 0.05, 0.05), "pink": (0.95, 0.55, 0.75), "orange": (0.95, 0.55, 0.1),
+       "yellow": (0.95, 0.85, 0.1), "white": (0.95, 0.95, 0.95), "purple": (0.55, 0.2, 0.85)}
+
+
+def _solid(rgb, size=32, background=None):
+    img = torch.tensor(rgb).reshape(3, 1, 1).expand(3, size, size).clone()
+    if background is not None:   # a green frame around the flower colour
+        bg = torch.tensor(background).reshape(3, 1, 1)
+        img[:, :, : size // 5] = bg
+        img[:, :, -size // 5:] = bg
+    return img * 2 - 1
+
+
+@pytest.mark.parametrize("name", list(RGB))
+def test_dominant_colour_of_solid_images(name):
+    assert cl.dominant_colour(_solid(RGB[name])) == name
+    assert cl.dominant_colour(_solid(RGB[name], background=(0.2, 0.6, 0.2))) == name
+
+
+def test_captions_name_species_colour_and_framing():
+    assert cl.caption(_solid(RGB["yellow"]), "sunflower") == "a close-up photo of a yellow sunflower"
+    small = torch.full((3, 32, 32), -0.2)
+    small[0] -= 0.5
+    small[1] += 0.3      # green-grey background
+    small[:, 12:20, 12:20] = _solid(RGB["red"], 8)
+    assert cl.caption(small, "rose") == "a photo of a red rose"
+
+
+def test_dominant_colour_rejects_a_batch():
+    with pytest.raises(ValueError, match="one RGB image"):
+        cl.dominant_colour(torch.zeros(2, 3, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Solid-colour 'photos' with captions naming their colour: a CLIP must learn to match them."""
+    torch.manual_seed(0)
+    names = list(RGB)
+    images = torch.stack([_solid(RGB[n]) + 0.05 * torch.randn(3, 32, 32) for n in names * 16])
+    captions = [f"a photo of a {n} flower" for n in names * 16]
+    return images.clamp(-1, 1), captions, names
+
+
+def test_small_clip_trains_and_separates_colours(toy):
+    images, captions, names = toy
+    torch.manual_seed(0)
+    config = cl.small_clip_config(width=64, layers=2, embed_dim=32)
+    model = cl.small_clip(config)
+    history = cl.train_small_clip(model, images, captions, steps=60, batch_size=24, lr=2e-3)
+    assert history.final_loss < 0.5 * history.losses[0]
+    prompts = [f"a photo of a {n} flower" for n in names]
+    predicted = cl.zero_shot(model, images[: len(names)], prompts)
+    assert predicted.tolist() == list(range(len(names)))
+    assert model.embed_dim == 32
+
+
+def test_save_load_round_trip_gives_identical_embeddings(tmp_path, toy):
+    images, captions, _ = toy
+    config = cl.small_clip_config(width=64, layers=1, embed_dim=32)
+    model = cl.small_clip(config)
+    folder = cl.save_small_clip(model, tmp_path / "clip", config)
+    loaded = cl.load_small_clip(folder)
+    assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-6)
+    assert torch.allclose(model.embed_text(captions[:4]), loaded.embed_text(captions[:4]), atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip"]
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        cl.load_small_clip(tmp_path / "missing")
+
+
+def test_embedding_cache_reuses_and_invalidates(tmp_path, toy):
+    images, _, _ = toy
+    model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
+    path = tmp_path / "emb.pt"
+    first = cl.cached_image_embeddings(model, images[:8], path)
+    assert torch.equal(cl.cached_image_embeddings(model, images[:8], path), first)
+    with torch.no_grad():
+        model.model.visual.conv1.weight.add_(0.1)          # a changed model must not reuse it
+    assert not torch.equal(cl.cached_image_embeddings(model, images[:8], path), first)
+
+
+def test_pretrained_is_reported_missing_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
+    clip, why = cl.load_pretrained(allow_download=False)
+    assert clip is None and "downloads are disabled" in why
+    monkeypatch.setenv("COURSE_CLIP_WEIGHTS", str(tmp_path / "nope.bin"))
+    clip, why = cl.load_pretrained(allow_download=False)
+    assert clip is None and "is not a file" in why
+
+
+def test_clip_score_shape_and_bounds(toy):
+    images, captions, _ = toy
+    model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
+    scores = cl.clip_score(model, images[:5], captions[:5])
+    assert scores.shape == (5,) and (scores.abs() <= 1 + 1e-5).all()
+    with pytest.raises(ValueError, match="prompts"):
+        cl.clip_score(model, images[:5], captions[:4])

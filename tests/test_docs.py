@@ -1,0 +1,102 @@
+"""The prose must point at things that exist, and the answer key's solutions must pass the checkers.
+
+Citation forms understood in walkthroughs/ and answers/:
+* `course_lib/ddpm.py::ddpm_step` or `course_lib/unets.py::OptimizedUNet.forward`: file and symbol;
+* `course_lib/ddpm.py`: the file;
+* `notebooks/02_Diffusion_Models.ipynb` § "5. The reverse process": notebook and a heading in it.
+A solution is a ```python block right after `<!-- check: check_xxx(name) -->`; the test runs the
+block and then the check, which must return True.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = sorted([*ROOT.glob("walkthroughs/*.md"), *ROOT.glob("answers/*.md"), ROOT / "README.md"])
+NOTEBOOKS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))
+CODE_REF = re.compile(r"course_lib/([\w/]+)\.py(?:::([\w.]+))?")
+NB_REF = re.compile(r"notebooks/(\w+\.ipynb)`?(?:\s*§\s*\"([^\"]+)\")?")
+SOLUTION = re.compile(r"<!--\s*check:\s*(.+?)\s*-->\s*```python\n(.*?)```", re.S)
+
+
+def _headings(notebook: Path) -> list[str]:
+    cells = json.loads(notebook.read_text())["cells"]
+    return [line.lstrip("#").strip() for c in cells if c["cell_type"] == "markdown"
+            for line in "".join(c["source"]).splitlines() if line.startswith("#")]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_code_references_exist(doc):
+    for path, symbol in CODE_REF.findall(doc.read_text()):
+        file = ROOT / "course_lib" / f"{path}.py"
+        assert file.is_file(), f"{doc.name} cites course_lib/{path}.py, which does not exist"
+        if symbol:
+            obj = importlib.import_module("course_lib." + path.replace("/", "."))
+            for part in symbol.split("."):
+                assert hasattr(obj, part), f"{doc.name} cites {path}.py::{symbol}: no {part!r}"
+                obj = getattr(obj, part)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_notebook_references_exist(doc):
+    for name, heading in NB_REF.findall(doc.read_text()):
+        notebook = ROOT / "notebooks" / name
+        assert notebook.is_file(), f"{doc.name} cites notebooks/{name}, which does not exist"
+        if heading:
+            assert heading in _headings(notebook), (
+                f"{doc.name} cites heading {heading!r} of {name}; headings are "
+                f"{_headings(notebook)}")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS[1:], ids=lambda p: p.stem)
+def test_each_notebook_has_walkthrough_and_answers(notebook):
+    walk = ROOT / "walkthroughs" / f"{notebook.stem}_Walkthrough.md"
+    answers = ROOT / "answers" / f"{notebook.stem}_Answers.md"
+    assert walk.is_file(), f"missing {walk.relative_to(ROOT)}"
+    assert answers.is_file(), f"missing {answers.relative_to(ROOT)}"
+    text = answers.read_text()
+    if notebook.stem != "06_Assessment":
+        for level in ("Beginner", "Intermediate", "Advanced", "Implementation"):
+            assert re.search(rf"^## .*{level}", text, re.M), f"{answers.name}: no {level} section"
+        questions = re.findall(r"^### Q\d+", text, re.M)
+        assert len(questions) >= 10, f"{answers.name} has {len(questions)} questions, needs 10"
+
+
+ANSWER_FILES = sorted(ROOT.glob("answers/*.md"))
+
+
+@pytest.mark.parametrize("answers", ANSWER_FILES, ids=lambda p: p.name)
+def test_exercise_solutions_pass_their_checkers(answers, capsys):
+    solutions = SOLUTION.findall(answers.read_text())
+    notebook = ROOT / "notebooks" / answers.name.replace("_Answers.md", ".ipynb")
+    if notebook.is_file():
+        exercises = sum("FIXME" in "".join(c["source"]) for c in
+                        json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+        if notebook.stem != "06_Assessment":
+            assert len(solutions) >= exercises, f"{answers.name}: {exercises} exercises, " \
+                                                f"{len(solutions)} checked solutions"
+    import course_lib.check as check
+    for call, source in solutions:
+        namespace = {name: getattr(check, name) for name in dir(check) if name.startswith("check_")}
+        exec(compile(source, f"<{answers.name} solution>", "exec"), namespace)
+        assert eval(call, namespace) is True, f"{answers.name}: {call} failed: {capsys.readouterr().out}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_import_rather_than_redefine(notebook):
+    """Building blocks come from course_lib; only exercise cells (with FIXME) define their own."""
+    import course_lib
+    names = set()
+    for module in Path(course_lib.__file__).parent.glob("*.py"):
+        names |= set(re.findall(r"^(?:class|def) (\w+)", module.read_text(), re.M))
+    for cell in json.loads(notebook.read_text())["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] != "code" or "FIXME" in src:
+            continue
+        for defined in re.findall(r"^(?:class|def) (\w+)", src, re.M):
+            assert defined not in names, f"{notebook.name} redefines course_lib's {defined}"
