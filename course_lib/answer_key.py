@@ -3,7 +3,7 @@
 Each exercise cell of the template starts with ``# EXERCISE: <name>``; the key
 (``answers/06_Assessment_Answers.md``) holds, for each name, a ``<!-- solution: <name> -->``
 line followed by a ```python block that replaces the whole cell. The completed notebook has
-no FIXME left and none of the template's ``raises-exception`` / ``nbval-skip`` tags.
+no FIXME left and none of the template's tags that skip a cell or expect it to fail.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 
 from .config import REPO_ROOT
+from .grade import SKIPPING_TAGS
 
 TEMPLATE = REPO_ROOT / "notebooks" / "06_Assessment.ipynb"
 KEY = REPO_ROOT / "answers" / "06_Assessment_Answers.md"
@@ -41,7 +42,7 @@ def fill(template: Path = TEMPLATE, key: Path = KEY):
             cell.outputs, cell.execution_count = [], None
         if "tags" in cell.get("metadata", {}):
             cell.metadata["tags"] = [t for t in cell.metadata["tags"]
-                                     if t not in ("raises-exception", "nbval-skip")]
+                                     if t not in SKIPPING_TAGS]
     return nb
 
 

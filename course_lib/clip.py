@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -39,7 +40,7 @@ COLOURS = ("red", "pink", "orange", "yellow", "white", "purple")
 # --- captions from pixels ------------------------------------------------------------------
 
 def dominant_colour(image: torch.Tensor) -> str:
-    """Name of the dominant flower colour of one RGB image in [-1, 1] (from its central region).
+    """Name of the dominant flower colour of one RGB image in [-1, 1] (from its central 3/4).
 
     Pixels are classed in HSV: low saturation and bright -> white; saturated pixels by hue
     (green foliage and blue sky are ignored as background). The most frequent class wins.
@@ -47,11 +48,12 @@ def dominant_colour(image: torch.Tensor) -> str:
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected one RGB image (3, H, W), got {tuple(image.shape)}")
     h, w = image.shape[-2:]
-    centre = to_display(image[:, h // 4: h - h // 4, w // 4: w - w // 4])
+    centre = to_display(image[:, h // 8: h - h // 8, w // 8: w - w // 8])
     hsv = rgb_to_hsv(centre.permute(1, 2, 0).numpy().reshape(-1, 3))
     hue, sat, val = hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
     bright = val > 0.35
-    counts = {"white": int(((sat < 0.22) & (val > 0.7)).sum())}
+    bluish = (hue >= 170) & (hue < 260) & (sat > 0.06)     # sky and clouds are not white petals
+    counts = {"white": int(((sat < 0.22) & (val > 0.7) & ~bluish).sum())}
     coloured = bright & (sat >= 0.22)
     reddish = (hue < 15) | (hue >= 345)
     counts["red"] = int((coloured & reddish & (sat > 0.55)).sum())
@@ -68,7 +70,7 @@ def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
     hsv = rgb_to_hsv(to_display(image).permute(1, 2, 0).numpy().reshape(-1, 3))
     hue, sat, val = hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
     if colour == "white":
-        share = ((sat < 0.22) & (val > 0.7)).mean()
+        share = ((sat < 0.22) & (val > 0.7) & ~((hue >= 170) & (hue < 260) & (sat > 0.06))).mean()
     else:
         target = {"red": 0, "pink": 330, "orange": 27, "yellow": 55, "purple": 270}[colour]
         dist = np.minimum(abs(hue - target), 360 - abs(hue - target))
@@ -202,10 +204,17 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
     loss = open_clip.ClipLoss()
 
     def loss_fn(model, batch):
+        with torch.no_grad():  # as in open_clip's training: temperature scale at most 100
+            model.logit_scale.clamp_(0, math.log(100))
         image_features, text_features, logit_scale = model(*batch)[:3]
         return loss(image_features, text_features, logit_scale)
 
-    optimizer = torch.optim.AdamW(clip.model.parameters(), lr=lr, weight_decay=0.1)
+    # weight decay on weight matrices only, not on gains, biases, embeddings or the temperature
+    decay = [p for n, p in clip.model.named_parameters()
+             if p.ndim >= 2 and "embedding" not in n and "token" not in n]
+    rest = [p for p in clip.model.parameters() if all(p is not q for q in decay)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                   {"params": rest, "weight_decay": 0.0}], lr=lr)
     history = train(clip.model, loader, loss_fn, epochs=1, device=device, optimizer=optimizer,
                     grad_clip=1.0, desc="small CLIP")
     clip.source = "the course's small CLIP, trained here on the flower photos"

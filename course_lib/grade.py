@@ -3,12 +3,14 @@
 How a submission is graded (nothing the submission prints or stores decides the grade):
 
 1. Refuse, without running anything, a notebook that still contains ``FIXME``.
-2. Copy it into a temporary folder and execute it there in a fresh kernel, in its own
-   process with a time limit; every cell must run without error.
+2. Load the judge (classifier) and the MNIST reference images, then copy the notebook into a
+   temporary folder and execute it there in a fresh kernel, in its own process with a time
+   limit; every cell must run without error (skip and raises-exception tags are removed).
 3. Append one cell that seeds torch with the grader's seed and calls the student's
    ``sample_digits(labels)`` for N samples of each digit, saving the tensor to a file.
 4. Back in this process: check shape, dtype, range and finiteness; reject samples that are
-   near-copies of MNIST training images; classify them with the course's MNIST classifier.
+   near-copies of MNIST images (train or test); classify them, against the labels the grader
+   asked for, with the course's MNIST classifier.
 5. Pass = overall accuracy >= threshold (default 95%). Report as text, JSON and a PNG grid.
 
 Exit status: 0 pass, 1 fail, 2 could not grade. Given a folder, every ``*.ipynb`` in it is
@@ -22,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from .classifier import load_classifier, predict
 from .data import DataNotFoundError, load_mnist
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
+SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
 COPY_RMSE = 0.1          # a sample this close (RMS, in [-1, 1]) to a training image is a copy
 COPY_SHARE = 0.1         # more than this share of copies fails the submission
@@ -53,7 +55,7 @@ with _torch.no_grad():
     _samples = sample_digits(_labels.clone())
 if not isinstance(_samples, _torch.Tensor):
     raise RuntimeError(f"GRADER: sample_digits must return a tensor, got {{type(_samples).__name__}}")
-_torch.save({{"images": _samples.detach().cpu(), "labels": _labels}}, {out!r})
+_torch.save({{"images": _samples.detach().cpu()}}, {out!r})
 """
 
 
@@ -109,7 +111,7 @@ def prepare(nb, seed: int, n: int, out: str):
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if tags:
-            cell.metadata["tags"] = [t for t in tags if t not in ("raises-exception", "nbval-skip")]
+            cell.metadata["tags"] = [t for t in tags if t not in SKIPPING_TAGS]
     nb.cells.append(nbformat.v4.new_code_cell(GRADER_CELL.format(seed=seed, n=n, out=out)))
     return nb
 
@@ -134,6 +136,21 @@ def _execute(path: str, result: str) -> None:
         sys.exit(3)
 
 
+def _kill_tree(pid: int) -> None:
+    """Kill a process and all its descendants (the kernel runs in a session of its own)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    for proc in [*parent.children(recursive=True), parent]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def run_submission(nb, workdir: Path, timeout: float, env: dict) -> tuple[str | None, float]:
     """Execute ``nb`` in ``workdir`` in a separate process; (error message or None, seconds)."""
     path, result = workdir / "submission.ipynb", workdir / "error.json"
@@ -145,7 +162,7 @@ def run_submission(nb, workdir: Path, timeout: float, env: dict) -> tuple[str | 
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)   # the kernel too
+        _kill_tree(proc.pid)
         proc.communicate()
         return f"time-out: the notebook ran longer than {timeout:.0f} s", timeout
     seconds = time.perf_counter() - start
@@ -201,19 +218,31 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tenso
     from .viz import show_images
     framed = images.clamp(-1, 1).repeat(1, 3, 1, 1)
     wrong = predicted != labels
-    framed[wrong, 0, :, [0, -1]] = 1
-    framed[wrong, 0, [0, -1], :] = 1
-    framed[wrong, 1:, :, [0, -1]] = -1
-    framed[wrong, 1:, [0, -1], :] = -1
+    red = torch.tensor([1.0, -1.0, -1.0]).reshape(3, 1)
+    misread = framed[wrong]
+    for edge in (0, -1):
+        misread[:, :, edge, :] = red
+        misread[:, :, :, edge] = red
+    framed[wrong] = misread
     fig = show_images(framed, nrow=n, title="graded samples (rows: digits 0-9; red: misread)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
 
 
 def grade(submission: Path, n: int = 10, threshold: float = 0.95, timeout: float = 3600,
-          seed: int = 0, out_dir: Path | None = None, profile: str | None = None) -> Report:
-    """Grade one notebook; never raises for a bad submission, it returns a non-pass Report."""
+          seed: int = 0, out_dir: Path | None = None, profile: str = "full") -> Report:
+    """Grade one notebook; a bad submission gives a non-pass Report, never an exception."""
     report = Report(str(submission), ERROR, threshold=threshold, samples_per_digit=n)
+    try:
+        return _grade(report, submission, n, threshold, timeout, seed, out_dir, profile)
+    except Exception as err:  # a grader-side problem: say so, never a false pass or fail
+        report.status = ERROR
+        report.reason = f"grader error {type(err).__name__}: {err}"
+        return report
+
+
+def _grade(report: Report, submission: Path, n: int, threshold: float, timeout: float,
+           seed: int, out_dir: Path | None, profile: str) -> Report:
     if not submission.is_file() or submission.suffix != ".ipynb":
         report.reason = f"{submission} is not a notebook file (.ipynb)"
         return report
@@ -225,11 +254,20 @@ def grade(submission: Path, n: int = 10, threshold: float = 0.95, timeout: float
     left = fixme_cells(nb)
     if left:
         report.status, report.reason = FAIL, (
-            f"FIXMEs left in cell(s) {', '.join(map(str, left))}: finish them before submitting")
+            f"FIXMEs left in cell(s) {', '.join(map(str, left))} (counting every cell from 1): "
+            "finish them before submitting")
         return report
-    env = dict(os.environ)
-    if profile:
-        env["COURSE_PROFILE"] = profile
+    # The judge and the reference images are loaded before the submission runs, so nothing it
+    # does to files on disk can change them.
+    try:
+        classifier = load_classifier("mnist")
+        reference = torch.cat([load_mnist(size=28, train=True).images,
+                               load_mnist(size=28, train=False).images])
+    except (DataNotFoundError, OSError, RuntimeError) as err:
+        report.reason = f"the grader's classifier or MNIST data is missing: {err}"
+        return report
+    labels = torch.arange(10).repeat_interleave(n)
+    env = dict(os.environ, COURSE_PROFILE=profile)
     with tempfile.TemporaryDirectory(prefix="grade_") as tmp:
         workdir = Path(tmp)
         samples_file = workdir / "graded_samples.pt"
@@ -239,31 +277,30 @@ def grade(submission: Path, n: int = 10, threshold: float = 0.95, timeout: float
             report.status, report.reason = FAIL, error
             return report
         start = time.perf_counter()
-        saved = torch.load(samples_file, weights_only=True)
-    images, labels = saved["images"], saved["labels"]
+        try:
+            images = torch.load(samples_file, weights_only=True)["images"]
+        except Exception as err:
+            report.status, report.reason = FAIL, f"the samples could not be read back: {err}"
+            return report
     problem = check_samples(images, 10 * n)
     if problem:
         report.status, report.reason = FAIL, problem
         return report
-    try:
-        reference = load_mnist(size=28, train=True).images
-    except DataNotFoundError as err:
-        report.reason = f"the MNIST training set is needed for the copy check: {err}"
-        return report
+    images = images.float()
     report.near_copies = count_near_copies(images, reference)
-    predicted = predict(load_classifier("mnist"), images.float()).argmax(dim=1)
+    predicted = predict(classifier, images).argmax(dim=1)
     correct = predicted == labels
     report.per_digit = {d: round(correct[labels == d].float().mean().item(), 4) for d in range(10)}
     report.accuracy = round(correct.float().mean().item(), 4)
     if out_dir is not None:
-        grid = out_dir / f"{submission.stem}_samples.png"
-        save_grid(images.float(), labels, predicted, grid, n)
+        grid = out_dir / f"{Path(submission).stem}_samples.png"
+        save_grid(images, labels, predicted, grid, n)
         report.grid = str(grid)
     report.seconds_grading = time.perf_counter() - start
     if report.near_copies > COPY_SHARE * len(images):
         report.status, report.reason = FAIL, (
-            f"{report.near_copies} of {len(images)} samples are near-copies of MNIST training "
-            "images; samples must be generated by the model")
+            f"{report.near_copies} of {len(images)} samples are near-copies of MNIST images; "
+            "samples must be generated by the model")
     elif report.accuracy >= threshold:
         report.status = PASS
     else:
@@ -272,7 +309,8 @@ def grade(submission: Path, n: int = 10, threshold: float = 0.95, timeout: float
     return report
 
 
-def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123) -> dict:
+def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,
+               threshold: float = 0.95) -> dict:
     """Student-side preview: per-digit accuracy of ``sample_fn(labels)`` by the course classifier.
 
     Not the grade: the grader re-runs the whole notebook in a fresh kernel with its own seeds.
@@ -291,7 +329,8 @@ def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123) -> dict:
     overall = (predicted == labels).float().mean().item()
     print("digit    " + " ".join(f"{d:>5}" for d in per_digit))
     print("accuracy " + " ".join(f"{a:>5.0%}" for a in per_digit.values()))
-    print(f"overall {overall:.1%}: {'above' if overall >= 0.95 else 'BELOW'} the 95% needed to pass.")
+    print(f"overall {overall:.1%}: {'at or above' if overall >= threshold else 'BELOW'} the "
+          f"{threshold:.0%} needed to pass.")
     print("This is a preview. Your grade is computed separately by the instructor's grader, which "
           "re-runs your whole notebook in a fresh kernel with its own seeds.")
     return {"per_digit": per_digit, "overall": overall}
@@ -312,8 +351,8 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds a submission may run (default 3600: generous for a CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the graded samples")
-    parser.add_argument("--profile", choices=("full", "test"), default=None,
-                        help="COURSE_PROFILE for the submission (default: inherit, i.e. full)")
+    parser.add_argument("--profile", choices=("full", "test"), default="full",
+                        help="COURSE_PROFILE the submission runs in (default full; test is for CI)")
     parser.add_argument("--out", type=Path, default=Path("grades"),
                         help="folder for the sample grids and JSON reports (default ./grades)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report(s) here")

@@ -122,6 +122,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

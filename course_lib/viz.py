@@ -17,6 +17,24 @@ from torchvision.utils import make_grid
 from .data import to_display
 
 
+def _enable_inline_figures() -> None:
+    """In a Jupyter kernel, make returned Figures display inline (what ``%matplotlib inline`` does).
+
+    Figures built without pyplot are only rendered once IPython's PNG formatter is registered,
+    which pyplot would otherwise do lazily on its first plot.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        shell.run_line_magic("matplotlib", "inline")
+
+
+_enable_inline_figures()
+
+
 def _as_image(x: torch.Tensor):
     """(C, H, W) in [-1, 1] -> array for imshow (H, W) grey or (H, W, 3) colour."""
     x = to_display(x)

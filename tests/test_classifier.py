@@ -1,0 +1,35 @@
+"""The shipped classifiers that judge generated images (grading 06; quality metrics)."""
+import pytest
+import torch
+
+from course_lib.classifier import (DigitClassifier, accuracy, load_classifier, train_classifier,
+                                   weights_path)
+
+
+def test_classifier_rejects_wrong_input():
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        DigitClassifier()(torch.zeros(2, 1, 16, 16))
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_classifier("cifar")
+
+
+@pytest.mark.usefixtures("data_available")
+@pytest.mark.parametrize("dataset,target", [("mnist", 0.99), ("fashion_mnist", 0.90)])
+def test_shipped_weights_reach_their_test_accuracy(dataset, target):
+    from course_lib.data import load_fashion_mnist, load_mnist
+    assert weights_path(dataset).is_file(), f"retrain: python -m course_lib.classifier {dataset}"
+    test = (load_mnist if dataset == "mnist" else load_fashion_mnist)(size=28, train=False,
+                                                                      flip=False)
+    assert accuracy(load_classifier(dataset), test.images, test.labels) >= target
+
+
+@pytest.mark.usefixtures("data_available")
+def test_training_recipe_learns(tmp_path):
+    """The retraining command's recipe, on 2,000 images for one epoch: well above chance."""
+    model, acc = train_classifier("mnist", epochs=1, limit=2000, out=tmp_path / "c.pt",
+                                  progress=False)
+    assert acc > 0.8
+    assert (tmp_path / "c.pt").is_file()

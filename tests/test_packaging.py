@@ -1,0 +1,48 @@
+"""Install metadata: pyproject.toml and environment.yml must ask for the same packages."""
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pip_section_of_environment_yml() -> list[str]:
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
+    deps = []
+    for line in lines[start + 1:]:
+        match = re.match(r"\s+- (.+)", line)
+        if not match:
+            break
+        deps.append(match.group(1).strip())
+    return deps
+
+
+def test_environment_yml_matches_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = [d for d in _pip_section_of_environment_yml() if d != "-e ."]
+    assert sorted(conda) == sorted(pyproject)
+    assert "-e ." in _pip_section_of_environment_yml()
+
+
+def test_torch_and_torchvision_are_pinned_as_a_pair():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["make course", "make test"]
+    assert readme.index("make course") < readme.index("## ")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pytest --nbval notebooks/" in makefile and "jupyter lab notebooks/" in makefile
+
+
+def test_shipped_weights_are_packaged():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-data"]["course_lib"] == ["weights/*.pt"]
+    assert sorted(p.name for p in (ROOT / "course_lib" / "weights").glob("*.pt")) == [
+        "fashion_mnist_classifier.pt", "mnist_classifier.pt"]
