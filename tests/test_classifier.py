@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from course_lib.classifier import (DigitClassifier, accuracy, load_classifier, train_classifier,
-                                   weights_path)
+                                   vary_intensity, weights_path)
 
 
 def test_classifier_rejects_wrong_input():
@@ -33,3 +33,21 @@ def test_training_recipe_learns(tmp_path):
                                   progress=False)
     assert acc > 0.8
     assert (tmp_path / "c.pt").is_file()
+
+
+def test_vary_intensity_keeps_range_and_changes_about_half():
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1, 28, 28) * 2 - 1
+    y = vary_intensity(x)
+    assert y.min() >= -1 and y.max() <= 1
+    changed = (y != x).flatten(1).any(1).float().mean().item()
+    assert 0.4 < changed < 0.6
+
+
+@pytest.mark.usefixtures("data_available")
+def test_mnist_judge_reads_digits_on_a_grey_background():
+    """Generated digits often sit on dark grey; the judge must still read them."""
+    from course_lib.data import load_mnist
+    test = load_mnist(size=28, train=False, limit=2000)
+    grey = -1 + (test.images + 1) * 0.7 + 0.4        # background -0.6, strokes 0.8
+    assert accuracy(load_classifier("mnist"), grey, test.labels) >= 0.97
