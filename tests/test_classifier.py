@@ -28,10 +28,10 @@ def test_shipped_weights_reach_their_test_accuracy(dataset, target):
 
 @pytest.mark.usefixtures("data_available")
 def test_training_recipe_learns(tmp_path):
-    """The retraining command's recipe, on 2,000 images for one epoch: well above chance."""
-    model, acc = train_classifier("mnist", epochs=1, limit=2000, out=tmp_path / "c.pt",
+    """The retraining command's recipe, on 6,000 images for two epochs: well above chance."""
+    model, acc = train_classifier("mnist", epochs=2, limit=6000, out=tmp_path / "c.pt",
                                   progress=False)
-    assert acc > 0.8
+    assert acc > 0.9
     assert (tmp_path / "c.pt").is_file()
 
 
