@@ -24,7 +24,6 @@ from typing import Sequence
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from matplotlib.colors import rgb_to_hsv
 from torchvision.transforms import v2
 
