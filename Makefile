@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 course: setup  ## set everything up (first time only) and start JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks/
 
-test: setup  ## unit tests, then every notebook under nbval in the test profile
+test: $(VENV)/.installed-test  ## unit tests, then every notebook under nbval in the test profile
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval notebooks/
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed  ## + the test-only extra (diffusers)
+	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
 clean:  ## remove the virtual environment and trained checkpoints

@@ -6,14 +6,16 @@
 
 Each notebook runs in its own `jupyter nbconvert --execute` process; its peak memory is the
 largest resident set of that process and its kernel (read with os.wait4). The table is printed
-and written to bench/notebooks_<profile>.md. Targets: each notebook under 4 GiB, and the time
-its issue names (01 <= 3 min, 02 <= 6, 03 <= 8, 04 <= 10, 05 <= 12 on 2 CPU cores).
+and written to bench/notebooks_<profile>.md, with each notebook's headline figure (read from its
+printed output) and the total. Targets: each notebook under 4 GiB, the time its issue names
+(01 <= 3 min, 02 <= 6, 03 <= 8, 04 <= 10, 05 <= 12 on 2 CPU cores), the course <= 50 min.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +25,39 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_MIN = {"00": 1, "01": 3, "02": 6, "03": 8, "04": 10, "05": 12}  # 06: grade_key.py
+COURSE_TARGET_MIN = 50
+# the headline figure of each notebook: patterns over its printed output (first group kept)
+HEADLINES = {
+    "01": [r"01 ink blots: \d+ samples: (.*)"],
+    "02": [r"02 DDPM, 150 steps: \d+ samples: (.*)", r"final loss (\d\.\d+)"],
+    "03": [r"03: \d+ samples: (.*)", r"final loss (\d\.\d+)"],
+    "04": [r"w = \+0\.0: \d+ samples: \d+% recognisable, (\d+%) as the requested class",
+           r"w = \+2\.0: \d+ samples: \d+% recognisable, (\d+%) as the requested class"],
+    "05": [r"THIS RUN USES: (.*)", r"zero-shot species accuracy (\S+)",
+           r"CLIP score, own prompt: +(\S+)", r"CLIP score, shuffled prompt: +(\S+)"],
+}
+HEADLINE_FORMAT = {
+    "02": "DDPM: {0}; final loss {1}",
+    "03": "{0}; final loss {1}",
+    "04": "requested class recognised: {0} at w = 0, {1} at w = 2",
+    "05": "{0}: zero-shot species {1}; CLIP score {2} (shuffled prompts {3})",
+}
+
+
+def headline(executed: Path) -> str:
+    """The notebook's headline figure, read from its printed output ('-' if none)."""
+    key = executed.name[:2]
+    if key not in HEADLINES or not executed.exists():
+        return "-"
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    found = [re.search(p, text) for p in HEADLINES[key]]
+    if not all(found):
+        return "(headline not found)"
+    return HEADLINE_FORMAT.get(key, "{0}").format(*(m.group(1) for m in found))
 
 
 def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]:
@@ -55,20 +90,27 @@ def main(argv=None) -> int:
         target = TARGET_MIN.get(nb.name[:2])
         ok = code == 0 and mib < 4096 and (args.profile != "full" or target is None
                                             or seconds <= 60 * target)
+        executed = nb if args.inplace else ROOT / "bench" / "out" / nb.name
         rows.append(f"| {nb.stem} | {seconds / 60:.1f} | {target or '-'} | {mib:.0f} | "
-                    f"{'ok' if ok else 'MISSED' if code == 0 else f'FAILED ({code})'} |")
+                    f"{'ok' if ok else 'MISSED' if code == 0 else f'FAILED ({code})'} | "
+                    f"{headline(executed)} |")
         print(rows[-1], flush=True)
     header = [f"Notebooks, {args.profile} profile, on {os.cpu_count()} CPU cores "
               f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}", "",
-              "| notebook | minutes | target (min) | peak memory (MiB) | status |",
-              "|---|---|---|---|---|"]
+              "| notebook | minutes | target (min) | peak memory (MiB) | status | headline |",
+              "|---|---|---|---|---|---|"]
     # keep earlier rows of notebooks not run this time, so partial runs add up to one table
     out = ROOT / "bench" / f"notebooks_{args.profile}.md"
     merged = {row.split("|")[1].strip(): row for row in
               (out.read_text().splitlines() if out.exists() else []) if row.startswith("| 0")}
     merged.update({row.split("|")[1].strip(): row for row in rows})
-    table = "\n".join(header + [merged[k] for k in sorted(merged)])
+    body = [merged[k] for k in sorted(merged)]
+    total = sum(float(row.split("|")[2]) for row in body)
+    body.append(f"| **whole course** | **{total:.1f}** | {COURSE_TARGET_MIN} | - | "
+                f"{'ok' if total <= COURSE_TARGET_MIN else 'MISSED'} | 06 graded separately: "
+                f"grade_key_{args.profile}.md |")
+    table = "\n".join(header + body)
     print("\n" + table)
     out.write_text(table + "\n")
     return 1 if failed else 0

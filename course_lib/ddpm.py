@@ -51,8 +51,11 @@ class Schedule:
         self.alphas = f(alphas)
         self.alpha_bars = f(alpha_bars)
         self.alpha_bars_prev = f(alpha_bars_prev)
-        # Eq. 7: beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
+        # Eq. 7: beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t, and the two weights
+        # of the posterior mean. All in float64: 1 - alpha_bar_t cancels in float32 near t = 0.
         self.posterior_variance = f((1 - alpha_bars_prev) / (1 - alpha_bars) * b)
+        self.posterior_coef_x0 = f(alpha_bars_prev.sqrt() * b / (1 - alpha_bars))
+        self.posterior_coef_xt = f(alphas.sqrt() * (1 - alpha_bars_prev) / (1 - alpha_bars))
 
     @property
     def T(self) -> int:
@@ -84,12 +87,12 @@ class Schedule:
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t):
-        """Mean and variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7)."""
-        ab_prev = self.at(self.alpha_bars_prev, t, x_t)
-        ab = self.at(self.alpha_bars, t, x_t)
-        beta = self.at(self.betas, t, x_t)
-        alpha = self.at(self.alphas, t, x_t)
-        mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+        """Mean and variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7).
+
+        mean = sqrt(ᾱ_{t-1})·beta_t/(1 - ᾱ_t)·x_0 + sqrt(alpha_t)·(1 - ᾱ_{t-1})/(1 - ᾱ_t)·x_t
+        """
+        mean = (self.at(self.posterior_coef_x0, t, x_t) * x0
+                + self.at(self.posterior_coef_xt, t, x_t) * x_t)
         return mean, self.at(self.posterior_variance, t, x_t)
 
 

@@ -45,12 +45,24 @@ class History:
         return sum(tail) / len(tail)
 
 
-def _to(batch, device):
+def _to(batch, device, memory_format=torch.contiguous_format):
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        batch = batch.to(device)
+        return batch.contiguous(memory_format=memory_format) if batch.ndim == 4 else batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
+        return type(batch)(_to(b, device, memory_format) for b in batch)
     return batch
+
+
+def pick_memory_format(model: nn.Module, device: torch.device | str) -> torch.memory_format:
+    """The model's preferred layout (its ``memory_format`` attribute) on a CPU, else NCHW.
+
+    bench/throughput.py measured it: on 2 CPU cores the BatchNorm/ReLU UNets of 01-02 train
+    ~20-30% faster in channels_last (NHWC), the GroupNorm UNets of 03-06 a little slower.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.contiguous_format
+    return getattr(model, "memory_format", torch.contiguous_format)
 
 
 def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1,
@@ -58,16 +70,20 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
           optimizer: torch.optim.Optimizer | None = None, scheduler=None,
           grad_clip: float | None = None,
           ema_decay: float | None = None, max_steps: int | None = None,
-          progress: bool = True, desc: str = "train") -> History:
+          progress: bool = True, desc: str = "train",
+          memory_format: torch.memory_format | None = None) -> History:
     """Minimise ``loss_fn(model, batch)`` for ``epochs`` passes over ``loader``.
 
     ``scheduler`` (a learning-rate scheduler) is stepped after every optimizer step.
+    ``memory_format`` (default: :func:`pick_memory_format`) is the layout of the weights and
+    of the 4-D tensors of each batch.
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``) whose ``.module`` is usually the better model to sample from.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    model.to(device).train()
+    memory_format = memory_format or pick_memory_format(model, device)
+    model.to(device, memory_format=memory_format).train()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
            if ema_decay else None)
@@ -78,7 +94,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
         bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress,
                    leave=True)
         for batch in bar:
-            loss = loss_fn(model, _to(batch, device))
+            loss = loss_fn(model, _to(batch, device, memory_format))
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(

@@ -1,4 +1,4 @@
-"""Pictures of the course: image grids, loss curves, strips over time, denoising animations.
+"""Pictures of the course: image grids, loss curves, quality bars, strips over time, animations.
 
 Every helper builds a ``matplotlib.figure.Figure`` directly (not through pyplot), so
 a notebook cell that ends with the call shows the figure exactly once, and tests can
@@ -153,6 +153,70 @@ def plot_schedules(schedules: dict) -> Figure:
     ax_ab.set(title="how much image and noise x_t holds", xlabel="t")
     ax_beta.legend()
     ax_ab.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_quality(results: dict, title: str = "sample quality") -> Figure:
+    """Bars per named batch: % recognisable (and % as the requested class), and Fréchet distance.
+
+    ``results`` maps a name to anything with ``recognisable``, ``frechet`` and ``accuracy``
+    attributes (e.g. :class:`course_lib.metrics.Quality`); the Fréchet axis is logarithmic.
+    """
+    if not results:
+        raise ValueError("plot_quality needs at least one named result")
+    names = list(results)
+    ys = range(len(names))
+    fig = Figure(figsize=(10, 0.5 * len(names) + 1.4))
+    ax_rec, ax_fd = fig.subplots(1, 2, sharey=True)
+    rec = [100 * results[n].recognisable for n in names]
+    acc = [100 * (results[n].accuracy or 0) for n in names]
+    has_acc = any(results[n].accuracy is not None for n in names)
+    height = 0.4 if has_acc else 0.7
+    ax_rec.barh([y - height / 2 * has_acc for y in ys], rec, height=height,
+                label="recognised (confidence ≥ 0.9)")
+    if has_acc:
+        ax_rec.barh([y + height / 2 for y in ys], acc, height=height,
+                    label="classified as the requested class")
+        ax_rec.legend(fontsize=8, loc="lower right")
+    for y, v in zip(ys, rec):
+        ax_rec.text(v + 1, y - height / 2 * has_acc, f"{v:.0f}%", va="center", fontsize=8)
+    ax_rec.set(xlim=(0, 115), xlabel="% of samples (higher is better)", yticks=list(ys),
+               yticklabels=names)
+    fds = [results[n].frechet for n in names]
+    ax_fd.barh(list(ys), fds, color="tab:red", height=0.7)
+    for y, v in zip(ys, fds):
+        ax_fd.text(v * 1.05, y, f"{v:.1f}", va="center", fontsize=8)
+    ax_fd.set_xscale("log")
+    ax_fd.set(xlim=(min(fds) / 2, max(fds) * 4), xlabel="Fréchet distance (lower is better)")
+    ax_rec.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(x: Sequence[float], curves: dict[str, Sequence[float]], xlabel: str,
+               ylabel: str, title: str | None = None,
+               right: dict[str, Sequence[float]] | None = None,
+               right_label: str | None = None) -> Figure:
+    """Measures against a setting (e.g. accuracy against guidance w); ``right`` on a second axis."""
+    fig = Figure(figsize=(6.5, 3.4))
+    ax = fig.add_subplot()
+    for name, ys in curves.items():
+        ax.plot(list(x), list(ys), marker="o", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    handles, labels = ax.get_legend_handles_labels()
+    if right:
+        ax2 = ax.twinx()
+        for name, ys in right.items():
+            ax2.plot(list(x), list(ys), marker="s", linestyle="--", color="tab:red", label=name)
+        ax2.set_ylabel(right_label or "")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 

@@ -70,8 +70,10 @@ def test_posterior_closed_form(schedule):
     x0, xt = torch.randn(4, 3), torch.randn(4, 3)
     for t in (1, 75, 149):
         mean, var = schedule.q_posterior(x0, xt, t)
-        b, a, ab, abp = (schedule.betas[t].double(), schedule.alphas[t].double(),
-                         schedule.alpha_bars[t].double(), schedule.alpha_bars[t - 1].double())
+        # reference in float64 from the betas: float32 ᾱ would lose digits in 1 - ᾱ at small t
+        alpha_bars = torch.cumprod(1 - schedule.betas.double(), 0)
+        b, a, ab, abp = (schedule.betas[t].double(), 1 - schedule.betas[t].double(),
+                         alpha_bars[t], alpha_bars[t - 1])
         want_mean = (abp.sqrt() * b * x0.double() + a.sqrt() * (1 - abp) * xt.double()) / (1 - ab)
         assert torch.allclose(mean.double(), want_mean, atol=1e-5)
         assert var.item() == pytest.approx(((1 - abp) / (1 - ab) * b).item(), rel=1e-3)

@@ -46,3 +46,13 @@ def test_shipped_weights_are_packaged():
     assert pyproject["tool"]["setuptools"]["package-data"]["course_lib"] == ["weights/*.pt"]
     assert sorted(p.name for p in (ROOT / "course_lib" / "weights").glob("*.pt")) == [
         "fashion_mnist_classifier.pt", "mnist_classifier.pt"]
+
+
+def test_diffusers_is_a_test_only_extra_that_make_test_installs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("diffusers") for d in project["dependencies"])
+    assert project["optional-dependencies"]["test"] == ["diffusers==0.42.1"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: \$\(VENV\)/\.installed-test", makefile, re.M)
+    assert 'pip install -e ".[test]"' in makefile
+    assert "pip install -e '.[test]'" in (ROOT / "environment.yml").read_text()

@@ -102,3 +102,27 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path, nn.Linear(4, 1))["tag"] == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_train_uses_the_models_preferred_memory_format_on_a_cpu():
+    """01-02's BatchNorm UNets train in channels_last on a CPU (measured faster); 03's do not."""
+    from course_lib.train import pick_memory_format
+    from course_lib.unets import OptimizedUNet, TimeUNet, UNet
+
+    assert pick_memory_format(UNet(), "cpu") == torch.channels_last
+    assert pick_memory_format(TimeUNet(), "cpu") == torch.channels_last
+    assert pick_memory_format(OptimizedUNet(), "cpu") == torch.contiguous_format
+    assert pick_memory_format(UNet(), "cuda") == torch.contiguous_format
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(batch[0].is_contiguous(memory_format=torch.channels_last))
+        return (model(batch[0]) - batch[0]).square().mean()
+
+    model = UNet(3, 16, (8, 16, 32))        # 3 channels: with 1, both layouts coincide
+    train(model, [(torch.randn(4, 3, 16, 16), torch.zeros(4))] * 2, loss_fn, progress=False)
+    assert seen == [True, True]
+    assert model.down0[0].weight.is_contiguous(memory_format=torch.channels_last)
+    train(model, [(torch.randn(4, 3, 16, 16), torch.zeros(4))], loss_fn, progress=False,
+          memory_format=torch.contiguous_format)
+    assert seen[-1] is False

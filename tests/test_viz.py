@@ -1,3 +1,4 @@
+import pytest
 import torch
 from matplotlib.figure import Figure
 
@@ -57,3 +58,26 @@ def test_show_captioned_titles_every_image():
     assert titles[:5] == [f"caption {i}" for i in range(5)] and titles[5] == ""
     with pytest.raises(ValueError, match="captions"):
         viz.show_captioned(torch.zeros(2, 3, 8, 8), ["one"])
+
+
+def test_plot_quality_draws_one_bar_per_batch_and_measure():
+    from course_lib.metrics import Quality
+
+    fig = viz.plot_quality({"real": Quality(100, 0.9, 10.0, 0.95),
+                            "noise": Quality(100, 0.1, 800.0, 0.1)})
+    ax_rec, ax_fd = fig.axes
+    assert [t.get_text() for t in ax_rec.get_yticklabels()] == ["real", "noise"]
+    assert len(ax_rec.patches) == 4          # recognisable + accuracy, for each batch
+    assert [round(p.get_width()) for p in ax_fd.patches] == [10, 800]
+    assert ax_fd.get_xscale() == "log"
+    with pytest.raises(ValueError, match="at least one"):
+        viz.plot_quality({})
+
+
+def test_plot_sweep_puts_right_curves_on_a_second_axis():
+    fig = viz.plot_sweep([0, 1, 2], {"accuracy": [0.5, 0.7, 0.9]}, "w", "share",
+                         right={"Fréchet": [10, 12, 20]}, right_label="distance")
+    left, right = fig.axes
+    assert list(left.lines[0].get_ydata()) == [0.5, 0.7, 0.9]
+    assert list(right.lines[0].get_ydata()) == [10, 12, 20]
+    assert right.get_ylabel() == "distance"

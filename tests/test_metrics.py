@@ -1,0 +1,106 @@
+"""Quality measures of generated batches: Fréchet distance maths, classifier judgments, records."""
+import math
+
+import pytest
+import torch
+
+from course_lib import metrics
+from course_lib.metrics import (Quality, as_classifier_input, frechet_distance, record_quality,
+                                recorded_quality, sample_quality)
+
+
+def _gaussian(n, mean, cov, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, len(mean), generator=g, dtype=torch.float64)
+    return torch.as_tensor(mean, dtype=torch.float64) + z @ torch.linalg.cholesky(cov).T
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    a = _gaussian(400, [0.0] * 5, torch.eye(5, dtype=torch.float64), seed=0)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_matches_the_closed_form_for_commuting_covariances():
+    """N(0, I) vs N(m, 4I) in D dims: d² = |m|² + D(1 + 4 - 2·2) = |m|² + D."""
+    d, m = 4, torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
+    a = _gaussian(200_000, [0.0] * d, torch.eye(d, dtype=torch.float64), seed=1)
+    b = _gaussian(200_000, m.tolist(), 4 * torch.eye(d, dtype=torch.float64), seed=2)
+    assert frechet_distance(a, b) == pytest.approx(m.square().sum().item() + d, rel=0.02)
+
+
+def test_frechet_distance_is_symmetric_for_non_commuting_covariances():
+    """Tr((Σ_a Σ_b)^½) must not depend on the order, even when Σ_a Σ_b is not symmetric."""
+    cov_a = torch.tensor([[2.0, 0.9], [0.9, 1.0]], dtype=torch.float64)
+    cov_b = torch.tensor([[1.0, -0.4], [-0.4, 3.0]], dtype=torch.float64)
+    a, b = _gaussian(50_000, [0, 0], cov_a, 3), _gaussian(50_000, [1, 0], cov_b, 4)
+    forward, backward = frechet_distance(a, b), frechet_distance(b, a)
+    assert forward == pytest.approx(backward, rel=1e-9)
+    # 2×2 closed form: Tr(√M) = √(tr M + 2√det M) for M = Σ_a Σ_b
+    mat = cov_a @ cov_b
+    expected = 1 + cov_a.trace() + cov_b.trace() - 2 * math.sqrt(mat.trace() + 2 * mat.det().sqrt())
+    assert forward == pytest.approx(expected.item(), rel=0.03)
+
+
+def test_frechet_distance_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_classifier_input_is_upsampled_and_clamped():
+    x = torch.full((3, 1, 16, 16), 2.0)
+    out = as_classifier_input(x)
+    assert out.shape == (3, 1, 28, 28) and out.max() == 1.0
+
+
+@pytest.mark.parametrize("bad,match", [(torch.zeros(4, 3, 16, 16), "grey images"),
+                                       (torch.zeros(1, 1, 28, 28), "at least 2"),
+                                       (torch.full((4, 1, 28, 28), float("nan")), "NaN")])
+def test_classifier_input_rejects_bad_batches(bad, match):
+    with pytest.raises(ValueError, match=match):
+        as_classifier_input(bad)
+
+
+@pytest.mark.usefixtures("data_available")
+def test_real_images_score_far_better_than_noise():
+    from course_lib.data import load_fashion_mnist
+
+    real = load_fashion_mnist(size=16, train=True, flip=False, limit=300)
+    good = sample_quality(real.images, "fashion_mnist", labels=real.labels)
+    torch.manual_seed(0)
+    noise = sample_quality(torch.randn(300, 1, 16, 16), "fashion_mnist",
+                           labels=real.labels)
+    assert good.accuracy > 0.7 and noise.accuracy < 0.3
+    assert good.recognisable > 0.5 > noise.recognisable
+    assert noise.frechet > 10 * good.frechet
+    # asking for the wrong classes is caught by the accuracy, not by the other two measures
+    wrong = sample_quality(real.images, "fashion_mnist", labels=(real.labels + 1) % 10)
+    assert wrong.accuracy < 0.1
+    assert wrong.frechet == pytest.approx(good.frechet)
+
+
+@pytest.mark.usefixtures("data_available")
+def test_sample_quality_checks_labels():
+    with pytest.raises(ValueError, match="3 labels for 4 images"):
+        sample_quality(torch.zeros(4, 1, 28, 28), "mnist", labels=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        sample_quality(torch.zeros(4, 1, 28, 28), "cifar")
+
+
+def test_records_round_trip_and_bad_files_are_reported(tmp_path, monkeypatch):
+    path = tmp_path / "quality.json"
+    monkeypatch.setattr(metrics, "_quality_file", lambda: path)
+    assert recorded_quality() == {}
+    record_quality("01", Quality(n=10, recognisable=0.1, frechet=300.0))
+    record_quality("02", Quality(n=10, recognisable=0.5, frechet=40.0, accuracy=0.6))
+    assert recorded_quality() == {"01": Quality(10, 0.1, 300.0),
+                                  "02": Quality(10, 0.5, 40.0, 0.6)}
+    path.write_text("not json")
+    with pytest.raises(ValueError, match="delete it"):
+        recorded_quality()
+
+
+def test_quality_reads_as_a_sentence():
+    text = str(Quality(n=64, recognisable=0.5, frechet=12.34, accuracy=0.75))
+    assert text == "64 samples: 50% recognisable, 75% as the requested class; Fréchet distance 12.3"
