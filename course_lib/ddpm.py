@@ -191,6 +191,13 @@ def _timesteps_tensor(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((len(x),), t, device=x.device, dtype=torch.long)
 
 
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+    """Fresh noise from ``generator`` (a CPU generator: the same numbers on every device)."""
+    if generator is None:
+        return None
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
 @torch.no_grad()
 def sample_ddpm(model: Denoiser, x: torch.Tensor, schedule: Schedule, variance: str = "beta",
                 clip_x0: bool = False, callback: Callable | None = None,
@@ -199,8 +206,7 @@ def sample_ddpm(model: Denoiser, x: torch.Tensor, schedule: Schedule, variance: 
     for i, t in enumerate(tqdm(range(schedule.T - 1, -1, -1), desc="DDPM sampling",
                                disable=disable, leave=False)):
         eps = model(x, _timesteps_tensor(t, x))
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
-            if generator is not None else None
+        noise = _noise_like(x, generator)
         x_new = ddpm_step(eps, x, t, schedule, noise=noise, variance=variance, clip_x0=clip_x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x_new, "x0": schedule.predict_x0(x, t, eps)})
@@ -226,8 +232,7 @@ def sample_ddim(model: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int
                                leave=False)):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         eps = model(x, _timesteps_tensor(t, x))
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) \
-            if generator is not None else None
+        noise = _noise_like(x, generator)
         x_new = ddim_step(eps, x, t, t_prev, schedule, eta=eta, noise=noise, clip_x0=clip_x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x_new, "x0": schedule.predict_x0(x, t, eps)})

@@ -140,10 +140,30 @@ def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
                    accuracy=acc)
 
 
-def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500) -> Quality:
-    """The same measures for ``n`` real *training* images: the best a model could score."""
-    real = LOADERS[dataset](size=size, train=True, flip=False, limit=n)
-    return sample_quality(real.images, dataset, labels=real.labels)
+def class_shares(images: torch.Tensor, dataset: str = "fashion_mnist") -> torch.Tensor:
+    """Share of the images the classifier puts in each class (10 values summing to 1)."""
+    _, probs = features_and_probs(_classifier(dataset), images)
+    return torch.bincount(probs.argmax(1), minlength=probs.shape[1]).float() / len(images)
+
+
+def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500,
+                 mix: torch.Tensor | None = None) -> Quality:
+    """The same measures for ``n`` real *training* images: the best a model could score.
+
+    With ``mix`` (class shares, e.g. from :func:`class_shares`), the real images are drawn in
+    those proportions: what the distance would be if a model drew perfect images of each class
+    but in the wrong mix.
+    """
+    if mix is None:
+        real = LOADERS[dataset](size=size, train=True, flip=False, limit=n)
+        return sample_quality(real.images, dataset, labels=real.labels)
+    mix = torch.as_tensor(mix, dtype=torch.float64)
+    if mix.ndim != 1 or (mix < 0).any() or mix.sum() <= 0:
+        raise ValueError("mix must be a 1-D tensor of non-negative class shares")
+    real = LOADERS[dataset](size=size, train=True, flip=False)
+    counts = (mix / mix.sum() * n).round().long()
+    keep = torch.cat([torch.nonzero(real.labels == c).flatten()[:k] for c, k in enumerate(counts)])
+    return sample_quality(real.images[keep], dataset, labels=real.labels[keep])
 
 
 # --- keeping the figures of each notebook, for side-by-side comparisons ------------------------

@@ -195,6 +195,29 @@ def plot_quality(results: dict, title: str = "sample quality") -> Figure:
     return fig
 
 
+def plot_class_shares(shares: dict[str, Sequence[float]], classes: Sequence[str],
+                      title: str = "which classes are drawn") -> Figure:
+    """Grouped bars: the share of each batch that a classifier puts in each class."""
+    if not shares:
+        raise ValueError("plot_class_shares needs at least one named batch")
+    fig = Figure(figsize=(10, 3.2))
+    ax = fig.add_subplot()
+    width = 0.8 / len(shares)
+    for k, (name, values) in enumerate(shares.items()):
+        values = [100 * float(v) for v in values]
+        if len(values) != len(classes):
+            raise ValueError(f"{name!r} has {len(values)} shares for {len(classes)} classes")
+        ax.bar([i + (k - (len(shares) - 1) / 2) * width for i in range(len(classes))], values,
+               width=width, label=name)
+    ax.axhline(100 / len(classes), color="grey", linestyle="--", lw=1,
+               label="real data (equal shares)")
+    ax.set_xticks(range(len(classes)), classes, rotation=20)
+    ax.set(ylabel="% of samples", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_sweep(x: Sequence[float], curves: dict[str, Sequence[float]], xlabel: str,
                ylabel: str, title: str | None = None,
                right: dict[str, Sequence[float]] | None = None,

@@ -104,3 +104,22 @@ def test_records_round_trip_and_bad_files_are_reported(tmp_path, monkeypatch):
 def test_quality_reads_as_a_sentence():
     text = str(Quality(n=64, recognisable=0.5, frechet=12.34, accuracy=0.75))
     assert text == "64 samples: 50% recognisable, 75% as the requested class; Fréchet distance 12.3"
+
+
+@pytest.mark.usefixtures("data_available")
+def test_class_shares_and_real_images_in_a_chosen_mix():
+    from course_lib.data import load_fashion_mnist
+    from course_lib.metrics import class_shares, real_quality
+
+    real = load_fashion_mnist(size=28, train=False, flip=False, limit=400)
+    shares = class_shares(real.images)
+    assert shares.sum().item() == pytest.approx(1.0)
+    true = torch.bincount(real.labels, minlength=10).float() / 400
+    assert (shares - true).abs().max() < 0.08            # the classifier is 90% right
+    balanced = real_quality("fashion_mnist", 16, n=300)
+    skewed = real_quality("fashion_mnist", 16, n=300, mix=torch.tensor([0.0, 0, 0.5, 0, 0, 0, 0, 0,
+                                                                         0.5, 0]))
+    assert skewed.n == 300
+    assert skewed.frechet > 5 * balanced.frechet           # a wrong mix alone costs distance
+    with pytest.raises(ValueError, match="non-negative"):
+        real_quality("fashion_mnist", 16, mix=torch.tensor([-1.0, 2.0]))

@@ -81,3 +81,11 @@ def test_plot_sweep_puts_right_curves_on_a_second_axis():
     assert list(left.lines[0].get_ydata()) == [0.5, 0.7, 0.9]
     assert list(right.lines[0].get_ydata()) == [10, 12, 20]
     assert right.get_ylabel() == "distance"
+
+
+def test_plot_class_shares_draws_a_bar_per_class_and_batch():
+    fig = viz.plot_class_shares({"a": [0.5, 0.5, 0.0], "b": [0.2, 0.3, 0.5]}, ["x", "y", "z"])
+    ax = fig.axes[0]
+    assert sorted(round(p.get_height()) for p in ax.patches) == [0, 20, 30, 50, 50, 50]
+    with pytest.raises(ValueError, match="2 shares for 3 classes"):
+        viz.plot_class_shares({"a": [0.5, 0.5]}, ["x", "y", "z"])
