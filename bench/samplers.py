@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         gap = 100 * (ddpm["quality"].accuracy - results[name]["quality"].accuracy)
         speedup = ddpm["seconds"] / results[name]["seconds"]
         verdicts.append(f"{name}: {'met' if gap <= 1 and speedup >= 5 else 'MISSED'} "
-                        f"({gap:+.1f} points below DDPM, {speedup:.1f}× faster)")
+                        f"({gap:.1f} points below DDPM, {speedup:.1f}× faster)")
     text = "\n".join([
         f"Samplers on the 06 answer-key model ({args.profile} profile, {os.cpu_count()} CPU "
         f"cores, torch {torch.__version__}): {len(labels)} samples ({args.per_digit} per digit), "
