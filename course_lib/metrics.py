@@ -77,7 +77,7 @@ def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature rows a (N, D) and b (M, D).
+    """Squared Fréchet distance (as FID reports it) of Gaussians fitted to rows of a (N, D), b (M, D).
 
     d² = ||μ_a - μ_b||² + Tr(Σ_a) + Tr(Σ_b) - 2 Tr((Σ_a Σ_b)^½), with
     Tr((Σ_a Σ_b)^½) = Tr((Σ_a^½ Σ_b Σ_a^½)^½), a symmetric form that eigh handles stably.

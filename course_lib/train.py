@@ -58,7 +58,7 @@ def pick_memory_format(model: nn.Module, device: torch.device | str) -> torch.me
     """The model's preferred layout (its ``memory_format`` attribute) on a CPU, else NCHW.
 
     bench/throughput.py measured it: on 2 CPU cores the BatchNorm/ReLU UNets of 01-02 train
-    ~20-30% faster in channels_last (NHWC), the GroupNorm UNets of 03-06 a little slower.
+    ~15-30% faster in channels_last (NHWC), the GroupNorm UNets of 03-06 3-11% slower.
     """
     if torch.device(device).type != "cpu":
         return torch.contiguous_format

@@ -52,7 +52,7 @@ def dense_bottleneck(ch: int, hidden: int, side: int, act: type[nn.Module]) -> n
 class UNet(nn.Module):
     """01's plain UNet: denoise an image in one pass (no time input)."""
 
-    # train() uses NHWC on a CPU: ~20-30% faster for BatchNorm/ReLU nets (bench/throughput.py)
+    # train() uses NHWC on a CPU: ~15-30% faster for BatchNorm/ReLU nets (bench/throughput.py)
     memory_format = torch.channels_last
 
     def __init__(self, img_ch: int = 1, size: int = 16, channels=(16, 32, 64)):
