@@ -76,15 +76,6 @@ def _digit_unet() -> nn.Module:
     return namespace["DigitUNet"]()
 
 
-def _digit_loss(model, batch):
-    x, y = batch
-    schedule = linear_schedule(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)
-    t = torch.randint(0, T, (len(x),))
-    noise = torch.randn_like(x)
-    return F.mse_loss(model(schedule.q_sample(x, t, noise), t, one_hot(y, 10),
-                            keep_mask(len(x), 0.9)), noise)
-
-
 def cases() -> list[Case]:
     lin = linear_schedule(T)
     return [
@@ -100,7 +91,8 @@ def cases() -> list[Case]:
              _images(3, 32, 3), _eps_loss(lin, 3), 32),
         Case("05 UNet (c=CLIP emb.)", lambda: OptimizedUNet(3, 32, (16, 32, 64), T=T, c_dim=128),
              _images(3, 32), _eps_loss(lin, 128, embed=True), 32),
-        Case("06 DigitUNet 28×28", _digit_unet, _images(1, 28), _digit_loss, 128),
+        Case("06 DigitUNet 28×28", _digit_unet, _images(1, 28),
+             _eps_loss(linear_schedule(T, 1e-4 * 1000 / T, 0.02 * 1000 / T), 10), 128),
     ]
 
 

@@ -38,6 +38,18 @@ COLOURS = ("red", "pink", "orange", "yellow", "white", "purple")
 
 # --- captions from pixels ------------------------------------------------------------------
 
+def _hsv(image: torch.Tensor):
+    """Hue (degrees), saturation and value of every pixel of an RGB image in [-1, 1]."""
+    hsv = rgb_to_hsv(to_display(image).permute(1, 2, 0).numpy().reshape(-1, 3))
+    return hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
+
+
+def _white(hue, sat, val):
+    """Bright, unsaturated pixels that are not sky or clouds (bluish): white petals."""
+    bluish = (hue >= 170) & (hue < 260) & (sat > 0.06)
+    return (sat < 0.22) & (val > 0.7) & ~bluish
+
+
 def dominant_colour(image: torch.Tensor) -> str:
     """Name of the dominant flower colour of one RGB image in [-1, 1] (from its central 3/4).
 
@@ -47,12 +59,9 @@ def dominant_colour(image: torch.Tensor) -> str:
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected one RGB image (3, H, W), got {tuple(image.shape)}")
     h, w = image.shape[-2:]
-    centre = to_display(image[:, h // 8: h - h // 8, w // 8: w - w // 8])
-    hsv = rgb_to_hsv(centre.permute(1, 2, 0).numpy().reshape(-1, 3))
-    hue, sat, val = hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
+    hue, sat, val = _hsv(image[:, h // 8: h - h // 8, w // 8: w - w // 8])
     bright = val > 0.35
-    bluish = (hue >= 170) & (hue < 260) & (sat > 0.06)     # sky and clouds are not white petals
-    counts = {"white": int(((sat < 0.22) & (val > 0.7) & ~bluish).sum())}
+    counts = {"white": int(_white(hue, sat, val).sum())}
     coloured = bright & (sat >= 0.22)
     reddish = (hue < 15) | (hue >= 345)
     counts["red"] = int((coloured & reddish & (sat > 0.55)).sum())
@@ -66,10 +75,9 @@ def dominant_colour(image: torch.Tensor) -> str:
 def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
     """True when the flower's colour covers more than 40% of the whole picture."""
     colour = colour or dominant_colour(image)
-    hsv = rgb_to_hsv(to_display(image).permute(1, 2, 0).numpy().reshape(-1, 3))
-    hue, sat, val = hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
+    hue, sat, val = _hsv(image)
     if colour == "white":
-        share = ((sat < 0.22) & (val > 0.7) & ~((hue >= 170) & (hue < 260) & (sat > 0.06))).mean()
+        share = _white(hue, sat, val).mean()
     else:
         target = {"red": 0, "pink": 330, "orange": 27, "yellow": 55, "purple": 270}[colour]
         dist = np.minimum(abs(hue - target), 360 - abs(hue - target))

@@ -35,9 +35,14 @@ def add_noise(x: torch.Tensor, amount: float = 0.5, noise: torch.Tensor | None =
 
 @dataclass
 class Schedule:
-    """All per-step constants of a variance schedule (float32 tensors of length T)."""
+    """All per-step constants of a variance schedule (tensors of length T, float32 by default).
+
+    Every constant is computed in float64 and stored in ``dtype``; float64 schedules serve as
+    exact references in the tests.
+    """
 
     betas: torch.Tensor
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
         b = self.betas.double()
@@ -46,7 +51,7 @@ class Schedule:
         alphas = 1 - b
         alpha_bars = torch.cumprod(alphas, 0)
         alpha_bars_prev = torch.cat((alpha_bars.new_ones(1), alpha_bars[:-1]))
-        f = lambda v: v.float().to(self.betas.device)  # noqa: E731
+        f = lambda v: v.to(self.betas.device, self.dtype)  # noqa: E731
         self.betas = f(b)
         self.alphas = f(alphas)
         self.alpha_bars = f(alpha_bars)
@@ -62,7 +67,7 @@ class Schedule:
         return len(self.betas)
 
     def to(self, device) -> "Schedule":
-        return Schedule(self.betas.to(device))
+        return Schedule(self.betas.to(device), self.dtype)
 
     def at(self, values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """values[t] shaped (B, 1, 1, 1) (or a scalar tensor for an int t) to broadcast over ``like``."""

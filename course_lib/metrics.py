@@ -30,11 +30,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .classifier import DigitClassifier, load_classifier
+from .classifier import LOADERS, DigitClassifier, load_classifier
 from .config import checkpoint_path
-from .data import load_fashion_mnist, load_mnist
 
-LOADERS = {"fashion_mnist": load_fashion_mnist, "mnist": load_mnist}
 CONFIDENT = 0.9            # top softmax probability that counts as "recognised"
 CLASSIFIER_SIZE = 28
 

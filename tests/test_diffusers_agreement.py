@@ -59,15 +59,8 @@ def make_pair(cls, kind, T, **config):
 
 def to_float64(ours, theirs):
     """Give both sides the same float64 constants, derived from our betas; return our schedule."""
-    b = ours.betas.double()
-    ab = torch.cumprod(1 - b, 0)
-    s = ddpm.Schedule(ours.betas)
-    s.betas, s.alphas, s.alpha_bars = b, 1 - b, ab
-    s.alpha_bars_prev = torch.cat((ab.new_ones(1), ab[:-1]))
-    s.posterior_variance = (1 - s.alpha_bars_prev) / (1 - ab) * b
-    s.posterior_coef_x0 = s.alpha_bars_prev.sqrt() * b / (1 - ab)
-    s.posterior_coef_xt = (1 - b).sqrt() * (1 - s.alpha_bars_prev) / (1 - ab)
-    theirs.betas, theirs.alphas, theirs.alphas_cumprod = b, 1 - b, ab
+    s = ddpm.Schedule(ours.betas.double(), dtype=torch.float64)
+    theirs.betas, theirs.alphas, theirs.alphas_cumprod = s.betas, s.alphas, s.alpha_bars
     one = torch.tensor(1.0, dtype=torch.float64)
     if isinstance(theirs, DDPMScheduler):
         theirs.one = one

@@ -1,6 +1,6 @@
 """The prose must point at things that exist, and the answer key's solutions must pass the checkers.
 
-Citation forms understood in walkthroughs/ and answers/:
+Citation forms understood in walkthroughs/, answers/, bench/ and the README:
 * `course_lib/ddpm.py::ddpm_step` or `course_lib/unets.py::OptimizedUNet.forward`: file and symbol;
 * `course_lib/ddpm.py`: the file;
 * `notebooks/02_Diffusion_Models.ipynb` § "5. The reverse process": notebook and a heading in it.
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = sorted([*ROOT.glob("walkthroughs/*.md"), *ROOT.glob("answers/*.md"), ROOT / "README.md"])
+DOCS = sorted([*ROOT.glob("walkthroughs/*.md"), *ROOT.glob("answers/*.md"),
+               *ROOT.glob("bench/*.md"), ROOT / "README.md"])
 NOTEBOOKS = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))
 CODE_REF = re.compile(r"course_lib/([\w/]+)\.py(?:::([\w.]+))?")
 NB_REF = re.compile(r"notebooks/(\w+\.ipynb)`?(?:\s*§\s*\"([^\"]+)\")?")
