@@ -1,0 +1,248 @@
+"""Run an untrusted command in a bubblewrap sandbox, with limits, a capped output and a time limit.
+
+What the command can do inside (``course_lib/grade.py`` runs every submission's kernel this way):
+
+- read the root file system, but write nothing there (``--ro-bind / /``); the one writable place
+  is its own work folder, mounted at ``/home/student`` and owned by the sandbox's uid;
+- not see the instructor's home, the submissions, the grades or the grader's private folders
+  (each hidden under an empty tmpfs), nor any other process (new PID namespace), nor the grader's
+  environment (cleared, then a short allow-list);
+- not reach any network, the host's 127.0.0.1 included (new network namespace: only its own lo);
+- run as an unprivileged uid (not root), so file permissions and ``RLIMIT_NPROC`` bind, with
+  limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files.
+
+Output is kept to the last ``OUTPUT_CAP`` bytes of each stream, every wait has a time limit, and on
+the way out the whole tree is killed (the PID namespace dies with its first process, and every
+process of the sandbox uid is killed as well). Without bubblewrap, :func:`require_bwrap` refuses
+with the install command; ``trusted=True`` (the grader's ``--no-sandbox``) runs the same command
+without isolation.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+INSIDE_HOME = "/home/student"       # where the work folder appears inside the sandbox
+OUTPUT_CAP = 64 * 1024              # bytes kept of stdout and of stderr (the tail)
+BASE_UID = 64000                    # sandbox uid = BASE_UID + slot: one uid per parallel job
+ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "COURSE_DATA_DIR", "OMP_NUM_THREADS")
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap)"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot be used on this machine (the grader's problem, not the submission's)."""
+
+
+@dataclass
+class Limits:
+    """Per-sandbox resource limits."""
+
+    memory_bytes: int = 6 * 2**30     # RLIMIT_DATA (heap and anonymous maps)
+    address_bytes: int = 64 * 2**30   # RLIMIT_AS (torch reserves much more than it uses)
+    cpu_seconds: int = 4 * 3600       # RLIMIT_CPU (summed over threads)
+    processes: int = 256              # RLIMIT_NPROC for the sandbox uid
+    file_bytes: int = 2 * 2**30       # RLIMIT_FSIZE: largest file it may write
+    open_files: int = 1024
+    threads: int = 1                  # OMP/MKL threads (its CPU share)
+
+
+@dataclass
+class Result:
+    returncode: int | None            # None: killed at the time limit
+    seconds: float
+    stdout: str
+    stderr: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def require_bwrap() -> str:
+    path = bwrap_path()
+    if path is None:
+        raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}, "
+                                 "or pass --no-sandbox to grade trusted notebooks unsandboxed")
+    return path
+
+
+def sandbox_uid(slot: int = 0) -> int:
+    return BASE_UID + slot
+
+
+def prepare_workdir(path: Path, slot: int = 0) -> None:
+    """Hand the work folder (and everything in it) to the sandbox uid, the only place it may write."""
+    if os.geteuid() != 0:
+        return
+    uid = sandbox_uid(slot)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
+    os.chown(path, uid, uid)
+    os.chmod(path, 0o700)
+
+
+def exposed() -> list[Path]:
+    """What the kernel needs even where it lies under a hidden home: Python, the venv, the course
+    (its code and weights) and the datasets; all read-only."""
+    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(__file__).resolve().parent.parent]
+    if os.environ.get("COURSE_DATA_DIR"):
+        paths.append(Path(os.environ["COURSE_DATA_DIR"]))
+    return [p.resolve() for p in paths if p.exists()]
+
+
+def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[str, str],
+                  slot: int = 0) -> list[str]:
+    """The bwrap command line that runs ``argv`` in ``workdir`` (seen as INSIDE_HOME)."""
+    cmd = [require_bwrap(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+           "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/root", "--tmpfs", "/run"]
+    hidden = [p for p in (Path(h).resolve() for h in hide)
+              if p.is_dir() and p != Path("/") and not Path(INSIDE_HOME).is_relative_to(p)]
+    for path in hidden:  # the instructor's home, the submissions, the grades, private folders
+        cmd += ["--tmpfs", str(path)]
+    shown = exposed()
+    for path in shown:  # back, read-only, on top of the hidden homes
+        cmd += ["--ro-bind", str(path), str(path)]
+    for path in hidden:  # and hidden again where they lie inside what was shown
+        if any(path.is_relative_to(p) for p in shown):
+            cmd += ["--tmpfs", str(path)]
+    cmd += ["--bind", str(workdir), INSIDE_HOME, "--chdir", INSIDE_HOME,
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv"]
+    for key, value in env.items():
+        cmd += ["--setenv", key, value]
+    if os.geteuid() == 0:  # bwrap sets up the namespaces as root, then setpriv drops to the uid
+        uid = str(sandbox_uid(slot))
+        cmd += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", "--reuid", uid, "--regid", uid,
+                "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+    else:
+        cmd += ["--cap-drop", "ALL", "--"]
+    return cmd + list(argv)
+
+
+def sandbox_env(extra: dict[str, str], limits: Limits) -> dict[str, str]:
+    """A cleared environment: an allow-list of the grader's variables, then fixed values."""
+    env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    threads = str(limits.threads)
+    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
+               HOME=INSIDE_HOME, TMPDIR="/tmp", MPLCONFIGDIR="/tmp/mpl", PYTHONNOUSERSITE="1",
+               JUPYTER_RUNTIME_DIR="/tmp/jupyter", IPYTHONDIR="/tmp/ipython",
+               COURSE_NO_DOWNLOAD="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.update(extra)
+    return env
+
+
+def _limit(limits: Limits):
+    def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
+        for what, value in ((resource.RLIMIT_DATA, limits.memory_bytes),
+                            (resource.RLIMIT_AS, limits.address_bytes),
+                            (resource.RLIMIT_CPU, limits.cpu_seconds),
+                            (resource.RLIMIT_NPROC, limits.processes),
+                            (resource.RLIMIT_FSIZE, limits.file_bytes),
+                            (resource.RLIMIT_NOFILE, limits.open_files),
+                            (resource.RLIMIT_CORE, 0)):
+            resource.setrlimit(what, (value, value))
+    return apply
+
+
+class _Tail:
+    """Reads a pipe to its end in a thread, keeping only the last ``cap`` bytes."""
+
+    def __init__(self, pipe, cap: int = OUTPUT_CAP):
+        self.data, self.cap, self.dropped = bytearray(), cap, 0
+        self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _read(self, pipe) -> None:
+        try:
+            while chunk := pipe.read1(65536):
+                self.data += chunk
+                if len(self.data) > self.cap:
+                    self.dropped += len(self.data) - self.cap
+                    del self.data[:len(self.data) - self.cap]
+        except (OSError, ValueError):
+            pass
+
+    def text(self, wait: float) -> str:
+        self.thread.join(wait)  # bounded: a pipe still held open elsewhere cannot hang us
+        head = f"[{self.dropped} bytes dropped]\n" if self.dropped else ""
+        return head + bytes(self.data).decode("utf-8", "replace")
+
+
+def kill_uid(uid: int) -> None:
+    """Kill every process running as ``uid`` (the sandbox's; never the grader's own)."""
+    import psutil
+
+    if uid == 0 or uid == os.getuid():
+        return
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] and proc.info["uids"].real == uid:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = (),
+        env: dict[str, str] | None = None, limits: Limits | None = None, slot: int = 0,
+        trusted: bool = False) -> Result:
+    """Run ``argv`` sandboxed in ``workdir`` for at most ``timeout`` seconds; never hangs."""
+    limits = limits or Limits()
+    env = sandbox_env(env or {}, limits)
+    if trusted:  # --no-sandbox: same limits and environment, no isolation
+        cmd, cwd = list(argv), workdir
+        env = dict(env, HOME=str(workdir))
+    else:
+        cmd, cwd = bwrap_command(argv, workdir, list(hide), env, slot), "/"
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_limit(limits))
+    out, err = _Tail(proc.stdout), _Tail(proc.stderr)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    seconds = time.perf_counter() - start
+    _end(proc, slot, trusted)
+    result = Result(code, seconds, out.text(5), err.text(5))
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
+    return result
+
+
+def _end(proc: subprocess.Popen, slot: int, trusted: bool) -> None:
+    """Kill whatever is left: the process group, the PID namespace (via bwrap), the sandbox uid."""
+    import psutil
+
+    try:
+        left = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        left = []
+    for child in left:  # without the sandbox, kernels start sessions of their own
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    if not trusted and os.geteuid() == 0:
+        kill_uid(sandbox_uid(slot))

@@ -1,0 +1,163 @@
+"""The grading sandbox blocks what an untrusted notebook could do to the instructor's machine.
+
+Each attack runs as Python code inside ``course_lib.sandbox.run``, exactly as a submission's kernel
+would, and each has a control where the same code, run without the sandbox, succeeds, so the
+test can fail. Needs bubblewrap (``apt-get install bubblewrap``) and root (the sandbox then drops
+to an unprivileged uid); without them the tests skip, except under CI, where .ci/run installs
+bubblewrap and they must run.
+"""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from course_lib import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = ROOT / "course_lib" / "weights" / "mnist_classifier.pt"
+
+
+def _need(condition: bool, why: str):
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the sandbox tests: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def sandboxed(tmp_path):
+    _need(sandbox.bwrap_path() is not None,
+          "bubblewrap is not installed (enable with: sudo apt-get install bubblewrap)")
+    _need(os.geteuid() == 0, "the sandbox tests drop to an unprivileged uid: run them as root "
+                             "(CI does)")
+    work = tmp_path / "work"
+    work.mkdir()
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "other_student.ipynb").write_text("{}")
+    sandbox.prepare_workdir(work)
+
+    def run(code: str, timeout: float = 60, trusted: bool = False, **kw):
+        return sandbox.run([sys.executable, "-c", code], work, timeout,
+                           hide=[hidden, Path(os.path.expanduser("~"))],
+                           trusted=trusted, **kw)
+    run.work, run.hidden = work, hidden
+    return run
+
+
+def _attempts(code_lines: dict) -> str:
+    """Python that tries each action and prints NAME:ok or NAME:blocked."""
+    body = ["import os, sys"]
+    for name, action in code_lines.items():
+        body += ["try:", f"    {action}", f"    print('{name}:ok')",
+                 "except Exception as e:", f"    print('{name}:blocked', type(e).__name__)"]
+    return "\n".join(body)
+
+
+def test_cannot_write_the_judge_the_repo_etc_or_home(sandboxed, tmp_path):
+    home = Path(os.path.expanduser("~"))
+    before = WEIGHTS.read_bytes()
+    code = _attempts({
+        "weights": f"open({str(WEIGHTS)!r}, 'ab').write(b'junk')",
+        "repo": f"open({str(ROOT / 'course_lib' / 'evil.py')!r}, 'w').write('x')",
+        "etc": "open('/etc/evil', 'w').write('x')",
+        "bashrc": f"open({str(home / '.bashrc')!r}, 'a').write('echo pwned')",
+        "sitepackages": f"open({str(Path(os.__file__).parent / 'evil.py')!r}, 'w').write('x')",
+        "hidden": f"open({str(sandboxed.hidden / 'other_student.ipynb')!r}, 'w').write('x')",
+        "workdir": "open('mine.txt', 'w').write('x')",
+    })
+    result = sandboxed(code)
+    out = result.stdout
+    for name in ("weights", "repo", "etc", "bashrc", "sitepackages", "hidden"):
+        assert f"{name}:blocked" in out, out + result.stderr
+    assert "workdir:ok" in out and (sandboxed.work / "mine.txt").is_file(), out
+    assert WEIGHTS.read_bytes() == before
+    assert not (ROOT / "course_lib" / "evil.py").exists()
+    assert (sandboxed.hidden / "other_student.ipynb").read_text() == "{}"
+
+
+def test_hidden_folders_and_home_are_invisible(sandboxed):
+    home = os.path.expanduser("~")
+    code = (f"import os; print(sorted(os.listdir({str(sandboxed.hidden)!r})));"
+            f"print(os.path.exists({str(Path(home) / '.bashrc')!r}))")
+    out = sandboxed(code).stdout
+    assert "[]" in out and "other_student" not in out, out
+
+
+def test_no_network_not_even_the_hosts_localhost(sandboxed):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: [server.accept() for _ in range(2)], daemon=True).start()
+    code = _attempts({"connect": f"__import__('socket').create_connection(('127.0.0.1', {port}), 3)"})
+    try:
+        assert "connect:blocked" in sandboxed(code).stdout
+        assert "connect:ok" in sandboxed(code, trusted=True).stdout  # the control
+    finally:
+        server.close()
+
+
+def test_environment_is_cleared(sandboxed, monkeypatch):
+    monkeypatch.setenv("COURSE_GRADER_SECRET", "s3cret-token")
+    out = sandboxed("import os; print(sorted(os.environ.items()))").stdout
+    assert "s3cret-token" not in out and "COURSE_GRADER_SECRET" not in out
+    assert "'HOME', '/home/student'" in out and "'COURSE_NO_DOWNLOAD', '1'" in out
+
+
+def test_unprivileged_uid_and_own_pid_namespace(sandboxed):
+    out = sandboxed(f"import os; print(os.getuid(), os.path.exists('/proc/{os.getpid()}'),"
+                    f" len([p for p in os.listdir('/proc') if p.isdigit()]))").stdout.split()
+    assert out[0] == str(sandbox.sandbox_uid(0)) and out[1] == "False", out
+    assert int(out[2]) < 10, out  # only the sandbox's own few processes
+
+
+def test_memory_limit_binds(sandboxed):
+    code = _attempts({"alloc20g": "bytearray(20 * 2**30)"})
+    result = sandboxed(code, limits=sandbox.Limits(memory_bytes=2 * 2**30))
+    assert "alloc20g:blocked MemoryError" in result.stdout, result.stdout + result.stderr
+
+
+def test_process_limit_binds(sandboxed):
+    code = ("import os, time\nn = 0\ntry:\n    for _ in range(300):\n        if os.fork() == 0:\n"
+            "            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
+            "print('forked', n)")
+    result = sandboxed(code, timeout=60, limits=sandbox.Limits(processes=40))
+    forked = int(result.stdout.split()[-1])
+    assert forked < 40, result.stdout
+
+
+def test_output_is_capped_and_a_flood_ends(sandboxed):
+    result = sandboxed("import sys\nfor _ in range(800): sys.stderr.write('x' * 65536)", timeout=60)
+    assert result.returncode == 0
+    assert len(result.stderr) < sandbox.OUTPUT_CAP + 100 and "bytes dropped" in result.stderr
+
+
+def test_detached_process_is_killed_and_cannot_stall_the_grader(sandboxed):
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen(['sleep', 'infinity'], start_new_session=True, stderr=sys.stderr)\n"
+            "print('parent done')")
+    start = time.perf_counter()
+    result = sandboxed(code, timeout=60)
+    assert result.returncode == 0 and time.perf_counter() - start < 20
+    uid = sandbox.sandbox_uid(0)
+    left = subprocess.run(["pgrep", "-u", str(uid)], capture_output=True, text=True).stdout
+    assert left.strip() == "", f"processes of the sandbox uid survived: {left}"
+
+
+def test_time_limit_kills_the_whole_tree(sandboxed):
+    start = time.perf_counter()
+    result = sandboxed("import subprocess; subprocess.run(['sleep', '300'])", timeout=3)
+    assert result.timed_out and time.perf_counter() - start < 20
+
+
+def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
+        sandbox.require_bwrap()
