@@ -10,15 +10,31 @@ space-to-depth instead of max-pooling), :class:`SinusoidalPositionEmbedBlock`,
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Callable
 
 import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
 
+Norm = Callable[[int], nn.Module]   # channels -> normalisation layer, e.g. nn.BatchNorm2d
+
+
+def conv_norm_act(in_ch: int, out_ch: int, norm: Norm = nn.BatchNorm2d,
+                  act: type[nn.Module] = nn.ReLU) -> list[nn.Module]:
+    """3x3 convolution (same size), a normalisation, an activation."""
+    return [nn.Conv2d(in_ch, out_ch, 3, padding=1), norm(out_ch), act()]
+
+
 def conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
     """3x3 convolution (same size), BatchNorm, ReLU: the unit 01 stacks everywhere."""
-    return [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU()]
+    return conv_norm_act(in_ch, out_ch)
+
+
+def group_norm(groups: int) -> Norm:
+    """GroupNorm with ``groups`` groups, as a ``channels -> layer`` factory."""
+    return partial(nn.GroupNorm, groups)
 
 
 class DownBlock(nn.Sequential):
@@ -30,14 +46,18 @@ class DownBlock(nn.Sequential):
 
 
 class UpBlock(nn.Module):
-    """Concatenate the skip connection, ConvTranspose (x2 size), then (Conv-BN-ReLU) x2."""
+    """Concatenate the skip connection, ConvTranspose (x2 size), then (Conv-norm-act) x2.
 
-    def __init__(self, in_ch: int, out_ch: int):
+    01 uses BatchNorm and ReLU (the defaults); 03's :class:`GELUUpBlock` is the same block with
+    GroupNorm and GELU.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, norm: Norm = nn.BatchNorm2d,
+                 act: type[nn.Module] = nn.ReLU):
         super().__init__()
         self.model = nn.Sequential(
-            nn.ConvTranspose2d(2 * in_ch, out_ch, kernel_size=2, stride=2),
-            nn.BatchNorm2d(out_ch), nn.ReLU(),
-            *conv_bn_relu(out_ch, out_ch), *conv_bn_relu(out_ch, out_ch),
+            nn.ConvTranspose2d(2 * in_ch, out_ch, kernel_size=2, stride=2), norm(out_ch), act(),
+            *conv_norm_act(out_ch, out_ch, norm, act), *conv_norm_act(out_ch, out_ch, norm, act),
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -61,8 +81,7 @@ class GELUConvBlock(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
         if out_ch % groups:
             raise ValueError(f"GroupNorm needs out_ch ({out_ch}) divisible by groups ({groups})")
-        super().__init__(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.GroupNorm(groups, out_ch),
-                         nn.GELU())
+        super().__init__(*conv_norm_act(in_ch, out_ch, group_norm(groups), nn.GELU))
 
 
 class RearrangePoolBlock(nn.Sequential):
@@ -95,15 +114,12 @@ class GELUDownBlock(nn.Sequential):
 
 
 class GELUUpBlock(UpBlock):
-    """03's up block: concatenate skip, ConvTranspose k2 s2 (no checkerboard overlap), GELU convs."""
+    """03's up block: concatenate skip, ConvTranspose k2 s2 (no checkerboard overlap), GroupNorm, GELU."""
 
     def __init__(self, in_ch: int, out_ch: int, groups: int = 8):
-        nn.Module.__init__(self)
-        self.model = nn.Sequential(
-            nn.ConvTranspose2d(2 * in_ch, out_ch, kernel_size=2, stride=2),
-            nn.GroupNorm(groups, out_ch), nn.GELU(),
-            GELUConvBlock(out_ch, out_ch, groups), GELUConvBlock(out_ch, out_ch, groups),
-        )
+        if out_ch % groups:
+            raise ValueError(f"GroupNorm needs out_ch ({out_ch}) divisible by groups ({groups})")
+        super().__init__(in_ch, out_ch, norm=group_norm(groups), act=nn.GELU)
 
 
 class SinusoidalPositionEmbedBlock(nn.Module):

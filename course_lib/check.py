@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from einops.layers.torch import Rearrange
 
-from .blocks import DownBlock, SinusoidalPositionEmbedBlock, UpBlock
-from .ddpm import add_noise, ddim_step, ddpm_step, linear_schedule
+from .blocks import DownBlock, ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock
+from .ddpm import CFGDenoiser, add_noise, ddim_step, ddpm_step, linear_schedule
 
 PASS, FAIL = "✅", "❌"
 
@@ -99,10 +99,40 @@ def check_reverse_step(fn):
     s = linear_schedule(150)
     x, eps, z = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
     for t in (149, 80, 1, 0):
-        ok, detail = _close(fn(eps, x, t, s, z), ddpm_step(eps, x, t, s, noise=z))
-        if not ok:
-            return False, f"t={t}: {detail}"
-    return True, "matches at t = 149, 80, 1 and 0"
+        want = ddpm_step(x, t, eps, s, noise=z).x_prev
+        got = fn(x, t, eps, s, z)
+        ok, detail = _close(got, want)
+        if ok:
+            continue
+        mean = ddpm_step(x, t, eps, s, noise=torch.zeros_like(z)).x_prev
+        if t == 0 and _close(got, mean + s.betas[0].sqrt() * z)[0]:
+            return False, "t=0: the last step must return the mean alone, with no noise added"
+        if t > 0 and _close(got, mean)[0]:
+            return False, f"t={t}: the noise term σ_t·z is missing (σ_t² = β_t)"
+        if t > 0 and _close(got - mean, (1 - s.betas[t]).sqrt() * z)[0]:
+            return False, f"t={t}: the noise is scaled by √α_t; it should be σ_t = √β_t"
+        return False, f"t={t}: {detail}; check the mean (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t"
+    return True, "matches at t = 149, 80, 1 and 0, noise and last step included"
+
+
+@checker("DDIM step (02)")
+def check_ddim_step(fn):
+    s = linear_schedule(150)
+    x, eps = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    for t, t_prev in ((149, 139), (50, 0), (0, -1)):
+        want = ddim_step(x, t, eps, s, t_prev, eta=0.0).x_prev
+        got = fn(x, t, eps, s, t_prev)
+        ok, detail = _close(got, want, 1e-4)
+        if ok:
+            continue
+        if t_prev == -1:
+            return False, ("t_prev = -1 is the end: ᾱ_prev = 1, so the step returns the "
+                           f"predicted x_0 ({detail})")
+        x0 = s.predict_x0(x, t, eps)
+        if _close(got, x0, 1e-4)[0]:
+            return False, f"t={t}->{t_prev}: you returned x̂_0; jump to t_prev instead"
+        return False, f"t={t}->{t_prev}: {detail}"
+    return True, "deterministic DDIM (η = 0) matches, the final jump to x_0 included"
 
 
 # --- 03 --------------------------------------------------------------------------------------
@@ -119,15 +149,18 @@ def check_rearrange_pool(fn):
     return _close(fn(x), Rearrange("b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)(x), 0.0)
 
 
-@checker("DDIM step (02 extension)")
-def check_ddim_step(fn):
-    s = linear_schedule(150)
-    x, eps = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
-    for t, t_prev in ((149, 139), (50, 0), (0, -1)):
-        ok, detail = _close(fn(eps, x, t, t_prev, s), ddim_step(eps, x, t, t_prev, s, eta=0.0), 1e-4)
-        if not ok:
-            return False, f"t={t}->{t_prev}: {detail}"
-    return True, "deterministic DDIM matches"
+@checker("ResidualConvBlock (03)")
+def check_residual_block(cls):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    student, reference = cls(3, 8), ResidualConvBlock(3, 8)
+    ok, detail = _same_module(student, reference, x)
+    if ok or "layers differ" in detail:
+        return ok, detail
+    with torch.no_grad():
+        if _close(student(x), reference.conv2(reference.conv1(x)))[0]:
+            return False, "the residual sum is missing: return x1 + conv2(x1), x1 = conv1(x)"
+    return False, f"{detail}; compute x1 = conv1(x), then return x1 + conv2(x1)"
 
 
 # --- 04 --------------------------------------------------------------------------------------
@@ -140,6 +173,30 @@ def check_guidance(fn):
         if not ok:
             return False, f"w={w}: {detail}"
     return True, "matches for w = -1, 0, 0.5 and 2"
+
+
+@checker("guided noise in one forward pass (04)")
+def check_guided_eps(fn):
+    calls = []
+
+    def toy_model(x, t, c=None, c_mask=None):
+        calls.append(len(x))
+        keep = c_mask.reshape(-1, 1, 1, 1)
+        return x * 0.5 + keep * c.sum(1).reshape(-1, 1, 1, 1) + t.reshape(-1, 1, 1, 1) / 100
+
+    torch.manual_seed(0)
+    x, t, c = torch.randn(4, 1, 8, 8), torch.full((4,), 7), torch.randn(4, 10)
+    for w in (0.5, 2.0):
+        calls.clear()
+        got = fn(toy_model, x, t, c, w)
+        student_calls = list(calls)
+        ok, detail = _close(got, CFGDenoiser(toy_model, w)(x, t, c))
+        if not ok:
+            return False, f"w={w}: {detail}; ε = (1 + w)·ε_cond − w·ε_uncond"
+        if student_calls != [2 * len(x)]:
+            return False, (f"w={w}: the model ran on batches of {student_calls}; run it once on "
+                           f"the doubled batch of {2 * len(x)} (context kept, then dropped)")
+    return True, "matches for w = 0.5 and 2, with one forward pass of a doubled batch"
 
 
 @checker("context with dropout (04)")
@@ -167,3 +224,19 @@ def check_clip_loss(fn):
     txt = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
     scale = torch.tensor(10.0)
     return _close(fn(img, txt, scale), open_clip.ClipLoss()(img, txt, scale), 1e-5)
+
+
+@checker("zero-shot classification (05)")
+def check_zero_shot(fn):
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(12, 16), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
+    got = fn(img * 3.0, txt * 0.5)         # not unit length: the function must normalise
+    want = (img @ txt.T).argmax(dim=1)
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return False, f"expected a tensor of {len(img)} indices, got {getattr(got, 'shape', got)}"
+    if torch.equal(got, (img @ txt.T).argmin(dim=1)):
+        return False, "you picked the least similar prompt: use argmax"
+    if not torch.equal(got.long(), want):
+        return False, "indices differ: normalise both sets, then argmax of the cosine similarities"
+    return True, "picks the most similar prompt for every image, whatever the vectors' lengths"

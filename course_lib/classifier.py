@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import seed_everything
-from .data import load_fashion_mnist, load_mnist, make_loader
+from .data import LOADERS, make_loader
 from .train import load_checkpoint, save_checkpoint, train
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist}
 
 
 class DigitClassifier(nn.Module):
@@ -44,11 +43,6 @@ class DigitClassifier(nn.Module):
             raise ValueError(f"the classifier takes (B, 1, 28, 28) images in [-1, 1], got "
                              f"{tuple(x.shape)}")
         return self.head(self.features(x))
-
-    @torch.no_grad()
-    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
-        """The 128 features before the last layer (used for Fréchet distances)."""
-        return self.features(x)
 
 
 def weights_path(dataset: str) -> Path:

@@ -29,7 +29,9 @@ from torchvision.transforms import v2
 
 from torch.utils.data import DataLoader, RandomSampler
 
-from .data import ImageDataset, to_display
+from .config import downloads_allowed
+from .data import ImageContextDataset, to_display
+from .storage import load_tensors, save_atomic
 from .train import History, train
 
 PRETRAINED = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -142,7 +144,7 @@ def load_pretrained(name: str = PRETRAINED[0], tag: str = PRETRAINED[1],
                     allow_download: bool | None = None) -> tuple[CourseClip | None, str]:
     """(CLIP, how it was found) or (None, why not): local file, open_clip's cache, download."""
     if allow_download is None:
-        allow_download = os.environ.get("COURSE_NO_DOWNLOAD", "") not in ("1", "true", "yes")
+        allow_download = downloads_allowed()
     path = os.environ.get("COURSE_CLIP_WEIGHTS")
     where = None
     if path:
@@ -203,8 +205,7 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
     """Contrastive training (open_clip ``ClipLoss``): each image must pick its own caption in the batch."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    # the batch's "labels" are the caption tokens; ImageDataset adds the random flip
-    data = ImageDataset(clip.preprocess(images), clip.tokenizer(list(captions)), [], flip=True)
+    data = ImageContextDataset(clip.preprocess(images), clip.tokenizer(list(captions)), flip=True)
     sampler = RandomSampler(data, num_samples=steps * batch_size,
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=True)
@@ -269,16 +270,13 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
     digest = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes())
     for tensor in clip.model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    key = (tuple(images.shape), digest.hexdigest())
+    key = [list(images.shape), digest.hexdigest()]
     if path.is_file():
-        saved = torch.load(path, weights_only=False)
+        saved = load_tensors(path)
         if saved.get("key") == key:
             return saved["embeddings"]
     embeddings = clip.embed_images(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "embeddings": embeddings}, tmp)
-    os.replace(tmp, path)
+    save_atomic({"key": key, "embeddings": embeddings}, path)
     return embeddings
 
 
@@ -292,3 +290,30 @@ def clip_score(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     return (clip.embed_images(images) * clip.embed_text(prompts)).sum(dim=1)
+
+
+# --- 4. one call for notebook 05 ---------------------------------------------------------------
+
+def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.PathLike,
+             steps: int = 300, device: torch.device | str = "cpu",
+             allow_download: bool | None = None) -> tuple[CourseClip, History | None]:
+    """The CLIP that 05 uses: pretrained weights if available, else the small CLIP saved in
+    ``folder``, else a small CLIP trained now on ``images``/``captions`` (and saved there).
+
+    Returns the CLIP (in eval mode, on ``device``) and the training History when it trained one.
+    Prints which CLIP it chose and why.
+    """
+    clip, why = load_pretrained(allow_download=allow_download)
+    history = None
+    if clip is None:
+        print("No pretrained CLIP:", why)
+        try:
+            clip = load_small_clip(folder)
+        except FileNotFoundError:
+            config = small_clip_config()
+            clip = small_clip(config)
+            history = train_small_clip(clip, images, captions, steps=steps, device=device)
+            save_small_clip(clip, folder, config)
+    clip.model.to(device).eval()
+    print(f"THIS RUN USES: {clip.source}")
+    return clip, history

@@ -58,6 +58,11 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def downloads_allowed() -> bool:
+    """False when ``COURSE_NO_DOWNLOAD`` is set (1/true/yes): nothing may be fetched at run time."""
+    return os.environ.get("COURSE_NO_DOWNLOAD", "").strip().lower() not in ("1", "true", "yes")
+
+
 def checkpoint_path(name: str) -> Path:
     """Where notebooks keep trained models: ``checkpoints/<profile>/<name>.pt`` in the repository."""
     return REPO_ROOT / "checkpoints" / profile() / f"{name}.pt"

@@ -25,7 +25,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .config import REPO_ROOT
+from .config import REPO_ROOT, downloads_allowed
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -103,7 +103,7 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if allow_download is None:
-        allow_download = os.environ.get("COURSE_NO_DOWNLOAD", "") not in ("1", "true", "yes")
+        allow_download = downloads_allowed()
     looked = []
     env = os.environ.get("COURSE_DATA_DIR")
     if env:
@@ -156,15 +156,17 @@ def to_display(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
 
-class ImageDataset(Dataset):
-    """Images already in [-1, 1] with integer labels; optional random horizontal flip per item."""
+class ImageContextDataset(Dataset):
+    """Images already in [-1, 1], each paired with a context (a CLIP embedding, caption tokens ...).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-                 flip: bool = False):
-        if images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(f"expected images (N, C, H, W) and N labels, got {tuple(images.shape)} "
-                             f"and {tuple(labels.shape)}")
-        self.images, self.labels, self.classes = images, labels, list(classes)
+    Items are ``(image, context[i])``; with ``flip`` the image is mirrored at random per item.
+    """
+
+    def __init__(self, images: torch.Tensor, context: torch.Tensor, flip: bool = False):
+        if images.ndim != 4 or len(images) != len(context):
+            raise ValueError(f"expected images (N, C, H, W) and N contexts, got "
+                             f"{tuple(images.shape)} and {tuple(context.shape)}")
+        self.images, self.context = images, context
         self.flip = v2.RandomHorizontalFlip() if flip else None
 
     def __len__(self) -> int:
@@ -172,7 +174,16 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i):
         x = self.images[i]
-        return (self.flip(x) if self.flip else x), self.labels[i]
+        return (self.flip(x) if self.flip else x), self.context[i]
+
+
+class ImageDataset(ImageContextDataset):
+    """Images in [-1, 1] with integer class labels (the context is the label) and class names."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                 flip: bool = False):
+        super().__init__(images, labels, flip)
+        self.labels, self.classes = labels, list(classes)
 
 
 def _subset(n: int, limit: int | None, seed: int = 0) -> torch.Tensor:
@@ -226,6 +237,10 @@ def load_flowers(size: int = 32, classes: Sequence[str] = DEFAULT_FLOWERS, flip:
     ])
     labels = torch.tensor([files[i][1] for i in keep])
     return ImageDataset(images, labels, classes, flip)
+
+
+LOADERS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist}
+"""The grey datasets by the names the classifiers and metrics use."""
 
 
 def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = True,

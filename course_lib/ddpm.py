@@ -3,22 +3,27 @@
 Notation follows Ho et al. 2020 ("DDPM") with 0-based indices: ``t = 0 .. T-1`` in code is
 the paper's ``t = 1 .. T``. ``alpha_bar[t] = prod_{s<=t} (1 - beta[s])``.
 
-Every sampler has the same call ``sampler(model, x, schedule, ..., callback=None,
-disable=None)``, where ``model(x_t, t) -> eps`` predicts the noise (wrap a conditional
-model with :class:`CFGDenoiser` or ``functools.partial``), ``x`` is the starting noise,
-and ``callback`` receives ``{"i", "t", "x", "x0"}`` after each step.
+Every sampler has the same call (k-diffusion's convention)::
+
+    sampler(model, x, schedule, ..., extra_args=None, callback=None, disable=None, generator=None)
+
+where ``model(x_t, t, **extra_args) -> eps`` predicts the noise (for guidance, wrap a
+conditional model in :class:`CFGDenoiser` and pass ``extra_args={"c": c}``), ``x`` is the
+starting noise, and ``callback`` receives ``{"i", "n", "t", "x", "x0"}`` after each step (``n``
+is the number of steps, ``x0`` the step's prediction x̂_0). Every reverse step takes
+``(x_t, t, eps, schedule, ...)`` and returns a :class:`StepOutput` ``(x_prev, x0)``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Denoiser = Callable[..., torch.Tensor]   # model(x_t, t, **extra_args) -> eps
 
 
 # --- 01: the fixed mix -------------------------------------------------------------------------
@@ -33,62 +38,81 @@ def add_noise(x: torch.Tensor, amount: float = 0.5, noise: torch.Tensor | None =
 
 # --- 02: schedules and the forward process -----------------------------------------------------
 
-@dataclass
-class Schedule:
-    """All per-step constants of a variance schedule (tensors of length T, float32 by default).
+def extract(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """``values[t]`` shaped to broadcast over ``like``: (B, 1, 1, 1) for a (B,) tensor ``t``.
 
-    Every constant is computed in float64 and stored in ``dtype``; float64 schedules serve as
-    exact references in the tests.
+    For an int ``t`` it returns a 0-d tensor. Either way the result has ``like``'s device and
+    dtype, so a float64 schedule can serve float32 images.
+    """
+    T = len(values)
+    if isinstance(t, int):
+        if not 0 <= t < T:
+            raise ValueError(f"t={t} is outside [0, {T - 1}]")
+        return values[t].to(like.device, like.dtype)
+    if t.numel() and (t.min() < 0 or t.max() >= T):
+        raise ValueError(f"t must lie in [0, {T - 1}], got [{t.min()}, {t.max()}]")
+    out = values.to(like.device)[t.to(like.device)]
+    return out.reshape(-1, *[1] * (like.ndim - 1)).to(like.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """All per-step constants of a variance schedule: tensors of length T, one value per step.
+
+    Build one with :meth:`from_betas` (or :func:`linear_schedule`, :func:`cosine_schedule`):
+    every constant is computed from the betas in float64 and then stored in ``dtype``. A
+    Schedule is a value: :meth:`to` moves the stored tensors, it never recomputes them.
     """
 
     betas: torch.Tensor
-    dtype: torch.dtype = torch.float32
+    alphas: torch.Tensor                 # 1 - beta_t
+    alpha_bars: torch.Tensor             # ᾱ_t = prod_{s<=t} alpha_s
+    alpha_bars_prev: torch.Tensor        # ᾱ_{t-1}, with ᾱ_{-1} = 1
+    posterior_variance: torch.Tensor     # beta~_t (eq. 7)
+    posterior_coef_x0: torch.Tensor      # weight of x_0 in the posterior mean (eq. 7)
+    posterior_coef_xt: torch.Tensor      # weight of x_t in the posterior mean (eq. 7)
 
-    def __post_init__(self):
-        b = self.betas.double()
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor, dtype: torch.dtype = torch.float32) -> "Schedule":
+        b = torch.as_tensor(betas).detach().double()
         if b.ndim != 1 or len(b) < 1 or (b <= 0).any() or (b >= 1).any():
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1)")
         alphas = 1 - b
         alpha_bars = torch.cumprod(alphas, 0)
         alpha_bars_prev = torch.cat((alpha_bars.new_ones(1), alpha_bars[:-1]))
-        f = lambda v: v.to(self.betas.device, self.dtype)  # noqa: E731
-        self.betas = f(b)
-        self.alphas = f(alphas)
-        self.alpha_bars = f(alpha_bars)
-        self.alpha_bars_prev = f(alpha_bars_prev)
-        # Eq. 7: beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t, and the two weights
-        # of the posterior mean. All in float64: 1 - alpha_bar_t cancels in float32 near t = 0.
-        self.posterior_variance = f((1 - alpha_bars_prev) / (1 - alpha_bars) * b)
-        self.posterior_coef_x0 = f(alpha_bars_prev.sqrt() * b / (1 - alpha_bars))
-        self.posterior_coef_xt = f(alphas.sqrt() * (1 - alpha_bars_prev) / (1 - alpha_bars))
+        device = torch.as_tensor(betas).device
+        f = lambda v: v.to(device, dtype)  # noqa: E731
+        # Eq. 7: beta~_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t)·beta_t, and the two weights of the posterior
+        # mean. All in float64: 1 - ᾱ_t cancels in float32 near t = 0.
+        return cls(
+            betas=f(b), alphas=f(alphas), alpha_bars=f(alpha_bars),
+            alpha_bars_prev=f(alpha_bars_prev),
+            posterior_variance=f((1 - alpha_bars_prev) / (1 - alpha_bars) * b),
+            posterior_coef_x0=f(alpha_bars_prev.sqrt() * b / (1 - alpha_bars)),
+            posterior_coef_xt=f(alphas.sqrt() * (1 - alpha_bars_prev) / (1 - alpha_bars)),
+        )
 
     @property
     def T(self) -> int:
         return len(self.betas)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.betas.dtype
+
     def to(self, device) -> "Schedule":
-        return Schedule(self.betas.to(device), self.dtype)
+        """The same constants on ``device`` (moved, not recomputed: float64 stays float64)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
-    def at(self, values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        """values[t] shaped (B, 1, 1, 1) (or a scalar tensor for an int t) to broadcast over ``like``."""
-        if isinstance(t, int):
-            if not 0 <= t < self.T:
-                raise ValueError(f"t={t} is outside [0, {self.T - 1}]")
-            return values[t].to(like.device, like.dtype)
-        if t.min() < 0 or t.max() >= self.T:
-            raise ValueError(f"t must lie in [0, {self.T - 1}], got [{t.min()}, {t.max()}]")
-        return values.to(like.device)[t.to(like.device)].reshape(-1, *[1] * (like.ndim - 1)).to(
-            like.dtype)
-
-    # Eq. 4: q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
+    # Eq. 4: q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I)
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0) in one step: sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·eps (eq. 4)."""
-        ab = self.at(self.alpha_bars, t, x0)
+        ab = extract(self.alpha_bars, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def predict_x0(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4 for x_0 given the noise: (x_t - sqrt(1 - ᾱ_t)·eps) / sqrt(ᾱ_t)."""
-        ab = self.at(self.alpha_bars, t, x_t)
+        ab = extract(self.alpha_bars, t, x_t)
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t):
@@ -96,16 +120,16 @@ class Schedule:
 
         mean = sqrt(ᾱ_{t-1})·beta_t/(1 - ᾱ_t)·x_0 + sqrt(alpha_t)·(1 - ᾱ_{t-1})/(1 - ᾱ_t)·x_t
         """
-        mean = (self.at(self.posterior_coef_x0, t, x_t) * x0
-                + self.at(self.posterior_coef_xt, t, x_t) * x_t)
-        return mean, self.at(self.posterior_variance, t, x_t)
+        mean = (extract(self.posterior_coef_x0, t, x_t) * x0
+                + extract(self.posterior_coef_xt, t, x_t) * x_t)
+        return mean, extract(self.posterior_variance, t, x_t)
 
 
 def linear_schedule(T: int = 150, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """Ho et al. 2020: betas evenly spaced from beta_start to beta_end."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
-    return Schedule(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+    return Schedule.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
 
 
 def cosine_schedule(T: int = 150, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
@@ -115,7 +139,7 @@ def cosine_schedule(T: int = 150, s: float = 0.008, max_beta: float = 0.999) -> 
     steps = torch.arange(T + 1, dtype=torch.float64) / T
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
-    return Schedule(betas)
+    return Schedule.from_betas(betas)
 
 
 # --- the training objective --------------------------------------------------------------------
@@ -129,11 +153,50 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     return F.mse_loss(model(x_t, t, **model_kwargs), noise)
 
 
+def scaled_linear_schedule(T: int = 150, beta_start: float = 1e-4, beta_end: float = 0.02
+                           ) -> Schedule:
+    """DDPM's 1000-step linear betas rescaled to T steps (×1000/T), so ᾱ_T ≈ 0 as in the paper.
+
+    With T = 150 the plain :func:`linear_schedule` ends at ᾱ_T ≈ 0.22: x_T still holds the image,
+    and sampling from pure noise starts from the wrong distribution (Lin et al. 2024, "Common
+    Diffusion Noise Schedules and Sample Steps Are Flawed"). Scaling keeps the shape of the curve
+    and ends at ᾱ_T ≈ 4e-5.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    scale = 1000 / T
+    if beta_end * scale >= 1:
+        raise ValueError(f"T={T} is too small to scale DDPM's betas (beta_end·1000/T >= 1)")
+    return linear_schedule(T, beta_start * scale, beta_end * scale)
+
+
+# --- the training objective --------------------------------------------------------------------
+
+def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
+                   generator: torch.Generator | None = None, **model_kwargs) -> torch.Tensor:
+    """L_simple (Ho et al. eq. 14): E_{t, eps} ||eps - eps_theta(sqrt(ᾱ_t)x_0 + sqrt(1-ᾱ_t)eps, t)||².
+
+    ``model_kwargs`` (e.g. ``c=..., c_mask=...``) are passed to the model by keyword, exactly as
+    the samplers pass their ``extra_args``.
+    """
+    t = torch.randint(0, schedule.T, (len(x0),), device=x0.device, generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    x_t = schedule.q_sample(x0, t, noise)
+    return F.mse_loss(model(x_t, t, **model_kwargs), noise)
+
+
 # --- reverse steps -----------------------------------------------------------------------------
 
-def ddpm_step(eps: torch.Tensor, x_t: torch.Tensor, t: int, schedule: Schedule,
+class StepOutput(NamedTuple):
+    """What one reverse step returns: the next sample and the x_0 it predicted on the way."""
+
+    x_prev: torch.Tensor     # x_{t-1} (DDPM) or x_{t_prev} (DDIM)
+    x0: torch.Tensor         # x̂_0, the model's current guess of the clean image
+
+
+def ddpm_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule,
               noise: torch.Tensor | None = None, variance: str = "beta",
-              clip_x0: bool = False) -> torch.Tensor:
+              clip_x0: bool = False) -> StepOutput:
     """One step of Ho et al. Algorithm 2: x_{t-1} = mean + sigma_t·z, no noise at t = 0.
 
     1. mean = (x_t - beta_t / sqrt(1 - ᾱ_t)·eps) / sqrt(alpha_t)      (eq. 11)
@@ -143,27 +206,39 @@ def ddpm_step(eps: torch.Tensor, x_t: torch.Tensor, t: int, schedule: Schedule,
     """
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    x0 = schedule.predict_x0(x_t, t, eps)
     # 1. the mean of p(x_{t-1} | x_t)
     if clip_x0:
-        x0 = schedule.predict_x0(x_t, t, eps).clamp(-1, 1)
+        x0 = x0.clamp(-1, 1)
         mean, _ = schedule.q_posterior(x0, x_t, t)
     else:
-        beta = schedule.at(schedule.betas, t, x_t)
-        ab = schedule.at(schedule.alpha_bars, t, x_t)
-        mean = (x_t - beta / (1 - ab).sqrt() * eps) / schedule.at(schedule.alphas, t, x_t).sqrt()
+        beta = extract(schedule.betas, t, x_t)
+        ab = extract(schedule.alpha_bars, t, x_t)
+        mean = (x_t - beta / (1 - ab).sqrt() * eps) / extract(schedule.alphas, t, x_t).sqrt()
     if t == 0:
-        return mean
+        return StepOutput(mean, x0)
     # 2. the variance, of step t itself
-    var = schedule.at(schedule.betas if variance == "beta" else schedule.posterior_variance, t, x_t)
+    var = extract(schedule.betas if variance == "beta" else schedule.posterior_variance, t, x_t)
     # 3. add fresh noise
     noise = torch.randn_like(x_t) if noise is None else noise
-    return mean + var.sqrt() * noise
+    return StepOutput(mean + var.sqrt() * noise, x0)
 
 
-def ddim_step(eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, schedule: Schedule,
-              eta: float = 0.0, noise: torch.Tensor | None = None,
-              clip_x0: bool = False) -> torch.Tensor:
+DEFAULT_ETA = 1.0
+"""The η that sample_ddim uses unless told otherwise: the best the course measured.
+
+bench/RESULTS.md ("Samplers"): on the 06 model DDIM-25 with η = 1 is recognised 99.6% of the
+time, η = 0 only 55%. η = 0 is still there for when determinism is the point (say eta=0.0).
+"""
+
+
+def ddim_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule, t_prev: int,
+              eta: float = DEFAULT_ETA, noise: torch.Tensor | None = None,
+              clip_x0: bool = False) -> StepOutput:
     """One DDIM step from t to t_prev < t (Song et al. 2021, eq. 12); t_prev = -1 means ᾱ = 1.
+
+    η sets how much fresh noise each step adds, as in diffusers: η = 0 is deterministic DDIM,
+    η = 1 is DDPM-like (over all T steps it is DDPM with the posterior variance).
 
     1. x_0 = (x_t - sqrt(1 - ᾱ_t)·eps) / sqrt(ᾱ_t)
     2. sigma = eta · sqrt((1 - ᾱ_prev)/(1 - ᾱ_t)) · sqrt(1 - ᾱ_t/ᾱ_prev)     (eq. 16)
@@ -178,8 +253,8 @@ def ddim_step(eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, schedul
     x0 = schedule.predict_x0(x_t, t, eps)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-    ab = schedule.at(schedule.alpha_bars, t, x_t)
-    ab_prev = (schedule.at(schedule.alpha_bars, t_prev, x_t) if t_prev >= 0
+    ab = extract(schedule.alpha_bars, t, x_t)
+    ab_prev = (extract(schedule.alpha_bars, t_prev, x_t) if t_prev >= 0
                else torch.ones((), dtype=x_t.dtype, device=x_t.device))
     # 2. how much fresh noise this step adds
     sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
@@ -187,14 +262,10 @@ def ddim_step(eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, schedul
     x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
     if eta > 0 and t_prev >= 0:
         x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
-    return x_prev
+    return StepOutput(x_prev, x0)
 
 
 # --- samplers ----------------------------------------------------------------------------------
-
-def _timesteps_tensor(t: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((len(x),), t, device=x.device, dtype=torch.long)
-
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
     """Fresh noise from ``generator`` (a CPU generator: the same numbers on every device)."""
@@ -203,20 +274,32 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
-@torch.no_grad()
-def sample_ddpm(model: Denoiser, x: torch.Tensor, schedule: Schedule, variance: str = "beta",
-                clip_x0: bool = False, callback: Callable | None = None,
-                disable: bool | None = None, generator: torch.Generator | None = None):
-    """Ancestral sampling, Ho et al. 2020 Algorithm 2: all T steps from x_T = x to x_0."""
-    for i, t in enumerate(tqdm(range(schedule.T - 1, -1, -1), desc="DDPM sampling",
-                               disable=disable, leave=False)):
-        eps = model(x, _timesteps_tensor(t, x))
-        noise = _noise_like(x, generator)
-        x_new = ddpm_step(eps, x, t, schedule, noise=noise, variance=variance, clip_x0=clip_x0)
+def _sample_loop(model: Denoiser, x: torch.Tensor, timesteps: list[int], step: Callable,
+                 desc: str, extra_args: dict | None, callback: Callable | None,
+                 disable: bool | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Walk the (t, t_prev) pairs: eps = model(x, t, **extra_args), then ``step`` to t_prev."""
+    extra_args = extra_args or {}
+    pairs = list(zip(timesteps, timesteps[1:] + [-1]))
+    for i, (t, t_prev) in enumerate(tqdm(pairs, desc=desc, disable=disable, leave=False)):
+        eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
+        out = step(x, t, eps, t_prev, _noise_like(x, generator))
         if callback is not None:
-            callback({"i": i, "t": t, "x": x_new, "x0": schedule.predict_x0(x, t, eps)})
-        x = x_new
+            callback({"i": i, "n": len(pairs), "t": t, "x": out.x_prev, "x0": out.x0})
+        x = out.x_prev
     return x
+
+
+@torch.no_grad()
+def sample_ddpm(model: Denoiser, x: torch.Tensor, schedule: Schedule,
+                extra_args: dict | None = None, callback: Callable | None = None,
+                disable: bool | None = None, generator: torch.Generator | None = None,
+                variance: str = "beta", clip_x0: bool = False) -> torch.Tensor:
+    """Ancestral sampling, Ho et al. 2020 Algorithm 2: all T steps from x_T = x to x_0."""
+    def step(x_t, t, eps, t_prev, noise):
+        return ddpm_step(x_t, t, eps, schedule, noise=noise, variance=variance, clip_x0=clip_x0)
+
+    return _sample_loop(model, x, list(range(schedule.T - 1, -1, -1)), step, "DDPM sampling",
+                        extra_args, callback, disable, generator)
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -229,34 +312,32 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 
 @torch.no_grad()
 def sample_ddim(model: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int = 50,
-                eta: float = 0.0, clip_x0: bool = False, callback: Callable | None = None,
-                disable: bool | None = None, generator: torch.Generator | None = None):
-    """DDIM sampling, Song et al. 2021: ``steps`` jumps; eta=0 deterministic, eta=1 DDPM-like."""
+                eta: float = DEFAULT_ETA, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None,
+                generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
+    """DDIM sampling, Song et al. 2021: ``steps`` jumps; η = 0 deterministic, η = 1 DDPM-like."""
+    def step(x_t, t, eps, t_prev, noise):
+        return ddim_step(x_t, t, eps, schedule, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)
+
     ts = ddim_timesteps(schedule.T, steps)
-    for i, t in enumerate(tqdm(ts, desc=f"DDIM sampling ({len(ts)} steps)", disable=disable,
-                               leave=False)):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        eps = model(x, _timesteps_tensor(t, x))
-        noise = _noise_like(x, generator)
-        x_new = ddim_step(eps, x, t, t_prev, schedule, eta=eta, noise=noise, clip_x0=clip_x0)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x_new, "x0": schedule.predict_x0(x, t, eps)})
-        x = x_new
-    return x
+    return _sample_loop(model, x, ts, step, f"DDIM sampling ({len(ts)} steps, η={eta:g})",
+                        extra_args, callback, disable, generator)
 
 
 class FrameRecorder:
-    """Callback for the samplers that keeps ``n`` evenly spaced frames of x (and their labels)."""
+    """Sampler callback that keeps ``n`` evenly spaced frames of x (or of x̂_0 with key="x0")."""
 
-    def __init__(self, total_steps: int, n: int = 10, key: str = "x"):
-        self.keep = set(torch.linspace(0, total_steps - 1, min(n, total_steps)).round().long()
-                        .tolist())
-        self.key = key
+    def __init__(self, n: int = 10, key: str = "x"):
+        if key not in ("x", "x0"):
+            raise ValueError(f"key must be 'x' or 'x0', got {key!r}")
+        self.n, self.key = n, key
         self.frames: list[torch.Tensor] = []
         self.labels: list[str] = []
 
     def __call__(self, info: dict) -> None:
-        if info["i"] in self.keep:
+        total = info["n"]
+        keep = torch.linspace(0, total - 1, min(self.n, total)).round().long().tolist()
+        if info["i"] in keep:
             self.frames.append(info[self.key].detach().cpu().clone())
             self.labels.append(f"t={info['t']}")
 
@@ -266,19 +347,38 @@ class FrameRecorder:
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022): eps = (1 + w)·eps(x, c) - w·eps(x, ∅).
 
-    Wraps a conditional model ``model(x, t, c, c_mask)`` as ``denoiser(x, t)`` for any sampler.
-    Conditional and unconditional predictions come from one batched forward pass.
+    Wraps a conditional model ``model(x, t, c=..., c_mask=...)`` as ``denoiser(x, t, c=...)``;
+    give the context to a sampler as ``extra_args={"c": c}``. The conditional and unconditional
+    predictions come from one forward pass of a doubled batch (mask 1, then mask 0).
     """
 
-    def __init__(self, model: Callable, c: torch.Tensor, w: float = 1.0):
-        self.model, self.c, self.w = model, c, w
+    def __init__(self, model: Callable, w: float = 1.0):
+        self.model, self.w = model, w
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if len(self.c) != len(x):
-            raise ValueError(f"context has {len(self.c)} rows for a batch of {len(x)} images")
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if len(c) != len(x):
+            raise ValueError(f"context has {len(c)} rows for a batch of {len(x)} images")
+        keep = torch.ones(len(x), 1, device=x.device)
         if self.w == 0:
-            return self.model(x, t, self.c, torch.ones(len(x), 1, device=x.device))
-        mask = torch.cat((torch.ones(len(x), 1), torch.zeros(len(x), 1))).to(x.device)
-        eps = self.model(torch.cat((x, x)), torch.cat((t, t)), torch.cat((self.c, self.c)), mask)
+            return self.model(x, t, c=c, c_mask=keep)
+        mask = torch.cat((keep, torch.zeros_like(keep)))
+        eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
         eps_cond, eps_uncond = eps.chunk(2)
         return (1 + self.w) * eps_cond - self.w * eps_uncond
+
+
+def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], schedule: Schedule,
+                  w: float = 2.0, steps: int = 50, eta: float = DEFAULT_ETA,
+                  clip_x0: bool = False, seed: int = 0, callback: Callable | None = None,
+                  disable: bool | None = None) -> torch.Tensor:
+    """Guided DDIM samples, one per row of the context ``c``: what 04 and 05 draw.
+
+    The starting noise and every step's noise come from a CPU generator seeded with ``seed``, so
+    two calls with the same seed (say, two values of w) start from the same x_T.
+    """
+    device = c.device
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(c), *shape, generator=generator).to(device)
+    return sample_ddim(CFGDenoiser(model, w), x, schedule, steps=steps, eta=eta,
+                       extra_args={"c": c}, callback=callback, disable=disable,
+                       generator=generator, clip_x0=clip_x0)

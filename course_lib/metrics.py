@@ -22,16 +22,17 @@ side by side (:func:`recorded_quality`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from .classifier import LOADERS, DigitClassifier, load_classifier
+from .classifier import DigitClassifier, load_classifier
 from .config import checkpoint_path
+from .data import LOADERS
+from .storage import save_json_atomic
 
 CONFIDENT = 0.9            # top softmax probability that counts as "recognised"
 CLASSIFIER_SIZE = 28
@@ -166,29 +167,44 @@ def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500,
 
 # --- keeping the figures of each notebook, for side-by-side comparisons ------------------------
 
+class Key(StrEnum):
+    """The names under which notebooks record their figures: a misspelt key is an AttributeError,
+    not a row that silently goes missing from a later plot."""
+
+    REAL = "real images"
+    NB01_BLOTS = "01 UNet, one pass from noise"
+    NB02_DDPM = "02 DDPM, 150 steps"
+    NB02_DDIM25 = "02 DDIM, 25 steps, η = 0"
+    NB02_DDIM150 = "02 DDIM, 150 steps, η = 0"
+    NB02_DDIM25_ETA1 = "02 DDIM, 25 steps, η = 1"
+    NB03_TRAP = "03 OptimizedUNet, ᾱ_T = 0.22"
+    NB03 = "03 OptimizedUNet, ᾱ_T ≈ 0"
+
+
 def _quality_file():
     return checkpoint_path("quality").with_suffix(".json")
 
 
-def record_quality(name: str, quality: Quality) -> None:
-    """Store ``quality`` under ``name`` in checkpoints/<profile>/quality.json (atomically)."""
-    path = _quality_file()
+def record_quality(key: Key, quality: Quality) -> None:
+    """Store ``quality`` under ``key`` in checkpoints/<profile>/quality.json (atomically)."""
+    key = Key(key)          # raises ValueError for a name that is not a Key
     table = recorded_quality()
-    table[name] = quality
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({k: asdict(v) for k, v in table.items()}, f, indent=1)
-    os.replace(tmp, path)
+    table[key] = quality
+    save_json_atomic({k.value: asdict(v) for k, v in table.items()}, _quality_file())
 
 
-def recorded_quality() -> dict[str, Quality]:
-    """Everything recorded so far in this profile, by name (empty if nothing yet)."""
+def recorded_quality() -> dict[Key, Quality]:
+    """Everything recorded so far in this profile, by key (empty if nothing yet).
+
+    Rows written under names that are no longer keys (an older version of the course) are
+    skipped.
+    """
     path = _quality_file()
     if not path.is_file():
         return {}
     try:
-        return {k: Quality(**v) for k, v in json.loads(path.read_text()).items()}
+        rows = json.loads(path.read_text())
+        return {Key(k): Quality(**v) for k, v in rows.items() if k in Key._value2member_map_}
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path} is not a quality record ({err}); delete it and re-run the "
                          f"notebooks that write it") from err

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
+
+from .storage import load_tensors, save_atomic
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,6 +66,39 @@ def pick_memory_format(model: nn.Module, device: torch.device | str) -> torch.me
     return getattr(model, "memory_format", torch.contiguous_format)
 
 
+def ema_warmup_avg_fn(decay: float, warmup: float = 10.0) -> Callable:
+    """EMA update with warm-up: avg ← avg + (1 - d_n)·(w - avg), d_n = min(decay, (1 + n)/(warmup + n)).
+
+    A fixed decay of 0.999 over the ~1,000 steps of a CPU run leaves the average dominated by
+    the random initial weights (measured in issue #10: samples turned to noise). With the
+    warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates, and diffusers'
+    EMAModel) the first updates average almost uniformly, and the decay reaches ``decay`` only
+    after ~warmup/(1 - decay) steps.
+    """
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (warmup + n))
+        return averaged + (current - averaged) * (1 - d)
+
+    return avg_fn
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 100,
+                  final_factor: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
+    """Learning rate: linear warm-up from ~0 over ``warmup_steps``, then cosine decay to
+    ``final_factor``× the base rate at ``total_steps`` (torch's LinearLR + CosineAnnealingLR)."""
+    warmup_steps = max(1, min(warmup_steps, total_steps - 1))
+    base = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup_steps),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps,
+                                                   eta_min=base * final_factor),
+    ], milestones=[warmup_steps])
+
+
 def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1,
           lr: float = 1e-3, device: torch.device | str = "cpu",
           optimizer: torch.optim.Optimizer | None = None, scheduler=None,
@@ -78,15 +112,15 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     ``memory_format`` (default: :func:`pick_memory_format`) is the layout of the weights and
     of the 4-D tensors of each batch.
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
-    (``AveragedModel``) whose ``.module`` is usually the better model to sample from.
+    (``AveragedModel``, with warm-up: :func:`ema_warmup_avg_fn`) whose ``.module`` is usually
+    the better model to sample from.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     memory_format = memory_format or pick_memory_format(model, device)
     model.to(device, memory_format=memory_format).train()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-           if ema_decay else None)
+    ema = AveragedModel(model, avg_fn=ema_warmup_avg_fn(ema_decay)) if ema_decay else None
     history = History(ema=ema)
     step = 0
     for epoch in range(epochs):
@@ -129,21 +163,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     """Write ``model``'s weights (plus any ``extra`` values) atomically: temp file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "model_class": type(model).__name__, **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomic(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module,
@@ -153,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train the model first (or fix the path).")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = load_tensors(path, map_location)
         state = payload["model"]
     except Exception as err:
         raise CheckpointError(
@@ -174,3 +195,33 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
             "or delete the checkpoint and train again."
         ) from None
     return payload
+
+
+def train_or_load(path: str | os.PathLike, model: nn.Module, loader: Iterable, loss_fn: Callable,
+                  **train_kwargs) -> History:
+    """Load ``model`` from ``path`` if a checkpoint is there, else :func:`train` it and save it.
+
+    Either way it returns the :class:`History` (losses, seconds per epoch and, with
+    ``ema_decay``, the EMA model), so a later notebook can reuse an earlier one's model and
+    compare its training curve. A checkpoint that does not fit is reported and retrained.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            payload = load_checkpoint(path, model)
+        except CheckpointError as err:
+            print(f"{err}\nTraining it here instead.")
+        else:
+            history = History(losses=list(payload.get("losses", [])),
+                              epoch_seconds=list(payload.get("epoch_seconds", [])))
+            if payload.get("ema") is not None:
+                history.ema = AveragedModel(model)
+                history.ema.module.load_state_dict(payload["ema"])
+                history.ema.eval()
+            model.eval()
+            print(f"loaded {type(model).__name__} from {path} (delete it to train again)")
+            return history
+    history = train(model, loader, loss_fn, **train_kwargs)
+    save_checkpoint(path, model, losses=history.losses, epoch_seconds=history.epoch_seconds,
+                    ema=None if history.ema is None else history.ema.module.state_dict())
+    return history

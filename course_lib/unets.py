@@ -42,14 +42,32 @@ def _check_size(size: int) -> None:
 
 
 def dense_bottleneck(ch: int, hidden: int, side: int, act: type[nn.Module]) -> nn.Sequential:
-    """Flatten (B, ch, side, side) -> Linear layers -> Unflatten back: every pixel sees every other."""
+    """Flatten (B, ch, side, side) -> 3 Linear layers -> Unflatten back: every pixel sees every other.
+
+    ``act`` is the activation after the flattening and after each Linear layer.
+    """
     flat = ch * side * side
-    return nn.Sequential(nn.Flatten(), act(), nn.Linear(flat, hidden), nn.ReLU(),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, flat), nn.ReLU(),
+    return nn.Sequential(nn.Flatten(), act(), nn.Linear(flat, hidden), act(),
+                         nn.Linear(hidden, hidden), act(), nn.Linear(hidden, flat), act(),
                          nn.Unflatten(1, (ch, side, side)))
 
 
-class UNet(nn.Module):
+class Encoder(nn.Module):
+    """The shared first half of every course UNet: down0 -> down1 -> down2 -> bottleneck -> up0.
+
+    Subclasses build the five modules; :meth:`encode` runs them and returns the three skips
+    and the decoder's first features.
+    """
+
+    def encode(self, x: torch.Tensor):
+        check_images(x, self.img_ch, self.size)
+        down0 = self.down0(x)
+        down1 = self.down1(down0)
+        down2 = self.down2(down1)
+        return down0, down1, down2, self.up0(self.bottleneck(down2))
+
+
+class UNet(Encoder):
     """01's plain UNet: denoise an image in one pass (no time input)."""
 
     # train() uses NHWC on a CPU: ~15-30% faster for BatchNorm/ReLU nets (bench/throughput.py)
@@ -70,11 +88,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(*conv_bn_relu(c0, c0), nn.Conv2d(c0, img_ch, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.img_ch, self.size)
-        down0 = self.down0(x)
-        down1 = self.down1(down0)
-        down2 = self.down2(down1)
-        up0 = self.up0(self.bottleneck(down2))
+        _, down1, down2, up0 = self.encode(x)
         up1 = self.up1(up0, down2)
         up2 = self.up2(up1, down1)
         return self.out(up2)
@@ -90,19 +104,15 @@ class TimeUNet(UNet):
         self.t_emb2 = EmbedBlock(1, channels[1])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.img_ch, self.size)
         check_timesteps(t, len(x), self.T)
         t = (t.float() / self.T).unsqueeze(1)
-        down0 = self.down0(x)
-        down1 = self.down1(down0)
-        down2 = self.down2(down1)
-        up0 = self.up0(self.bottleneck(down2))
+        _, down1, down2, up0 = self.encode(x)
         up1 = self.up1(up0 + self.t_emb1(t), down2)
         up2 = self.up2(up1 + self.t_emb2(t), down1)
         return self.out(up2)
 
 
-class OptimizedUNet(nn.Module):
+class OptimizedUNet(Encoder):
     """03's UNet; with ``c_dim`` it also takes a context c (04-06): up = c_emb·h + t_emb.
 
     ``forward(x, t, c=None, c_mask=None)``: c is (B, c_dim) (one-hot class or CLIP
@@ -134,16 +144,12 @@ class OptimizedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
                 c_mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_images(x, self.img_ch, self.size)
         check_timesteps(t, len(x), self.T)
-        down0 = self.down0(x)
-        down1 = self.down1(down0)
-        down2 = self.down2(down1)
-        up0 = self.up0(self.bottleneck(down2))
+        down0, down1, down2, up0 = self.encode(x)
         t = self.sinusoidal(t)
         scale1 = scale2 = 1.0
         if self.c_dim is not None:
-            c = self.context(c, c_mask, len(x), x)
+            c = self.context(c, c_mask, x)
             scale1, scale2 = self.c_emb1(c), self.c_emb2(c)
         elif c is not None:
             raise ValueError("this UNet was built without a context; pass c_dim=... to use c")
@@ -151,8 +157,9 @@ class OptimizedUNet(nn.Module):
         up2 = self.up2(scale2 * up1 + self.t_emb2(t), down1)
         return self.out(torch.cat((up2, down0), dim=1))
 
-    def context(self, c, c_mask, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """The context actually seen: c·mask, zeros when c is None."""
+    def context(self, c, c_mask, like: torch.Tensor) -> torch.Tensor:
+        """The context actually seen for the batch ``like``: c·mask, zeros when c is None."""
+        batch = len(like)
         if c is None:
             return like.new_zeros(batch, self.c_dim)
         if c.shape != (batch, self.c_dim):

@@ -2,7 +2,8 @@
 
 Every helper builds a ``matplotlib.figure.Figure`` directly (not through pyplot), so
 a notebook cell that ends with the call shows the figure exactly once, and tests can
-inspect it without a display.
+inspect it without a display. Importing this module changes nothing in the kernel: a notebook
+turns on inline figures itself with ``%matplotlib inline`` in its first cell.
 """
 from __future__ import annotations
 
@@ -15,24 +16,6 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from .data import to_display
-
-
-def _enable_inline_figures() -> None:
-    """In a Jupyter kernel, make returned Figures display inline (what ``%matplotlib inline`` does).
-
-    Figures built without pyplot are only rendered once IPython's PNG formatter is registered,
-    which pyplot would otherwise do lazily on its first plot.
-    """
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
-        shell.run_line_magic("matplotlib", "inline")
-
-
-_enable_inline_figures()
 
 
 def _as_image(x: torch.Tensor):

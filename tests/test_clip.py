@@ -46,17 +46,32 @@ def toy():
     return images.clamp(-1, 1), captions, names
 
 
-def test_small_clip_trains_and_separates_colours(toy):
+@pytest.fixture(scope="module")
+def trained(toy):
     images, captions, names = toy
     torch.manual_seed(0)
     config = cl.small_clip_config(width=64, layers=2, embed_dim=32)
     model = cl.small_clip(config)
     history = cl.train_small_clip(model, images, captions, steps=60, batch_size=24, lr=2e-3)
+    return model, history
+
+
+def test_small_clip_trains_and_separates_colours(toy, trained):
+    images, captions, names = toy
+    model, history = trained
     assert history.final_loss < 0.5 * history.losses[0]
     prompts = [f"a photo of a {n} flower" for n in names]
     predicted = cl.zero_shot(model, images[: len(names)], prompts)
     assert predicted.tolist() == list(range(len(names)))
     assert model.embed_dim == 32
+
+
+def test_clip_score_prefers_the_right_caption(toy, trained):
+    images, captions, names = toy
+    model, _ = trained
+    own = cl.clip_score(model, images[:6], captions[:6])
+    wrong = cl.clip_score(model, images[:6], captions[1:7])      # every image gets another colour
+    assert own.shape == (6,) and (own > wrong).all()
 
 
 def test_save_load_round_trip_gives_identical_embeddings(tmp_path, toy):
@@ -93,10 +108,22 @@ def test_pretrained_is_reported_missing_offline(monkeypatch, tmp_path):
     assert clip is None and "is not a file" in why
 
 
-def test_clip_score_shape_and_bounds(toy):
+def test_clip_score_rejects_mismatched_lengths(toy):
     images, captions, _ = toy
     model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
-    scores = cl.clip_score(model, images[:5], captions[:5])
-    assert scores.shape == (5,) and (scores.abs() <= 1 + 1e-5).all()
-    with pytest.raises(ValueError, match="prompts"):
+    with pytest.raises(ValueError, match="5 images but 4 prompts"):
         cl.clip_score(model, images[:5], captions[:4])
+
+
+def test_get_clip_trains_once_then_loads(tmp_path, toy, monkeypatch):
+    images, captions, _ = toy
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
+    tiny = cl.small_clip_config(width=64, layers=1, embed_dim=32)
+    monkeypatch.setattr(cl, "small_clip_config", lambda: tiny)
+    first, history = cl.get_clip(images, captions, tmp_path / "clip", steps=3,
+                                 allow_download=False)
+    assert history is not None and len(history.losses) == 3
+    again, history2 = cl.get_clip(images, captions, tmp_path / "clip", allow_download=False)
+    assert history2 is None and "loaded from" in again.source
+    assert torch.allclose(first.embed_text(captions[:2]), again.embed_text(captions[:2]), atol=1e-6)

@@ -53,9 +53,10 @@ def test_w0_guidance_equals_conditional_sampling(model):
     s = linear_schedule(20)
     c = one_hot(torch.tensor([1, 2]), 4)
     noise = torch.randn(2, 1, 8, 8)
-    conditional = lambda x, t: model(x, t, c, torch.ones(2, 1))  # noqa: E731
-    a = sample_ddim(CFGDenoiser(model, c, 0.0), noise, s, steps=10, disable=True)
-    b = sample_ddim(conditional, noise, s, steps=10, disable=True)
+    conditional = lambda x, t: model(x, t, c=c, c_mask=torch.ones(2, 1))  # noqa: E731
+    a = sample_ddim(CFGDenoiser(model, 0.0), noise, s, steps=10, eta=0.0, extra_args={"c": c},
+                  disable=True)
+    b = sample_ddim(conditional, noise, s, steps=10, eta=0.0, disable=True)
     assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -63,13 +64,14 @@ def test_w0_guidance_equals_conditional_sampling(model):
 def test_guided_sampling_is_finite_with_both_samplers(model, w):
     s = linear_schedule(20)
     c = one_hot(torch.tensor([0, 3]), 4)
-    denoiser = CFGDenoiser(model, c, w)
-    for out in (sample_ddpm(denoiser, torch.randn(2, 1, 8, 8), s, disable=True),
-                sample_ddim(denoiser, torch.randn(2, 1, 8, 8), s, steps=5, eta=0.5, disable=True)):
+    denoiser = CFGDenoiser(model, w)
+    for out in (sample_ddpm(denoiser, torch.randn(2, 1, 8, 8), s, extra_args={"c": c}, disable=True),
+                sample_ddim(denoiser, torch.randn(2, 1, 8, 8), s, steps=5, eta=0.5,
+                            extra_args={"c": c}, disable=True)):
         assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
 
 
 def test_cfg_rejects_mismatched_context(model):
     with pytest.raises(ValueError, match="context has 1 rows"):
-        CFGDenoiser(model, one_hot(torch.tensor([0]), 4), 1.0)(torch.randn(2, 1, 8, 8),
-                                                                torch.tensor([1, 1]))
+        CFGDenoiser(model, 1.0)(torch.randn(2, 1, 8, 8), torch.tensor([1, 1]),
+                                c=one_hot(torch.tensor([0]), 4))

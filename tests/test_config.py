@@ -30,12 +30,23 @@ def test_seed_everything_reproduces_draws():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_device_is_cpu_without_accelerator(capsys):
-    device = config.get_device(verbose=True)
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if torch.backends.mps.is_available() else "cpu")
-    assert device.type == expected
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"),
+                                                 (False, False, "cpu")])
+def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch, capsys, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert config.get_device(verbose=True).type == expected
     assert f"device: {expected}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, allowed", [(None, True), ("1", False), ("true", False),
+                                            ("YES", False), ("0", True), ("", True)])
+def test_downloads_allowed(monkeypatch, value, allowed):
+    if value is None:
+        monkeypatch.delenv("COURSE_NO_DOWNLOAD", raising=False)
+    else:
+        monkeypatch.setenv("COURSE_NO_DOWNLOAD", value)
+    assert config.downloads_allowed() is allowed
 
 
 def test_checkpoint_path_is_per_profile(monkeypatch):

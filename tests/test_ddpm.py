@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 
 import pytest
@@ -44,7 +45,7 @@ def test_cosine_schedule_follows_its_formula():
 
 def test_bad_betas_and_T():
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        ddpm.Schedule(torch.tensor([0.1, 1.5]))
+        ddpm.Schedule.from_betas(torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError, match="T must be"):
         ddpm.linear_schedule(0)
 
@@ -89,7 +90,7 @@ def test_reverse_step_with_true_noise_at_first_step_returns_x0(schedule):
     x0, eps = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
     x1 = schedule.q_sample(x0, 0, eps)
     for variance in ("beta", "posterior"):
-        assert torch.allclose(ddpm.ddpm_step(eps, x1, 0, schedule, variance=variance), x0,
+        assert torch.allclose(ddpm.ddpm_step(x1, 0, eps, schedule, variance=variance).x_prev, x0,
                               atol=1e-5)
 
 
@@ -100,23 +101,23 @@ def test_ddpm_step_mean_and_variance_use_the_same_t(schedule):
     t = 60
     xt = schedule.q_sample(x0, t, eps)
     post_mean, post_var = schedule.q_posterior(x0, xt, t)
-    mean = ddpm.ddpm_step(eps, xt, t, schedule, noise=torch.zeros_like(z))
+    mean = ddpm.ddpm_step(xt, t, eps, schedule, noise=torch.zeros_like(z)).x_prev
     assert torch.allclose(mean, post_mean, atol=1e-5)
-    step = ddpm.ddpm_step(eps, xt, t, schedule, noise=z, variance="beta")
+    step = ddpm.ddpm_step(xt, t, eps, schedule, noise=z, variance="beta").x_prev
     assert torch.allclose(step - mean, schedule.betas[t].sqrt() * z, atol=1e-6)
-    step = ddpm.ddpm_step(eps, xt, t, schedule, noise=z, variance="posterior")
+    step = ddpm.ddpm_step(xt, t, eps, schedule, noise=z, variance="posterior").x_prev
     assert torch.allclose(step - mean, post_var.sqrt() * z, atol=1e-6)
     with pytest.raises(ValueError, match="variance"):
-        ddpm.ddpm_step(eps, xt, t, schedule, variance="sigma")
+        ddpm.ddpm_step(xt, t, eps, schedule, variance="sigma")
 
 
 def test_clip_x0_keeps_prediction_in_range(schedule):
     xt, eps = torch.full((1, 4), 5.0), torch.zeros(1, 4)
     t = 100
-    clipped = ddpm.ddpm_step(eps, xt, t, schedule, noise=torch.zeros(1, 4), clip_x0=True)
+    clipped = ddpm.ddpm_step(xt, t, eps, schedule, noise=torch.zeros(1, 4), clip_x0=True).x_prev
     want, _ = schedule.q_posterior(torch.ones(1, 4), xt, t)
     assert torch.allclose(clipped, want, atol=1e-5)
-    unclipped = ddpm.ddpm_step(eps, xt, t, schedule, noise=torch.zeros(1, 4))
+    unclipped = ddpm.ddpm_step(xt, t, eps, schedule, noise=torch.zeros(1, 4)).x_prev
     assert not torch.allclose(unclipped, clipped)
 
 
@@ -124,8 +125,8 @@ def test_ddim_eta1_all_steps_equals_ddpm_posterior_step(schedule):
     torch.manual_seed(4)
     xt, eps, z = torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 6)
     for t in (1, 50, 149):
-        ddim = ddpm.ddim_step(eps, xt, t, t - 1, schedule, eta=1.0, noise=z)
-        ancestral = ddpm.ddpm_step(eps, xt, t, schedule, noise=z, variance="posterior")
+        ddim = ddpm.ddim_step(xt, t, eps, schedule, t - 1, eta=1.0, noise=z).x_prev
+        ancestral = ddpm.ddpm_step(xt, t, eps, schedule, noise=z, variance="posterior").x_prev
         assert torch.allclose(ddim, ancestral, atol=1e-4)
 
 
@@ -134,12 +135,13 @@ def test_ddim_eta0_with_true_noise_returns_x0_in_one_jump(schedule):
     x0, eps = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
     for t in (0, 70, 130):  # (at t=149 the cosine ᾱ is ~1e-5: float32 cannot invert it exactly)
         xt = schedule.q_sample(x0, t, eps)
-        assert torch.allclose(ddpm.ddim_step(eps, xt, t, -1, schedule, eta=0.0), x0, atol=1e-4)
+        out = ddpm.ddim_step(xt, t, eps, schedule, -1, eta=0.0)
+        assert torch.allclose(out.x_prev, x0, atol=1e-4) and torch.allclose(out.x0, x0, atol=1e-4)
 
 
 def test_ddim_rejects_forward_steps(schedule):
     with pytest.raises(ValueError, match="backwards"):
-        ddpm.ddim_step(torch.zeros(1), torch.zeros(1), 5, 7, schedule)
+        ddpm.ddim_step(torch.zeros(1), 5, torch.zeros(1), schedule, 7)
 
 
 def test_ddim_timesteps():
@@ -164,13 +166,19 @@ def test_samplers_recover_the_single_training_image(schedule, sampler):
     x0 = torch.rand(1, 1, 4, 4) * 2 - 1
     model = functools.partial(_oracle(x0), schedule=schedule)
     noise = torch.randn(5, 1, 4, 4)
-    rec = ddpm.FrameRecorder(schedule.T if sampler == "ddpm" else 20, n=5)
+    rec = ddpm.FrameRecorder(n=5)
+    rec_x0 = ddpm.FrameRecorder(n=3, key="x0")
+    both = lambda info: (rec(info), rec_x0(info))  # noqa: E731
     if sampler == "ddpm":
-        out = ddpm.sample_ddpm(model, noise, schedule, callback=rec, disable=True)
+        out = ddpm.sample_ddpm(model, noise, schedule, callback=both, disable=True)
     else:
-        out = ddpm.sample_ddim(model, noise, schedule, steps=20, callback=rec, disable=True)
+        out = ddpm.sample_ddim(model, noise, schedule, steps=20, callback=both, disable=True)
     assert torch.allclose(out, x0.expand_as(out), atol=1e-3)
     assert len(rec.frames) == 5 and rec.labels[0] == "t=149" and rec.labels[-1] == "t=0"
+    # the oracle's x̂_0 is the training image at every step, even the noisiest
+    assert len(rec_x0.frames) == 3
+    for frame in rec_x0.frames:
+        assert torch.allclose(frame, x0.expand_as(frame), atol=1e-2)
 
 
 def test_diffusion_loss_is_mse_against_the_noise(schedule):
@@ -194,9 +202,72 @@ def test_cfg_combines_conditional_and_unconditional():
     model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
     x, t, c = torch.randn(2, 1, 8, 8), torch.tensor([5, 9]), torch.eye(3)[:2]
     with torch.no_grad():
-        cond = model(x, t, c, torch.ones(2, 1))
-        uncond = model(x, t, c, torch.zeros(2, 1))
+        cond = model(x, t, c=c, c_mask=torch.ones(2, 1))
+        uncond = model(x, t, c=c, c_mask=torch.zeros(2, 1))
         for w in (-1.0, 0.0, 0.5, 2.0):
-            guided = ddpm.CFGDenoiser(model, c, w)(x, t)
+            guided = ddpm.CFGDenoiser(model, w)(x, t, c=c)
             assert torch.allclose(guided, (1 + w) * cond - w * uncond, atol=1e-5)
         assert torch.allclose(uncond, model(x, t, None), atol=1e-6)
+
+
+def test_schedule_to_moves_without_recomputing():
+    s = ddpm.linear_schedule(150)
+    s64 = ddpm.Schedule.from_betas(s.betas.double(), dtype=torch.float64)
+    moved = s64.to("cpu")
+    assert moved.dtype == torch.float64 and moved is not s64
+    for f in dataclasses.fields(s64):
+        assert torch.equal(getattr(moved, f.name), getattr(s64, f.name)), f.name
+    # a Schedule is a value without a tensor-comparing ==: identity only
+    assert (s64 == s64) and not (s64 == moved)
+
+
+def test_extract_shapes_and_errors():
+    values = torch.arange(10.0, dtype=torch.float64)
+    like = torch.zeros(3, 2, 4, 4)
+    out = ddpm.extract(values, torch.tensor([1, 5, 9]), like)
+    assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
+    assert out.flatten().tolist() == [1.0, 5.0, 9.0]
+    assert ddpm.extract(values, 4, like).shape == () and ddpm.extract(values, 4, like) == 4
+    assert ddpm.extract(values, torch.tensor([2, 3]), torch.zeros(2, 5)).shape == (2, 1)
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        ddpm.extract(values, 10, like)
+
+
+def test_scaled_linear_schedule_ends_at_pure_noise():
+    assert ddpm.linear_schedule(150).alpha_bars[-1] == pytest.approx(0.219, abs=2e-3)
+    scaled = ddpm.scaled_linear_schedule(150)
+    assert scaled.alpha_bars[-1] < 1e-4
+    assert scaled.betas[0].item() == pytest.approx(1e-4 * 1000 / 150, rel=1e-5)
+    with pytest.raises(ValueError, match="too small"):
+        ddpm.scaled_linear_schedule(20)
+
+
+def test_sample_ddim_default_eta_is_the_measured_best():
+    import inspect
+    assert inspect.signature(ddpm.sample_ddim).parameters["eta"].default == ddpm.DEFAULT_ETA == 1.0
+
+
+def test_samplers_pass_extra_args_by_keyword(schedule):
+    seen = []
+
+    def model(x, t, c=None):
+        seen.append(c)
+        return torch.zeros_like(x)
+    c = torch.ones(2, 3)
+    ddpm.sample_ddim(model, torch.randn(2, 1, 4, 4), schedule, steps=3, extra_args={"c": c},
+                     disable=True)
+    ddpm.sample_ddpm(model, torch.randn(2, 1, 4, 4), schedule, extra_args={"c": c}, disable=True)
+    assert len(seen) == 3 + schedule.T and all(s is c for s in seen)
+
+
+def test_sample_guided_is_seeded_and_guided():
+    torch.manual_seed(8)
+    model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
+    s = ddpm.cosine_schedule(20)
+    c = torch.eye(3)
+    a = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True)
+    b = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True)
+    other = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=4, disable=True)
+    unguided = ddpm.sample_guided(model, c, (1, 8, 8), s, w=0.0, steps=5, seed=3, disable=True)
+    assert a.shape == (3, 1, 8, 8) and torch.equal(a, b)
+    assert not torch.allclose(a, other) and not torch.allclose(a, unguided)

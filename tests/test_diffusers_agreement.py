@@ -59,7 +59,7 @@ def make_pair(cls, kind, T, **config):
 
 def to_float64(ours, theirs):
     """Give both sides the same float64 constants, derived from our betas; return our schedule."""
-    s = ddpm.Schedule(ours.betas.double(), dtype=torch.float64)
+    s = ddpm.Schedule.from_betas(ours.betas.double(), dtype=torch.float64)
     theirs.betas, theirs.alphas, theirs.alphas_cumprod = s.betas, s.alphas, s.alpha_bars
     one = torch.tensor(1.0, dtype=torch.float64)
     if isinstance(theirs, DDPMScheduler):
@@ -70,7 +70,9 @@ def to_float64(ours, theirs):
 
 
 def close(actual, expected):
-    """assert_close with the agreed absolute tolerance."""
+    """assert_close with the agreed absolute tolerance (a step's result: its x_prev)."""
+    if isinstance(actual, ddpm.StepOutput):
+        actual = actual.x_prev
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
 
 
@@ -118,9 +120,11 @@ def test_ddpm_step(kind, variance, variance_type, clip, t):
     ours = to_float64(ours, theirs)
     x = randn(t)
     eps = fake_model(x, t)
-    expected = theirs.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
+    out = theirs.step(eps, t, x, generator=torch.Generator().manual_seed(7))
     noise = randn(7)  # what diffusers draws from the same seed
-    close(ddpm.ddpm_step(eps, x, t, ours, noise=noise, variance=variance, clip_x0=clip), expected)
+    step = ddpm.ddpm_step(x, t, eps, ours, noise=noise, variance=variance, clip_x0=clip)
+    close(step, out.prev_sample)
+    close(step.x0, out.pred_original_sample)  # the step's x̂_0 is diffusers' pred_original_sample
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -137,8 +141,10 @@ def test_ddim_step(kind, eta, clip, t, num_inference_steps):
     t_prev = max(t - 100 // num_inference_steps, -1)  # diffusers: any negative step means ᾱ = 1
     x, noise = randn(t), randn(7)
     eps = fake_model(x, t)
-    expected = theirs.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
-    close(ddpm.ddim_step(eps, x, t, t_prev, ours, eta=eta, noise=noise, clip_x0=clip), expected)
+    out = theirs.step(eps, t, x, eta=eta, variance_noise=noise)
+    step = ddpm.ddim_step(x, t, eps, ours, t_prev, eta=eta, noise=noise, clip_x0=clip)
+    close(step, out.prev_sample)
+    close(step.x0, out.pred_original_sample)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -150,12 +156,12 @@ def test_float32_steps_as_shipped_at_mid_t(kind, clip):
     x, noise = randn(0, torch.float32), randn(7, torch.float32)
     eps = fake_model(x, 75)
     expected = ddpm_sched.step(eps, 75, x, generator=torch.Generator().manual_seed(7)).prev_sample
-    close(ddpm.ddpm_step(eps, x, 75, ours, noise=noise, variance="beta", clip_x0=clip), expected)
+    close(ddpm.ddpm_step(x, 75, eps, ours, noise=noise, variance="beta", clip_x0=clip), expected)
 
     _, ddim_sched = make_pair(DDIMScheduler, kind, 150, clip_sample=clip)
     ddim_sched.set_timesteps(15)
     expected = ddim_sched.step(eps, 75, x, eta=1.0, variance_noise=noise).prev_sample
-    close(ddpm.ddim_step(eps, x, 75, 65, ours, eta=1.0, noise=noise, clip_x0=clip), expected)
+    close(ddpm.ddim_step(x, 75, eps, ours, 65, eta=1.0, noise=noise, clip_x0=clip), expected)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -167,10 +173,10 @@ def test_float32_clipped_ddpm_step_near_t0_matches_float64(kind, t):
     reference = to_float64(ours, theirs)
     x, noise = randn(t, torch.float32), randn(7, torch.float32)
     eps = fake_model(x, t)
-    expected = ddpm.ddpm_step(eps.double(), x.double(), t, reference, noise=noise.double(),
-                              variance="posterior", clip_x0=True)
-    close(ddpm.ddpm_step(eps, x, t, ours, noise=noise, variance="posterior", clip_x0=True).double(),
-          expected)
+    expected = ddpm.ddpm_step(x.double(), t, eps.double(), reference, noise=noise.double(),
+                              variance="posterior", clip_x0=True).x_prev
+    step = ddpm.ddpm_step(x, t, eps, ours, noise=noise, variance="posterior", clip_x0=True)
+    close(step.x_prev.double(), expected)
 
 
 def test_diffusers_defaults_are_posterior_variance_with_clipping():
@@ -180,9 +186,9 @@ def test_diffusers_defaults_are_posterior_variance_with_clipping():
     x, noise, t = 3 * randn(0), randn(7), 10  # 3x: the predicted x_0 leaves [-1, 1]
     eps = fake_model(x, t)
     expected = theirs.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
-    close(ddpm.ddpm_step(eps, x, t, ours, noise=noise, variance="posterior", clip_x0=True),
+    close(ddpm.ddpm_step(x, t, eps, ours, noise=noise, variance="posterior", clip_x0=True),
           expected)
-    ours_default = ddpm.ddpm_step(eps, x, t, ours, noise=noise)
+    ours_default = ddpm.ddpm_step(x, t, eps, ours, noise=noise).x_prev
     assert (ours_default - expected).abs().max() > 100 * ATOL
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from course_lib import metrics
-from course_lib.metrics import (Quality, as_classifier_input, frechet_distance, record_quality,
+from course_lib.metrics import (Key, Quality, as_classifier_input, frechet_distance, record_quality,
                                 recorded_quality, sample_quality)
 
 
@@ -92,10 +92,13 @@ def test_records_round_trip_and_bad_files_are_reported(tmp_path, monkeypatch):
     path = tmp_path / "quality.json"
     monkeypatch.setattr(metrics, "_quality_file", lambda: path)
     assert recorded_quality() == {}
-    record_quality("01", Quality(n=10, recognisable=0.1, frechet=300.0))
-    record_quality("02", Quality(n=10, recognisable=0.5, frechet=40.0, accuracy=0.6))
-    assert recorded_quality() == {"01": Quality(10, 0.1, 300.0),
-                                  "02": Quality(10, 0.5, 40.0, 0.6)}
+    record_quality(Key.NB01_BLOTS, Quality(n=10, recognisable=0.1, frechet=300.0))
+    record_quality(Key.NB02_DDPM, Quality(n=10, recognisable=0.5, frechet=40.0, accuracy=0.6))
+    assert recorded_quality() == {Key.NB01_BLOTS: Quality(10, 0.1, 300.0),
+                                  Key.NB02_DDPM: Quality(10, 0.5, 40.0, 0.6)}
+    with pytest.raises(ValueError, match="not a valid Key"):   # a misspelt name is refused
+        record_quality("02 DDPM 150 steps", Quality(n=10, recognisable=0.5, frechet=40.0))
+    assert len(recorded_quality()) == 2
     path.write_text("not json")
     with pytest.raises(ValueError, match="delete it"):
         recorded_quality()

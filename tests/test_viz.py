@@ -38,8 +38,22 @@ def test_animation_has_one_frame_per_step():
     frames = [torch.full((4, 1, 8, 8), v) for v in (-1.0, 0.0, 1.0)]
     anim = viz.animate(frames, nrow=2, titles=["a", "b", "c"])
     assert len(list(anim.new_frame_seq())) == 3
-    html = viz.animation_html(frames, nrow=2)
-    assert "<img" in html.data or "animation" in html.data.lower()
+    html = viz.animation_html(frames, nrow=2).data
+    # matplotlib's jshtml player embeds every frame as a base64 PNG
+    assert html.count("data:image/png;base64") == 3
+
+
+def test_importing_viz_leaves_the_kernel_alone(monkeypatch):
+    """Importing viz inside a Jupyter kernel runs no magic (notebooks say %matplotlib inline)."""
+    import importlib
+
+    import IPython
+    calls = []
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {  # noqa: N806
+        "run_line_magic": lambda self, *args: calls.append(args)})
+    monkeypatch.setattr(IPython, "get_ipython", lambda: ZMQInteractiveShell())
+    importlib.reload(viz)
+    assert calls == []
 
 
 def test_plot_schedules_draws_each_schedule():

@@ -1,0 +1,49 @@
+"""Files the course writes: checkpoints, caches and records, always atomically.
+
+A crash (or a Ctrl-C in a notebook) half-way through a write must never leave a truncated file
+that a later run trusts. Every writer here writes a temporary file in the target folder, flushes
+it to disk and renames it over the target (``os.replace`` is atomic on one file system).
+Everything is read back with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO
+
+import torch
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``json.dump(obj)`` to ``path``, atomically (indented, UTF-8)."""
+    return write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Read a file written by :func:`save_atomic`; tensors and plain containers only."""
+    return torch.load(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,175 @@
+"""Every exercise checker says "correct" for a right answer and explains a wrong one."""
+import open_clip
+import pytest
+import torch
+from einops import rearrange
+from torch import nn
+
+from course_lib import check
+from course_lib.blocks import DownBlock, ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock
+from course_lib.conditioning import keep_mask, one_hot
+from course_lib.ddpm import add_noise, ddim_step, ddpm_step
+
+
+def verdict(capsys, fn, answer):
+    ok = fn(answer)
+    return ok, capsys.readouterr().out
+
+
+def test_add_noise(capsys):
+    assert verdict(capsys, check.check_add_noise, add_noise)[0]
+    ok, out = verdict(capsys, check.check_add_noise, lambda x, a, n: (1 - a) * x + a * n * 0.5)
+    assert not ok and "amount=0.5" in out
+
+
+def test_down_and_up_blocks(capsys):
+    assert verdict(capsys, check.check_down_block, DownBlock)[0]
+    assert verdict(capsys, check.check_up_block, UpBlock)[0]
+
+    class SkipFirst(UpBlock):            # concatenates in the wrong order
+        def forward(self, x, skip):
+            return self.model(torch.cat((skip, x), dim=1))
+
+    ok, out = verdict(capsys, check.check_up_block, SkipFirst)
+    assert not ok and "max difference" in out
+
+    class NoPool(nn.Sequential):
+        def __init__(self, i, o):
+            super().__init__(*list(DownBlock(i, o).children())[:-1])
+
+    ok, out = verdict(capsys, check.check_down_block, NoPool)
+    assert not ok and "shape" in out
+
+
+def test_q_sample(capsys):
+    def right(x0, t, noise, alpha_bars):
+        ab = alpha_bars[t].reshape(-1, 1, 1, 1)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def wrong(x0, t, noise, alpha_bars):          # variances instead of standard deviations
+        ab = alpha_bars[t].reshape(-1, 1, 1, 1)
+        return ab * x0 + (1 - ab) * noise
+    assert verdict(capsys, check.check_q_sample, right)[0]
+    assert not verdict(capsys, check.check_q_sample, wrong)[0]
+
+
+def _mean(x_t, t, eps, s):
+    return (x_t - s.betas[t] / (1 - s.alpha_bars[t]).sqrt() * eps) / s.alphas[t].sqrt()
+
+
+def test_reverse_step_explains_the_usual_mistakes(capsys):
+    def right(x_t, t, eps, s, z):
+        return ddpm_step(x_t, t, eps, s, noise=z).x_prev
+
+    def noisy_end(x_t, t, eps, s, z):
+        return _mean(x_t, t, eps, s) + s.betas[t].sqrt() * z
+
+    def no_noise(x_t, t, eps, s, z):
+        return _mean(x_t, t, eps, s)
+
+    assert verdict(capsys, check.check_reverse_step, right)[0]
+    ok, out = verdict(capsys, check.check_reverse_step, noisy_end)
+    assert not ok and "t=0" in out and "no noise" in out
+    ok, out = verdict(capsys, check.check_reverse_step, no_noise)
+    assert not ok and "noise term" in out
+    ok, out = verdict(capsys, check.check_reverse_step, lambda x_t, t, eps, s, z: FIXME)  # noqa
+    assert not ok and "not done yet" in out
+
+
+def test_ddim_step(capsys):
+    def right(x_t, t, eps, s, t_prev):
+        return ddim_step(x_t, t, eps, s, t_prev, eta=0.0).x_prev
+
+    def returns_x0(x_t, t, eps, s, t_prev):
+        return s.predict_x0(x_t, t, eps)
+
+    assert verdict(capsys, check.check_ddim_step, right)[0]
+    ok, out = verdict(capsys, check.check_ddim_step, returns_x0)
+    assert not ok and "x̂_0" in out
+    ok, out = verdict(capsys, check.check_ddim_step,
+                      lambda x_t, t, eps, s, t_prev: ddim_step(x_t, t, eps, s, t_prev, eta=1.0).x_prev)
+    assert not ok
+
+
+def test_sinusoidal_and_rearrange(capsys):
+    def right(t, dim):
+        return SinusoidalPositionEmbedBlock(dim)(t)
+
+    def swapped(t, dim):
+        e = SinusoidalPositionEmbedBlock(dim)(t)
+        return torch.cat((e[:, dim // 2:], e[:, :dim // 2]), dim=1)
+    assert verdict(capsys, check.check_sinusoidal, right)[0]
+    assert not verdict(capsys, check.check_sinusoidal, swapped)[0]
+    good = lambda x: rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)  # noqa
+    bad = lambda x: rearrange(x, "b c (h p1) (w p2) -> b (p1 p2 c) h w", p1=2, p2=2)  # noqa
+    assert verdict(capsys, check.check_rearrange_pool, good)[0]
+    assert not verdict(capsys, check.check_rearrange_pool, bad)[0]
+
+
+def test_residual_block(capsys):
+    assert verdict(capsys, check.check_residual_block, ResidualConvBlock)[0]
+
+    class NoSkip(ResidualConvBlock):
+        def forward(self, x):
+            return self.conv2(self.conv1(x))
+
+    ok, out = verdict(capsys, check.check_residual_block, NoSkip)
+    assert not ok and "residual sum is missing" in out
+
+
+def test_guidance_and_guided_eps(capsys):
+    assert verdict(capsys, check.check_guidance, lambda c, u, w: (1 + w) * c - w * u)[0]
+    assert not verdict(capsys, check.check_guidance, lambda c, u, w: c + w * (c - u) * 0.5)[0]
+
+    def one_pass(model, x, t, c, w):
+        mask = torch.cat((torch.ones(len(x), 1), torch.zeros(len(x), 1)))
+        cond, uncond = model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)),
+                             c_mask=mask).chunk(2)
+        return (1 + w) * cond - w * uncond
+
+    def two_passes(model, x, t, c, w):
+        cond = model(x, t, c=c, c_mask=torch.ones(len(x), 1))
+        uncond = model(x, t, c=c, c_mask=torch.zeros(len(x), 1))
+        return (1 + w) * cond - w * uncond
+
+    assert verdict(capsys, check.check_guided_eps, one_pass)[0]
+    ok, out = verdict(capsys, check.check_guided_eps, two_passes)
+    assert not ok and "doubled batch" in out
+
+
+def test_context_drop(capsys):
+    def right(labels, n, keep_prob):
+        return one_hot(labels, n) * keep_mask(len(labels), keep_prob)
+
+    def keeps_all(labels, n, keep_prob):
+        return one_hot(labels, n)
+    assert verdict(capsys, check.check_context_drop, right)[0]
+    ok, out = verdict(capsys, check.check_context_drop, keeps_all)
+    assert not ok and "100.0% of contexts kept" in out
+
+
+def test_clip_loss_and_zero_shot(capsys):
+    assert verdict(capsys, check.check_clip_loss, open_clip.ClipLoss())[0]
+
+    def one_direction(img, txt, scale):
+        logits = scale * img @ txt.T
+        return nn.functional.cross_entropy(logits, torch.arange(len(img)))
+    assert not verdict(capsys, check.check_clip_loss, one_direction)[0]
+
+    def right(img, txt):
+        img, txt = nn.functional.normalize(img, dim=1), nn.functional.normalize(txt, dim=1)
+        return (img @ txt.T).argmax(dim=1)
+
+    def argmin(img, txt):
+        img, txt = nn.functional.normalize(img, dim=1), nn.functional.normalize(txt, dim=1)
+        return (img @ txt.T).argmin(dim=1)
+    assert verdict(capsys, check.check_zero_shot, right)[0]
+    ok, out = verdict(capsys, check.check_zero_shot, argmin)
+    assert not ok and "argmax" in out
+
+
+@pytest.mark.parametrize("name", [n for n in dir(check) if n.startswith("check_")])
+def test_every_checker_is_tested_here(name):
+    import inspect
+    source = inspect.getsource(inspect.getmodule(test_every_checker_is_tested_here))
+    assert f"check.{name}," in source, f"{name} has no right/wrong test in this file"
