@@ -1,11 +1,15 @@
-"""Small CNN classifiers that judge generated images: MNIST (grading 06) and FashionMNIST (metrics).
+"""Small CNN classifiers that judge generated images: MNIST (grading 06), FashionMNIST and flowers.
 
 The trained weights ship with the package in ``course_lib/weights/``. Retrain them, reproducibly:
 
     python -m course_lib.classifier mnist          # -> course_lib/weights/mnist_classifier.pt
     python -m course_lib.classifier fashion_mnist  # -> course_lib/weights/fashion_mnist_classifier.pt
+    python -m course_lib.classifier flowers        # -> course_lib/weights/flowers_classifier.pt
 
-Inputs are 28×28 grey images in [-1, 1], the course's own scaling (no other normalisation).
+Each judge sees images as the notebooks make them. The MNIST judge reads 28×28 digits. The
+FashionMNIST judge is trained on 16×16 images (the notebooks' size) upsampled bilinearly to 28×28,
+which is exactly what :mod:`course_lib.metrics` does to samples. The flower judge reads 32×32 RGB
+photos of the five species. Inputs are in [-1, 1], the course's own scaling.
 """
 from __future__ import annotations
 
@@ -18,30 +22,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import seed_everything
-from .data import LOADERS, make_loader
+from .data import FLOWER_CLASSES, LOADERS, load_flowers, make_loader
 from .train import load_checkpoint, save_checkpoint, train
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+JUDGED_SIZE = {"mnist": 28, "fashion_mnist": 16, "flowers": 32}
+"""The image size each judge was trained at (samples are judged at that size)."""
+FLOWER_HELD_OUT = 0.1   # share of the photos (a fixed random split, seed 0) the flower judge never sees
 
 
 class DigitClassifier(nn.Module):
     """Two conv blocks (32, 64 channels, BatchNorm, max-pool) and a two-layer head; logits for 10 classes."""
 
-    def __init__(self, n_classes: int = 10):
+    def __init__(self, n_classes: int = 10, channels: int = 1, size: int = 28):
         super().__init__()
+        self.channels, self.size = channels, size
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
             nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
             nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(128, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-            raise ValueError(f"the classifier takes (B, 1, 28, 28) images in [-1, 1], got "
-                             f"{tuple(x.shape)}")
+        want = (self.channels, self.size, self.size)
+        if x.ndim != 4 or x.shape[1:] != want:
+            raise ValueError(f"the classifier takes (B, {', '.join(map(str, want))}) images in "
+                             f"[-1, 1], got {tuple(x.shape)}")
         return self.head(self.features(x))
 
 
@@ -49,11 +58,37 @@ def weights_path(dataset: str) -> Path:
     return WEIGHTS_DIR / f"{dataset}_classifier.pt"
 
 
+def build_classifier(dataset: str) -> DigitClassifier:
+    """An untrained judge shaped for ``dataset``: grey 28×28 (10 classes) or RGB 32×32 flowers."""
+    if dataset not in JUDGED_SIZE:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {tuple(JUDGED_SIZE)}")
+    if dataset == "flowers":
+        return DigitClassifier(len(FLOWER_CLASSES), channels=3, size=32)
+    return DigitClassifier()
+
+
+def to_judge_input(images: torch.Tensor, dataset: str) -> torch.Tensor:
+    """Images in [-1, 1] -> what the judge reads: grey images upsampled bilinearly to 28×28."""
+    x = images.float().clamp(-1, 1)
+    if dataset != "flowers" and x.shape[-2:] != (28, 28):
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    return x
+
+
+def flower_split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) indices of the n flower photos of all five species: fixed, seed 0.
+
+    Notebook 05 holds out the same photos, so its zero-shot test and this judge's held-out
+    accuracy are measured on photos neither model trained on.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    cut = int(n * FLOWER_HELD_OUT)
+    return order[:cut], order[cut:]
+
+
 def load_classifier(dataset: str = "mnist", device: torch.device | str = "cpu") -> DigitClassifier:
-    """The shipped classifier for ``dataset`` ("mnist" or "fashion_mnist"), in eval mode."""
-    if dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {tuple(LOADERS)}")
-    model = DigitClassifier()
+    """The shipped classifier for ``dataset`` ("mnist", "fashion_mnist", "flowers"), in eval mode."""
+    model = build_classifier(dataset)
     load_checkpoint(weights_path(dataset), model, map_location=device)
     return model.to(device).eval()
 
@@ -85,45 +120,76 @@ def vary_intensity(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return (-1 + (x + 1) * scale + lift).clamp(-1, 1)
 
 
+def _judge_data(dataset: str, limit: int | None):
+    """(training images, labels, held-out images, labels) as the judge will read them."""
+    if dataset == "flowers":
+        # 40 px, so that random 32 px crops (augmentation) still show most of the flower
+        photos = load_flowers(size=40, classes=FLOWER_CLASSES, flip=False, limit=limit)
+        held, train_idx = flower_split(len(photos))
+        held_images = F.interpolate(photos.images[held], size=(32, 32), mode="bilinear",
+                                    antialias=True, align_corners=False)
+        return photos.images[train_idx], photos.labels[train_idx], held_images, photos.labels[held]
+    size = JUDGED_SIZE[dataset]
+    train_set = LOADERS[dataset](size=size, train=True, flip=False, limit=limit)
+    test_set = LOADERS[dataset](size=size, train=False, flip=False)
+    return (to_judge_input(train_set.images, dataset), train_set.labels,
+            to_judge_input(test_set.images, dataset), test_set.labels)
+
+
+def _augment(x: torch.Tensor, dataset: str) -> torch.Tensor:
+    if dataset == "flowers":     # a random 32 px crop of the 40 px photo, mirrored half the time
+        i, j = torch.randint(0, x.shape[-1] - 31, (2,)).tolist()
+        x = x[..., i:i + 32, j:j + 32]
+        return torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+    # random shifts of up to 2 pixels make the judge robust to slightly off-centre samples
+    dx, dy = torch.randint(-2, 3, (2,)).tolist()
+    x = torch.roll(x, (dy, dx), dims=(2, 3))
+    if dataset == "fashion_mnist":
+        x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+    return vary_intensity(x)
+
+
 def train_classifier(dataset: str, epochs: int = 3, seed: int = 0, limit: int | None = None,
                      out: Path | None = None, progress: bool = True) -> tuple[DigitClassifier, float]:
-    """Train on the training split with light augmentation; return the model and its test accuracy."""
+    """Train a judge with light augmentation; return it and its held-out accuracy."""
     seed_everything(seed)
-    train_set = LOADERS[dataset](size=28, train=True, flip=dataset == "fashion_mnist", limit=limit)
-    test_set = LOADERS[dataset](size=28, train=False, flip=False)
-    model = DigitClassifier()
-    steps = epochs * (len(train_set) // 128)
+    images, labels, held_images, held_labels = _judge_data(dataset, limit)
+    model = build_classifier(dataset)
+    batch = 64 if dataset == "flowers" else 128
+    steps = epochs * (len(images) // batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
 
-    def loss_fn(m, batch):
-        x, y = batch
-        # random shifts of up to 2 pixels make the classifier robust to slightly off-centre samples
-        dx, dy = torch.randint(-2, 3, (2,)).tolist()
-        return F.cross_entropy(m(vary_intensity(torch.roll(x, (dy, dx), dims=(2, 3)))), y)
+    def loss_fn(m, b):
+        x, y = b
+        return F.cross_entropy(m(_augment(x, dataset)), y)
 
-    train(model, make_loader(train_set, 128, seed=seed), loss_fn, epochs=epochs,
-          optimizer=optimizer, scheduler=scheduler, progress=progress,
-          desc=f"{dataset} classifier")
+    loader = make_loader(torch.utils.data.TensorDataset(images, labels), batch, seed=seed)
+    train(model, loader, loss_fn, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+          progress=progress, desc=f"{dataset} classifier")
     model.eval()
-    acc = accuracy(model, test_set.images, test_set.labels)
+    acc = accuracy(model, held_images, held_labels)
     if out is not None:
-        save_checkpoint(out, model, dataset=dataset, test_accuracy=acc, epochs=epochs, seed=seed)
+        save_checkpoint(out, model, dataset=dataset, test_accuracy=acc, epochs=epochs, seed=seed,
+                        size=JUDGED_SIZE[dataset])
     return model, acc
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Retrain a shipped classifier reproducibly.")
-    parser.add_argument("dataset", choices=tuple(LOADERS))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("dataset", choices=tuple(JUDGED_SIZE))
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passes over the data (default: 3; 30 for the small flower set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the weights (default: the shipped file)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     out = args.out or weights_path(args.dataset)
-    _, acc = train_classifier(args.dataset, args.epochs, args.seed, out=out)
-    print(f"{args.dataset}: test accuracy {acc:.2%} in {time.perf_counter() - start:.0f} s -> {out}")
+    epochs = args.epochs or (30 if args.dataset == "flowers" else 3)
+    _, acc = train_classifier(args.dataset, epochs, args.seed, out=out)
+    print(f"{args.dataset}: held-out accuracy {acc:.2%} in {time.perf_counter() - start:.0f} s "
+          f"-> {out}")
 
 
 if __name__ == "__main__":

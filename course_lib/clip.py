@@ -88,10 +88,11 @@ def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
 
 
 def caption(image: torch.Tensor, species: str) -> str:
-    """E.g. "a close-up photo of a yellow sunflower" or "a photo of a red rose"."""
+    """E.g. "a close-up photo of a yellow sunflower" or "a photo of an orange tulip"."""
     colour = dominant_colour(image)
     kind = "a close-up photo" if is_close_up(image, colour) else "a photo"
-    return f"{kind} of a {colour} {species}"
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{kind} of {article} {colour} {species}"
 
 
 # --- one interface for both CLIPs -----------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Sample quality in numbers, judged by the course's small classifiers (FashionMNIST, MNIST).
+"""Sample quality in numbers, judged by the course's small classifiers (FashionMNIST, MNIST, flowers).
 
-Two measures of a batch of generated grey images:
+Two measures of a batch of generated images:
 
 * **recognisable**: the share of samples the classifier is confident about (top softmax
   probability ≥ 0.9) and, for a class-conditional model, **accuracy**: the share classified as
@@ -11,9 +11,11 @@ Two measures of a batch of generated grey images:
   ``d² = ||μ_g - μ_r||² + Tr(Σ_g + Σ_r - 2 (Σ_g Σ_r)^½)``. Lower is better; real images that
   the reference has never seen score near the floor set by the sample size.
 
-Samples smaller than the classifiers' 28×28 (01–04 work at 16×16) are upsampled bilinearly, and
-the real reference images are loaded at the samples' size and upsampled the same way, so only
-the generative model's quality is measured. These figures compare the course's models with each
+Grey samples smaller than 28×28 (01–04 work at 16×16) are upsampled bilinearly, the way the
+FashionMNIST judge was trained (on 16×16 images, :mod:`course_lib.classifier`), and the real
+images are loaded at the samples' size and upsampled the same way, so only the generative
+model's quality is measured. The yardsticks are held-out real images the judges never saw
+(:func:`real_split`). These figures compare the course's models with each
 other; they are not comparable with published FIDs.
 
 Each notebook records its figures with :func:`record_quality`, so that 03 can draw 01 → 02 → 03
@@ -29,40 +31,46 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .classifier import DigitClassifier, load_classifier
+from .classifier import DigitClassifier, flower_split, load_classifier, to_judge_input
 from .config import checkpoint_path
-from .data import LOADERS
+from .data import FLOWER_CLASSES, LOADERS, load_flowers
 from .storage import save_json_atomic
 
 CONFIDENT = 0.9            # top softmax probability that counts as "recognised"
-CLASSIFIER_SIZE = 28
+REAL_POOL = 2000           # test images kept out of the Fréchet reference: real yardsticks come from them
+DATASETS = ("mnist", "fashion_mnist", "flowers")
 
 
-def as_classifier_input(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) samples in [-1, 1] -> (B, 1, 28, 28) on the CPU, clamped and upsampled."""
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"the quality measures take grey images (B, 1, H, W), got "
-                         f"{tuple(images.shape)}")
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
+
+
+def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") -> torch.Tensor:
+    """Samples (B, C, H, W) in [-1, 1] -> what the judge reads, on the CPU, clamped (and, for grey
+    images smaller than 28×28, upsampled bilinearly as the judge was trained)."""
+    _check_dataset(dataset)
+    channels = 3 if dataset == "flowers" else 1
+    if images.ndim != 4 or images.shape[1] != channels:
+        kind = "RGB images (B, 3, 32, 32)" if channels == 3 else "grey images (B, 1, H, W)"
+        raise ValueError(f"the {dataset} quality measures take {kind}, got {tuple(images.shape)}")
     if len(images) < 2:
         raise ValueError("the quality measures need a batch of at least 2 images")
     if not torch.isfinite(images).all():
         raise ValueError("the samples contain NaN or inf: the sampler diverged; check the "
                          "reverse step before measuring quality")
-    x = images.detach().float().cpu().clamp(-1, 1)
-    if x.shape[-2:] != (CLASSIFIER_SIZE, CLASSIFIER_SIZE):
-        x = F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="bilinear",
-                          align_corners=False)
-    return x
+    return to_judge_input(images.detach().float().cpu(), dataset)
 
 
 @torch.no_grad()
 def features_and_probs(classifier: DigitClassifier, images: torch.Tensor,
+                       dataset: str = "fashion_mnist",
                        batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, 128, float64) and softmax probabilities (N, 10) of the images."""
+    """Penultimate features (N, 128, float64) and softmax probabilities (N, classes) of the images."""
     classifier.eval()
     device = next(classifier.parameters()).device
     feats, probs = [], []
-    for batch in as_classifier_input(images).split(batch_size):
+    for batch in as_classifier_input(images, dataset).split(batch_size):
         h = classifier.features(batch.to(device))
         feats.append(h.double().cpu())
         probs.append(F.softmax(classifier.head(h), dim=1).cpu())
@@ -96,15 +104,29 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @lru_cache(maxsize=8)
-def reference_features(dataset: str, size: int) -> torch.Tensor:
-    """Penultimate features of all real test images of ``dataset`` at ``size``×``size``, upsampled."""
-    if dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {tuple(LOADERS)}")
+def real_split(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Held-out real images: (pool images, pool labels, Fréchet reference images).
+
+    The judges never trained on any of them. For the grey datasets the test set's first
+    REAL_POOL images are the pool that real-image yardsticks draw from, and the rest is the
+    reference; the ~360 held-out flower photos serve as both (flower distances are rough).
+    """
+    _check_dataset(dataset)
+    if dataset == "flowers":
+        photos = load_flowers(size=size, classes=FLOWER_CLASSES, flip=False)
+        held, _ = flower_split(len(photos))
+        return photos.images[held], photos.labels[held], photos.images[held]
     real = LOADERS[dataset](size=size, train=False, flip=False)
-    return features_and_probs(_classifier(dataset), real.images)[0]
+    return real.images[:REAL_POOL], real.labels[:REAL_POOL], real.images[REAL_POOL:]
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=8)
+def reference_features(dataset: str, size: int) -> torch.Tensor:
+    """Penultimate features of the held-out real reference images at ``size``×``size``."""
+    return features_and_probs(_classifier(dataset), real_split(dataset, size)[2], dataset)[0]
+
+
+@lru_cache(maxsize=3)
 def _classifier(dataset: str) -> DigitClassifier:
     return load_classifier(dataset)
 
@@ -129,9 +151,8 @@ def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
     """Judge a batch of generated images (B, 1, H, W) in [-1, 1]; ``labels`` = the classes asked for."""
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(labels)} labels for {len(images)} images")
-    if dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {tuple(LOADERS)}")
-    feats, probs = features_and_probs(_classifier(dataset), images)
+    _check_dataset(dataset)
+    feats, probs = features_and_probs(_classifier(dataset), images, dataset)
     top, predicted = probs.max(1)
     acc = None if labels is None else (predicted == labels.cpu()).float().mean().item()
     return Quality(n=len(images), recognisable=(top >= CONFIDENT).float().mean().item(),
@@ -141,28 +162,28 @@ def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
 
 def class_shares(images: torch.Tensor, dataset: str = "fashion_mnist") -> torch.Tensor:
     """Share of the images the classifier puts in each class (10 values summing to 1)."""
-    _, probs = features_and_probs(_classifier(dataset), images)
+    _, probs = features_and_probs(_classifier(dataset), images, dataset)
     return torch.bincount(probs.argmax(1), minlength=probs.shape[1]).float() / len(images)
 
 
 def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500,
                  mix: torch.Tensor | None = None) -> Quality:
-    """The same measures for ``n`` real *training* images: the best a model could score.
+    """The same measures for ``n`` held-out real images: the best a model could score.
 
     With ``mix`` (class shares, e.g. from :func:`class_shares`), the real images are drawn in
-    those proportions: what the distance would be if a model drew perfect images of each class
-    but in the wrong mix.
+    those proportions (as far as the pool allows): what the distance would be if a model drew
+    perfect images of each class but in the wrong mix.
     """
+    images, labels, _ = real_split(dataset, size)
     if mix is None:
-        real = LOADERS[dataset](size=size, train=True, flip=False, limit=n)
-        return sample_quality(real.images, dataset, labels=real.labels)
-    mix = torch.as_tensor(mix, dtype=torch.float64)
-    if mix.ndim != 1 or (mix < 0).any() or mix.sum() <= 0:
-        raise ValueError("mix must be a 1-D tensor of non-negative class shares")
-    real = LOADERS[dataset](size=size, train=True, flip=False)
-    counts = (mix / mix.sum() * n).round().long()
-    keep = torch.cat([torch.nonzero(real.labels == c).flatten()[:k] for c, k in enumerate(counts)])
-    return sample_quality(real.images[keep], dataset, labels=real.labels[keep])
+        keep = torch.arange(min(n, len(images)))
+    else:
+        mix = torch.as_tensor(mix, dtype=torch.float64)
+        if mix.ndim != 1 or (mix < 0).any() or mix.sum() <= 0:
+            raise ValueError("mix must be a 1-D tensor of non-negative class shares")
+        counts = (mix / mix.sum() * n).round().long()
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:k] for c, k in enumerate(counts)])
+    return sample_quality(images[keep], dataset, labels=labels[keep])
 
 
 # --- keeping the figures of each notebook, for side-by-side comparisons ------------------------
@@ -208,3 +229,34 @@ def recorded_quality() -> dict[Key, Quality]:
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path} is not a quality record ({err}); delete it and re-run the "
                          f"notebooks that write it") from err
+
+
+# --- the headline figures of a full run (bench/quality.py gathers them) -----------------------
+
+FIGURES = (
+    "fashion16_real_frechet", "fashion16_real_recognised",
+    "nb03_frechet", "nb03_recognised", "nb03_min_class_share", "nb03_max_class_share",
+    "nb04_fashion_requested_w2", "flowers32_real_species_acc", "nb04_flowers_species_w2",
+    "nb05_clip_zero_shot_species", "nb05_prompt_species", "nb05_heldout_wording_species",
+)
+"""The names a notebook may record with :func:`record_figure` (issue #10's targets)."""
+
+
+def _figures_file():
+    return checkpoint_path("figures").with_suffix(".json")
+
+
+def record_figure(name: str, value: float) -> None:
+    """Keep one headline number of this run in checkpoints/<profile>/figures.json (atomically)."""
+    if name not in FIGURES:
+        raise ValueError(f"{name!r} is not one of the course's headline figures {FIGURES}")
+    path = _figures_file()
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    table[name] = float(value)
+    save_json_atomic(table, path)
+
+
+def recorded_figures() -> dict[str, float]:
+    """The headline numbers recorded so far in this profile."""
+    path = _figures_file()
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -104,11 +104,15 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
           optimizer: torch.optim.Optimizer | None = None, scheduler=None,
           grad_clip: float | None = None,
           ema_decay: float | None = None, max_steps: int | None = None,
+          max_seconds: float | None = None, on_epoch_end: Callable | None = None,
           progress: bool = True, desc: str = "train",
           memory_format: torch.memory_format | None = None) -> History:
     """Minimise ``loss_fn(model, batch)`` for ``epochs`` passes over ``loader``.
 
     ``scheduler`` (a learning-rate scheduler) is stepped after every optimizer step.
+    ``max_steps`` / ``max_seconds`` stop early (benchmarks compare recipes at the same budget).
+    ``on_epoch_end(epoch, model)`` runs after each epoch (in eval mode, without gradients), e.g.
+    to draw a few samples and watch the model learn.
     ``memory_format`` (default: :func:`pick_memory_format`) is the layout of the weights and
     of the 4-D tensors of each batch.
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
@@ -122,7 +126,12 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     ema = AveragedModel(model, avg_fn=ema_warmup_avg_fn(ema_decay)) if ema_decay else None
     history = History(ema=ema)
-    step = 0
+    step, started = 0, time.perf_counter()
+
+    def out_of_budget() -> bool:
+        return ((max_steps is not None and step >= max_steps)
+                or (max_seconds is not None and time.perf_counter() - started >= max_seconds))
+
     for epoch in range(epochs):
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress,
@@ -148,10 +157,15 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             history.losses.append(value)
             bar.set_postfix(loss=f"{value:.4f}")
             step += 1
-            if max_steps is not None and step >= max_steps:
+            if out_of_budget():
                 break
         history.epoch_seconds.append(time.perf_counter() - start)
-        if max_steps is not None and step >= max_steps:
+        if on_epoch_end is not None:
+            model.eval()
+            with torch.no_grad():
+                on_epoch_end(epoch, model)
+            model.train()
+        if out_of_budget():
             break
     model.eval()
     if ema is not None:

@@ -115,13 +115,15 @@ class TimeUNet(UNet):
 class OptimizedUNet(Encoder):
     """03's UNet; with ``c_dim`` it also takes a context c (04-06): up = c_emb·h + t_emb.
 
-    ``forward(x, t, c=None, c_mask=None)``: c is (B, c_dim) (one-hot class or CLIP
+    ``max_period`` is the sinusoidal embedding's slowest period P (10,000 as in transformers;
+    T suits T steps, see notebook 03). ``forward(x, t, c=None, c_mask=None)``: c is (B, c_dim) (one-hot class or CLIP
     embedding); c_mask (B, 1) is 1 to keep the context and 0 to drop it. A missing c
     means "no context", the same as a mask of 0.
     """
 
     def __init__(self, img_ch: int = 1, size: int = 16, channels=(32, 64, 128), T: int = 150,
-                 groups: int = 8, t_dim: int = 32, c_dim: int | None = None):
+                 groups: int = 8, t_dim: int = 32, c_dim: int | None = None,
+                 max_period: float = 10000.0):
         super().__init__()
         _check_size(size)
         c0, c1, c2 = channels
@@ -135,7 +137,7 @@ class OptimizedUNet(Encoder):
         self.up2 = GELUUpBlock(c1, c0, groups)
         self.out = nn.Sequential(nn.Conv2d(2 * c0, c0, 3, padding=1), nn.GroupNorm(groups, c0),
                                  nn.ReLU(), nn.Conv2d(c0, img_ch, 3, padding=1))
-        self.sinusoidal = SinusoidalPositionEmbedBlock(t_dim)
+        self.sinusoidal = SinusoidalPositionEmbedBlock(t_dim, max_period)
         self.t_emb1 = EmbedBlock(t_dim, c2)
         self.t_emb2 = EmbedBlock(t_dim, c1)
         if c_dim is not None:

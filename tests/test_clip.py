@@ -29,6 +29,7 @@ def test_captions_name_species_colour_and_framing():
     small[1] += 0.3      # green-grey background
     small[:, 12:20, 12:20] = _solid(RGB["red"], 8)
     assert cl.caption(small, "rose") == "a photo of a red rose"
+    assert cl.caption(_solid(RGB["orange"]), "tulip") == "a close-up photo of an orange tulip"
 
 
 def test_dominant_colour_rejects_a_batch():

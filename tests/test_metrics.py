@@ -126,3 +126,14 @@ def test_class_shares_and_real_images_in_a_chosen_mix():
     assert skewed.frechet > 5 * balanced.frechet           # a wrong mix alone costs distance
     with pytest.raises(ValueError, match="non-negative"):
         real_quality("fashion_mnist", 16, mix=torch.tensor([-1.0, 2.0]))
+
+
+def test_figures_are_named_and_kept(tmp_path, monkeypatch):
+    from course_lib import metrics
+    path = tmp_path / "figures.json"
+    monkeypatch.setattr(metrics, "_figures_file", lambda: path)
+    metrics.record_figure("nb03_frechet", 42.5)
+    metrics.record_figure("nb03_recognised", 0.5)
+    assert metrics.recorded_figures() == {"nb03_frechet": 42.5, "nb03_recognised": 0.5}
+    with pytest.raises(ValueError, match="headline figures"):
+        metrics.record_figure("nb03_frechett", 1.0)

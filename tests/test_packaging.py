@@ -50,7 +50,7 @@ def test_shipped_weights_are_packaged():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["tool"]["setuptools"]["package-data"]["course_lib"] == ["weights/*.pt"]
     assert sorted(p.name for p in (ROOT / "course_lib" / "weights").glob("*.pt")) == [
-        "fashion_mnist_classifier.pt", "mnist_classifier.pt"]
+        "fashion_mnist_classifier.pt", "flowers_classifier.pt", "mnist_classifier.pt"]
 
 
 def test_diffusers_is_a_test_only_extra_that_make_test_installs():

@@ -170,3 +170,11 @@ def test_train_uses_the_models_preferred_memory_format_on_a_cpu():
     train(model, [(torch.randn(4, 3, 16, 16), torch.zeros(4))], loss_fn, progress=False,
           memory_format=torch.contiguous_format)
     assert seen[-1] is False
+
+
+def test_on_epoch_end_sees_each_epoch_in_eval_mode():
+    seen = []
+    model = nn.Sequential(nn.Linear(4, 1), nn.Dropout(0.5))
+    train(model, _regression_problem(), _mse, epochs=3, lr=0.01, progress=False,
+          on_epoch_end=lambda epoch, m: seen.append((epoch, m.training, torch.is_grad_enabled())))
+    assert seen == [(0, False, False), (1, False, False), (2, False, False)]

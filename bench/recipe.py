@@ -1,0 +1,142 @@
+"""The training recipe of notebook 03, measured one change at a time in the same wall-clock budget.
+
+    python bench/recipe.py                 # full: 120 s of training per row, 500 judged samples
+    python bench/recipe.py --budget 20 --judged 64    # a quick look
+
+Every row trains 03's OptimizedUNet (channels 32, 64, 128; FashionMNIST 16×16, T = 150) from the
+same seed for the same number of seconds, then draws the same 500 starting noises with DDIM-50,
+η = 1, and judges them with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised
+share, Fréchet distance, and the smallest and largest class share (real data: 10% each).
+Rows add one change to the row named in "on top of". Writes bench/recipe.md and bench/recipe.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from course_lib import config, ddpm
+from course_lib.data import load_fashion_mnist, make_loader
+from course_lib.metrics import class_shares, real_quality, sample_quality
+from course_lib.train import train, warmup_cosine
+from course_lib.unets import OptimizedUNet
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Recipe:
+    name: str
+    base: str | None = None
+    schedule: str = "linear"            # linear (ᾱ_T = 0.22), scaled (×1000/T), cosine
+    ema: float | None = None
+    lr: float = 1e-3
+    lr_schedule: bool = False           # linear warm-up, cosine decay to 10%
+    min_snr: float | None = None
+    batch: int = 128
+    max_period: float = 10000.0         # the sinusoidal time embedding's slowest period
+    notes: list = field(default_factory=list)
+
+
+def recipes() -> list[Recipe]:
+    r = []
+    r.append(Recipe("A. 03 as it was", schedule="linear"))
+    r.append(Recipe("B. schedule ends at pure noise (scaled linear)", "A", schedule="scaled"))
+    r.append(Recipe("B'. cosine schedule instead", "A", schedule="cosine"))
+    r.append(Recipe("C. + EMA 0.999 with warm-up", "B", schedule="scaled", ema=0.999))
+    r.append(Recipe("D. + lr 2e-3, warm-up and cosine decay", "C", schedule="scaled", ema=0.999,
+                    lr=2e-3, lr_schedule=True))
+    r.append(Recipe("E. + min-SNR-5 loss weighting", "D", schedule="scaled", ema=0.999, lr=2e-3,
+                    lr_schedule=True, min_snr=5.0))
+    r.append(Recipe("F. batch 64 instead of 128", "D", schedule="scaled", ema=0.999, lr=2e-3,
+                    lr_schedule=True, batch=64))
+    r.append(Recipe("G. + time-embedding max period P = T", "D", schedule="scaled", ema=0.999,
+                    lr=2e-3, lr_schedule=True, max_period=150.0))
+    return r
+
+
+SCHEDULES = {"linear": ddpm.linear_schedule, "scaled": ddpm.scaled_linear_schedule,
+             "cosine": ddpm.cosine_schedule}
+
+
+def run(recipe: Recipe, data, budget: float, judged: int, steps_per_s: dict) -> dict:
+    config.seed_everything(0)
+    schedule = SCHEDULES[recipe.schedule](150)
+    model = OptimizedUNet(1, 16, channels=(32, 64, 128), T=150, max_period=recipe.max_period)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    scheduler = None
+    if recipe.lr_schedule:      # total steps from the measured speed at this batch size
+        total = int(budget * steps_per_s.get(recipe.batch, steps_per_s[128] * 128 / recipe.batch))
+        scheduler = warmup_cosine(optimizer, total, warmup_steps=max(1, total // 20))
+
+    def loss_fn(m, batch):
+        return ddpm.diffusion_loss(m, batch[0], schedule, min_snr_gamma=recipe.min_snr)
+
+    start = time.perf_counter()
+    history = train(model, make_loader(data, recipe.batch), loss_fn, epochs=100,
+                    optimizer=optimizer, scheduler=scheduler, ema_decay=recipe.ema,
+                    max_seconds=budget, desc=recipe.name[:2])
+    seconds = time.perf_counter() - start
+    steps_per_s.setdefault(recipe.batch, len(history.losses) / seconds)
+    sampler = history.ema.module if history.ema is not None else model
+    noise = torch.randn(judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    samples = ddpm.sample_ddim(sampler.eval(), noise, schedule, steps=50, eta=1.0,
+                               generator=torch.Generator().manual_seed(6))
+    q = sample_quality(samples)
+    shares = class_shares(samples)
+    return {"name": recipe.name, "base": recipe.base, "steps": len(history.losses),
+            "train_s": round(seconds, 1), "final_loss": round(history.final_loss, 4),
+            "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
+            "min_class_share": round(shares.min().item(), 3),
+            "max_class_share": round(shares.max().item(), 3)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per row")
+    parser.add_argument("--judged", type=int, default=500)
+    parser.add_argument("--only", default=None, help="run only rows whose name starts with this")
+    parser.add_argument("--append", action="store_true",
+                        help="add the rows run now to bench/recipe.json instead of replacing it")
+    args = parser.parse_args(argv)
+    data = load_fashion_mnist(size=16, flip=True)
+    real = real_quality("fashion_mnist", 16, n=args.judged)
+    rows, speed = [], {}
+    if args.append:
+        rows = json.loads((HERE / "recipe.json").read_text())["rows"]
+        ran = {r["name"] for r in rows}
+        first = rows[0]          # row A: batch 128, constant lr; its speed sizes the lr schedule
+        speed[128] = first["steps"] / first["train_s"]
+    else:
+        ran = set()
+    for recipe in recipes():
+        if (args.only and not recipe.name.startswith(args.only)) or recipe.name in ran:
+            continue
+        rows.append(run(recipe, data, args.budget, args.judged, speed))
+        print(rows[-1], flush=True)
+    head = (f"Recipe rows for 03 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
+            f"{args.budget:.0f} s of training each, {args.judged} samples (DDIM-50, η = 1, same "
+            f"noise), judged by the 16×16 FashionMNIST judge. Real 16×16 test images: "
+            f"{real.recognisable:.0%} recognised, Fréchet distance {real.frechet:.1f}.")
+    lines = [head, "", "| recipe | on top of | steps | final loss | recognised | Fréchet distance "
+             "| smallest class | largest class |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['steps']} | {r['final_loss']:.4f} "
+                     f"| {r['recognised']:.0%} | {r['frechet']:.1f} | {r['min_class_share']:.0%} "
+                     f"| {r['max_class_share']:.0%} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (HERE / "recipe.md").write_text(text)
+    (HERE / "recipe.json").write_text(json.dumps(
+        {"budget_s": args.budget, "judged": args.judged, "real_recognised": real.recognisable,
+         "real_frechet": real.frechet, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
