@@ -4,7 +4,9 @@
     python bench/grade_key.py --profile test
 
 Fills notebooks/06_Assessment.ipynb with answers/06_Assessment_Answers.md, runs
-`python -m course_lib.grade` on it, and writes the report to bench/grade_key_<profile>.md.
+`python -m course_lib.grade` on it (sandboxed, hidden seeds and labels, every check), keeps the
+judged samples in bench/out/key_samples.pt (bench/grading_checks.py calibrates on them) and
+writes the report to bench/grade_key_<profile>.md.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,28 +26,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="full", choices=("full", "test"))
     parser.add_argument("--samples-per-digit", default="10")
+    parser.add_argument("--no-sandbox", action="store_true")
     args = parser.parse_args(argv)
+    out = ROOT / "bench" / "out"
     with tempfile.TemporaryDirectory() as tmp:
         completed = Path(tmp) / "key.ipynb"
         subprocess.run([sys.executable, "-m", "course_lib.answer_key", str(completed)], check=True)
-        out = ROOT / "bench" / "out"
+        start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(completed),
                                "--profile", args.profile, "--samples-per-digit",
-                               args.samples_per_digit, "--out", str(out)],
+                               args.samples_per_digit, "--out", str(out), "--keep-samples",
+                               *(["--no-sandbox"] if args.no_sandbox else [])],
                               capture_output=True, text=True, env=dict(os.environ))
+        total = time.perf_counter() - start
     print(proc.stdout, proc.stderr)
     report = json.loads((out / "key.json").read_text())
-    lines = [f"Answer key graded in the {args.profile} profile on {os.cpu_count()} CPU cores "
-             f"(exit status {proc.returncode})", "",
+    per_digit = report["per_digit"]
+    lines = [f"Answer key graded in the {args.profile} profile on {os.cpu_count()} CPU cores, "
+             f"sandbox: {report['sandbox']} (exit status {proc.returncode})", "",
              "| digit | " + " | ".join(str(d) for d in range(10)) + " | overall |",
              "|---" * 12 + "|",
-             "| accuracy | " + " | ".join(f"{a:.0%}" for a in report["per_digit"].values())
-             + f" | {report['accuracy']:.1%} |" if report["per_digit"] else "| - |",
+             ("| accuracy | " + " | ".join(f"{a:.0%}" for a in per_digit.values())
+              + f" | {report['accuracy']:.1%} |") if per_digit else "| accuracy | - |",
              "", f"- result: {report['status']} {report['reason']}",
-             f"- notebook run (training + its own cells + sampling the graded digits): "
-             f"{report['seconds_running']:.0f} s",
-             f"- grading (copy check + classifier): {report['seconds_grading'] or 0:.1f} s",
-             f"- near-copies of MNIST images: {report['near_copies']}"]
+             f"- samples judged: {report['samples']} (hidden count and order), plus a second draw "
+             "with another seed",
+             f"- notebook run (training + its own cells): {report['seconds_running'] or 0:.0f} s",
+             f"- the grader's two draws of sample_digits: {report['seconds_sampling'] or 0:.0f} s",
+             f"- judging (all checks + classifier): {report['seconds_grading'] or 0:.1f} s",
+             f"- whole grading, wall clock: {total:.0f} s",
+             f"- near-copies of MNIST images: {report['near_copies']}; Fréchet distance to real "
+             f"digits: {report['frechet']}"]
     text = "\n".join(lines)
     print(text)
     (ROOT / "bench" / f"grade_key_{args.profile}.md").write_text(text + "\n")

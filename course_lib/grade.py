@@ -1,61 +1,56 @@
-"""Instructor grading of 06_Assessment: ``python -m course_lib.grade SUBMISSION.ipynb``.
+"""Instructor grading of 06_Assessment: ``python -m course_lib.grade SUBMISSION.ipynb|FOLDER``.
 
-How a submission is graded (nothing the submission prints or stores decides the grade):
+Every submission is untrusted. Before anything runs, every notebook is copied into a private
+folder (the grader reads those copies only). Then, for each one, three steps; each raises
+:class:`~course_lib.grade_checks.Rejected` with a one-line reason, caught in one place
+(:func:`grade_one`) and reported as a FAIL:
 
-1. Refuse, without running anything, a notebook that still contains ``FIXME``.
-2. Load the judge (classifier) and the MNIST reference images, then copy the notebook into a
-   temporary folder and execute it there in a fresh kernel, in its own process with a time
-   limit; every cell must run without error (skip and raises-exception tags are removed).
-3. Append one cell that seeds torch with the grader's seed and calls the student's
-   ``sample_digits(labels)`` for N samples of each digit, saving the tensor to a file.
-4. Back in this process: check shape, dtype, range and finiteness; reject samples that are
-   near-copies of MNIST images (train or test); classify them, against the labels the grader
-   asked for, with the course's MNIST classifier.
-5. Pass = overall accuracy >= threshold (default 95%). Report as text, JSON and a PNG grid.
+1. **read** (:func:`read_submission`): a valid notebook, every cell's source text, no ``FIXME``;
+2. **execute** (:func:`execute`): in a bubblewrap sandbox (``course_lib/sandbox.py``), run the
+   notebook top to bottom in a fresh kernel; its appended last cell exports ``sample_digits``
+   by value. Then, in a second, fresh sandboxed process that the notebook never ran in, the
+   grader's own code calls it twice with a hidden seed each and hidden labels (a random number
+   of each digit in a random order) (``course_lib/grade_runner.py``);
+3. **judge** (:func:`judge`): outside the sandbox, read the samples file safely and check, with the
+   verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
+   afresh, not memorised, realistic, and read as the digits asked for (>= ``--threshold``).
 
-Exit status: 0 pass, 1 fail, 2 could not grade. Given a folder, every ``*.ipynb`` in it is
-graded and a summary table printed (exit 2 if any could not be graded, else 1 if any failed).
+Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could not grade (the
+grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
+sandbox with its share of the CPU threads and memory; ``python -m course_lib.grade slurm FOLDER``
+grades them as a Slurm job array and ``python -m course_lib.grade collect OUT`` merges the
+reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import os
 import re
+import secrets
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nbformat
 import torch
 
-from .classifier import load_classifier, predict
-from .data import DataNotFoundError, load_mnist
+from . import sandbox
+from .grade_checks import (CannotGrade, Judge, Rejected, check_drawn, check_not_memorised,
+                           check_realistic, check_samples, load_judge, read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
-COPY_RMSE = 0.1          # a sample this close (RMS, in [-1, 1]) to a training image is a copy
-COPY_SHARE = 0.1         # more than this share of copies fails the submission
-RANGE_SLACK = 0.05       # samples may overshoot [-1, 1] by this much
-
-GRADER_CELL = """
-# --- added by course_lib.grade: generate the graded samples ---
-import torch as _torch
-if "sample_digits" not in globals() or not callable(sample_digits):
-    raise RuntimeError("GRADER: the notebook must define sample_digits(labels)")
-_torch.manual_seed({seed})
-_labels = _torch.arange(10).repeat_interleave({n})
-with _torch.no_grad():
-    _samples = sample_digits(_labels.clone())
-if not isinstance(_samples, _torch.Tensor):
-    raise RuntimeError(f"GRADER: sample_digits must return a tensor, got {{type(_samples).__name__}}")
-_torch.save({{"images": _samples.detach().cpu()}}, {out!r})
-"""
+NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
+SECOND_DRAW = 0.2                  # share of the labels drawn again with another seed
+SAMPLE_TIMEOUT = 900.0             # seconds for the sampling step (two draws)
 
 
 @dataclass
@@ -65,13 +60,18 @@ class Report:
     submission: str
     status: str
     reason: str = ""
+    student: str = ""
     accuracy: float | None = None
     per_digit: dict = field(default_factory=dict)
     threshold: float = 0.95
-    samples_per_digit: int = 10
+    samples: int | None = None
     near_copies: int | None = None
+    frechet: float | None = None
+    frechet_limit: float | None = None
     seconds_running: float | None = None
+    seconds_sampling: float | None = None
     seconds_grading: float | None = None
+    sandbox: str = "bubblewrap"
     grid: str | None = None
 
     @property
@@ -81,253 +81,519 @@ class Report:
     def text(self) -> str:
         lines = [f"submission: {self.submission}",
                  f"result:     {self.status.upper()}" + (f": {self.reason}" if self.reason else "")]
-        if self.per_digit:
-            lines.append("digit    " + " ".join(f"{d:>5}" for d in self.per_digit))
-            lines.append("accuracy " + " ".join(f"{a:>5.0%}" for a in self.per_digit.values()))
+        lines += per_digit_table(self.per_digit)
         if self.accuracy is not None:
-            lines.append(f"overall:    {self.accuracy:.1%} (pass at >= {self.threshold:.0%}, "
-                         f"{self.samples_per_digit} samples per digit)")
+            lines.append(f"overall:    {self.accuracy:.1%} of {self.samples} samples "
+                         f"(pass at >= {self.threshold:.0%})")
         if self.near_copies is not None:
-            lines.append(f"near-copies of training images: {self.near_copies}")
+            lines.append(f"near-copies of MNIST images: {self.near_copies}")
+        if self.frechet is not None:
+            lines.append(f"Fréchet distance to real digits: {self.frechet:.1f} "
+                         f"(limit {self.frechet_limit or 0:.1f})")
         if self.seconds_running is not None:
             lines.append(f"time: {self.seconds_running:.0f} s running the notebook, "
-                         f"{self.seconds_grading or 0:.1f} s grading")
+                         f"{self.seconds_sampling or 0:.0f} s sampling, "
+                         f"{self.seconds_grading or 0:.1f} s judging")
+        lines.append(f"sandbox:    {self.sandbox}")
         if self.grid:
             lines.append(f"samples grid: {self.grid}")
         return "\n".join(lines)
 
 
-# --- 1. reading the submission -----------------------------------------------------------------
+def per_digit_table(per_digit: dict) -> list[str]:
+    """Two aligned lines, digits and their accuracies: the report and self_check print the same."""
+    if not per_digit:
+        return []
+    return ["digit    " + " ".join(f"{d:>5}" for d in per_digit),
+            "accuracy " + " ".join(f"{a:>5.0%}" for a in per_digit.values())]
 
-def fixme_cells(nb) -> list[int]:
-    """Numbers (1-based, code cells counted with the rest) of cells that still hold FIXME."""
-    return [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code" and FIXME.search(c.source)]
+
+@dataclass
+class Options:
+    samples_per_digit: int = 10
+    threshold: float = 0.95
+    timeout: float = 3600.0
+    sample_timeout: float = SAMPLE_TIMEOUT
+    profile: str = "full"
+    out: Path = Path("grades")
+    use_sandbox: bool = True
+    slot: int = 0
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+    hide: tuple = ()
+    seed: int | None = None  # None: a fresh secret seed per submission
+    keep_samples: bool = False
 
 
-def prepare(nb, seed: int, n: int, out: str):
-    """A copy to execute: every cell must run (no raises-exception / skip tags) + the grader cell."""
-    nb = copy.deepcopy(nb)
+# --- 0. private copies --------------------------------------------------------------------------
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a student's name."""
+    return re.sub(r"[^\w.-]", "_", text)[:80].lstrip(".") or "submission"
+
+
+def student_name(path: Path) -> str:
+    return safe_name(path.stem)
+
+
+def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
+    """Copy every submission into ``private`` before any runs: (student, copy) pairs.
+
+    Each file is opened without following links, must be a regular file under NOTEBOOK_CAP
+    bytes, and is read once; nothing later reads the originals.
+    """
+    copies, seen = [], set()
+    for path in submissions:
+        name = student_name(path)
+        while name in seen:
+            name += "_"
+        seen.add(name)
+        target = private / f"{name}.ipynb"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                info = os.fstat(file.fileno())
+                data = (file.read(NOTEBOOK_CAP + 1) if stat.S_ISREG(info.st_mode) else b"")
+            if not stat.S_ISREG(info.st_mode):
+                data = b'{"not": "a regular file"}'
+            elif len(data) > NOTEBOOK_CAP:
+                data = b'{"not": "a notebook under the size limit"}'
+        except OSError as err:
+            data = json.dumps({"not": f"readable ({err.strerror})"}).encode()
+        target.write_bytes(data)
+        copies.append((name, target))
+    return copies
+
+
+# --- 1. reading ---------------------------------------------------------------------------------
+
+def read_submission(path: Path):
+    """The notebook, checked to be well formed and finished; Rejected otherwise."""
+    import nbformat
+
+    raw = path.read_bytes()
+    if len(raw) > NOTEBOOK_CAP:
+        raise Rejected(f"the notebook is larger than {NOTEBOOK_CAP // 2**20} MiB")
+    try:
+        data = json.loads(raw)
+        cells = data["cells"]
+        for i, cell in enumerate(cells, 1):
+            source = cell["source"]
+            if isinstance(source, list) and all(isinstance(s, str) for s in source):
+                cell["source"] = "".join(source)
+            elif not isinstance(source, str):
+                raise ValueError(f"cell {i}'s source is not text")
+            if cell.get("cell_type") not in ("code", "markdown", "raw"):
+                raise ValueError(f"cell {i} has no valid cell_type")
+        nb = nbformat.from_dict(data)
+        if nb.get("nbformat") != 4:
+            raise ValueError("it is not an nbformat 4 notebook")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise Rejected(f"not a readable Jupyter notebook: {err}; submit the .ipynb file "
+                       "saved by Jupyter") from None
+    left = [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code" and FIXME.search(c.source)]
+    if left:
+        raise Rejected(f"FIXMEs left in cell(s) {', '.join(map(str, left))} (counting every cell "
+                       "from 1): finish them before submitting")
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if tags:
             cell.metadata["tags"] = [t for t in tags if t not in SKIPPING_TAGS]
-    nb.cells.append(nbformat.v4.new_code_cell(GRADER_CELL.format(seed=seed, n=n, out=out)))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     return nb
 
 
-# --- 2. running it -----------------------------------------------------------------------------
+def fixme_cells(nb) -> list[int]:
+    """Numbers (1-based, every cell counted) of code cells that still hold FIXME."""
+    return [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code" and FIXME.search(c.source)]
 
-def _execute(path: str, result: str) -> None:
-    """Child process: execute the notebook in place; on a failing cell write its number and error."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(Path(path).parent)}})
+# --- 2. executing -------------------------------------------------------------------------------
+
+def hidden_labels(n: int, rng: torch.Generator) -> list[int]:
+    """Each digit between 0.8n and 1.2n times (a random count), in a random order."""
+    low, high = max(1, math.floor(0.8 * n)), max(1, math.ceil(1.2 * n))
+    counts = torch.randint(low, high + 1, (10,), generator=rng)
+    labels = torch.arange(10).repeat_interleave(counts)
+    return labels[torch.randperm(len(labels), generator=rng)].tolist()
+
+
+@dataclass
+class Run:
+    samples: Path
+    labels: list[int]
+    positions_b: list[int]
+    seconds_running: float
+    seconds_sampling: float
+
+
+def _runner(step: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "course_lib.grade_runner", step, *args]
+
+
+def _sandboxed(argv, workdir, timeout, opts: Options, env=None) -> sandbox.Result:
     try:
-        client.execute()
-    except CellExecutionError as err:
-        cell = next((i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code"
-                     and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-        Path(result).write_text(json.dumps({"cell": cell, "ename": err.ename,
-                                            "evalue": err.evalue}))
-        sys.exit(3)
+        return sandbox.run(argv, workdir, timeout, hide=list(opts.hide), env=env,
+                           limits=opts.limits, slot=opts.slot, trusted=not opts.use_sandbox)
+    except sandbox.SandboxUnavailable as err:
+        raise CannotGrade(str(err)) from None
 
 
-def _kill_tree(pid: int) -> None:
-    """Kill a process and all its descendants (the kernel runs in a session of its own)."""
-    import psutil
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
 
+
+def _memory_hint(opts: Options) -> str:
+    return f" (it may have run out of its {opts.limits.memory_bytes / 2**30:.0f} GiB memory limit)"
+
+
+def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
+    """Run the notebook, then sample with the grader's code, both sandboxed; Rejected on failure."""
+    import nbformat
+
+    inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else workdir
+    nbformat.write(nb, workdir / "submission.ipynb")
+    sandbox.prepare_workdir(workdir, opts.slot)
+    env = {"COURSE_PROFILE": opts.profile}
+    result = _sandboxed(_runner("execute", str(inside / "submission.ipynb"),
+                                str(inside / "export.pkl"), str(inside / "error.json")),
+                        workdir, opts.timeout, opts, env)
+    if result.timed_out:
+        raise Rejected(f"time-out: the notebook ran longer than {opts.timeout:.0f} s")
+    if result.returncode == 3:
+        raise Rejected(_cell_error(workdir / "error.json", len(nb.cells) + 1))
+    if result.returncode != 0:
+        reason = _last_line(result.stderr)
+        if "DeadKernelError" in reason or "died" in reason:
+            reason += _memory_hint(opts)
+        raise Rejected(f"the notebook could not be executed: {reason}")
+    # Step 1's processes are all gone; only now do the labels and seeds exist.
+    labels = hidden_labels(opts.samples_per_digit, rng)
+    positions_b = sorted(torch.randperm(len(labels), generator=rng)[
+        :max(10, round(SECOND_DRAW * len(labels)))].tolist())
+    seeds = torch.randint(0, 2**62, (2,), generator=rng).tolist()
+    for name in ("spec.json", "samples.pt"):
+        (workdir / name).unlink(missing_ok=True)
+    (workdir / "spec.json").write_text(json.dumps({
+        "seed_a": seeds[0], "seed_b": seeds[1], "labels": labels,
+        "labels_b": [labels[i] for i in positions_b], "threads": opts.limits.threads}))
+    os.chmod(workdir / "spec.json", 0o444)
+    result_b = _sandboxed(_runner("sample", str(inside / "export.pkl"), str(inside / "spec.json"),
+                                  str(inside / "samples.pt")),
+                          workdir, opts.sample_timeout, opts, env)
+    if result_b.timed_out:
+        raise Rejected(f"time-out: sample_digits took longer than {opts.sample_timeout:.0f} s")
+    if result_b.returncode != 0:
+        reason = _last_line(result_b.stderr)
+        if result_b.returncode < 0 or "Killed" in reason:
+            reason += _memory_hint(opts)
+        raise Rejected(f"sampling failed: {reason}")
+    return Run(workdir / "samples.pt", labels, positions_b, result.seconds, result_b.seconds)
+
+
+def _cell_error(path: Path, export_cell: int) -> str:
     try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    for proc in [*parent.children(recursive=True), parent]:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+        err = json.loads(path.read_text()[:10_000])
+        cell, ename, evalue = err.get("cell"), str(err.get("ename")), str(err.get("evalue"))
+    except (OSError, ValueError, AttributeError):
+        return "a cell raised an error (no details were recorded)"
+    if "GRADER:" in evalue:
+        return evalue.split("GRADER:", 1)[1].strip()
+    where = "the grader's export cell" if cell == export_cell else f"cell {cell}"
+    return f"{where} raised {ename}: {evalue}"
 
 
-def run_submission(nb, workdir: Path, timeout: float, env: dict) -> tuple[str | None, float]:
-    """Execute ``nb`` in ``workdir`` in a separate process; (error message or None, seconds)."""
-    path, result = workdir / "submission.ipynb", workdir / "error.json"
-    nbformat.write(nb, path)
+# --- 3. judging ---------------------------------------------------------------------------------
+
+def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
+    """Check the two draws and score the first; Rejected on any failed check."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "course_lib.grade", "--_execute", str(path),
-                             str(result)], cwd=workdir, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_tree(proc.pid)
-        proc.communicate()
-        return f"time-out: the notebook ran longer than {timeout:.0f} s", timeout
-    seconds = time.perf_counter() - start
-    if proc.returncode == 0:
-        return None, seconds
-    if result.is_file():
-        err = json.loads(result.read_text())
-        where = ("the grader's sampling cell" if err["cell"] == len(nb.cells)
-                 else f"cell {err['cell']}")
-        message = err["evalue"].replace("GRADER: ", "") if "GRADER:" in err["evalue"] \
-            else f"{err['ename']}: {err['evalue']}"
-        return f"{where} raised {message}".strip(), seconds
-    tail = stderr.strip().splitlines()[-1:] or ["no message"]
-    return f"the notebook could not be executed: {tail[0]}", seconds
-
-
-# --- 3. judging the samples --------------------------------------------------------------------
-
-def check_samples(images, n_expected: int) -> str | None:
-    """Reason why these are not valid samples, or None."""
-    if not isinstance(images, torch.Tensor):
-        return f"samples must be a tensor, got {type(images).__name__}"
-    if tuple(images.shape) != (n_expected, 1, 28, 28):
-        return f"wrong output shape {tuple(images.shape)}; expected ({n_expected}, 1, 28, 28)"
-    if not images.dtype.is_floating_point:
-        return f"wrong dtype {images.dtype}; expected floating point images in [-1, 1]"
-    if not torch.isfinite(images).all():
-        bad = (~torch.isfinite(images)).flatten(1).any(1).sum().item()
-        return f"{bad} samples contain NaN or inf values"
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
-        return (f"samples range over [{lo:.2f}, {hi:.2f}]; they must lie in [-1, 1] "
-                "(did you forget to scale, or to clamp the final x_0?)")
-    if images.std().item() < 1e-3:
-        return "all samples are (nearly) constant images"
-    return None
-
-
-def count_near_copies(images: torch.Tensor, reference: torch.Tensor,
-                      threshold: float = COPY_RMSE) -> int:
-    """How many images lie within RMS distance ``threshold`` of some reference image."""
-    flat = images.flatten(1).float()
-    best = torch.full((len(flat),), float("inf"))
-    for chunk in reference.flatten(1).float().split(10_000):
-        best = torch.minimum(best, torch.cdist(flat, chunk).min(dim=1).values)
-    rmse = best / flat.shape[1] ** 0.5
-    return int((rmse < threshold).sum())
-
-
-def save_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
-              path: Path, n: int) -> None:
-    """One row per digit; a red frame marks a sample the classifier read as another digit."""
-    from .viz import show_images
-    framed = images.clamp(-1, 1).repeat(1, 3, 1, 1)
-    wrong = predicted != labels
-    red = torch.tensor([1.0, -1.0, -1.0]).reshape(3, 1)
-    misread = framed[wrong]
-    for edge in (0, -1):
-        misread[:, :, edge, :] = red
-        misread[:, :, :, edge] = red
-    framed[wrong] = misread
-    fig = show_images(framed, nrow=n, title="graded samples (rows: digits 0-9; red: misread)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-
-
-def grade(submission: Path, n: int = 10, threshold: float = 0.95, timeout: float = 3600,
-          seed: int = 0, out_dir: Path | None = None, profile: str = "full") -> Report:
-    """Grade one notebook; a bad submission gives a non-pass Report, never an exception."""
-    report = Report(str(submission), ERROR, threshold=threshold, samples_per_digit=n)
-    try:
-        return _grade(report, submission, n, threshold, timeout, seed, out_dir, profile)
-    except Exception as err:  # a grader-side problem: say so, never a false pass or fail
-        report.status = ERROR
-        report.reason = f"grader error {type(err).__name__}: {err}"
-        return report
-
-
-def _grade(report: Report, submission: Path, n: int, threshold: float, timeout: float,
-           seed: int, out_dir: Path | None, profile: str) -> Report:
-    if not submission.is_file() or submission.suffix != ".ipynb":
-        report.reason = f"{submission} is not a notebook file (.ipynb)"
-        return report
-    try:
-        nb = nbformat.read(submission, as_version=4)
-    except Exception as err:
-        report.reason = f"{submission} is not a readable notebook: {type(err).__name__}: {err}"
-        return report
-    left = fixme_cells(nb)
-    if left:
-        report.status, report.reason = FAIL, (
-            f"FIXMEs left in cell(s) {', '.join(map(str, left))} (counting every cell from 1): "
-            "finish them before submitting")
-        return report
-    # The judge and the reference images are loaded before the submission runs, so nothing it
-    # does to files on disk can change them.
-    try:
-        classifier = load_classifier("mnist")
-        reference = torch.cat([load_mnist(size=28, train=True).images,
-                               load_mnist(size=28, train=False).images])
-    except (DataNotFoundError, OSError, RuntimeError) as err:
-        report.reason = f"the grader's classifier or MNIST data is missing: {err}"
-        return report
-    labels = torch.arange(10).repeat_interleave(n)
-    env = dict(os.environ, COURSE_PROFILE=profile)
-    with tempfile.TemporaryDirectory(prefix="grade_") as tmp:
-        workdir = Path(tmp)
-        samples_file = workdir / "graded_samples.pt"
-        error, report.seconds_running = run_submission(
-            prepare(nb, seed, n, str(samples_file)), workdir, timeout, env)
-        if error:
-            report.status, report.reason = FAIL, error
-            return report
-        start = time.perf_counter()
-        try:
-            images = torch.load(samples_file, weights_only=True)["images"]
-        except Exception as err:
-            report.status, report.reason = FAIL, f"the samples could not be read back: {err}"
-            return report
-    problem = check_samples(images, 10 * n)
-    if problem:
-        report.status, report.reason = FAIL, problem
-        return report
-    images = images.float()
-    report.near_copies = count_near_copies(images, reference)
-    predicted = predict(classifier, images).argmax(dim=1)
+    draws = read_samples(run.samples)
+    labels = torch.tensor(run.labels)
+    check_samples(draws["a"], len(labels))
+    check_samples(draws["b"], len(run.positions_b))
+    first, second = draws["a"].float(), draws["b"].float()
+    report.samples = len(labels)
+    check_drawn(first, second, run.positions_b)
+    report.near_copies = check_not_memorised(torch.cat([first, second]), judge_)
+    predicted = judge_.predict(first)
     correct = predicted == labels
     report.per_digit = {d: round(correct[labels == d].float().mean().item(), 4) for d in range(10)}
     report.accuracy = round(correct.float().mean().item(), 4)
-    if out_dir is not None:
-        grid = out_dir / f"{Path(submission).stem}_samples.png"
-        save_grid(images, labels, predicted, grid, n)
-        report.grid = str(grid)
+    report.grid = str(save_grid(first, labels, predicted, opts.out / f"{report_name(report)}_samples.png"))
+    if opts.keep_samples:
+        torch.save({"images": first, "labels": labels},
+                   opts.out / f"{report_name(report)}_samples.pt")
+    distance, limit = check_realistic(first, labels, judge_)
+    report.frechet, report.frechet_limit = round(distance, 1), round(limit, 1)
     report.seconds_grading = time.perf_counter() - start
-    if report.near_copies > COPY_SHARE * len(images):
-        report.status, report.reason = FAIL, (
-            f"{report.near_copies} of {len(images)} samples are near-copies of MNIST images; "
-            "samples must be generated by the model")
-    elif report.accuracy >= threshold:
+    if report.accuracy < opts.threshold:
+        raise Rejected(f"accuracy {report.accuracy:.1%} is below {opts.threshold:.0%}")
+
+
+def report_name(report: Report) -> str:
+    return safe_name(report.student or Path(report.submission).stem)
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
+              path: Path) -> Path:
+    """One row per digit (in label order); a red frame marks a sample the judge read otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    order = torch.argsort(labels, stable=True)
+    framed = ((images[order].clamp(-1, 1) + 1) / 2).repeat(1, 3, 1, 1)
+    wrong = (predicted != labels)[order]
+    for edge in (0, -1):
+        framed[wrong, :, edge, :] = torch.tensor([1.0, 0, 0]).reshape(1, 3, 1)
+        framed[wrong, :, :, edge] = torch.tensor([1.0, 0, 0]).reshape(1, 3, 1)
+    per_row = int(torch.bincount(labels, minlength=10).max())
+    rows = []
+    for d in range(10):
+        digit = framed[labels[order] == d]
+        pad = torch.zeros(per_row - len(digit), 3, 28, 28)
+        rows.append(torch.cat([digit, pad]))
+    grid = make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(per_row * 0.45 + 0.5, 5))
+    plt.imshow(grid.permute(1, 2, 0).numpy())
+    plt.axis("off")
+    plt.title("graded samples (rows: digits 0-9; red: misread)", fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# --- one submission, with the one place that turns a Rejected into a FAIL ------------------------
+
+_JUDGE: Judge | None = None
+
+
+def grade_one(copy: Path, opts: Options, name: str | None = None,
+              origin: str | None = None) -> Report:
+    """Grade one private copy; never raises: pass, FAIL with a reason, or could not grade."""
+    global _JUDGE
+    report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
+                    threshold=opts.threshold,
+                    sandbox="bubblewrap" if opts.use_sandbox else "NONE (--no-sandbox)")
+    rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
+    try:
+        nb = read_submission(copy)
+        _JUDGE = _JUDGE or load_judge()
+        with tempfile.TemporaryDirectory(prefix="work-", dir=copy.parent) as tmp:
+            run = execute(nb, Path(tmp), opts, rng)
+            report.seconds_running, report.seconds_sampling = run.seconds_running, run.seconds_sampling
+            judge(run, _JUDGE, report, opts)
         report.status = PASS
-    else:
-        report.status, report.reason = FAIL, (
-            f"accuracy {report.accuracy:.1%} is below {threshold:.0%}")
+    except Rejected as rejected:
+        report.status, report.reason = FAIL, rejected.reason
+    except CannotGrade as err:
+        report.status, report.reason = ERROR, f"could not grade: {err}"
+    except Exception as err:  # the grader's own bug: say so, never a false pass or fail
+        report.status = ERROR
+        report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
     return report
+
+
+def write_report(report: Report, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{report_name(report)}.json"
+    path.write_text(json.dumps(asdict(report), indent=2))
+    return path
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def _limits(jobs: int, memory_gib: float | None) -> sandbox.Limits:
+    import psutil
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    share = psutil.virtual_memory().total * 0.8 / jobs
+    memory = int(memory_gib * 2**30) if memory_gib else int(min(8 * 2**30, max(2 * 2**30, share)))
+    return sandbox.Limits(memory_bytes=memory, threads=threads)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.grade",
+        description="Grade 06_Assessment submissions, each in a sandbox: run it in a fresh kernel, "
+                    "sample digits with hidden seeds and labels, judge them. Exit 0 pass, 1 fail, "
+                    "2 could not grade. Also: `grade slurm FOLDER` and `grade collect OUT`.")
+    parser.add_argument("submission", type=Path, help="a notebook, or a folder of notebooks")
+    parser.add_argument("--samples-per-digit", "-n", type=int, default=10,
+                        help="about this many samples of each digit (a hidden count within ±20%%)")
+    parser.add_argument("--threshold", type=float, default=0.95, help="accuracy needed to pass")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds the notebook may run (default 3600: generous for a CPU)")
+    parser.add_argument("--sample-timeout", type=float, default=SAMPLE_TIMEOUT,
+                        help="seconds the grader's two calls of sample_digits may take")
+    parser.add_argument("--jobs", "-j", type=int, default=1,
+                        help="submissions graded at once, each with its share of CPUs and memory")
+    parser.add_argument("--memory-gib", type=float, default=None,
+                        help="memory limit per submission (default: 80%% of RAM / jobs, 2-8 GiB)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="fix the hidden seeds (for reproducing a grade); default: secret")
+    parser.add_argument("--profile", choices=("full", "test"), default="full",
+                        help="COURSE_PROFILE the submission runs in (default full; test is for CI)")
+    parser.add_argument("--out", type=Path, default=Path("grades"),
+                        help="folder for the JSON reports, grids and gradebook (default ./grades)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report(s) here")
+    parser.add_argument("--keep-samples", action="store_true",
+                        help="also save the judged samples as OUT/<student>_samples.pt")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run notebooks WITHOUT isolation (trusted notebooks only)")
+    parser.add_argument("--slot", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--name", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--origin", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--hide", type=Path, action="append", default=[], help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["collect"], ["slurm"]):
+        from . import gradebook
+        return gradebook.main(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
+        parser.error("--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]")
+    if args.submission.is_dir():
+        submissions = sorted(args.submission.glob("*.ipynb"))
+        if not submissions:
+            print(f"could not grade: no .ipynb files in {args.submission}", file=sys.stderr)
+            return 2
+    elif args.submission.exists():
+        submissions = [args.submission]
+    else:
+        print(f"could not grade: {args.submission} does not exist", file=sys.stderr)
+        return 2
+    if not args.no_sandbox:
+        try:
+            sandbox.require_bwrap()
+        except sandbox.SandboxUnavailable as err:
+            print(f"could not grade: {err}", file=sys.stderr)
+            return 2
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix="course-grade-"))
+    try:
+        copies = snapshot(submissions, private)
+        opts = Options(args.samples_per_digit, args.threshold, args.timeout, args.sample_timeout,
+                       args.profile, out, not args.no_sandbox, args.slot or 0,
+                       _limits(args.jobs, args.memory_gib),
+                       hide=_hidden(args.submission, out, private, args.hide), seed=args.seed,
+                       keep_samples=args.keep_samples)
+        if len(copies) == 1 or args.jobs == 1:
+            origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
+            reports = [_grade_here(c, opts, args.name if len(copies) == 1 else None,
+                                   args.origin or origins[c[0]]) for c in copies]
+        else:
+            reports = _grade_parallel(copies, submissions, args, out, opts.hide)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    if len(reports) > 1:
+        from .gradebook import summary, write_gradebook
+        print(summary(reports))
+        write_gradebook(reports, out / "gradebook.csv")
+    if args.json:
+        data = [asdict(r) for r in reports]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+    codes = {r.exit_code for r in reports}
+    return 2 if 2 in codes else 1 if 1 in codes else 0
+
+
+def _hidden(submission: Path, out: Path, private: Path, more=()) -> tuple:
+    """Folders no sandbox may see: the submissions, the reports, the private copies, the home."""
+    folder = submission if submission.is_dir() else submission.parent
+    hide = [folder.resolve(), out, private, *(Path(p).resolve() for p in more)]
+    home = Path(os.path.expanduser("~")).resolve()
+    if home != Path("/"):
+        hide.append(home)
+    return tuple(hide)
+
+
+def _grade_here(copy: tuple[str, Path], opts: Options, name: str | None, origin: str) -> Report:
+    student, path = copy
+    report = grade_one(path, opts, name or student, origin)
+    write_report(report, opts.out)
+    print(report.text() + "\n", flush=True)
+    return report
+
+
+def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
+    """One worker process per submission, ``--jobs`` at a time, each in its own sandbox slot."""
+    slots = list(range(args.jobs))
+    forwarded = ["--samples-per-digit", str(args.samples_per_digit), "--threshold",
+                 str(args.threshold), "--timeout", str(args.timeout), "--sample-timeout",
+                 str(args.sample_timeout), "--profile", args.profile, "--out", str(out),
+                 "--jobs", str(args.jobs)]
+    if args.no_sandbox:
+        forwarded.append("--no-sandbox")
+    if args.memory_gib:
+        forwarded += ["--memory-gib", str(args.memory_gib)]
+    if args.seed is not None:
+        forwarded += ["--seed", str(args.seed)]
+    if args.keep_samples:
+        forwarded.append("--keep-samples")
+    for path in hide:
+        forwarded += ["--hide", str(path)]
+    origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
+
+    def work(copy):
+        student, path = copy
+        report_file = out / f"{safe_name(student)}.json"
+        report_file.unlink(missing_ok=True)  # never read a stale report
+        slot = slots.pop()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),
+                                   *forwarded, "--slot", str(slot), "--name", student,
+                                   "--origin", origins[student]],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=args.timeout + args.sample_timeout + 900)
+            print(proc.stdout[-4000:], flush=True)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            slots.append(slot)
+        try:
+            return Report(**json.loads(report_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return Report(origins[student], ERROR, student=student,
+                          reason="could not grade: the worker wrote no report")
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return list(pool.map(work, copies))
 
 
 def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,
                threshold: float = 0.95) -> dict:
     """Student-side preview: per-digit accuracy of ``sample_fn(labels)`` by the course classifier.
 
-    Not the grade: the grader re-runs the whole notebook in a fresh kernel with its own seeds.
+    Not the grade: the grader re-runs the whole notebook in a fresh kernel, with hidden seeds and
+    labels, and also checks that the samples are generated (not stored, copied or drawn).
     """
     torch.manual_seed(seed)
     labels = torch.arange(10).repeat_interleave(samples_per_digit)
     with torch.no_grad():
         images = sample_fn(labels.clone())
-    problem = check_samples(images.detach().cpu() if isinstance(images, torch.Tensor) else images,
-                            len(labels))
-    if problem:
-        print(f"Your samples would not be graded: {problem}")
+    try:
+        check_samples(images.detach().cpu() if isinstance(images, torch.Tensor) else images,
+                      len(labels))
+    except Rejected as problem:
+        print(f"Your samples would not be graded: {problem.reason}")
         return {}
-    predicted = predict(load_classifier("mnist"), images.detach().cpu().float()).argmax(dim=1)
+    judge_ = load_judge_classifier()
+    with torch.no_grad():
+        predicted = judge_(images.detach().cpu().float()).argmax(dim=1)
     per_digit = {d: (predicted[labels == d] == d).float().mean().item() for d in range(10)}
     overall = (predicted == labels).float().mean().item()
-    print("digit    " + " ".join(f"{d:>5}" for d in per_digit))
-    print("accuracy " + " ".join(f"{a:>5.0%}" for a in per_digit.values()))
+    print("\n".join(per_digit_table(per_digit)))
     print(f"overall {overall:.1%}: {'at or above' if overall >= threshold else 'BELOW'} the "
           f"{threshold:.0%} needed to pass.")
     print("This is a preview. Your grade is computed separately by the instructor's grader, which "
@@ -335,58 +601,16 @@ def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,
     return {"per_digit": per_digit, "overall": overall}
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--_execute"]:
-        _execute(*argv[1:3])
-        return 0
-    parser = argparse.ArgumentParser(
-        prog="python -m course_lib.grade",
-        description="Grade 06_Assessment submissions: run each in a fresh kernel, sample digits with "
-                    "the grader's seeds, classify them. Exit 0 pass, 1 fail, 2 could not grade.")
-    parser.add_argument("submission", type=Path, help="a notebook, or a folder of notebooks")
-    parser.add_argument("--samples-per-digit", "-n", type=int, default=10)
-    parser.add_argument("--threshold", type=float, default=0.95, help="accuracy needed to pass")
-    parser.add_argument("--timeout", type=float, default=3600,
-                        help="seconds a submission may run (default 3600: generous for a CPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the graded samples")
-    parser.add_argument("--profile", choices=("full", "test"), default="full",
-                        help="COURSE_PROFILE the submission runs in (default full; test is for CI)")
-    parser.add_argument("--out", type=Path, default=Path("grades"),
-                        help="folder for the sample grids and JSON reports (default ./grades)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report(s) here")
-    args = parser.parse_args(argv)
-    if args.samples_per_digit < 1 or not 0 < args.threshold <= 1:
-        parser.error("--samples-per-digit must be >= 1 and --threshold in (0, 1]")
-    if args.submission.is_dir():
-        submissions = sorted(args.submission.glob("*.ipynb"))
-        if not submissions:
-            print(f"no .ipynb files in {args.submission}", file=sys.stderr)
-            return 2
-    elif args.submission.exists():
-        submissions = [args.submission]
-    else:
-        print(f"could not grade: {args.submission} does not exist", file=sys.stderr)
-        return 2
-    reports = []
-    for sub in submissions:
-        report = grade(sub, args.samples_per_digit, args.threshold, args.timeout, args.seed,
-                       args.out, args.profile)
-        reports.append(report)
-        print(report.text() + "\n", flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{sub.stem}.json").write_text(json.dumps(asdict(report), indent=2))
-    if len(reports) > 1:
-        print(f"{'submission':40s} {'result':16s} {'accuracy':>8s}")
-        for r in reports:
-            acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
-            print(f"{Path(r.submission).name:40s} {r.status:16s} {acc:>8s}")
-    if args.json:
-        data = [asdict(r) for r in reports]
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
-    codes = {r.exit_code for r in reports}
-    return 2 if 2 in codes else 1 if 1 in codes else 0
+def load_judge_classifier():
+    """The judge alone (no reference data), from the verified weights: for self_check."""
+    import io
+
+    from .classifier import DigitClassifier
+    from .grade_checks import verified_bytes
+
+    model = DigitClassifier()
+    model.load_state_dict(torch.load(io.BytesIO(verified_bytes()), weights_only=True)["model"])
+    return model.eval()
 
 
 if __name__ == "__main__":

@@ -113,7 +113,11 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
     for path in hidden:  # the instructor's home, the submissions, the grades, private folders
         cmd += ["--tmpfs", str(path)]
     shown = exposed()
-    for path in shown:  # back, read-only, on top of the hidden homes
+    for path in shown:  # back, read-only, on top of the hidden homes, through traversable folders
+        for parent in reversed(path.parents):
+            if parent != Path("/") and any(parent.is_relative_to(h) and parent != h
+                                           for h in [*hidden, Path("/root"), Path("/home")]):
+                cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", str(path), str(path)]
     for path in hidden:  # and hidden again where they lie inside what was shown
         if any(path.is_relative_to(p) for p in shown):

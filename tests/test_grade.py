@@ -1,10 +1,13 @@
-"""The assessment's grader, classifier and answer key.
+"""The assessment's grader: reading, the samples file, blame, reports, and end-to-end runs.
 
 End-to-end runs use tiny notebooks (one per way a submission can go wrong) and the key-filled
-template in the test profile; no accuracy is asserted for the latter, only a well-formed report
-whose exit status matches its verdict.
+template in the test profile; no accuracy is asserted for the latter (one epoch on 512 images),
+only a well-formed report whose exit status matches its verdict. The adversarial notebooks are in
+``tests/test_grade_attacks.py``; the checks against cheats in ``tests/test_grade_checks.py``.
 """
+import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -13,73 +16,180 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import answer_key, grade
+from course_lib import answer_key, grade, grade_checks, sandbox
+
+
+def _required() -> bool:
+    """CI (.ci/run) sets COURSE_REQUIRE_SANDBOX: there a missing sandbox or Slurm is a failure."""
+    return bool(os.environ.get("COURSE_REQUIRE_SANDBOX") or os.environ.get("CI"))
+from course_lib.grade_checks import CannotGrade, Rejected
 
 
 def _notebook(path, *sources):
     nb = new_notebook(cells=[new_code_cell(s) for s in sources])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
 
 
-def _run_grader(*args):
+def _run_grader(*args, timeout=600):
     proc = subprocess.run([sys.executable, "-m", "course_lib.grade", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
 
 
-# --- unit tests ---------------------------------------------------------------------------------
+def _sandbox_args():
+    """Grade sandboxed where possible; elsewhere (no bwrap, not root, not CI) without it."""
+    if sandbox.bwrap_path() and os.geteuid() == 0:
+        return []
+    if _required():
+        pytest.fail("CI must grade with the sandbox: install bubblewrap and run as root")
+    return ["--no-sandbox"]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def test_read_submission_reasons(tmp_path):
+    ok = _notebook(tmp_path / "ok.ipynb", "x = 1")
+    nb = grade.read_submission(ok)
+    assert nb.cells[0].source == "x = 1"
+    fixme = _notebook(tmp_path / "fixme.ipynb", "x = 1", "y = FIXME")
+    with pytest.raises(Rejected, match=r"FIXMEs left in cell\(s\) 2"):
+        grade.read_submission(fixme)
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    with pytest.raises(Rejected, match="not a readable Jupyter notebook"):
+        grade.read_submission(tmp_path / "broken.ipynb")
+    data = json.loads(ok.read_text())
+    data["cells"][0]["source"] = 42
+    (tmp_path / "numeric.ipynb").write_text(json.dumps(data))
+    with pytest.raises(Rejected, match="cell 1's source is not text"):
+        grade.read_submission(tmp_path / "numeric.ipynb")
+
+
+def test_read_submission_strips_skipping_tags(tmp_path):
+    path = _notebook(tmp_path / "t.ipynb", "x = 1")
+    data = json.loads(path.read_text())
+    data["cells"][0]["metadata"]["tags"] = ["raises-exception", "nbval-ignore-output"]
+    path.write_text(json.dumps(data))
+    assert grade.read_submission(path).cells[0].metadata["tags"] == ["nbval-ignore-output"]
+
+
+def test_snapshot_copies_regular_files_only(tmp_path):
+    real = _notebook(tmp_path / "subs" / "alice.ipynb", "x = 1")
+    (tmp_path / "subs" / "bob.ipynb").symlink_to(real)
+    os.mkfifo(tmp_path / "subs" / "carol.ipynb")
+    private = tmp_path / "private"
+    private.mkdir()
+    copies = dict(grade.snapshot(sorted((tmp_path / "subs").glob("*.ipynb")), private))
+    assert copies["alice"].read_bytes() == real.read_bytes()
+    for name in ("bob", "carol"):  # a link and a pipe become unreadable copies, without hanging
+        with pytest.raises(Rejected):
+            grade.read_submission(copies[name])
+    real.write_text("changed later")
+    assert copies["alice"].read_text() != "changed later"
+
+
+# --- hidden labels, the samples file, the judge's weights -------------------------------------
+
+def test_hidden_labels_vary_in_count_and_order():
+    a = grade.hidden_labels(10, torch.Generator().manual_seed(1))
+    b = grade.hidden_labels(10, torch.Generator().manual_seed(2))
+    for labels in (a, b):
+        counts = torch.bincount(torch.tensor(labels), minlength=10)
+        assert counts.min() >= 8 and counts.max() <= 12
+    assert a != b and a != sorted(a)
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+def test_read_samples_refuses_links_pipes_big_files_and_code(tmp_path):
+    good = _save(tmp_path / "good.pt", {"a": torch.zeros(2, 1, 28, 28), "b": torch.zeros(1, 1, 28, 28)})
+    assert set(grade_checks.read_samples(good)) == {"a", "b"}
+    (tmp_path / "link.pt").symlink_to(good)
+    with pytest.raises(Rejected, match="cannot be opened"):
+        grade_checks.read_samples(tmp_path / "link.pt")
+    os.mkfifo(tmp_path / "fifo.pt")
+    with pytest.raises(Rejected, match="not a regular file"):
+        grade_checks.read_samples(tmp_path / "fifo.pt")
+    with pytest.raises(Rejected, match="over the"):
+        grade_checks.read_samples(good, cap=100)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/pwned-by-grader-test",))
+    evil = _save(tmp_path / "evil.pt", {"a": Payload(), "b": torch.zeros(1)})
+    with pytest.raises(Rejected) as err:
+        grade_checks.read_samples(evil)
+    assert "weights_only=False" not in err.value.reason and not os.path.exists(
+        "/tmp/pwned-by-grader-test")
+    with pytest.raises(Rejected, match="no samples were saved"):
+        grade_checks.read_samples(tmp_path / "missing.pt")
+
 
 def test_check_samples_reasons():
     good = torch.rand(20, 1, 28, 28) * 2 - 1
-    assert grade.check_samples(good, 20) is None
-    assert "shape" in grade.check_samples(good[:, :, :16, :16], 20)
-    assert "shape" in grade.check_samples(good, 30)
-    assert "dtype" in grade.check_samples(good.long(), 20)
-    assert "NaN" in grade.check_samples(torch.where(good > 0.9, float("nan"), good), 20)
-    assert "[-1, 1]" in grade.check_samples(good * 3, 20)
-    assert "constant" in grade.check_samples(torch.zeros(20, 1, 28, 28), 20)
-    assert "tensor" in grade.check_samples([1, 2], 20)
+    grade_checks.check_samples(good, 20)
+    cases = [(good[:, :, :16, :16], "shape"), (good.long(), "dtype"),
+             (torch.where(good > 0.9, float("nan"), good), "NaN"), (good * 3, "[-1, 1]"),
+             (torch.zeros(20, 1, 28, 28), "constant"), ([1, 2], "plain torch.Tensor"),
+             (good.to_sparse(), "dense"), (good.as_subclass(torch.nn.Parameter), "plain")]
+    for images, reason in cases:
+        with pytest.raises(Rejected, match=reason.replace("[", r"\[").replace("]", r"\]")):
+            grade_checks.check_samples(images, 20)
 
 
-def test_near_copy_detection():
-    torch.manual_seed(0)
-    reference = torch.rand(500, 1, 28, 28) * 2 - 1
-    copies = reference[:5] + 0.02 * torch.randn(5, 1, 28, 28)
-    fresh = torch.rand(5, 1, 28, 28) * 2 - 1
-    assert grade.count_near_copies(torch.cat([copies, fresh]), reference) == 5
+def test_rejected_reasons_are_one_capped_line():
+    reason = Rejected("line one\nline two " + "x" * 2000).reason
+    assert "\n" not in reason and len(reason) <= grade_checks.REASON_CAP
 
 
-def test_fixme_cells_and_prepare_strip_tags():
-    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("y = FIXME")])
-    nb.cells[1].metadata["tags"] = ["raises-exception", "nbval-ignore-output"]
-    assert grade.fixme_cells(nb) == [2]
-    ready = grade.prepare(nb, seed=3, n=2, out="/tmp/x.pt")
-    assert ready.cells[1].metadata["tags"] == ["nbval-ignore-output"]
-    assert "manual_seed(3)" in ready.cells[-1].source and "repeat_interleave(2)" in ready.cells[-1].source
-    assert len(nb.cells) == 2  # the original is untouched
+def test_judge_weights_must_match_the_pinned_hash(tmp_path):
+    data = grade_checks.JUDGE_WEIGHTS.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == grade_checks.JUDGE_SHA256, (
+        "the shipped judge changed: pin its new sha256 in course_lib/grade_checks.py")
+    tampered = tmp_path / "judge.pt"
+    tampered.write_bytes(data + b"junk appended")
+    with pytest.raises(CannotGrade, match="not the pinned"):
+        grade_checks.verified_bytes(tampered)
+    with pytest.raises(CannotGrade, match="cannot be read"):
+        grade_checks.verified_bytes(tmp_path / "missing.pt")
 
 
-def test_report_text_and_exit_codes():
-    r = grade.Report("a.ipynb", grade.PASS, accuracy=0.97, per_digit={d: 0.97 for d in range(10)})
+def test_report_text_exit_codes_and_one_table():
+    per_digit = {d: 0.97 for d in range(10)}
+    r = grade.Report("a.ipynb", grade.PASS, accuracy=0.97, per_digit=per_digit, samples=100)
     assert r.exit_code == 0 and "PASS" in r.text() and "97.0%" in r.text()
+    assert "\n".join(grade.per_digit_table(per_digit)) in r.text()
+    assert "sandbox:    bubblewrap" in r.text()
     assert grade.Report("a.ipynb", grade.FAIL, reason="x").exit_code == 1
     assert grade.Report("a.ipynb", grade.ERROR, reason="x").exit_code == 2
 
 
+def test_self_check_prints_the_same_table(capsys):
+    torch.manual_seed(0)
+    result = grade.self_check(lambda labels: torch.rand(len(labels), 1, 28, 28) * 2 - 1,
+                              samples_per_digit=2)
+    out = capsys.readouterr().out
+    table = grade.per_digit_table(result["per_digit"])
+    assert table[0] in out and table[1] in out and "preview" in out
+
+
 def test_save_grid_with_any_number_of_misreads(tmp_path):
-    images = torch.rand(20, 1, 28, 28) * 2 - 1
-    labels = torch.arange(10).repeat_interleave(2)
-    for wrong in (0, 1, 2, 7):
+    images = torch.rand(23, 1, 28, 28) * 2 - 1
+    labels = torch.tensor(grade.hidden_labels(2, torch.Generator().manual_seed(0)) + [3, 3, 3])[:23]
+    for wrong in (0, 1, 7):
         predicted = labels.clone()
         predicted[:wrong] = (predicted[:wrong] + 1) % 10
-        grade.save_grid(images, labels, predicted, tmp_path / f"g{wrong}.png", 2)
-        assert (tmp_path / f"g{wrong}.png").stat().st_size > 1000
+        path = grade.save_grid(images, labels, predicted, tmp_path / f"g{wrong}.png")
+        assert path.stat().st_size > 1000
 
 
-def test_answer_key_fills_every_exercise(tmp_path):
+def test_answer_key_fills_every_exercise():
     nb = answer_key.fill()
     assert grade.fixme_cells(nb) == []
     template = nbformat.read(answer_key.TEMPLATE, as_version=4)
@@ -94,60 +204,63 @@ def test_answer_key_fills_every_exercise(tmp_path):
 SAMPLER = "import torch\ndef sample_digits(labels):\n    return {}\n"
 
 
-@pytest.mark.parametrize("body,reason", [
-    ("torch.zeros(len(labels), 1, 16, 16)", "wrong output shape"),
-    ("torch.ones(len(labels), 1, 28, 28, dtype=torch.long)", "wrong dtype"),
-    ("3 * torch.rand(len(labels), 1, 28, 28)", "must lie in [-1, 1]"),
-    ("torch.full((len(labels), 1, 28, 28), float('nan'))", "NaN"),
-])
-def test_grader_rejects_bad_samples(tmp_path, body, reason):
-    sub = _notebook(tmp_path / "bad.ipynb", SAMPLER.format(body))
-    code, out = _run_grader(sub, "--samples-per-digit", 1, "--out", tmp_path / "grades")
-    assert code == 1 and "FAIL" in out and reason in out, out
-    report = json.loads((tmp_path / "grades" / "bad.json").read_text())
-    assert report["status"] == "fail" and reason in report["reason"]
-
-
 @pytest.mark.usefixtures("data_available")
-def test_grader_rejects_copies_of_training_images(tmp_path):
-    body = ("torch.stack([_mnist.images[(_mnist.labels == int(d)).nonzero()[k % 5, 0]] "
-            "for k, d in enumerate(labels)])")
-    sub = _notebook(tmp_path / "copy.ipynb",
-                    "from course_lib.data import load_mnist\n_mnist = load_mnist(train=True)",
-                    SAMPLER.format(body))
-    code, out = _run_grader(sub, "--samples-per-digit", 2, "--out", tmp_path)
-    assert code == 1 and "near-copies" in out, out
+def test_grader_blames_the_submission_in_one_line(tmp_path):
+    """Each broken notebook is a FAIL (exit 1) with its own one-line reason; one folder run."""
+    cases = {
+        "shape": (SAMPLER.format("torch.zeros(len(labels), 1, 16, 16)"), "wrong output shape"),
+        "dtype": (SAMPLER.format("torch.ones(len(labels), 1, 28, 28, dtype=torch.long)"), "wrong dtype"),
+        "range": (SAMPLER.format("3 * torch.rand(len(labels), 1, 28, 28)"), "must lie in [-1, 1]"),
+        "nan": (SAMPLER.format("torch.full((len(labels), 1, 28, 28), float('nan'))"), "NaN"),
+        "sparse": (SAMPLER.format("torch.rand(len(labels), 1, 28, 28).to_sparse()"), "dense"),
+        "subclass": ("import torch\nclass T(torch.Tensor): pass\n"
+                     "def sample_digits(labels):\n    return torch.rand(len(labels), 1, 28, 28).as_subclass(T)",
+                     "plain torch.Tensor"),
+        "raises": ("x = 1\nraise ValueError('boom in cell one')", "cell 1 raised ValueError: boom in cell one"),
+        "nosampler": ("x = 1", "must define a function sample_digits"),
+        "sampler_raises": (SAMPLER.format("1 / 0"), "sampling failed: ZeroDivisionError"),
+        "lambda_ok_export": ("import torch\nsample_digits = lambda labels: torch.zeros(len(labels), 1, 28, 28)",
+                             "constant"),
+    }
+    for name, (source, _) in cases.items():
+        _notebook(tmp_path / "subs" / f"{name}.ipynb", source)
+    code, out = _run_grader(tmp_path / "subs", "--samples-per-digit", 1, "--out",
+                            tmp_path / "grades", *_sandbox_args())
+    assert code == 1, out
+    for name, (_, reason) in cases.items():
+        report = json.loads((tmp_path / "grades" / f"{name}.json").read_text())
+        assert report["status"] == "fail" and reason in report["reason"], (name, report)
+        assert "\n" not in report["reason"] and "weights_only=False" not in report["reason"]
+    book = (tmp_path / "grades" / "gradebook.csv").read_text().splitlines()
+    assert book[0] == "student,status,accuracy,reason" and len(book) == len(cases) + 1
 
 
 def test_grader_refuses_fixme_without_running(tmp_path):
-    code, out = _run_grader(answer_key.TEMPLATE, "--out", tmp_path)
+    code, out = _run_grader(answer_key.TEMPLATE, "--out", tmp_path, *_sandbox_args())
     assert code == 1 and "FIXMEs left" in out
-
-
-def test_grader_reports_the_raising_cell(tmp_path):
-    sub = _notebook(tmp_path / "raises.ipynb", "x = 1", "raise ValueError('boom in cell two')")
-    code, out = _run_grader(sub, "--out", tmp_path)
-    assert code == 1 and "cell 2 raised ValueError: boom in cell two" in out, out
-
-
-def test_grader_needs_sample_digits(tmp_path):
-    sub = _notebook(tmp_path / "nosampler.ipynb", "x = 1")
-    code, out = _run_grader(sub, "--out", tmp_path)
-    assert code == 1 and "must define sample_digits" in out, out
 
 
 def test_grader_time_limit(tmp_path):
     sub = _notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(120)")
-    code, out = _run_grader(sub, "--timeout", 8, "--out", tmp_path)
+    code, out = _run_grader(sub, "--timeout", 8, "--out", tmp_path, *_sandbox_args())
     assert code == 1 and "time-out" in out, out
 
 
 def test_grader_could_not_grade(tmp_path):
     code, out = _run_grader(tmp_path / "missing.ipynb")
     assert code == 2 and "does not exist" in out
-    (tmp_path / "broken.ipynb").write_text("{not json")
-    code, out = _run_grader(tmp_path / "broken.ipynb", "--out", tmp_path)
-    assert code == 2 and "not a readable notebook" in out
+    (tmp_path / "broken.ipynb").write_text("{not json")  # the student's fault: a FAIL
+    code, out = _run_grader(tmp_path / "broken.ipynb", "--out", tmp_path, *_sandbox_args())
+    assert code == 1 and "not a readable Jupyter notebook" in out, out
+
+
+def test_grader_refuses_without_bubblewrap_unless_told(tmp_path):
+    sub = _notebook(tmp_path / "x.ipynb", "x = 1")
+    env = dict(os.environ, PATH="/nonexistent")
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(sub), "--out",
+                           str(tmp_path / "g")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "apt-get install bubblewrap" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.usefixtures("data_available")
@@ -157,11 +270,12 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     assert answer_key.main([str(completed)]) == 0
     _notebook(tmp_path / "subs" / "broken.ipynb", "raise RuntimeError('x')")
     code, out = _run_grader(tmp_path / "subs", "--profile", "test", "--samples-per-digit", 1,
-                            "--out", tmp_path / "grades", "--json", tmp_path / "all.json")
+                            "--jobs", 2, "--out", tmp_path / "grades", "--json",
+                            tmp_path / "all.json", *_sandbox_args())
     reports = json.loads((tmp_path / "all.json").read_text())
-    key = next(r for r in reports if r["submission"].endswith("key.ipynb"))
+    key = next(r for r in reports if r["student"] == "key")
     assert key["status"] in ("pass", "fail") and key["accuracy"] is not None, key
     assert set(key["per_digit"]) == {str(d) for d in range(10)}
-    assert key["status"] == "pass" or "below" in key["reason"]
+    assert key["status"] == "pass" or any(w in key["reason"] for w in ("below", "do not look")), key
     assert (tmp_path / "grades" / "key_samples.png").is_file()
-    assert code == 1 and "broken.ipynb" in out and "submission" in out  # summary table
+    assert code == 1 and "broken" in out and "student" in out  # summary table

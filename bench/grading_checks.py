@@ -1,0 +1,122 @@
+"""Calibrate and measure the grader's "generated digits" checks: false rejects and catches.
+
+    python bench/grading_checks.py [--sets 20] [--key bench/out/key_samples.pt]
+
+For each source, ``--sets`` sets of about 100 samples with hidden-style labels (each digit 8-12
+times) go through the checks of ``course_lib/grade_checks.py``: not memorised, realistic
+(Fréchet distance), read as the requested digit (>= 95%). Sources: real MNIST test digits the
+grader's reference leaves out and the answer key's samples (both must pass: their reject rate is
+the false-reject rate), and the cheats of ``tests/adversarial/cheats.py`` (their reject rate is
+the catch rate). Writes ``bench/grading_checks.md`` and ``bench/grading_checks.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from course_lib import grade, grade_checks as gc  # noqa: E402
+
+
+def _cheats():
+    spec = importlib.util.spec_from_file_location("cheats", ROOT / "tests" / "adversarial" / "cheats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _key_source(path: Path):
+    data = torch.load(path, weights_only=True)
+    images, labels = data["images"].float(), data["labels"]
+
+    def key(wanted: torch.Tensor, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for d in wanted.tolist():
+            idx = (labels == d).nonzero()[:, 0]
+            out.append(images[idx[torch.randint(len(idx), (1,), generator=g)]])
+        return torch.cat(out)
+    return key
+
+
+def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
+    """Run ``sets`` sets of hidden-style labels (about ``n`` per digit) through the checks."""
+    rows = []
+    for s in range(sets):
+        labels = torch.tensor(grade.hidden_labels(n, torch.Generator().manual_seed(1000 + s)))
+        images = source(labels, s).float()
+        sim = gc.copy_similarity(images, judge.images, judge.coarse)
+        copies = int((sim > gc.COPY_COSINE).sum())
+        fd = gc.frechet(judge.features(images), judge.real_mean, judge.real_cov)
+        limit = gc.FRECHET_RATIO * gc.real_frechet(judge, labels)
+        acc = (judge.predict(images) == labels).float().mean().item()
+        memorised = copies > gc.COPY_SHARE * len(images)
+        fake = fd > limit
+        rows.append({"copies": copies / len(images), "frechet": fd, "ratio": fd / limit * gc.FRECHET_RATIO,
+                     "accuracy": acc,
+                     "memorised": memorised, "unrealistic": fake, "low_accuracy": acc < 0.95,
+                     "rejected": memorised or fake or acc < 0.95,
+                     "sim_median": sim.median().item()})
+    mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    return {"sets": sets, "samples_per_set": len(images), "rejected": mean("rejected"),
+            "by_memorisation": mean("memorised"), "by_realism": mean("unrealistic"),
+            "by_accuracy": mean("low_accuracy"), "copy_share": mean("copies"),
+            "frechet_min": min(r["frechet"] for r in rows), "frechet_max": max(r["frechet"] for r in rows),
+            "ratio_min": min(r["ratio"] for r in rows), "ratio_max": max(r["ratio"] for r in rows),
+            "accuracy": mean("accuracy"), "similarity_median": mean("sim_median")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", type=int, default=20)
+    parser.add_argument("--key", type=Path, default=ROOT / "bench" / "out" / "key_samples.pt")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    judge = gc.load_judge(hold_out=gc.HOLD_OUT)  # held-out digits play unseen real ones
+    cheats = _cheats()
+    sources = {"real held-out test digits": cheats.held_out_real}
+    if args.key.is_file():
+        sources["answer key samples"] = _key_source(args.key)
+    else:
+        print(f"no answer-key samples at {args.key}: run bench/grade_key.py first")
+    sources.update(cheats.CHEATS)
+    results = {}
+    for name, source in sources.items():
+        results[name] = evaluate(source, judge, args.sets)
+        r = results[name]
+        print(f"{name:28s} rejected {r['rejected']:5.0%}  copies {r['copy_share']:5.0%}  "
+              f"FD {r['frechet_min']:6.1f}-{r['frechet_max']:6.1f} ratio {r['ratio_min']:.2f}-{r['ratio_max']:.2f}  acc {r['accuracy']:5.1%}  "
+              f"sim {r['similarity_median']:.3f}", flush=True)
+    lines = [f"Grader checks on {args.sets} sets of ~{results[next(iter(results))]['samples_per_set']} "
+             f"samples each (thresholds: copy cosine > {gc.COPY_COSINE} for more than "
+             f"{gc.COPY_SHARE:.0%} of samples, Fréchet distance > {gc.FRECHET_RATIO:g}x that of real "
+             f"digits with the same labels, accuracy "
+             f"< 95%); {time.perf_counter() - start:.0f} s on 2 CPU cores.", "",
+             "| source | must | rejected | by memorisation | by realism | by accuracy | "
+             "near-copy share | Fréchet (min-max) | Fréchet / real digits' (min-max) | judge accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        must = "pass" if name in ("real held-out test digits", "answer key samples") else "fail"
+        lines.append(f"| {name} | {must} | {r['rejected']:.0%} | {r['by_memorisation']:.0%} | "
+                     f"{r['by_realism']:.0%} | {r['by_accuracy']:.0%} | {r['copy_share']:.0%} | "
+                     f"{r['frechet_min']:.0f}-{r['frechet_max']:.0f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | "
+                     f"{r['accuracy']:.1%} |")
+    lines += ["", "False-reject rate = the \"rejected\" share of a source that must pass; catch rate "
+              "= the \"rejected\" share of a source that must fail."]
+    text = "\n".join(lines)
+    print(text)
+    (ROOT / "bench" / "grading_checks.md").write_text(text + "\n")
+    (ROOT / "bench" / "grading_checks.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

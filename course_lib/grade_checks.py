@@ -1,0 +1,318 @@
+"""The grader's judging steps: the verified judge, the samples file, and what a pass must show.
+
+Every check raises :class:`Rejected` with a one-line reason (capped at ``REASON_CAP`` characters);
+``course_lib/grade.py`` catches it in one place. Problems of the grader itself (weights missing or
+not the pinned ones, no MNIST) raise :class:`CannotGrade`.
+
+A pass must show *generated* digits:
+
+- **read safely**: the samples file is opened with O_NOFOLLOW, must be a regular file under
+  ``SAMPLES_CAP`` bytes, and is loaded with ``weights_only=True`` under a time limit;
+- **well formed**: a float tensor of the right shape, finite, in [-1, 1];
+- **drawn, not stored**: the second draw (another seed) differs from the first, and no two samples
+  of one draw are the same picture;
+- **not memorised**: each sample is compared with every MNIST image, training and test set, at
+  every shift of up to 2 pixels and two blurs, by cosine similarity (zero-mean, unit-norm, so
+  brightness and contrast wash out): shifted, noised, blurred or brightened copies stay close;
+- **realistic**: the Fréchet distance of the judge's features of the samples to those of real
+  digits must stay within ``FRECHET_RATIO`` times what real digits with the same labels reach
+  (fonts and class means are far off);
+- **read as the digit asked for**, by the judge, at the threshold (default 95%).
+
+The thresholds are calibrated in ``bench/grading_checks.py`` (false rejects on real held-out
+digits and on the answer key, catches on crafted cheats), whose figures are in
+``bench/grading_checks.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REASON_CAP = 300
+JUDGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
+JUDGE_SHA256 = "b68c3bca6bce200639e3883cfe5e90cd1b2b9b96e7f6c3d7fd6514d95e0b4733"
+SAMPLES_CAP = 64 * 2**20      # bytes: far above 2 x 300 float32 28x28 images
+LOAD_SECONDS = 30             # time limit for parsing the samples file
+RANGE_SLACK = 0.05            # samples may overshoot [-1, 1] by this much
+HOLD_OUT = 5000               # calibration only: test digits left out of the references (bench)
+SHIFT = 2                     # pixels of translation the memorisation check tolerates
+CANDIDATES = 20               # nearest reference images (coarse search) compared in detail
+BLURS = (0.7, 1.3)            # the references are compared at these blurs (a blurred copy matches one)
+COPY_COSINE = 0.985           # a sample this similar (aligned, 28x28) to a reference is a near-copy
+COPY_SHARE = 0.25             # more than this share of near-copies fails (real digits: about 6%)
+SAME_COSINE = 0.995           # two samples this similar are the same picture
+DIFFER_SHARE = 0.5            # more than this share of second-draw samples equal to the first fails
+FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
+
+
+class Rejected(Exception):
+    """The submission failed a step; ``reason`` is one line that says what to fix."""
+
+    def __init__(self, reason: str):
+        reason = " ".join(str(reason).split())
+        if len(reason) > REASON_CAP:
+            reason = reason[:REASON_CAP - 3] + "..."
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CannotGrade(Exception):
+    """The grader cannot work (its judge, data or sandbox); the instructor must fix it."""
+
+
+# --- the judge ------------------------------------------------------------------------------------
+
+def verified_bytes(path: Path = JUDGE_WEIGHTS, sha256: str = JUDGE_SHA256) -> bytes:
+    """The judge's weights file, read once and checked against the pinned hash."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise CannotGrade(f"the judge's weights {path} cannot be read ({err.strerror}); restore "
+                          "them with `git checkout course_lib/weights/mnist_classifier.pt`") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise CannotGrade(f"the judge's weights {path} have sha256 {digest[:16]}..., not the pinned "
+                          f"{sha256[:16]}...: they were changed; restore them with "
+                          "`git checkout course_lib/weights/mnist_classifier.pt`")
+    return data
+
+
+@dataclass
+class Judge:
+    """The classifier and the real-digit references every check compares against."""
+
+    classifier: torch.nn.Module
+    images: torch.Tensor             # memorisation reference: every MNIST digit (N, 1, 28, 28)
+    labels: torch.Tensor
+    coarse: torch.Tensor             # the same in coarse canonical form (N, 196), unit rows
+    real_mean: torch.Tensor | None = None   # judge features of real digits: mean and covariance
+    real_cov: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier.features(b) for b in images.float().split(500)])
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier(b).argmax(1) for b in images.float().split(500)])
+
+
+def load_judge(weights: Path = JUDGE_WEIGHTS, sha256: str = JUDGE_SHA256,
+               hold_out: int = 0) -> Judge:
+    """Verify and load the classifier, then build the references from all of MNIST.
+
+    ``hold_out`` > 0 (calibration only, ``bench/grading_checks.py``) leaves the last ``hold_out``
+    test digits out of both references, so that they can play unseen real digits.
+    """
+    from .classifier import DigitClassifier
+    from .data import DataNotFoundError, load_mnist
+
+    payload = torch.load(io.BytesIO(verified_bytes(weights, sha256)), weights_only=True)
+    classifier = DigitClassifier()
+    classifier.load_state_dict(payload["model"])
+    classifier.eval()
+    try:
+        train, test = load_mnist(size=28, train=True), load_mnist(size=28, train=False)
+    except DataNotFoundError as err:
+        raise CannotGrade(f"MNIST is needed to judge the samples: {err}") from None
+    keep = len(test.images) - hold_out
+    images = torch.cat([train.images, test.images[:keep]])
+    judge = Judge(classifier, images, torch.cat([train.labels, test.labels[:keep]]),
+                  canonical(images))
+    feats = judge.features(test.images[:keep]).double()
+    judge.real_mean, judge.real_cov = feats.mean(0), torch.cov(feats.T)
+    return judge
+
+
+# --- reading the samples file ---------------------------------------------------------------------
+
+@contextmanager
+def time_limit(seconds: float, what: str):
+    """Raise Rejected if the block runs longer than ``seconds`` (main thread only)."""
+    def expired(*_):
+        raise Rejected(f"{what} took longer than {seconds:.0f} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS) -> dict:
+    """The two draws saved in the sandbox: no links, no pipes, nothing huge, no code."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Rejected("no samples were saved (did sample_digits return?)") from None
+    except OSError as err:
+        raise Rejected(f"the samples file cannot be opened ({err.strerror}); it must be a plain "
+                       "file written by the grader's sampling step") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Rejected("the samples file is not a regular file")
+        if info.st_size > cap:
+            raise Rejected(f"the samples file is {info.st_size / 2**20:.0f} MiB, over the "
+                           f"{cap / 2**20:.0f} MiB limit")
+        data = file.read(cap + 1)
+    with time_limit(seconds, "reading the samples"):
+        try:
+            draws = torch.load(io.BytesIO(data), weights_only=True)
+        except Rejected:
+            raise
+        except Exception as err:
+            raise Rejected(f"the samples file holds something other than plain tensors "
+                           f"({type(err).__name__}); sample_digits must return a torch.Tensor") from None
+    if not isinstance(draws, dict) or set(draws) != {"a", "b"}:
+        raise Rejected("the samples file does not hold the grader's two draws")
+    return draws
+
+
+# --- what the samples must show -------------------------------------------------------------------
+
+def check_samples(images, n_expected: int) -> None:
+    """Shape, dtype, finiteness and range; raise Rejected with what is wrong."""
+    if type(images) is not torch.Tensor:
+        raise Rejected(f"samples must be a plain torch.Tensor, got {type(images).__name__}")
+    if images.layout != torch.strided:
+        raise Rejected(f"samples must be a dense tensor, got layout {images.layout}")
+    if tuple(images.shape) != (n_expected, 1, 28, 28):
+        raise Rejected(f"wrong output shape {tuple(images.shape)}; expected ({n_expected}, 1, 28, 28)")
+    if not images.dtype.is_floating_point:
+        raise Rejected(f"wrong dtype {images.dtype}; expected floating point images in [-1, 1]")
+    if not torch.isfinite(images).all():
+        bad = (~torch.isfinite(images)).flatten(1).any(1).sum().item()
+        raise Rejected(f"{bad} samples contain NaN or inf values")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise Rejected(f"samples range over [{lo:.2f}, {hi:.2f}]; they must lie in [-1, 1] "
+                       "(did you forget to scale, or to clamp the final x_0?)")
+    if images.float().std().item() < 1e-3:
+        raise Rejected("all samples are (nearly) constant images")
+
+
+_BLUR = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+
+
+def canonical(images: torch.Tensor) -> torch.Tensor:
+    """Blurred, 14x14, zero-mean unit-norm rows: noise, blur, contrast and brightness wash out."""
+    x = images.float().reshape(-1, 1, 28, 28)
+    k = _BLUR.reshape(1, 1, 5, 1)
+    x = F.conv2d(F.conv2d(x, k, padding=(2, 0)), k.transpose(2, 3), padding=(0, 2))
+    x = F.avg_pool2d(x, 2).flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-6)
+
+
+def _fine(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """28x28, lightly blurred, zero-mean unit-norm rows."""
+    x = gaussian_blur(images.float().reshape(-1, 1, 28, 28), sigma)
+    x = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-6)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = torch.arange(-3, 4, dtype=torch.float32)
+    k = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).reshape(1, 1, 7, 1)
+    return F.conv2d(F.conv2d(x, k, padding=(3, 0)), k.transpose(2, 3), padding=(0, 3))
+
+
+def copy_similarity(images: torch.Tensor, reference: torch.Tensor,
+                    coarse: torch.Tensor | None = None, shift: int = SHIFT) -> torch.Tensor:
+    """Per sample, the best cosine similarity to any reference image, over shifts of ±``shift``
+    pixels and the blurs of BLURS: first the CANDIDATES nearest in coarse form, then in detail."""
+    images = images.float()
+    coarse = canonical(reference) if coarse is None else coarse
+    shifts = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
+    best = None
+    for dy, dx in [(dy, dx) for dy, dx in shifts if dy % 2 == 0 and dx % 2 == 0]:
+        moved = canonical(torch.roll(images, (dy, dx), dims=(2, 3)))
+        sims = torch.cat([moved @ chunk.T for chunk in coarse.split(20_000)], dim=1)
+        best = sims if best is None else torch.maximum(best, sims)
+    top = best.topk(min(CANDIDATES, best.shape[1]), dim=1).indices           # (N, K)
+    result = torch.full((len(images),), -1.0)
+    for sigma in BLURS:
+        cands = _fine(reference[top.flatten()], sigma).reshape(len(images), top.shape[1], -1)
+        for dy, dx in shifts:
+            moved = _fine(torch.roll(images, (dy, dx), dims=(2, 3)), BLURS[0])
+            sims = torch.einsum("nd,nkd->nk", moved, cands).max(1).values
+            result = torch.maximum(result, sims)
+    return result
+
+
+def check_not_memorised(images: torch.Tensor, judge: Judge) -> int:
+    """Raise Rejected when too many samples are (transformed) copies of MNIST; return the count."""
+    similarity = copy_similarity(images, judge.images, judge.coarse)
+    copies = int((similarity > COPY_COSINE).sum())
+    if copies > COPY_SHARE * len(images):
+        raise Rejected(f"{copies} of {len(images)} samples are near-copies of MNIST images (even "
+                       "shifted, noised or blurred); samples must be generated by the model")
+    return copies
+
+
+def check_drawn(first: torch.Tensor, second: torch.Tensor, positions: list[int]) -> None:
+    """Two seeds must give other pictures; one draw must not repeat a picture."""
+    a, b = canonical(first[positions]), canonical(second)
+    same = ((a * b).sum(1) > SAME_COSINE).float().mean().item()
+    if same > DIFFER_SHARE:
+        raise Rejected(f"{same:.0%} of the samples came out the same with another seed; "
+                       "sample_digits must draw new samples from the random generator")
+    x = canonical(first)
+    sim = x @ x.T - 2 * torch.eye(len(x))
+    repeats = int((sim.max(1).values > SAME_COSINE).sum())
+    if repeats > COPY_SHARE * len(x):
+        raise Rejected(f"{repeats} of {len(x)} samples repeat another sample of the same draw; "
+                       "sample_digits must draw each sample afresh")
+
+
+def frechet(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
+    """Squared Fréchet distance between Gaussians fitted to ``features`` and (mean, cov)."""
+    f = features.double()
+    mu, sigma = f.mean(0), torch.cov(f.T)
+    vals, vecs = torch.linalg.eigh(sigma)
+    root = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root @ cov @ root).clamp(min=0).sqrt().sum()
+    return float((mu - mean).square().sum() + sigma.trace() + cov.trace() - 2 * cross)
+
+
+def real_frechet(judge: Judge, labels: torch.Tensor, draws: int = 3, seed: int = 0) -> float:
+    """The Fréchet distance that real MNIST digits with these labels reach (mean of a few draws):
+    the distance grows as the number of samples shrinks, so the limit scales with it."""
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(draws):
+        picks = []
+        for d in labels.tolist():
+            idx = (judge.labels == d).nonzero()[:, 0]
+            picks.append(idx[torch.randint(len(idx), (1,), generator=g)])
+        values.append(frechet(judge.features(judge.images[torch.cat(picks)]),
+                              judge.real_mean, judge.real_cov))
+    return sum(values) / len(values)
+
+
+def check_realistic(images: torch.Tensor, labels: torch.Tensor, judge: Judge,
+                    ratio: float = FRECHET_RATIO) -> tuple[float, float]:
+    """Raise Rejected when the samples do not look like real digits to the judge.
+
+    Returns (distance, limit): the Fréchet distance of the judge's features of the samples to
+    those of real digits, and ``ratio`` times what real digits with the same labels reach.
+    """
+    distance = frechet(judge.features(images), judge.real_mean, judge.real_cov)
+    limit = ratio * real_frechet(judge, labels)
+    if distance > limit:
+        raise Rejected(f"the samples do not look like handwritten digits (Fréchet distance "
+                       f"{distance:.0f} to real MNIST digits, limit {limit:.0f}): fonts, "
+                       "averages or drawn templates are not generated digits")
+    return distance, limit

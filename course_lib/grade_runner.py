@@ -1,0 +1,214 @@
+"""What runs inside the grading sandbox (``course_lib/sandbox.py``), in two fresh processes.
+
+1. ``execute NOTEBOOK EXPORT RESULT``: run the notebook top to bottom in a new Jupyter kernel. Its
+   last cell (appended by the grader) exports ``sample_digits`` *by value*, with the model, tensors
+   and helper functions it uses, to EXPORT. On a failing cell, RESULT gets the cell and the error.
+2. ``sample EXPORT SPEC OUT``: a new Python process (no IPython, no input transformers, none of
+   the notebook's monkeypatches) loads the export and calls ``sample_digits`` itself with the
+   labels and seeds of SPEC, which the grader writes only after step 1's processes are all gone;
+   it saves two draws to OUT. The grader then judges OUT from outside the sandbox.
+
+So the code that asks for the graded samples is the grader's; what the submission controls is
+``sample_digits`` and what it uses, and that is what the grader's checks judge.
+"""
+from __future__ import annotations
+
+import builtins
+import importlib
+import json
+import marshal
+import pickle
+import sys
+import types
+from pathlib import Path
+
+EXPORT_CELL = """
+# --- added by course_lib.grade: export sample_digits for grading ---
+import course_lib.grade_runner as _grade_runner
+_grade_runner.export(globals(), {path!r})
+"""
+NOT_EXPORTABLE = ("sample_digits could not be exported for grading ({}); keep sample_digits, its "
+                  "model and the helpers it calls as plain top-level objects of the notebook")
+
+
+# --- export by value ----------------------------------------------------------------------------
+
+def _importable(obj) -> bool:
+    """True when ``obj`` can be found again by module and name (pickled by reference)."""
+    module = getattr(obj, "__module__", None)
+    if not module or module == "__main__":
+        return False
+    try:
+        found = importlib.import_module(module)
+        for part in obj.__qualname__.split("."):
+            found = getattr(found, part)
+    except Exception:
+        return False
+    return found is obj
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _make_function(code: bytes, module: str | None, closure_size: int):
+    globals_ = importlib.import_module(module).__dict__ if module else {"__builtins__": builtins}
+    cells = tuple(types.CellType() for _ in range(closure_size)) or None
+    return types.FunctionType(marshal.loads(code), globals_, None, None, cells)
+
+
+def _set_function(func, state) -> None:
+    globals_, cells, attrs = state
+    if globals_:
+        func.__globals__.update(globals_)
+    for cell, value in zip(func.__closure__ or (), cells):
+        if value is not _EMPTY:
+            cell.cell_contents = value
+    for key, value in attrs.items():
+        setattr(func, key, value)
+
+
+def _make_class(name: str, bases: tuple, metaclass):
+    return types.new_class(name, bases, {"metaclass": metaclass})
+
+
+def _set_class(cls, attrs: dict) -> None:
+    for key, value in attrs.items():
+        setattr(cls, key, value)
+
+
+class _Empty:
+    def __reduce__(self):
+        return "_EMPTY"
+
+
+_EMPTY = _Empty()
+
+
+class _ByValue(pickle.Pickler):
+    """Pickles the notebook's own functions and classes by value (their code, not their name)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.ModuleType):
+            return importlib.import_module, (obj.__name__,)
+        if isinstance(obj, types.FunctionType) and not _importable(obj):
+            return self._function(obj)
+        if isinstance(obj, type) and not _importable(obj):
+            skip = {"__dict__", "__weakref__"}
+            attrs = {k: v for k, v in vars(obj).items() if k not in skip}
+            return (_make_class, (obj.__name__, obj.__bases__, type(obj)), attrs, None, None,
+                    _set_class)
+        if isinstance(obj, property):
+            return property, (obj.fget, obj.fset, obj.fdel, obj.__doc__)
+        if isinstance(obj, (staticmethod, classmethod)):
+            return type(obj), (obj.__func__,)
+        return NotImplemented
+
+    @staticmethod
+    def _function(func):
+        module = func.__globals__.get("__name__")
+        own = module in (None, "__main__") or module not in sys.modules
+        globals_ = ({k: func.__globals__[k] for k in _names(func.__code__) if k in func.__globals__}
+                    if own else None)
+        cells = tuple(_cell(c) for c in func.__closure__ or ())
+        attrs = {"__name__": func.__name__, "__qualname__": func.__qualname__,
+                 "__defaults__": func.__defaults__, "__kwdefaults__": func.__kwdefaults__,
+                 "__module__": func.__module__, "__doc__": func.__doc__, **vars(func)}
+        return (_make_function, (marshal.dumps(func.__code__), None if own else module,
+                                 len(cells)), (globals_, cells, attrs), None, None, _set_function)
+
+
+def _cell(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY
+
+
+def export(namespace: dict, path: str) -> None:
+    """The appended cell: write ``sample_digits`` and everything it uses, by value, to ``path``."""
+    func = namespace.get("sample_digits")
+    if func is None or not callable(func):
+        raise RuntimeError("GRADER: the notebook must define a function sample_digits(labels)")
+    try:
+        with open(path, "wb") as file:
+            _ByValue(file, protocol=pickle.HIGHEST_PROTOCOL).dump(func)
+    except Exception as err:
+        raise RuntimeError("GRADER: " + NOT_EXPORTABLE.format(f"{type(err).__name__}: {err}")) \
+            from None
+
+
+# --- the two steps --------------------------------------------------------------------------------
+
+def execute(notebook: str, export_path: str, result: str) -> int:
+    """Run the notebook in a new kernel; on a failing cell write its number and error to ``result``."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(EXPORT_CELL.format(path=export_path)))
+    client = NotebookClient(nb, timeout=None, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(Path(notebook).parent)}})
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        cell = next((i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code"
+                     and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        Path(result).write_text(json.dumps({"cell": cell, "last": cell == len(nb.cells),
+                                            "ename": err.ename, "evalue": str(err.evalue)[:2000]}))
+        return 3
+    return 0
+
+
+def sample(export_path: str, spec_path: str, out: str) -> int:
+    """Fresh process: load the export, draw the grader's samples, save them as plain tensors."""
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    save, manual_seed = torch.save, torch.manual_seed  # taken before any submission code runs
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    with open(export_path, "rb") as file:
+        sample_digits = pickle.load(file)
+    draws = {}
+    for name, seed, labels in (("a", spec["seed_a"], spec["labels"]),
+                               ("b", spec["seed_b"], spec["labels_b"])):
+        manual_seed(seed)
+        with torch.no_grad():
+            images = sample_digits(torch.tensor(labels))
+        draws[name] = _plain(images)
+    save(draws, out)
+    return 0
+
+
+def _plain(images):
+    """A dense, plain CPU tensor, or a GRADER error saying what sample_digits returned instead."""
+    import torch
+
+    if type(images) is not torch.Tensor:
+        raise RuntimeError(f"GRADER: sample_digits must return a plain torch.Tensor, got "
+                           f"{type(images).__module__}.{type(images).__qualname__}")
+    if images.layout != torch.strided:
+        raise RuntimeError(f"GRADER: sample_digits returned a {images.layout} tensor; return a "
+                           "dense one (call .to_dense())")
+    return images.detach().cpu().clone().contiguous()
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    step, args = argv[0], argv[1:]
+    try:
+        return {"execute": execute, "sample": sample}[step](*args)
+    except RuntimeError as err:
+        if "GRADER:" not in str(err):
+            raise
+        print(str(err).split("GRADER:", 1)[1].strip(), file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""A cohort's grades: the gradebook CSV and summary, and grading on a Slurm cluster.
+
+    python -m course_lib.grade slurm submissions/ --out grades/ [--wait] [grader options]
+    python -m course_lib.grade collect grades/
+
+``slurm`` copies every notebook into a private folder under ``OUT`` (the sandboxes never see it),
+writes ``grade.sbatch``, a job array with one task per submission, each running the same
+sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
+``sbatch`` (``--dry-run`` only writes the script; ``--wait`` waits for the array, then collects).
+Each task writes ``OUT/<student>.json``. ``collect`` merges those reports into
+``OUT/gradebook.csv`` (student, status, accuracy, reason) and prints the summary table; a
+submission without a report is listed as "could not grade".
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from .grade import ERROR, Report, snapshot
+
+GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
+
+
+def summary(reports: list[Report]) -> str:
+    """The table printed after a folder: one line per student, then the counts."""
+    lines = [f"{'student':32s} {'result':16s} {'accuracy':>8s}  reason"]
+    for r in reports:
+        acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
+        lines.append(f"{(r.student or r.submission)[:32]:32s} {r.status:16s} {acc:>8s}  "
+                     f"{r.reason[:70]}")
+    counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", ERROR)}
+    lines.append(f"{len(reports)} submissions: {counts['pass']} pass, {counts['fail']} fail, "
+                 f"{counts[ERROR]} could not grade")
+    return "\n".join(lines)
+
+
+def write_gradebook(reports: list[Report], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(GRADEBOOK_FIELDS)
+        for r in sorted(reports, key=lambda r: r.student):
+            writer.writerow([r.student, r.status,
+                             "" if r.accuracy is None else f"{r.accuracy:.4f}", r.reason])
+    return path
+
+
+def load_reports(out: Path, expected: list[str] | None = None) -> list[Report]:
+    """Every ``OUT/*.json`` report; students in ``expected`` without one are "could not grade"."""
+    known = {f.name for f in fields(Report)}
+    reports = {}
+    for path in sorted(out.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            report = Report(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and report.student:
+            reports[report.student] = report
+    for student in expected or []:
+        if student not in reports:
+            reports[student] = Report(student, ERROR, student=student,
+                                      reason="could not grade: no report (the task did not finish; "
+                                             "see its log)")
+    return sorted(reports.values(), key=lambda r: r.student)
+
+
+def collect(out: Path) -> int:
+    roster = out / "roster.txt"
+    expected = [ln.split("\t")[0] for ln in roster.read_text().splitlines() if ln.strip()] \
+        if roster.is_file() else None
+    reports = load_reports(out, expected)
+    if not reports:
+        print(f"could not grade: no reports in {out}", file=sys.stderr)
+        return 2
+    print(summary(reports))
+    print(f"gradebook: {write_gradebook(reports, out / 'gradebook.csv')}")
+    codes = {r.exit_code for r in reports}
+    return 2 if 2 in codes else 1 if 1 in codes else 0
+
+
+def sbatch_script(roster: Path, out: Path, n_tasks: int, grader_args: list[str], *,
+                  cpus: int = 2, mem_gib: int = 8, minutes: int = 90, parallel: int = 0,
+                  python: str = sys.executable, hide: list[Path] = ()) -> str:
+    """The job array: task i grades line i+1 of the roster (student<TAB>private copy)."""
+    array = f"0-{n_tasks - 1}" + (f"%{parallel}" if parallel else "")
+    hides = " ".join(f"--hide {shlex.quote(str(h))}" for h in hide)
+    return f"""#!/bin/bash
+#SBATCH --job-name=grade06
+#SBATCH --array={array}
+#SBATCH --cpus-per-task={cpus}
+#SBATCH --mem={mem_gib}G
+#SBATCH --time={minutes}
+#SBATCH --output={out}/logs/task-%a.log
+# One array task per submission, each graded in its own bubblewrap sandbox.
+# Written by `python -m course_lib.grade slurm`; merge with `python -m course_lib.grade collect {out}`.
+set -euo pipefail
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(roster))})
+student=${{line%%$'\\t'*}}
+copy=${{line#*$'\\t'}}
+cd {shlex.quote(os.getcwd())}
+exec {shlex.quote(python)} -m course_lib.grade "$copy" --name "$student" --origin "$student" \\
+  --slot $((SLURM_ARRAY_TASK_ID % 1000)) --out {shlex.quote(str(out))} {hides} \\
+  --memory-gib {max(1, mem_gib - 1)} {" ".join(shlex.quote(a) for a in grader_args)}
+"""
+
+
+def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: bool = False,
+           wait: bool = False, cpus: int = 2, mem_gib: int = 8, minutes: int = 90,
+           parallel: int = 0) -> int:
+    """Snapshot the cohort, write the array script, and submit it (or only write it)."""
+    notebooks = sorted(submissions.glob("*.ipynb")) if submissions.is_dir() else [submissions]
+    if not notebooks:
+        print(f"could not grade: no .ipynb files in {submissions}", file=sys.stderr)
+        return 2
+    out = out.resolve()
+    job = out / f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    (job / "copies").mkdir(parents=True)
+    os.chmod(job, 0o700)
+    (out / "logs").mkdir(exist_ok=True)
+    copies = snapshot(notebooks, job / "copies")
+    roster = out / "roster.txt"
+    roster.write_text("".join(f"{name}\t{path}\n" for name, path in copies))
+    for name, _ in copies:  # no stale report may stand in for a task that fails
+        (out / f"{name}.json").unlink(missing_ok=True)
+    folder = submissions if submissions.is_dir() else submissions.parent
+    script = job / "grade.sbatch"
+    script.write_text(sbatch_script(roster, out, len(copies), grader_args, cpus=cpus,
+                                    mem_gib=mem_gib, minutes=minutes, parallel=parallel,
+                                    hide=[folder.resolve()]))
+    print(f"wrote {script} ({len(copies)} array tasks)")
+    if dry_run:
+        return 0
+    if shutil.which("sbatch") is None:
+        print("could not grade: sbatch not found; install Slurm (Debian: apt-get install "
+              "slurm-wlm) or run the script on a login node", file=sys.stderr)
+        return 2
+    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 and not wait:
+        print(f"could not grade: sbatch failed: {proc.stderr.strip()}", file=sys.stderr)
+        return 2
+    print(f"submitted job {proc.stdout.strip().split(';')[0]}; when it ends: "
+          f"python -m course_lib.grade collect {out}")
+    return collect(out) if wait else 0
+
+
+def main(argv: list[str]) -> int:
+    command, rest = argv[0], argv[1:]
+    if command == "collect":
+        parser = argparse.ArgumentParser(prog="python -m course_lib.grade collect",
+                                         description="Merge OUT/*.json into OUT/gradebook.csv.")
+        parser.add_argument("out", type=Path)
+        return collect(parser.parse_args(rest).out)
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.grade slurm",
+        description="Grade a folder as a Slurm job array, one sandboxed task per submission. "
+                    "Options not listed here (--samples-per-digit, --profile, --timeout, ...) "
+                    "are passed to every task's grader.")
+    parser.add_argument("submissions", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("grades"))
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs per task")
+    parser.add_argument("--mem-gib", type=int, default=8, help="memory per task")
+    parser.add_argument("--minutes", type=int, default=90, help="time limit per task")
+    parser.add_argument("--parallel", type=int, default=0, help="at most this many tasks at once")
+    parser.add_argument("--dry-run", action="store_true", help="write the script, do not submit")
+    parser.add_argument("--wait", action="store_true", help="wait for the array, then collect")
+    args, grader_args = parser.parse_known_args(rest)
+    return submit(args.submissions, args.out, grader_args, dry_run=args.dry_run, wait=args.wait,
+                  cpus=args.cpus, mem_gib=args.mem_gib, minutes=args.minutes,
+                  parallel=args.parallel)

@@ -1,0 +1,184 @@
+"""Adversarial submissions, graded together in one sandboxed folder run, as a cohort would be.
+
+Each notebook attacks the grader one way: tampering with the judge, other students' notebooks or
+reports, the network, the instructor's secrets; leaving processes behind; replacing what is
+graded (monkeypatched ``torch.save``, an IPython input transformer, cheating only when it detects
+grading); and passing without a model (stored, shifted, warped training digits, fonts, fixed
+pictures). Every one must end as a FAIL (exit 1) with the reason that shows the attack was
+blocked or caught, and nothing of the instructor's or of another submission may change.
+Needs bubblewrap and root (CI has both); skipped with the reason elsewhere.
+"""
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course_lib import sandbox
+
+def _need_mnist():
+    """Module-scoped fixtures cannot use conftest's data_available: the same rule, here."""
+    from course_lib.data import DataNotFoundError, find_data_root
+    try:
+        find_data_root("MNIST", allow_download=False)
+    except DataNotFoundError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the offline datasets: {err}")
+        pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
+
+
+
+def _required() -> bool:
+    """CI (.ci/run) sets COURSE_REQUIRE_SANDBOX: there a missing sandbox or Slurm is a failure."""
+    return bool(os.environ.get("COURSE_REQUIRE_SANDBOX") or os.environ.get("CI"))
+
+ROOT = Path(__file__).resolve().parent.parent
+CHEATS = ROOT / "tests" / "adversarial"
+WEIGHTS = ROOT / "course_lib" / "weights" / "mnist_classifier.pt"
+IMPORT_CHEATS = f"import sys, torch\nsys.path.insert(0, {str(CHEATS)!r})\nimport cheats\n"
+HONEST_ZEROS = "def sample_digits(labels):\n    return torch.zeros(len(labels), 1, 28, 28)\n"
+
+
+def cheat(name: str, fixed: bool = False) -> str:
+    """A sample_digits that returns one of tests/adversarial/cheats.py's fakes (self-contained)."""
+    seed = "0" if fixed else "int(torch.randint(0, 10**6, (1,)))"
+    return (f"def sample_digits(labels):\n    import sys, torch\n    sys.path.insert(0, {str(CHEATS)!r})\n"
+            f"    import cheats\n    return cheats.{name}(labels, {seed})\n")
+
+
+def _write(path: Path, *sources: str) -> None:
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _embedded_digits() -> str:
+    """30 training digits of each class, as base64 text in the notebook (the stored-answers cheat)."""
+    from course_lib.data import load_mnist
+
+    data = load_mnist(size=28, train=True)
+    picked = torch.cat([data.images[data.labels == d][:30] for d in range(10)])
+    buffer = io.BytesIO()
+    torch.save(picked.clone(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, request):
+    if sandbox.bwrap_path() is None or os.geteuid() != 0:
+        why = "the attack tests need bubblewrap (sudo apt-get install bubblewrap) and root"
+        if _required():
+            pytest.fail(f"CI must run them: {why}")
+        pytest.skip(why)
+    _need_mnist()
+    tmp = tmp_path_factory.mktemp("cohort")
+    subs, out = tmp / "subs", tmp / "grades"
+    subs.mkdir()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    threading.Thread(target=lambda: [server.accept() for _ in range(5)], daemon=True).start()
+    port = server.getsockname()[1]
+    victim, forged = subs / "b_victim.ipynb", out / "b_victim.json"
+
+    _write(subs / "a_daemon.ipynb",  # leaves a process that would swap the next samples file
+           IMPORT_CHEATS + HONEST_ZEROS,
+           "import subprocess\nsubprocess.Popen([sys.executable, '-c', '''\nimport time, torch, sys\n"
+           f"sys.path.insert(0, {str(CHEATS)!r})\nimport cheats\n"
+           "fake = cheats.copies(torch.arange(10).repeat(12))\nfor _ in range(600):\n"
+           "    try: torch.save({'a': fake, 'b': fake[:20]}, '/home/student/samples.pt')\n"
+           "    except Exception: pass\n    time.sleep(0.2)\n'''], start_new_session=True,"
+           " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)")
+    _write(victim, IMPORT_CHEATS + HONEST_ZEROS)
+    _write(subs / "c_vandal.ipynb",
+           "import os, socket\nr = []\n"
+           "def attempt(name, action):\n    try:\n        action()\n        r.append(name + ':DONE')\n"
+           "    except Exception:\n        r.append(name + ':blocked')\n"
+           f"attempt('sibling', lambda: open({str(victim)!r}, 'a').write('x'))\n"
+           f"attempt('forged', lambda: open({str(forged)!r}, 'w').write('{{\"status\": \"pass\"}}'))\n"
+           f"attempt('weights', lambda: open({str(WEIGHTS)!r}, 'ab').write(b'junk'))\n"
+           f"attempt('bashrc', lambda: open(os.path.expanduser('~root/.bashrc'), 'a').write('x'))\n"
+           f"attempt('net', lambda: socket.create_connection(('127.0.0.1', {port}), 3))\n"
+           "r.append('secret:' + ('SEEN' if 'COURSE_GRADER_SECRET' in os.environ else 'absent'))\n"
+           "raise RuntimeError('VANDAL ' + ' '.join(r))")
+    _write(subs / "d_monkeypatch.ipynb",  # the appended code would save other images
+           IMPORT_CHEATS + HONEST_ZEROS,
+           "import pickle\n_real = torch.save\n"
+           "def _fake(obj, f, *a, **k):\n    return _real({'a': cheats.copies(torch.arange(10).repeat(12)),"
+           " 'b': cheats.copies(torch.arange(10).repeat(2), 1)}, f)\n"
+           "torch.save = _fake\npickle.dump = lambda obj, f, *a, **k: _real(obj, f)")
+    _write(subs / "e_transformer.ipynb",  # rewrites the grader's appended cell
+           IMPORT_CHEATS + HONEST_ZEROS,
+           f"_cheat = {cheat('copies')!r}\n"
+           "def _swap(lines):\n    if any('grade' in line for line in lines):\n"
+           "        return _cheat.splitlines(True) + lines\n    return lines\n"
+           "get_ipython().input_transformers_post.append(_swap)")
+    _write(subs / "f_detector.ipynb",  # honest when run by the student, cheats when graded
+           IMPORT_CHEATS + HONEST_ZEROS,
+           "import os, socket\ngraded = (os.getuid() != 0 or socket.gethostname() == 'sandbox' or "
+           "'grade' in open('/proc/1/cmdline').read())\nif graded:\n" + "\n".join(
+               "    " + line for line in cheat("shifted").splitlines()))
+    _write(subs / "g_base64.ipynb",
+           "import base64, io, torch\n"
+           f"_stored = torch.load(io.BytesIO(base64.b64decode('{_embedded_digits()}')))\n"
+           "def sample_digits(labels):\n    pick = torch.randint(0, 30, (len(labels),))\n"
+           "    return _stored[labels * 30 + pick]")
+    _write(subs / "h_blurred.ipynb", cheat("blurred"))
+    _write(subs / "i_fonts.ipynb", cheat("fonts"))
+    _write(subs / "j_fixed.ipynb", cheat("class_means", fixed=True))
+    _write(subs / "k_memory.ipynb", "x = bytearray(20 * 2**30)")
+
+    env = dict(os.environ, COURSE_GRADER_SECRET="s3cret")
+    victim_before = victim.read_bytes()
+    weights_before = WEIGHTS.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(subs), "--out", str(out),
+                           "--samples-per-digit", "4", "--memory-gib", "3", "--timeout", "300"],
+                          capture_output=True, text=True, timeout=1500, env=env)
+    server.close()
+    reports = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    left = subprocess.run(["pgrep", "-u", ",".join(str(sandbox.sandbox_uid(s)) for s in range(4))],
+                          capture_output=True, text=True).stdout.strip()
+    return dict(code=proc.returncode, out=proc.stdout + proc.stderr, reports=reports, left=left,
+                victim_changed=victim.read_bytes() != victim_before,
+                weights_changed=WEIGHTS.read_bytes() != weights_before)
+
+
+EXPECTED = {
+    "a_daemon": "constant",
+    "b_victim": "constant",                     # not the daemon's copies
+    "d_monkeypatch": "constant",                # the monkeypatch never reaches the grader's code
+    "e_transformer": "near-copies",             # what it swapped in is judged, and caught
+    "f_detector": "near-copies",                # cheating only when graded is caught
+    "g_base64": "near-copies",
+    "h_blurred": "near-copies",
+    "i_fonts": "do not look like handwritten digits",
+    "j_fixed": "same with another seed",
+    "k_memory": "MemoryError",
+}
+
+
+@pytest.mark.parametrize("student,reason", EXPECTED.items())
+def test_attack_fails_with_its_reason(cohort, student, reason):
+    report = cohort["reports"][student]
+    assert report["status"] == "fail" and reason in report["reason"], report
+
+
+def test_vandal_is_blocked_everywhere(cohort):
+    reason = cohort["reports"]["c_vandal"]["reason"]
+    assert "VANDAL" in reason and "DONE" not in reason and "secret:absent" in reason, reason
+    assert not cohort["victim_changed"] and not cohort["weights_changed"]
+
+
+def test_nothing_left_running_and_a_clean_summary(cohort):
+    assert cohort["left"] == "", f"sandbox processes survived: {cohort['left']}"
+    assert cohort["code"] == 1, cohort["out"][-3000:]
+    assert "11 submissions: 0 pass, 11 fail, 0 could not grade" in cohort["out"]

@@ -1,0 +1,95 @@
+"""The "generated digits" checks against real digits (must pass) and cheats (must be caught).
+
+The judge is built as in ``bench/grading_checks.py``: the last test digits are held out of its
+references so that they can play a student's unseen, real digits. Catch and false-reject rates
+over many sets are measured by that bench (``bench/grading_checks.md``); here one set each.
+"""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib import grade, grade_checks as gc
+from course_lib.grade_checks import Rejected
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def _need_mnist():
+    """Module-scoped fixtures cannot use conftest's data_available: the same rule, here."""
+    from course_lib.data import DataNotFoundError, find_data_root
+    try:
+        find_data_root("MNIST", allow_download=False)
+    except DataNotFoundError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the offline datasets: {err}")
+        pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
+
+
+
+def _cheats():
+    spec = importlib.util.spec_from_file_location("cheats", ROOT / "tests" / "adversarial" / "cheats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cheats = _cheats()
+
+
+@pytest.fixture(scope="module")
+def judge(request):
+    _need_mnist()
+    return gc.load_judge(hold_out=gc.HOLD_OUT)
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return torch.tensor(grade.hidden_labels(10, torch.Generator().manual_seed(7)))
+
+
+def test_real_unseen_digits_pass_every_check(judge, labels):
+    images = cheats.held_out_real(labels, seed=1)
+    gc.check_samples(images, len(labels))
+    gc.check_not_memorised(images, judge)
+    gc.check_realistic(images, labels, judge)
+    assert (judge.predict(images) == labels).float().mean() >= 0.95
+    gc.check_drawn(images, cheats.held_out_real(labels, seed=2)[:20], list(range(20)))
+
+
+@pytest.mark.parametrize("name", list(cheats.MEMORISED))
+def test_transformed_training_digits_are_near_copies(judge, labels, name):
+    images = cheats.MEMORISED[name](labels, 3)
+    with pytest.raises(Rejected, match="near-copies of MNIST"):
+        gc.check_not_memorised(images, judge)
+
+
+@pytest.mark.parametrize("name", list(cheats.FAKE))
+def test_fonts_and_class_means_are_not_realistic(judge, labels, name):
+    images = cheats.FAKE[name](labels, 3)
+    with pytest.raises(Rejected, match="do not look like handwritten digits"):
+        gc.check_realistic(images, labels, judge)
+
+
+def test_same_pictures_for_another_seed_are_refused(labels):
+    images = cheats.class_means(labels, seed=0)
+    with pytest.raises(Rejected, match="same with another seed"):
+        gc.check_drawn(images, cheats.class_means(labels, seed=0)[:20], list(range(20)))
+
+
+def test_repeated_pictures_within_one_draw_are_refused(labels):
+    one = cheats.held_out_real(labels[:1].repeat(len(labels)), seed=0)[:1].repeat(len(labels), 1, 1, 1)
+    other = torch.rand(20, 1, 28, 28) * 2 - 1
+    with pytest.raises(Rejected, match="repeat another sample"):
+        gc.check_drawn(one, other, list(range(20)))
+
+
+def test_copy_similarity_tolerates_shifts_exactly():
+    torch.manual_seed(0)
+    reference = torch.rand(50, 1, 28, 28) * 2 - 1
+    moved = torch.roll(reference[:5], (2, -2), dims=(2, 3))
+    sim = gc.copy_similarity(moved, reference)
+    assert (sim > 0.999).all()
+    far = gc.copy_similarity(moved, reference, shift=0)
+    assert (far < sim).all()

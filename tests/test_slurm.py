@@ -1,0 +1,174 @@
+"""Grading a cohort on Slurm: the job-array script, the gradebook, and a live single-node cluster.
+
+The live test starts its own Slurm (munged, slurmctld and slurmd on 127.0.0.1, private ports and
+state folder) and stops what it started. It needs Debian's slurm-wlm and munge and root; without
+them it skips (under CI, where .ci/run installs them, it must run).
+"""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course_lib import gradebook, sandbox
+
+
+def _required() -> bool:
+    """CI (.ci/run) sets COURSE_REQUIRE_SANDBOX: there a missing sandbox or Slurm is a failure."""
+    return bool(os.environ.get("COURSE_REQUIRE_SANDBOX") or os.environ.get("CI"))
+from course_lib.grade import ERROR, FAIL, PASS, Report
+
+SLURM_CONF = """ClusterName=gradetest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort=16917
+SlurmdPort=16918
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+PartitionName=grade Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _notebook(path, source):
+    nb = new_notebook(cells=[new_code_cell(source)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+# --- without a cluster ---------------------------------------------------------------------------
+
+def test_sbatch_script_is_one_task_per_submission(tmp_path):
+    script = gradebook.sbatch_script(tmp_path / "roster.txt", tmp_path / "out", 7,
+                                     ["--profile", "test"], cpus=4, mem_gib=6, parallel=3,
+                                     hide=[tmp_path / "subs"])
+    assert "#SBATCH --array=0-6%3" in script and "#SBATCH --cpus-per-task=4" in script
+    assert "#SBATCH --mem=6G" in script and "--profile test" in script
+    assert f"--hide {tmp_path / 'subs'}" in script and "SLURM_ARRAY_TASK_ID" in script
+    assert f"-m course_lib.grade \"$copy\"" in script
+
+
+def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("alice", "bob"):
+        _notebook(subs / f"{name}.ipynb", "x = 1")
+    assert gradebook.main(["slurm", str(subs), "--out", str(tmp_path / "out"), "--dry-run",
+                           "--profile", "test"]) == 0
+    roster = (tmp_path / "out" / "roster.txt").read_text().splitlines()
+    assert [r.split("\t")[0] for r in roster] == ["alice", "bob"]
+    for line in roster:  # private copies, not the originals
+        copy = Path(line.split("\t")[1])
+        assert copy.is_file() and subs not in copy.parents
+    script = next((tmp_path / "out").glob(".slurm-*/grade.sbatch")).read_text()
+    assert "--array=0-1" in script and "--profile test" in script
+
+
+def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    reports = [Report("a.ipynb", PASS, student="alice", accuracy=0.99),
+               Report("b.ipynb", FAIL, student="bob", accuracy=0.5, reason="accuracy 50.0% is below 95%")]
+    from dataclasses import asdict
+    for r in reports:
+        (out / f"{r.student}.json").write_text(json.dumps(asdict(r)))
+    (out / "roster.txt").write_text("alice\t/x\nbob\t/y\ncarol\t/z\n")
+    assert gradebook.collect(out) == 2  # carol's task left no report: could not grade
+    rows = list(csv.DictReader((out / "gradebook.csv").open()))
+    assert [(r["student"], r["status"], r["accuracy"]) for r in rows] == [
+        ("alice", PASS, "0.9900"), ("bob", FAIL, "0.5000"), ("carol", ERROR, "")]
+    printed = capsys.readouterr().out
+    assert "3 submissions: 1 pass, 1 fail, 1 could not grade" in printed
+
+
+# --- a live single-node Slurm ----------------------------------------------------------------------
+
+def _need(condition, why):
+    if condition:
+        return
+    if _required():
+        pytest.fail(f"CI must run the Slurm test: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    _need(all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")),
+          "Slurm is not installed (enable with: sudo apt-get install slurm-wlm munge)")
+    _need(os.geteuid() == 0, "the live Slurm test starts daemons: run it as root (CI does)")
+    _need(sandbox.bwrap_path() is not None, "bubblewrap is not installed: sudo apt-get install bubblewrap")
+    folder = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool"):
+        (folder / sub).mkdir()
+    conf = folder / "slurm.conf"
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    conf.write_text(SLURM_CONF.format(host=host, dir=folder, cpus=os.cpu_count() or 1))
+    started = []
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "munged"], check=True)
+        started.append(Path("/run/munge/munged.pid"))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    subprocess.run(["slurmctld", "-f", str(conf)], check=True, env=env)
+    started.append(folder / "slurmctld.pid")
+    subprocess.run(["slurmd", "-f", str(conf)], check=True, env=env)
+    started.append(folder / "slurmd.pid")
+    for _ in range(30):
+        info = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env)
+        if info.stdout.strip() in ("idle", "mix", "alloc"):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the test cluster did not come up: {info.stdout} {info.stderr} "
+                    f"{(folder / 'slurmctld.log').read_text()[-2000:]}")
+    yield env
+    for pidfile in reversed(started):
+        try:
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.mark.usefixtures("data_available")
+def test_job_array_grades_each_submission_and_collect_builds_the_gradebook(slurm, tmp_path):
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    _notebook(subs / "alice.ipynb", "import torch\ndef sample_digits(labels):\n"
+                                    "    return torch.zeros(len(labels), 1, 28, 28)")
+    _notebook(subs / "bob.ipynb", "raise ValueError('bob forgot something')")
+    _notebook(subs / "carol.ipynb", "x = FIXME")
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grade", "slurm", str(subs), "--out",
+                           str(out), "--wait", "--cpus", "1", "--mem-gib", "3", "--minutes", "10",
+                           "--samples-per-digit", "1", "--profile", "test"],
+                          capture_output=True, text=True, timeout=900, env=slurm)
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr + logs
+    rows = {r["student"]: r for r in csv.DictReader((out / "gradebook.csv").open())}
+    assert set(rows) == {"alice", "bob", "carol"}, proc.stdout + logs
+    assert rows["alice"]["status"] == FAIL and "constant" in rows["alice"]["reason"]
+    assert rows["bob"]["status"] == FAIL and "bob forgot something" in rows["bob"]["reason"]
+    assert rows["carol"]["status"] == FAIL and "FIXME" in rows["carol"]["reason"]
+    assert "3 submissions: 0 pass, 3 fail, 0 could not grade" in proc.stdout
+    assert "sandbox:    bubblewrap" in logs
