@@ -117,13 +117,13 @@ def cohort(tmp_path_factory, request):
            " 'b': cheats.copies(torch.arange(10).repeat(2), 1)}, f)\n"
            "torch.save = _fake\npickle.dump = lambda obj, f, *a, **k: _real(obj, f)")
     _write(subs / "e_transformer.ipynb",  # rewrites the grader's appended cell
-           IMPORT_CHEATS + HONEST_ZEROS,
+           "import torch\n" + HONEST_ZEROS,
            f"_cheat = {cheat('copies')!r}\n"
            "def _swap(lines):\n    if any('grade' in line for line in lines):\n"
            "        return _cheat.splitlines(True) + lines\n    return lines\n"
            "get_ipython().input_transformers_post.append(_swap)")
     _write(subs / "f_detector.ipynb",  # honest when run by the student, cheats when graded
-           IMPORT_CHEATS + HONEST_ZEROS,
+           "import torch\n" + HONEST_ZEROS,
            "import os, socket\ngraded = (os.getuid() != 0 or socket.gethostname() == 'sandbox' or "
            "'grade' in open('/proc/1/cmdline').read())\nif graded:\n" + "\n".join(
                "    " + line for line in cheat("shifted").splitlines()))
@@ -160,7 +160,7 @@ EXPECTED = {
     "f_detector": "near-copies",                # cheating only when graded is caught
     "g_base64": "near-copies",
     "h_blurred": "near-copies",
-    "i_fonts": "do not look like handwritten digits",
+    "i_fonts": ("do not look like handwritten digits", "below"),  # 4 per digit: either catches
     "j_fixed": "same with another seed",
     "k_memory": "MemoryError",
 }
@@ -169,7 +169,8 @@ EXPECTED = {
 @pytest.mark.parametrize("student,reason", EXPECTED.items())
 def test_attack_fails_with_its_reason(cohort, student, reason):
     report = cohort["reports"][student]
-    assert report["status"] == "fail" and reason in report["reason"], report
+    reasons = reason if isinstance(reason, tuple) else (reason,)
+    assert report["status"] == "fail" and any(r in report["reason"] for r in reasons), report
 
 
 def test_vandal_is_blocked_everywhere(cohort):
