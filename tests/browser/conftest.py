@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jlab import (CHROMIUM, HOW_TO_ENABLE, ROOT, Shots, group_alive, lab_env, launch_chromium,
-                  load_launcher, start_lab, stop_lab)
+from jlab import CHROMIUM, HOW_TO_ENABLE, ROOT, Shots, launch_chromium, load_launcher, serve
 
 SHOTS = Path(os.environ.get("COURSE_BROWSER_SHOTS", ROOT / "build" / "browser"))
 _skipped: list[str] = []
@@ -65,20 +64,11 @@ def page(browser):
     page.close()
 
 
-def _serve(command, tmp: Path, root: Path, **env):
-    lab = start_lab(command, tmp, root, lab_env(tmp, **env))
-    try:
-        yield lab
-    finally:
-        stop_lab(lab)
-        assert not group_alive(lab.process.pid), "a JupyterLab or kernel process was left behind"
-
-
 @pytest.fixture(scope="session")
 def course_lab(browser, tmp_path_factory):
     """JupyterLab as `make course` starts it: lab/course.py, root = the repository."""
     tmp = tmp_path_factory.mktemp("course-lab")
-    yield from _serve([sys.executable, str(ROOT / "lab" / "course.py")], tmp, ROOT)
+    yield from serve([sys.executable, str(ROOT / "lab" / "course.py")], tmp, ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +77,7 @@ def by_hand_lab(browser, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("by-hand-lab")
     load_launcher().install_settings()   # what `make setup` did for this environment
     extra = ["--allow-root"] if os.geteuid() == 0 else []
-    yield from _serve([sys.executable, "-m", "jupyterlab", "notebooks/", *extra], tmp,
+    yield from serve([sys.executable, "-m", "jupyterlab", "notebooks/", *extra], tmp,
                       ROOT / "notebooks")
 
 

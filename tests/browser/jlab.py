@@ -128,6 +128,16 @@ def stop_lab(lab: Lab) -> None:
         pass
 
 
+def serve(command: list[str], tmp: Path, root: Path, **env: str):
+    """Generator for fixtures: the lab while the tests use it, then stopped, nothing left."""
+    lab = start_lab(command, tmp, root, lab_env(tmp, **env))
+    try:
+        yield lab
+    finally:
+        stop_lab(lab)
+        assert not group_alive(lab.process.pid), "a JupyterLab or kernel process was left behind"
+
+
 def group_alive(pid: int) -> bool:
     try:
         os.killpg(pid, 0)
@@ -280,11 +290,23 @@ class RunResult:
     errors: dict[int, str]            # code cell index -> last line of its traceback
     progress_states: dict[str, set]   # progress bar description -> texts seen while it ran
     placeholders: list[str]           # "Loading widget..." and similar seen at the end
+    text_bars: list[str]              # tqdm's plain-text fallback bars ("40%|████      |")
 
 
-def _progress_snapshot(panel) -> list[str]:
-    return panel.locator(".jp-OutputArea-output .widget-hbox:has(.widget-progress)").evaluate_all(
-        "els => els.map(e => e.textContent.replace(/\\s+/g, ' ').trim())")
+PROGRESS_BAR = ".jp-OutputArea-output .widget-hbox:has(.widget-hprogress)"
+
+# Records every state a progress-bar widget shows (tqdm updates it ~10 times a second, and a
+# short training run is over in a second or two: polling would miss the states in between).
+WATCH_PROGRESS = """panel => {
+    window.__progressStates = [];
+    const record = () => panel.querySelectorAll(%r).forEach(bar => {
+        const text = bar.textContent.replace(/\\s+/g, ' ').trim();
+        const states = window.__progressStates;
+        if (!states.includes(text)) states.push(text);
+    });
+    new MutationObserver(record).observe(panel, {subtree: true, childList: true,
+                                                 characterData: true, attributes: true});
+}""" % PROGRESS_BAR.replace(".jp-OutputArea-output ", "")
 
 
 def run_all(page, timeout: float = 600, poll: float = 0.2, on_progress=None) -> RunResult:
@@ -293,14 +315,15 @@ def run_all(page, timeout: float = 600, poll: float = 0.2, on_progress=None) -> 
     first time a bar is seen between 10% and 90%."""
     panel = active_panel(page)
     menu(page, "Edit", "Clear Outputs of All Cells")
+    panel.evaluate(WATCH_PROGRESS)
     start = time.monotonic()
     menu(page, "Run", "Run All Cells")
     states: dict[str, set] = {}
     while True:
-        for text in _progress_snapshot(panel):
+        for text in page.evaluate("() => window.__progressStates"):
             states.setdefault(text.split(":")[0].split("%")[0].strip(), set()).add(text)
             percent = re.search(r"(\d+)%", text)
-            if on_progress and percent and 10 <= int(percent.group(1)) <= 90:
+            if on_progress and percent and 0 < int(percent.group(1)) < 100:
                 on_progress()
                 on_progress = None
         # textContent, not innerText: cells scrolled out of view are not rendered
@@ -323,7 +346,9 @@ def run_all(page, timeout: float = 600, poll: float = 0.2, on_progress=None) -> 
     placeholders = panel.locator(".jp-OutputArea-output").filter(
         has_text=re.compile("Loading widget|Error displaying widget|IProgress not found")
     ).all_inner_texts()
-    return RunResult(time.monotonic() - start, prompts, errors, states, placeholders)
+    text_bars = [line for text in outputs for line in text.splitlines()
+                 if re.search(r"\d+%\|", line)]
+    return RunResult(time.monotonic() - start, prompts, errors, states, placeholders, text_bars)
 
 
 def check_run(result: RunResult, notebook: Path) -> None:
@@ -342,6 +367,7 @@ def check_run(result: RunResult, notebook: Path) -> None:
 def check_live_progress_bar(result: RunResult) -> None:
     """A tqdm bar rendered as an ipywidget, seen moving while the cell ran."""
     assert not result.placeholders, f"widget placeholders left: {result.placeholders}"
+    assert not result.text_bars, f"progress shown as text, not a widget: {result.text_bars[:3]}"
     assert result.progress_states, "no progress bar widget appeared while the cells ran"
     moving = {desc: texts for desc, texts in result.progress_states.items() if len(texts) > 1}
     assert moving, f"progress bars never moved: {result.progress_states}"
@@ -352,6 +378,18 @@ def images_rendered(page) -> list[tuple[int, int]]:
     return active_panel(page).locator(
         ".jp-OutputArea-output[data-mime-type='image/png'] img").evaluate_all(
         "imgs => imgs.filter(i => i.complete).map(i => [i.naturalWidth, i.naturalHeight])")
+
+
+def check_figures_rendered(page, shots, name: str) -> None:
+    """The notebook's last figure is on screen as an image, not as `<Figure size ...>` text."""
+    panel = active_panel(page)
+    panel.locator(".jp-CodeCell .jp-OutputArea").last.scroll_into_view_if_needed()
+    shots(page, name)
+    sizes = images_rendered(page)
+    as_text = [t for t in panel.locator(".jp-OutputArea-output").evaluate_all(
+        "els => els.map(e => e.textContent)") if "<Figure size" in t]
+    assert not as_text, f"figures shown as text, not images: {as_text[:3]}"
+    assert sizes and all(w > 50 and h > 20 for w, h in sizes), f"no figure rendered: {sizes}"
 
 
 def first_heading(markdown: Path) -> str:

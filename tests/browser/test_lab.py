@@ -77,11 +77,7 @@ def test_run_all_on_00_without_errors_and_with_a_figure(course_lab, page, shots)
     result = jlab.run_all(page, timeout=120)
     shots(page, "00_after_run_all")
     jlab.check_run(result, ROOT / "notebooks" / FIRST)
-    jlab.active_panel(page).locator(
-        ".jp-OutputArea-output[data-mime-type='image/png'] img").last.scroll_into_view_if_needed()
-    shots(page, "00_figure")
-    sizes = jlab.images_rendered(page)
-    assert sizes and all(w > 50 and h > 20 for w, h in sizes), f"figures not rendered: {sizes}"
+    jlab.check_figures_rendered(page, shots, "00_figure")
 
 
 def test_training_shows_a_live_progress_bar(course_lab, page, shots):
@@ -92,14 +88,16 @@ def test_training_shows_a_live_progress_bar(course_lab, page, shots):
                            "?.innerText.includes('01_UNets')")
     jlab.wait_kernel_idle(page)
     panel = jlab.active_panel(page)
-    bar = panel.locator(".jp-OutputArea-output .widget-hbox:has(.widget-progress)")
+    bar = panel.locator(jlab.PROGRESS_BAR)
 
-    def shoot_live_bar():
-        bar.first.scroll_into_view_if_needed()
-        shots(page, "01_live_progress_bar")
+    def show_bar(name):
+        if bar.count():
+            bar.first.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)   # let the cells scrolled into view render
+        shots(page, name)
 
-    result = jlab.run_all(page, timeout=600, on_progress=shoot_live_bar)
-    shots(page, "01_after_run_all")
+    result = jlab.run_all(page, timeout=600, on_progress=lambda: show_bar("01_progress_bar_live"))
+    show_bar("01_progress_bar_after_run_all")
     jlab.check_live_progress_bar(result)
     jlab.check_run(result, ROOT / "notebooks" / "01_UNets.ipynb")
     course_lab.shut_down_kernels()
