@@ -56,7 +56,7 @@ def test_shipped_weights_are_packaged():
 def test_diffusers_is_a_test_only_extra_that_make_test_installs():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("diffusers") for d in project["dependencies"])
-    assert project["optional-dependencies"]["test"] == ["diffusers==0.42.1"]
+    assert "diffusers==0.42.1" in project["optional-dependencies"]["test"]
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: \$\(VENV\)/\.installed-test", makefile, re.M)
     assert 'pip install -e ".[test]"' in makefile
