@@ -96,7 +96,7 @@ def test_repo2docker_builds_the_repository():
     settings are installed after the repository is copied (postBuild)."""
     repo2docker = shutil.which("repo2docker") or str(Path(sys.executable).parent / "repo2docker")
     if not Path(repo2docker).exists():
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("COURSE_REQUIRE_BROWSER"):
             pytest.fail("CI must check the Binder recipe: pip install -e '.[test]'")
         pytest.skip("repo2docker is not installed (pip install -e '.[test]')")
     done = subprocess.run([repo2docker, "--no-build", "--no-run", "--debug", str(ROOT)],
