@@ -49,6 +49,8 @@ def recipes() -> list[Recipe]:
     r.append(Recipe("B. schedule ends at pure noise (scaled linear)", "A", schedule="scaled"))
     r.append(Recipe("B'. cosine schedule instead", "A", schedule="cosine"))
     r.append(Recipe("C. + EMA 0.999 with warm-up", "B", schedule="scaled", ema=0.999))
+    r.append(Recipe("C'. EMA with warm-up, on the ᾱ_T = 0.22 schedule", "A", schedule="linear",
+                    ema=0.999))
     r.append(Recipe("D. + lr 2e-3, warm-up and cosine decay", "C", schedule="scaled", ema=0.999,
                     lr=2e-3, lr_schedule=True))
     r.append(Recipe("E. + min-SNR-5 loss weighting", "D", schedule="scaled", ema=0.999, lr=2e-3,

@@ -242,11 +242,9 @@ def ddim_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule, 
     2. sigma = eta · sqrt((1 - ᾱ_prev)/(1 - ᾱ_t)) · sqrt(1 - ᾱ_t/ᾱ_prev)     (eq. 16)
     3. x_prev = sqrt(ᾱ_prev)·x_0 + sqrt(1 - ᾱ_prev - sigma²)·eps + sigma·z
     """
-    if not -1 <= t_prev < t:
-        raise ValueError(f"DDIM steps go backwards: need -1 <= t_prev < t, got t={t}, "
-                         f"t_prev={t_prev}")
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not (-1 <= t_prev < t and eta >= 0):
+        raise ValueError(f"DDIM steps go backwards with eta >= 0: need -1 <= t_prev < t, got "
+                         f"t={t}, t_prev={t_prev}, eta={eta}")
     # 1. predicted x_0
     x0 = schedule.predict_x0(x_t, t, eps)
     if clip_x0:

@@ -18,6 +18,14 @@ from torchvision.utils import make_grid
 from .data import to_display
 
 
+def _finish(fig: Figure, ax, title: str | None) -> Figure:
+    """Title the axes (if given) and tighten the layout: the last lines of every plot here."""
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def _as_image(x: torch.Tensor):
     """(C, H, W) in [-1, 1] -> array for imshow (H, W) grey or (H, W, 3) colour."""
     x = to_display(x)
@@ -35,10 +43,7 @@ def show_images(batch: torch.Tensor, nrow: int = 8, title: str | None = None,
     ax = fig.add_subplot()
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def show_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], scale: float = 1.0) -> Figure:
@@ -221,10 +226,7 @@ def plot_sweep(x: Sequence[float], curves: dict[str, Sequence[float]], xlabel: s
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def animate(frames: Sequence[torch.Tensor], nrow: int = 8, interval: int = 80,
