@@ -60,6 +60,48 @@ def headline(executed: Path) -> str:
     return HEADLINE_FORMAT.get(key, "{0}").format(*(m.group(1) for m in found))
 
 
+def finish_progress_bars(path: Path) -> int:
+    """Rewrite each tqdm widget's text fallback from the widget's final stored state.
+
+    nbconvert stores a progress bar as a widget view plus the text it showed when it was created
+    ("0/468"); the widget state in the notebook's metadata holds the finished bar. Viewers without
+    widgets (GitHub, a terminal) show the text, so it should read as finished. Returns the count.
+    """
+    import html
+    import json
+
+    nb = json.loads(path.read_text())
+    state = nb.get("metadata", {}).get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    fixed = 0
+    for cell in nb.get("cells", []):
+        if "outputs" not in cell:
+            continue
+        # a bar closed at the end of its loop (leave=False) has no state left: it was gone from
+        # the screen when the run finished, so its stale "0/N" text goes too
+        cell["outputs"] = [o for o in cell["outputs"] if not (
+            "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+            and o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] not in state)]
+        for out in cell["outputs"]:
+            view = out.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            box = state.get(view["model_id"]) if view else None
+            if not box or box["model_name"] != "HBoxModel":
+                continue
+            parts = [state.get(c.removeprefix("IPY_MODEL_"), {}).get("state", {})
+                     for c in box["state"].get("children", [])]
+            bars = [p for p in parts if "max" in p]
+            texts = [p.get("value", "") for p in parts if "max" not in p]
+            if len(bars) != 1 or len(texts) != 2:
+                continue
+            done = bars[0]["value"] / bars[0]["max"] if bars[0]["max"] else 1.0
+            filled = int(round(10 * done))
+            left, right = (html.unescape(t).replace("\u2007", " ") for t in texts)
+            out["data"]["text/plain"] = [f"{left}|{'█' * filled}{' ' * (10 - filled)}|{right}"]
+            fixed += 1
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return fixed
+
+
 def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]:
     """(seconds, peak MiB, exit status) of executing one notebook."""
     cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
@@ -78,8 +120,14 @@ def main(argv=None) -> int:
     parser.add_argument("which", nargs="*", help="notebook number prefixes (default: all)")
     parser.add_argument("--profile", default="full", choices=("full", "test"))
     parser.add_argument("--inplace", action="store_true", help="store the outputs in the notebooks")
+    parser.add_argument("--finish-bars", action="store_true",
+                        help="only rewrite the stored progress bars' text from their final state")
     args = parser.parse_args(argv)
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.finish_bars:
+        for nb in notebooks:
+            print(f"{nb.name}: {finish_progress_bars(nb)} progress bars finished")
+        return 0
     if args.which:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.which]
     rows, failed = [], 0
@@ -91,6 +139,8 @@ def main(argv=None) -> int:
         ok = code == 0 and mib < 4096 and (args.profile != "full" or target is None
                                             or seconds <= 60 * target)
         executed = nb if args.inplace else ROOT / "bench" / "out" / nb.name
+        if code == 0 and executed.exists():
+            finish_progress_bars(executed)
         rows.append(f"| {nb.stem} | {seconds / 60:.1f} | {target or '-'} | {mib:.0f} | "
                     f"{'ok' if ok else 'MISSED' if code == 0 else f'FAILED ({code})'} | "
                     f"{headline(executed)} |")
