@@ -77,11 +77,17 @@ def finish_progress_bars(path: Path) -> int:
     for cell in nb.get("cells", []):
         if "outputs" not in cell:
             continue
-        # a bar closed at the end of its loop (leave=False) has no state left: it was gone from
-        # the screen when the run finished, so its stale "0/N" text goes too
-        cell["outputs"] = [o for o in cell["outputs"] if not (
-            "application/vnd.jupyter.widget-view+json" in o.get("data", {})
-            and o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] not in state)]
+        # a bar hidden at the end of its loop (leave=False) was gone from the screen when the run
+        # finished, so its stale "0/N" text goes too
+        def hidden(o) -> bool:
+            view = o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            if view is None:
+                return False
+            box = state.get(view["model_id"])
+            layout = state.get(box["state"].get("layout", "").removeprefix("IPY_MODEL_"), {}) if box else {}
+            return box is None or layout.get("state", {}).get("visibility") == "hidden"
+
+        cell["outputs"] = [o for o in cell["outputs"] if not hidden(o)]
         for out in cell["outputs"]:
             view = out.get("data", {}).get("application/vnd.jupyter.widget-view+json")
             box = state.get(view["model_id"]) if view else None

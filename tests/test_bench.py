@@ -66,3 +66,16 @@ def test_quality_json_agrees_with_the_stored_notebook_outputs():
     import re
     notebooks = float(re.search(r"\*\*whole course\*\* \| \*\*([\d.]+)\*\*", table).group(1))
     assert notebooks <= quality["course_minutes"] <= notebooks + 15
+
+
+def test_stored_progress_bars_read_as_finished():
+    """A reader without widgets sees each bar's text: it must not say 0/468 (an untrained look)."""
+    import json
+    import re
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                if "application/vnd.jupyter.widget-view+json" not in out.get("data", {}):
+                    continue
+                text = "".join(out["data"].get("text/plain", ""))
+                assert not re.search(r"\|\s*0/\d+ \[", text), f"{notebook.name}: stored bar {text!r}"
