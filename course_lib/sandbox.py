@@ -103,11 +103,17 @@ def exposed() -> list[Path]:
     return [p.resolve() for p in paths if p.exists()]
 
 
+TMPFS = (Path("/tmp"), Path("/home"), Path("/root"), Path("/run"))
+"""Folders the sandbox replaces with empty ones; what it needs from them is bound back, read-only,
+through folders it creates traversable (bwrap would make them 0700, unreadable to the uid)."""
+
+
 def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[str, str],
                   slot: int = 0) -> list[str]:
     """The bwrap command line that runs ``argv`` in ``workdir`` (seen as INSIDE_HOME)."""
-    cmd = [require_bwrap(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-           "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/root", "--tmpfs", "/run"]
+    cmd = [require_bwrap(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for path in TMPFS:   # empty: a course checked out under /tmp is put back below
+        cmd += ["--tmpfs", str(path)]
     hidden = [p for p in (Path(h).resolve() for h in hide)
               if p.is_dir() and p != Path("/") and not Path(INSIDE_HOME).is_relative_to(p)]
     for path in hidden:  # the instructor's home, the submissions, the grades, private folders
@@ -116,7 +122,7 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
     for path in shown:  # back, read-only, on top of the hidden homes, through traversable folders
         for parent in reversed(path.parents):
             if parent != Path("/") and any(parent.is_relative_to(h) and parent != h
-                                           for h in [*hidden, Path("/root"), Path("/home")]):
+                                           for h in [*hidden, *TMPFS]):
                 cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", str(path), str(path)]
     for path in hidden:  # and hidden again where they lie inside what was shown
