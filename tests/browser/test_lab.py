@@ -120,6 +120,12 @@ def check_walkthrough_link(lab, page, shots, path, notebook):
     jlab.active_panel(page).wait_for()
     links = jlab.active_panel(page).locator(
         f".jp-MarkdownOutput a[href*='walkthroughs/{walkthrough.name}']")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:  # the panel shows before its Markdown cells are rendered: give them time
+        links.first.wait_for(state="attached", timeout=60_000)
+    except PlaywrightTimeout:
+        pass
     assert links.count() > 0, (f"{notebook} has no link to walkthroughs/{walkthrough.name} "
                                "(a `code` reference cannot be clicked)")
     links.first.click()
