@@ -281,6 +281,14 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
     return embeddings
 
 
+def caption_embeddings(clip: CourseClip, captions: Sequence[str]) -> torch.Tensor:
+    """Text embeddings (N, d) of N captions, each distinct caption embedded once."""
+    distinct = sorted(set(captions))
+    table = clip.embed_text(distinct)
+    index = {text: i for i, text in enumerate(distinct)}
+    return table[torch.tensor([index[text] for text in captions])]
+
+
 def zero_shot(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     """Index of the best-matching prompt for each image (cosine similarity of embeddings)."""
     return (clip.embed_images(images) @ clip.embed_text(prompts).T).argmax(dim=1)

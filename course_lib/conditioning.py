@@ -26,3 +26,21 @@ def keep_mask(batch: int, keep_prob: float = 0.9, device=None,
         raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
     probs = torch.full((batch, 1), keep_prob, device=device)
     return torch.bernoulli(probs, generator=generator)
+
+
+def mix_contexts(image_c: torch.Tensor, text_c: torch.Tensor, p_text: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per row, the text embedding with probability ``p_text``, else the image embedding.
+
+    05 samples from CLIP *text* embeddings but, with ``p_text = 0``, trains only on *image*
+    embeddings; the two sit in different regions of CLIP's space (the modality gap, Liang et al.
+    2022), so a prompt hands the UNet a context it never saw. Training on the captions' text
+    embeddings some of the time closes that gap (bench/clip_context.md measures how much).
+    """
+    if image_c.shape != text_c.shape:
+        raise ValueError(f"image and text contexts must have the same shape, got "
+                         f"{tuple(image_c.shape)} and {tuple(text_c.shape)}")
+    if not 0.0 <= p_text <= 1.0:
+        raise ValueError(f"p_text must be in [0, 1], got {p_text}")
+    use_text = torch.rand(len(image_c), 1, device=image_c.device, generator=generator) < p_text
+    return torch.where(use_text, text_c, image_c)

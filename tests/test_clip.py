@@ -128,3 +128,15 @@ def test_get_clip_trains_once_then_loads(tmp_path, toy, monkeypatch):
     again, history2 = cl.get_clip(images, captions, tmp_path / "clip", allow_download=False)
     assert history2 is None and "loaded from" in again.source
     assert torch.allclose(first.embed_text(captions[:2]), again.embed_text(captions[:2]), atol=1e-6)
+
+
+def test_caption_embeddings_embed_each_distinct_caption_once(toy, trained, monkeypatch):
+    _, captions, _ = toy
+    model, _ = trained
+    calls = []
+    embed = model.embed_text
+    monkeypatch.setattr(model, "embed_text", lambda texts: calls.append(list(texts)) or embed(texts))
+    got = cl.caption_embeddings(model, captions)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(set(captions))
+    assert got.shape == (len(captions), model.embed_dim)
+    assert torch.allclose(got, embed(captions), atol=1e-5)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from course_lib.conditioning import keep_mask, one_hot
+from course_lib.conditioning import keep_mask, mix_contexts, one_hot
 from course_lib.ddpm import CFGDenoiser, linear_schedule, sample_ddim, sample_ddpm
 from course_lib.unets import OptimizedUNet
 
@@ -15,6 +15,20 @@ def test_keep_mask_drops_the_expected_fraction():
     assert keep_mask(10, 0.0).sum() == 0 and keep_mask(10, 1.0).sum() == 10
     with pytest.raises(ValueError, match="keep_prob"):
         keep_mask(4, 1.2)
+
+
+def test_mix_contexts_takes_text_rows_at_the_asked_rate():
+    image_c, text_c = torch.zeros(20_000, 4), torch.ones(20_000, 4)
+    mixed = mix_contexts(image_c, text_c, 0.3, generator=torch.Generator().manual_seed(0))
+    rows = mixed.mean(1)
+    assert set(rows.unique().tolist()) == {0.0, 1.0}          # whole rows, never a blend
+    assert abs(rows.mean().item() - 0.3) < 0.015
+    assert torch.equal(mix_contexts(image_c, text_c, 0.0), image_c)
+    assert torch.equal(mix_contexts(image_c, text_c, 1.0), text_c)
+    with pytest.raises(ValueError, match="same shape"):
+        mix_contexts(image_c, text_c[:, :3], 0.5)
+    with pytest.raises(ValueError, match="p_text"):
+        mix_contexts(image_c, text_c, 1.5)
 
 
 def test_one_hot():

@@ -1,0 +1,151 @@
+"""Notebook 05's text-to-image, measured: which context the UNet trains on, and how long CLIP trains.
+
+    python bench/clip_context.py                     # full: the rows below, 100 judged samples per wording set
+    python bench/clip_context.py --only C --append   # one more row
+
+05 trains its UNet on CLIP *image* embeddings and samples from CLIP *text* embeddings. Each row
+changes one thing: the share of training contexts that are the caption's text embedding instead
+(``conditioning.mix_contexts``), the UNet's epochs, or CLIP's training steps. Every row uses 05's
+data, captions, split, UNet (channels 16, 32, 64), cosine schedule, guidance w = 2, DDIM-50 with
+η = 1 and x̂₀ clipped, and the same seeds. The flower judge (course_lib/classifier.py, never
+trained on captions) reads each sample's species; a sample counts when it is the prompt's species.
+Rows: 5 species × 20 samples with 05's training wordings ("a photo of a daisy") and with wordings
+the CLIP never saw ("dandelion flowers in a field"); plus CLIP's zero-shot species accuracy on the
+held-out photos. Writes bench/clip_context.md and bench/clip_context.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from course_lib import clip as course_clip
+from course_lib import config
+from course_lib.classifier import flower_split
+from course_lib.conditioning import keep_mask, mix_contexts
+from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
+from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided
+from course_lib.metrics import real_quality, sample_quality
+from course_lib.train import train
+from course_lib.unets import OptimizedUNet
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+# the wordings of notebook 05, section 7 (training wordings) and ones its captions never use
+TRAINING_WORDINGS = {s: f"a photo of a {s}" for s in FLOWER_CLASSES}
+NEW_WORDINGS = {"daisy": "white daisies in the grass", "dandelion": "dandelion flowers in a field",
+                "rose": "a rose in a garden", "sunflower": "sunflowers against the sky",
+                "tulip": "a bunch of tulips"}
+
+
+@dataclass
+class Row:
+    name: str
+    base: str | None = None
+    p_text: float = 0.0          # share of training contexts that are the caption's text embedding
+    unet_epochs: int = 16
+    clip_steps: int = 400
+
+
+def rows() -> list[Row]:
+    return [Row("A. 05 as it was: image embeddings only"),
+            Row("B. half of the contexts are caption text embeddings", "A", p_text=0.5),
+            Row("C. text embeddings only", "A", p_text=1.0),
+            Row("D. B with twice the UNet epochs", "B", p_text=0.5, unet_epochs=32),
+            Row("E. B with CLIP trained 3× longer", "B", p_text=0.5, clip_steps=1200)]
+
+
+def get_small_clip(photos, captions, train_idx, steps: int):
+    folder = OUT / f"small_clip_{steps}"
+    clip, _ = course_clip.get_clip(photos.images[train_idx], [captions[i] for i in train_idx],
+                                   folder=folder, steps=steps, allow_download=False)
+    return clip
+
+
+def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
+    config.seed_everything(0)
+    started = time.perf_counter()
+    clip = get_small_clip(photos, captions, train_idx, row.clip_steps)
+    clip_s = time.perf_counter() - started
+    test_images, test_labels = photos.images[held_out], photos.labels[held_out]
+    prompts = [f"a photo of a {s}" for s in photos.classes]
+    zero_shot = (course_clip.zero_shot(clip, test_images, prompts) == test_labels).float().mean()
+
+    image_c = clip.embed_images(photos.images[train_idx])
+    text_c = course_clip.caption_embeddings(clip, [captions[i] for i in train_idx])
+    train_set = ImageContextDataset(photos.images[train_idx], torch.cat((image_c, text_c), 1),
+                                    flip=True)
+    schedule = cosine_schedule(150)
+    config.seed_everything(0)
+    unet = OptimizedUNet(img_ch=3, size=32, channels=(16, 32, 64), T=150, c_dim=clip.embed_dim)
+
+    def loss_fn(model, batch):
+        images, pair = batch
+        c = mix_contexts(*pair.chunk(2, dim=1), p_text=row.p_text)
+        return diffusion_loss(model, images, schedule, c=c,
+                              c_mask=keep_mask(len(images), 0.9, device=images.device))
+
+    started = time.perf_counter()
+    history = train(unet, make_loader(train_set, 32), loss_fn, epochs=row.unet_epochs, lr=2e-3,
+                    ema_decay=0.995, desc=row.name[:2])
+    unet_s = time.perf_counter() - started
+    ema = history.ema.module.eval()
+    species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
+    result = {"name": row.name, "base": row.base, "p_text": row.p_text,
+              "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
+              "clip_s": round(clip_s, 1), "unet_s": round(unet_s, 1),
+              "final_loss": round(history.final_loss, 4),
+              "zero_shot_species": round(zero_shot.item(), 3)}
+    for key, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
+        c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
+        samples = sample_guided(ema, c, (3, 32, 32), schedule, w=2.0, steps=50, clip_x0=True,
+                                seed=21)
+        result[key] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-prompt", type=int, default=20, help="samples per species and wording set")
+    parser.add_argument("--only", default=None, help="run only rows whose name starts with this")
+    parser.add_argument("--append", action="store_true",
+                        help="add the rows run now to bench/clip_context.json instead of replacing it")
+    args = parser.parse_args(argv)
+    photos = load_flowers(size=32, classes=FLOWER_CLASSES, flip=False)
+    captions = [course_clip.caption(img, photos.classes[int(y)])
+                for img, y in zip(photos.images, photos.labels)]
+    held_out, train_idx = flower_split(len(photos))
+    real = real_quality("flowers", 32, n=10_000)
+    done = json.loads((HERE / "clip_context.json").read_text())["rows"] if args.append else []
+    for row in rows():
+        if (args.only and not row.name.startswith(args.only)) or row.name in {r["name"] for r in done}:
+            continue
+        done.append(run(row, photos, captions, train_idx, held_out, args.per_prompt))
+        print(done[-1], flush=True)
+    order = [r.name for r in rows()]
+    done.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    head = (f"Text-to-image rows for 05 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
+            f"{args.per_prompt} samples per species and wording set, guidance w = 2, DDIM-50 η = 1; "
+            f"share read as the prompt's species by the flower judge (real held-out photos: "
+            f"{real.accuracy:.1%}, chance 20%).")
+    lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | CLIP zero-shot "
+             "| training wordings | new wordings | UNet s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in done:
+        lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
+                     f"| {r['clip_steps']} | {r['zero_shot_species']:.1%} "
+                     f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {r['unet_s']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (HERE / "clip_context.md").write_text(text)
+    (HERE / "clip_context.json").write_text(json.dumps(
+        {"per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
