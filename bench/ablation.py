@@ -16,7 +16,6 @@ bench/ablation.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -27,11 +26,13 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from course_lib import config, ddpm
-from course_lib.blocks import EmbedBlock, SinusoidalPositionEmbedBlock, UpBlock, conv_norm_act, group_norm
+from course_lib.blocks import (EmbedBlock, SinusoidalPositionEmbedBlock, UpBlock, conv_norm_act,
+                               group_norm)
 from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import Encoder, OptimizedUNet, count_parameters, dense_bottleneck
+from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 ROWS = ["0. 02's pieces in 03's layout", "1. + GroupNorm instead of BatchNorm", "2. + GELU instead of ReLU",
@@ -145,12 +146,9 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['parameters']:,} | {r['images_per_s']} | {r['loss_last_100']:.4f} | "
               f"{r['recognised']:.0%} | {r['frechet']:.1f} |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "ablation.md").write_text(text)
-    (HERE / "ablation.json").write_text(json.dumps(
-        {"steps": args.steps, "judged": args.judged, "real_recognised": real.recognisable,
-         "real_frechet": real.frechet, "rows": rows}, indent=1) + "\n")
+    write_report("ablation", lines, {
+        "steps": args.steps, "judged": args.judged, "real_recognised": real.recognisable,
+        "real_frechet": real.frechet, "rows": rows})
     return 0
 
 

@@ -19,6 +19,7 @@ import torchvision
 
 from course_lib import clip as course_clip
 from course_lib.data import find_data_root, image_transform
+from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 SETS = ("tuning", "held_out")
@@ -60,10 +61,7 @@ def main() -> int:
         for s in SETS) + " |")
     lines += ["", "Misses on the held-out set:", "", "| photo | person | caption |", "|---|---|---|"]
     lines += [f"| {m['photo']} | {m['person']} | {m['caption']} |" for m in result["held_out"]["misses"]]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "captions.md").write_text(text)
-    (HERE / "captions.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report("captions", lines, result)
     return 0
 
 

@@ -33,6 +33,7 @@ from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided
 from course_lib.metrics import real_quality, sample_quality
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
+from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -139,11 +140,8 @@ def main(argv=None) -> int:
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
                      f"| {r['clip_steps']} | {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {r['unet_s']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "clip_context.md").write_text(text)
-    (HERE / "clip_context.json").write_text(json.dumps(
-        {"per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done}, indent=1))
+    write_report("clip_context", lines, {
+        "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})
     return 0
 
 

@@ -25,6 +25,7 @@ from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import class_shares, real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
+from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 
@@ -131,12 +132,9 @@ def main(argv=None) -> int:
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['steps']} | {r['final_loss']:.4f} "
                      f"| {r['recognised']:.0%} | {r['frechet']:.1f} | {r['min_class_share']:.0%} "
                      f"| {r['max_class_share']:.0%} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "recipe.md").write_text(text)
-    (HERE / "recipe.json").write_text(json.dumps(
-        {"budget_s": args.budget, "judged": args.judged, "real_recognised": real.recognisable,
-         "real_frechet": real.frechet, "rows": rows}, indent=1))
+    write_report("recipe", lines, {
+        "budget_s": args.budget, "judged": args.judged, "real_recognised": real.recognisable,
+        "real_frechet": real.frechet, "rows": rows})
     return 0
 
 

@@ -25,6 +25,7 @@ from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import class_shares, real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
+from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = {   # name -> sampler(model, noise, schedule, generator)
@@ -77,12 +78,9 @@ def main(argv=None) -> int:
     lines += [f"| {r['name']} | {r['recognised']:.0%} | {r['frechet']:.1f} | "
               f"{r['min_class_share']:.0%} | {r['max_class_share']:.0%} | {r['sampling_s']:.0f} |"
               for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "sampler_settings.md").write_text(text)
-    (HERE / "sampler_settings.json").write_text(json.dumps(
-        {"steps": steps, "judged": args.judged, "real_recognised": real.recognisable,
-         "real_frechet": real.frechet, "rows": rows}, indent=1) + "\n")
+    write_report("sampler_settings", lines, {
+        "steps": steps, "judged": args.judged, "real_recognised": real.recognisable,
+        "real_frechet": real.frechet, "rows": rows})
     return 0
 
 
