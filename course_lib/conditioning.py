@@ -35,7 +35,8 @@ def mix_contexts(image_c: torch.Tensor, text_c: torch.Tensor, p_text: float,
     05 samples from CLIP *text* embeddings but, with ``p_text = 0``, trains only on *image*
     embeddings; the two sit in different regions of CLIP's space (the modality gap, Liang et al.
     2022), so a prompt hands the UNet a context it never saw. Training on the captions' text
-    embeddings some of the time closes that gap (bench/clip_context.md measures how much).
+    embeddings some of the time narrows that gap for prompts worded like the captions
+    (bench/clip_context.md: 52% of samples of the prompt's species at p_text = 0.5, 45% at 0).
     """
     if image_c.shape != text_c.shape:
         raise ValueError(f"image and text contexts must have the same shape, got "
