@@ -172,7 +172,9 @@ class Shots:
 
 
 def open_lab(page, lab: Lab, path: str = "") -> None:
-    page.goto(lab.url(path))
+    """Open ``path`` in a fresh workspace (``reset``): tabs restored from an earlier test, whose
+    kernels that test shut down, would otherwise ask "Select Kernel" over the page."""
+    page.goto(lab.url(path) + "&reset")
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
     page.wait_for_selector(".jp-DirListing-content", timeout=60_000)
 
