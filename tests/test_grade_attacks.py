@@ -141,7 +141,7 @@ def cohort(tmp_path_factory, request):
     victim_before = victim.read_bytes()
     weights_before = WEIGHTS.read_bytes()
     proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(subs), "--out", str(out),
-                           "--samples-per-digit", "4", "--memory-gib", "3", "--timeout", "300"],
+                           "--samples-per-digit", "10", "--memory-gib", "3", "--timeout", "300"],
                           capture_output=True, text=True, timeout=1500, env=env)
     server.close()
     reports = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
@@ -158,9 +158,9 @@ EXPECTED = {
     "d_monkeypatch": "constant",                # the monkeypatch never reaches the grader's code
     "e_transformer": "near-copies",             # what it swapped in is judged, and caught
     "f_detector": "near-copies",                # cheating only when graded is caught
-    "g_base64": "near-copies",
+    "g_base64": ("near-copies", "repeat another sample"),   # 30 stored a digit: repeats too
     "h_blurred": "near-copies",
-    "i_fonts": ("do not look like handwritten digits", "below"),  # 4 per digit: either catches
+    "i_fonts": ("do not look like handwritten digits", "below"),  # either check may catch it
     "j_fixed": "same with another seed",
     "k_memory": "MemoryError",
 }
