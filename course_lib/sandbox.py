@@ -145,6 +145,8 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
 def sandbox_env(extra: dict[str, str], limits: Limits) -> dict[str, str]:
     """A cleared environment: an allow-list of the grader's variables, then fixed values."""
     env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    if "COURSE_DATA_DIR" in env:  # the real path, as exposed() binds it: a link under /tmp is gone inside
+        env["COURSE_DATA_DIR"] = str(Path(env["COURSE_DATA_DIR"]).resolve())
     threads = str(limits.threads)
     env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
                HOME=INSIDE_HOME, TMPDIR="/tmp", MPLCONFIGDIR="/tmp/mpl", PYTHONNOUSERSITE="1",

@@ -122,6 +122,22 @@ def test_environment_is_cleared(sandboxed, monkeypatch):
     assert "'HOME', '/home/student'" in out and "'COURSE_NO_DOWNLOAD', '1'" in out
 
 
+def test_data_folder_reached_through_a_link_under_tmp_is_readable_inside(sandboxed, monkeypatch,
+                                                                         tmp_path_factory):
+    """CI may clone the course under /tmp with ../shared a link: the kernel must still find the data."""
+    data = tmp_path_factory.mktemp("datasets")
+    (data / "MNIST").mkdir()
+    (data / "MNIST" / "marker.txt").write_text("digits")
+    for path in (data, data / "MNIST"):   # readable by the sandbox's unprivileged uid, as datasets are
+        path.chmod(0o755)
+    link = Path(sandboxed.work).parent / "shared_link"
+    link.symlink_to(data)
+    monkeypatch.setenv("COURSE_DATA_DIR", str(link))
+    out = sandboxed("import os, pathlib; d = pathlib.Path(os.environ['COURSE_DATA_DIR']); "
+                    "print(d, (d / 'MNIST' / 'marker.txt').read_text())")
+    assert out.stdout.split() == [str(data.resolve()), "digits"], out.stdout + out.stderr
+
+
 def test_unprivileged_uid_and_own_pid_namespace(sandboxed):
     out = sandboxed(f"import os; print(os.getuid(), os.path.exists('/proc/{os.getpid()}'),"
                     f" len([p for p in os.listdir('/proc') if p.isdigit()]))").stdout.split()
