@@ -38,6 +38,7 @@ from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
+SCHEDULE = cosine_schedule(150)   # 05's: T = 150, ᾱ_T ≈ 0
 # the wordings of notebook 05, section 7 (training wordings) and ones its captions never use
 TRAINING_WORDINGS = {s: f"a photo of a {s}" for s in FLOWER_CLASSES}
 NEW_WORDINGS = {"daisy": "white daisies in the grass", "dandelion": "dandelion flowers in a field",
@@ -86,14 +87,13 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
     if key not in _TRAINED:
         _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
     clip, ema, trained = _TRAINED[key]
-    schedule = cosine_schedule(150)
     species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
     result = {"name": row.name, "base": row.base, "p_text": row.p_text,
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
               "text_tower": clip.text_tower, "w": row.w, **trained}
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
-        samples = sample_guided(ema, c, (3, 32, 32), schedule, w=row.w, steps=50, clip_x0=True,
+        samples = sample_guided(ema, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
                                 seed=21)
         result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
     return result
@@ -113,14 +113,13 @@ def train_row(row: Row, photos, captions, train_idx, held_out):
     text_c = course_clip.caption_embeddings(clip, [captions[i] for i in train_idx])
     train_set = ImageContextDataset(photos.images[train_idx], torch.cat((image_c, text_c), 1),
                                     flip=True)
-    schedule = cosine_schedule(150)
     config.seed_everything(0)
     unet = OptimizedUNet(img_ch=3, size=32, channels=(16, 32, 64), T=150, c_dim=clip.embed_dim)
 
     def loss_fn(model, batch):
         images, pair = batch
         c = mix_contexts(*pair.chunk(2, dim=1), p_text=row.p_text)
-        return diffusion_loss(model, images, schedule, c=c,
+        return diffusion_loss(model, images, SCHEDULE, c=c,
                               c_mask=keep_mask(len(images), 0.9, device=images.device))
 
     started = time.perf_counter()

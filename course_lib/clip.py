@@ -256,14 +256,25 @@ def small_clip(config: dict | None = None, source: str = "the course's small CLI
                       source)
 
 
+def _each_distinct(texts: Sequence[str], embed) -> torch.Tensor:
+    """``embed`` run once on the distinct texts, its rows gathered back in the order of ``texts``."""
+    distinct = sorted(set(texts))
+    index = {text: i for i, text in enumerate(distinct)}
+    return embed(distinct)[torch.tensor([index[text] for text in texts])]
+
+
+def _minilm_states(clip: CourseClip, tokens: torch.Tensor):
+    """(Hugging Face output, attention mask) of a MiniLM text tower for a batch of token ids."""
+    text = clip.model.text
+    mask = (tokens != text.config.pad_token_id).long()
+    return text.transformer(input_ids=tokens, attention_mask=mask), mask
+
+
 @torch.no_grad()
 def _locked_text_features(clip: CourseClip, captions: Sequence[str]) -> torch.Tensor:
     """Mean-pooled outputs of a locked text tower, before its trainable projection (N, width)."""
-    text = clip.model.text
-    text.eval()
-    tokens = clip.tokenizer(list(captions))
-    mask = (tokens != text.config.pad_token_id).long()
-    return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+    clip.model.text.eval()
+    return clip.model.text.pooler(*_minilm_states(clip, clip.tokenizer(list(captions))))
 
 
 def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[str],
@@ -279,9 +290,7 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     locked = clip.text_tower == "minilm"
     if locked:
-        distinct = sorted(set(captions))
-        index = {text: i for i, text in enumerate(distinct)}
-        text_input = _locked_text_features(clip, distinct)[torch.tensor([index[c] for c in captions])]
+        text_input = _each_distinct(captions, lambda texts: _locked_text_features(clip, texts))
     else:
         text_input = clip.tokenizer(list(captions))
     data = ImageContextDataset(clip.preprocess(images), text_input, flip=True)
@@ -367,10 +376,7 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
 
 def caption_embeddings(clip: CourseClip, captions: Sequence[str]) -> torch.Tensor:
     """Text embeddings (N, d) of N captions, each distinct caption embedded once."""
-    distinct = sorted(set(captions))
-    table = clip.embed_text(distinct)
-    index = {text: i for i, text in enumerate(distinct)}
-    return table[torch.tensor([index[text] for text in captions])]
+    return _each_distinct(captions, clip.embed_text)
 
 
 @torch.no_grad()
@@ -382,8 +388,7 @@ def token_vectors(clip: CourseClip, text: str) -> torch.Tensor:
     """
     tokens = clip.tokenizer([text]).to(next(clip.model.parameters()).device)
     if clip.text_tower == "minilm":
-        mask = (tokens != clip.model.text.config.pad_token_id).long()
-        return clip.model.text.transformer(input_ids=tokens, attention_mask=mask).last_hidden_state
+        return _minilm_states(clip, tokens)[0].last_hidden_state
     return clip.model.token_embedding(tokens)
 
 
