@@ -42,7 +42,11 @@ class Recipe:
     batch: int = 128
     max_period: float = 10000.0         # the sinusoidal time embedding's slowest period
     channels: tuple = (32, 64, 128)     # width of the three levels
+    bottleneck: int | None = None       # hidden width of the dense bottleneck (None: channels[1])
+    encoder_time: bool = False          # t's embedding also added in the encoder
+    attention: bool = False             # a self-attention block on the 4×4 level
     budget_scale: float = 1.0           # training time, in units of --budget
+    prediction: str = "eps"             # what the network predicts: eps, or v (ddpm.VDenoiser)
     notes: list = field(default_factory=list)
 
 
@@ -70,6 +74,14 @@ def recipes() -> list[Recipe]:
     r.append(Recipe("J. 3× the training time", "F2", budget_scale=3.0, **f))
     r.append(Recipe("K. narrower, 2× the training time", "H", channels=(16, 32, 64),
                     budget_scale=2.0, **f))
+    h = dict(f, channels=(16, 32, 64))
+    r.append(Recipe("L. v-prediction", "H", prediction="v", **h))
+    r.append(Recipe("M. batch 32 instead of 64", "H", **dict(h, batch=32)))
+    r.append(Recipe("N. dense bottleneck 4× wider (128)", "H", bottleneck=128, **h))
+    r.append(Recipe("O. time embedding in the encoder too", "H", encoder_time=True, **h))
+    r.append(Recipe("P. N and O together", "N", bottleneck=128, encoder_time=True, **h))
+    r.append(Recipe("Q. dense bottleneck 8× wider (256)", "N", bottleneck=256, **h))
+    r.append(Recipe("R. + self-attention at 4×4", "N", bottleneck=128, attention=True, **h))
     return r
 
 
@@ -77,9 +89,15 @@ SCHEDULES = {"linear": ddpm.linear_schedule, "scaled": ddpm.scaled_linear_schedu
              "cosine": ddpm.cosine_schedule}
 
 
+def network(recipe: Recipe) -> OptimizedUNet:
+    return OptimizedUNet(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period,
+                         bottleneck=recipe.bottleneck, encoder_time=recipe.encoder_time,
+                         attention=recipe.attention)
+
+
 def steps_per_second(recipe: Recipe, data, schedule, steps: int = 12) -> float:
     """Training speed of this recipe's model and batch here (a throwaway copy, after 3 warm-up steps)."""
-    model = OptimizedUNet(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period)
+    model = network(recipe)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     batches = iter(make_loader(data, recipe.batch))
     for i in range(steps + 3):
@@ -99,12 +117,14 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
     if recipe.lr_schedule:      # total steps from this recipe's measured speed on this machine
         total = int(budget * steps_per_second(recipe, data, schedule))
     config.seed_everything(0)
-    model = OptimizedUNet(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period)
+    model = network(recipe)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     if recipe.lr_schedule:
         scheduler = warmup_cosine(optimizer, total, warmup_steps=max(1, total // 20))
 
     def loss_fn(m, batch):
+        if recipe.prediction == "v":
+            return ddpm.VDenoiser(m, schedule).loss(batch[0])
         return ddpm.diffusion_loss(m, batch[0], schedule, min_snr_gamma=recipe.min_snr)
 
     start = time.perf_counter()
@@ -112,9 +132,11 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
                     optimizer=optimizer, scheduler=scheduler, ema_decay=recipe.ema,
                     max_seconds=budget, desc=recipe.name[:2])
     seconds = time.perf_counter() - start
-    sampler = history.ema.module if history.ema is not None else model
+    sampler = (history.ema.module if history.ema is not None else model).eval()
+    if recipe.prediction == "v":
+        sampler = ddpm.VDenoiser(sampler, schedule)
     noise = torch.randn(judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
-    samples = ddpm.sample_ddim(sampler.eval(), noise, schedule, steps=50, eta=1.0,
+    samples = ddpm.sample_ddim(sampler, noise, schedule, steps=50, eta=1.0,
                                generator=torch.Generator().manual_seed(6))
     q = sample_quality(samples)
     shares = class_shares(samples)

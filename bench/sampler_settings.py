@@ -1,19 +1,18 @@
-"""Sampler settings for notebook 03's fixed model: the same trained network, four ways to sample it.
+"""Sampler settings for notebook 03's fixed model: the same trained network, several ways to sample it.
 
-    python bench/sampler_settings.py                 # row F's recipe and steps, 500 judged samples
+    python bench/sampler_settings.py                 # 03's fixed model and recipe, 500 judged samples
     python bench/sampler_settings.py --judged 64     # a quick look
 
-Trains 03's OptimizedUNet once with recipe row F of bench/recipe.md (scaled-linear schedule, EMA
-with warm-up, lr 2e-3 with warm-up and cosine decay, batches of 64) for the number of optimiser
-steps that row took, then draws the same 500 starting noises with each setting below and judges
-them with the 16×16 FashionMNIST judge: recognised share, Fréchet distance, smallest and largest
-class share, and sampling seconds. Only the sampler changes between rows. Writes
+Trains 03's fixed model once, exactly as notebook 03 section 10 does (channels 16, 32, 64, dense
+bottleneck 128; scaled-linear schedule, EMA 0.999 with warm-up, lr 2e-3 with warm-up and cosine
+decay, batches of 64, 6 epochs), then draws the same 500 starting noises with each setting below
+and judges them with the 16×16 FashionMNIST judge: recognised share, Fréchet distance, smallest
+and largest class share, and sampling seconds. Only the sampler changes between rows. Writes
 bench/sampler_settings.md and bench/sampler_settings.json.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -28,13 +27,16 @@ from course_lib.unets import OptimizedUNet
 from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
+EPOCHS = 6   # notebook 03's FIXED_EPOCHS
 SETTINGS = {   # name -> sampler(model, noise, schedule, generator)
     "DDIM-50, η = 1 (03 as it is)": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=50, generator=g),
+    "DDIM-50, η = 0.5": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=50, eta=0.5, generator=g),
+    "DDIM-50, η = 0": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=50, eta=0.0, generator=g),
+    "DDIM-25, η = 1": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=25, generator=g),
+    "DDIM-100, η = 1": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=100, generator=g),
     "DDIM-50, η = 1, x̂₀ clipped to [-1, 1]": lambda m, x, s, g: ddpm.sample_ddim(
         m, x, s, steps=50, generator=g, clip_x0=True),
     "DDPM, all 150 steps": lambda m, x, s, g: ddpm.sample_ddpm(m, x, s, generator=g),
-    "DDPM, all 150 steps, x̂₀ clipped to [-1, 1]": lambda m, x, s, g: ddpm.sample_ddpm(
-        m, x, s, generator=g, clip_x0=True),
 }
 
 
@@ -42,19 +44,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judged", type=int, default=500)
     args = parser.parse_args(argv)
-    row_f = next(r for r in json.loads((HERE / "recipe.json").read_text())["rows"]
-                 if r["name"].startswith("F."))
     data = load_fashion_mnist(size=16, flip=True)
     real = real_quality("fashion_mnist", 16, n=args.judged)
     config.seed_everything(0)
     schedule = ddpm.scaled_linear_schedule(150)
-    model = OptimizedUNet(1, 16, channels=(32, 64, 128), T=150)
+    model = OptimizedUNet(1, 16, channels=(16, 32, 64), T=150, bottleneck=128)
+    loader = make_loader(data, 64)
+    steps = EPOCHS * len(loader)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    steps = row_f["steps"]
     scheduler = warmup_cosine(optimizer, steps, warmup_steps=steps // 20)
-    history = train(model, make_loader(data, 64), lambda m, b: ddpm.diffusion_loss(m, b[0], schedule),
-                    epochs=100, optimizer=optimizer, scheduler=scheduler, ema_decay=0.999,
-                    max_steps=steps, desc="row F")
+    history = train(model, loader, lambda m, b: ddpm.diffusion_loss(m, b[0], schedule),
+                    epochs=EPOCHS, optimizer=optimizer, scheduler=scheduler, ema_decay=0.999,
+                    desc="03's fixed model")
     ema = history.ema.module.eval()
     noise = torch.randn(args.judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     rows = []
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
                      "sampling_s": round(seconds, 1)})
         print(rows[-1], flush=True)
     lines = [f"Sampler settings for 03's fixed model (2 CPU cores, {platform.machine()}, torch "
-             f"{torch.__version__}): one OptimizedUNet trained with recipe row F for {steps} steps "
+             f"{torch.__version__}): 03's fixed model (channels 16, 32, 64, bottleneck 128) trained as in "
+             f"notebook 03 for {steps} steps "
              f"(final loss {history.final_loss:.4f}), the same {args.judged} starting noises, judged by "
              f"the 16×16 FashionMNIST judge. Real 16×16 test images: {real.recognisable:.0%} "
              f"recognised, Fréchet distance {real.frechet:.1f}.", "",

@@ -5,7 +5,8 @@ transposed convolution). 02 adds :class:`EmbedBlock` to feed a number (the time
 step, later a class) into the network. 03 replaces the pieces one by one:
 :class:`GELUConvBlock` (GroupNorm + GELU), :class:`RearrangePoolBlock` (lossless
 space-to-depth instead of max-pooling), :class:`SinusoidalPositionEmbedBlock`,
-:class:`ResidualConvBlock`, and :class:`GELUDownBlock` / :class:`GELUUpBlock`.
+:class:`ResidualConvBlock`, and :class:`GELUDownBlock` / :class:`GELUUpBlock`;
+:class:`SelfAttentionBlock` is an option its recipe bench measured.
 """
 from __future__ import annotations
 
@@ -140,3 +141,22 @@ class SinusoidalPositionEmbedBlock(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         angles = t.float().reshape(-1, 1) * self.freqs
         return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Self-attention over the pixels of a feature map, with a residual: x + Attn(GroupNorm(x)).
+
+    Each of the H·W positions is a token of ``ch`` features (``nn.MultiheadAttention``, ``heads``
+    heads), as in the 16×16 and 8×8 levels of DDPM's UNet (Ho et al. 2020, appendix B).
+    """
+
+    def __init__(self, ch: int, heads: int = 4, groups: int = 8):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.to_tokens = Rearrange("b c h w -> b (h w) c")
+        self.attention = nn.MultiheadAttention(ch, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.to_tokens(self.norm(x))
+        out, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return x + out.transpose(1, 2).reshape(x.shape)

@@ -96,9 +96,19 @@ def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
 def caption(image: torch.Tensor, species: str) -> str:
     """E.g. "a close-up photo of a yellow sunflower" or "a photo of an orange tulip"."""
     colour = dominant_colour(image)
-    kind = "a close-up photo" if is_close_up(image, colour) else "a photo"
+    return wording(species, colour, close_up=is_close_up(image, colour))
+
+
+def wording(species: str, colour: str, close_up: bool = False) -> str:
+    """The caption template: "a photo of a {colour} {species}", "a close-up photo of an ..."."""
+    kind = "a close-up photo" if close_up else "a photo"
     article = "an" if colour[0] in "aeiou" else "a"
     return f"{kind} of {article} {colour} {species}"
+
+
+def caption_wordings(species: str) -> list[str]:
+    """Every caption :func:`caption` can give a photo of ``species``: each colour, both framings."""
+    return [wording(species, colour, close_up) for close_up in (False, True) for colour in COLOURS]
 
 
 # --- one interface for both CLIPs -----------------------------------------------------------
@@ -123,10 +133,11 @@ class CourseClip:
         """"own" (open_clip's text transformer) or "minilm" (a locked pretrained sentence encoder)."""
         return "minilm" if isinstance(self.model, open_clip.CustomTextCLIP) else "own"
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size and normalisation."""
+    def preprocess(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size (unless ``resize=False``) and normalisation."""
         x = (images.float().clamp(-1, 1) + 1) / 2
-        x = v2.functional.resize(x, [self.image_size, self.image_size], antialias=True)
+        if resize:
+            x = v2.functional.resize(x, [self.image_size, self.image_size], antialias=True)
         return v2.functional.normalize(x, list(self.mean), list(self.std))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -279,12 +290,16 @@ def _locked_text_features(clip: CourseClip, captions: Sequence[str]) -> torch.Te
 
 def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[str],
                      steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
-                     device: torch.device | str = "cpu", seed: int = 0) -> History:
+                     device: torch.device | str = "cpu", seed: int = 0,
+                     crop_scale: tuple[float, float] | None = None) -> History:
     """Contrastive training (open_clip ``ClipLoss``): each image must pick its own caption in the batch.
 
     With a locked text tower only its projection trains, so each distinct caption goes through
     the tower once, here, and training runs the projection alone (as LiT, Zhai et al. 2022, does
-    with its locked tower).
+    with its locked tower). Every image is mirrored at random; with ``crop_scale=(lo, hi)`` each
+    one is also a random crop covering lo to hi of the photo, resized to CLIP's input size
+    (``v2.RandomResizedCrop``, as CLIP's own training augments), taken from ``images`` at
+    whatever resolution they come in.
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -293,7 +308,12 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
         text_input = _each_distinct(captions, lambda texts: _locked_text_features(clip, texts))
     else:
         text_input = clip.tokenizer(list(captions))
-    data = ImageContextDataset(clip.preprocess(images), text_input, flip=True)
+    if crop_scale is None:
+        data = ImageContextDataset(clip.preprocess(images), text_input, flip=True)
+    else:
+        crop = v2.RandomResizedCrop(clip.image_size, scale=crop_scale, antialias=True)
+        data = ImageContextDataset(clip.preprocess(images, resize=False), text_input, flip=True,
+                                   transform=crop)
     sampler = RandomSampler(data, num_samples=steps * batch_size,
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=True)
@@ -392,9 +412,17 @@ def token_vectors(clip: CourseClip, text: str) -> torch.Tensor:
     return clip.model.token_embedding(tokens)
 
 
-def zero_shot(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-    """Index of the best-matching prompt for each image (cosine similarity of embeddings)."""
-    return (clip.embed_images(images) @ clip.embed_text(prompts).T).argmax(dim=1)
+def zero_shot(clip: CourseClip, images: torch.Tensor,
+              prompts: Sequence[str | Sequence[str]]) -> torch.Tensor:
+    """Index of the best-matching prompt for each image (cosine similarity of embeddings).
+
+    A prompt may be a list of wordings of one class: their unit text embeddings are averaged and
+    renormalised, the prompt ensembling of Radford et al. 2021 (section 3.1.4).
+    """
+    wordings = [[p] if isinstance(p, str) else list(p) for p in prompts]
+    classes = torch.stack([torch.nn.functional.normalize(clip.embed_text(w).mean(0), dim=0)
+                           for w in wordings])
+    return (clip.embed_images(images) @ classes.T).argmax(dim=1)
 
 
 def clip_score(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

@@ -18,7 +18,7 @@ import gzip
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torchvision
@@ -159,22 +159,26 @@ def to_display(x: torch.Tensor) -> torch.Tensor:
 class ImageContextDataset(Dataset):
     """Images already in [-1, 1], each paired with a context (a CLIP embedding, caption tokens ...).
 
-    Items are ``(image, context[i])``; with ``flip`` the image is mirrored at random per item.
+    Items are ``(image, context[i])``; with ``flip`` the image is mirrored at random per item,
+    and ``transform`` (say a ``v2.RandomResizedCrop``) is applied to each item after that.
     """
 
-    def __init__(self, images: torch.Tensor, context: torch.Tensor, flip: bool = False):
+    def __init__(self, images: torch.Tensor, context: torch.Tensor, flip: bool = False,
+                 transform: Callable | None = None):
         if images.ndim != 4 or len(images) != len(context):
             raise ValueError(f"expected images (N, C, H, W) and N contexts, got "
                              f"{tuple(images.shape)} and {tuple(context.shape)}")
         self.images, self.context = images, context
         self.flip = v2.RandomHorizontalFlip() if flip else None
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
         x = self.images[i]
-        return (self.flip(x) if self.flip else x), self.context[i]
+        x = self.flip(x) if self.flip else x
+        return (self.transform(x) if self.transform else x), self.context[i]
 
 
 class ImageDataset(ImageContextDataset):

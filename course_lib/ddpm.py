@@ -183,6 +183,37 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     return (weight * per_image).mean()
 
 
+class VDenoiser:
+    """A v-prediction network seen as a noise predictor (Salimans & Ho 2022, "Progressive Distillation").
+
+    The network learns v = sqrt(ᾱ_t)·eps - sqrt(1-ᾱ_t)·x_0 (:meth:`loss`); calling the wrapper
+    returns eps = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·x_t, so every sampler and :class:`CFGDenoiser` work
+    unchanged. Where ᾱ_t ≈ 0 (a schedule that ends at pure noise) an eps-network's x̂_0 =
+    (x_t - sqrt(1-ᾱ_t)·eps)/sqrt(ᾱ_t) divides its error by sqrt(ᾱ_t) ≈ 0; a v-network's x̂_0 =
+    sqrt(ᾱ_t)·x_t - sqrt(1-ᾱ_t)·v does not (Lin et al. 2024, section 3.2).
+    """
+
+    def __init__(self, model: Callable, schedule: Schedule):
+        self.model, self.schedule = model, schedule
+
+    def _scales(self, t: torch.Tensor, like: torch.Tensor):
+        ab = extract(self.schedule.alpha_bars, t, like)
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        a, s = self._scales(t, x_t)
+        return a * self.model(x_t, t, **model_kwargs) + s * x_t
+
+    def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None,
+             **model_kwargs) -> torch.Tensor:
+        """E_{t, eps} ||v - v_theta(x_t, t)||², the v-target of the same x_t as :func:`diffusion_loss`."""
+        t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        a, s = self._scales(t, x0)
+        x_t = a * x0 + s * noise
+        return F.mse_loss(self.model(x_t, t, **model_kwargs), a * noise - s * x0)
+
+
 # --- reverse steps -----------------------------------------------------------------------------
 
 class StepOutput(NamedTuple):

@@ -32,6 +32,38 @@ def test_captions_name_species_colour_and_framing():
     assert cl.caption(_solid(RGB["orange"]), "tulip") == "a close-up photo of an orange tulip"
 
 
+def test_caption_wordings_hold_every_caption_of_a_species():
+    wordings = cl.caption_wordings("tulip")
+    assert len(wordings) == 2 * len(cl.COLOURS) == len(set(wordings))
+    assert "a photo of an orange tulip" in wordings and "a close-up photo of a red tulip" in wordings
+    for name in RGB:
+        assert cl.caption(_solid(RGB[name]), "tulip") in wordings
+
+
+class _Vectors:
+    """Stands in for a CourseClip: fixed unit embeddings for images and for each wording."""
+
+    def __init__(self, images, texts):
+        self.images, self.texts = images, texts
+
+    def embed_images(self, images):
+        return self.images
+
+    def embed_text(self, texts):
+        return torch.stack([self.texts[t] for t in texts])
+
+
+def test_zero_shot_averages_the_wordings_of_a_class():
+    """Each of class A's two wordings is further from the image than class B's one, but their
+    average points straight at it (Radford et al. 2021, prompt ensembling)."""
+    clip = _Vectors(torch.tensor([[1.0, 0.0]]),
+                    {"a1": torch.tensor([0.6, 0.8]), "a2": torch.tensor([0.6, -0.8]),
+                     "b": torch.tensor([0.8, 0.6])})
+    assert cl.zero_shot(clip, None, ["a1", "b"]).tolist() == [1]
+    assert cl.zero_shot(clip, None, ["a2", "b"]).tolist() == [1]
+    assert cl.zero_shot(clip, None, [["a1", "a2"], "b"]).tolist() == [0]
+
+
 def test_dominant_colour_rejects_a_batch():
     with pytest.raises(ValueError, match="one RGB image"):
         cl.dominant_colour(torch.zeros(2, 3, 8, 8))
@@ -65,6 +97,23 @@ def test_small_clip_trains_and_separates_colours(toy, trained):
     predicted = cl.zero_shot(model, images[: len(names)], prompts)
     assert predicted.tolist() == list(range(len(names)))
     assert model.embed_dim == 32
+
+
+@pytest.mark.parametrize("crop_scale", [None, (0.3, 0.6)])
+def test_random_crops_come_from_the_full_size_photos(crop_scale):
+    """64-px photos, dark left half and bright right half: flips alone keep every view's mean; crops
+    of 30-60% of the photo see different shares of the two halves, always at CLIP's 32 px."""
+    half = torch.cat((torch.full((3, 64, 32), -1.0), torch.ones(3, 64, 32)), dim=2)
+    images, captions = half.expand(24, 3, 64, 64).clone(), ["a photo of a flower"] * 24
+    model = cl.small_clip(cl.small_clip_config(width=32, layers=1, embed_dim=16))
+    seen = []
+    model.model.visual.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    torch.manual_seed(0)
+    cl.train_small_clip(model, images, captions, steps=3, batch_size=8, crop_scale=crop_scale)
+    views = torch.cat(seen)
+    assert views.shape[1:] == (3, 32, 32)
+    spread = views.mean(dim=(1, 2, 3)).std().item()
+    assert (spread > 0.05) == (crop_scale is not None)
 
 
 def test_clip_score_prefers_the_right_caption(toy, trained):

@@ -89,6 +89,13 @@ def test_flip_flips_only_width():
     assert seen == {tuple(images.flatten().tolist()), tuple(images.flip(-1).flatten().tolist())}
 
 
+def test_context_dataset_applies_its_transform_after_the_flip():
+    images = torch.arange(16.0).reshape(1, 1, 4, 4)
+    ds = data.ImageContextDataset(images, torch.zeros(1, 2), flip=True, transform=lambda x: x[..., :1])
+    seen = {tuple(ds[0][0].flatten().tolist()) for _ in range(50)}
+    assert seen == {(0.0, 4.0, 8.0, 12.0), (3.0, 7.0, 11.0, 15.0)}
+
+
 @pytest.mark.usefixtures("data_available")
 def test_real_fashion_mnist_shapes_and_range():
     ds = data.load_fashion_mnist(size=16, limit=500)

@@ -197,6 +197,56 @@ def test_diffusion_loss_is_mse_against_the_noise(schedule):
     assert seen["t"].min() >= 0 and seen["t"].max() < schedule.T
 
 
+def _v_oracle(x0, schedule):
+    """The same perfect denoiser as :func:`_oracle`, answering with v = sqrt(ᾱ)·eps - sqrt(1-ᾱ)·x_0."""
+    def model(x, t):
+        ab = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    return model
+
+
+@pytest.mark.parametrize("name", ["linear", "scaled"])
+def test_vdenoiser_turns_v_into_the_noise_and_samples_the_training_image(name):
+    schedule = {"linear": ddpm.linear_schedule(150), "scaled": ddpm.scaled_linear_schedule(150)}[name]
+    torch.manual_seed(7)
+    x0 = torch.rand(1, 1, 4, 4) * 2 - 1
+    eps = torch.randn(6, 1, 4, 4)
+    t = torch.tensor([0, 10, 50, 100, 148, 149])
+    x_t = schedule.q_sample(x0.expand_as(eps), t, eps)
+    denoiser = ddpm.VDenoiser(_v_oracle(x0, schedule), schedule)
+    assert torch.allclose(denoiser(x_t, t), eps, atol=1e-4)
+    out = ddpm.sample_ddim(denoiser, torch.randn(5, 1, 4, 4), schedule, steps=20, disable=True)
+    assert torch.allclose(out, x0.expand_as(out), atol=1e-3)
+
+
+def test_v_error_stays_small_in_x0_where_eps_error_explodes():
+    """At ᾱ_T ≈ 3e-5 the same 0.01 error in the output moves x̂_0 by 0.01·sqrt(1-ᾱ)/sqrt(ᾱ) ≈ 2 for
+    an eps-network and by 0.01·sqrt(1-ᾱ) ≈ 0.01 for a v-network."""
+    schedule = ddpm.scaled_linear_schedule(150)
+    x0, eps = torch.zeros(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    t = torch.tensor([149])
+    x_t = schedule.q_sample(x0, t, eps)
+    eps_err = schedule.predict_x0(x_t, 149, eps + 0.01) - x0
+    v_net = _v_oracle(x0, schedule)
+    v_err = schedule.predict_x0(x_t, 149, ddpm.VDenoiser(lambda x, t: v_net(x, t) + 0.01, schedule)(x_t, t)) - x0
+    assert eps_err.abs().mean() > 1.0
+    assert v_err.abs().mean() < 0.02
+
+
+def test_v_loss_is_mse_against_v(schedule):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(16, 1, 4, 4)
+    loss = ddpm.VDenoiser(lambda x, t: torch.zeros_like(x), schedule).loss(x0, generator=g)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, schedule.T, (16,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    ab = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    assert loss.item() == pytest.approx((v ** 2).mean().item(), rel=1e-5)
+    assert loss.item() != pytest.approx((noise ** 2).mean().item(), rel=1e-2)
+
+
 def test_cfg_combines_conditional_and_unconditional():
     torch.manual_seed(7)
     model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from course_lib.blocks import (DownBlock, EmbedBlock, GELUConvBlock, RearrangePoolBlock,
-                               ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock)
+                               ResidualConvBlock, SelfAttentionBlock, SinusoidalPositionEmbedBlock,
+                               UpBlock)
 from course_lib.unets import OptimizedUNet, TimeUNet, UNet, count_parameters, layer_shapes
 
 
@@ -90,6 +91,46 @@ def test_time_input_changes_the_output():
         model.eval()
         x = torch.randn(2, 1, 16, 16)
         assert not torch.allclose(model(x, torch.tensor([0, 0])), model(x, torch.tensor([100, 100])))
+
+
+def test_encoder_time_lets_the_encoder_see_the_noise_level():
+    """By default t enters only the decoder; encoder_time=True adds it after down0 and down1 too."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    for encoder_time in (False, True):
+        model = OptimizedUNet(channels=(16, 32, 64), encoder_time=encoder_time).eval()
+        seen = []
+        model.down2.register_forward_hook(lambda mod, args, out: seen.append(out))
+        model(x, torch.tensor([0, 0]))
+        model(x, torch.tensor([100, 100]))
+        assert torch.allclose(seen[0], seen[1]) != encoder_time
+
+
+def test_dense_bottleneck_width_is_a_choice():
+    default = OptimizedUNet(channels=(16, 32, 64))
+    wide = OptimizedUNet(channels=(16, 32, 64), bottleneck=128)
+    hidden = [m.out_features for m in wide.bottleneck if isinstance(m, torch.nn.Linear)]
+    assert hidden == [128, 128, 64 * 4 * 4]
+    assert [m.out_features for m in default.bottleneck if isinstance(m, torch.nn.Linear)][0] == 32
+    x = torch.randn(2, 1, 16, 16)
+    assert wide(x, torch.tensor([3, 4])).shape == x.shape
+
+
+def test_self_attention_block_mixes_every_position():
+    """A change at one pixel of the 4×4 map reaches every other pixel through the attention, and
+    the block keeps the shape (a residual around attention over the 16 positions)."""
+    torch.manual_seed(0)
+    block = SelfAttentionBlock(16, heads=4).eval()
+    x = torch.randn(2, 16, 4, 4)
+    y = block(x)
+    assert y.shape == x.shape
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 1.0
+    moved = (block(x2) - y).abs().sum(dim=1)       # (2, 4, 4): how much each position changed
+    assert (moved > 1e-4).all()
+    unet = OptimizedUNet(channels=(16, 32, 64), attention=True)
+    assert isinstance(unet.bottleneck[0], SelfAttentionBlock)
+    assert unet(torch.randn(2, 1, 16, 16), torch.tensor([1, 2])).shape == (2, 1, 16, 16)
 
 
 def test_parameter_counts_and_layer_table():
