@@ -24,7 +24,8 @@ from course_lib import config, ddpm
 from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import class_shares, real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
-from course_lib.unets import OptimizedUNet
+from course_lib.blocks import EmbedBlock
+from course_lib.unets import OptimizedUNet, check_images, check_timesteps
 from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
@@ -89,10 +90,31 @@ SCHEDULES = {"linear": ddpm.linear_schedule, "scaled": ddpm.scaled_linear_schedu
              "cosine": ddpm.cosine_schedule}
 
 
+class EncoderTimeUNet(OptimizedUNet):
+    """Row O: 03's network with t's embedding also added after down0 and down1, as DDPM's UNet
+    adds it in every block, so that the encoder knows the noise level too (unconditional only)."""
+
+    def __init__(self, *args, channels=(16, 32, 64), t_dim: int = 32, **kwargs):
+        super().__init__(*args, channels=channels, t_dim=t_dim, **kwargs)
+        self.t_emb_down0 = EmbedBlock(t_dim, channels[0])
+        self.t_emb_down1 = EmbedBlock(t_dim, channels[1])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_timesteps(t, len(x), self.T)
+        check_images(x, self.img_ch, self.size)
+        t = self.sinusoidal(t)
+        down0 = self.down0(x) + self.t_emb_down0(t)
+        down1 = self.down1(down0) + self.t_emb_down1(t)
+        down2 = self.down2(down1)
+        up1 = self.up1(self.up0(self.bottleneck(down2)) + self.t_emb1(t), down2)
+        up2 = self.up2(up1 + self.t_emb2(t), down1)
+        return self.out(torch.cat((up2, down0), dim=1))
+
+
 def network(recipe: Recipe) -> OptimizedUNet:
-    return OptimizedUNet(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period,
-                         bottleneck=recipe.bottleneck, encoder_time=recipe.encoder_time,
-                         attention=recipe.attention)
+    kind = EncoderTimeUNet if recipe.encoder_time else OptimizedUNet
+    return kind(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period,
+                bottleneck=recipe.bottleneck, attention=recipe.attention)
 
 
 def steps_per_second(recipe: Recipe, data, schedule, steps: int = 12) -> float:

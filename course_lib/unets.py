@@ -121,8 +121,6 @@ class OptimizedUNet(Encoder):
     embedding); c_mask (B, 1) is 1 to keep the context and 0 to drop it. A missing c
     means "no context", the same as a mask of 0.
     ``bottleneck`` is the width of the dense bottleneck's hidden layers (default: channels[1]).
-    ``encoder_time=True`` also adds t's embedding after down0 and down1 (as DDPM's UNet adds it in
-    every block), so the encoder knows the noise level too; by default only the decoder sees t.
     ``attention=True`` puts a :class:`SelfAttentionBlock` on the lowest level (size/4), before
     the dense bottleneck.
     """
@@ -130,7 +128,7 @@ class OptimizedUNet(Encoder):
     def __init__(self, img_ch: int = 1, size: int = 16, channels=(32, 64, 128), T: int = 150,
                  groups: int = 8, t_dim: int = 32, c_dim: int | None = None,
                  max_period: float = 10000.0, bottleneck: int | None = None,
-                 encoder_time: bool = False, attention: bool = False):
+                 attention: bool = False):
         super().__init__()
         _check_size(size)
         c0, c1, c2 = channels
@@ -149,10 +147,6 @@ class OptimizedUNet(Encoder):
         self.sinusoidal = SinusoidalPositionEmbedBlock(t_dim, max_period)
         self.t_emb1 = EmbedBlock(t_dim, c2)
         self.t_emb2 = EmbedBlock(t_dim, c1)
-        self.encoder_time = encoder_time
-        if encoder_time:
-            self.t_emb_down0 = EmbedBlock(t_dim, c0)
-            self.t_emb_down1 = EmbedBlock(t_dim, c1)
         if c_dim is not None:
             self.c_emb1 = EmbedBlock(c_dim, c2)
             self.c_emb2 = EmbedBlock(c_dim, c1)
@@ -160,15 +154,8 @@ class OptimizedUNet(Encoder):
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
                 c_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_timesteps(t, len(x), self.T)
+        down0, down1, down2, up0 = self.encode(x)
         t = self.sinusoidal(t)
-        if self.encoder_time:
-            check_images(x, self.img_ch, self.size)
-            down0 = self.down0(x) + self.t_emb_down0(t)
-            down1 = self.down1(down0) + self.t_emb_down1(t)
-            down2 = self.down2(down1)
-            up0 = self.up0(self.bottleneck(down2))
-        else:
-            down0, down1, down2, up0 = self.encode(x)
         scale1 = scale2 = 1.0
         if self.c_dim is not None:
             c = self.context(c, c_mask, x)

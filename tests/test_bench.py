@@ -12,6 +12,41 @@ def _results_module():
     return module
 
 
+def _bench_module(name):
+    """A bench script imported as a module (bench/ on the path for its `report` import)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module      # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+def test_recipe_row_o_lets_the_encoder_see_the_noise_level():
+    """03's network feeds t to its decoder only; row O's variant adds it after down0 and down1."""
+    import torch
+
+    from course_lib.unets import OptimizedUNet
+
+    recipe = _bench_module("recipe")
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    for kind, sees_t in ((OptimizedUNet, False), (recipe.EncoderTimeUNet, True)):
+        model = kind(channels=(16, 32, 64)).eval()
+        seen = []
+        model.down2.register_forward_hook(lambda mod, args, out: seen.append(out))
+        out = model(x, torch.tensor([0, 0]))
+        model(x, torch.tensor([100, 100]))
+        assert out.shape == x.shape
+        assert torch.allclose(seen[0], seen[1]) != sees_t
+    row_o = next(r for r in recipe.recipes() if r.name.startswith("O."))
+    assert isinstance(recipe.network(row_o), recipe.EncoderTimeUNet)
+
+
 def test_results_tables_match_the_benchmark_outputs():
     results = _results_module()
     text = results.RESULTS.read_text()

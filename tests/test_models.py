@@ -93,19 +93,6 @@ def test_time_input_changes_the_output():
         assert not torch.allclose(model(x, torch.tensor([0, 0])), model(x, torch.tensor([100, 100])))
 
 
-def test_encoder_time_lets_the_encoder_see_the_noise_level():
-    """By default t enters only the decoder; encoder_time=True adds it after down0 and down1 too."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 1, 16, 16)
-    for encoder_time in (False, True):
-        model = OptimizedUNet(channels=(16, 32, 64), encoder_time=encoder_time).eval()
-        seen = []
-        model.down2.register_forward_hook(lambda mod, args, out: seen.append(out))
-        model(x, torch.tensor([0, 0]))
-        model(x, torch.tensor([100, 100]))
-        assert torch.allclose(seen[0], seen[1]) != encoder_time
-
-
 def test_dense_bottleneck_width_is_a_choice():
     default = OptimizedUNet(channels=(16, 32, 64))
     wide = OptimizedUNet(channels=(16, 32, 64), bottleneck=128)
