@@ -1,12 +1,14 @@
 """The training recipe of notebook 03, measured one change at a time in the same wall-clock budget.
 
-    python bench/recipe.py                 # full: 120 s of training per row, 500 judged samples
+    python bench/recipe.py --budget 150    # as stored in recipe.md: 150 s per row, 500 judged samples
+    python bench/recipe.py --budget 150 --only R --append   # one more row
     python bench/recipe.py --budget 20 --judged 64    # a quick look
 
-Every row trains 03's OptimizedUNet (channels 32, 64, 128; FashionMNIST 16×16, T = 150) from the
-same seed for the same number of seconds, then draws the same 500 starting noises with DDIM-50,
-η = 1, and judges them with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised
-share, Fréchet distance, and the smallest and largest class share (real data: 10% each).
+Every row trains 03's OptimizedUNet (channels 32, 64, 128 unless the row says otherwise; rows
+L-R start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same seed for the same
+number of seconds, then draws the same 500 starting noises with DDIM-50, η = 1, and judges them
+with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised share, Fréchet distance,
+and the smallest and largest class share (real data: 10% each).
 Rows add one change to the row named in "on top of". Writes bench/recipe.md and bench/recipe.json.
 """
 from __future__ import annotations
@@ -21,10 +23,10 @@ from pathlib import Path
 import torch
 
 from course_lib import config, ddpm
+from course_lib.blocks import EmbedBlock
 from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import class_shares, real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
-from course_lib.blocks import EmbedBlock
 from course_lib.unets import OptimizedUNet, check_images, check_timesteps
 from report import write_report  # bench/report.py
 
@@ -94,7 +96,7 @@ class EncoderTimeUNet(OptimizedUNet):
     """Row O: 03's network with t's embedding also added after down0 and down1, as DDPM's UNet
     adds it in every block, so that the encoder knows the noise level too (unconditional only)."""
 
-    def __init__(self, *args, channels=(16, 32, 64), t_dim: int = 32, **kwargs):
+    def __init__(self, *args, channels=(32, 64, 128), t_dim: int = 32, **kwargs):
         super().__init__(*args, channels=channels, t_dim=t_dim, **kwargs)
         self.t_emb_down0 = EmbedBlock(t_dim, channels[0])
         self.t_emb_down1 = EmbedBlock(t_dim, channels[1])
