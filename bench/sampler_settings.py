@@ -5,7 +5,7 @@
 
 Trains 03's fixed model once, exactly as notebook 03 section 10 does (channels 16, 32, 64, dense
 bottleneck 128; scaled-linear schedule, EMA 0.999 with warm-up, lr 2e-3 with warm-up and cosine
-decay, batches of 64, 6 epochs), then draws the same 500 starting noises with each setting below
+decay, batches of 64, 10 epochs), then draws the same 500 starting noises with each setting below
 and judges them with the 16×16 FashionMNIST judge: recognised share, Fréchet distance, smallest
 and largest class share, and sampling seconds. Only the sampler changes between rows. Writes
 bench/sampler_settings.md and bench/sampler_settings.json.
@@ -27,7 +27,7 @@ from course_lib.unets import OptimizedUNet
 from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
-EPOCHS = 6   # notebook 03's FIXED_EPOCHS
+EPOCHS = 10   # notebook 03's FIXED_EPOCHS
 SETTINGS = {   # name -> sampler(model, noise, schedule, generator)
     "DDIM-50, η = 1 (03 as it is)": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=50, generator=g),
     "DDIM-50, η = 0.5": lambda m, x, s, g: ddpm.sample_ddim(m, x, s, steps=50, eta=0.5, generator=g),

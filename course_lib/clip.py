@@ -223,15 +223,29 @@ def minilm_folder() -> Path | None:
 
 def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 128,
                       layers: int = 4, context_length: int = 16,
-                      text_tower: str | os.PathLike | None = None) -> dict:
-    """open_clip model config of a small CLIP: ViT (patch 4), 4 layers, and a text tower.
+                      text_tower: str | os.PathLike | None = None,
+                      vision: str = "vit") -> dict:
+    """open_clip model config of a small CLIP: a vision tower and a text tower.
 
+    ``vision="vit"``: a ViT (8×8 patches of the image, ``layers`` blocks ``width`` wide).
+    ``vision="resnet"``: open_clip's ``ModifiedResNet`` (CLIP's ResNet, Radford et al. 2021,
+    section 2.4: attention pooling instead of global average pooling), one bottleneck block per
+    stage, stem width 32: a convolutional tower, whose locality suits a few thousand photos.
     ``text_tower=None``: open_clip's text transformer, 4 layers, trained from scratch.
     A folder (:func:`minilm_folder`): that Hugging Face sentence encoder, mean-pooled, with a
     trainable linear projection to ``embed_dim`` (open_clip's ``HFTextEncoder``).
     """
-    vision = {"image_size": image_size, "patch_size": image_size // 8, "width": width,
-              "layers": layers, "head_width": 32, "mlp_ratio": 2.0}
+    if vision == "vit":
+        vision_cfg = {"image_size": image_size, "patch_size": image_size // 8, "width": width,
+                      "layers": layers, "head_width": 32, "mlp_ratio": 2.0}
+    elif vision == "resnet":
+        if image_size % 32:
+            raise ValueError(f"the ResNet tower downsamples 32×: image_size must be a multiple "
+                             f"of 32, got {image_size}")
+        vision_cfg = {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 32,
+                      "head_width": 64}
+    else:
+        raise ValueError(f"vision must be 'vit' or 'resnet', got {vision!r}")
     if text_tower is None:
         text = {"context_length": context_length, "vocab_size": 49408, "width": width,
                 "heads": width // 32, "layers": layers, "mlp_ratio": 2.0}
@@ -239,7 +253,7 @@ def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 1
         text = {"hf_model_name": str(text_tower), "hf_tokenizer_name": str(text_tower),
                 "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler",
                 "context_length": context_length}
-    return {"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": text}
+    return {"embed_dim": embed_dim, "vision_cfg": vision_cfg, "text_cfg": text}
 
 
 def small_clip(config: dict | None = None, source: str = "the course's small CLIP (untrained)"

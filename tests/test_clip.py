@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -258,3 +260,23 @@ def test_caption_embeddings_embed_each_distinct_caption_once(toy, trained, monke
     assert len(calls) == 1 and sorted(calls[0]) == sorted(set(captions))
     assert got.shape == (len(captions), model.embed_dim)
     assert torch.allclose(got, embed(captions), atol=1e-5)
+
+
+def test_resnet_vision_tower_embeds_and_round_trips(tmp_path):
+    config = cl.small_clip_config(embed_dim=16, width=32, layers=1, vision="resnet")
+    model = cl.small_clip(config)
+    assert isinstance(model.model.visual, cl.open_clip.model.ModifiedResNet)
+    model.model.eval()
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    embeddings = model.embed_images(images)
+    assert embeddings.shape == (3, 16)
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(3), atol=1e-5)
+    loaded = cl.load_small_clip(cl.save_small_clip(model, tmp_path / "clip", config))
+    assert torch.allclose(loaded.embed_images(images), embeddings, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"vision": "resnet", "image_size": 48}, "multiple of 32"),
+                                             ({"vision": "cnn"}, "'vit' or 'resnet'")])
+def test_small_clip_config_rejects_what_it_cannot_build(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cl.small_clip_config(**kwargs)
