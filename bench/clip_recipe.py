@@ -54,7 +54,7 @@ def rows() -> list[Row]:
         Row("E. D with 800 steps", "D", steps=800, crop_scale=(0.5, 1.0), source_px=64),
         Row("F. prompt ensemble: every caption wording of the species", "A", ensemble=True),
         Row("G. a ResNet vision tower instead of the ViT", "A", vision="resnet"),
-        Row("H. G with 800 steps (still less time than A)", "G", steps=800, vision="resnet"),
+        Row("H. G with 800 steps", "G", steps=800, vision="resnet"),
         Row("I. H with random crops of the 64-px photo", "H", steps=800, vision="resnet",
             crop_scale=(0.5, 1.0), source_px=64),
         Row("J. G with 1,200 steps", "G", steps=1200, vision="resnet"),
