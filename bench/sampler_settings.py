@@ -16,6 +16,7 @@ import argparse
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -40,22 +41,34 @@ SETTINGS = {   # name -> sampler(model, noise, schedule, generator)
 }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--judged", type=int, default=500)
-    args = parser.parse_args(argv)
-    data = load_fashion_mnist(size=16, flip=True)
-    real = real_quality("fashion_mnist", 16, n=args.judged)
+def train_fixed_model(data, also_averaged: Callable[[torch.nn.Module], None] | None = None):
+    """03's fixed model trained as notebook 03 section 10 does: (model, History, schedule, steps).
+
+    ``also_averaged(model)``, if given, runs after every optimiser step (bench/ema_decay.py keeps
+    more weight averages with it).
+    """
     config.seed_everything(0)
     schedule = ddpm.scaled_linear_schedule(150)
     model = OptimizedUNet(1, 16, channels=(16, 32, 64), T=150, bottleneck=128)
     loader = make_loader(data, 64)
     steps = EPOCHS * len(loader)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    if also_averaged is not None:
+        optimizer.register_step_post_hook(lambda *_: also_averaged(model))
     scheduler = warmup_cosine(optimizer, steps, warmup_steps=steps // 20)
     history = train(model, loader, lambda m, b: ddpm.diffusion_loss(m, b[0], schedule),
                     epochs=EPOCHS, optimizer=optimizer, scheduler=scheduler, ema_decay=0.999,
                     desc="03's fixed model")
+    return model, history, schedule, steps
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--judged", type=int, default=500)
+    args = parser.parse_args(argv)
+    data = load_fashion_mnist(size=16, flip=True)
+    real = real_quality("fashion_mnist", 16, n=args.judged)
+    _, history, schedule, steps = train_fixed_model(data)
     ema = history.ema.module.eval()
     noise = torch.randn(args.judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     rows = []

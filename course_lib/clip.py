@@ -227,7 +227,8 @@ def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 1
                       vision: str = "vit") -> dict:
     """open_clip model config of a small CLIP: a vision tower and a text tower.
 
-    ``vision="vit"``: a ViT (8×8 patches of the image, ``layers`` blocks ``width`` wide).
+    ``vision="vit"``: a ViT on an 8×8 grid of patches (4-px patches at 32 px), ``layers``
+    blocks ``width`` wide.
     ``vision="resnet"``: open_clip's ``ModifiedResNet`` (CLIP's ResNet, Radford et al. 2021,
     section 2.4: attention pooling instead of global average pooling), one bottleneck block per
     stage, stem width 32: a convolutional tower, whose locality suits a few thousand photos.

@@ -114,3 +114,18 @@ def test_stored_progress_bars_read_as_finished():
                     continue
                 text = "".join(out["data"].get("text/plain", ""))
                 assert not re.search(r"\|\s*0/\d+ \[", text), f"{notebook.name}: stored bar {text!r}"
+
+
+def test_fixed_model_training_runs_the_extra_averages_after_every_step(monkeypatch):
+    """bench/ema_decay.py keeps its extra weight averages through this hook: one call per step."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    sampler_settings = _bench_module("sampler_settings")
+    monkeypatch.setattr(sampler_settings, "EPOCHS", 1)
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(192, 1, 16, 16) * 2 - 1, torch.zeros(192, dtype=torch.long))
+    seen = []
+    model, history, _, steps = sampler_settings.train_fixed_model(data, seen.append)
+    assert steps == 3 == len(history.losses) == len(seen)
+    assert all(m is model for m in seen) and history.ema is not None
