@@ -21,10 +21,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from course_lib import ddpm
 from course_lib.data import load_fashion_mnist
-from course_lib.metrics import class_shares, real_quality, sample_quality
+from course_lib.metrics import real_quality
 from course_lib.train import ema_warmup_avg_fn
 from report import write_report  # bench/report.py
-from sampler_settings import train_fixed_model  # bench/sampler_settings.py
+from sampler_settings import judged_row, train_fixed_model  # bench/sampler_settings.py
 
 MORE_DECAYS = (0.998, 0.9995, 0.9998)
 
@@ -55,10 +55,7 @@ def main(argv=None) -> int:
     for name, network in candidates.items():
         samples = ddpm.sample_ddim(network.eval(), noise, schedule, steps=50, eta=1.0,
                                    generator=torch.Generator().manual_seed(6))
-        q, shares = sample_quality(samples), class_shares(samples)
-        rows.append({"name": name, "recognised": round(q.recognisable, 3),
-                     "frechet": round(q.frechet, 1), "min_class_share": round(shares.min().item(), 3),
-                     "max_class_share": round(shares.max().item(), 3)})
+        rows.append(judged_row(name, samples))
         print(rows[-1], flush=True)
     lines = [f"EMA decays for 03's fixed model (2 CPU cores, {platform.machine()}, torch "
              f"{torch.__version__}): one run of notebook 03's recipe, {steps} steps, averaged "

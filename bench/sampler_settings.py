@@ -62,6 +62,15 @@ def train_fixed_model(data, also_averaged: Callable[[torch.nn.Module], None] | N
     return model, history, schedule, steps
 
 
+def judged_row(name: str, samples: torch.Tensor) -> dict:
+    """A table row: the 16×16 FashionMNIST judge's recognised share, Fréchet distance and the
+    smallest and largest class share of ``samples``."""
+    q, shares = sample_quality(samples), class_shares(samples)
+    return {"name": name, "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
+            "min_class_share": round(shares.min().item(), 3),
+            "max_class_share": round(shares.max().item(), 3)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judged", type=int, default=500)
@@ -76,11 +85,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         samples = sample(ema, noise, schedule, torch.Generator().manual_seed(6))
         seconds = time.perf_counter() - start
-        q, shares = sample_quality(samples), class_shares(samples)
-        rows.append({"name": name, "recognised": round(q.recognisable, 3),
-                     "frechet": round(q.frechet, 1), "min_class_share": round(shares.min().item(), 3),
-                     "max_class_share": round(shares.max().item(), 3),
-                     "sampling_s": round(seconds, 1)})
+        rows.append(dict(judged_row(name, samples), sampling_s=round(seconds, 1)))
         print(rows[-1], flush=True)
     lines = [f"Sampler settings for 03's fixed model (2 CPU cores, {platform.machine()}, torch "
              f"{torch.__version__}): 03's fixed model (channels 16, 32, 64, bottleneck 128) trained as in "
