@@ -5,7 +5,7 @@
     python bench/recipe.py --budget 20 --judged 64    # a quick look
 
 Every row trains 03's OptimizedUNet (channels 32, 64, 128 unless the row says otherwise; rows
-L-R start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same seed for the same
+L-U start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same seed for the same
 number of seconds, then draws the same 500 starting noises with DDIM-50, η = 1, and judges them
 with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised share, Fréchet distance,
 and the smallest and largest class share (real data: 10% each).
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from course_lib import config, ddpm
-from course_lib.blocks import EmbedBlock
+from course_lib.blocks import EmbedBlock, ResidualConvBlock
 from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import class_shares, real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
@@ -47,6 +47,7 @@ class Recipe:
     channels: tuple = (32, 64, 128)     # width of the three levels
     bottleneck: int | None = None       # hidden width of the dense bottleneck (None: channels[1])
     encoder_time: bool = False          # t's embedding also added in the encoder
+    deeper: bool = False                # a residual block more at 8×8 and at 4×4 (DeeperUNet)
     attention: bool = False             # a self-attention block on the 4×4 level
     budget_scale: float = 1.0           # training time, in units of --budget
     prediction: str = "eps"             # what the network predicts: eps, or v (ddpm.VDenoiser)
@@ -91,6 +92,7 @@ def recipes() -> list[Recipe]:
     r.append(Recipe("N2. N again, on the machine of rows S-T", "N", **n))
     r.append(Recipe("S. lr 4e-3 instead of 2e-3", "N2", **dict(n, lr=4e-3)))
     r.append(Recipe("T. Adam β₂ 0.99 instead of 0.999", "N2", betas=(0.9, 0.99), **n))
+    r.append(Recipe("U. deeper: a residual block more at 8×8 and 4×4", "N2", deeper=True, **n))
     return r
 
 
@@ -119,8 +121,26 @@ class EncoderTimeUNet(OptimizedUNet):
         return self.out(torch.cat((up2, down0), dim=1))
 
 
+class DeeperUNet(OptimizedUNet):
+    """Row U: depth instead of width, 03's network with a ResidualConvBlock more after down1
+    (8×8) and after down2 (4×4): each level computes more without getting wider."""
+
+    def __init__(self, *args, channels=(32, 64, 128), **kwargs):
+        super().__init__(*args, channels=channels, **kwargs)
+        self.deep1 = ResidualConvBlock(channels[1], channels[1])
+        self.deep2 = ResidualConvBlock(channels[2], channels[2])
+
+    def encode(self, x: torch.Tensor):
+        check_images(x, self.img_ch, self.size)
+        down0 = self.down0(x)
+        down1 = self.deep1(self.down1(down0))
+        down2 = self.deep2(self.down2(down1))
+        return down0, down1, down2, self.up0(self.bottleneck(down2))
+
+
 def network(recipe: Recipe) -> OptimizedUNet:
-    kind = EncoderTimeUNet if recipe.encoder_time else OptimizedUNet
+    kind = (EncoderTimeUNet if recipe.encoder_time else DeeperUNet if recipe.deeper
+            else OptimizedUNet)
     return kind(1, 16, channels=recipe.channels, T=150, max_period=recipe.max_period,
                 bottleneck=recipe.bottleneck, attention=recipe.attention)
 

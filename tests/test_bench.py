@@ -129,3 +129,23 @@ def test_fixed_model_training_runs_the_extra_averages_after_every_step(monkeypat
     model, history, _, steps = sampler_settings.train_fixed_model(data, seen.append)
     assert steps == 3 == len(history.losses) == len(seen)
     assert all(m is model for m in seen) and history.ema is not None
+
+
+def test_recipe_row_u_adds_depth_not_width():
+    import torch
+
+    from course_lib.blocks import ResidualConvBlock
+    from course_lib.unets import OptimizedUNet, count_parameters
+
+    recipe = _bench_module("recipe")
+    row_u = next(r for r in recipe.recipes() if r.name.startswith("U."))
+    model, n2 = recipe.network(row_u).eval(), OptimizedUNet(channels=(16, 32, 64), bottleneck=128)
+    assert isinstance(model, recipe.DeeperUNet)
+    extra = count_parameters(ResidualConvBlock(32, 32)) + count_parameters(ResidualConvBlock(64, 64))
+    assert count_parameters(model) == count_parameters(n2) + extra
+    seen = []
+    for block in (model.deep1, model.deep2):
+        block.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    x = torch.randn(2, 1, 16, 16)
+    assert model(x, torch.tensor([3, 90])).shape == x.shape
+    assert seen == [(2, 32, 8, 8), (2, 64, 4, 4)]
