@@ -13,28 +13,21 @@ decay's alone, without the spread of two training runs. Writes bench/ema_decay.m
 """
 from __future__ import annotations
 
-import argparse
 import platform
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
 from course_lib import ddpm
-from course_lib.data import load_fashion_mnist
-from course_lib.metrics import real_quality
 from course_lib.train import ema_warmup_avg_fn
-from report import write_report  # bench/report.py
-from sampler_settings import judged_row, train_fixed_model  # bench/sampler_settings.py
+from report import judged_figures, write_report  # bench/report.py
+from sampler_settings import command_line, train_fixed_model  # bench/sampler_settings.py
 
 MORE_DECAYS = (0.998, 0.9995, 0.9998)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--judged", type=int, default=500)
-    args = parser.parse_args(argv)
-    data = load_fashion_mnist(size=16, flip=True)
-    real = real_quality("fashion_mnist", 16, n=args.judged)
+    args, data, real = command_line(__doc__, argv)
     averages: dict[float, AveragedModel] = {}
 
     def also_averaged(model):
@@ -55,7 +48,7 @@ def main(argv=None) -> int:
     for name, network in candidates.items():
         samples = ddpm.sample_ddim(network.eval(), noise, schedule, steps=50, eta=1.0,
                                    generator=torch.Generator().manual_seed(6))
-        rows.append(judged_row(name, samples))
+        rows.append({"name": name, **judged_figures(samples)})
         print(rows[-1], flush=True)
     lines = [f"EMA decays for 03's fixed model (2 CPU cores, {platform.machine()}, torch "
              f"{torch.__version__}): one run of notebook 03's recipe, {steps} steps, averaged "

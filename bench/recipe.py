@@ -17,7 +17,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,10 +25,10 @@ import torch
 from course_lib import config, ddpm
 from course_lib.blocks import EmbedBlock, ResidualConvBlock
 from course_lib.data import load_fashion_mnist, make_loader
-from course_lib.metrics import class_shares, real_quality, sample_quality
+from course_lib.metrics import real_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet, check_images, check_timesteps
-from report import write_report  # bench/report.py
+from report import judged_figures, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,7 +52,6 @@ class Recipe:
     budget_scale: float = 1.0           # training time, in units of --budget
     prediction: str = "eps"             # what the network predicts: eps, or v (ddpm.VDenoiser)
     betas: tuple = (0.9, 0.999)         # Adam's moment decay rates
-    notes: list = field(default_factory=list)
 
 
 def recipes() -> list[Recipe]:
@@ -188,13 +187,9 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
     noise = torch.randn(judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     samples = ddpm.sample_ddim(sampler, noise, schedule, steps=50, eta=1.0,
                                generator=torch.Generator().manual_seed(6))
-    q = sample_quality(samples)
-    shares = class_shares(samples)
     return {"name": recipe.name, "base": recipe.base, "steps": len(history.losses),
             "train_s": round(seconds, 1), "final_loss": round(history.final_loss, 4),
-            "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
-            "min_class_share": round(shares.min().item(), 3),
-            "max_class_share": round(shares.max().item(), 3)}
+            **judged_figures(samples)}
 
 
 def main(argv=None) -> int:

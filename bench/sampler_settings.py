@@ -22,10 +22,10 @@ import torch
 
 from course_lib import config, ddpm
 from course_lib.data import load_fashion_mnist, make_loader
-from course_lib.metrics import class_shares, real_quality, sample_quality
+from course_lib.metrics import real_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
-from report import write_report  # bench/report.py
+from report import judged_figures, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 10   # notebook 03's FIXED_EPOCHS
@@ -62,21 +62,18 @@ def train_fixed_model(data, also_averaged: Callable[[torch.nn.Module], None] | N
     return model, history, schedule, steps
 
 
-def judged_row(name: str, samples: torch.Tensor) -> dict:
-    """A table row: the 16×16 FashionMNIST judge's recognised share, Fréchet distance and the
-    smallest and largest class share of ``samples``."""
-    q, shares = sample_quality(samples), class_shares(samples)
-    return {"name": name, "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
-            "min_class_share": round(shares.min().item(), 3),
-            "max_class_share": round(shares.max().item(), 3)}
+def command_line(doc: str, argv=None):
+    """What the scripts on 03's fixed model start with: (args with --judged, FashionMNIST 16×16,
+    the real test images' quality)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--judged", type=int, default=500)
+    args = parser.parse_args(argv)
+    return (args, load_fashion_mnist(size=16, flip=True),
+            real_quality("fashion_mnist", 16, n=args.judged))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--judged", type=int, default=500)
-    args = parser.parse_args(argv)
-    data = load_fashion_mnist(size=16, flip=True)
-    real = real_quality("fashion_mnist", 16, n=args.judged)
+    args, data, real = command_line(__doc__, argv)
     _, history, schedule, steps = train_fixed_model(data)
     ema = history.ema.module.eval()
     noise = torch.randn(args.judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -85,7 +82,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         samples = sample(ema, noise, schedule, torch.Generator().manual_seed(6))
         seconds = time.perf_counter() - start
-        rows.append(dict(judged_row(name, samples), sampling_s=round(seconds, 1)))
+        rows.append({"name": name, **judged_figures(samples), "sampling_s": round(seconds, 1)})
         print(rows[-1], flush=True)
     lines = [f"Sampler settings for 03's fixed model (2 CPU cores, {platform.machine()}, torch "
              f"{torch.__version__}): 03's fixed model (channels 16, 32, 64, bottleneck 128) trained as in "

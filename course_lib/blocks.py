@@ -15,6 +15,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
@@ -159,4 +160,4 @@ class SelfAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.to_tokens(self.norm(x))
         out, _ = self.attention(tokens, tokens, tokens, need_weights=False)
-        return x + out.transpose(1, 2).reshape(x.shape)
+        return x + rearrange(out, "b (h w) c -> b c h w", h=x.shape[-2])
