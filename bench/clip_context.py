@@ -68,7 +68,9 @@ def rows() -> list[Row]:
             # G-I sample row F's UNet (trained once, the same weights) with other guidance strengths
             Row("G. F sampled with w = 1", "F", p_text=0.5, text_tower="minilm", w=1.0),
             Row("H. F sampled with w = 3", "F", p_text=0.5, text_tower="minilm", w=3.0),
-            Row("I. F sampled with w = 4", "F", p_text=0.5, text_tower="minilm", w=4.0)]
+            Row("I. F sampled with w = 4", "F", p_text=0.5, text_tower="minilm", w=4.0),
+            Row("J. H with twice the UNet epochs (05's w = 3)", "H", p_text=0.5,
+                text_tower="minilm", w=3.0, unet_epochs=32)]
 
 
 _TRAINED = {}   # (p_text, unet_epochs, clip_steps, text_tower) -> (clip, EMA UNet, result so far)

@@ -149,3 +149,36 @@ def test_recipe_row_u_adds_depth_not_width():
     x = torch.randn(2, 1, 16, 16)
     assert model(x, torch.tensor([3, 90])).shape == x.shape
     assert seen == [(2, 32, 8, 8), (2, 64, 4, 4)]
+
+
+def test_flower_recipe_rows_change_one_thing_each():
+    """bench/flower_recipe.py: every row differs from the row it names in exactly one setting."""
+    from dataclasses import asdict
+
+    flower_recipe = _bench_module("flower_recipe")
+    rows = {r.name.split(".")[0]: r for r in flower_recipe.recipes()}
+    assert rows["A"].base is None
+    for key, row in rows.items():
+        if row.base is None or "+" in row.base:     # a row combining winners names them all
+            continue
+        mine, theirs = asdict(row), asdict(rows[row.base])
+        changed = [f for f in mine if f not in ("name", "base") and mine[f] != theirs[f]]
+        assert len(changed) == 1, f"row {key} changes {changed} on top of {row.base}"
+
+
+def test_flower_recipe_network_and_loss_follow_the_row():
+    import torch
+
+    from course_lib.unets import count_parameters
+
+    flower_recipe = _bench_module("flower_recipe")
+    rows = {r.name.split(".")[0]: r for r in flower_recipe.recipes()}
+    a, wide = flower_recipe.network(rows["A"]), flower_recipe.network(rows["G"])
+    assert count_parameters(wide) > 3 * count_parameters(a)
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss_fn = flower_recipe.conditional_loss(flower_recipe.SCHEDULES["scaled"](150))
+    loss = loss_fn(a, (images, torch.tensor([0, 1, 2, 0])))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert a.out[-1].weight.grad is not None
