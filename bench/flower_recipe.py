@@ -31,7 +31,7 @@ from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
 from course_lib.metrics import real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
-from report import write_report  # bench/report.py
+from report import steps_per_second, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 SPECIES = ("daisy", "rose", "sunflower")     # 04's three
@@ -80,22 +80,6 @@ def conditional_loss(schedule: ddpm.Schedule):
         return ddpm.diffusion_loss(model, images, schedule, c=one_hot(labels, len(SPECIES)),
                                    c_mask=keep_mask(len(images), 0.9))
     return loss_fn
-
-
-def steps_per_second(make_model, loader, loss_fn, lr: float, steps: int = 12) -> float:
-    """Training speed of a throwaway model here, after 3 warm-up steps (sizes a learning-rate
-    schedule that must end with the time budget)."""
-    model = make_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = iter(loader)
-    for i in range(steps + 3):
-        if i == 3:
-            start = time.perf_counter()
-        loss = loss_fn(model, next(batches))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return steps / (time.perf_counter() - start)
 
 
 def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:

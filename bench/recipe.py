@@ -28,7 +28,7 @@ from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import real_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet, check_images, check_timesteps
-from report import judged_figures, write_report  # bench/report.py
+from report import judged_figures, steps_per_second, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 
@@ -144,27 +144,14 @@ def network(recipe: Recipe) -> OptimizedUNet:
                 bottleneck=recipe.bottleneck, attention=recipe.attention)
 
 
-def steps_per_second(recipe: Recipe, data, schedule, steps: int = 12) -> float:
-    """Training speed of this recipe's model and batch here (a throwaway copy, after 3 warm-up steps)."""
-    model = network(recipe)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    batches = iter(make_loader(data, recipe.batch))
-    for i in range(steps + 3):
-        if i == 3:
-            start = time.perf_counter()
-        loss = ddpm.diffusion_loss(model, next(batches)[0], schedule)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return steps / (time.perf_counter() - start)
-
-
 def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
     schedule = SCHEDULES[recipe.schedule](150)
     budget = budget * recipe.budget_scale
     scheduler = None
     if recipe.lr_schedule:      # total steps from this recipe's measured speed on this machine
-        total = int(budget * steps_per_second(recipe, data, schedule))
+        total = int(budget * steps_per_second(
+            lambda: network(recipe), make_loader(data, recipe.batch),
+            lambda m, batch: ddpm.diffusion_loss(m, batch[0], schedule), recipe.lr))
     config.seed_everything(0)
     model = network(recipe)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)

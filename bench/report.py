@@ -1,8 +1,10 @@
-"""What the bench scripts share: the judge's figures of a set of samples, and the report every
-script ends with (its Markdown table printed, then written with its JSON beside the scripts)."""
+"""What the bench scripts share: the judge's figures of a set of samples, a recipe's training
+speed, and the report every script ends with (its Markdown table printed, then written with its
+JSON beside the scripts)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +21,22 @@ def judged_figures(samples: torch.Tensor) -> dict:
     return {"recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
             "min_class_share": round(shares.min().item(), 3),
             "max_class_share": round(shares.max().item(), 3)}
+
+
+def steps_per_second(make_model, loader, loss_fn, lr: float, steps: int = 12) -> float:
+    """Training speed of a throwaway model here, after 3 warm-up steps (recipe rows size
+    a learning-rate schedule that must end with their time budget from it)."""
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = iter(loader)
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        loss = loss_fn(model, next(batches))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - start)
 
 
 def write_report(stem: str, lines: list[str], data: dict) -> str:
