@@ -34,7 +34,7 @@ from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided
 from course_lib.metrics import real_quality, sample_quality
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
-from report import write_report  # bench/report.py
+from report import pending, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -148,10 +148,7 @@ def main(argv=None) -> int:
     held_out, train_idx = flower_split(len(photos))
     real = real_quality("flowers", 32, n=10_000)
     done = json.loads((HERE / "clip_context.json").read_text())["rows"] if args.append else []
-    for row in rows():
-        if (args.only and not row.name.startswith(tuple(args.only.split(",")))) \
-                or row.name in {r["name"] for r in done}:
-            continue
+    for row in pending(rows(), done, args.only):
         done.append(run(row, photos, captions, train_idx, held_out, args.per_prompt))
         print(done[-1], flush=True)
     order = [r.name for r in rows()]

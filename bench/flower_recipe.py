@@ -31,11 +31,10 @@ from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
 from course_lib.metrics import real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
-from report import steps_per_second, write_report  # bench/report.py
+from report import SCHEDULES, pending, steps_per_second, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 SPECIES = ("daisy", "rose", "sunflower")     # 04's three
-SCHEDULES = {"scaled": ddpm.scaled_linear_schedule, "cosine": ddpm.cosine_schedule}
 
 
 @dataclass
@@ -126,10 +125,7 @@ def main(argv=None) -> int:
     data = load_flowers(size=32, classes=SPECIES, flip=True)
     real = real_quality("flowers", 32, n=10_000)
     rows = json.loads((HERE / "flower_recipe.json").read_text())["rows"] if args.append else []
-    ran = {r["name"] for r in rows}
-    for recipe in recipes():
-        if (args.only and not recipe.name.startswith(args.only)) or recipe.name in ran:
-            continue
+    for recipe in pending(recipes(), rows, args.only):
         rows.append(run(recipe, data, args.budget, args.per_species))
         print(rows[-1], flush=True)
     head = (f"Recipe rows for 04's flowers (2 CPU cores, {platform.machine()}, torch "

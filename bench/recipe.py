@@ -28,7 +28,8 @@ from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import real_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet, check_images, check_timesteps
-from report import judged_figures, steps_per_second, write_report  # bench/report.py
+from report import (SCHEDULES, judged_figures, pending, steps_per_second,  # bench/report.py
+                    write_report)
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,8 +96,6 @@ def recipes() -> list[Recipe]:
     return r
 
 
-SCHEDULES = {"linear": ddpm.linear_schedule, "scaled": ddpm.scaled_linear_schedule,
-             "cosine": ddpm.cosine_schedule}
 
 
 class EncoderTimeUNet(OptimizedUNet):
@@ -190,10 +189,7 @@ def main(argv=None) -> int:
     data = load_fashion_mnist(size=16, flip=True)
     real = real_quality("fashion_mnist", 16, n=args.judged)
     rows = json.loads((HERE / "recipe.json").read_text())["rows"] if args.append else []
-    ran = {r["name"] for r in rows}
-    for recipe in recipes():
-        if (args.only and not recipe.name.startswith(args.only)) or recipe.name in ran:
-            continue
+    for recipe in pending(recipes(), rows, args.only):
         rows.append(run(recipe, data, args.budget, args.judged))
         print(rows[-1], flush=True)
     head = (f"Recipe rows for 03 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "

@@ -9,9 +9,23 @@ from pathlib import Path
 
 import torch
 
+from course_lib import ddpm
 from course_lib.metrics import class_shares, sample_quality
 
 HERE = Path(__file__).resolve().parent
+
+
+SCHEDULES = {"linear": ddpm.linear_schedule, "scaled": ddpm.scaled_linear_schedule,
+             "cosine": ddpm.cosine_schedule}
+"""The noise schedules recipe rows name: 02's linear (ᾱ_T = 0.22), scaled linear (03's fix), cosine."""
+
+
+def pending(rows: list, done: list[dict], only: str | None) -> list:
+    """The rows still to run: those not in ``done`` (an earlier run's results, for --append) and,
+    with ``only``, those whose name starts with one of its comma-separated prefixes."""
+    ran = {r["name"] for r in done}
+    return [row for row in rows if row.name not in ran
+            and (not only or row.name.startswith(tuple(only.split(","))))]
 
 
 def judged_figures(samples: torch.Tensor) -> dict:

@@ -207,3 +207,14 @@ def test_steps_per_second_times_a_fresh_model_on_the_given_loss():
     loader = [torch.randn(8, 4) for _ in range(20)]
     rate = report.steps_per_second(make_model, loader, loss_fn, lr=1e-2, steps=5)
     assert len(built) == 1 and len(seen) == 8 and math.isfinite(rate) and rate > 0
+
+
+def test_pending_skips_rows_already_run_and_keeps_the_asked_prefixes():
+    from types import SimpleNamespace
+
+    report = _bench_module("report")
+    rows = [SimpleNamespace(name=n) for n in ("A. base", "B. one", "C. two", "N2. again")]
+    done = [{"name": "B. one"}]
+    assert [r.name for r in report.pending(rows, done, None)] == ["A. base", "C. two", "N2. again"]
+    assert [r.name for r in report.pending(rows, done, "B,C")] == ["C. two"]
+    assert [r.name for r in report.pending(rows, [], "N")] == ["N2. again"]
