@@ -377,10 +377,14 @@ class CFGDenoiser:
     Wraps a conditional model ``model(x, t, c=..., c_mask=...)`` as ``denoiser(x, t, c=...)``;
     give the context to a sampler as ``extra_args={"c": c}``. The conditional and unconditional
     predictions come from one forward pass of a doubled batch (mask 1, then mask 0).
+    With ``rescale`` = φ > 0 the guided eps is pulled back towards the conditional one's spread
+    (see ``rescale_guidance``), against the over-saturated colours of large w.
     """
 
-    def __init__(self, model: Callable, w: float = 1.0):
-        self.model, self.w = model, w
+    def __init__(self, model: Callable, w: float = 1.0, rescale: float = 0.0):
+        if not 0.0 <= rescale <= 1.0:
+            raise ValueError(f"rescale is the blend φ in [0, 1] (Lin et al. 2024 use 0.7), got {rescale}")
+        self.model, self.w, self.rescale = model, w, rescale
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if len(c) != len(x):
@@ -391,21 +395,36 @@ class CFGDenoiser:
         mask = torch.cat((keep, torch.zeros_like(keep)))
         eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
         eps_cond, eps_uncond = eps.chunk(2)
-        return (1 + self.w) * eps_cond - self.w * eps_uncond
+        guided = (1 + self.w) * eps_cond - self.w * eps_uncond
+        return rescale_guidance(guided, eps_cond, self.rescale) if self.rescale else guided
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale, Lin et al. 2024 §3.4: φ·guided·σ(cond)/σ(guided) + (1 − φ)·guided.
+
+    σ is each sample's standard deviation over all its pixels. Large w inflates the guided
+    prediction's spread, which shows as burnt, over-saturated colours; scaling it back to the
+    conditional prediction's spread fixes that, and the blend with φ < 1 keeps some of the
+    contrast guidance adds. The same sum as diffusers' ``rescale_noise_cfg``.
+    """
+    dims = list(range(1, guided.ndim))
+    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return phi * guided * ratio + (1 - phi) * guided
 
 
 def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], schedule: Schedule,
                   w: float = 2.0, steps: int = 50, eta: float = DEFAULT_ETA,
                   clip_x0: bool = False, seed: int = 0, callback: Callable | None = None,
-                  disable: bool | None = None) -> torch.Tensor:
+                  disable: bool | None = None, rescale: float = 0.0) -> torch.Tensor:
     """Guided DDIM samples, one per row of the context ``c``: what 04 and 05 draw.
 
     The starting noise and every step's noise come from a CPU generator seeded with ``seed``, so
-    two calls with the same seed (say, two values of w) start from the same x_T.
+    two calls with the same seed (say, two values of w) start from the same x_T. ``rescale`` is
+    the guidance rescale φ of ``CFGDenoiser`` (0: plain guidance).
     """
     device = c.device
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(c), *shape, generator=generator).to(device)
-    return sample_ddim(CFGDenoiser(model, w), x, schedule, steps=steps, eta=eta,
+    return sample_ddim(CFGDenoiser(model, w, rescale), x, schedule, steps=steps, eta=eta,
                        extra_args={"c": c}, callback=callback, disable=disable,
                        generator=generator, clip_x0=clip_x0)

@@ -260,6 +260,37 @@ def test_cfg_combines_conditional_and_unconditional():
         assert torch.allclose(uncond, model(x, t, None), atol=1e-6)
 
 
+def test_guidance_rescale_matches_the_conditional_spread():
+    g = torch.Generator().manual_seed(3)
+    cond = torch.randn(4, 3, 8, 8, generator=g)
+    guided = 3.0 * cond + 0.5 * torch.randn(4, 3, 8, 8, generator=g)   # inflated, as large w does
+    full = ddpm.rescale_guidance(guided, cond, 1.0)
+    assert torch.allclose(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-5)
+    assert torch.allclose(full / guided, (full / guided)[:, :1, :1, :1].expand_as(full))  # one factor per sample
+    assert torch.equal(ddpm.rescale_guidance(guided, cond, 0.0), guided)
+    half = ddpm.rescale_guidance(guided, cond, 0.7)
+    assert torch.allclose(half, 0.7 * full + 0.3 * guided, atol=1e-6)
+    assert (half.std(dim=(1, 2, 3)) < guided.std(dim=(1, 2, 3))).all()
+
+
+def test_cfg_denoiser_rescales_only_when_asked():
+    torch.manual_seed(7)
+    model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
+    x, t, c = torch.randn(3, 1, 8, 8), torch.tensor([5, 9, 1]), torch.eye(3)
+    with torch.no_grad():
+        cond = model(x, t, c=c, c_mask=torch.ones(3, 1))
+        plain = ddpm.CFGDenoiser(model, 3.0)(x, t, c=c)
+        rescaled = ddpm.CFGDenoiser(model, 3.0, rescale=0.7)(x, t, c=c)
+    assert torch.allclose(rescaled, ddpm.rescale_guidance(plain, cond, 0.7), atol=1e-6)
+    assert not torch.allclose(rescaled, plain)
+    with pytest.raises(ValueError, match="rescale is the blend"):
+        ddpm.CFGDenoiser(model, 3.0, rescale=7)
+    s = ddpm.cosine_schedule(20)
+    a = ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, seed=3, disable=True)
+    b = ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, seed=3, disable=True, rescale=0.7)
+    assert not torch.allclose(a, b)
+
+
 def test_schedule_to_moves_without_recomputing():
     s = ddpm.linear_schedule(150)
     s64 = ddpm.Schedule.from_betas(s.betas.double(), dtype=torch.float64)

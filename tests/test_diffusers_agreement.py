@@ -248,3 +248,12 @@ def test_ddim_timestep_spacing_differs_from_diffusers_default():
     theirs.set_timesteps(10)
     assert theirs.timesteps.tolist() == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
     assert ddpm.ddim_timesteps(100, 10) == [99, 88, 77, 66, 55, 44, 33, 22, 11, 0]
+
+
+def test_guidance_rescale_matches_diffusers():
+    """Our guidance rescale (Lin et al. 2024 §3.4) is diffusers' rescale_noise_cfg."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+    cond, guided = randn(1), 2.5 * randn(1) - 1.5 * randn(2)
+    for phi in (0.0, 0.3, 0.7, 1.0):
+        assert torch.allclose(ddpm.rescale_guidance(guided, cond, phi),
+                              rescale_noise_cfg(guided, cond, guidance_rescale=phi), atol=1e-12)

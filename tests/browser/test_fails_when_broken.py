@@ -46,9 +46,12 @@ def broken_lab(browser, tmp_path_factory):
         pth.write("\n".join(site.getsitepackages()) + "\n")
     kernel = tmp / "jupyter-path" / "kernels" / "python3"
     kernel.mkdir(parents=True)
+    # stop_on_error_timeout: ipykernel aborts only the requests already queued when a cell
+    # fails (window 0 s by default), so "Run All" sometimes ran the cell after the error when
+    # its request arrived late (ipykernel's own help text names this); 2 s closes that race
     (kernel / "kernel.json").write_text(json.dumps({
         "argv": [str(other / "bin" / "python"), "-m", "ipykernel_launcher", "-f",
-                 "{connection_file}"],
+                 "{connection_file}", "--Kernel.stop_on_error_timeout=2"],
         "display_name": "Python 3 (ipykernel)", "language": "python"}))
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}"]
     command += ["--allow-root"] if os.geteuid() == 0 else []
