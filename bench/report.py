@@ -1,5 +1,5 @@
-"""What the bench scripts share: the judge's figures of a set of samples, a recipe's training
-speed, and the report every script ends with (its Markdown table printed, then written with its
+"""What the bench scripts share: the judge's figures of a set of samples, the share of their
+pixel values at the ends of the colour range, a recipe's training speed, and the report every script ends with (its Markdown table printed, then written with its
 JSON beside the scripts)."""
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ def judged_figures(samples: torch.Tensor) -> dict:
     return {"recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
             "min_class_share": round(shares.min().item(), 3),
             "max_class_share": round(shares.max().item(), 3)}
+
+
+AT_LIMITS = 0.95
+"""|x| at or above this counts as the end of the colour range (images in [-1, 1])."""
+
+
+def at_limits(images: torch.Tensor) -> float:
+    """Share of pixel values at the ends of the range, |x| ≥ AT_LIMITS: where burnt,
+    over-saturated colours (and unclipped samples) pile up. Real flower photos: about 5%."""
+    return (images.abs() >= AT_LIMITS).float().mean().item()
 
 
 def steps_per_second(make_model, loader, loss_fn, lr: float, steps: int = 12) -> float:

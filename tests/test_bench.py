@@ -152,7 +152,8 @@ def test_recipe_row_u_adds_depth_not_width():
 
 
 def test_flower_recipe_rows_change_one_thing_each():
-    """bench/flower_recipe.py: every row differs from the row it names in exactly one setting."""
+    """bench/flower_recipe.py: every row differs from the row it names in exactly one setting
+    (none for a row that repeats another on a new machine: "again")."""
     from dataclasses import asdict
 
     flower_recipe = _bench_module("flower_recipe")
@@ -163,7 +164,8 @@ def test_flower_recipe_rows_change_one_thing_each():
             continue
         mine, theirs = asdict(row), asdict(rows[row.base])
         changed = [f for f in mine if f not in ("name", "base") and mine[f] != theirs[f]]
-        assert len(changed) == 1, f"row {key} changes {changed} on top of {row.base}"
+        assert len(changed) == (0 if "again" in row.name else 1), \
+            f"row {key} changes {changed} on top of {row.base}"
 
 
 def test_flower_recipe_network_and_loss_follow_the_row():
@@ -182,6 +184,34 @@ def test_flower_recipe_network_and_loss_follow_the_row():
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert a.out[-1].weight.grad is not None
+
+
+def test_flower_recipe_crop_row_trains_on_shifted_32px_views(monkeypatch):
+    """Row N's data: the photos loaded at 36 px, each item a random 32-px window (maybe mirrored)."""
+    import torch
+
+    from course_lib.data import ImageDataset
+
+    flower_recipe = _bench_module("flower_recipe")
+    rows = {r.name.split(".")[0]: r for r in flower_recipe.recipes()}
+    photos = torch.rand(5, 3, 36, 36) * 2 - 1
+    asked = []
+
+    def fake_load(size, classes, flip):
+        asked.append(size)
+        return ImageDataset(photos, torch.arange(5) % 3, classes, flip)
+    monkeypatch.setattr(flower_recipe, "load_flowers", fake_load)
+    plain = object()
+    assert flower_recipe.training_data(rows["J"], plain) is plain and not asked
+    data = flower_recipe.training_data(rows["N"], plain)
+    assert asked == [36] and len(data) == 5
+    torch.manual_seed(0)
+    views = [data[2][0] for _ in range(40)]
+    assert all(v.shape == (3, 32, 32) for v in views) and data[2][1] == 2
+    windows = [photos[2, :, i:i + 32, j:j + 32] for i in range(5) for j in range(5)]
+    windows += [w.flip(-1) for w in windows]
+    assert all(any(torch.equal(v, w) for w in windows) for v in views)
+    assert len({tuple(v.flatten()[:8].tolist()) for v in views}) > 5     # not always the same window
 
 
 def test_steps_per_second_times_a_fresh_model_on_the_given_loss():
@@ -218,3 +248,35 @@ def test_pending_skips_rows_already_run_and_keeps_the_asked_prefixes():
     assert [r.name for r in report.pending(rows, done, None)] == ["A. base", "C. two", "N2. again"]
     assert [r.name for r in report.pending(rows, done, "B,C")] == ["C. two"]
     assert [r.name for r in report.pending(rows, [], "N")] == ["N2. again"]
+
+
+def test_flower_sampler_rows_change_one_setting_and_count_the_range_ends():
+    """bench/flower_sampler.py: its first row is 04's sampler, and every other row differs from
+    an earlier row in exactly one setting; at_limits counts the values at |x| ≥ 0.95."""
+    import torch
+
+    flower_sampler = _bench_module("flower_sampler")
+    settings = list(flower_sampler.SETTINGS.values())
+    assert settings[0] == dict(w=2.0, steps=50, clip_x0=True)
+    defaults = dict(eta=1.0, rescale=0.0)
+    full = [{**defaults, **s} for s in settings]
+    for i, row in enumerate(full[1:], 1):
+        assert any(sum(row[k] != earlier[k] for k in row) == 1 for earlier in full[:i]), settings[i]
+    x = torch.tensor([-1.0, -0.96, -0.5, 0.0, 0.94, 0.95, 1.0, 0.2])
+    assert flower_sampler.at_limits(x) == 0.5
+
+
+def test_clip_context_rows_change_one_thing_each():
+    """bench/clip_context.py: every row changes one setting of the row it names; a row that
+    repeats another ("again") changes none."""
+    from dataclasses import asdict
+
+    clip_context = _bench_module("clip_context")
+    rows = {r.name.split(".")[0]: r for r in clip_context.rows()}
+    assert rows["A"].base is None and rows["K"].rescale == 0.7
+    for key, row in rows.items():
+        if row.base is None:
+            continue
+        mine, theirs = asdict(row), asdict(rows[row.base])
+        changed = [f for f in mine if f not in ("name", "base") and mine[f] != theirs[f]]
+        assert len(changed) == (0 if "again" in row.name else 1), (key, changed)
