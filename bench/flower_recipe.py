@@ -87,7 +87,7 @@ def conditional_loss(schedule: ddpm.Schedule):
     def loss_fn(model, batch):
         images, labels = batch
         return ddpm.diffusion_loss(model, images, schedule, c=one_hot(labels, len(SPECIES)),
-                                   c_mask=keep_mask(len(images), 0.9))
+                                   c_mask=keep_mask(len(images), 0.9, device=images.device))
     return loss_fn
 
 

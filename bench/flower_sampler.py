@@ -24,15 +24,15 @@ import torch
 from torchvision.utils import save_image
 
 from course_lib import config, ddpm
-from course_lib.conditioning import keep_mask, one_hot
+from course_lib.conditioning import one_hot
 from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
 from course_lib.metrics import real_quality, real_split, sample_quality
 from course_lib.train import train
-from course_lib.unets import OptimizedUNet
-from report import AT_LIMITS, at_limits, write_report  # bench/report.py
+from flower_recipe import SPECIES, FlowerRecipe, conditional_loss, network  # bench/flower_recipe.py
+from report import AT_LIMITS, SCHEDULES, at_limits, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
-SPECIES = ("daisy", "rose", "sunflower")     # 04's three
+FOURS = FlowerRecipe("04 as it is")          # 04's network and recipe: flower_recipe.py's row A
 EPOCHS = 50                                  # notebook 04's FLOWER_EPOCHS
 SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "w = 2, DDIM-50, η = 1, x̂₀ clipped (04 as it is)": dict(w=2.0, steps=50, clip_x0=True),
@@ -46,34 +46,25 @@ SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
 }
 
 
-def network() -> OptimizedUNet:
-    return OptimizedUNet(img_ch=3, size=32, channels=(16, 32, 64), T=150, c_dim=len(SPECIES))
-
-
 def train_flower_model(epochs: int = EPOCHS):
     """04's flower model trained as notebook 04 does: (EMA model, figures of training, schedule).
 
     The EMA weights are kept in bench/out/flower_sampler/ (with the figures) and loaded from
     there the next time with the same ``epochs``: more sampler rows need no new training.
     """
-    schedule = ddpm.cosine_schedule(150)
+    schedule = SCHEDULES[FOURS.schedule](150)
     saved = HERE / "out" / "flower_sampler" / f"model_{epochs}.pt"
     if saved.exists():
         state = torch.load(saved, weights_only=True)
-        model = network()
+        model = network(FOURS)
         model.load_state_dict(state["weights"])
         print(f"loaded the model of an earlier run from {saved}")
         return model.eval(), state["trained"], schedule
     config.seed_everything(0)
     data = load_flowers(size=32, classes=SPECIES, flip=True)
-    model = network()
-
-    def loss_fn(model, batch):
-        images, labels = batch
-        return ddpm.diffusion_loss(model, images, schedule, c=one_hot(labels, len(SPECIES)),
-                                   c_mask=keep_mask(len(images), 0.9, device=images.device))
-    history = train(model, make_loader(data, 32), loss_fn, epochs=epochs, lr=2e-3,
-                    ema_decay=0.995, desc="04's flowers")
+    model = network(FOURS)
+    history = train(model, make_loader(data, FOURS.batch), conditional_loss(schedule),
+                    epochs=epochs, lr=FOURS.lr, ema_decay=FOURS.ema, desc="04's flowers")
     ema = history.ema.module.eval()
     trained = {"steps": len(history.losses), "final_loss": history.final_loss}
     saved.parent.mkdir(parents=True, exist_ok=True)
