@@ -5,8 +5,10 @@
     python bench/flower_recipe.py --budget 20 --per-species 8       # a quick look
 
 Every row trains 04's class-conditional OptimizedUNet on the 32×32 photos of daisies, roses and
-sunflowers (flipped at random, a context dropped 10% of the time; row N also crops at random) from the same seed for the same
-number of seconds (04 trains its flowers for about 180 s), then draws the same starting noises,
+sunflowers (flipped at random, a context dropped 10% of the time; row N also crops at random)
+from the same seed for the same number of seconds (``--budget``, times the row's scale; 04 trained
+its flowers for about 180 s when rows A-I ran), or, rows O and P, for 50 epochs as 04 does now
+(the same steps on any machine), then draws the same starting noises,
 ``--per-species`` for each species, with guidance w = 2 and DDIM-50, η = 1, x̂₀ clipped, as 04
 does. The 32×32 flower judge reads them: the share read as the requested species, the share it
 is confident about, and the Fréchet distance of its features to real photos (all five species).
@@ -51,6 +53,7 @@ class FlowerRecipe:
     bottleneck: int | None = None       # hidden width of the dense bottleneck (None: channels[1])
     budget_scale: float = 1.0           # training time, in units of --budget
     crop_from: int | None = None        # photos loaded at this size, a random 32-px crop per item
+    epochs: int | None = None           # train this many epochs instead of for the time budget
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -74,6 +77,9 @@ def recipes() -> list[FlowerRecipe]:
         FlowerRecipe("M. J with dense bottleneck 128", "J", bottleneck=128, budget_scale=2.0),
         FlowerRecipe("N. J with random 32-px crops of 36-px photos", "J", crop_from=36,
                      budget_scale=2.0),
+        # O and P train by epochs, as notebook 04 does: the same steps on any machine
+        FlowerRecipe("O. 04 as it is, by epochs: 50 of batch 32", "A", epochs=50),
+        FlowerRecipe("P. O with batch 64", "O", epochs=50, batch=64),
     ]
 
 
@@ -106,7 +112,9 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
     budget = budget * recipe.budget_scale
     loss_fn = conditional_loss(schedule)
     scheduler = None
-    if recipe.lr_schedule:
+    if recipe.epochs:
+        total = recipe.epochs * len(make_loader(data, recipe.batch))
+    elif recipe.lr_schedule:
         total = int(budget * steps_per_second(lambda: network(recipe),
                                               make_loader(data, recipe.batch), loss_fn, recipe.lr))
     config.seed_everything(0)
@@ -115,9 +123,9 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
     if recipe.lr_schedule:
         scheduler = warmup_cosine(optimizer, total, warmup_steps=max(1, total // 20))
     start = time.perf_counter()
-    history = train(model, make_loader(data, recipe.batch), loss_fn, epochs=1000,
+    history = train(model, make_loader(data, recipe.batch), loss_fn, epochs=recipe.epochs or 1000,
                     optimizer=optimizer, scheduler=scheduler, ema_decay=recipe.ema,
-                    max_seconds=budget, desc=recipe.name[:2])
+                    max_seconds=None if recipe.epochs else budget, desc=recipe.name[:2])
     seconds = time.perf_counter() - start
     asked = torch.arange(len(SPECIES)).repeat_interleave(per_species)
     samples = ddpm.sample_guided(history.ema.module.eval(), one_hot(asked, len(SPECIES)),
@@ -151,7 +159,8 @@ def main(argv=None) -> int:
     order = [r.name for r in recipes()]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Recipe rows for 04's flowers (2 CPU cores, {platform.machine()}, torch "
-            f"{torch.__version__}): {args.budget:.0f} s of training each, {args.per_species} samples "
+            f"{torch.__version__}): {args.budget:.0f} s of training each (2× for rows saying so; "
+            f"rows O and P train 50 epochs instead), {args.per_species} samples "
             f"per species (w = 2, DDIM-50, η = 1, x̂₀ clipped, same noise), judged by the 32×32 "
             f"flower judge. Real held-out photos: {real.accuracy:.0%} read as their species, "
             f"{real.recognisable:.0%} confidently. The Fréchet distance is to the ~360 held-out "
