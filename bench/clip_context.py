@@ -7,9 +7,11 @@
 changes one thing: the share of training contexts that are the caption's text embedding instead
 (``conditioning.mix_contexts``), the UNet's epochs, CLIP's training steps, CLIP's text tower (its
 own, or a locked pretrained MiniLM), the guidance strength w (rows G-I sample row F's UNet,
-trained once), or guidance rescale φ (rows K and L sample row J2's UNet, a second training of J). Every row uses 05's data, captions, split, UNet (channels 16, 32, 64), cosine
-schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the same seeds; w = 2 and φ = 0 unless the row says. The flower judge (course_lib/classifier.py, never
-trained on captions) reads each sample's species; a sample counts when it is the prompt's species.
+trained once), or guidance rescale φ (rows K and L sample row J2's UNet, a second training of
+J). Every row uses 05's data, captions, split, UNet (channels 16, 32, 64), cosine schedule,
+DDIM-50 with η = 1 and x̂₀ clipped, and the same seeds; w = 2 and φ = 0 unless the row says.
+The flower judge (course_lib/classifier.py, never trained on captions) reads each sample's
+species; a sample counts when it is the prompt's species.
 Rows: 5 species × 20 samples with 05's training wordings ("a photo of a daisy") and with wordings
 the CLIP never saw ("dandelion flowers in a field"); plus CLIP's zero-shot species accuracy on the
 held-out photos; and (rows since J2) the share of the samples' pixel values at the ends of the

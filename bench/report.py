@@ -1,6 +1,6 @@
 """What the bench scripts share: the judge's figures of a set of samples, the share of their
-pixel values at the ends of the colour range, a recipe's training speed, and the report every script ends with (its Markdown table printed, then written with its
-JSON beside the scripts)."""
+pixel values at the ends of the colour range, a recipe's training speed, and the report every
+script ends with (its Markdown table printed, then written with its JSON beside the scripts)."""
 from __future__ import annotations
 
 import json

@@ -405,7 +405,9 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     σ is each sample's standard deviation over all its pixels. Large w inflates the guided
     prediction's spread, which shows as burnt, over-saturated colours; scaling it back to the
     conditional prediction's spread fixes that, and the blend with φ < 1 keeps some of the
-    contrast guidance adds. The same sum as diffusers' ``rescale_noise_cfg``.
+    contrast guidance adds. The same sum as diffusers' ``rescale_noise_cfg``. On the course's
+    ε-prediction flower models it changes nothing measurable (bench/flower_sampler.md), so the
+    notebooks sample without it; it is here to try on larger w or other models.
     """
     dims = list(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
