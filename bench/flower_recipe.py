@@ -69,8 +69,8 @@ def recipes() -> list[FlowerRecipe]:
         FlowerRecipe("H. B, D and F together", "B+D+F", **best),
         FlowerRecipe("I. H with 2× the training time", "H", budget_scale=2.0, **best),
         FlowerRecipe("J. 2× the training time", "A", budget_scale=2.0),
-        # D, E and F again, each alone on top of J (04's recipe since J): at 2× the time, on a
-        # slower machine than A-J, so J2 repeats J there as their reference
+        # D, E and F again, each alone on top of J (04's recipe since J), and random crops: at 2×
+        # the time, on a slower machine than A-J, so J2 repeats J there as their reference
         FlowerRecipe("J2. J again, on the machine of rows K-N", "J", budget_scale=2.0),
         FlowerRecipe("K. J with batch 64", "J", batch=64, budget_scale=2.0),
         FlowerRecipe("L. J with lr warm-up and cosine decay", "J", lr_schedule=True, budget_scale=2.0),
