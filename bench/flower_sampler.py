@@ -3,10 +3,10 @@
     python bench/flower_sampler.py                    # 04's flower model, 100 samples per species
     python bench/flower_sampler.py --epochs 2 --per-species 8   # a quick look
 
-Trains 04's class-conditional flower model once, exactly as notebook 04 does (channels 16, 32,
-64; cosine schedule, T = 150; batches of 32, lr 2e-3, EMA 0.995, the context dropped 10% of the
-time; 50 epochs of the flipped 32×32 photos of daisies, roses and sunflowers), then draws the same
-starting noises, ``--per-species`` for each species, with each setting below. Only the sampler
+Trains 04's class-conditional flower model once, as notebook 04 did before its batches of 64
+(flower_recipe row O: channels 16, 32, 64; cosine schedule, T = 150; batches of 32, lr 2e-3,
+EMA 0.995, the context dropped 10% of the time; 50 epochs of the flipped 32×32 photos of daisies,
+roses and sunflowers), then draws the same starting noises, ``--per-species`` for each species, with each setting below. Only the sampler
 changes between rows. The 32×32 flower judge reads every set: the share read as the requested
 species, the share it is confident about, and the Fréchet distance of its features to real photos.
 A last column counts the pixel values at the ends of the colour range (|x| ≥ 0.95), where
