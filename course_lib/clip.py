@@ -364,14 +364,16 @@ def _locked_image_features(clip: CourseClip, images: torch.Tensor, mirror: bool 
 def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[str],
                      steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
                      device: torch.device | str = "cpu", seed: int = 0,
-                     crop_scale: tuple[float, float] | None = None, flip: bool = True) -> History:
+                     crop_scale: tuple[float, float] | None = None, flip: bool | None = None
+                     ) -> History:
     """Contrastive training (open_clip ``ClipLoss``): each image must pick its own caption in the batch.
 
     A locked tower runs once, here, not at every step: each distinct caption goes through a
     locked text tower once, each photo through a locked image tower once, and training runs the
     projections alone (as LiT, Zhai et al. 2022, does with its locked tower). With ``flip`` every
     image is mirrored at random (a locked image tower also reads each mirror image once, which
-    doubles its pass); with ``crop_scale=(lo, hi)`` each one is also a random crop covering lo to
+    doubles its pass); by default (None) a tower that trains flips and a locked one does not,
+    since its mirror images added nothing (bench/clip_recipe.md, rows K and M). With ``crop_scale=(lo, hi)`` each one is also a random crop covering lo to
     hi of the photo, resized to CLIP's input size (``v2.RandomResizedCrop``, as CLIP's own
     training augments), taken from ``images`` at whatever resolution they come in.
     """
@@ -379,6 +381,8 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     locked = clip.text_tower == "minilm"
     image_locked = clip.image_tower_locked
+    if flip is None:
+        flip = not image_locked
     if image_locked and crop_scale is not None:
         raise ValueError("random crops need an image tower that trains: a locked tower's "
                          "features are computed once; pass crop_scale=None")
@@ -555,9 +559,7 @@ def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.Pat
         except FileNotFoundError:
             config = small_clip_config(text_tower=tower, vision=vision)
             clip = small_clip(config)
-            # a locked image tower: no mirror images, which tied at half the time (clip_recipe row M)
-            history = train_small_clip(clip, images, captions, steps=steps, device=device,
-                                       flip=not clip.image_tower_locked)
+            history = train_small_clip(clip, images, captions, steps=steps, device=device)
             save_small_clip(clip, folder, config)
     clip.model.to(device).eval()
     print(f"THIS RUN USES: {clip.source}")

@@ -312,6 +312,14 @@ def test_locked_image_tower_trains_only_its_projection(lite0, toy, flip):
 def test_locked_image_tower_reads_each_photo_once_or_twice(lite0, toy, monkeypatch):
     images, captions, _ = toy
     model = cl.small_clip(cl.small_clip_config(embed_dim=16, width=32, layers=1, vision="lite0"))
+    asked = []
+    features = cl._locked_image_features
+    monkeypatch.setattr(cl, "_locked_image_features",
+                        lambda clip, x, mirror=False: asked.append(mirror) or features(clip, x, mirror))
+    cl.train_small_clip(model, images[:8], captions[:8], steps=1, batch_size=4)
+    cl.train_small_clip(model, images[:8], captions[:8], steps=1, batch_size=4, flip=True)
+    assert asked == [False, True]    # by default a locked tower reads no mirror images (row M)
+    monkeypatch.undo()
     features = cl._locked_image_features(model, images[:5], mirror=True)
     assert features.shape == (10, 1280)
     assert torch.allclose(features[:5], cl._locked_image_features(model, images[:5]), atol=1e-5)
