@@ -52,7 +52,7 @@ class Row:
 
 def rows() -> list[Row]:
     return [
-        Row("A. 05 as it is: flips, 400 steps"),
+        Row("A. 05 before row M: a ViT trained here, flips, 400 steps"),
         Row("B. 800 steps", "A", steps=800),
         Row("C. random crops (50-100% of the 32-px photo)", "A", crop_scale=(0.5, 1.0)),
         Row("D. random crops of the 64-px photo", "C", crop_scale=(0.5, 1.0), source_px=64),
