@@ -107,8 +107,7 @@ def clip_images(photos, vision: str) -> torch.Tensor:
 
 
 def get_small_clip(images, captions, train_idx, steps: int, text_tower: str, vision: str):
-    folder = OUT / f"small_clip_{steps}_{text_tower}" if vision == "vit" else \
-        OUT / f"small_clip_{steps}_{text_tower}_{vision}"
+    folder = OUT / (f"small_clip_{steps}_{text_tower}" + ("" if vision == "vit" else f"_{vision}"))
     # rows A-L were measured with the ViT image tower trained here, 05's before its locked
     # pretrained one (bench/clip_recipe.md, rows K-M); rows since M use the Lite0 tower
     clip, _ = course_clip.get_clip(images[train_idx], [captions[i] for i in train_idx],

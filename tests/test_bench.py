@@ -131,7 +131,6 @@ def test_fixed_model_training_runs_the_extra_averages_after_every_step(monkeypat
     assert all(m is model for m in seen) and history.ema is not None
 
 
-
 def test_nb03_choices_samples_one_training_four_ways_and_appends_the_other(tmp_path, monkeypatch):
     """bench/nb03_choices.py: each training gives four rows (EMA 0.999/0.998 × x̂₀ clipped or
     not) from the same model; --append replaces the rows of its own training only."""
@@ -162,6 +161,7 @@ def test_nb03_choices_samples_one_training_four_ways_and_appends_the_other(tmp_p
         for c in (False, True)]
     assert {r["steps"] for r in rows} == {2}
     assert (tmp_path / "nb03_choices.md").read_text().count("| flips (03 as it is) |") == 4
+
 
 def test_recipe_row_u_adds_depth_not_width():
     import torch
