@@ -16,8 +16,11 @@ The flower judge (course_lib/classifier.py, never trained on captions) reads eac
 species; a sample counts when it is the prompt's species.
 Rows: 5 species × 20 samples with 05's training wordings ("a photo of a daisy") and with wordings
 the CLIP never saw ("dandelion flowers in a field"); plus CLIP's zero-shot species accuracy on the
-held-out photos; and (rows since J2) the share of the samples' pixel values at the ends of the
-colour range, |x| ≥ 0.95, where over-saturated colours pile up. Writes bench/clip_context.md and
+held-out photos; (rows since J2) the share of the samples' pixel values at the ends of the
+colour range, |x| ≥ 0.95, where over-saturated colours pile up; and (rows since M) the variety of
+each prompt's samples: their within-species spread in the judge's features
+(``metrics.within_class_spread``) over that of the real held-out photos, 1 for real-like variety,
+falling as guidance makes a prompt's samples alike. Writes bench/clip_context.md and
 bench/clip_context.json.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -37,7 +41,7 @@ from course_lib.classifier import flower_split
 from course_lib.conditioning import keep_mask, mix_contexts
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
 from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided
-from course_lib.metrics import real_quality, real_split, sample_quality
+from course_lib.metrics import real_quality, real_split, sample_quality, within_class_spread
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
 from report import AT_LIMITS, at_limits, pending, write_report  # bench/report.py
@@ -116,6 +120,13 @@ def get_small_clip(images, captions, train_idx, steps: int, text_tower: str, vis
     return clip
 
 
+@lru_cache(maxsize=1)
+def real_spread() -> float:
+    """Within-species spread of the real held-out photos: the yardstick of the variety column."""
+    images, labels, _ = real_split("flowers", 32)
+    return within_class_spread(images, labels, "flowers")
+
+
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
     key = (row.p_text, row.unet_epochs, row.clip_steps, row.text_tower, row.vision)
     if key not in _TRAINED:
@@ -132,6 +143,8 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
                                 seed=21, rescale=row.rescale)
         result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
         result[f"{name}_at_limits"] = round(at_limits(samples), 3)
+        result[f"{name}_variety"] = round(within_class_spread(samples, species, "flowers")
+                                          / real_spread(), 3)
     return result
 
 
@@ -193,19 +206,23 @@ def main(argv=None) -> int:
             f"otherwise, guidance rescale φ where a row gives one, DDIM-50 η = 1; "
             f"share read as the prompt's species by the flower judge (real held-out photos: "
             f"{real.accuracy:.1%}, chance 20%). Values at the ends of the colour range: training "
-            f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}).")
+            f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}). "
+            f"Variety (training wordings, new wordings): each species' samples' spread in the "
+            f"judge's features over the real photos' ({real_spread():.2f}); 1 is real-like.")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
              f"| image tower | w | φ | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
-             "| UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variety | UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         limits = ("-" if "training_wordings_at_limits" not in r else   # rows measured before it
                   f"{r['training_wordings_at_limits']:.1%}, {r['new_wordings_at_limits']:.1%}")
+        variety = ("-" if "training_wordings_variety" not in r else   # rows measured before it
+                   f"{r['training_wordings_variety']:.2f}, {r['new_wordings_variety']:.2f}")
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
                      f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('vision', 'vit')} "
                      f"| {r.get('w', 2.0):g} "
                      f"| {r.get('rescale', 0.0):g} | {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {limits} "
-                     f"| {r['unet_s']:.0f} |")
+                     f"| {variety} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
         "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})
     return 0

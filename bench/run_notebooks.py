@@ -9,6 +9,10 @@ largest resident set of that process and its kernel (read with os.wait4). The ta
 and written to bench/notebooks_<profile>.md, with each notebook's headline figure (read from its
 printed output) and the total. Targets: each notebook under 4 GiB, the time its issue names
 (01 <= 3 min, 02 <= 6, 03, 04 and 05 <= 12 on 2 CPU cores), the course <= 50 min.
+
+Machines with the same core count differ in speed, and partial runs merge into one table, so each
+row also records the machine's speed: the milliseconds of one reference step (03's fixed model,
+one Adam step on a batch of 64), timed just before the notebooks run.
 """
 from __future__ import annotations
 
@@ -108,6 +112,27 @@ def finish_progress_bars(path: Path) -> int:
     return fixed
 
 
+def reference_step_ms(steps: int = 40, warmup: int = 10) -> float:
+    """Milliseconds per training step of 03's fixed model (batch 64, Adam): this machine's speed."""
+    from course_lib.unets import OptimizedUNet
+
+    torch.manual_seed(0)
+    model = OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=150, bottleneck=128)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(64, 1, 16, 16)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = (model(x, torch.randint(0, 150, (64,))) - x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return 1000 * times[len(times) // 2]        # the median: robust to a stray slow step
+
+
 def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]:
     """(seconds, peak MiB, exit status) of executing one notebook."""
     cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
@@ -119,6 +144,17 @@ def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     return seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def merge_rows(previous: str, rows: list[str]) -> list[str]:
+    """The notebook rows of the table ``previous``, with ``rows`` (this run's) replacing theirs.
+
+    Rows from before the machine-speed column get "-" there (their machine was not measured)."""
+    columns = rows[0].count("|") if rows else 8
+    merged = {row.split("|")[1].strip(): row if row.count("|") == columns else row + " - |"
+              for row in previous.splitlines() if row.startswith("| 0")}
+    merged.update({row.split("|")[1].strip(): row for row in rows})
+    return [merged[k] for k in sorted(merged)]
 
 
 def main(argv=None) -> int:
@@ -137,6 +173,8 @@ def main(argv=None) -> int:
     if args.which:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.which]
     rows, failed = [], 0
+    speed = reference_step_ms()
+    print(f"this machine: {speed:.0f} ms per reference step", flush=True)
     for nb in notebooks:
         print(f"--- {nb.name} ({args.profile} profile)", flush=True)
         seconds, mib, code = run(nb, args.profile, args.inplace)
@@ -149,23 +187,21 @@ def main(argv=None) -> int:
             finish_progress_bars(executed)
         rows.append(f"| {nb.stem} | {seconds / 60:.1f} | {target or '-'} | {mib:.0f} | "
                     f"{'ok' if ok else 'MISSED' if code == 0 else f'FAILED ({code})'} | "
-                    f"{headline(executed)} |")
+                    f"{headline(executed)} | {speed:.0f} |")
         print(rows[-1], flush=True)
     header = [f"Notebooks, {args.profile} profile, on {os.cpu_count()} CPU cores "
               f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}", "",
-              "| notebook | minutes | target (min) | peak memory (MiB) | status | headline |",
-              "|---|---|---|---|---|---|"]
+              "| notebook | minutes | target (min) | peak memory (MiB) | status | headline "
+              "| ms per reference step |",
+              "|---|---|---|---|---|---|---|"]
     # keep earlier rows of notebooks not run this time, so partial runs add up to one table
     out = ROOT / "bench" / f"notebooks_{args.profile}.md"
-    merged = {row.split("|")[1].strip(): row for row in
-              (out.read_text().splitlines() if out.exists() else []) if row.startswith("| 0")}
-    merged.update({row.split("|")[1].strip(): row for row in rows})
-    body = [merged[k] for k in sorted(merged)]
+    body = merge_rows(out.read_text() if out.exists() else "", rows)
     total = sum(float(row.split("|")[2]) for row in body)
     body.append(f"| **whole course** | **{total:.1f}** | {COURSE_TARGET_MIN} | - | "
                 f"{'ok' if total <= COURSE_TARGET_MIN else 'MISSED'} | 06 graded separately: "
-                f"grade_key_{args.profile}.md |")
+                f"grade_key_{args.profile}.md | - |")
     table = "\n".join(header + body)
     print("\n" + table)
     out.write_text(table + "\n")

@@ -11,6 +11,12 @@ Two measures of a batch of generated images:
   ``d² = ||μ_g - μ_r||² + Tr(Σ_g + Σ_r - 2 (Σ_g Σ_r)^½)``. Lower is better; real images that
   the reference has never seen score near the floor set by the sample size.
 
+A third, for guided samples, asks whether each prompt still gets *varied* images:
+**within-class spread**, the mean distance between the judge's features of two images asked for
+with the same label, ``E‖φ(x) − φ(x′)‖`` (:func:`within_class_spread`). Divided by the same
+figure for real images it reads 1 for real-like variety and falls towards 0 as samples of one
+prompt come to look alike (strong guidance narrows them).
+
 Grey samples smaller than 28×28 (01–04 work at 16×16) are upsampled bilinearly, the way the
 FashionMNIST judge was trained (on 16×16 images, :mod:`course_lib.classifier`), and the real
 images are loaded at the samples' size and upsampled the same way, so only the generative
@@ -158,6 +164,25 @@ def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
     return Quality(n=len(images), recognisable=(top >= CONFIDENT).float().mean().item(),
                    frechet=frechet_distance(feats, reference_features(dataset, images.shape[-1])),
                    accuracy=acc)
+
+
+def within_class_spread(images: torch.Tensor, labels: torch.Tensor,
+                        dataset: str = "fashion_mnist") -> float:
+    """Mean ‖φ(x) − φ(x′)‖ over pairs of images with the same label (φ: the judge's features),
+    averaged over the labels; near 0 when the images of each label look alike."""
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    _check_dataset(dataset)
+    feats, _ = features_and_probs(_classifier(dataset), images, dataset)
+    labels = labels.cpu()
+    spreads = []
+    for label in labels.unique():
+        f = feats[labels == label]
+        if len(f) > 1:           # the diagonal of cdist is 0: average over the n(n-1) pairs
+            spreads.append(torch.cdist(f, f).sum() / (len(f) * (len(f) - 1)))
+    if not spreads:
+        raise ValueError("within_class_spread needs at least two images with the same label")
+    return float(torch.stack(spreads).mean())
 
 
 def class_shares(images: torch.Tensor, dataset: str = "fashion_mnist") -> torch.Tensor:

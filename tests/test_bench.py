@@ -313,3 +313,19 @@ def test_clip_context_rows_change_one_thing_each():
         mine, theirs = asdict(row), asdict(rows[row.base])
         changed = [f for f in mine if f not in ("name", "base") and mine[f] != theirs[f]]
         assert len(changed) == (0 if "again" in row.name else 1), (key, changed)
+
+
+def test_notebook_table_merges_partial_runs_and_records_the_machine_speed():
+    """bench/run_notebooks.py: a partial run replaces only its notebooks' rows; older rows, from
+    before the speed column, get "-" there; the reference step times a real training step."""
+    run_notebooks = _bench_module("run_notebooks")
+    previous = ("Notebooks, full profile\n\n| notebook | minutes |\n|---|---|\n"
+                "| 01_UNets | 1.7 | 3 | 1349 | ok | 24% |\n"
+                "| 03_Optimizations | 10.5 | 12 | 1285 | ok | 56% |\n"
+                "| **whole course** | **12.2** | 50 | - | ok | - |\n")
+    now = ["| 03_Optimizations | 19.0 | 12 | 1290 | MISSED | 57% | 105 |"]
+    body = run_notebooks.merge_rows(previous, now)
+    assert body == ["| 01_UNets | 1.7 | 3 | 1349 | ok | 24% | - |", now[0]]
+    assert run_notebooks.merge_rows("", now) == now
+    assert run_notebooks.reference_step_ms(steps=3, warmup=1) > 0
+

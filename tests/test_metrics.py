@@ -81,6 +81,26 @@ def test_real_images_score_far_better_than_noise():
 
 
 @pytest.mark.usefixtures("data_available")
+def test_within_class_spread_is_zero_for_copies_and_larger_for_varied_images():
+    from course_lib.data import load_fashion_mnist
+
+    real = load_fashion_mnist(size=16, train=True, flip=False, limit=400)
+    labels = real.labels[:200]
+    varied = metrics.within_class_spread(real.images[:200], labels)
+    # every image of a label replaced by the first image of that label: no variety left
+    first = {int(c): real.images[:200][labels == c][0] for c in labels.unique()}
+    copies = torch.stack([first[int(c)] for c in labels])
+    assert metrics.within_class_spread(copies, labels) == pytest.approx(0, abs=1e-6)
+    assert varied > 0
+    # the same images with every label merged into one: pairs across classes are further apart
+    assert metrics.within_class_spread(real.images[:200], torch.zeros_like(labels)) > varied
+    with pytest.raises(ValueError, match="two images with the same label"):
+        metrics.within_class_spread(real.images[:3], torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="2 labels for 3 images"):
+        metrics.within_class_spread(real.images[:3], torch.tensor([0, 1]))
+
+
+@pytest.mark.usefixtures("data_available")
 def test_sample_quality_checks_labels():
     with pytest.raises(ValueError, match="3 labels for 4 images"):
         sample_quality(torch.zeros(4, 1, 28, 28), "mnist", labels=torch.zeros(3, dtype=torch.long))
