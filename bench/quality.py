@@ -48,6 +48,13 @@ def targets(q: dict) -> list[tuple[str, bool]]:
     ]
 
 
+def machine_speeds() -> dict[str, str]:
+    """Each notebook row's machine speed (its last column) in bench/notebooks_full.md."""
+    rows = [r.split("|") for r in (HERE / "notebooks_full.md").read_text().splitlines()
+            if r.startswith("| 0")]
+    return {r[1].strip()[:2]: r[-2].strip() if len(r) > 8 else "-" for r in rows}
+
+
 def course_minutes() -> float:
     table = (HERE / "notebooks_full.md").read_text()
     notebooks = float(re.search(r"\*\*whole course\*\* \| \*\*([\d.]+)\*\*", table).group(1))
@@ -79,6 +86,11 @@ def main() -> int:
     lines = ["Headline quality of the full run (bench/quality.json), against issue #10's targets", "",
              "| target | met |", "|---|---|"]
     lines += [f"| {name} | {'yes' if ok else 'no'} |" for name, ok in targets(quality)]
+    speeds = machine_speeds()
+    if len(set(speeds.values())) > 1:
+        lines += ["", "The minutes add notebooks timed on machines of different speeds (ms per reference "
+                  "step, bench/notebooks_full.md; '-': timed before the column existed): "
+                  + ", ".join(f"{nb} {ms}" for nb, ms in speeds.items()) + "."]
     (HERE / "quality.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(quality, indent=1))
     print("\n".join(lines))
