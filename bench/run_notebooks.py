@@ -17,6 +17,8 @@ one Adam step on a batch of 64), timed just before the notebooks run.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import os
 import platform
 import re
@@ -112,25 +114,20 @@ def finish_progress_bars(path: Path) -> int:
     return fixed
 
 
-def reference_step_ms(steps: int = 40, warmup: int = 10) -> float:
+def reference_step_ms(steps: int = 40) -> float:
     """Milliseconds per training step of 03's fixed model (batch 64, Adam): this machine's speed."""
     from course_lib.unets import OptimizedUNet
+    from report import steps_per_second  # bench/report.py
 
     torch.manual_seed(0)
-    model = OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=150, bottleneck=128)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(64, 1, 16, 16)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        loss = (model(x, torch.randint(0, 150, (64,))) - x).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return 1000 * times[len(times) // 2]        # the median: robust to a stray slow step
+
+    def loss_fn(model, batch):
+        return (model(batch, torch.randint(0, 150, (len(batch),))) - batch).pow(2).mean()
+
+    make_model = functools.partial(OptimizedUNet, img_ch=1, size=16, channels=(16, 32, 64), T=150,
+                                   bottleneck=128)
+    return 1000 / steps_per_second(make_model, itertools.repeat(x), loss_fn, lr=1e-3, steps=steps)
 
 
 def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]:

@@ -327,5 +327,5 @@ def test_notebook_table_merges_partial_runs_and_records_the_machine_speed():
     body = run_notebooks.merge_rows(previous, now)
     assert body == ["| 01_UNets | 1.7 | 3 | 1349 | ok | 24% | - |", now[0]]
     assert run_notebooks.merge_rows("", now) == now
-    assert run_notebooks.reference_step_ms(steps=3, warmup=1) > 0
+    assert run_notebooks.reference_step_ms(steps=3) > 0
 
