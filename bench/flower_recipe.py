@@ -8,7 +8,7 @@ Every row trains 04's class-conditional OptimizedUNet on the 32×32 photos of da
 sunflowers (flipped at random, a context dropped 10% of the time; row N also crops at random)
 from the same seed for the same number of seconds (``--budget``, times the row's scale; 04 trained
 its flowers for about 180 s when rows A-I ran), or, rows O and P, for 50 epochs as 04 does now
-(the same steps on any machine), then draws the same starting noises,
+(the same steps on any machine), as do rows Q to S on top of P, then draws the same starting noises,
 ``--per-species`` for each species, with guidance w = 2 and DDIM-50, η = 1, x̂₀ clipped, as 04
 does. The 32×32 flower judge reads them: the share read as the requested species, the share it
 is confident about, and the Fréchet distance of its features to real photos (all five species).
@@ -54,6 +54,8 @@ class FlowerRecipe:
     budget_scale: float = 1.0           # training time, in units of --budget
     crop_from: int | None = None        # photos loaded at this size, a random 32-px crop per item
     epochs: int | None = None           # train this many epochs instead of for the time budget
+    keep_prob: float = 0.9              # P(keep the species) in training; 1 - p_uncond
+    seed: int = 0                       # the training seed (the sampling noise never changes)
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -80,6 +82,13 @@ def recipes() -> list[FlowerRecipe]:
         # O and P train by epochs, as notebook 04 does: the same steps on any machine
         FlowerRecipe("O. 04 as it is, by epochs: 50 of batch 32", "A", epochs=50),
         FlowerRecipe("P. O with batch 64", "O", epochs=50, batch=64),
+        # on top of P (04 since the seventh session), on a machine about half as fast as O-P's:
+        # Q repeats P with another training seed, to show how far one training moves the figures
+        FlowerRecipe("Q. P with training seed 1", "P", epochs=50, batch=64, seed=1),
+        FlowerRecipe("R. P with the scaled-linear schedule", "P", epochs=50, batch=64,
+                     schedule="scaled"),
+        FlowerRecipe("S. P with the species dropped 20% of the time", "P", epochs=50, batch=64,
+                     keep_prob=0.8),
     ]
 
 
@@ -88,12 +97,12 @@ def network(recipe: FlowerRecipe) -> OptimizedUNet:
                          bottleneck=recipe.bottleneck)
 
 
-def conditional_loss(schedule: ddpm.Schedule):
-    """04's loss: one-hot species, kept with probability 0.9."""
+def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9):
+    """04's loss: one-hot species, kept with probability ``keep_prob`` (04: 0.9)."""
     def loss_fn(model, batch):
         images, labels = batch
         return ddpm.diffusion_loss(model, images, schedule, c=one_hot(labels, len(SPECIES)),
-                                   c_mask=keep_mask(len(images), 0.9, device=images.device))
+                                   c_mask=keep_mask(len(images), keep_prob, device=images.device))
     return loss_fn
 
 
@@ -110,14 +119,14 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
     data = training_data(recipe, data)
     schedule = SCHEDULES[recipe.schedule](150)
     budget = budget * recipe.budget_scale
-    loss_fn = conditional_loss(schedule)
+    loss_fn = conditional_loss(schedule, recipe.keep_prob)
     scheduler = None
     if recipe.epochs:
         total = recipe.epochs * len(make_loader(data, recipe.batch))
     elif recipe.lr_schedule:
         total = int(budget * steps_per_second(lambda: network(recipe),
                                               make_loader(data, recipe.batch), loss_fn, recipe.lr))
-    config.seed_everything(0)
+    config.seed_everything(recipe.seed)
     model = network(recipe)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     if recipe.lr_schedule:
@@ -160,7 +169,7 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Recipe rows for 04's flowers (2 CPU cores, {platform.machine()}, torch "
             f"{torch.__version__}): {args.budget:.0f} s of training each (2× for rows saying so; "
-            f"rows O and P train 50 epochs instead), {args.per_species} samples "
+            f"rows O to S train 50 epochs instead), {args.per_species} samples "
             f"per species (w = 2, DDIM-50, η = 1, x̂₀ clipped, same noise), judged by the 32×32 "
             f"flower judge. Real held-out photos: {real.accuracy:.0%} read as their species, "
             f"{real.recognisable:.0%} confidently. The Fréchet distance is to the ~360 held-out "

@@ -12,7 +12,8 @@ printed output) and the total. Targets: each notebook under 4 GiB, the time its 
 
 Machines with the same core count differ in speed, and partial runs merge into one table, so each
 row also records the machine's speed: the milliseconds of one reference step (03's fixed model,
-one Adam step on a batch of 64), timed just before the notebooks run.
+one Adam step on a batch of 64), timed before and after each notebook: a row records the mean of
+the two, since a shared machine's speed can drift within a run.
 """
 from __future__ import annotations
 
@@ -170,8 +171,8 @@ def main(argv=None) -> int:
     if args.which:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.which]
     rows, failed = [], 0
-    speed = reference_step_ms()
-    print(f"this machine: {speed:.0f} ms per reference step", flush=True)
+    before = reference_step_ms()
+    print(f"this machine: {before:.0f} ms per reference step", flush=True)
     for nb in notebooks:
         print(f"--- {nb.name} ({args.profile} profile)", flush=True)
         seconds, mib, code = run(nb, args.profile, args.inplace)
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
         executed = nb if args.inplace else ROOT / "bench" / "out" / nb.name
         if code == 0 and executed.exists():
             finish_progress_bars(executed)
+        after = reference_step_ms()
+        speed, before = (before + after) / 2, after
+        print(f"this machine after {nb.name[:2]}: {after:.0f} ms per reference step", flush=True)
         rows.append(f"| {nb.stem} | {seconds / 60:.1f} | {target or '-'} | {mib:.0f} | "
                     f"{'ok' if ok else 'MISSED' if code == 0 else f'FAILED ({code})'} | "
                     f"{headline(executed)} | {speed:.0f} |")

@@ -191,6 +191,19 @@ def class_shares(images: torch.Tensor, dataset: str = "fashion_mnist") -> torch.
     return torch.bincount(probs.argmax(1), minlength=probs.shape[1]).float() / len(images)
 
 
+def confusion_shares(images: torch.Tensor, labels: torch.Tensor,
+                     dataset: str = "fashion_mnist") -> torch.Tensor:
+    """What the judge reads for each label asked for: row k is :func:`class_shares` of the images
+    whose label is the k-th of ``labels.unique()`` (sorted); each row sums to 1."""
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    if len(labels) == 0:
+        raise ValueError("confusion_shares needs at least one image")
+    labels = labels.cpu()
+    return torch.stack([class_shares(images[(labels == k).to(images.device)], dataset)
+                        for k in labels.unique()])
+
+
 def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500,
                  mix: torch.Tensor | None = None) -> Quality:
     """The same measures for ``n`` held-out real images: the best a model could score.

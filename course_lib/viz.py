@@ -206,6 +206,33 @@ def plot_class_shares(shares: dict[str, Sequence[float]], classes: Sequence[str]
     return fig
 
 
+def plot_confusion(matrices: dict[str, torch.Tensor], asked: Sequence[str], read: Sequence[str],
+                   title: str = "what the judge reads") -> Figure:
+    """One heat map per named matrix: row = what was asked for, column = what the judge reads,
+    each cell the % of that row's images (e.g. :func:`course_lib.metrics.confusion_shares`)."""
+    if not matrices:
+        raise ValueError("plot_confusion needs at least one named matrix")
+    for name, m in matrices.items():
+        if tuple(m.shape) != (len(asked), len(read)):
+            raise ValueError(f"{name!r} is {tuple(m.shape)}; expected ({len(asked)}, {len(read)}):"
+                             f" one row per name in asked, one column per name in read")
+    fig = Figure(figsize=(1.1 * len(read) * len(matrices) + 1.5, 0.6 * len(asked) + 1.8))
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    for ax, (name, m) in zip(axes, matrices.items()):
+        pct = 100 * m.detach().cpu().float()
+        ax.imshow(pct.numpy(), cmap="Blues", vmin=0, vmax=100)
+        for i, row in enumerate(pct.tolist()):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white" if v > 60 else "black")
+        ax.set_xticks(range(len(read)), read, rotation=30)
+        ax.set_yticks(range(len(asked)), asked)
+        ax.set(xlabel="the judge reads", ylabel="asked for", title=name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_sweep(x: Sequence[float], curves: dict[str, Sequence[float]], xlabel: str,
                ylabel: str, title: str | None = None,
                right: dict[str, Sequence[float]] | None = None,

@@ -130,6 +130,23 @@ def test_quality_reads_as_a_sentence():
 
 
 @pytest.mark.usefixtures("data_available")
+def test_confusion_shares_has_one_row_of_class_shares_per_label():
+    from course_lib.data import load_fashion_mnist
+    from course_lib.metrics import class_shares, confusion_shares
+
+    real = load_fashion_mnist(size=16, train=False, flip=False, limit=300)
+    keep = real.labels < 3                                  # three of the ten labels asked for
+    images, labels = real.images[keep], real.labels[keep]
+    rows = confusion_shares(images, labels)
+    assert rows.shape == (3, 10)
+    assert torch.allclose(rows.sum(1), torch.ones(3))
+    assert torch.equal(rows[1], class_shares(images[labels == 1]))
+    assert rows.diagonal().min() > 0.5                      # real images: mostly read as themselves
+    with pytest.raises(ValueError, match="2 labels for"):
+        confusion_shares(images, labels[:2])
+
+
+@pytest.mark.usefixtures("data_available")
 def test_class_shares_and_real_images_in_a_chosen_mix():
     from course_lib.data import load_fashion_mnist
     from course_lib.metrics import class_shares, real_quality

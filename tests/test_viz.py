@@ -103,3 +103,17 @@ def test_plot_class_shares_draws_a_bar_per_class_and_batch():
     assert sorted(round(p.get_height()) for p in ax.patches) == [0, 20, 30, 50, 50, 50]
     with pytest.raises(ValueError, match="2 shares for 3 classes"):
         viz.plot_class_shares({"a": [0.5, 0.5]}, ["x", "y", "z"])
+
+
+def test_plot_confusion_writes_the_share_in_every_cell_and_checks_shapes():
+    m = torch.tensor([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]])
+    fig = viz.plot_confusion({"gen": m, "real": m.flip(1)}, ["a", "b"], ["x", "y", "z"], title="t")
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in left.texts] == ["50%", "25%", "25%", "0%", "100%", "0%"]
+    assert [t.get_text() for t in right.texts][:3] == ["25%", "25%", "50%"]
+    assert left.get_xlabel() == "the judge reads" and left.get_ylabel() == "asked for"
+    assert [t.get_text() for t in left.get_yticklabels()] == ["a", "b"]
+    with pytest.raises(ValueError, match="expected \\(2, 3\\)"):
+        viz.plot_confusion({"gen": m.T}, ["a", "b"], ["x", "y", "z"])
+    with pytest.raises(ValueError, match="at least one"):
+        viz.plot_confusion({}, ["a"], ["x"])
