@@ -8,10 +8,11 @@ Every row trains 04's class-conditional OptimizedUNet on the 32×32 photos of da
 sunflowers (flipped at random, a context dropped 10% of the time; row N also crops at random)
 from the same seed for the same number of seconds (``--budget``, times the row's scale; 04 trained
 its flowers for about 180 s when rows A-I ran), or, rows O and P, for 50 epochs as 04 does now
-(the same steps on any machine), as do rows Q to S on top of P, then draws the same starting noises,
+(the same steps on any machine), as do rows Q to T on top of P, then draws the same starting noises,
 ``--per-species`` for each species, with guidance w = 2 and DDIM-50, η = 1, x̂₀ clipped, as 04
 does. The 32×32 flower judge reads them: the share read as the requested species, the share it
-is confident about, and the Fréchet distance of its features to real photos (all five species).
+is confident about, and the Fréchet distance of its features to real photos (all five species);
+from row P2 on, also the share of each species read as itself.
 Rows add one change to the row named in "on top of" (row H combines three: "B+D+F"). Writes bench/flower_recipe.md and .json, and
 one grid of samples per row to bench/out/flower_recipe/ (rows: species; to look at, not stored).
 """
@@ -31,7 +32,7 @@ from torchvision.utils import save_image
 from course_lib import config, ddpm
 from course_lib.conditioning import keep_mask, one_hot
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
-from course_lib.metrics import real_quality, sample_quality
+from course_lib.metrics import confusion_shares, real_quality, sample_quality
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
 from report import SCHEDULES, pending, steps_per_second, write_report  # bench/report.py
@@ -89,6 +90,9 @@ def recipes() -> list[FlowerRecipe]:
                      schedule="scaled"),
         FlowerRecipe("S. P with the species dropped 20% of the time", "P", epochs=50, batch=64,
                      keep_prob=0.8),
+        # P2 repeats P on the machine of T, with the share of each species read as itself
+        FlowerRecipe("P2. P again, on the machine of row T", "P", epochs=50, batch=64),
+        FlowerRecipe("T. P with 75 epochs (1.5× the time)", "P2", epochs=75, batch=64),
     ]
 
 
@@ -141,6 +145,7 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
                                  (3, 32, 32), schedule, w=2.0, steps=50, clip_x0=True, seed=12)
     to_species = torch.tensor([FLOWER_CLASSES.index(s) for s in SPECIES])
     q = sample_quality(samples, "flowers", labels=to_species[asked])
+    read_as_asked = confusion_shares(samples, asked, "flowers")[torch.arange(len(SPECIES)), to_species]
     out = HERE / "out" / "flower_recipe"
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.view(len(SPECIES), per_species, 3, 32, 32)[:, :12].flatten(0, 1)
@@ -148,7 +153,13 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
     return {"name": recipe.name, "base": recipe.base, "steps": len(history.losses),
             "train_s": round(seconds, 1), "final_loss": round(history.final_loss, 4),
             "species": round(q.accuracy, 3), "recognised": round(q.recognisable, 3),
+            "per_species": [round(v, 3) for v in read_as_asked.tolist()],
             "frechet": round(q.frechet, 1)}
+
+
+def per_species(row: dict) -> str:
+    """Each species' share read as itself ("-" for rows run before this was recorded)."""
+    return " / ".join(f"{v:.0%}" for v in row["per_species"]) if "per_species" in row else "-"
 
 
 def main(argv=None) -> int:
@@ -169,16 +180,18 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Recipe rows for 04's flowers (2 CPU cores, {platform.machine()}, torch "
             f"{torch.__version__}): {args.budget:.0f} s of training each (2× for rows saying so; "
-            f"rows O to S train 50 epochs instead), {args.per_species} samples "
+            f"rows O to P2 train 50 epochs instead, T 75), {args.per_species} samples "
             f"per species (w = 2, DDIM-50, η = 1, x̂₀ clipped, same noise), judged by the 32×32 "
             f"flower judge. Real held-out photos: {real.accuracy:.0%} read as their species, "
             f"{real.recognisable:.0%} confidently. The Fréchet distance is to the ~360 held-out "
             f"photos of all five species: rough, for comparing rows.")
     lines = [head, "", "| recipe | on top of | seconds | steps | final loss | requested species "
-             "| judge confident | Fréchet distance |", "|---|---|---|---|---|---|---|---|"]
+             f"| {' / '.join(SPECIES)} | judge confident | Fréchet distance |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['train_s']:.0f} | {r['steps']} "
-                     f"| {r['final_loss']:.4f} | {r['species']:.0%} | {r['recognised']:.0%} "
+                     f"| {r['final_loss']:.4f} | {r['species']:.0%} | {per_species(r)} "
+                     f"| {r['recognised']:.0%} "
                      f"| {r['frechet']:.1f} |")
     write_report("flower_recipe", lines, {
         "budget_s": args.budget, "per_species": args.per_species,
