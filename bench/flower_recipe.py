@@ -145,7 +145,8 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
                                  (3, 32, 32), schedule, w=2.0, steps=50, clip_x0=True, seed=12)
     to_species = torch.tensor([FLOWER_CLASSES.index(s) for s in SPECIES])
     q = sample_quality(samples, "flowers", labels=to_species[asked])
-    read_as_asked = confusion_shares(samples, asked, "flowers")[torch.arange(len(SPECIES)), to_species]
+    read_as = confusion_shares(samples, asked, "flowers")     # rows: species asked, in SPECIES order
+    read_as_asked = read_as[torch.arange(len(SPECIES)), to_species]
     out = HERE / "out" / "flower_recipe"
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.view(len(SPECIES), per_species, 3, 32, 32)[:, :12].flatten(0, 1)
