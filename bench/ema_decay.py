@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     def also_averaged(model):
         if not averages:   # made at the first step; their first update copies the weights
-            averages.update({d: AveragedModel(model, avg_fn=ema_warmup_avg_fn(d))
+            averages.update({d: AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(d))
                              for d in MORE_DECAYS})
         for average in averages.values():
             average.update_parameters(model)

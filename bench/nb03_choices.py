@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     def also_averaged(model):
         if not average:
-            average.append(AveragedModel(model, avg_fn=ema_warmup_avg_fn(0.998)))
+            average.append(AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(0.998)))
         average[0].update_parameters(model)
 
     _, history, schedule, steps = train_fixed_model(data, also_averaged)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import seed_everything
 from .data import FLOWER_CLASSES, LOADERS, load_flowers, make_loader
-from .train import load_checkpoint, save_checkpoint, train
+from .train import adam, load_checkpoint, save_checkpoint, train
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 JUDGED_SIZE = {"mnist": 28, "fashion_mnist": 16, "flowers": 32}
@@ -157,7 +157,7 @@ def train_classifier(dataset: str, epochs: int = 3, seed: int = 0, limit: int | 
     model = build_classifier(dataset)
     batch = 64 if dataset == "flowers" else 128
     steps = epochs * (len(images) // batch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = adam(model.parameters(), lr=2e-3)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
 
     def loss_fn(m, b):
@@ -165,8 +165,9 @@ def train_classifier(dataset: str, epochs: int = 3, seed: int = 0, limit: int | 
         return F.cross_entropy(m(_augment(x, dataset)), y)
 
     loader = make_loader(torch.utils.data.TensorDataset(images, labels), batch, seed=seed)
+    # float32 on every CPU, so that the retrain command reproduces the shipped judges
     train(model, loader, loss_fn, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
-          progress=progress, desc=f"{dataset} classifier")
+          progress=progress, desc=f"{dataset} classifier", bf16=False)
     model.eval()
     acc = accuracy(model, held_images, held_labels)
     if out is not None:

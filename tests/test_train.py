@@ -1,9 +1,12 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
-from course_lib.train import (CheckpointError, NonFiniteLossError, load_checkpoint,
-                              save_checkpoint, train, train_or_load, warmup_cosine)
+from course_lib.train import (CheckpointError, NonFiniteLossError, adam, ema_warmup_avg_fn,
+                              load_checkpoint, save_checkpoint, train, train_or_load, warmup_cosine)
 
 
 def _regression_problem(n=256):
@@ -49,6 +52,41 @@ def test_ema_warmup_follows_early_weights():
                     progress=False)
     ema = history.ema.module.weight
     assert (ema - model.weight).norm() < 0.5 * (initial - model.weight).norm()
+
+
+def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once():
+    """avg ← avg + (1 - d_n)(w - avg), d_n = min(decay, (1 + n)/(10 + n)), applied by one foreach call."""
+    model = nn.Linear(3, 2)
+    ema = AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(0.2))
+    ema.update_parameters(model)                                  # n = 0: a copy
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in (1, 2, 3):                       # d_n = 2/11 (warming up), then the decay 0.2 itself
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        d = min(0.2, (1 + n) / (10 + n))
+        expected = [a + (1 - d) * (w.detach() - a) for a, w in zip(expected, model.parameters())]
+        ema.update_parameters(model)
+        for got, want in zip(ema.module.parameters(), expected):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        ema_warmup_avg_fn(1.0)
+
+
+def test_adam_is_fused_and_follows_the_default_loop():
+    torch.manual_seed(0)
+    fused_model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1))
+    loop_model = copy.deepcopy(fused_model)
+    fused, loop = adam(fused_model.parameters(), lr=0.01), torch.optim.Adam(loop_model.parameters(), lr=0.01)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for x, y in _regression_problem():
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            _mse(model, (x, y)).backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, a.new_zeros(a.shape))
 
 
 def test_warmup_cosine_schedule_shape():
