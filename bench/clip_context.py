@@ -9,7 +9,8 @@ changes one thing: the share of training contexts that are the caption's text em
 own, or a locked pretrained MiniLM), CLIP's image tower (a ViT trained here on 32-px photos, or
 since row M 05's locked pretrained EfficientNet-Lite0 reading them at 128 px), the guidance
 strength w (rows G-I sample row F's UNet, trained once; N and O row M's), or guidance rescale φ
-(rows K and L sample row J2's UNet, a second training of J). Every row uses 05's data, captions,
+(rows K and L sample row J2's UNet, a second training of J), or (rows Q and R, each a fresh
+training of M's recipe on one machine) float32 against bfloat16 autocast. Every row uses 05's data, captions,
 split, UNet (channels 16, 32, 64), cosine schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the
 same seeds; w = 2 and φ = 0 unless the row says.
 The flower judge (course_lib/classifier.py, never trained on captions) reads each sample's
@@ -68,6 +69,9 @@ class Row:
     rescale: float = 0.0         # guidance rescale φ when sampling (Lin et al. 2024 §3.4)
     vision: str = "vit"          # CLIP's image tower: "vit" trained here on 32-px photos, or "lite0"
     #                              locked pretrained EfficientNet-Lite0 on 128-px photos (05's since M)
+    bf16: bool | None = False    # the UNet under bfloat16 autocast (None: train's default, on AMX);
+    #                              rows before Q trained in float32
+    fresh: bool = False          # train again, even where an earlier row trained the same recipe
 
 
 def rows() -> list[Row]:
@@ -92,14 +96,18 @@ def rows() -> list[Row]:
             Row("M. J with the locked Lite0 image tower (05 as it is)", "J", **_M),
             Row("N. M sampled with w = 2", "M", **dict(_M, w=2.0)),
             Row("O. M sampled with w = 4", "M", **dict(_M, w=4.0)),
-            Row("P. M trained on text embeddings only", "M", **dict(_M, p_text=1.0))]
+            Row("P. M trained on text embeddings only", "M", **dict(_M, p_text=1.0)),
+            # Q-R: 05's UNet in float32 and in bfloat16 autocast (train's default on an AMX CPU)
+            Row("Q. M again, float32 (the machine of row R)", "M", **_M, fresh=True),
+            Row("R. Q in bfloat16 autocast (05 as it is, on an AMX CPU)", "Q", **dict(_M, bf16=True),
+                fresh=True)]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
 _M = dict(_J, vision="lite0")                                        # 05's since row M
 
 
-_TRAINED = {}   # (p_text, unet_epochs, clip_steps, text_tower, vision) -> (clip, EMA UNet, result so far)
+_TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16) -> (clip, EMA UNet, result so far)
 
 
 def clip_images(photos, vision: str) -> torch.Tensor:
@@ -128,7 +136,8 @@ def real_spread() -> float:
 
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
-    key = (row.p_text, row.unet_epochs, row.clip_steps, row.text_tower, row.vision)
+    key = (row.name if row.fresh else None, row.p_text, row.unet_epochs, row.clip_steps,
+           row.text_tower, row.vision, row.bf16)
     if key not in _TRAINED:
         _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
     clip, ema, trained = _TRAINED[key]
@@ -174,7 +183,7 @@ def train_row(row: Row, photos, captions, train_idx, held_out):
 
     started = time.perf_counter()
     history = train(unet, make_loader(train_set, 32), loss_fn, epochs=row.unet_epochs, lr=2e-3,
-                    ema_decay=0.995, desc=row.name[:2])
+                    ema_decay=0.995, desc=row.name[:2], bf16=row.bf16)
     unet_s = time.perf_counter() - started
     ema = history.ema.module.eval()
     return clip, ema, {"clip_s": round(clip_s, 1), "unet_s": round(unet_s, 1),

@@ -88,8 +88,9 @@ def main() -> int:
     lines += [f"| {name} | {'yes' if ok else 'no'} |" for name, ok in targets(quality)]
     speeds = machine_speeds()
     if len(set(speeds.values())) > 1:
-        lines += ["", "The minutes add notebooks timed on machines of different speeds (ms per reference "
-                  "step, bench/notebooks_full.md; '-': timed before the column existed): "
+        lines += ["", "The minutes add notebooks timed at different machine speeds (ms per reference "
+                  "step, bench/notebooks_full.md; '-': timed before the column existed), from one "
+                  "run on a machine whose speed drifts or from separate runs: "
                   + ", ".join(f"{nb} {ms}" for nb, ms in speeds.items()) + "."]
     (HERE / "quality.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(quality, indent=1))
