@@ -78,7 +78,7 @@ def ema_warmup_avg_fn(decay: float, warmup: float = 10.0) -> Callable:
 
     It updates all parameters at once (``AveragedModel(model, multi_avg_fn=...)``): one
     ``torch._foreach_lerp_`` per step, as torch's own ``get_ema_multi_avg_fn`` does, instead of a
-    Python loop over the tensors (with :func:`adam`: 8% less time a step of 03's recipe,
+    Python loop over the tensors (with :func:`adam`: 7-13% less time a step of 03's recipe,
     bench/train_overheads.md).
     """
     if not 0.0 < decay < 1.0:
@@ -142,7 +142,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     ``memory_format`` (default: :func:`pick_memory_format`) is the layout of the weights and
     of the 4-D tensors of each batch.
     ``bf16`` computes the forward pass and the loss under bfloat16 autocast (weights, gradients
-    and Adam stay float32); default: on a CPU with native bfloat16 (:func:`native_bf16`). The
+    and Adam stay float32); default: on a CPU with AMX units (:func:`native_bf16`). The
     progress bar then says "bf16".
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``, with warm-up: :func:`ema_warmup_avg_fn`) whose ``.module`` is usually
