@@ -11,9 +11,7 @@ is measured in the same process, one after the other, after warm-up steps, best 
 - ``compile``: ``torch.compile(model)`` (inductor; its compile time is reported separately);
 - ``threads=1``: ``torch.set_num_threads(1)``;
 - ``batch ×2`` and ``batch ×½``: images/s at other batch sizes (these also change the
-  optimisation: fewer or more steps per epoch, so only throughput is compared here);
-- ``bf16``: the loss under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (fast only on a CPU with
-  native bfloat16 such as Intel AMX; ``--options default bf16 --out bench/throughput_bf16.md``).
+  optimisation: fewer or more steps per epoch, so only throughput is compared here).
 
 Writes ``bench/throughput.md`` (the table that RESULTS.md quotes).
 """
@@ -111,8 +109,7 @@ def measure(case: Case, option: str, seconds: float) -> tuple[float, float]:
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
 
     def step(i):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=option == "bf16"):
-            loss = case.loss(step_model, batches[i % len(batches)])
+        loss = case.loss(step_model, batches[i % len(batches)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -132,7 +129,7 @@ def measure(case: Case, option: str, seconds: float) -> tuple[float, float]:
         torch.set_num_threads(threads)
 
 
-OPTIONS = ("default", "channels_last", "compile", "threads=1", "batch ×2", "batch ×½", "bf16")
+OPTIONS = ("default", "channels_last", "compile", "threads=1", "batch ×2", "batch ×½")
 
 
 def main(argv=None) -> int:
@@ -142,7 +139,7 @@ def main(argv=None) -> int:
                         help="measurements per option; the best is kept (timing noise is one-sided)")
     parser.add_argument("--models", nargs="*", default=None,
                         help="prefixes of the models to measure, e.g. 03 04")
-    parser.add_argument("--options", nargs="*", default=list(OPTIONS[:-1]), choices=OPTIONS)
+    parser.add_argument("--options", nargs="*", default=list(OPTIONS), choices=OPTIONS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "throughput.md")
     args = parser.parse_args(argv)
     chosen = [c for c in cases() if not args.models or c.name.split()[0] in args.models]

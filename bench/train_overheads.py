@@ -61,47 +61,6 @@ def per_tensor_ema(decay: float, warmup: float = 10.0):
     return avg_fn
 
 
-def build(seed: int = 0) -> OptimizedUNet:
-    torch.manual_seed(seed)
-    return OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=T, bottleneck=128)
-
-
-def step_ms(batches: list[torch.Tensor], rounds: int = 5, steps: int = 30) -> dict[str, float]:
-    """Median ms per training step of each bookkeeping variant, measured in interleaved rounds."""
-    schedule = scaled_linear_schedule(T)
-    variants = {}
-    for name in ("before", "now", "now + bf16"):
-        model = build()
-        if name == "before":
-            opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-            ema = AveragedModel(model, avg_fn=per_tensor_ema(0.999))
-        else:
-            opt = adam(model.parameters(), lr=2e-3)
-            ema = AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(0.999))
-        sched = warmup_cosine(opt, total_steps=10_000, warmup_steps=500)
-        variants[name] = (model, opt, sched, ema, name.endswith("bf16"))
-
-    def one(model, opt, sched, ema, bf16, x):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(model, x, schedule)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        ema.update_parameters(model)
-        return loss.item()
-
-    times = {name: [] for name in variants}
-    for r in tqdm(range(rounds + 1), desc="timing rounds"):
-        for name, v in variants.items():
-            start = time.perf_counter()
-            for i in range(steps):
-                one(*v, batches[(r * steps + i) % len(batches)])
-            if r:                      # round 0 warms up every variant
-                times[name].append((time.perf_counter() - start) / steps * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 NOTEBOOK_MODELS = {   # name: (the model, batch size, image shape, context width or None), as trained now
     "01 UNet": (lambda: UNet(1, 16, (16, 32, 64)), 128, (1, 16), None),
     "02 TimeUNet": (lambda: TimeUNet(1, 16, (16, 32, 64), T=T), 128, (1, 16), None),
@@ -114,40 +73,87 @@ NOTEBOOK_MODELS = {   # name: (the model, batch size, image shape, context width
 }
 
 
+def build(seed: int = 0) -> OptimizedUNet:
+    """03's fixed-recipe network, from ``seed``."""
+    torch.manual_seed(seed)
+    return NOTEBOOK_MODELS["03 fixed recipe"][0]()
+
+
+def interleaved_ms(step_fns: dict, rounds: int, steps: int) -> dict[str, float]:
+    """Median ms per call of each ``step_fns[name](i)``: ``rounds`` rounds of ``steps`` calls, the
+    variants taking turns within each round (a drifting machine treats them alike), after one
+    warm-up round."""
+    times = {name: [] for name in step_fns}
+    for r in tqdm(range(rounds + 1), desc="timing rounds", leave=False):
+        for name, step in step_fns.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                step(r * steps + i)
+            if r:
+                times[name].append((time.perf_counter() - start) / steps * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def training_step(model, opt, loss_fn, bf16: bool, sched=None, ema=None):
+    """One step as ``course_lib.train.train`` takes it, as a function of the batch index."""
+    def step(i):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
+    return step
+
+
+def step_ms(batches: list[torch.Tensor], rounds: int = 5, steps: int = 30) -> dict[str, float]:
+    """Median ms per training step of each bookkeeping variant, measured in interleaved rounds."""
+    schedule = scaled_linear_schedule(T)
+
+    def loss_fn(model, i):
+        return diffusion_loss(model, batches[i % len(batches)], schedule)
+
+    variants = {}
+    for name in ("before", "now", "now + bf16"):
+        model = build()
+        if name == "before":
+            opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+            ema = AveragedModel(model, avg_fn=per_tensor_ema(0.999))
+        else:
+            opt = adam(model.parameters(), lr=2e-3)
+            ema = AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(0.999))
+        sched = warmup_cosine(opt, total_steps=10_000, warmup_steps=500)
+        variants[name] = training_step(model, opt, loss_fn, name.endswith("bf16"), sched, ema)
+    return interleaved_ms(variants, rounds, steps)
+
+
 def notebook_models_ms(rounds: int = 4, steps: int = 10) -> dict[str, tuple[float, float]]:
     """(float32, bf16) median ms per step of each notebook's model, fused Adam, in its memory
-    format (NHWC for 01-02 on a CPU), interleaved rounds. 01's loss stands in as 02's (same cost)."""
+    format (NHWC for 01-02 on a CPU), interleaved rounds: 01 with its reconstruction loss, the
+    others with L_simple."""
     schedule = scaled_linear_schedule(T)
     out = {}
-    for name, (build, batch, (ch, size), c_dim) in tqdm(NOTEBOOK_MODELS.items(), desc="notebook models"):
+    for name, (make, batch, (ch, size), c_dim) in tqdm(NOTEBOOK_MODELS.items(), desc="notebook models"):
         torch.manual_seed(0)
-        runs = {}
+        variants = {}
         for bf16 in (False, True):
-            model = build()
+            model = make()
             fmt = pick_memory_format(model, "cpu")
             model = model.to(memory_format=fmt)
             x = (torch.rand(batch, ch, size, size) * 2 - 1).contiguous(memory_format=fmt)
             extra = {} if c_dim is None else {"c": torch.randn(batch, c_dim)}
             if name.startswith("01"):
-                def loss_fn(m, x=x):
+                def loss_fn(m, i, x=x):
                     return F.mse_loss(m(add_noise(x, 0.5)), x)
             else:
-                def loss_fn(m, x=x, extra=extra):
+                def loss_fn(m, i, x=x, extra=extra):
                     return diffusion_loss(m, x, schedule, **extra)
-            runs[bf16] = (model, adam(model.parameters(), lr=1e-3), loss_fn)
-        times = {False: [], True: []}
-        for r in range(rounds + 1):
-            for bf16, (model, opt, loss_fn) in runs.items():
-                start = time.perf_counter()
-                for _ in range(steps):
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        loss = loss_fn(model)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                if r:
-                    times[bf16].append((time.perf_counter() - start) / steps * 1000)
-        out[name] = (statistics.median(times[False]), statistics.median(times[True]))
+            variants[bf16] = training_step(model, adam(model.parameters(), lr=1e-3), loss_fn, bf16)
+        ms = interleaved_ms(variants, rounds, steps)
+        out[name] = (ms[False], ms[True])
     return out
 
 
@@ -174,9 +180,9 @@ def equal_steps(data, test_images, steps: int) -> list[dict]:
         def loss_fn(m, batch):
             return diffusion_loss(m, batch[0], schedule)
 
-        epochs = -(-steps // len(make_loader(data, batch_size=64)))
+        loader = make_loader(data, batch_size=64)
         start = time.perf_counter()
-        history = train(model, make_loader(data, batch_size=64), loss_fn, epochs=epochs,
+        history = train(model, loader, loss_fn, epochs=-(-steps // len(loader)),
                         optimizer=opt, scheduler=sched, ema_decay=0.999, max_steps=steps,
                         desc=name, bf16=bf16)
         seconds = time.perf_counter() - start
