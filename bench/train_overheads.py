@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 from course_lib import config  # noqa: E402
 from course_lib.data import load_fashion_mnist, make_loader  # noqa: E402
 from course_lib.ddpm import add_noise, diffusion_loss, scaled_linear_schedule  # noqa: E402
-from course_lib.train import (adam, ema_warmup_avg_fn, native_bf16, pick_memory_format,  # noqa: E402
+from course_lib.train import (adam, ema_warmup_avg_fn, pick_memory_format,  # noqa: E402
                               train, warmup_cosine)
 from course_lib.unets import OptimizedUNet, TimeUNet, UNet  # noqa: E402
 
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
         previous = json.loads(stored.read_text())
         rows, steps = previous["equal_steps"], previous["equal_steps"][0]["steps"]
     result = {"machine": f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}",
-              "native_bf16": native_bf16("cpu"), "step_ms": {k: round(v, 1) for k, v in ms.items()},
+              "native_bf16": config.native_bf16("cpu"), "step_ms": {k: round(v, 1) for k, v in ms.items()},
               "notebook_models_ms": {k: [round(a, 1), round(b, 1)] for k, (a, b) in models.items()},
               "equal_steps": rows}
     stored.write_text(json.dumps(result, indent=1) + "\n")

@@ -51,6 +51,20 @@ def get_device(verbose: bool = False) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` is a CPU that multiplies bfloat16 matrices natively (Intel AMX tiles).
+
+    There the course's convolutions run a fifth to a half faster under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``, in training (bench/train_overheads.md) and
+    in sampling (bench/bf16_sampling.md), with the same losses and samples; elsewhere bfloat16 is
+    emulated and slower, so the course stays in float32 there (and on GPUs).
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, PyTorch (CPU and GPU) and return a CPU generator with the same seed."""
     random.seed(seed)

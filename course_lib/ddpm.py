@@ -5,12 +5,15 @@ the paper's ``t = 1 .. T``. ``alpha_bar[t] = prod_{s<=t} (1 - beta[s])``.
 
 Every sampler has the same call (k-diffusion's convention)::
 
-    sampler(model, x, schedule, ..., extra_args=None, callback=None, disable=None, generator=None)
+    sampler(model, x, schedule, ..., extra_args=None, callback=None, disable=None, generator=None,
+            bf16=None)
 
 where ``model(x_t, t, **extra_args) -> eps`` predicts the noise (for guidance, wrap a
 conditional model in :class:`CFGDenoiser` and pass ``extra_args={"c": c}``), ``x`` is the
 starting noise, and ``callback`` receives ``{"i", "n", "t", "x", "x0"}`` after each step (``n``
-is the number of steps, ``x0`` the step's prediction x̂_0). Every reverse step takes
+is the number of steps, ``x0`` the step's prediction x̂_0). ``bf16`` runs the model's calls
+under bfloat16 autocast (the step's arithmetic stays in x's dtype); default: for image batches
+on a CPU with AMX units (:func:`course_lib.config.native_bf16`). Every reverse step takes
 ``(x_t, t, eps, schedule, ...)`` and returns a :class:`StepOutput` ``(x_prev, x0)``.
 """
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .config import native_bf16
 
 Denoiser = Callable[..., torch.Tensor]   # model(x_t, t, **extra_args) -> eps
 
@@ -303,13 +308,18 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 def _sample_loop(model: Denoiser, x: torch.Tensor, timesteps: list[int], step: Callable,
                  desc: str, extra_args: dict | None, callback: Callable | None,
-                 disable: bool | None, generator: torch.Generator | None) -> torch.Tensor:
+                 disable: bool | None, generator: torch.Generator | None,
+                 bf16: bool | None) -> torch.Tensor:
     """Walk the (t, t_prev) pairs: eps = model(x, t, **extra_args), then ``step`` to t_prev."""
     extra_args = extra_args or {}
+    if bf16 is None:
+        bf16 = x.ndim == 4 and native_bf16(x.device)
     pairs = list(zip(timesteps, timesteps[1:] + [-1]))
-    for i, (t, t_prev) in enumerate(tqdm(pairs, desc=desc, disable=disable, leave=False)):
-        eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
-        out = step(x, t, eps, t_prev, _noise_like(x, generator))
+    for i, (t, t_prev) in enumerate(tqdm(pairs, desc=desc + (" (bf16)" if bf16 else ""),
+                                         disable=disable, leave=False)):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
+        out = step(x, t, eps.to(x.dtype), t_prev, _noise_like(x, generator))
         if callback is not None:
             callback({"i": i, "n": len(pairs), "t": t, "x": out.x_prev, "x0": out.x0})
         x = out.x_prev
@@ -320,13 +330,14 @@ def _sample_loop(model: Denoiser, x: torch.Tensor, timesteps: list[int], step: C
 def sample_ddpm(model: Denoiser, x: torch.Tensor, schedule: Schedule,
                 extra_args: dict | None = None, callback: Callable | None = None,
                 disable: bool | None = None, generator: torch.Generator | None = None,
-                variance: str = "beta", clip_x0: bool = False) -> torch.Tensor:
+                variance: str = "beta", clip_x0: bool = False, bf16: bool | None = None
+                ) -> torch.Tensor:
     """Ancestral sampling, Ho et al. 2020 Algorithm 2: all T steps from x_T = x to x_0."""
     def step(x_t, t, eps, t_prev, noise):
         return ddpm_step(x_t, t, eps, schedule, noise=noise, variance=variance, clip_x0=clip_x0)
 
     return _sample_loop(model, x, list(range(schedule.T - 1, -1, -1)), step, "DDPM sampling",
-                        extra_args, callback, disable, generator)
+                        extra_args, callback, disable, generator, bf16)
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -341,14 +352,15 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 def sample_ddim(model: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int = 50,
                 eta: float = DEFAULT_ETA, extra_args: dict | None = None,
                 callback: Callable | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
+                generator: torch.Generator | None = None, clip_x0: bool = False,
+                bf16: bool | None = None) -> torch.Tensor:
     """DDIM sampling, Song et al. 2021: ``steps`` jumps; η = 0 deterministic, η = 1 DDPM-like."""
     def step(x_t, t, eps, t_prev, noise):
         return ddim_step(x_t, t, eps, schedule, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)
 
     ts = ddim_timesteps(schedule.T, steps)
     return _sample_loop(model, x, ts, step, f"DDIM sampling ({len(ts)} steps, η={eta:g})",
-                        extra_args, callback, disable, generator)
+                        extra_args, callback, disable, generator, bf16)
 
 
 class FrameRecorder:
@@ -394,7 +406,7 @@ class CFGDenoiser:
             return self.model(x, t, c=c, c_mask=keep)
         mask = torch.cat((keep, torch.zeros_like(keep)))
         eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
-        eps_cond, eps_uncond = eps.chunk(2)
+        eps_cond, eps_uncond = eps.to(x.dtype).chunk(2)   # mix in x's precision (bf16 sampling)
         guided = (1 + self.w) * eps_cond - self.w * eps_uncond
         return rescale_guidance(guided, eps_cond, self.rescale) if self.rescale else guided
 
@@ -417,7 +429,8 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
 def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], schedule: Schedule,
                   w: float = 2.0, steps: int = 50, eta: float = DEFAULT_ETA,
                   clip_x0: bool = False, seed: int = 0, callback: Callable | None = None,
-                  disable: bool | None = None, rescale: float = 0.0) -> torch.Tensor:
+                  disable: bool | None = None, rescale: float = 0.0,
+                  bf16: bool | None = None) -> torch.Tensor:
     """Guided DDIM samples, one per row of the context ``c``: what 04 and 05 draw.
 
     The starting noise and every step's noise come from a CPU generator seeded with ``seed``, so
@@ -429,4 +442,4 @@ def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], sche
     x = torch.randn(len(c), *shape, generator=generator).to(device)
     return sample_ddim(CFGDenoiser(model, w, rescale), x, schedule, steps=steps, eta=eta,
                        extra_args={"c": c}, callback=callback, disable=disable,
-                       generator=generator, clip_x0=clip_x0)
+                       generator=generator, clip_x0=clip_x0, bf16=bf16)

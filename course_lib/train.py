@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from .config import native_bf16
 from .storage import load_tensors, save_atomic
 
 
@@ -38,7 +39,7 @@ class History:
     losses: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     ema: nn.Module | None = None
-    bf16: bool = False          # trained under bfloat16 autocast (see :func:`native_bf16`)
+    bf16: bool = False          # trained under bfloat16 autocast (see :func:`bf16_pays`)
 
     @property
     def final_loss(self) -> float:
@@ -92,18 +93,11 @@ def ema_warmup_avg_fn(decay: float, warmup: float = 10.0) -> Callable:
     return multi_avg_fn
 
 
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` is a CPU that multiplies bfloat16 matrices natively (Intel AMX tiles).
-
-    There a training step under ``torch.autocast("cpu", dtype=torch.bfloat16)`` takes a fifth to
-    a half less time for the course's UNets, and 03's recipe reaches the same held-out loss in the
-    same steps (bench/train_overheads.md); elsewhere bfloat16 is emulated and slower, so
-    :func:`train` stays in float32.
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+def bf16_pays(model: nn.Module, device: torch.device | str) -> bool:
+    """``train``'s default for ``bf16``: a native-bfloat16 CPU (:func:`~course_lib.config.native_bf16`)
+    and a model with convolutions. Small matrix products (02's ``ToyDenoiser``, an MLP of 10k
+    weights) cost more in casts than AMX saves (bench/bf16_sampling.md), so they stay float32."""
+    return native_bf16(device) and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def adam(params, lr: float = 1e-3, **kwargs) -> torch.optim.Adam:
@@ -142,8 +136,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     ``memory_format`` (default: :func:`pick_memory_format`) is the layout of the weights and
     of the 4-D tensors of each batch.
     ``bf16`` computes the forward pass and the loss under bfloat16 autocast (weights, gradients
-    and Adam stay float32); default: on a CPU with AMX units (:func:`native_bf16`). The
-    progress bar then says "bf16".
+    and Adam stay float32); default (:func:`bf16_pays`): for a model with convolutions on a CPU
+    with AMX units. The progress bar then says "bf16".
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``, with warm-up: :func:`ema_warmup_avg_fn`) whose ``.module`` is usually
     the better model to sample from.
@@ -154,7 +148,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     model.to(device, memory_format=memory_format).train()
     optimizer = optimizer or adam(model.parameters(), lr=lr)
     ema = AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(ema_decay)) if ema_decay else None
-    bf16 = native_bf16(device) if bf16 is None else bf16
+    bf16 = bf16_pays(model, device) if bf16 is None else bf16
     history = History(ema=ema, bf16=bf16)
     step, started = 0, time.perf_counter()
 

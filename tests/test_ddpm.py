@@ -352,3 +352,38 @@ def test_sample_guided_is_seeded_and_guided():
     unguided = ddpm.sample_guided(model, c, (1, 8, 8), s, w=0.0, steps=5, seed=3, disable=True)
     assert a.shape == (3, 1, 8, 8) and torch.equal(a, b)
     assert not torch.allclose(a, other) and not torch.allclose(a, unguided)
+
+
+def test_samplers_autocast_the_model_only_on_image_batches_of_a_native_bf16_cpu(monkeypatch):
+    """bf16 sampling: the model runs under autocast, the step's arithmetic stays in x's dtype."""
+    s = ddpm.linear_schedule(10)
+    seen = []
+
+    def model(x, t):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        eps = torch.zeros_like(x) + 0.1
+        return eps.to(torch.bfloat16) if seen[-1] else eps   # as a conv net's output would be
+
+    for native in (True, False):
+        monkeypatch.setattr(ddpm, "native_bf16", lambda device, native=native: native)
+        for sampler in (ddpm.sample_ddpm, functools.partial(ddpm.sample_ddim, steps=4)):
+            seen.clear()
+            out = sampler(model, torch.randn(2, 1, 4, 4), s, disable=True)
+            assert out.dtype == torch.float32 and seen and all(v is native for v in seen)
+            seen.clear()
+            out = sampler(model, torch.randn(8, 2), s, disable=True)    # 2-D points: float32
+            assert out.dtype == torch.float32 and not any(seen)
+            seen.clear()
+            sampler(model, torch.randn(2, 1, 4, 4), s, disable=True, bf16=not native)
+            assert all(v is (not native) for v in seen)
+
+
+def test_guidance_mixes_in_the_precision_of_x():
+    """A bfloat16 network output is mixed as (1 + w)·eps_c − w·eps_∅ in float32, not bfloat16."""
+    eps = {1.0: 1.0078125, 0.0: 1.0}          # both exact in bfloat16 (1 + 2⁻⁷ and 1)
+
+    def model(x, t, c, c_mask):
+        return torch.tensor([[eps[float(m)]] for m in c_mask[:, 0]], dtype=torch.bfloat16)
+    guided = ddpm.CFGDenoiser(model, w=2.3)(torch.zeros(1, 1), torch.zeros(1), c=torch.ones(1, 1))
+    # in bfloat16 the sum would round to 1.03125; in float32 it is 3.3·1.0078125 − 2.3 = 1.02578
+    assert guided.dtype == torch.float32 and guided.item() == pytest.approx(1.02578125, abs=1e-5)

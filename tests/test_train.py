@@ -216,3 +216,35 @@ def test_on_epoch_end_sees_each_epoch_in_eval_mode():
     train(model, _regression_problem(), _mse, epochs=3, lr=0.01, progress=False,
           on_epoch_end=lambda epoch, m: seen.append((epoch, m.training, torch.is_grad_enabled())))
     assert seen == [(0, False, False), (1, False, False), (2, False, False)]
+
+
+def test_bf16_is_the_default_for_convolutions_on_a_native_bf16_cpu(monkeypatch):
+    """train() autocasts conv models where AMX multiplies bfloat16; small MLPs stay float32."""
+    import course_lib.train as train_module
+    from course_lib.unets import UNet
+
+    seen = []
+
+    def loss_fn(model, batch):
+        out = model(batch[0])
+        seen.append(out.dtype)
+        return (out.float() - batch[0]).square().mean()
+
+    conv_batches = [(torch.randn(4, 1, 16, 16), torch.zeros(4))]
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4))
+    for native in (True, False):
+        monkeypatch.setattr(train_module, "native_bf16", lambda device, native=native: native)
+        assert train_module.bf16_pays(UNet(1, 16, (8, 16, 32)), "cpu") is native
+        assert train_module.bf16_pays(mlp, "cpu") is False
+        seen.clear()
+        history = train(UNet(1, 16, (8, 16, 32)), conv_batches, loss_fn, progress=False)
+        assert history.bf16 is native and seen == [torch.bfloat16 if native else torch.float32]
+        seen.clear()
+        history = train(mlp, [(torch.randn(4, 4), None)], loss_fn, progress=False)
+        assert history.bf16 is False and seen == [torch.float32]
+    seen.clear()
+    model = UNet(1, 16, (8, 16, 32))
+    history = train(model, conv_batches, loss_fn, progress=False, bf16=True, ema_decay=0.9)
+    assert history.bf16 and seen == [torch.bfloat16]          # asked for: honoured anywhere
+    weights = [*model.parameters(), *history.ema.parameters()]
+    assert all(p.dtype == torch.float32 for p in weights)       # weights and EMA stay float32
