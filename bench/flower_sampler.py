@@ -2,6 +2,8 @@
 
     python bench/flower_sampler.py                    # 04's flower model, 100 samples per species
     python bench/flower_sampler.py --epochs 2 --per-species 8   # a quick look
+    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,4,8 --report flower_sampler_64
+                                                      # 04's model as it trains now, 900 samples a row
 
 Trains 04's class-conditional flower model once, as notebook 04 did before its batches of 64
 (flower_recipe row O: channels 16, 32, 64; cosine schedule, T = 150; batches of 32, lr 2e-3,
@@ -11,7 +13,9 @@ changes between rows. The 32×32 flower judge reads every set: the share read as
 species, the share it is confident about, and the Fréchet distance of its features to real photos.
 A last column counts the pixel values at the ends of the colour range (|x| ≥ 0.95), where
 over-saturated, burnt colours pile up, beside the same count for real held-out photos of the three
-species. Writes bench/flower_sampler.md and .json, and one grid per row to bench/out/flower_sampler/.
+species. Writes bench/flower_sampler.md and .json (or ``--report``'s name), and one grid per row
+to bench/out/<report>/. ``--batch 64`` trains 04's recipe as it is now (flower_recipe row P) and
+``--rows`` picks rows of ``SETTINGS`` by index.
 """
 from __future__ import annotations
 
@@ -43,10 +47,11 @@ SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "DDIM-100": dict(w=2.0, steps=100, clip_x0=True),
     "w = 3": dict(w=3.0, steps=50, clip_x0=True),
     "w = 3, guidance rescale φ = 0.7": dict(w=3.0, steps=50, clip_x0=True, rescale=0.7),
+    "η = 0.75": dict(w=2.0, steps=50, clip_x0=True, eta=0.75),
 }
 
 
-def train_flower_model(epochs: int = EPOCHS):
+def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch):
     """04's flower model trained as notebook 04 does: (EMA model, figures of training, schedule).
 
     The EMA weights are kept in bench/out/flower_sampler/ (with the figures) and loaded from
@@ -63,7 +68,7 @@ def train_flower_model(epochs: int = EPOCHS):
     config.seed_everything(0)
     data = load_flowers(size=32, classes=SPECIES, flip=True)
     model = network(FOURS)
-    history = train(model, make_loader(data, FOURS.batch), conditional_loss(schedule),
+    history = train(model, make_loader(data, batch), conditional_loss(schedule),
                     epochs=epochs, lr=FOURS.lr, ema_decay=FOURS.ema, desc="04's flowers")
     ema = history.ema.module.eval()
     trained = {"steps": len(history.losses), "final_loss": history.final_loss}
@@ -76,15 +81,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--per-species", type=int, default=100, help="samples judged per species")
+    parser.add_argument("--batch", type=int, default=FOURS.batch,
+                        help="training batch (32: row O, as stored; 64: row P, 04 as it is now)")
+    parser.add_argument("--rows", help="comma-separated indices into SETTINGS (default: all)")
+    parser.add_argument("--report", default="flower_sampler", help="name of the .md/.json written")
     args = parser.parse_args(argv)
-    model, trained, schedule = train_flower_model(args.epochs)
+    model, trained, schedule = train_flower_model(args.epochs, args.batch)
+    settings = list(SETTINGS.items())
+    if args.rows:
+        settings = [settings[int(i)] for i in args.rows.split(",")]
     asked = torch.arange(len(SPECIES)).repeat_interleave(args.per_species)
     to_species = torch.tensor([FLOWER_CLASSES.index(s) for s in SPECIES])
     c = one_hot(asked, len(SPECIES))
-    out = HERE / "out" / "flower_sampler"
+    out = HERE / "out" / args.report
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, (name, kwargs) in enumerate(SETTINGS.items()):
+    for i, (name, kwargs) in enumerate(settings):
         start = time.perf_counter()
         samples = ddpm.sample_guided(model, c, (3, 32, 32), schedule, seed=12, **kwargs)
         seconds = time.perf_counter() - start
@@ -99,7 +111,7 @@ def main(argv=None) -> int:
     photos, labels, _ = real_split("flowers", 32)
     real_limits = at_limits(photos[torch.isin(labels, to_species)])
     head = (f"Sampler settings for 04's flower model (2 CPU cores, {platform.machine()}, torch "
-            f"{torch.__version__}): one run of notebook 04's flower recipe, {trained['steps']} "
+            f"{torch.__version__}): one run of notebook 04's flower recipe (batches of {args.batch}), {trained['steps']} "
             f"steps (final loss {trained['final_loss']:.4f}); the same {args.per_species} starting "
             f"noises per species in every row, judged by the 32×32 flower judge. Real held-out "
             f"photos: {real.accuracy:.0%} read as their species; {real_limits:.1%} of the pixel "
@@ -109,8 +121,8 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['name']} | {r['species']:.0%} | {r['recognised']:.0%} "
                      f"| {r['frechet']:.1f} | {r['at_limits']:.1%} | {r['seconds']:.0f} |")
-    write_report("flower_sampler", lines, {
-        "epochs": args.epochs, "per_species": args.per_species, **trained, "real_species": real.accuracy,
+    write_report(args.report, lines, {
+        "epochs": args.epochs, "batch": args.batch, "per_species": args.per_species, **trained, "real_species": real.accuracy,
         "real_at_limits": real_limits, "rows": rows})
     return 0
 
