@@ -57,6 +57,8 @@ class FlowerRecipe:
     epochs: int | None = None           # train this many epochs instead of for the time budget
     keep_prob: float = 0.9              # P(keep the species) in training; 1 - p_uncond
     seed: int = 0                       # the training seed (the sampling noise never changes)
+    attention: bool = False             # a self-attention block at 8×8 (OptimizedUNet(attention=True))
+    min_snr: float | None = None        # min-SNR-γ loss weighting (Hang et al. 2023), γ
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -93,20 +95,28 @@ def recipes() -> list[FlowerRecipe]:
         # P2 repeats P on the machine of T, with the share of each species read as itself
         FlowerRecipe("P2. P again, on the machine of row T", "P", epochs=50, batch=64),
         FlowerRecipe("T. P with 75 epochs (1.5× the time)", "P2", epochs=75, batch=64),
+        # a twelfth session, in bfloat16 (train's default on this AMX machine since the eleventh):
+        # P3 repeats P there; U-W each change one thing that bears on the flowers' shape
+        FlowerRecipe("P3. P again, in bfloat16, on the machine of rows U-W", "P", epochs=50, batch=64),
+        FlowerRecipe("U. P3 with self-attention at 8×8", "P3", epochs=50, batch=64, attention=True),
+        FlowerRecipe("V. P3 with min-SNR-5 loss weighting", "P3", epochs=50, batch=64, min_snr=5.0),
+        FlowerRecipe("W. P3 with dense bottleneck 128", "P3", epochs=50, batch=64, bottleneck=128),
     ]
 
 
 def network(recipe: FlowerRecipe) -> OptimizedUNet:
     return OptimizedUNet(img_ch=3, size=32, channels=recipe.channels, T=150, c_dim=len(SPECIES),
-                         bottleneck=recipe.bottleneck)
+                         bottleneck=recipe.bottleneck, attention=recipe.attention)
 
 
-def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9):
-    """04's loss: one-hot species, kept with probability ``keep_prob`` (04: 0.9)."""
+def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: float | None = None):
+    """04's loss: one-hot species, kept with probability ``keep_prob`` (04: 0.9); ``min_snr``
+    weights it by min-SNR-γ."""
     def loss_fn(model, batch):
         images, labels = batch
         return ddpm.diffusion_loss(model, images, schedule, c=one_hot(labels, len(SPECIES)),
-                                   c_mask=keep_mask(len(images), keep_prob, device=images.device))
+                                   c_mask=keep_mask(len(images), keep_prob, device=images.device),
+                                   min_snr_gamma=min_snr)
     return loss_fn
 
 
@@ -123,7 +133,7 @@ def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:
     data = training_data(recipe, data)
     schedule = SCHEDULES[recipe.schedule](150)
     budget = budget * recipe.budget_scale
-    loss_fn = conditional_loss(schedule, recipe.keep_prob)
+    loss_fn = conditional_loss(schedule, recipe.keep_prob, recipe.min_snr)
     scheduler = None
     if recipe.epochs:
         total = recipe.epochs * len(make_loader(data, recipe.batch))
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Recipe rows for 04's flowers (2 CPU cores, {platform.machine()}, torch "
             f"{torch.__version__}): {args.budget:.0f} s of training each (2× for rows saying so; "
-            f"rows O to P2 train 50 epochs instead, T 75), {args.per_species} samples "
+            f"rows from O on train 50 epochs instead, T 75; from P3 on in bfloat16), {args.per_species} samples "
             f"per species (w = 2, DDIM-50, η = 1, x̂₀ clipped, same noise), judged by the 32×32 "
             f"flower judge. Real held-out photos: {real.accuracy:.0%} read as their species, "
             f"{real.recognisable:.0%} confidently. The Fréchet distance is to the ~360 held-out "

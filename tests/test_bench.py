@@ -331,3 +331,39 @@ def test_notebook_table_merges_partial_runs_and_records_the_machine_speed():
     assert run_notebooks.merge_rows("", now) == now
     assert run_notebooks.reference_step_ms(steps=3) > 0
 
+
+
+def test_quality_margins_use_the_notebooks_sample_counts():
+    """bench/quality.py's margin (in standard errors) counts the samples each notebook judges."""
+    import json
+    import re
+
+    quality = _bench_module("quality")
+
+    def source(prefix):
+        notebook = next((ROOT / "notebooks").glob(f"{prefix}_*.ipynb"))
+        return "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+
+    def full(prefix, name):
+        return int(re.search(rf"{name} = config\.pick\(full=(\d+)", source(prefix)).group(1))
+    counts = quality.SAMPLES
+    assert counts["fashion16_real_recognised"] == full("01", "N_JUDGED") == full("03", "N_JUDGED")
+    assert counts["nb03_recognised"] == full("03", "N_JUDGED")
+    assert counts["nb04_fashion_requested_w2"] == 10 * full("04", "PER_CLASS")
+    assert counts["nb04_flowers_species_w2"] == 3 * full("04", "FLOWERS_PER_CLASS")
+    assert counts["nb05_prompt_species"] == counts["nb05_heldout_wording_species"] == 5 * full("05", "PER_PROMPT")
+    held_out = int(re.search(r"(\d+) held out", _stored_text("05")).group(1))
+    assert counts["nb05_clip_zero_shot_species"] == counts["flowers32_real_species_acc"] == held_out
+
+    import pytest
+
+    def row(q, words):
+        return next(r for r in quality.target_rows(q) if words in r["target"])
+    fashion = row({"nb04_fashion_requested_w2": 0.95}, "FashionMNIST class")
+    assert fashion["met"] and fashion["margin"] == pytest.approx(0.05 / (0.95 * 0.05 / 200) ** 0.5)
+    flowers = row({"nb04_flowers_species_w2": 0.5, "flowers32_real_species_acc": 0.75}, "flower species")
+    se = (0.5 * 0.5 / 150 + 0.8 ** 2 * 0.75 * 0.25 / 430) ** 0.5     # the samples' and the ceiling's
+    assert not flowers["met"] and flowers["margin"] == pytest.approx((0.5 - 0.6) / se)
+    minutes = row({"course_minutes": 40.0}, "minutes")
+    assert minutes["met"] and minutes["margin"] is None
+    assert not row({}, "prompt species")["met"]            # a missing figure is not met
