@@ -96,11 +96,13 @@ def recipes() -> list[FlowerRecipe]:
         FlowerRecipe("P2. P again, on the machine of row T", "P", epochs=50, batch=64),
         FlowerRecipe("T. P with 75 epochs (1.5× the time)", "P2", epochs=75, batch=64),
         # a twelfth session, in bfloat16 (train's default on this AMX machine since the eleventh):
-        # P3 repeats P there; U-W each change one thing that bears on the flowers' shape
+        # P3 repeats P there; U-X each change one thing that bears on the flowers' shape
         FlowerRecipe("P3. P again, in bfloat16, on the machine of rows U-W", "P", epochs=50, batch=64),
         FlowerRecipe("U. P3 with self-attention at 8×8", "P3", epochs=50, batch=64, attention=True),
         FlowerRecipe("V. P3 with min-SNR-5 loss weighting", "P3", epochs=50, batch=64, min_snr=5.0),
         FlowerRecipe("W. P3 with dense bottleneck 128", "P3", epochs=50, batch=64, bottleneck=128),
+        FlowerRecipe("X. P3 with channels 24, 48, 96 (1.5× as wide)", "P3", epochs=50, batch=64,
+                     channels=(24, 48, 96)),
     ]
 
 
