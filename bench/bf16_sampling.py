@@ -1,6 +1,6 @@
 """Sampling in bfloat16: the same samples in less time? And where bfloat16 does not pay.
 
-    python bench/bf16_sampling.py       # about 10 minutes on 2 cores; needs notebook 02's checkpoint
+    python bench/bf16_sampling.py       # about 7 minutes on 2 cores; needs notebook 02's checkpoint
 
 Training already runs under bfloat16 autocast on CPUs with AMX units (train_overheads.py). This
 script measures the samplers the same way, on this machine, one setting at a time:
@@ -115,7 +115,7 @@ def guided(per_class: int) -> list[dict]:
     c = one_hot(labels, 10)
     pair = timed_pair(lambda bf16: sample_guided(ema, c, (1, 16, 16), schedule, w=2.0, seed=7,
                                                  disable=True, bf16=bf16))
-    rows = judged_rows(f"04 FashionMNIST, 1 epoch, guided w = 2 (DDIM-50, η = 1)", pair, labels=labels)
+    rows = judged_rows("04 FashionMNIST, 1 epoch, guided w = 2 (DDIM-50, η = 1)", pair, labels=labels)
     print(*rows, sep="\n", flush=True)
     return rows
 

@@ -45,14 +45,10 @@ def _se(q: dict, name: str, scale: float = 1.0) -> float:
     return scale * (p * (1 - p) / SAMPLES[name]) ** 0.5
 
 
-def targets(q: dict) -> list[tuple[str, bool]]:
-    """Issue #10's targets, each as (description, met)."""
-    return [(row["target"], row["met"]) for row in target_rows(q)]
-
-
 def target_rows(q: dict) -> list[dict]:
-    """Each target with its figure, threshold, whether it is met and, for shares, the margin in
-    standard errors (of the figure, and of the real-image ceiling it is a fraction of)."""
+    """Issue #10's targets, each with its figure, threshold, whether it is met and, for shares,
+    the margin in standard errors (of the figure, and of the real-image ceiling it is a fraction
+    of)."""
     r = q.get
     rows = []
 
