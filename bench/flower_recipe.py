@@ -97,7 +97,7 @@ def recipes() -> list[FlowerRecipe]:
         FlowerRecipe("T. P with 75 epochs (1.5× the time)", "P2", epochs=75, batch=64),
         # a twelfth session, in bfloat16 (train's default on this AMX machine since the eleventh):
         # P3 repeats P there; U-X each change one thing that bears on the flowers' shape
-        FlowerRecipe("P3. P again, in bfloat16, on the machine of rows U-W", "P", epochs=50, batch=64),
+        FlowerRecipe("P3. P again, in bfloat16, on the machine of rows U-X", "P", epochs=50, batch=64),
         FlowerRecipe("U. P3 with self-attention at 8×8", "P3", epochs=50, batch=64, attention=True),
         FlowerRecipe("V. P3 with min-SNR-5 loss weighting", "P3", epochs=50, batch=64, min_snr=5.0),
         FlowerRecipe("W. P3 with dense bottleneck 128", "P3", epochs=50, batch=64, bottleneck=128),

@@ -62,8 +62,8 @@ def target_rows(q: dict) -> list[dict]:
         if name not in q or (ceiling and ceiling not in q):
             rows.append({"target": target, "figure": "-", "threshold": "-", "met": False, "margin": None})
             return
-        se = _se(q, name) ** 2 + (_se(q, ceiling, factor) ** 2 if ceiling else 0.0)
-        add(target, q[name], threshold, "{:.1%}", se=se ** 0.5)
+        variance = _se(q, name) ** 2 + (_se(q, ceiling, factor) ** 2 if ceiling else 0.0)
+        add(target, q[name], threshold, "{:.1%}", se=variance ** 0.5)
         rows[-1]["threshold"] = f"{threshold:.2%}"     # 61.95%, not a 62.0% that 62.0% just meets
 
     add("03: Fréchet distance at most 5× the real floor", r("nb03_frechet", 1e9),
