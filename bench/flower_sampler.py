@@ -20,6 +20,7 @@ to bench/out/<report>/. ``--batch 64`` trains 04's recipe as it is now (flower_r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -51,25 +52,31 @@ SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
 }
 
 
-def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch):
+def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
+                       channels: tuple = FOURS.channels, seed: int = 0):
     """04's flower model trained as notebook 04 does: (EMA model, figures of training, schedule).
 
-    The EMA weights are kept in bench/out/flower_sampler/ (with the figures) and loaded from
-    there the next time with the same ``epochs``: more sampler rows need no new training.
+    ``channels`` and ``seed`` change the network's widths and the training seed. The EMA weights
+    are kept in bench/out/flower_sampler/ (with the figures) and loaded from there the next time
+    with the same settings: more sampler rows need no new training.
     """
-    schedule = SCHEDULES[FOURS.schedule](150)
-    saved = HERE / "out" / "flower_sampler" / f"model_{epochs}.pt"
+    recipe = dataclasses.replace(FOURS, batch=batch, channels=tuple(channels), seed=seed)
+    device = config.get_device(verbose=True)
+    schedule = SCHEDULES[recipe.schedule](150).to(device)
+    widths = "-".join(map(str, recipe.channels))
+    saved = HERE / "out" / "flower_sampler" / f"model_{epochs}_b{batch}_c{widths}_s{seed}.pt"
     if saved.exists():
         state = torch.load(saved, weights_only=True)
-        model = network(FOURS)
+        model = network(recipe)
         model.load_state_dict(state["weights"])
         print(f"loaded the model of an earlier run from {saved}")
-        return model.eval(), state["trained"], schedule
-    config.seed_everything(0)
+        return model.to(device).eval(), state["trained"], schedule
+    config.seed_everything(seed)
     data = load_flowers(size=32, classes=SPECIES, flip=True)
-    model = network(FOURS)
-    history = train(model, make_loader(data, batch), conditional_loss(schedule),
-                    epochs=epochs, lr=FOURS.lr, ema_decay=FOURS.ema, desc="04's flowers")
+    model = network(recipe)
+    history = train(model, make_loader(data, batch, seed=seed), conditional_loss(schedule),
+                    epochs=epochs, lr=recipe.lr, ema_decay=recipe.ema, device=device,
+                    desc="04's flowers")
     ema = history.ema.module.eval()
     trained = {"steps": len(history.losses), "final_loss": history.final_loss}
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +90,20 @@ def main(argv=None) -> int:
     parser.add_argument("--per-species", type=int, default=100, help="samples judged per species")
     parser.add_argument("--batch", type=int, default=FOURS.batch,
                         help="training batch (32: row O, as stored; 64: row P, 04 as it is now)")
+    parser.add_argument("--channels", default="16,32,64",
+                        help="the UNet's widths (04: 16,32,64; flower_recipe row X: 24,48,96)")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed (sampling noise stays)")
     parser.add_argument("--rows", help="comma-separated indices into SETTINGS (default: all)")
     parser.add_argument("--report", default="flower_sampler", help="name of the .md/.json written")
     args = parser.parse_args(argv)
-    model, trained, schedule = train_flower_model(args.epochs, args.batch)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    model, trained, schedule = train_flower_model(args.epochs, args.batch, channels, args.seed)
     settings = list(SETTINGS.items())
     if args.rows:
         settings = [settings[int(i)] for i in args.rows.split(",")]
     asked = torch.arange(len(SPECIES)).repeat_interleave(args.per_species)
     to_species = torch.tensor([FLOWER_CLASSES.index(s) for s in SPECIES])
-    c = one_hot(asked, len(SPECIES))
+    c = one_hot(asked, len(SPECIES)).to(schedule.betas.device)
     out = HERE / "out" / args.report
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -100,6 +111,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         samples = ddpm.sample_guided(model, c, (3, 32, 32), schedule, seed=12, **kwargs)
         seconds = time.perf_counter() - start
+        samples = samples.cpu()
         q = sample_quality(samples, "flowers", labels=to_species[asked])
         rows.append({"name": name, "settings": kwargs, "species": round(q.accuracy, 3),
                      "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
@@ -110,8 +122,11 @@ def main(argv=None) -> int:
     real = real_quality("flowers", 32, n=10_000)
     photos, labels, _ = real_split("flowers", 32)
     real_limits = at_limits(photos[torch.isin(labels, to_species)])
-    head = (f"Sampler settings for 04's flower model (2 CPU cores, {platform.machine()}, torch "
-            f"{torch.__version__}): one run of notebook 04's flower recipe (batches of {args.batch}), {trained['steps']} "
+    where = (torch.cuda.get_device_name() if torch.cuda.is_available()
+             else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
+    head = (f"Sampler settings for 04's flower model ({where}, torch {torch.__version__}): one "
+            f"run of notebook 04's flower recipe (batches of {args.batch}, channels "
+            f"{args.channels}, training seed {args.seed}), {trained['steps']} "
             f"steps (final loss {trained['final_loss']:.4f}); the same {args.per_species} starting "
             f"noises per species in every row, judged by the 32×32 flower judge. Real held-out "
             f"photos: {real.accuracy:.0%} read as their species; {real_limits:.1%} of the pixel "
@@ -122,7 +137,8 @@ def main(argv=None) -> int:
         lines.append(f"| {r['name']} | {r['species']:.0%} | {r['recognised']:.0%} "
                      f"| {r['frechet']:.1f} | {r['at_limits']:.1%} | {r['seconds']:.0f} |")
     write_report(args.report, lines, {
-        "epochs": args.epochs, "batch": args.batch, "per_species": args.per_species, **trained, "real_species": real.accuracy,
+        "epochs": args.epochs, "batch": args.batch, "channels": list(channels), "seed": args.seed,
+        "device": where, "per_species": args.per_species, **trained, "real_species": real.accuracy,
         "real_at_limits": real_limits, "rows": rows})
     return 0
 
