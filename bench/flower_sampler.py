@@ -3,7 +3,9 @@
     python bench/flower_sampler.py                    # 04's flower model, 100 samples per species
     python bench/flower_sampler.py --epochs 2 --per-species 8   # a quick look
     python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,4,8 --report flower_sampler_64
-                                                      # 04's model as it trains now, 900 samples a row
+                                                      # row P's model (04 in the twelfth session), 900 samples a row
+    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,8 --channels 24,48,96 \
+        --seed 1 --report flower_channels_x_s1      # 04's model as it is now (row X), training seed 1
 
 Trains 04's class-conditional flower model once, as notebook 04 did before its batches of 64
 (flower_recipe row O: channels 16, 32, 64; cosine schedule, T = 150; batches of 32, lr 2e-3,
@@ -14,8 +16,9 @@ species, the share it is confident about, and the Fréchet distance of its featu
 A last column counts the pixel values at the ends of the colour range (|x| ≥ 0.95), where
 over-saturated, burnt colours pile up, beside the same count for real held-out photos of the three
 species. Writes bench/flower_sampler.md and .json (or ``--report``'s name), and one grid per row
-to bench/out/<report>/. ``--batch 64`` trains 04's recipe as it is now (flower_recipe row P) and
-``--rows`` picks rows of ``SETTINGS`` by index.
+to bench/out/<report>/. ``--batch 64`` trains 04's recipe of the twelfth session (flower_recipe row P) and
+``--rows`` picks rows of ``SETTINGS`` by index; ``--channels 24,48,96`` gives the network 04 trains
+now (row X) and ``--seed`` another training seed. It trains on CUDA or MPS when there is one.
 """
 from __future__ import annotations
 

@@ -298,6 +298,34 @@ def test_flower_sampler_rows_change_one_setting_and_count_the_range_ends():
     assert flower_sampler.at_limits(x) == 0.5
 
 
+def test_flower_sampler_trains_the_asked_widths_and_seed_and_keeps_each_model_apart(tmp_path, monkeypatch):
+    """flower_sampler.py --channels/--seed: the network has the asked widths, the seed changes the
+    trained weights, and each (epochs, batch, channels, seed) is saved under its own name."""
+    import torch
+
+    flower_sampler = _bench_module("flower_sampler")
+    from course_lib.data import ImageDataset
+
+    def tiny(size=32, classes=(), flip=True, limit=None):
+        g = torch.Generator().manual_seed(0)
+        return ImageDataset(torch.rand(8, 3, 32, 32, generator=g) * 2 - 1,
+                            torch.arange(8) % 3, classes, flip)
+    monkeypatch.setattr(flower_sampler, "load_flowers", tiny)
+    monkeypatch.setattr(flower_sampler, "HERE", tmp_path)
+    monkeypatch.setattr(flower_sampler.config, "get_device", lambda verbose=False: torch.device("cpu"))
+    wide, _, _ = flower_sampler.train_flower_model(1, 4, (24, 48, 96), seed=0)
+    other, _, _ = flower_sampler.train_flower_model(1, 4, (24, 48, 96), seed=1)
+    narrow, _, _ = flower_sampler.train_flower_model(1, 4, (16, 32, 64), seed=0)
+    assert wide.out[0].out_channels == 24 and narrow.out[0].out_channels == 16
+    differ = [not torch.equal(a, b) for a, b in zip(wide.state_dict().values(), other.state_dict().values())]
+    assert any(differ)
+    saved = sorted(p.name for p in (tmp_path / "out" / "flower_sampler").iterdir())
+    assert saved == ["model_1_b4_c16-32-64_s0.pt", "model_1_b4_c24-48-96_s0.pt",
+                     "model_1_b4_c24-48-96_s1.pt"]
+    again, _, _ = flower_sampler.train_flower_model(1, 4, (24, 48, 96), seed=1)   # loaded, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), again.state_dict().values()))
+
+
 def test_clip_context_rows_change_one_thing_each():
     """bench/clip_context.py: every row changes one setting of the row it names; a row that
     repeats another ("again") changes none."""
