@@ -101,8 +101,8 @@ def recipes() -> list[FlowerRecipe]:
         FlowerRecipe("U. P3 with self-attention at 8×8", "P3", epochs=50, batch=64, attention=True),
         FlowerRecipe("V. P3 with min-SNR-5 loss weighting", "P3", epochs=50, batch=64, min_snr=5.0),
         FlowerRecipe("W. P3 with dense bottleneck 128", "P3", epochs=50, batch=64, bottleneck=128),
-        # X is 04's recipe since the thirteenth session (confirmed on 900 samples from two
-        # training seeds with flower_sampler.py --channels, bench/RESULTS.md section 11)
+        # X's network is 04's since the thirteenth session, trained for 30 epochs (confirmed on
+        # 900 samples from two seeds each: bench/flower_channels.py, bench/RESULTS.md section 11)
         FlowerRecipe("X. P3 with channels 24, 48, 96 (1.5× as wide)", "P3", epochs=50, batch=64,
                      channels=(24, 48, 96)),
     ]

@@ -41,7 +41,7 @@ from report import AT_LIMITS, SCHEDULES, at_limits, write_report  # bench/report
 
 HERE = Path(__file__).resolve().parent
 FOURS = FlowerRecipe("04 as it is")          # 04's network and recipe: flower_recipe.py's row A
-EPOCHS = 50                                  # notebook 04's FLOWER_EPOCHS
+EPOCHS = 50                                  # rows O and P (04 now: row X's network, 30 epochs)
 SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "w = 2, DDIM-50, η = 1, x̂₀ clipped (04 as it is)": dict(w=2.0, steps=50, clip_x0=True),
     "guidance rescale φ = 0.3": dict(w=2.0, steps=50, clip_x0=True, rescale=0.3),
