@@ -16,9 +16,10 @@ species, the share it is confident about, and the Fréchet distance of its featu
 A last column counts the pixel values at the ends of the colour range (|x| ≥ 0.95), where
 over-saturated, burnt colours pile up, beside the same count for real held-out photos of the three
 species. Writes bench/flower_sampler.md and .json (or ``--report``'s name), and one grid per row
-to bench/out/<report>/. ``--batch 64`` trains 04's recipe of the twelfth session (flower_recipe row P) and
-``--rows`` picks rows of ``SETTINGS`` by index; ``--channels 24,48,96`` gives the network 04 trains
-now (row X) and ``--seed`` another training seed. It trains on CUDA or MPS when there is one.
+to bench/out/<report>/. ``--batch 64`` trains 04's recipe of the twelfth session (flower_recipe
+row P), ``--rows`` picks rows of ``SETTINGS`` by index, ``--channels 24,48,96`` gives the network
+04 trains now (row X; ``--epochs 30`` as 04 does) and ``--seed`` another training seed. It trains
+on CUDA or MPS when there is one.
 """
 from __future__ import annotations
 
