@@ -1,11 +1,11 @@
 """Sampler settings for notebook 04's flower model: the same trained network, several ways to sample it.
 
-    python bench/flower_sampler.py                    # 04's flower model, 100 samples per species
+    python bench/flower_sampler.py                    # row O's model, 100 samples per species
     python bench/flower_sampler.py --epochs 2 --per-species 8   # a quick look
-    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,4,8 --report flower_sampler_64
-                                                      # row P's model (04 in the twelfth session), 900 samples a row
-    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,8 --channels 24,48,96 \
-        --seed 1 --report flower_channels_x_s1      # 04's model as it is now (row X), training seed 1
+    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,4,8 \
+        --report flower_sampler_64                    # row P's model (04's until the thirteenth session)
+    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0 --channels 24,48,96 \
+        --epochs 30 --seed 1 --report flower_channels_x30_s1   # 04's model now (row X), seed 1
 
 Trains 04's class-conditional flower model once, as notebook 04 did before its batches of 64
 (flower_recipe row O: channels 16, 32, 64; cosine schedule, T = 150; batches of 32, lr 2e-3,

@@ -103,6 +103,26 @@ def test_quality_json_agrees_with_the_stored_notebook_outputs():
     assert notebooks <= quality["course_minutes"] <= notebooks + 15
 
 
+def test_readme_notebook_table_quotes_the_measured_minutes():
+    """The README's table of notebooks gives each one's minutes from bench/notebooks_full.md, and
+    06's grading minutes and accuracy from bench/grade_key_full.md."""
+    import re
+    measured = {m.group(1): m.group(2) for m in re.finditer(
+        r"^\| (\d\d_\w+) \| ([\d.]+) \|", (ROOT / "bench" / "notebooks_full.md").read_text(), re.M)}
+    quoted = {m.group(1): m.group(2) for m in re.finditer(
+        r"^\| `notebooks/(\d\d_\w+)\.ipynb` \|.*\| ([\d.]+) min", (ROOT / "README.md").read_text(), re.M)}
+    assert set(quoted) == set(measured), (sorted(quoted), sorted(measured))
+    key = (ROOT / "bench" / "grade_key_full.md").read_text()
+    seconds = float(re.search(r"whole grading, wall clock: ([\d.]+) s", key).group(1))
+    accuracy = re.search(r"\| accuracy \|.* ([\d.]+%) \|$", key, re.M).group(1)
+    for name, minutes in quoted.items():
+        expected = f"{seconds / 60:.1f}" if name.startswith("06") else measured[name]
+        assert minutes == expected, f"README quotes {name} at {minutes} min; measured {expected}"
+    row06 = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                 if line.startswith("| `notebooks/06_"))
+    assert f"graded {accuracy}" in row06, (row06, accuracy)
+
+
 def test_stored_progress_bars_read_as_finished():
     """A reader without widgets sees each bar's text: it must not say 0/468 (an untrained look)."""
     import json
