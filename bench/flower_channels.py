@@ -46,17 +46,16 @@ def table() -> tuple[list[str], list[dict]]:
     for name in RUNS:
         data = json.loads((HERE / f"flower_channels_{name}.json").read_text())
         first = data["rows"][0]
-        slower = next((r for r in data["rows"] if r["settings"].get("eta") == 0.75), None)
-        rows.append({"run": name, "channels": data["channels"], "epochs": data["epochs"],
-                     "seed": data["seed"], "steps": data["steps"],
-                     "final_loss": round(data["final_loss"], 4), "species": first["species"],
-                     "recognised": first["recognised"], "frechet": first["frechet"],
-                     "species_eta075": slower and slower["species"], "device": data["device"]})
-        r = rows[-1]
+        eta075 = next((r["species"] for r in data["rows"] if r["settings"].get("eta") == 0.75), None)
+        r = {"run": name, "channels": data["channels"], "epochs": data["epochs"],
+             "seed": data["seed"], "steps": data["steps"], "final_loss": round(data["final_loss"], 4),
+             "species": first["species"], "recognised": first["recognised"],
+             "frechet": first["frechet"], "species_eta075": eta075, "device": data["device"]}
+        rows.append(r)
         lines.append(f"| {name} | {', '.join(map(str, r['channels']))} | {r['epochs']} | {r['seed']} "
                      f"| {r['steps']} | {r['final_loss']:.4f} | {r['species']:.0%} "
                      f"| {r['recognised']:.0%} | {r['frechet']:.1f} "
-                     f"| {'-' if slower is None else format(r['species_eta075'], '.0%')} | {r['device']} |")
+                     f"| {'-' if eta075 is None else format(eta075, '.0%')} | {r['device']} |")
     return lines, rows
 
 

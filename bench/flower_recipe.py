@@ -7,7 +7,7 @@
 Every row trains 04's class-conditional OptimizedUNet on the 32×32 photos of daisies, roses and
 sunflowers (flipped at random, a context dropped 10% of the time; row N also crops at random)
 from the same seed for the same number of seconds (``--budget``, times the row's scale; 04 trained
-its flowers for about 180 s when rows A-I ran), or, rows O and P, for 50 epochs as 04 does now
+its flowers for about 180 s when rows A-I ran), or, rows O and P, for 50 epochs as 04 did from then on
 (the same steps on any machine), as do rows Q to T on top of P, then draws the same starting noises,
 ``--per-species`` for each species, with guidance w = 2 and DDIM-50, η = 1, x̂₀ clipped, as 04
 does. The 32×32 flower judge reads them: the share read as the requested species, the share it

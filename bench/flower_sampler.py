@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--per-species", type=int, default=100, help="samples judged per species")
     parser.add_argument("--batch", type=int, default=FOURS.batch,
                         help="training batch (32: row O, as stored; 64: rows P and X, as 04 now)")
-    parser.add_argument("--channels", default="16,32,64",
+    parser.add_argument("--channels", default=",".join(map(str, FOURS.channels)),
                         help="the UNet's widths (row P: 16,32,64; row X, 04 now: 24,48,96)")
     parser.add_argument("--seed", type=int, default=0, help="the training seed (sampling noise stays)")
     parser.add_argument("--rows", help="comma-separated indices into SETTINGS (default: all)")

@@ -67,6 +67,7 @@ NOTEBOOK_MODELS = {   # name: (the model, batch size, image shape, context width
     "03 fixed recipe": (lambda: OptimizedUNet(1, 16, (16, 32, 64), T=T, bottleneck=128), 64, (1, 16), None),
     "04 FashionMNIST": (lambda: OptimizedUNet(1, 16, (16, 32, 64), T=T, c_dim=10, bottleneck=128),
                         64, (1, 16), 10),
+    # row P's widths, as measured; 04 trains row X's (24, 48, 96) since the thirteenth session
     "04 flowers": (lambda: OptimizedUNet(3, 32, (16, 32, 64), T=T, c_dim=3), 64, (3, 32), 3),
     "05 UNet": (lambda: OptimizedUNet(3, 32, (16, 32, 64), T=T, c_dim=128), 32, (3, 32), 128),
     "06 DigitUNet": (lambda: OptimizedUNet(1, 28, (16, 32, 64), T=T, c_dim=10), 128, (1, 28), 10),
