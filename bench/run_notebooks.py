@@ -37,7 +37,7 @@ COURSE_TARGET_MIN = 50
 HEADLINES = {
     "01": [r"01 ink blots: \d+ samples: (.*)"],
     "02": [r"02 DDPM, 150 steps: \d+ samples: (.*)", r"final loss (\d\.\d+)"],
-    "03": [r"03 with the fix: \d+ samples: (.*)", r"final loss (\d\.\d+)"],
+    "03": [r"03 with the fix: +\d+ samples: (.*)", r"03, autoguided, w = 2: \d+ samples: (.*)"],
     "04": [r"w = \+0\.0: \d+ samples: \d+% recognisable, (\d+%) as the requested class",
            r"w = \+2\.0: \d+ samples: \d+% recognisable, (\d+%) as the requested class"],
     "05": [r"THIS RUN USES: (.*)", r"zero-shot species accuracy (\S+)",
@@ -45,7 +45,7 @@ HEADLINES = {
 }
 HEADLINE_FORMAT = {
     "02": "DDPM: {0}; final loss {1}",
-    "03": "{0}; final loss {1}",
+    "03": "fix: {0}; autoguided: {1}",
     "04": "requested class recognised: {0} at w = 0, {1} at w = 2",
     "05": "{0}: zero-shot species {1}; CLIP score {2} (shuffled prompts {3})",
 }

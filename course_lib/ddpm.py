@@ -391,12 +391,17 @@ class CFGDenoiser:
     predictions come from one forward pass of a doubled batch (mask 1, then mask 0).
     With ``rescale`` = φ > 0 the guided eps is pulled back towards the conditional one's spread
     (see ``rescale_guidance``), against the over-saturated colours of large w.
+    With ``uncond`` (another network of the same kind, say an early snapshot of ``model``) the
+    unconditional prediction eps(x, ∅) comes from it instead: guidance then also pushes away
+    from what a weaker model would draw, as in autoguidance (Karras et al. 2024, see
+    :class:`AutoGuidance`). The two predictions then take two forward passes of the batch.
     """
 
-    def __init__(self, model: Callable, w: float = 1.0, rescale: float = 0.0):
+    def __init__(self, model: Callable, w: float = 1.0, rescale: float = 0.0,
+                 uncond: Callable | None = None):
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"rescale is the blend φ in [0, 1] (Lin et al. 2024 use 0.7), got {rescale}")
-        self.model, self.w, self.rescale = model, w, rescale
+        self.model, self.w, self.rescale, self.uncond = model, w, rescale, uncond
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if len(c) != len(x):
@@ -404,11 +409,39 @@ class CFGDenoiser:
         keep = torch.ones(len(x), 1, device=x.device)
         if self.w == 0:
             return self.model(x, t, c=c, c_mask=keep)
-        mask = torch.cat((keep, torch.zeros_like(keep)))
-        eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
-        eps_cond, eps_uncond = eps.to(x.dtype).chunk(2)   # mix in x's precision (bf16 sampling)
+        if self.uncond is None:
+            mask = torch.cat((keep, torch.zeros_like(keep)))
+            eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
+            eps_cond, eps_uncond = eps.to(x.dtype).chunk(2)   # mix in x's precision (bf16 sampling)
+        else:
+            eps_cond = self.model(x, t, c=c, c_mask=keep).to(x.dtype)
+            eps_uncond = self.uncond(x, t, c=c, c_mask=torch.zeros_like(keep)).to(x.dtype)
         guided = (1 + self.w) * eps_cond - self.w * eps_uncond
         return rescale_guidance(guided, eps_cond, self.rescale) if self.rescale else guided
+
+
+class AutoGuidance:
+    """Autoguidance (Karras et al. 2024): eps = eps_bad + w·(eps_good − eps_bad).
+
+    From "Guiding a Diffusion Model with a Bad Version of Itself" (NeurIPS 2024). Guides a model by a weaker version of itself: where the two disagree, the good model is
+    pushed further from what the weak one would draw. The weak model must make the same kind of
+    errors, only more of them; an early EMA snapshot of the same training run is one
+    (``train(..., snapshot_epochs=...)``). Needs no context: it guides unconditional models too.
+    w = 1 is the good model alone; each step costs both models' forward passes.
+    ``denoiser(x, t, **extra_args)`` passes ``extra_args`` to both models.
+    """
+
+    def __init__(self, good: Callable, bad: Callable, w: float = 2.0):
+        if w < 1:
+            raise ValueError(f"autoguidance needs w >= 1 (1: the good model alone), got {w}")
+        self.good, self.bad, self.w = good, bad, w
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
+        eps_good = self.good(x, t, **extra_args).to(x.dtype)
+        if self.w == 1:
+            return eps_good
+        eps_bad = self.bad(x, t, **extra_args).to(x.dtype)
+        return eps_bad + self.w * (eps_good - eps_bad)
 
 
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
@@ -430,16 +463,17 @@ def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], sche
                   w: float = 2.0, steps: int = 50, eta: float = DEFAULT_ETA,
                   clip_x0: bool = False, seed: int = 0, callback: Callable | None = None,
                   disable: bool | None = None, rescale: float = 0.0,
-                  bf16: bool | None = None) -> torch.Tensor:
+                  bf16: bool | None = None, uncond: Callable | None = None) -> torch.Tensor:
     """Guided DDIM samples, one per row of the context ``c``: what 04 and 05 draw.
 
     The starting noise and every step's noise come from a CPU generator seeded with ``seed``, so
     two calls with the same seed (say, two values of w) start from the same x_T. ``rescale`` is
-    the guidance rescale φ of ``CFGDenoiser`` (0: plain guidance).
+    the guidance rescale φ of ``CFGDenoiser`` (0: plain guidance), ``uncond`` its network for the
+    unconditional prediction (default: ``model`` itself).
     """
     device = c.device
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(c), *shape, generator=generator).to(device)
-    return sample_ddim(CFGDenoiser(model, w, rescale), x, schedule, steps=steps, eta=eta,
+    return sample_ddim(CFGDenoiser(model, w, rescale, uncond), x, schedule, steps=steps, eta=eta,
                        extra_args={"c": c}, callback=callback, disable=disable,
                        generator=generator, clip_x0=clip_x0, bf16=bf16)

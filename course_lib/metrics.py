@@ -238,6 +238,7 @@ class Key(StrEnum):
     NB02_DDIM25_ETA1 = "02 DDIM, 25 steps, η = 1"
     NB03_TRAP = "03 OptimizedUNet, ᾱ_T = 0.22"
     NB03 = "03 OptimizedUNet, ᾱ_T ≈ 0"
+    NB03_AUTOGUIDED = "03, ᾱ_T ≈ 0, autoguided"
 
 
 def _quality_file():

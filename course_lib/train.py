@@ -8,6 +8,7 @@ half-written file behind.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -40,6 +41,7 @@ class History:
     epoch_seconds: list[float] = field(default_factory=list)
     ema: nn.Module | None = None
     bf16: bool = False          # trained under bfloat16 autocast (see :func:`bf16_pays`)
+    snapshots: dict[int, nn.Module] = field(default_factory=dict)   # epoch -> frozen copy
 
     @property
     def final_loss(self) -> float:
@@ -126,7 +128,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
           ema_decay: float | None = None, max_steps: int | None = None,
           max_seconds: float | None = None, on_epoch_end: Callable | None = None,
           progress: bool = True, desc: str = "train",
-          memory_format: torch.memory_format | None = None, bf16: bool | None = None) -> History:
+          memory_format: torch.memory_format | None = None, bf16: bool | None = None,
+          snapshot_epochs: Iterable[int] = ()) -> History:
     """Minimise ``loss_fn(model, batch)`` for ``epochs`` passes over ``loader``.
 
     ``scheduler`` (a learning-rate scheduler) is stepped after every optimizer step.
@@ -141,9 +144,17 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``, with warm-up: :func:`ema_warmup_avg_fn`) whose ``.module`` is usually
     the better model to sample from.
+    ``snapshot_epochs`` (1-based) keeps a frozen copy of the model to sample from (the EMA's
+    ``.module`` when there is one) at the end of each of those epochs, in
+    ``history.snapshots[epoch]``: an early, weaker version of the model for autoguidance
+    (:class:`course_lib.ddpm.AutoGuidance`).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    snapshot_epochs = sorted(set(snapshot_epochs))
+    if any(not 1 <= e <= epochs for e in snapshot_epochs):
+        raise ValueError(f"snapshot_epochs must lie in 1..{epochs} (the epochs trained), "
+                         f"got {snapshot_epochs}")
     memory_format = memory_format or pick_memory_format(model, device)
     model.to(device, memory_format=memory_format).train()
     optimizer = optimizer or adam(model.parameters(), lr=lr)
@@ -185,6 +196,9 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             if out_of_budget():
                 break
         history.epoch_seconds.append(time.perf_counter() - start)
+        if epoch + 1 in snapshot_epochs:
+            history.snapshots[epoch + 1] = copy.deepcopy(ema.module if ema is not None else model)
+            history.snapshots[epoch + 1].eval().requires_grad_(False)
         if on_epoch_end is not None:
             model.eval()
             with torch.no_grad():

@@ -415,3 +415,24 @@ def test_quality_margins_use_the_notebooks_sample_counts():
     minutes = row({"course_minutes": 40.0}, "minutes")
     assert minutes["met"] and minutes["margin"] is None
     assert not row({}, "prompt species")["met"]            # a missing figure is not met
+
+
+def test_autoguidance_tables_come_from_the_stored_runs_and_back_the_notebooks_settings():
+    """bench/autoguidance.md/.json are rebuilt from bench/autoguidance_runs.json, and the setting
+    notebook 03 samples with is a row that beats the unguided one on both measures."""
+    import json
+    import re
+    autoguidance = _bench_module("autoguidance")
+    lines, data = autoguidance.tables()
+    assert (ROOT / "bench" / "autoguidance.md").read_text() == "\n".join(lines) + "\n"
+    assert json.loads((ROOT / "bench" / "autoguidance.json").read_text()) == data
+    fashion = {r["name"]: r for r in data["03, channels 16, 32, 64, 10 epochs"]}
+    plain, guided = fashion["DDIM-50, η = 1 (03 until now)"], fashion["autoguided by epoch 2, w = 2"]
+    assert guided["seeds"] == plain["seeds"] == 2
+    assert guided["recognised"] > plain["recognised"] and guided["frechet"] < plain["frechet"]
+    def source(prefix):
+        notebook = next((ROOT / "notebooks").glob(f"{prefix}_*.ipynb"))
+        return "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    nb03 = source("03")
+    assert re.search(r"EARLY_EPOCH = config\.pick\(full=2,", nb03)
+    assert "AutoGuidance(fixed_ema, fixed_history.snapshots[EARLY_EPOCH], w=2.0)" in nb03

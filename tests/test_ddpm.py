@@ -291,6 +291,55 @@ def test_cfg_denoiser_rescales_only_when_asked():
     assert not torch.allclose(a, b)
 
 
+def test_cfg_can_take_its_unconditional_prediction_from_another_model():
+    """CFGDenoiser(uncond=bad): (1 + w)·eps_good(x, c) − w·eps_bad(x, ∅), the bad model's own
+    unconditional prediction; sample_guided passes it through."""
+    torch.manual_seed(7)
+    good = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
+    bad = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
+    x, t, c = torch.randn(3, 1, 8, 8), torch.tensor([5, 9, 1]), torch.eye(3)
+    with torch.no_grad():
+        cond = good(x, t, c=c, c_mask=torch.ones(3, 1))
+        bad_uncond = bad(x, t, c=c, c_mask=torch.zeros(3, 1))
+        guided = ddpm.CFGDenoiser(good, 2.0, uncond=bad)(x, t, c=c)
+        assert torch.allclose(guided, 3.0 * cond - 2.0 * bad_uncond, atol=1e-5)
+        assert not torch.allclose(guided, ddpm.CFGDenoiser(good, 2.0)(x, t, c=c), atol=1e-3)
+        assert torch.allclose(ddpm.CFGDenoiser(good, 2.0, uncond=good)(x, t, c=c),
+                              ddpm.CFGDenoiser(good, 2.0)(x, t, c=c), atol=1e-5)
+    s = ddpm.cosine_schedule(20)
+    a = ddpm.sample_guided(good, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True)
+    b = ddpm.sample_guided(good, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True, uncond=bad)
+    assert not torch.allclose(a, b)
+
+
+def test_autoguidance_extrapolates_from_the_bad_model_through_the_good_one():
+    torch.manual_seed(3)
+    good = OptimizedUNet(1, 8, channels=(8, 8, 8)).eval()
+    bad = OptimizedUNet(1, 8, channels=(8, 8, 8)).eval()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([3, 7, 11, 0])
+    with torch.no_grad():
+        eps_good, eps_bad = good(x, t), bad(x, t)
+        for w in (1.0, 1.5, 2.0, 3.0):
+            guided = ddpm.AutoGuidance(good, bad, w)(x, t)
+            assert torch.allclose(guided, eps_bad + w * (eps_good - eps_bad), atol=1e-5)
+        assert torch.equal(ddpm.AutoGuidance(good, bad, 1.0)(x, t), eps_good)
+        # a conditional pair gets the context through extra_args
+        cgood = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=2).eval()
+        cbad = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=2).eval()
+        c, keep = torch.eye(2)[[0, 1, 0, 1]], torch.ones(4, 1)
+        guided = ddpm.AutoGuidance(cgood, cbad, 2.0)(x, t, c=c, c_mask=keep)
+        assert torch.allclose(guided, 2 * cgood(x, t, c=c, c_mask=keep) - cbad(x, t, c=c, c_mask=keep),
+                              atol=1e-5)
+    with pytest.raises(ValueError, match="w >= 1"):
+        ddpm.AutoGuidance(good, bad, 0.5)
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    s = ddpm.scaled_linear_schedule(40)
+    plain = ddpm.sample_ddim(good, noise, s, steps=5, generator=torch.Generator().manual_seed(1), disable=True)
+    guided = ddpm.sample_ddim(ddpm.AutoGuidance(good, bad, 2.0), noise, s, steps=5,
+                              generator=torch.Generator().manual_seed(1), disable=True)
+    assert guided.shape == plain.shape and not torch.allclose(guided, plain)
+
+
 def test_schedule_to_moves_without_recomputing():
     s = ddpm.linear_schedule(150)
     s64 = ddpm.Schedule.from_betas(s.betas.double(), dtype=torch.float64)

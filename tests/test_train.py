@@ -54,6 +54,30 @@ def test_ema_warmup_follows_early_weights():
     assert (ema - model.weight).norm() < 0.5 * (initial - model.weight).norm()
 
 
+def test_snapshots_keep_frozen_copies_of_the_ema_at_the_asked_epochs():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    weights = {}
+    history = train(model, _regression_problem(), _mse, epochs=4, lr=0.05, ema_decay=0.9,
+                    progress=False, snapshot_epochs=(3, 1),
+                    on_epoch_end=lambda e, m: weights.setdefault(e + 1, None))
+    assert sorted(history.snapshots) == [1, 3]
+    first, third = history.snapshots[1], history.snapshots[3]
+    assert first is not history.ema.module and not first.training
+    assert not any(p.requires_grad for p in first.parameters())
+    ema = history.ema.module.weight
+    # each copy stopped where the EMA was then: the later one is nearer the final EMA
+    assert not torch.equal(first.weight, third.weight)
+    assert (third.weight - ema).norm() < (first.weight - ema).norm()
+    # without an EMA the copies are of the trained weights
+    plain = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=2, lr=0.05,
+                  progress=False, snapshot_epochs=(2,))
+    assert not torch.equal(plain.snapshots[2].weight, torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="snapshot_epochs must lie in 1..2"):
+        train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=2, snapshot_epochs=(3,),
+              progress=False)
+
+
 def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once():
     """avg ← avg + (1 - d_n)(w - avg), d_n = min(decay, (1 + n)/(10 + n)), applied by one foreach call."""
     model = nn.Linear(3, 2)
