@@ -40,8 +40,9 @@ def settings_03(epochs: int) -> list[tuple[str, int | None, float | None, int]]:
     """(name, snapshot epoch or None, w, DDIM steps); epoch 0 means the last weights, no EMA."""
     plain = [("DDIM-50, η = 1 (03 until now)", None, None, 50), ("DDIM-100, η = 1", None, None, 100),
              ("DDIM-50, η = 1, the last weights (no EMA)", 0, None, 50)]
+    early = sorted(e for e in {1, 2, 3, epochs // 2} if 1 <= e < epochs)   # copies before the end
     return plain + [(f"autoguided by epoch {e}, w = {w:g}", e, w, 50)
-                    for e in sorted({1, 2, 3, epochs // 2}) for w in (1.5, 2.0, 2.5, 3.0)]
+                    for e in early for w in (1.5, 2.0, 2.5, 3.0)]
 
 
 SETTINGS_FLOWERS = [("CFG w = 2 (04 until now)", None, "cfg", 2.0), ("CFG w = 3", None, "cfg", 3.0)] + [
@@ -58,29 +59,18 @@ def _device_name():
 
 
 def run_03(seed: int, epochs: int, channels: tuple[int, ...] = (16, 32, 64)) -> dict:
-    """03's section 10 recipe (channels 16, 32, 64, bottleneck 128, scaled-linear T = 150, batches
-    of 64, lr 2e-3 with warm-up and cosine decay, EMA 0.999), one seed, with snapshots."""
+    """03's section 10 recipe (``sampler_settings.train_fixed_model``), one seed, with snapshots."""
     import torch
     from course_lib import config
-    from course_lib.data import load_fashion_mnist, make_loader
-    from course_lib.ddpm import AutoGuidance, diffusion_loss, sample_ddim, scaled_linear_schedule
-    from course_lib.metrics import class_shares, sample_quality
-    from course_lib.train import adam, train, warmup_cosine
-    from course_lib.unets import OptimizedUNet
+    from course_lib.data import load_fashion_mnist
+    from course_lib.ddpm import AutoGuidance, sample_ddim
+    from report import judged_figures
+    from sampler_settings import train_fixed_model  # bench/sampler_settings.py
     device = config.get_device(verbose=True)
-    schedule = scaled_linear_schedule(150).to(device)
-    config.seed_everything(seed)
-    data = load_fashion_mnist(size=16, flip=False)
-    model = OptimizedUNet(img_ch=1, size=16, channels=channels, T=150, bottleneck=128)
-    loader = make_loader(data, batch_size=64, seed=seed)
-    optimizer = adam(model.parameters(), lr=2e-3)
-    total = epochs * len(loader)
-    scheduler = warmup_cosine(optimizer, total_steps=total, warmup_steps=total // 20)
     start = time.perf_counter()
-    history = train(model, loader, lambda m, b: diffusion_loss(m, b[0], schedule), epochs=epochs,
-                    optimizer=optimizer, scheduler=scheduler, ema_decay=0.999, device=device,
-                    desc="03's fixed recipe",
-                    snapshot_epochs={e for _, e, _, _ in settings_03(epochs) if e})
+    model, history, schedule, _ = train_fixed_model(
+        load_fashion_mnist(size=16, flip=False), seed=seed, epochs=epochs, channels=channels,
+        device=device, snapshot_epochs={e for _, e, _, _ in settings_03(epochs) if e})
     seconds = time.perf_counter() - start
     good = history.ema.module.eval()
     noise = torch.randn(N_03, 1, 16, 16, generator=torch.Generator().manual_seed(1000)).to(device)
@@ -94,13 +84,11 @@ def run_03(seed: int, epochs: int, channels: tuple[int, ...] = (16, 32, 64)) -> 
             denoiser = AutoGuidance(good, history.snapshots[epoch], w)
         samples = sample_ddim(denoiser, noise, schedule, steps=steps,
                               generator=torch.Generator().manual_seed(4)).cpu()
-        q, shares = sample_quality(samples), class_shares(samples)
-        rows.append({"name": name, "recognised": round(q.recognisable, 4), "frechet": round(q.frechet, 2),
-                     "min_share": round(shares.min().item(), 4), "max_share": round(shares.max().item(), 4)})
+        rows.append({"name": name, **judged_figures(samples)})
         print(rows[-1], flush=True)
     return {"notebook": "03", "seed": seed, "epochs": epochs, "channels": list(channels),
-            "steps": len(history.losses),
-            "train_seconds": round(seconds, 1), "device": _device_name(), "rows": rows}
+            "steps": len(history.losses), "train_seconds": round(seconds, 1),
+            "device": _device_name(), "rows": rows}
 
 
 def run_flowers(seed: int, epochs: int, only: list[int] | None = None) -> dict:
@@ -162,12 +150,12 @@ def tables() -> tuple[list[str], dict]:
     runs = json.loads(RUNS.read_text())
     lines, data = [], {}
     for notebook, measures in (("03", (("recognised", "{:.1%}"), ("frechet", "{:.1f}"),
-                                       ("min_share", "{:.1%}"), ("max_share", "{:.1%}"))),
+                                       ("min_class_share", "{:.1%}"), ("max_class_share", "{:.1%}"))),
                                ("04 flowers", (("species", "{:.1%}"), ("recognised", "{:.1%}"),
                                                ("frechet", "{:.1f}")))):
         header = {"recognised": "recognised" if notebook == "03" else "judge confident",
-                  "frechet": "Fréchet distance", "min_share": "smallest class",
-                  "max_share": "largest class", "species": "species asked for"}
+                  "frechet": "Fréchet distance", "min_class_share": "smallest class",
+                  "max_class_share": "largest class", "species": "species asked for"}
         models = sorted({(r["epochs"], tuple(r["channels"])) for r in runs if r["notebook"] == notebook},
                         key=lambda m: (m[1], -m[0]))
         for epochs, channels in models:

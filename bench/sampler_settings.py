@@ -41,24 +41,29 @@ SETTINGS = {   # name -> sampler(model, noise, schedule, generator)
 }
 
 
-def train_fixed_model(data, also_averaged: Callable[[torch.nn.Module], None] | None = None):
+def train_fixed_model(data, also_averaged: Callable[[torch.nn.Module], None] | None = None,
+                      seed: int = 0, epochs: int | None = None, channels: tuple[int, ...] = (16, 32, 64),
+                      device: torch.device | str = "cpu", snapshot_epochs=()):
     """03's fixed model trained as notebook 03 section 10 does: (model, History, schedule, steps).
 
     ``also_averaged(model)``, if given, runs after every optimiser step (bench/ema_decay.py keeps
-    more weight averages with it).
+    more weight averages with it). ``seed``, ``epochs`` (default: ``EPOCHS``, read at call time)
+    and ``channels`` change the training seed, its length and the widths; ``snapshot_epochs`` keeps early EMA copies (``train``'s, for
+    bench/autoguidance.py).
     """
-    config.seed_everything(0)
-    schedule = ddpm.scaled_linear_schedule(150)
-    model = OptimizedUNet(1, 16, channels=(16, 32, 64), T=150, bottleneck=128)
-    loader = make_loader(data, 64)
-    steps = EPOCHS * len(loader)
+    epochs = epochs or EPOCHS
+    config.seed_everything(seed)
+    schedule = ddpm.scaled_linear_schedule(150).to(device)
+    model = OptimizedUNet(1, 16, channels=tuple(channels), T=150, bottleneck=128)
+    loader = make_loader(data, 64, seed=seed)
+    steps = epochs * len(loader)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     if also_averaged is not None:
         optimizer.register_step_post_hook(lambda *_: also_averaged(model))
     scheduler = warmup_cosine(optimizer, steps, warmup_steps=steps // 20)
     history = train(model, loader, lambda m, b: ddpm.diffusion_loss(m, b[0], schedule),
-                    epochs=EPOCHS, optimizer=optimizer, scheduler=scheduler, ema_decay=0.999,
-                    desc="03's fixed model")
+                    epochs=epochs, optimizer=optimizer, scheduler=scheduler, ema_decay=0.999,
+                    device=device, desc="03's fixed model", snapshot_epochs=snapshot_epochs)
     return model, history, schedule, steps
 
 
