@@ -10,7 +10,8 @@ own, or a locked pretrained MiniLM), CLIP's image tower (a ViT trained here on 3
 since row M 05's locked pretrained EfficientNet-Lite0 reading them at 128 px), the guidance
 strength w (rows G-I sample row F's UNet, trained once; N and O row M's), or guidance rescale φ
 (rows K and L sample row J2's UNet, a second training of J), or (rows Q and R, each a fresh
-training of M's recipe on one machine) float32 against bfloat16 autocast. Every row uses 05's data, captions,
+training of M's recipe on one machine) float32 against bfloat16 autocast, or (row S) a UNet that
+predicts v instead of ε. Every row uses 05's data, captions,
 split, UNet (channels 16, 32, 64), cosine schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the
 same seeds; w = 2 and φ = 0 unless the row says.
 The flower judge (course_lib/classifier.py, never trained on captions) reads each sample's
@@ -41,7 +42,7 @@ from course_lib import config
 from course_lib.classifier import flower_split
 from course_lib.conditioning import keep_mask, mix_contexts
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
-from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided
+from course_lib.ddpm import VDenoiser, cosine_schedule, diffusion_loss, sample_guided
 from course_lib.metrics import real_quality, real_split, sample_quality, within_class_spread
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
@@ -72,6 +73,8 @@ class Row:
     bf16: bool | None = False    # the UNet under bfloat16 autocast (None: train's default, on AMX);
     #                              rows before Q trained in float32
     fresh: bool = False          # train again, even where an earlier row trained the same recipe
+    prediction: str = "eps"      # "v": the UNet learns v (ddpm.VDenoiser), as 04's flowers since row
+    #                              x30v of bench/flower_channels.md
 
 
 def rows() -> list[Row]:
@@ -100,14 +103,18 @@ def rows() -> list[Row]:
             # Q-R: 05's UNet in float32 and in bfloat16 autocast (train's default on an AMX CPU)
             Row("Q. M again, float32 (the machine of row R)", "M", **_M, fresh=True),
             Row("R. Q in bfloat16 autocast (05 as it is, on an AMX CPU)", "Q", **dict(_M, bf16=True),
-                fresh=True)]
+                fresh=True),
+            # S: the v-prediction that 04's flowers adopted (bench/flower_channels.md, x30v runs);
+            #    not adopted for 05 (bench/RESULTS.md, section 6)
+            Row("S. Q with v-prediction", "Q", **dict(_M, prediction="v"), fresh=True)]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
 _M = dict(_J, vision="lite0")                                        # 05's since row M
 
 
-_TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16) -> (clip, EMA UNet, result so far)
+_TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16, prediction)
+#               -> (clip, EMA UNet, result so far)
 
 
 def clip_images(photos, vision: str) -> torch.Tensor:
@@ -137,7 +144,7 @@ def real_spread() -> float:
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
     key = (row.name if row.fresh else None, row.p_text, row.unet_epochs, row.clip_steps,
-           row.text_tower, row.vision, row.bf16)
+           row.text_tower, row.vision, row.bf16, row.prediction)
     if key not in _TRAINED:
         _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
     clip, ema, trained = _TRAINED[key]
@@ -148,7 +155,8 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
               "rescale": row.rescale, **trained}
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
-        samples = sample_guided(ema, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
+        denoiser = VDenoiser(ema, SCHEDULE) if row.prediction == "v" else ema
+        samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
                                 seed=21, rescale=row.rescale)
         result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
         result[f"{name}_at_limits"] = round(at_limits(samples), 3)
@@ -178,8 +186,10 @@ def train_row(row: Row, photos, captions, train_idx, held_out):
     def loss_fn(model, batch):
         images, pair = batch
         c = mix_contexts(*pair.chunk(2, dim=1), p_text=row.p_text)
-        return diffusion_loss(model, images, SCHEDULE, c=c,
-                              c_mask=keep_mask(len(images), 0.9, device=images.device))
+        mask = keep_mask(len(images), 0.9, device=images.device)
+        if row.prediction == "v":
+            return VDenoiser(model, SCHEDULE).loss(images, c=c, c_mask=mask)
+        return diffusion_loss(model, images, SCHEDULE, c=c, c_mask=mask)
 
     started = time.perf_counter()
     history = train(unet, make_loader(train_set, 32), loss_fn, epochs=row.unet_epochs, lr=2e-3,

@@ -1,15 +1,17 @@
-"""Row P's network against row X's (1.5× as wide) for 04's flowers: widths, epochs and seeds in one table.
+"""04's flower network, one run per line: widths, epochs, seeds, patches and the prediction target.
 
     python bench/flower_channels.py            # the table, from the runs already stored
     python bench/flower_channels.py --run      # train and sample every run first (slow on a CPU)
+    python bench/flower_channels.py --run x30v_s1   # train and sample one run
 
 Each run is one call of ``bench/flower_sampler.py`` (04's flower recipe with batches of 64, the
-given channels, epochs and training seed; 300 starting noises per species, the same in every run,
-sampled with w = 2, DDIM-50 and η = 1, and η = 0.75 where the run asked for it), stored as
-bench/flower_channels_<run>.md and .json. This script gathers them into bench/flower_channels.md
-and .json, one line per run, so that a width is compared with the other at the same training
-time as well as at the same epochs: row X's network costs about 1.7× row P's per step in
-float32 (notebook 04's run in the thirteenth session).
+given channels, epochs and training seed, ``--patch`` and ``--prediction``; 300 starting noises
+per species, the same in every run, sampled with w = 2, DDIM-50 and η = 1, and η = 0.75 where the
+run asked for it), stored as bench/flower_channels_<run>.md and .json. This script gathers them
+into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
+others at the same training time as well as at the same epochs: row X's network costs about 1.7×
+row P's per step in float32 (notebook 04's run in the thirteenth session), and one on 2×2 patches
+about a third of row X's.
 """
 from __future__ import annotations
 
@@ -20,58 +22,89 @@ from pathlib import Path
 from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
-RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it sampled)
+RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it sampled[, patch, prediction])
     "p_s0": ("16,32,64", 50, 0, "0,8"), "p_s1": ("16,32,64", 50, 1, "0,8"),
     "x_s0": ("24,48,96", 50, 0, "0,8"), "x_s1": ("24,48,96", 50, 1, "0,8"),
     "x40_s0": ("24,48,96", 40, 0, "0"), "x40_s1": ("24,48,96", 40, 1, "0"),
     "x35_s0": ("24,48,96", 35, 0, "0"), "x35_s1": ("24,48,96", 35, 1, "0"),
     "x30_s0": ("24,48,96", 30, 0, "0"), "x30_s1": ("24,48,96", 30, 1, "0"),
+    # fifteenth session, on 2 CPU cores: row X's 30 epochs again, on 2×2 patches, and with v-prediction
+    # (rows 6 and 9: the same trainings sampled with w = 3 and w = 1)
+    "x30cpu_s0": ("24,48,96", 30, 0, "0"), "x30cpu_s0_w3": ("24,48,96", 30, 0, "6"),
+    "p2c32e85_s0": ("32,64,128", 85, 0, "0", 2, "eps"),
+    "x30v_s0": ("24,48,96", 30, 0, "0", 1, "v"), "x30v_s1": ("24,48,96", 30, 1, "0", 1, "v"),
+    "x30v_s0_w1": ("24,48,96", 30, 0, "9", 1, "v"),
 }
+CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1", "x30v_s1")
 
 
 def run(name: str) -> None:
     import flower_sampler  # bench/flower_sampler.py (imports torch)
-    channels, epochs, seed, rows = RUNS[name]
+    channels, epochs, seed, rows, patch, prediction = (*RUNS[name], 1, "eps")[:6]
     flower_sampler.main(["--batch", "64", "--per-species", "300", "--channels", channels,
                          "--epochs", str(epochs), "--seed", str(seed), "--rows", rows,
+                         "--patch", str(patch), "--prediction", prediction,
                          "--report", f"flower_channels_{name}"])
 
 
-def table() -> tuple[list[str], list[dict]]:
+def _percent(value) -> str:
+    return "-" if value is None else format(value, ".0%")
+
+
+def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
     """One line per stored run: its network, epochs, seed, steps and loss, and what the judge read."""
-    lines = ["| run | channels | epochs | seed | steps | final loss | requested species | judge "
-             "confident | Fréchet distance | requested species, η = 0.75 | where |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | channels | patch | predicts | epochs | seed | steps | training seconds "
+             "| final loss | w | requested species | judge confident | Fréchet distance "
+             "| Fréchet, three species | variety | requested species, η = 0.75 | where |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
-    for name in RUNS:
+    for name in names:
         data = json.loads((HERE / f"flower_channels_{name}.json").read_text())
         first = data["rows"][0]
         eta075 = next((r["species"] for r in data["rows"] if r["settings"].get("eta") == 0.75), None)
-        r = {"run": name, "channels": data["channels"], "epochs": data["epochs"],
-             "seed": data["seed"], "steps": data["steps"], "final_loss": round(data["final_loss"], 4),
-             "species": first["species"], "recognised": first["recognised"],
-             "frechet": first["frechet"], "species_eta075": eta075, "device": data["device"]}
+        r = {"run": name, "channels": data["channels"], "patch": data.get("patch", 1),
+             "prediction": data.get("prediction", "eps"), "epochs": data["epochs"],
+             "seed": data["seed"], "steps": data["steps"], "train_seconds": data.get("train_seconds"),
+             "final_loss": round(data["final_loss"], 4), "w": first["settings"]["w"],
+             "species": first["species"],
+             "recognised": first["recognised"], "frechet": first["frechet"],
+             "frechet_species": first.get("frechet_species"), "variety": first.get("variety"),
+             "species_eta075": eta075, "device": data["device"]}
         rows.append(r)
-        lines.append(f"| {name} | {', '.join(map(str, r['channels']))} | {r['epochs']} | {r['seed']} "
-                     f"| {r['steps']} | {r['final_loss']:.4f} | {r['species']:.0%} "
-                     f"| {r['recognised']:.0%} | {r['frechet']:.1f} "
-                     f"| {'-' if eta075 is None else format(eta075, '.0%')} | {r['device']} |")
+        seconds, fs, variety = r["train_seconds"], r["frechet_species"], r["variety"]
+        lines.append(f"| {name} | {', '.join(map(str, r['channels']))} | {r['patch']} "
+                     f"| {r['prediction']} | {r['epochs']} | {r['seed']} | {r['steps']} "
+                     f"| {'-' if seconds is None else format(seconds, '.0f')} "
+                     f"| {r['final_loss']:.4f} | {r['w']:g} | {r['species']:.0%} "
+                     f"| {r['recognised']:.0%} "
+                     f"| {r['frechet']:.1f} | {'-' if fs is None else format(fs, '.1f')} "
+                     f"| {'-' if variety is None else format(variety, '.2f')} "
+                     f"| {_percent(eta075)} | {r['device']} |")
     return lines, rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="store_true", help="train and sample every run first")
+    parser.add_argument("--run", nargs="*", choices=list(RUNS), metavar="RUN",
+                        help="train and sample these runs first (no names: every run)")
     args = parser.parse_args(argv)
-    if args.run:
-        for name in RUNS:
-            run(name)
+    for name in (RUNS if args.run == [] else args.run or []):
+        run(name)
     lines, rows = table()
-    head = ("Row P's network (channels 16, 32, 64) against row X's (24, 48, 96) for 04's flowers: "
-            "batches of 64, 300 starting noises per species (the same in every run), w = 2, "
-            "DDIM-50, η = 1 unless the column says otherwise, judged by the 32×32 flower judge "
-            "(real held-out photos: 77% read as their species).")
+    head = ("04's flower network, one run per line: row P's channels (16, 32, 64), row X's "
+            "(24, 48, 96), on 2×2 patches or not, predicting ε or v; batches of 64, 300 starting "
+            "noises per species (the same in every run), w = 2, DDIM-50, η = 1 unless the column "
+            "says otherwise, judged by the 32×32 flower judge (real held-out photos: 77% read as "
+            "their species). Fréchet distances to the ~360 held-out photos of all five species, "
+            "and (from the fifteenth session) to those of the three species only; variety is the "
+            "samples' mean judge-feature distance within a species over the real photos' (1: as "
+            "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
+    lines, rows = table(CPU_RUNS)
+    head = ("04's flower network on 2 CPU cores (fifteenth session), predicting ε (04 until now) "
+            "or v, and on 2×2 patches: the runs of bench/flower_channels.md made on this machine, "
+            "with w as the column says (300 starting noises per species, the same in every run).")
+    write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     return 0
 
 

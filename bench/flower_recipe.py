@@ -59,6 +59,8 @@ class FlowerRecipe:
     seed: int = 0                       # the training seed (the sampling noise never changes)
     attention: bool = False             # a self-attention block at 8×8 (OptimizedUNet(attention=True))
     min_snr: float | None = None        # min-SNR-γ loss weighting (Hang et al. 2023), γ
+    patch: int = 1                      # 2: the UNet runs on 2×2 patches (OptimizedUNet(patch=2))
+    prediction: str = "eps"             # "v": the network learns v (ddpm.VDenoiser), sampled as eps
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -110,17 +112,23 @@ def recipes() -> list[FlowerRecipe]:
 
 def network(recipe: FlowerRecipe) -> OptimizedUNet:
     return OptimizedUNet(img_ch=3, size=32, channels=recipe.channels, T=150, c_dim=len(SPECIES),
-                         bottleneck=recipe.bottleneck, attention=recipe.attention)
+                         bottleneck=recipe.bottleneck, attention=recipe.attention,
+                         patch=recipe.patch)
 
 
-def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: float | None = None):
+def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: float | None = None,
+                     prediction: str = "eps"):
     """04's loss: one-hot species, kept with probability ``keep_prob`` (04: 0.9); ``min_snr``
-    weights it by min-SNR-γ."""
+    weights it by min-SNR-γ; ``prediction="v"`` trains a v-prediction network instead."""
     def loss_fn(model, batch):
         images, labels = batch
-        return ddpm.diffusion_loss(model, images, schedule, c=one_hot(labels, len(SPECIES)),
-                                   c_mask=keep_mask(len(images), keep_prob, device=images.device),
-                                   min_snr_gamma=min_snr)
+        context = dict(c=one_hot(labels, len(SPECIES)),
+                       c_mask=keep_mask(len(images), keep_prob, device=images.device))
+        if prediction == "v":
+            return ddpm.VDenoiser(model, schedule).loss(images, **context)
+        return ddpm.diffusion_loss(model, images, schedule, min_snr_gamma=min_snr, **context)
+    if prediction not in ("eps", "v") or (prediction == "v" and min_snr is not None):
+        raise ValueError(f"prediction must be 'eps' or 'v' (v without min_snr), got {prediction!r}")
     return loss_fn
 
 

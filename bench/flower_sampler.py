@@ -35,7 +35,9 @@ from torchvision.utils import save_image
 from course_lib import config, ddpm
 from course_lib.conditioning import one_hot
 from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
-from course_lib.metrics import real_quality, real_split, sample_quality
+from course_lib.classifier import load_classifier
+from course_lib.metrics import (features_and_probs, frechet_distance, real_quality, real_split,
+                                sample_quality, within_class_spread)
 from course_lib.train import train
 from flower_recipe import SPECIES, FlowerRecipe, conditional_loss, network  # bench/flower_recipe.py
 from report import AT_LIMITS, SCHEDULES, at_limits, write_report  # bench/report.py
@@ -53,39 +55,53 @@ SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "w = 3": dict(w=3.0, steps=50, clip_x0=True),
     "w = 3, guidance rescale φ = 0.7": dict(w=3.0, steps=50, clip_x0=True, rescale=0.7),
     "η = 0.75": dict(w=2.0, steps=50, clip_x0=True, eta=0.75),
+    "w = 1": dict(w=1.0, steps=50, clip_x0=True),
 }
 
 
 def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
-                       channels: tuple = FOURS.channels, seed: int = 0):
+                       channels: tuple = FOURS.channels, seed: int = 0, patch: int = 1,
+                       prediction: str = "eps"):
     """04's flower model trained as notebook 04 does: (EMA model, figures of training, schedule).
 
-    ``channels`` and ``seed`` change the network's widths and the training seed. The EMA weights
+    ``channels``, ``seed`` and ``patch`` change the network's widths, the training seed and the
+    pixels per patch (``OptimizedUNet(patch=...)``); ``prediction="v"`` trains a v-prediction
+    network and returns it wrapped in ``ddpm.VDenoiser``, which the samplers read as eps. The EMA weights
     are kept in bench/out/flower_sampler/ (with the figures) and loaded from there the next time
     with the same settings: more sampler rows need no new training.
     """
-    recipe = dataclasses.replace(FOURS, batch=batch, channels=tuple(channels), seed=seed)
+    recipe = dataclasses.replace(FOURS, batch=batch, channels=tuple(channels), seed=seed,
+                                 patch=patch, prediction=prediction)
     device = config.get_device(verbose=True)
     schedule = SCHEDULES[recipe.schedule](150).to(device)
     widths = "-".join(map(str, recipe.channels))
-    saved = HERE / "out" / "flower_sampler" / f"model_{epochs}_b{batch}_c{widths}_s{seed}.pt"
+
+    def as_eps(model):
+        return ddpm.VDenoiser(model, schedule) if prediction == "v" else model
+
+    saved = HERE / "out" / "flower_sampler" / (
+        f"model_{epochs}_b{batch}_c{widths}_s{seed}" + (f"_p{patch}" if patch > 1 else "")
+        + ("_v" if prediction == "v" else "") + ".pt")
     if saved.exists():
         state = torch.load(saved, weights_only=True)
         model = network(recipe)
         model.load_state_dict(state["weights"])
         print(f"loaded the model of an earlier run from {saved}")
-        return model.to(device).eval(), state["trained"], schedule
+        return as_eps(model.to(device).eval()), state["trained"], schedule
     config.seed_everything(seed)
     data = load_flowers(size=32, classes=SPECIES, flip=True)
     model = network(recipe)
-    history = train(model, make_loader(data, batch, seed=seed), conditional_loss(schedule),
+    start = time.perf_counter()
+    history = train(model, make_loader(data, batch, seed=seed),
+                    conditional_loss(schedule, prediction=prediction),
                     epochs=epochs, lr=recipe.lr, ema_decay=recipe.ema, device=device,
                     desc="04's flowers")
     ema = history.ema.module.eval()
-    trained = {"steps": len(history.losses), "final_loss": history.final_loss}
+    trained = {"steps": len(history.losses), "final_loss": history.final_loss,
+               "train_seconds": round(time.perf_counter() - start, 1)}
     saved.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": ema.state_dict(), "trained": trained}, saved)
-    return ema, trained, schedule
+    return as_eps(ema), trained, schedule
 
 
 def main(argv=None) -> int:
@@ -97,11 +113,16 @@ def main(argv=None) -> int:
     parser.add_argument("--channels", default=",".join(map(str, FOURS.channels)),
                         help="the UNet's widths (row P: 16,32,64; row X, 04 now: 24,48,96)")
     parser.add_argument("--seed", type=int, default=0, help="the training seed (sampling noise stays)")
+    parser.add_argument("--patch", type=int, default=1,
+                        help="pixels per patch side (2: the UNet runs at 16×16 on 2×2 patches)")
+    parser.add_argument("--prediction", choices=("eps", "v"), default="eps",
+                        help="what the network learns to predict (v: Salimans & Ho 2022)")
     parser.add_argument("--rows", help="comma-separated indices into SETTINGS (default: all)")
     parser.add_argument("--report", default="flower_sampler", help="name of the .md/.json written")
     args = parser.parse_args(argv)
     channels = tuple(int(c) for c in args.channels.split(","))
-    model, trained, schedule = train_flower_model(args.epochs, args.batch, channels, args.seed)
+    model, trained, schedule = train_flower_model(args.epochs, args.batch, channels, args.seed,
+                                                 args.patch, args.prediction)
     settings = list(SETTINGS.items())
     if args.rows:
         settings = [settings[int(i)] for i in args.rows.split(",")]
@@ -110,6 +131,11 @@ def main(argv=None) -> int:
     c = one_hot(asked, len(SPECIES)).to(schedule.betas.device)
     out = HERE / "out" / args.report
     out.mkdir(parents=True, exist_ok=True)
+    photos, labels, _ = real_split("flowers", 32)
+    ours = torch.isin(labels, to_species)     # the held-out photos of the three species
+    judge = load_classifier("flowers")
+    ours_features = features_and_probs(judge, photos[ours], "flowers")[0]
+    real_spread = within_class_spread(photos[ours], labels[ours], "flowers")
     rows = []
     for i, (name, kwargs) in enumerate(settings):
         start = time.perf_counter()
@@ -119,29 +145,40 @@ def main(argv=None) -> int:
         q = sample_quality(samples, "flowers", labels=to_species[asked])
         rows.append({"name": name, "settings": kwargs, "species": round(q.accuracy, 3),
                      "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
-                     "at_limits": round(at_limits(samples), 3), "seconds": round(seconds, 1)})
+                     "at_limits": round(at_limits(samples), 3), "seconds": round(seconds, 1),
+                     "frechet_species": round(frechet_distance(
+                         features_and_probs(judge, samples, "flowers")[0], ours_features), 1),
+                     "variety": round(within_class_spread(samples, asked, "flowers")
+                                      / real_spread, 3)})
         print(rows[-1], flush=True)
         grid = samples.view(len(SPECIES), args.per_species, 3, 32, 32)[:, :12].flatten(0, 1)
         save_image(grid * 0.5 + 0.5, out / f"{i}.png", nrow=min(12, args.per_species))
     real = real_quality("flowers", 32, n=10_000)
-    photos, labels, _ = real_split("flowers", 32)
-    real_limits = at_limits(photos[torch.isin(labels, to_species)])
+    real_limits = at_limits(photos[ours])
     where = (torch.cuda.get_device_name() if torch.cuda.is_available()
              else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
     head = (f"Sampler settings for 04's flower model ({where}, torch {torch.__version__}): one "
             f"run of notebook 04's flower recipe (batches of {args.batch}, channels "
-            f"{args.channels}, training seed {args.seed}), {trained['steps']} "
+            f"{args.channels}{', patches of %d' % args.patch if args.patch > 1 else ''}"
+            f"{', v-prediction' if args.prediction == 'v' else ''}, training "
+            f"seed {args.seed}), {trained['steps']} "
             f"steps (final loss {trained['final_loss']:.4f}); the same {args.per_species} starting "
             f"noises per species in every row, judged by the 32×32 flower judge. Real held-out "
             f"photos: {real.accuracy:.0%} read as their species; {real_limits:.1%} of the pixel "
             f"values of the three species' photos lie at |x| ≥ {AT_LIMITS}.")
+    head += (" The second Fréchet distance is to the held-out photos of the three species only; "
+             "variety is the samples' mean judge-feature distance within a species over the "
+             "real photos' (1: as varied as real photos).")
     lines = [head, "", "| sampler | requested species | judge confident | Fréchet distance "
-             f"| values at \\|x\\| ≥ {AT_LIMITS} | seconds |", "|---|---|---|---|---|---|"]
+             f"| Fréchet, three species | variety | values at \\|x\\| ≥ {AT_LIMITS} | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['species']:.0%} | {r['recognised']:.0%} "
-                     f"| {r['frechet']:.1f} | {r['at_limits']:.1%} | {r['seconds']:.0f} |")
+                     f"| {r['frechet']:.1f} | {r['frechet_species']:.1f} | {r['variety']:.2f} "
+                     f"| {r['at_limits']:.1%} | {r['seconds']:.0f} |")
     write_report(args.report, lines, {
         "epochs": args.epochs, "batch": args.batch, "channels": list(channels), "seed": args.seed,
+        "patch": args.patch, "prediction": args.prediction,
         "device": where, "per_species": args.per_species, **trained, "real_species": real.accuracy,
         "real_at_limits": real_limits, "rows": rows})
     return 0

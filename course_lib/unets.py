@@ -12,6 +12,7 @@ All share the layout: down0 (full size) -> down1 (1/2) -> down2 (1/4) -> dense b
 from __future__ import annotations
 
 import torch
+from einops.layers.torch import Rearrange
 from torch import nn
 
 from .blocks import (DownBlock, EmbedBlock, GELUConvBlock, GELUDownBlock, GELUUpBlock,
@@ -123,27 +124,41 @@ class OptimizedUNet(Encoder):
     ``bottleneck`` is the width of the dense bottleneck's hidden layers (default: channels[1]).
     ``attention=True`` puts a :class:`SelfAttentionBlock` on the lowest level (size/4), before
     the dense bottleneck.
+    ``patch=2`` first moves each 2×2 patch of pixels into channels (the Rearrange of 03's
+    pooling; the "patchify" of DiT, Peebles & Xie 2023) and moves them back at the end: the whole
+    UNet then runs at size/patch, for a fraction of the cost per step (measured for 04's flowers
+    and not adopted: bench/RESULTS.md, section 13).
     """
 
     def __init__(self, img_ch: int = 1, size: int = 16, channels=(32, 64, 128), T: int = 150,
                  groups: int = 8, t_dim: int = 32, c_dim: int | None = None,
                  max_period: float = 10000.0, bottleneck: int | None = None,
-                 attention: bool = False):
+                 attention: bool = False, patch: int = 1):
         super().__init__()
-        _check_size(size)
+        if patch < 1 or size % patch:
+            raise ValueError(f"patch must be a whole divisor of the image size {size}, got {patch}")
+        if patch == 1:
+            _check_size(size)
+        elif size % (4 * patch):
+            raise ValueError(f"image size {size} must be divisible by {4 * patch} (patches of "
+                             f"{patch}, then the UNet halves the size twice)")
         c0, c1, c2 = channels
         self.img_ch, self.size, self.T, self.c_dim = img_ch, size, T, c_dim
-        self.down0 = ResidualConvBlock(img_ch, c0, groups)
+        self.down0 = ResidualConvBlock(img_ch * patch * patch, c0, groups)
         self.down1 = GELUDownBlock(c0, c1, groups)
         self.down2 = GELUDownBlock(c1, c2, groups)
-        self.bottleneck = dense_bottleneck(c2, bottleneck or c1, size // 4, nn.GELU)
+        self.bottleneck = dense_bottleneck(c2, bottleneck or c1, size // patch // 4, nn.GELU)
         if attention:
             self.bottleneck = nn.Sequential(SelfAttentionBlock(c2, groups=groups), self.bottleneck)
         self.up0 = GELUConvBlock(c2, c2, groups)
         self.up1 = GELUUpBlock(c2, c1, groups)
         self.up2 = GELUUpBlock(c1, c0, groups)
         self.out = nn.Sequential(nn.Conv2d(2 * c0, c0, 3, padding=1), nn.GroupNorm(groups, c0),
-                                 nn.ReLU(), nn.Conv2d(c0, img_ch, 3, padding=1))
+                                 nn.ReLU(), nn.Conv2d(c0, img_ch * patch * patch, 3, padding=1))
+        if patch > 1:   # pixels -> patches before down0, patches -> pixels after out
+            self.down0 = nn.Sequential(
+                Rearrange("b c (h p1) (w p2) -> b (c p1 p2) h w", p1=patch, p2=patch), self.down0)
+            self.out.append(Rearrange("b (c p1 p2) h w -> b c (h p1) (w p2)", p1=patch, p2=patch))
         self.sinusoidal = SinusoidalPositionEmbedBlock(t_dim, max_period)
         self.t_emb1 = EmbedBlock(t_dim, c2)
         self.t_emb2 = EmbedBlock(t_dim, c1)

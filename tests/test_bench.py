@@ -344,6 +344,44 @@ def test_flower_sampler_trains_the_asked_widths_and_seed_and_keeps_each_model_ap
                      "model_1_b4_c24-48-96_s1.pt"]
     again, _, _ = flower_sampler.train_flower_model(1, 4, (24, 48, 96), seed=1)   # loaded, not retrained
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), again.state_dict().values()))
+    patched, _, _ = flower_sampler.train_flower_model(1, 4, (16, 32, 64), seed=0, patch=2)
+    assert patched.down0[0](torch.zeros(1, 3, 32, 32)).shape == (1, 12, 16, 16)
+    v_model, _, schedule = flower_sampler.train_flower_model(1, 4, (16, 32, 64), seed=0,
+                                                             prediction="v")
+    assert isinstance(v_model, flower_sampler.ddpm.VDenoiser)   # the samplers read it as eps
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([149, 10])
+    with torch.no_grad():
+        ab = schedule.alpha_bars[t].view(2, 1, 1, 1)
+        assert torch.allclose(v_model(x, t), ab.sqrt() * v_model.model(x, t) + (1 - ab).sqrt() * x)
+    saved = sorted(p.name for p in (tmp_path / "out" / "flower_sampler").iterdir())
+    assert "model_1_b4_c16-32-64_s0_p2.pt" in saved and "model_1_b4_c16-32-64_s0_v.pt" in saved
+    again_v, _, _ = flower_sampler.train_flower_model(1, 4, (16, 32, 64), seed=0, prediction="v")
+    assert isinstance(again_v, flower_sampler.ddpm.VDenoiser)    # loaded, and wrapped again
+
+
+def test_flower_recipe_v_loss_is_the_eps_loss_weighted_by_one_over_alpha_bar():
+    """flower_recipe.conditional_loss(prediction="v"): for one noise level and one noise draw,
+    the v-loss equals the eps-loss of the same network read through VDenoiser, divided by ᾱ_t."""
+    import pytest
+    import torch
+
+    flower_recipe = _bench_module("flower_recipe")
+    from course_lib import ddpm
+    from course_lib.unets import OptimizedUNet
+
+    torch.manual_seed(0)
+    schedule = ddpm.cosine_schedule(150)
+    net = OptimizedUNet(3, 32, channels=(16, 32, 64), c_dim=3).eval()
+    x0 = torch.rand(1, 3, 32, 32) * 2 - 1
+    v_model = ddpm.VDenoiser(net, schedule)
+    generator = torch.Generator().manual_seed(3)
+    v_loss = v_model.loss(x0, generator=generator)
+    generator = torch.Generator().manual_seed(3)
+    eps_loss = ddpm.diffusion_loss(v_model, x0, schedule, generator=generator)
+    t = torch.randint(0, 150, (1,), generator=torch.Generator().manual_seed(3))
+    assert v_loss.item() == pytest.approx(eps_loss.item() / schedule.alpha_bars[t].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="'eps' or 'v'"):
+        flower_recipe.conditional_loss(schedule, prediction="x0")
 
 
 def test_clip_context_rows_change_one_thing_each():
@@ -436,3 +474,27 @@ def test_autoguidance_tables_come_from_the_stored_runs_and_back_the_notebooks_se
     nb03 = source("03")
     assert re.search(r"EARLY_EPOCH = config\.pick\(full=2,", nb03)
     assert "AutoGuidance(fixed_ema, fixed_history.snapshots[EARLY_EPOCH], w=2.0)" in nb03
+
+
+def test_flower_prediction_table_comes_from_the_stored_runs_and_backs_notebook_04():
+    """bench/flower_channels.md and flower_prediction.md rebuild exactly from the stored runs; the
+    v-prediction runs beat the ε run of the same machine on the species share, at both seeds; and
+    notebook 04 trains and samples its flowers as those runs did (v through VDenoiser)."""
+    import json
+    flower_channels = _bench_module("flower_channels")
+    lines, _ = flower_channels.table()
+    assert (ROOT / "bench" / "flower_channels.md").read_text().splitlines()[2:] == lines
+    lines, rows = flower_channels.table(flower_channels.CPU_RUNS)
+    assert (ROOT / "bench" / "flower_prediction.md").read_text().splitlines()[2:] == lines
+    runs = {r["run"]: r for r in rows}
+    eps = runs["x30cpu_s0"]
+    assert eps["prediction"] == "eps" and eps["w"] == 2
+    for name in ("x30v_s0", "x30v_s1"):
+        v = runs[name]
+        assert (v["prediction"], v["w"], v["epochs"], v["channels"]) == ("v", 2, 30, [24, 48, 96])
+        assert v["species"] > eps["species"] + 0.1
+    notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
+    source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    assert 'conditional_loss(3, flower_schedule, prediction="v")' in source
+    assert "flower_denoiser = VDenoiser(flower_ema, flower_schedule)" in source
+    assert "sample_guided(flower_denoiser," in source

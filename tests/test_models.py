@@ -103,6 +103,32 @@ def test_dense_bottleneck_width_is_a_choice():
     assert wide(x, torch.tensor([3, 4])).shape == x.shape
 
 
+def test_patch_2_runs_the_unet_at_half_size_and_keeps_the_image_shape():
+    """patch=2 moves 2×2 pixel patches into channels before down0 (losslessly) and back after
+    out: the image keeps its shape, every level runs at half the size, and patch=1 is the
+    network as it was (the same weight names, so stored weights still load)."""
+    torch.manual_seed(0)
+    model = OptimizedUNet(3, 32, channels=(16, 32, 64), c_dim=3, patch=2).eval()
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 149])
+    assert model(x, t, torch.eye(3)[:2]).shape == x.shape
+    shapes = {name: shape for name, shape, _ in layer_shapes(model, x, t)}
+    assert shapes["down0"] == (2, 16, 16, 16) and shapes["down2"] == (2, 64, 4, 4)
+    patches = model.down0[0](x)
+    assert patches.shape == (2, 12, 16, 16)
+    assert torch.equal(model.out[-1](patches), x)          # out's last step undoes the first
+    assert torch.equal(patches[:, :4, 0, 0].flatten(), x[:, 0, :2, :2].flatten())
+    plain = OptimizedUNet(3, 32, channels=(16, 32, 64), c_dim=3)
+    assert "down0.conv1.0.weight" in plain.state_dict()
+    assert "down0.1.conv1.0.weight" in model.state_dict()
+    for bad, match in ((3, "whole divisor"), (0, "whole divisor")):
+        with pytest.raises(ValueError, match=match):
+            OptimizedUNet(3, 32, patch=bad)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        OptimizedUNet(3, 36, patch=2)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        OptimizedUNet(3, 18)
+
+
 def test_self_attention_block_mixes_every_position():
     """A change at one pixel of the 4×4 map reaches every other pixel through the attention, and
     the block keeps the shape (a residual around attention over the 16 positions)."""
