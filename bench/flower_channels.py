@@ -11,7 +11,7 @@ run asked for it), stored as bench/flower_channels_<run>.md and .json. This scri
 into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
 others at the same training time as well as at the same epochs: row X's network costs about 1.7×
 row P's per step in float32 (notebook 04's run in the thirteenth session), and one on 2×2 patches
-about a third of row X's.
+with channels 32, 64, 128 about 0.41 of row X's (run p2c32e85_s0).
 """
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def run(name: str) -> None:
                          "--report", f"flower_channels_{name}"])
 
 
-def _percent(value) -> str:
-    return "-" if value is None else format(value, ".0%")
+def _cell(value, spec: str) -> str:
+    """A table cell: ``value`` formatted by ``spec``, or '-' where the run did not record it."""
+    return "-" if value is None else format(value, spec)
 
 
 def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
@@ -71,15 +72,12 @@ def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
              "frechet_species": first.get("frechet_species"), "variety": first.get("variety"),
              "species_eta075": eta075, "device": data["device"]}
         rows.append(r)
-        seconds, fs, variety = r["train_seconds"], r["frechet_species"], r["variety"]
         lines.append(f"| {name} | {', '.join(map(str, r['channels']))} | {r['patch']} "
                      f"| {r['prediction']} | {r['epochs']} | {r['seed']} | {r['steps']} "
-                     f"| {'-' if seconds is None else format(seconds, '.0f')} "
-                     f"| {r['final_loss']:.4f} | {r['w']:g} | {r['species']:.0%} "
-                     f"| {r['recognised']:.0%} "
-                     f"| {r['frechet']:.1f} | {'-' if fs is None else format(fs, '.1f')} "
-                     f"| {'-' if variety is None else format(variety, '.2f')} "
-                     f"| {_percent(eta075)} | {r['device']} |")
+                     f"| {_cell(r['train_seconds'], '.0f')} | {r['final_loss']:.4f} | {r['w']:g} "
+                     f"| {r['species']:.0%} | {r['recognised']:.0%} | {r['frechet']:.1f} "
+                     f"| {_cell(r['frechet_species'], '.1f')} | {_cell(r['variety'], '.2f')} "
+                     f"| {_cell(eta075, '.0%')} | {r['device']} |")
     return lines, rows
 
 

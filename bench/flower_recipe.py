@@ -120,6 +120,9 @@ def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: f
                      prediction: str = "eps"):
     """04's loss: one-hot species, kept with probability ``keep_prob`` (04: 0.9); ``min_snr``
     weights it by min-SNR-γ; ``prediction="v"`` trains a v-prediction network instead."""
+    if prediction not in ("eps", "v") or (prediction == "v" and min_snr is not None):
+        raise ValueError(f"prediction must be 'eps' or 'v' (v without min_snr), got {prediction!r}")
+
     def loss_fn(model, batch):
         images, labels = batch
         context = dict(c=one_hot(labels, len(SPECIES)),
@@ -127,8 +130,6 @@ def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: f
         if prediction == "v":
             return ddpm.VDenoiser(model, schedule).loss(images, **context)
         return ddpm.diffusion_loss(model, images, schedule, min_snr_gamma=min_snr, **context)
-    if prediction not in ("eps", "v") or (prediction == "v" and min_snr is not None):
-        raise ValueError(f"prediction must be 'eps' or 'v' (v without min_snr), got {prediction!r}")
     return loss_fn
 
 
