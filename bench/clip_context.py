@@ -11,8 +11,10 @@ since row M 05's locked pretrained EfficientNet-Lite0 reading them at 128 px), t
 strength w (rows G-I sample row F's UNet, trained once; N and O row M's), or guidance rescale φ
 (rows K and L sample row J2's UNet, a second training of J), or (rows Q and R, each a fresh
 training of M's recipe on one machine) float32 against bfloat16 autocast, or (row S) a UNet that
-predicts v instead of ε. Every row uses 05's data, captions,
-split, UNet (channels 16, 32, 64), cosine schedule, DDIM-50 with η = 1 and x̂₀ clipped, and the
+predicts v instead of ε, or (rows T and U, fresh trainings of Q's and S's recipes) deterministic
+DDIM, η = 0. Every row uses 05's data, captions,
+split, UNet (channels 16, 32, 64), cosine schedule, DDIM-50 with x̂₀ clipped (η = 1 unless the
+row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
 The flower judge (course_lib/classifier.py, never trained on captions) reads each sample's
 species; a sample counts when it is the prompt's species.
@@ -75,6 +77,7 @@ class Row:
     fresh: bool = False          # train again, even where an earlier row trained the same recipe
     prediction: str = "eps"      # "v": the UNet learns v (ddpm.VDenoiser), as 04's flowers since row
     #                              x30v of bench/flower_channels.md
+    eta: float = 1.0             # DDIM's η when sampling (0: deterministic, rows T and U)
 
 
 def rows() -> list[Row]:
@@ -106,7 +109,11 @@ def rows() -> list[Row]:
                 fresh=True),
             # S: the v-prediction that 04's flowers adopted (bench/flower_channels.md, x30v runs);
             #    not adopted for 05 (bench/RESULTS.md, section 6)
-            Row("S. Q with v-prediction", "Q", **dict(_M, prediction="v"), fresh=True)]
+            Row("S. Q with v-prediction", "Q", **dict(_M, prediction="v"), fresh=True),
+            # T-U: deterministic DDIM, which lifted 04's v-prediction flowers (bench/flower_channels.md,
+            #      x30v_s0_eta); each a fresh training of its base row's recipe, from the same seeds
+            Row("T. Q sampled with η = 0", "Q", **dict(_M, eta=0.0), fresh=True),
+            Row("U. S sampled with η = 0", "S", **dict(_M, prediction="v", eta=0.0), fresh=True)]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
@@ -152,12 +159,12 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
     result = {"name": row.name, "base": row.base, "p_text": row.p_text,
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
               "text_tower": clip.text_tower, "vision": row.vision, "w": row.w,
-              "rescale": row.rescale, **trained}
+              "rescale": row.rescale, "eta": row.eta, **trained}
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
         denoiser = VDenoiser(ema, SCHEDULE) if row.prediction == "v" else ema
         samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
-                                seed=21, rescale=row.rescale)
+                                seed=21, rescale=row.rescale, eta=row.eta)
         result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
         result[f"{name}_at_limits"] = round(at_limits(samples), 3)
         result[f"{name}_variety"] = round(within_class_spread(samples, species, "flowers")
@@ -222,15 +229,15 @@ def main(argv=None) -> int:
     done.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     head = (f"Text-to-image rows for 05 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
             f"{args.per_prompt} samples per species and wording set, guidance w = 2 unless a row says "
-            f"otherwise, guidance rescale φ where a row gives one, DDIM-50 η = 1; "
+            f"otherwise, guidance rescale φ where a row gives one, DDIM-50 with η as the row says; "
             f"share read as the prompt's species by the flower judge (real held-out photos: "
             f"{real.accuracy:.1%}, chance 20%). Values at the ends of the colour range: training "
             f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}). "
             f"Variety (training wordings, new wordings): each species' samples' spread in the "
             f"judge's features over the real photos' ({real_spread():.2f}); 1 is real-like.")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
-             f"| image tower | w | φ | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
-             "| variety | UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| image tower | w | φ | η | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
+             "| variety | UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         limits = ("-" if "training_wordings_at_limits" not in r else   # rows measured before it
                   f"{r['training_wordings_at_limits']:.1%}, {r['new_wordings_at_limits']:.1%}")
@@ -239,7 +246,8 @@ def main(argv=None) -> int:
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
                      f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('vision', 'vit')} "
                      f"| {r.get('w', 2.0):g} "
-                     f"| {r.get('rescale', 0.0):g} | {r['zero_shot_species']:.1%} "
+                     f"| {r.get('rescale', 0.0):g} | {r.get('eta', 1.0):g} "
+                     f"| {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {limits} "
                      f"| {variety} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {

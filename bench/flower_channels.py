@@ -34,8 +34,14 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
     "p2c32e85_s0": ("32,64,128", 85, 0, "0", 2, "eps"),
     "x30v_s0": ("24,48,96", 30, 0, "0", 1, "v"), "x30v_s1": ("24,48,96", 30, 1, "0", 1, "v"),
     "x30v_s0_w1": ("24,48,96", 30, 0, "9", 1, "v"),
+    # sixteenth session: the same trainings sampled with deterministic DDIM (row 10, η = 0); the
+    # first run also samples rows 4 (η = 0.5), 3 (x̂₀ not clipped) and 0 (η = 1) from its model
+    "x30v_s0_eta": ("24,48,96", 30, 0, "10,4,3,0", 1, "v"),
+    "x30v_s1_eta0": ("24,48,96", 30, 1, "10", 1, "v"),
+    "x30cpu_s0_eta0": ("24,48,96", 30, 0, "10"),
 }
-CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1", "x30v_s1")
+CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
+            "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0")
 
 
 def run(name: str) -> None:
@@ -55,9 +61,9 @@ def _cell(value, spec: str) -> str:
 def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
     """One line per stored run: its network, epochs, seed, steps and loss, and what the judge read."""
     lines = ["| run | channels | patch | predicts | epochs | seed | steps | training seconds "
-             "| final loss | w | requested species | judge confident | Fréchet distance "
+             "| final loss | w | η | requested species | judge confident | Fréchet distance "
              "| Fréchet, three species | variety | requested species, η = 0.75 | where |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for name in names:
         data = json.loads((HERE / f"flower_channels_{name}.json").read_text())
@@ -67,6 +73,7 @@ def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
              "prediction": data.get("prediction", "eps"), "epochs": data["epochs"],
              "seed": data["seed"], "steps": data["steps"], "train_seconds": data.get("train_seconds"),
              "final_loss": round(data["final_loss"], 4), "w": first["settings"]["w"],
+             "eta": first["settings"].get("eta", 1.0),
              "species": first["species"],
              "recognised": first["recognised"], "frechet": first["frechet"],
              "frechet_species": first.get("frechet_species"), "variety": first.get("variety"),
@@ -74,7 +81,8 @@ def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
         rows.append(r)
         lines.append(f"| {name} | {', '.join(map(str, r['channels']))} | {r['patch']} "
                      f"| {r['prediction']} | {r['epochs']} | {r['seed']} | {r['steps']} "
-                     f"| {_cell(r['train_seconds'], '.0f')} | {r['final_loss']:.4f} | {r['w']:g} "
+                     f"| {_cell(r['train_seconds'], '.0f')} | {r['final_loss']:.4f} "
+                     f"| {r['w']:g} | {r['eta']:g} "
                      f"| {r['species']:.0%} | {r['recognised']:.0%} | {r['frechet']:.1f} "
                      f"| {_cell(r['frechet_species'], '.1f')} | {_cell(r['variety'], '.2f')} "
                      f"| {_cell(eta075, '.0%')} | {r['device']} |")
@@ -99,9 +107,10 @@ def main(argv=None) -> int:
             "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
     lines, rows = table(CPU_RUNS)
-    head = ("04's flower network on 2 CPU cores (fifteenth session), predicting ε (04 until now) "
+    head = ("04's flower network on 2 CPU cores (fifteenth and sixteenth sessions), predicting ε "
             "or v, and on 2×2 patches: the runs of bench/flower_channels.md made on this machine, "
-            "with w as the column says (300 starting noises per species, the same in every run).")
+            "with w and η as the columns say (300 starting noises per species, the same in every "
+            "run).")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     return 0
 

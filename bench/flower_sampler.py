@@ -56,6 +56,7 @@ SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "w = 3, guidance rescale φ = 0.7": dict(w=3.0, steps=50, clip_x0=True, rescale=0.7),
     "η = 0.75": dict(w=2.0, steps=50, clip_x0=True, eta=0.75),
     "w = 1": dict(w=1.0, steps=50, clip_x0=True),
+    "η = 0 (deterministic DDIM)": dict(w=2.0, steps=50, clip_x0=True, eta=0.0),
 }
 
 

@@ -478,8 +478,9 @@ def test_autoguidance_tables_come_from_the_stored_runs_and_back_the_notebooks_se
 
 def test_flower_prediction_table_comes_from_the_stored_runs_and_backs_notebook_04():
     """bench/flower_channels.md and flower_prediction.md rebuild exactly from the stored runs; the
-    v-prediction runs beat the ε run of the same machine on the species share, at both seeds; and
-    notebook 04 trains and samples its flowers as those runs did (v through VDenoiser)."""
+    v-prediction runs beat the ε run of the same machine on the species share, at both seeds, and
+    deterministic DDIM beats η = 1 for them; and notebook 04 trains and samples its flowers as
+    those runs did (v through VDenoiser, η = 0)."""
     import json
     flower_channels = _bench_module("flower_channels")
     lines, _ = flower_channels.table()
@@ -493,8 +494,15 @@ def test_flower_prediction_table_comes_from_the_stored_runs_and_backs_notebook_0
         v = runs[name]
         assert (v["prediction"], v["w"], v["epochs"], v["channels"]) == ("v", 2, 30, [24, 48, 96])
         assert v["species"] > eps["species"] + 0.1
+    # sixteenth session: the same v-networks sampled with deterministic DDIM (η = 0) beat η = 1
+    # at both seeds on the species share and on the distance to the three species' photos
+    for eta_0, eta_1 in (("x30v_s0_eta", "x30v_s0"), ("x30v_s1_eta0", "x30v_s1")):
+        assert (runs[eta_0]["eta"], runs[eta_1]["eta"]) == (0, 1)
+        assert runs[eta_0]["species"] > runs[eta_1]["species"] + 0.05
+        assert runs[eta_0]["frechet_species"] < runs[eta_1]["frechet_species"]
     notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     assert 'conditional_loss(3, flower_schedule, prediction="v")' in source
     assert "flower_denoiser = VDenoiser(flower_ema, flower_schedule)" in source
     assert "sample_guided(flower_denoiser," in source
+    assert "FLOWER_ETA = 0.0" in source and "eta=FLOWER_ETA" in source
