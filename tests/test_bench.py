@@ -549,3 +549,23 @@ def test_clip_context_eta_rows_back_05_keeping_eta_1():
     notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     assert "eta=" not in source
+
+
+def test_clip_context_wider_unet_rows_back_notebook_05():
+    """Rows V and W (04's flower widths for 20 epochs, two seeds) read more prompt samples as the
+    prompt's species than the narrow recipe (row Q) on both wording sets, on average and at no
+    cost in variety; notebook 05 trains that UNet."""
+    import json
+    rows = {r["name"].split(".")[0]: r for r in
+            json.loads((ROOT / "bench" / "clip_context.json").read_text())["rows"]}
+    q, wide = rows["Q"], (rows["V"], rows["W"])
+    assert [r["seed"] for r in wide] == [0, 1]
+    for r in wide:
+        assert (r["channels"], r["unet_epochs"]) == ([24, 48, 96], 20)
+    for wording in ("training_wordings", "new_wordings"):
+        assert sum(r[wording] for r in wide) / 2 > q[wording] + 0.04
+        assert min(r[f"{wording}_variety"] for r in wide) > q[f"{wording}_variety"] - 0.05
+    notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
+    source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    assert "UNET_EPOCHS = config.pick(full=20" in source
+    assert "channels=(24, 48, 96), T=T, c_dim=clip.embed_dim" in source
