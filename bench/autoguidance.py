@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 
-from report import write_report  # bench/report.py
+from report import device_name, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "autoguidance_runs.json"
@@ -50,12 +49,6 @@ SETTINGS_FLOWERS = [("CFG w = 2 (04 until now)", None, "cfg", 2.0), ("CFG w = 3"
         (f"autoguided by epoch {e}, w = 2 (no CFG)", e, "auto", 2.0),
         (f"autoguided by epoch {e}, w = 3 (no CFG)", e, "auto", 3.0),
         (f"CFG w = 2, unconditional from epoch {e}", e, "uncond", 2.0))]
-
-
-def _device_name():
-    import torch
-    return (torch.cuda.get_device_name() if torch.cuda.is_available()
-            else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
 
 
 def run_03(seed: int, epochs: int, channels: tuple[int, ...] = (16, 32, 64)) -> dict:
@@ -88,7 +81,7 @@ def run_03(seed: int, epochs: int, channels: tuple[int, ...] = (16, 32, 64)) -> 
         print(rows[-1], flush=True)
     return {"notebook": "03", "seed": seed, "epochs": epochs, "channels": list(channels),
             "steps": len(history.losses), "train_seconds": round(seconds, 1),
-            "device": _device_name(), "rows": rows}
+            "device": device_name(), "rows": rows}
 
 
 def run_flowers(seed: int, epochs: int, only: list[int] | None = None) -> dict:
@@ -131,7 +124,7 @@ def run_flowers(seed: int, epochs: int, only: list[int] | None = None) -> dict:
         print(rows[-1], flush=True)
     return {"notebook": "04 flowers", "seed": seed, "epochs": epochs, "channels": [24, 48, 96],
             "steps": len(history.losses),
-            "train_seconds": round(seconds, 1), "device": _device_name(), "rows": rows}
+            "train_seconds": round(seconds, 1), "device": device_name(), "rows": rows}
 
 
 def store(entry: dict) -> None:

@@ -23,7 +23,6 @@ bench/fashion_guidance.md and .json and one grid per row to bench/out/fashion_gu
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from course_lib.ddpm import diffusion_loss, sample_guided, scaled_linear_schedul
 from course_lib.metrics import real_split, sample_quality
 from course_lib.train import adam, train, warmup_cosine
 from course_lib.unets import OptimizedUNet
-from report import write_report  # bench/report.py
+from report import device_name, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 T = 150
@@ -113,8 +112,7 @@ def main(argv=None) -> int:
         grid = samples.view(10, args.per_class, 1, 16, 16)[:, :10].transpose(0, 1).flatten(0, 1)
         name = f"w{w:g}" + ("_clipped" if clip else "") + (f"_rescale{rescale:g}" if rescale else "")
         save_image(grid * 0.5 + 0.5, out / f"{name}.png", nrow=10)
-    where = (torch.cuda.get_device_name() if torch.cuda.is_available()
-             else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
+    where = device_name()
     head = (f"04's FashionMNIST model ({where}, torch {torch.__version__}): trained as notebook 04 "
             f"does, {trained['steps']} steps (final loss {trained['final_loss']:.4f}), sampled "
             f"with DDIM-50, η = 1, from the same {args.per_class} starting noises per class in "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from course_lib.metrics import (features_and_probs, frechet_distance, real_quali
                                 sample_quality, within_class_spread)
 from course_lib.train import train
 from flower_recipe import SPECIES, FlowerRecipe, conditional_loss, network  # bench/flower_recipe.py
-from report import AT_LIMITS, SCHEDULES, at_limits, write_report  # bench/report.py
+from report import AT_LIMITS, SCHEDULES, at_limits, device_name, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 FOURS = FlowerRecipe("04 as it is")          # 04's network and recipe: flower_recipe.py's row A
@@ -156,8 +155,7 @@ def main(argv=None) -> int:
         save_image(grid * 0.5 + 0.5, out / f"{i}.png", nrow=min(12, args.per_species))
     real = real_quality("flowers", 32, n=10_000)
     real_limits = at_limits(photos[ours])
-    where = (torch.cuda.get_device_name() if torch.cuda.is_available()
-             else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
+    where = device_name()
     head = (f"Sampler settings for 04's flower model ({where}, torch {torch.__version__}): one "
             f"run of notebook 04's flower recipe (batches of {args.batch}, channels "
             f"{args.channels}{', patches of %d' % args.patch if args.patch > 1 else ''}"

@@ -1,9 +1,11 @@
 """What the bench scripts share: the judge's figures of a set of samples, the share of their
-pixel values at the ends of the colour range, a recipe's training speed, and the report every
-script ends with (its Markdown table printed, then written with its JSON beside the scripts)."""
+pixel values at the ends of the colour range, a recipe's training speed, the machine it ran on,
+and the report every script ends with (its Markdown table printed, then written with its JSON
+beside the scripts)."""
 from __future__ import annotations
 
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -61,6 +63,12 @@ def steps_per_second(make_model, loader, loss_fn, lr: float, steps: int = 12) ->
         loss.backward()
         optimizer.step()
     return steps / (time.perf_counter() - start)
+
+
+def device_name() -> str:
+    """Where a bench ran, as its tables name it: the CUDA device, or the CPU threads and machine."""
+    return (torch.cuda.get_device_name() if torch.cuda.is_available()
+            else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
 
 
 def write_report(stem: str, lines: list[str], data: dict) -> str:
