@@ -90,21 +90,14 @@ def run_flowers(seed: int, epochs: int, only: list[int] | None = None) -> dict:
     import torch
     from course_lib import config, ddpm
     from course_lib.conditioning import one_hot
-    from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
+    from course_lib.data import FLOWER_CLASSES
     from course_lib.metrics import sample_quality
-    from course_lib.train import train
-    from flower_recipe import SPECIES, FlowerRecipe, conditional_loss, network  # bench/flower_recipe.py
+    from flower_recipe import SPECIES, FlowerRecipe, train_by_epochs  # bench/flower_recipe.py
     from report import SCHEDULES
     recipe = dataclasses.replace(FlowerRecipe("04 as it is"), batch=64, channels=(24, 48, 96), seed=seed)
     device = config.get_device(verbose=True)
     schedule = SCHEDULES[recipe.schedule](150).to(device)
-    config.seed_everything(seed)
-    data = load_flowers(size=32, classes=SPECIES, flip=True)
-    start = time.perf_counter()
-    history = train(network(recipe), make_loader(data, 64, seed=seed), conditional_loss(schedule),
-                    epochs=epochs, lr=recipe.lr, ema_decay=recipe.ema, device=device,
-                    desc="04's flowers", snapshot_epochs=(5, 10, 15))
-    seconds = time.perf_counter() - start
+    history, seconds = train_by_epochs(recipe, schedule, epochs, device, snapshot_epochs=(5, 10, 15))
     good = history.ema.module.eval()
     asked = torch.arange(len(SPECIES)).repeat_interleave(PER_SPECIES)
     to_species = torch.tensor([FLOWER_CLASSES.index(s) for s in SPECIES])

@@ -45,7 +45,8 @@ from course_lib import config
 from course_lib.classifier import flower_split
 from course_lib.conditioning import keep_mask, mix_contexts
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
-from course_lib.ddpm import VDenoiser, cosine_schedule, diffusion_loss, sample_guided
+from course_lib.ddpm import (VDenoiser, cosine_schedule, diffusion_loss, guidance_interval,
+                             sample_guided)
 from course_lib.metrics import real_quality, real_split, sample_quality, within_class_spread
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
@@ -81,6 +82,8 @@ class Row:
     eta: float = 1.0             # DDIM's η when sampling (0: deterministic, rows T and U)
     channels: tuple = (16, 32, 64)   # the UNet's widths (row V: 04's flower widths, 24, 48, 96)
     seed: int = 0                # the UNet's training seed (CLIP always trains from seed 0)
+    sigmas: tuple | None = None  # guided only at noise levels σ in (σ_lo, σ_hi] (Kynkäänniemi et
+    #                              al. 2024; rows X-Y); None: at every step
 
 
 def rows() -> list[Row]:
@@ -123,15 +126,21 @@ def rows() -> list[Row]:
             Row("V. M with channels 24, 48, 96 for 20 epochs instead of 32", "M",
                 **dict(_M, channels=(24, 48, 96), unet_epochs=20), fresh=True),
             Row("W. V trained from seed 1", "V", **dict(_M, channels=(24, 48, 96), unet_epochs=20,
-                                                        seed=1), fresh=True)]
+                                                        seed=1), fresh=True),
+            # X-Y (seventeenth session): guidance in a limited interval of noise levels, which
+            #     04's flowers and FashionMNIST measured first (bench/RESULTS.md, section 15);
+            #     X trains V's recipe again on this machine, Y samples X's UNet
+            Row("X. V again, on the machine of row Y", "V", **_V),
+            Row("Y. X guided only for σ in (0.28, 5.42]", "X", **dict(_V, sigmas=(0.28, 5.42)))]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
 _M = dict(_J, vision="lite0")                                        # 05's since row M
+_V = dict(_M, channels=(24, 48, 96), unet_epochs=20)                 # 05's since row V
 
 
-_TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16, prediction)
-#               -> (clip, EMA UNet, result so far)
+_TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16, prediction,
+#                channels, seed) -> (clip, EMA UNet, result so far)
 
 
 def clip_images(photos, vision: str) -> torch.Tensor:
@@ -161,7 +170,7 @@ def real_spread() -> float:
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
     key = (row.name if row.fresh else None, row.p_text, row.unet_epochs, row.clip_steps,
-           row.text_tower, row.vision, row.bf16, row.prediction)
+           row.text_tower, row.vision, row.bf16, row.prediction, row.channels, row.seed)
     if key not in _TRAINED:
         _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
     clip, ema, trained = _TRAINED[key]
@@ -169,12 +178,14 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
     result = {"name": row.name, "base": row.base, "p_text": row.p_text,
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
               "text_tower": clip.text_tower, "vision": row.vision, "w": row.w,
-              "rescale": row.rescale, "eta": row.eta, "channels": list(row.channels), "seed": row.seed, **trained}
+              "rescale": row.rescale, "eta": row.eta, "channels": list(row.channels), "seed": row.seed,
+              "sigmas": list(row.sigmas) if row.sigmas else None, **trained}
+    interval = guidance_interval(SCHEDULE, *row.sigmas) if row.sigmas else None
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
         denoiser = VDenoiser(ema, SCHEDULE) if row.prediction == "v" else ema
         samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
-                                seed=21, rescale=row.rescale, eta=row.eta)
+                                seed=21, rescale=row.rescale, eta=row.eta, interval=interval)
         result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
         result[f"{name}_at_limits"] = round(at_limits(samples), 3)
         result[f"{name}_variety"] = round(within_class_spread(samples, species, "flowers")

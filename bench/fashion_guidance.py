@@ -10,7 +10,9 @@ samples the same ``--per-class`` starting noises of every class with ``ddpm.samp
 (DDIM-50, η = 1) at several guidance weights w: as 04 does (x̂₀ not clipped), with x̂₀ clipped
 to [-1, 1] at every step (``clip_x0=True``, as 04's flowers and 05 sample), and with guidance
 rescale φ = 0.7 (Lin et al. 2024, section 3.4: the guided ε rescaled towards the conditional
-one's standard deviation, their cure for over-exposed images).
+one's standard deviation, their cure for over-exposed images), and (seventeenth session) with
+guidance only at the noise levels σ ∈ (0.28, 5.42] (Kynkäänniemi et al. 2024; ``interval`` of
+``ddpm.CFGDenoiser``, from ``ddpm.guidance_interval``), the conditional prediction alone elsewhere.
 
 Guidance extrapolates, ε = (1 + w)·ε_c − w·ε_∅. Where the schedule ends at pure noise (ᾱ_T =
 2.7·10⁻⁵ here), the x̂₀ of the first steps divides that extrapolated ε by √ᾱ_t ≈ 0.005, far outside
@@ -32,7 +34,7 @@ from torchvision.utils import save_image
 from course_lib import config
 from course_lib.conditioning import keep_mask, one_hot
 from course_lib.data import load_fashion_mnist, make_loader
-from course_lib.ddpm import diffusion_loss, sample_guided, scaled_linear_schedule
+from course_lib.ddpm import diffusion_loss, guidance_interval, sample_guided, scaled_linear_schedule
 from course_lib.metrics import real_split, sample_quality
 from course_lib.train import adam, train, warmup_cosine
 from course_lib.unets import OptimizedUNet
@@ -41,10 +43,12 @@ from report import device_name, write_report  # bench/report.py
 HERE = Path(__file__).resolve().parent
 T = 150
 EPOCHS = 3            # notebook 04's FASHION_EPOCHS (full profile)
-SETTINGS = [  # (w, clip x̂₀, guidance rescale φ)
-    (1.0, False, 0.0), (1.0, True, 0.0),
-    (2.0, False, 0.0), (2.0, True, 0.0), (2.0, False, 0.7),
-    (3.0, False, 0.0), (3.0, True, 0.0), (3.0, False, 0.7),
+SETTINGS = [  # (w, clip x̂₀, guidance rescale φ, guided only for σ in (σ_lo, σ_hi] or None: always)
+    (1.0, False, 0.0, None), (1.0, True, 0.0, None),
+    (2.0, False, 0.0, None), (2.0, True, 0.0, None), (2.0, False, 0.7, None),
+    (3.0, False, 0.0, None), (3.0, True, 0.0, None), (3.0, False, 0.7, None),
+    # seventeenth session: guidance in a limited interval (Kynkäänniemi et al. 2024's σ range)
+    (2.0, False, 0.0, (0.28, 5.42)), (3.0, False, 0.0, (0.28, 5.42)),
 ]
 BURNT = 0.95
 
@@ -59,16 +63,20 @@ def train_fashion_model(epochs: int = EPOCHS):
     Kept in bench/out/fashion_guidance/ and loaded from there the next time."""
     device = config.get_device(verbose=True)
     schedule = scaled_linear_schedule(T).to(device)
-    model = OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=T, c_dim=10, bottleneck=128)
+
+    def network():
+        return OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=T, c_dim=10, bottleneck=128)
     saved = HERE / "out" / "fashion_guidance" / f"model_{epochs}.pt"
     if saved.exists():
         state = torch.load(saved, weights_only=True)
+        model = network()
         model.load_state_dict(state["weights"])
         print(f"loaded the model of an earlier run from {saved}")
         return model.to(device).eval(), state["trained"], schedule
-    config.seed_everything(0)
+    config.seed_everything(0)   # then data, loader and network in 04's order: the notebook's weights
     data = load_fashion_mnist(size=16, flip=False)
     loader = make_loader(data, 64)
+    model = network()
 
     def loss_fn(m, batch):
         images, labels = batch
@@ -99,30 +107,37 @@ def main(argv=None) -> int:
     real, _, _ = real_split("fashion_mnist", 16)
     real_burnt = burnt(real)
     rows = []
-    for w, clip, rescale in SETTINGS:
+    for w, clip, rescale, sigmas in SETTINGS:
+        interval = guidance_interval(schedule, *sigmas) if sigmas else None
         start = time.perf_counter()
         samples = sample_guided(model, c, (1, 16, 16), schedule, w=w, clip_x0=clip, seed=7,
-                                rescale=rescale, disable=True).cpu()
+                                rescale=rescale, interval=interval, disable=True).cpu()
         seconds = time.perf_counter() - start
         q = sample_quality(samples, "fashion_mnist", labels=labels)
-        rows.append({"w": w, "clip_x0": clip, "rescale": rescale, "requested": round(q.accuracy, 3),
+        rows.append({"w": w, "clip_x0": clip, "rescale": rescale, "sigmas": sigmas,
+                     "interval": interval, "requested": round(q.accuracy, 3),
                      "recognised": round(q.recognisable, 3), "frechet": round(q.frechet, 1),
                      "burnt": round(burnt(samples), 4), "seconds": round(seconds, 1)})
         print(rows[-1], flush=True)
         grid = samples.view(10, args.per_class, 1, 16, 16)[:, :10].transpose(0, 1).flatten(0, 1)
-        name = f"w{w:g}" + ("_clipped" if clip else "") + (f"_rescale{rescale:g}" if rescale else "")
+        name = (f"w{w:g}" + ("_clipped" if clip else "") + (f"_rescale{rescale:g}" if rescale else "")
+                + (f"_sigma{sigmas[0]:g}-{sigmas[1]:g}" if sigmas else ""))
         save_image(grid * 0.5 + 0.5, out / f"{name}.png", nrow=10)
     where = device_name()
     head = (f"04's FashionMNIST model ({where}, torch {torch.__version__}): trained as notebook 04 "
             f"does, {trained['steps']} steps (final loss {trained['final_loss']:.4f}), sampled "
             f"with DDIM-50, η = 1, from the same {args.per_class} starting noises per class in "
             f"every row; x̂₀ clipped to [-1, 1] at every step or not (04 as it is: not), guidance "
-            f"rescale φ where the row gives one (04: 0). Burnt: "
+            f"rescale φ where the row gives one (04: 0), guidance only at the noise levels σ the "
+            f"row gives (04: every step; Kynkäänniemi et al. 2024). Burnt: "
             f"share of pixel values at x ≥ {BURNT} (real 16×16 test images: {real_burnt:.1%}).")
-    lines = [head, "", "| w | x̂₀ clipped | φ | class asked for | judge confident | Fréchet distance "
-             "| burnt pixels | seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| w | x̂₀ clipped | φ | guided for σ in | class asked for | judge confident "
+             "| Fréchet distance | burnt pixels | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        where_guided = (f"({r['sigmas'][0]:g}, {r['sigmas'][1]:g}] (t {r['interval'][0]}–"
+                        f"{r['interval'][1]})" if r["sigmas"] else "every step")
         lines.append(f"| {r['w']:g} | {'yes' if r['clip_x0'] else 'no'} | {r['rescale']:g} "
+                     f"| {where_guided} "
                      f"| {r['requested']:.1%} "
                      f"| {r['recognised']:.1%} | {r['frechet']:.1f} | {r['burnt']:.1%} "
                      f"| {r['seconds']:.0f} |")

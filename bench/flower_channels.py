@@ -39,9 +39,14 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
     "x30v_s0_eta": ("24,48,96", 30, 0, "10,4,3,0", 1, "v"),
     "x30v_s1_eta0": ("24,48,96", 30, 1, "10", 1, "v"),
     "x30cpu_s0_eta0": ("24,48,96", 30, 0, "10"),
+    # seventeenth session: 04's v-network sampled with guidance in a limited interval of noise
+    # levels (rows 11-14), beside row 10, 04's sampler
+    "x30v_s0_interval": ("24,48,96", 30, 0, "10,11,12,13,14", 1, "v"),
+    # and with more DDIM steps (rows 15-16), row 10 again first: the same weights, so its figures repeat
+    "x30v_s0_steps": ("24,48,96", 30, 0, "10,15,16", 1, "v"),
 }
 CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
-            "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0")
+            "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval")
 
 
 def run(name: str) -> None:

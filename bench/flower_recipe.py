@@ -133,6 +133,25 @@ def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: f
     return loss_fn
 
 
+def train_by_epochs(recipe: FlowerRecipe, schedule: ddpm.Schedule, epochs: int, device=None,
+                    **train_kwargs):
+    """``recipe`` trained for ``epochs`` as notebook 04 trains its flowers: (history, seconds).
+
+    Seeds with ``recipe.seed``, then loads the flipped 32×32 photos and builds the network, in
+    04's order, so the same recipe gives the same weights in every script that calls this.
+    ``train_kwargs`` go on to ``course_lib.train.train`` (say, ``snapshot_epochs``).
+    """
+    config.seed_everything(recipe.seed)
+    data = load_flowers(size=32, classes=SPECIES, flip=True)
+    model = network(recipe)
+    start = time.perf_counter()
+    history = train(model, make_loader(data, recipe.batch, seed=recipe.seed),
+                    conditional_loss(schedule, prediction=recipe.prediction), epochs=epochs,
+                    lr=recipe.lr, ema_decay=recipe.ema, device=device, desc="04's flowers",
+                    **train_kwargs)
+    return history, time.perf_counter() - start
+
+
 def training_data(recipe: FlowerRecipe, data):
     """04's photos (flipped at random), or with ``crop_from`` the same photos loaded larger and
     cropped back to 32 px at a random place per item (augmentation: shifted views)."""

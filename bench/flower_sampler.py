@@ -33,12 +33,11 @@ from torchvision.utils import save_image
 
 from course_lib import config, ddpm
 from course_lib.conditioning import one_hot
-from course_lib.data import FLOWER_CLASSES, load_flowers, make_loader
+from course_lib.data import FLOWER_CLASSES
 from course_lib.classifier import load_classifier
 from course_lib.metrics import (features_and_probs, frechet_distance, real_quality, real_split,
                                 sample_quality, within_class_spread)
-from course_lib.train import train
-from flower_recipe import SPECIES, FlowerRecipe, conditional_loss, network  # bench/flower_recipe.py
+from flower_recipe import SPECIES, FlowerRecipe, network, train_by_epochs  # bench/flower_recipe.py
 from report import AT_LIMITS, SCHEDULES, at_limits, device_name, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +55,26 @@ SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "η = 0.75": dict(w=2.0, steps=50, clip_x0=True, eta=0.75),
     "w = 1": dict(w=1.0, steps=50, clip_x0=True),
     "η = 0 (deterministic DDIM)": dict(w=2.0, steps=50, clip_x0=True, eta=0.0),
+    # seventeenth session: guidance in a limited interval of noise levels (Kynkäänniemi et al.
+    # 2024; their ImageNet interval σ ∈ (0.28, 5.42]), η = 0 as 04 samples since the sixteenth
+    "η = 0, guided only for σ in (0.28, 5.42]": dict(w=2.0, steps=50, clip_x0=True, eta=0.0,
+                                                     sigmas=(0.28, 5.42)),
+    "η = 0, guided only for σ ≤ 5.42": dict(w=2.0, steps=50, clip_x0=True, eta=0.0, sigmas=(0.0, 5.42)),
+    "η = 0, w = 3": dict(w=3.0, steps=50, clip_x0=True, eta=0.0),
+    "η = 0, w = 3, guided only for σ in (0.28, 5.42]": dict(w=3.0, steps=50, clip_x0=True, eta=0.0,
+                                                            sigmas=(0.28, 5.42)),
+    "η = 0, DDIM-100": dict(w=2.0, steps=100, clip_x0=True, eta=0.0),
+    "η = 0, DDIM-150 (every step of T = 150)": dict(w=2.0, steps=150, clip_x0=True, eta=0.0),
 }
+
+
+def sampler_kwargs(settings: dict, schedule) -> dict:
+    """A SETTINGS row as keyword arguments of ``ddpm.sample_guided``: ``sigmas`` = (σ_lo, σ_hi)
+    becomes the guidance ``interval`` in this schedule's timesteps."""
+    kwargs = dict(settings)
+    if "sigmas" in kwargs:
+        kwargs["interval"] = ddpm.guidance_interval(schedule, *kwargs.pop("sigmas"))
+    return kwargs
 
 
 def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
@@ -88,17 +106,10 @@ def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
         model.load_state_dict(state["weights"])
         print(f"loaded the model of an earlier run from {saved}")
         return as_eps(model.to(device).eval()), state["trained"], schedule
-    config.seed_everything(seed)
-    data = load_flowers(size=32, classes=SPECIES, flip=True)
-    model = network(recipe)
-    start = time.perf_counter()
-    history = train(model, make_loader(data, batch, seed=seed),
-                    conditional_loss(schedule, prediction=prediction),
-                    epochs=epochs, lr=recipe.lr, ema_decay=recipe.ema, device=device,
-                    desc="04's flowers")
+    history, seconds = train_by_epochs(recipe, schedule, epochs, device)
     ema = history.ema.module.eval()
     trained = {"steps": len(history.losses), "final_loss": history.final_loss,
-               "train_seconds": round(time.perf_counter() - start, 1)}
+               "train_seconds": round(seconds, 1)}
     saved.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"weights": ema.state_dict(), "trained": trained}, saved)
     return as_eps(ema), trained, schedule
@@ -139,7 +150,8 @@ def main(argv=None) -> int:
     rows = []
     for i, (name, kwargs) in enumerate(settings):
         start = time.perf_counter()
-        samples = ddpm.sample_guided(model, c, (3, 32, 32), schedule, seed=12, **kwargs)
+        samples = ddpm.sample_guided(model, c, (3, 32, 32), schedule, seed=12,
+                                     **sampler_kwargs(kwargs, schedule))
         seconds = time.perf_counter() - start
         samples = samples.cpu()
         q = sample_quality(samples, "flowers", labels=to_species[asked])

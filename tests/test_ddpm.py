@@ -291,6 +291,40 @@ def test_cfg_denoiser_rescales_only_when_asked():
     assert not torch.allclose(a, b)
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it():
+    """CFGDenoiser(interval=(lo, hi)): (1 + w)·eps(x, c) − w·eps(x, ∅) where lo <= t <= hi, eps(x, c)
+    elsewhere (Kynkäänniemi et al. 2024); guidance_interval turns σ bounds into those timesteps."""
+    torch.manual_seed(7)
+    model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
+    x, t, c = torch.randn(3, 1, 8, 8), torch.tensor([2, 9, 15]), torch.eye(3)
+    with torch.no_grad():
+        cond = model(x, t, c=c, c_mask=torch.ones(3, 1))
+        plain = ddpm.CFGDenoiser(model, 2.0)(x, t, c=c)
+        limited = ddpm.CFGDenoiser(model, 2.0, interval=(5, 12))(x, t, c=c)
+    assert torch.allclose(limited[1], plain[1], atol=1e-6)                    # t = 9: inside
+    assert torch.allclose(limited[[0, 2]], cond[[0, 2]], atol=1e-6)           # t = 2, 15: outside
+    assert not torch.allclose(plain[[0, 2]], cond[[0, 2]], atol=1e-3)
+    with pytest.raises(ValueError, match="interval is"):
+        ddpm.CFGDenoiser(model, 2.0, interval=(12, 5))
+
+    s = ddpm.cosine_schedule(20)
+    sigma = ((1 - s.alpha_bars) / s.alpha_bars).sqrt()
+    lo, hi = ddpm.guidance_interval(s, 0.3, 5.0)
+    assert float(sigma[lo]) > 0.3 >= float(sigma[lo - 1])
+    assert float(sigma[hi]) <= 5.0 < float(sigma[hi + 1])
+    assert ddpm.guidance_interval(s, 0.0, 1e9) == (0, 19)
+    with pytest.raises(ValueError, match="no timestep"):
+        ddpm.guidance_interval(s, 1e6, 1e7)
+    everywhere = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True)
+    assert torch.equal(everywhere, ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3,
+                                                      disable=True, interval=(0, 19)))
+    nowhere = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True,
+                                 interval=(19, 19))                            # only the first step
+    assert not torch.allclose(nowhere, everywhere, atol=1e-4)
+    assert not torch.allclose(nowhere, ddpm.sample_guided(model, c, (1, 8, 8), s, w=0.0, steps=5,
+                                                          seed=3, disable=True), atol=1e-4)
+
+
 def test_cfg_can_take_its_unconditional_prediction_from_another_model():
     """CFGDenoiser(uncond=bad): (1 + w)·eps_good(x, c) − w·eps_bad(x, ∅), the bad model's own
     unconditional prediction; sample_guided passes it through."""

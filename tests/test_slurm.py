@@ -66,7 +66,7 @@ def test_sbatch_script_is_one_task_per_submission(tmp_path):
     assert "#SBATCH --array=0-6%3" in script and "#SBATCH --cpus-per-task=4" in script
     assert "#SBATCH --mem=6G" in script and "--profile test" in script
     assert f"--hide {tmp_path / 'subs'}" in script and "SLURM_ARRAY_TASK_ID" in script
-    assert f"-m course_lib.grade \"$copy\"" in script
+    assert "-m course_lib.grade \"$copy\"" in script
 
 
 def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path):
