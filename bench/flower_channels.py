@@ -7,7 +7,9 @@
 Each run is one call of ``bench/flower_sampler.py`` (04's flower recipe with batches of 64, the
 given channels, epochs and training seed, ``--patch`` and ``--prediction``; 300 starting noises
 per species, the same in every run, sampled with w = 2, DDIM-50 and η = 1, or with the sampler
-rows the run names: η = 0.75, w = 3, w = 1, and since the sixteenth session η = 0), stored as bench/flower_channels_<run>.md and .json. This script gathers them
+rows the run names: η = 0.75, w = 3, w = 1, and since the sixteenth session η = 0; in the
+seventeenth, guidance in a limited interval and DDIM-100 and -150), stored as
+bench/flower_channels_<run>.md and .json. This script gathers them
 into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
 others at the same training time as well as at the same epochs: row X's network costs about 1.7×
 row P's per step in float32 (notebook 04's run in the thirteenth session), and one on 2×2 patches

@@ -310,12 +310,17 @@ def test_flower_sampler_rows_change_one_setting_and_count_the_range_ends():
     flower_sampler = _bench_module("flower_sampler")
     settings = list(flower_sampler.SETTINGS.values())
     assert settings[0] == dict(w=2.0, steps=50, clip_x0=True)
-    defaults = dict(eta=1.0, rescale=0.0)
+    defaults = dict(eta=1.0, rescale=0.0, sigmas=None)
     full = [{**defaults, **s} for s in settings]
     for i, row in enumerate(full[1:], 1):
         assert any(sum(row[k] != earlier[k] for k in row) == 1 for earlier in full[:i]), settings[i]
     x = torch.tensor([-1.0, -0.96, -0.5, 0.0, 0.94, 0.95, 1.0, 0.2])
     assert flower_sampler.at_limits(x) == 0.5
+    # a σ band becomes the guidance interval in the schedule's timesteps (04's cosine, T = 150)
+    cosine = flower_sampler.ddpm.cosine_schedule(150)
+    assert flower_sampler.sampler_kwargs(dict(w=2.0, sigmas=(0.28, 5.42)), cosine) == \
+        dict(w=2.0, interval=(25, 131))
+    assert flower_sampler.sampler_kwargs(dict(w=2.0), cosine) == dict(w=2.0)
 
 
 def test_flower_sampler_trains_the_asked_widths_and_seed_and_keeps_each_model_apart(tmp_path, monkeypatch):
@@ -330,7 +335,9 @@ def test_flower_sampler_trains_the_asked_widths_and_seed_and_keeps_each_model_ap
         g = torch.Generator().manual_seed(0)
         return ImageDataset(torch.rand(8, 3, 32, 32, generator=g) * 2 - 1,
                             torch.arange(8) % 3, classes, flip)
-    monkeypatch.setattr(flower_sampler, "load_flowers", tiny)
+    import sys
+    # the training goes through bench/flower_recipe.py::train_by_epochs, imported by flower_sampler
+    monkeypatch.setattr(sys.modules["flower_recipe"], "load_flowers", tiny)
     monkeypatch.setattr(flower_sampler, "HERE", tmp_path)
     monkeypatch.setattr(flower_sampler.config, "get_device", lambda verbose=False: torch.device("cpu"))
     wide, _, _ = flower_sampler.train_flower_model(1, 4, (24, 48, 96), seed=0)
@@ -607,3 +614,20 @@ def test_guidance_interval_rows_back_where_the_notebooks_use_it():
     assert "interval = guidance_interval(schedule, 0.28, 5.42)" in nb04
     flower_sampler = nb04[nb04.index("def flower_samples"):nb04.index("def flower_samples") + 400]
     assert "interval" not in flower_sampler and "interval" not in nb05
+
+
+def test_more_ddim_steps_do_not_pay_for_04s_flowers():
+    """RESULTS section 15: DDIM-100 and -150 at η = 0 read the species within three points of
+    DDIM-50 (which repeats the interval run's baseline to the digit) at up to 2.7× the time, so
+    notebook 04 keeps 50 sampling steps."""
+    import json
+    steps = json.loads((ROOT / "bench" / "flower_channels_x30v_s0_steps.json").read_text())["rows"]
+    interval = json.loads((ROOT / "bench" / "flower_channels_x30v_s0_interval.json").read_text())["rows"]
+    assert [r["settings"]["steps"] for r in steps] == [50, 100, 150]
+    assert {k: steps[0][k] for k in ("species", "frechet", "variety")} == \
+        {k: interval[0][k] for k in ("species", "frechet", "variety")}
+    for r in steps[1:]:
+        assert abs(r["species"] - steps[0]["species"]) < 0.03 and r["seconds"] > 1.5 * steps[0]["seconds"]
+    notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
+    source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    assert "SAMPLE_STEPS = config.pick(full=50" in source
