@@ -353,12 +353,21 @@ def sample_ddim(model: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int
                 eta: float = DEFAULT_ETA, extra_args: dict | None = None,
                 callback: Callable | None = None, disable: bool | None = None,
                 generator: torch.Generator | None = None, clip_x0: bool = False,
-                bf16: bool | None = None) -> torch.Tensor:
-    """DDIM sampling, Song et al. 2021: ``steps`` jumps; η = 0 deterministic, η = 1 DDPM-like."""
+                bf16: bool | None = None, t_start: int | None = None) -> torch.Tensor:
+    """DDIM sampling, Song et al. 2021: ``steps`` jumps; η = 0 deterministic, η = 1 DDPM-like.
+
+    ``x`` is x_{T-1}, pure noise; with ``t_start`` it is x_{t_start}, a partly noised image
+    (image-to-image, ``course_lib/editing.py``), and the jumps run from t_start down through
+    the DDIM timesteps below it.
+    """
     def step(x_t, t, eps, t_prev, noise):
         return ddim_step(x_t, t, eps, schedule, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)
 
     ts = ddim_timesteps(schedule.T, steps)
+    if t_start is not None:
+        if not 0 <= t_start < schedule.T:
+            raise ValueError(f"t_start is a timestep in [0, {schedule.T - 1}], got {t_start}")
+        ts = [t_start] + [t for t in ts if t < t_start]
     return _sample_loop(model, x, ts, step, f"DDIM sampling ({len(ts)} steps, η={eta:g})",
                         extra_args, callback, disable, generator, bf16)
 

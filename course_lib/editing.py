@@ -1,0 +1,84 @@
+"""Editing real images with a trained diffusion model: image-to-image (SDEdit) and inpainting.
+
+Neither trains anything: both run the DDIM steps of ``course_lib/ddpm.py`` on a photo that is
+partly noise. Any denoiser works, a ``CFGDenoiser`` asking for a class or a prompt included
+(notebook 04, section 6).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from course_lib.ddpm import DEFAULT_ETA, Schedule, ddim_step, ddim_timesteps, extract, sample_ddim
+
+
+def _noise(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise from ``generator`` (a CPU generator: the same numbers on any device)."""
+    return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def noised(images: torch.Tensor, t: int, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
+    """q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε, the forward process at one timestep."""
+    ab = extract(schedule.alpha_bars, t, images)
+    return ab.sqrt() * images + (1 - ab).sqrt() * noise
+
+
+@torch.no_grad()
+def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength: float,
+            steps: int = 50, eta: float = DEFAULT_ETA, extra_args: dict | None = None,
+            generator: torch.Generator | None = None, clip_x0: bool = False,
+            disable: bool | None = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022): noise the images part of the way, then denoise them back.
+
+    1. t_0 = the largest DDIM timestep at or below strength·(T − 1)
+    2. x_{t_0} = √ᾱ_{t_0}·x_0 + √(1 − ᾱ_{t_0})·ε                 (``noised``)
+    3. DDIM from t_0 down to 0 with ``model``                      (``sample_ddim(t_start=t_0)``)
+    The noise hides detail first and layout last, so a low strength keeps the photo and changes
+    its texture, a high one keeps only its rough layout and colours; strength 0 returns the
+    images unchanged, 1 forgets them.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength is the share of the noise schedule to go back through, in "
+                         f"[0, 1]; got {strength}")
+    if strength == 0:
+        return images.clone()
+    t_0 = max(t for t in ddim_timesteps(schedule.T, steps) if t <= round(strength * (schedule.T - 1)))
+    x = noised(images, t_0, schedule, _noise(images.shape, images, generator))
+    return sample_ddim(model, x, schedule, steps=steps, eta=eta, extra_args=extra_args,
+                       generator=generator, clip_x0=clip_x0, disable=disable, t_start=t_0)
+
+
+@torch.no_grad()
+def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule: Schedule,
+            steps: int = 50, eta: float = DEFAULT_ETA, extra_args: dict | None = None,
+            generator: torch.Generator | None = None, clip_x0: bool = False,
+            disable: bool | None = None) -> torch.Tensor:
+    """Fill the pixels where ``keep`` is 0 to fit those where it is 1 (RePaint, Lugmayr et al.
+    2022, without its resampling).
+
+    From pure noise, at each DDIM step t → t_prev:
+    1. x_prev = the DDIM step of the whole picture: the network sees the known pixels
+    2. known = √ᾱ_prev·x_0 + √(1 − ᾱ_prev)·ε, the photo itself noised to t_prev
+    3. x_prev = keep·known + (1 − keep)·x_prev
+    so the unknown pixels are always drawn next to the photo at their own noise level; the last
+    step (t_prev = −1, no noise) puts the photo's own pixels back.
+    """
+    if keep.shape[-2:] != images.shape[-2:] or keep.ndim != images.ndim:
+        raise ValueError(f"keep must be a mask with the images' height and width, shaped like "
+                         f"{tuple(images.shape)} or broadcastable to it (say (N, 1, H, W)); got "
+                         f"{tuple(keep.shape)}")
+    keep = keep.to(images.dtype)
+    extra_args = extra_args or {}
+    ts = ddim_timesteps(schedule.T, steps)
+    x = _noise(images.shape, images, generator)
+    for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc=f"inpainting ({len(ts)} steps)",
+                          disable=disable, leave=False):
+        eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
+        x = ddim_step(x, t, eps.to(x.dtype), schedule, t_prev, eta=eta,
+                      noise=_noise(images.shape, images, generator), clip_x0=clip_x0).x_prev
+        known = images if t_prev < 0 else noised(images, t_prev, schedule,
+                                                 _noise(images.shape, images, generator))
+        x = keep * known + (1 - keep) * x
+    return x
