@@ -407,8 +407,9 @@ class CFGDenoiser:
     With ``interval`` = (t_lo, t_hi), guidance acts only on steps with t_lo ≤ t ≤ t_hi and the
     other steps take eps(x, c) alone, in one pass of the batch (Kynkäänniemi et al. 2024,
     "Applying Guidance in a Limited Interval Improves Sample and Distribution Quality in
-    Diffusion Models"): at the noisiest steps guidance drives every sample of a class towards the
-    same layout, at the cleanest it only sharpens what is already there.
+    Diffusion Models"), whose argument is that at the noisiest steps guidance drives every sample
+    of a class towards the same layout and at the cleanest only sharpens what is already there.
+    What it buys depends on the model: bench/RESULTS.md, section 15.
     """
 
     def __init__(self, model: Callable, w: float = 1.0, rescale: float = 0.0,
