@@ -13,7 +13,8 @@ import torch
 from einops.layers.torch import Rearrange
 
 from .blocks import DownBlock, ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock
-from .ddpm import CFGDenoiser, add_noise, ddim_step, ddpm_step, linear_schedule
+from .ddpm import CFGDenoiser, add_noise, cosine_schedule, ddim_step, ddpm_step, linear_schedule
+from .editing import paste_back
 
 PASS, FAIL = "✅", "❌"
 
@@ -173,6 +174,23 @@ def check_guidance(fn):
         if not ok:
             return False, f"w={w}: {detail}"
     return True, "matches for w = -1, 0, 0.5 and 2"
+
+
+@checker("pasting back the known pixels (04)")
+def check_paste_back(fn):
+    schedule = cosine_schedule(20)
+    g = torch.Generator().manual_seed(0)
+    x, photo, noise = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(3))
+    keep = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    for t_prev in (12, 3, -1):
+        ok, detail = _close(fn(x, photo, keep, t_prev, schedule, noise),
+                            paste_back(x, photo, keep, t_prev, schedule, noise))
+        if not ok:
+            hint = ("after the last step no noise is left: paste the photo itself" if t_prev < 0 else
+                    "where keep = 1: √ᾱ·photo + √(1 − ᾱ)·noise with ᾱ = schedule.alpha_bars[t_prev]; "
+                    "where keep = 0: x as it is")
+            return False, f"t_prev={t_prev}: {detail}; {hint}"
+    return True, "matches at t_prev = 12, 3 and -1 (the last step)"
 
 
 @checker("guided noise in one forward pass (04)")

@@ -50,6 +50,18 @@ def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength:
                        generator=generator, clip_x0=clip_x0, disable=disable, t_start=t_0)
 
 
+def paste_back(x: torch.Tensor, images: torch.Tensor, keep: torch.Tensor, t_prev: int,
+               schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
+    """Step 3 of :func:`inpaint`: keep·q(x_{t_prev} | x_0) + (1 − keep)·x.
+
+    The known pixels (``keep`` = 1) become the photo noised to the level of t_prev, with
+    ``noise``; the others stay the sampler's. After the last step (t_prev = −1) no noise is
+    left, and the photo's own pixels go back.
+    """
+    known = images if t_prev < 0 else noised(images, t_prev, schedule, noise)
+    return keep * known + (1 - keep) * x
+
+
 @torch.no_grad()
 def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule: Schedule,
             steps: int = 50, eta: float = DEFAULT_ETA, extra_args: dict | None = None,
@@ -78,7 +90,5 @@ def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule:
         eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
         x = ddim_step(x, t, eps.to(x.dtype), schedule, t_prev, eta=eta,
                       noise=_noise(images.shape, images, generator), clip_x0=clip_x0).x_prev
-        known = images if t_prev < 0 else noised(images, t_prev, schedule,
-                                                 _noise(images.shape, images, generator))
-        x = keep * known + (1 - keep) * x
+        x = paste_back(x, images, keep, t_prev, schedule, _noise(images.shape, images, generator))
     return x

@@ -137,6 +137,31 @@ def test_guidance_and_guided_eps(capsys):
     assert not ok and "doubled batch" in out
 
 
+def test_paste_back(capsys):
+    """check_paste_back: the photo noised to t_prev where keep = 1, the sampler's x elsewhere,
+    and the photo itself after the last step; the common slips fail with a hint."""
+    def right(x, photo, keep, t_prev, schedule, noise):
+        if t_prev < 0:
+            known = photo
+        else:
+            ab = schedule.alpha_bars[t_prev]
+            known = ab.sqrt() * photo + (1 - ab).sqrt() * noise
+        return keep * known + (1 - keep) * x
+
+    def always_noised(x, photo, keep, t_prev, schedule, noise):     # forgets the last step
+        ab = schedule.alpha_bars[max(t_prev, 0)]
+        return keep * (ab.sqrt() * photo + (1 - ab).sqrt() * noise) + (1 - keep) * x
+
+    def clean_photo(x, photo, keep, t_prev, schedule, noise):       # pastes the photo unnoised
+        return keep * photo + (1 - keep) * x
+
+    assert verdict(capsys, check.check_paste_back, right)[0]
+    ok, out = verdict(capsys, check.check_paste_back, always_noised)
+    assert not ok and "t_prev=-1" in out and "no noise is left" in out
+    ok, out = verdict(capsys, check.check_paste_back, clean_photo)
+    assert not ok and "t_prev=12" in out and "alpha_bars[t_prev]" in out
+
+
 def test_context_drop(capsys):
     def right(labels, n, keep_prob):
         return one_hot(labels, n) * keep_mask(len(labels), keep_prob)
