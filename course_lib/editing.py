@@ -9,20 +9,16 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from course_lib.ddpm import DEFAULT_ETA, Schedule, ddim_step, ddim_timesteps, extract, sample_ddim
-
-
-def _noise(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise from ``generator`` (a CPU generator: the same numbers on any device)."""
-    return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+from course_lib.ddpm import (DEFAULT_ETA, Schedule, StepOutput, _sample_loop, ddim_step,
+                             ddim_timesteps, sample_ddim)
 
 
-def noised(images: torch.Tensor, t: int, schedule: Schedule, noise: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε, the forward process at one timestep."""
-    ab = extract(schedule.alpha_bars, t, images)
-    return ab.sqrt() * images + (1 - ab).sqrt() * noise
+def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, from ``generator`` when given (a CPU generator:
+    the same numbers on any device). Unlike the samplers' per-step noise it is never None: the
+    start of a sampler and the pasted-back pixels always need one."""
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
 @torch.no_grad()
@@ -33,7 +29,7 @@ def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength:
     """SDEdit (Meng et al. 2022): noise the images part of the way, then denoise them back.
 
     1. t_0 = the largest DDIM timestep at or below strength·(T − 1)
-    2. x_{t_0} = √ᾱ_{t_0}·x_0 + √(1 − ᾱ_{t_0})·ε                 (``noised``)
+    2. x_{t_0} ~ q(x_{t_0} | x_0)                                  (``Schedule.q_sample``)
     3. DDIM from t_0 down to 0 with ``model``                      (``sample_ddim(t_start=t_0)``)
     The noise hides detail first and layout last, so a low strength keeps the photo and changes
     its texture, a high one keeps only its rough layout and colours; strength 0 returns the
@@ -45,7 +41,7 @@ def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength:
     if strength == 0:
         return images.clone()
     t_0 = max(t for t in ddim_timesteps(schedule.T, steps) if t <= round(strength * (schedule.T - 1)))
-    x = noised(images, t_0, schedule, _noise(images.shape, images, generator))
+    x = schedule.q_sample(images, t_0, _noise(images, generator))
     return sample_ddim(model, x, schedule, steps=steps, eta=eta, extra_args=extra_args,
                        generator=generator, clip_x0=clip_x0, disable=disable, t_start=t_0)
 
@@ -58,7 +54,7 @@ def paste_back(x: torch.Tensor, images: torch.Tensor, keep: torch.Tensor, t_prev
     ``noise``; the others stay the sampler's. After the last step (t_prev = −1) no noise is
     left, and the photo's own pixels go back.
     """
-    known = images if t_prev < 0 else noised(images, t_prev, schedule, noise)
+    known = images if t_prev < 0 else schedule.q_sample(images, t_prev, noise)
     return keep * known + (1 - keep) * x
 
 
@@ -72,8 +68,8 @@ def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule:
 
     From pure noise, at each DDIM step t → t_prev:
     1. x_prev = the DDIM step of the whole picture: the network sees the known pixels
-    2. known = √ᾱ_prev·x_0 + √(1 − ᾱ_prev)·ε, the photo itself noised to t_prev
-    3. x_prev = keep·known + (1 − keep)·x_prev
+    2. known = the photo itself noised to t_prev, q(x_{t_prev} | x_0)
+    3. x_prev = keep·known + (1 − keep)·x_prev                     (:func:`paste_back`)
     so the unknown pixels are always drawn next to the photo at their own noise level; the last
     step (t_prev = −1, no noise) puts the photo's own pixels back.
     """
@@ -82,13 +78,12 @@ def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule:
                          f"{tuple(images.shape)} or broadcastable to it (say (N, 1, H, W)); got "
                          f"{tuple(keep.shape)}")
     keep = keep.to(images.dtype)
-    extra_args = extra_args or {}
+
+    def step(x_t, t, eps, t_prev, noise):
+        out = ddim_step(x_t, t, eps, schedule, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)
+        pasted = paste_back(out.x_prev, images, keep, t_prev, schedule, _noise(images, generator))
+        return StepOutput(pasted, out.x0)
+
     ts = ddim_timesteps(schedule.T, steps)
-    x = _noise(images.shape, images, generator)
-    for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc=f"inpainting ({len(ts)} steps)",
-                          disable=disable, leave=False):
-        eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
-        x = ddim_step(x, t, eps.to(x.dtype), schedule, t_prev, eta=eta,
-                      noise=_noise(images.shape, images, generator), clip_x0=clip_x0).x_prev
-        x = paste_back(x, images, keep, t_prev, schedule, _noise(images.shape, images, generator))
-    return x
+    return _sample_loop(model, _noise(images, generator), ts, step, f"inpainting ({len(ts)} steps)",
+                        extra_args, None, disable, generator, bf16=False)

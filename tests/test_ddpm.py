@@ -273,12 +273,20 @@ def test_guidance_rescale_matches_the_conditional_spread():
     assert (half.std(dim=(1, 2, 3)) < guided.std(dim=(1, 2, 3))).all()
 
 
-def test_cfg_denoiser_rescales_only_when_asked():
+def _small_cfg_model(t):
+    """A tiny conditional UNet (seed 7), three noisy images at timesteps ``t``, three one-hot
+    contexts and the model's conditional prediction for them."""
     torch.manual_seed(7)
     model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
-    x, t, c = torch.randn(3, 1, 8, 8), torch.tensor([5, 9, 1]), torch.eye(3)
+    x, t, c = torch.randn(3, 1, 8, 8), torch.tensor(t), torch.eye(3)
     with torch.no_grad():
         cond = model(x, t, c=c, c_mask=torch.ones(3, 1))
+    return model, x, t, c, cond
+
+
+def test_cfg_denoiser_rescales_only_when_asked():
+    model, x, t, c, cond = _small_cfg_model([5, 9, 1])
+    with torch.no_grad():
         plain = ddpm.CFGDenoiser(model, 3.0)(x, t, c=c)
         rescaled = ddpm.CFGDenoiser(model, 3.0, rescale=0.7)(x, t, c=c)
     assert torch.allclose(rescaled, ddpm.rescale_guidance(plain, cond, 0.7), atol=1e-6)
@@ -294,11 +302,8 @@ def test_cfg_denoiser_rescales_only_when_asked():
 def test_guidance_interval_guides_only_the_steps_inside_it():
     """CFGDenoiser(interval=(lo, hi)): (1 + w)·eps(x, c) − w·eps(x, ∅) where lo <= t <= hi, eps(x, c)
     elsewhere (Kynkäänniemi et al. 2024); guidance_interval turns σ bounds into those timesteps."""
-    torch.manual_seed(7)
-    model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
-    x, t, c = torch.randn(3, 1, 8, 8), torch.tensor([2, 9, 15]), torch.eye(3)
+    model, x, t, c, cond = _small_cfg_model([2, 9, 15])
     with torch.no_grad():
-        cond = model(x, t, c=c, c_mask=torch.ones(3, 1))
         plain = ddpm.CFGDenoiser(model, 2.0)(x, t, c=c)
         limited = ddpm.CFGDenoiser(model, 2.0, interval=(5, 12))(x, t, c=c)
     assert torch.allclose(limited[1], plain[1], atol=1e-6)                    # t = 9: inside

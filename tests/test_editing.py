@@ -15,12 +15,13 @@ def oracle(x0):
     return model, schedule
 
 
-def test_noised_is_the_forward_process():
+def test_the_editors_noise_with_the_forward_process():
+    """img2img and paste_back noise the photo with Schedule.q_sample, the forward process."""
     s = ddpm.cosine_schedule(40)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, torch.randn(2, 3, 4, 4, generator=g)
     ab = s.alpha_bars[17]
-    assert torch.allclose(editing.noised(x0, 17, s, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+    assert torch.allclose(s.q_sample(x0, 17, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
 
 
 def test_img2img_with_a_perfect_denoiser_returns_the_image_and_strength_sets_the_start():
