@@ -114,10 +114,11 @@ def main(argv=None) -> int:
             "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
     lines, rows = table(CPU_RUNS)
-    head = ("04's flower network on 2 CPU cores (fifteenth and sixteenth sessions), predicting ε "
-            "or v, and on 2×2 patches: the runs of bench/flower_channels.md made on this machine, "
+    head = ("04's flower network on 2 CPU cores (fifteenth to seventeenth sessions), predicting ε "
+            "or v, and on 2×2 patches: the runs of bench/flower_channels.md made on 2-core CPUs, "
             "with w and η as the columns say (300 starting noises per species, the same in every "
-            "run).")
+            "run); float32 on a machine without AMX, except x30v_s0_interval (seventeenth "
+            "session), trained in bfloat16 on a machine with AMX.")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     return 0
 
