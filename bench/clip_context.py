@@ -84,6 +84,7 @@ class Row:
     seed: int = 0                # the UNet's training seed (CLIP always trains from seed 0)
     sigmas: tuple | None = None  # guided only at noise levels σ in (σ_lo, σ_hi] (Kynkäänniemi et
     #                              al. 2024; rows X-Y); None: at every step
+    min_snr: float | None = None  # the v-loss weighted by min-SNR-γ (Hang et al. 2023; row Z)
 
 
 def rows() -> list[Row]:
@@ -131,7 +132,11 @@ def rows() -> list[Row]:
             #     04's flowers and FashionMNIST measured first (bench/RESULTS.md, section 15);
             #     X trains V's recipe again on this machine, Y samples X's UNet
             Row("X. V again, on the machine of row Y", "V", **_V),
-            Row("Y. X guided only for σ in (0.28, 5.42]", "X", **dict(_V, sigmas=(0.28, 5.42)))]
+            Row("Y. X guided only for σ in (0.28, 5.42]", "X", **dict(_V, sigmas=(0.28, 5.42))),
+            # Z (eighteenth session): v-prediction with its loss weighted by min-SNR-5, which 04's
+            #    flowers adopted (bench/RESULTS.md, section 16); S measured v alone, on Q
+            Row("Z. X with v-prediction, its loss weighted by min-SNR-5", "X",
+                **dict(_V, prediction="v", min_snr=5.0))]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
@@ -140,7 +145,7 @@ _V = dict(_M, channels=(24, 48, 96), unet_epochs=20)                 # 05's sinc
 
 
 _TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16, prediction,
-#                channels, seed) -> (clip, EMA UNet, result so far)
+#                channels, seed, min_snr) -> (clip, EMA UNet, result so far)
 
 
 def clip_images(photos, vision: str) -> torch.Tensor:
@@ -170,7 +175,7 @@ def real_spread() -> float:
 
 def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dict:
     key = (row.name if row.fresh else None, row.p_text, row.unet_epochs, row.clip_steps,
-           row.text_tower, row.vision, row.bf16, row.prediction, row.channels, row.seed)
+           row.text_tower, row.vision, row.bf16, row.prediction, row.channels, row.seed, row.min_snr)
     if key not in _TRAINED:
         _TRAINED[key] = train_row(row, photos, captions, train_idx, held_out)
     clip, ema, trained = _TRAINED[key]
@@ -179,7 +184,8 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
               "unet_epochs": row.unet_epochs, "clip_steps": row.clip_steps,
               "text_tower": clip.text_tower, "vision": row.vision, "w": row.w,
               "rescale": row.rescale, "eta": row.eta, "channels": list(row.channels), "seed": row.seed,
-              "sigmas": list(row.sigmas) if row.sigmas else None, **trained}
+              "sigmas": list(row.sigmas) if row.sigmas else None, "prediction": row.prediction,
+              "min_snr": row.min_snr, **trained}
     interval = guidance_interval(SCHEDULE, *row.sigmas) if row.sigmas else None
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
@@ -216,7 +222,7 @@ def train_row(row: Row, photos, captions, train_idx, held_out):
         c = mix_contexts(*pair.chunk(2, dim=1), p_text=row.p_text)
         mask = keep_mask(len(images), 0.9, device=images.device)
         if row.prediction == "v":
-            return VDenoiser(model, SCHEDULE).loss(images, c=c, c_mask=mask)
+            return VDenoiser(model, SCHEDULE).loss(images, min_snr_gamma=row.min_snr, c=c, c_mask=mask)
         return diffusion_loss(model, images, SCHEDULE, c=c, c_mask=mask)
 
     started = time.perf_counter()

@@ -8,7 +8,8 @@ Each run is one call of ``bench/flower_sampler.py`` (04's flower recipe with bat
 given channels, epochs and training seed, ``--patch`` and ``--prediction``; 300 starting noises
 per species, the same in every run, sampled with w = 2, DDIM-50 and η = 1, or with the sampler
 rows the run names: η = 0.75, w = 3, w = 1, and since the sixteenth session η = 0; in the
-seventeenth, guidance in a limited interval and DDIM-100 and -150), stored as
+seventeenth, guidance in a limited interval and DDIM-100 and -150; in the eighteenth, the
+v-loss weighted by min-SNR-5 or its timesteps drawn as EDM draws σ), stored as
 bench/flower_channels_<run>.md and .json. This script gathers them
 into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
 others at the same training time as well as at the same epochs: row X's network costs about 1.7×
@@ -46,15 +47,27 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
     "x30v_s0_interval": ("24,48,96", 30, 0, "10,11,12,13,14", 1, "v"),
     # and with more DDIM steps (rows 15-16), row 10 again first: the same weights, so its figures repeat
     "x30v_s0_steps": ("24,48,96", 30, 0, "10,15,16", 1, "v"),
+    # eighteenth session: the same v-network, its training changed in where its timesteps fall
+    # (loss weighting, then the timesteps' distribution), sampled as 04 samples (row 10)
+    "x30v_s0_minsnr5": ("24,48,96", 30, 0, "10", 1, "v", {"min-snr": "5"}),
+    "x30v_s0_lognormal": ("24,48,96", 30, 0, "10", 1, "v", {"lognormal": "-1.2,1.2"}),
+    "x30v_s1_minsnr5": ("24,48,96", 30, 1, "10", 1, "v", {"min-snr": "5"}),
+    # and seed 1's plain v-network again, trained in bfloat16 as the three runs above
+    "x30v_s1_eta0_bf16": ("24,48,96", 30, 1, "10", 1, "v"),
 }
+WEIGHTING_RUNS = ("x30v_s0_interval", "x30v_s1_eta0_bf16", "x30v_s0_minsnr5", "x30v_s1_minsnr5",
+                  "x30v_s0_lognormal")   # bench/RESULTS.md, section 16
 CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
-            "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval")
+            "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval", "x30v_s0_minsnr5",
+            "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_lognormal")
 
 
 def run(name: str) -> None:
     import flower_sampler  # bench/flower_sampler.py (imports torch)
-    channels, epochs, seed, rows, patch, prediction = (*RUNS[name], 1, "eps")[:6]
-    flower_sampler.main(["--batch", "64", "--per-species", "300", "--channels", channels,
+    defaults = (1, "eps", {})                       # patch, prediction, other options
+    channels, epochs, seed, rows, patch, prediction, extra = RUNS[name] + defaults[len(RUNS[name]) - 4:]
+    options = [f"--{key}={value}" for key, value in extra.items()]
+    flower_sampler.main([*options, "--batch", "64", "--per-species", "300", "--channels", channels,
                          "--epochs", str(epochs), "--seed", str(seed), "--rows", rows,
                          "--patch", str(patch), "--prediction", prediction,
                          "--report", f"flower_channels_{name}"])
@@ -65,19 +78,29 @@ def _cell(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _training(data: dict) -> str:
+    """How a run's loss differed from 04's plain one: min-SNR-γ weighting, log-normal timesteps."""
+    if data.get("min_snr"):
+        return f"min-SNR-{data['min_snr']:g}"
+    if data.get("lognormal"):
+        return "log-normal t ({:g}, {:g})".format(*data["lognormal"])
+    return "plain"
+
+
 def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
     """One line per stored run: its network, epochs, seed, steps and loss, and what the judge read."""
-    lines = ["| run | channels | patch | predicts | epochs | seed | steps | training seconds "
+    lines = ["| run | channels | patch | predicts | loss | epochs | seed | steps | training seconds "
              "| final loss | w | η | requested species | judge confident | Fréchet distance "
              "| Fréchet, three species | variety | requested species, η = 0.75 | where |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for name in names:
         data = json.loads((HERE / f"flower_channels_{name}.json").read_text())
         first = data["rows"][0]
         eta075 = next((r["species"] for r in data["rows"] if r["settings"].get("eta") == 0.75), None)
         r = {"run": name, "channels": data["channels"], "patch": data.get("patch", 1),
-             "prediction": data.get("prediction", "eps"), "epochs": data["epochs"],
+             "prediction": data.get("prediction", "eps"), "training": _training(data),
+             "epochs": data["epochs"],
              "seed": data["seed"], "steps": data["steps"], "train_seconds": data.get("train_seconds"),
              "final_loss": round(data["final_loss"], 4), "w": first["settings"]["w"],
              "eta": first["settings"].get("eta", 1.0),
@@ -87,7 +110,7 @@ def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
              "species_eta075": eta075, "device": data["device"]}
         rows.append(r)
         lines.append(f"| {name} | {', '.join(map(str, r['channels']))} | {r['patch']} "
-                     f"| {r['prediction']} | {r['epochs']} | {r['seed']} | {r['steps']} "
+                     f"| {r['prediction']} | {r['training']} | {r['epochs']} | {r['seed']} | {r['steps']} "
                      f"| {_cell(r['train_seconds'], '.0f')} | {r['final_loss']:.4f} "
                      f"| {r['w']:g} | {r['eta']:g} "
                      f"| {r['species']:.0%} | {r['recognised']:.0%} | {r['frechet']:.1f} "
@@ -114,12 +137,22 @@ def main(argv=None) -> int:
             "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
     lines, rows = table(CPU_RUNS)
-    head = ("04's flower network on 2 CPU cores (fifteenth to seventeenth sessions), predicting ε "
-            "or v, and on 2×2 patches: the runs of bench/flower_channels.md made on 2-core CPUs, "
+    head = ("04's flower network on 2 CPU cores (fifteenth to eighteenth sessions), predicting ε "
+            "or v, on 2×2 patches, and with its v-loss weighted by min-SNR-γ or its timesteps "
+            "drawn log-normal in σ: the runs of bench/flower_channels.md made on 2-core CPUs, "
             "with w and η as the columns say (300 starting noises per species, the same in every "
             "run); float32 on a machine without AMX, except x30v_s0_interval (seventeenth "
-            "session), trained in bfloat16 on a machine with AMX.")
+            "session) and the four runs after it (eighteenth), trained in bfloat16 on a machine "
+            "with AMX.")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
+    lines, rows = table(WEIGHTING_RUNS)
+    head = ("04's v-network (channels 24, 48, 96, 30 epochs, batches of 64), its loss as 04 had it "
+            "(plain: t uniform, every step's v-error weighted alike) and weighted by min-SNR-5, "
+            "each from training seeds 0 and 1, and with t drawn log-normal in σ as EDM draws it "
+            "(seed 0), on 2-core machines with AMX (bfloat16), sampled as 04 samples (w = 2, "
+            "DDIM-50, η = 0; "
+            "300 starting noises per species, the same in every run).")
+    write_report("flower_weighting", [head, "", *lines], {"runs": rows})
     return 0
 
 

@@ -61,6 +61,7 @@ class FlowerRecipe:
     min_snr: float | None = None        # min-SNR-γ loss weighting (Hang et al. 2023), γ
     patch: int = 1                      # 2: the UNet runs on 2×2 patches (OptimizedUNet(patch=2))
     prediction: str = "eps"             # "v": the network learns v (ddpm.VDenoiser), sampled as eps
+    lognormal: tuple | None = None      # (P_mean, P_std): t drawn as EDM draws σ (v only)
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -117,18 +118,20 @@ def network(recipe: FlowerRecipe) -> OptimizedUNet:
 
 
 def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: float | None = None,
-                     prediction: str = "eps"):
+                     prediction: str = "eps", lognormal: tuple | None = None):
     """04's loss: one-hot species, kept with probability ``keep_prob`` (04: 0.9); ``min_snr``
-    weights it by min-SNR-γ; ``prediction="v"`` trains a v-prediction network instead."""
-    if prediction not in ("eps", "v") or (prediction == "v" and min_snr is not None):
-        raise ValueError(f"prediction must be 'eps' or 'v' (v without min_snr), got {prediction!r}")
+    weights it by min-SNR-γ; ``prediction="v"`` trains a v-prediction network instead, whose
+    timesteps ``lognormal=(P_mean, P_std)`` draws as EDM draws its noise levels."""
+    if prediction not in ("eps", "v") or (prediction == "eps" and lognormal is not None):
+        raise ValueError(f"prediction must be 'eps' or 'v' (lognormal with v only), got {prediction!r}")
 
     def loss_fn(model, batch):
         images, labels = batch
         context = dict(c=one_hot(labels, len(SPECIES)),
                        c_mask=keep_mask(len(images), keep_prob, device=images.device))
         if prediction == "v":
-            return ddpm.VDenoiser(model, schedule).loss(images, **context)
+            return ddpm.VDenoiser(model, schedule).loss(images, min_snr_gamma=min_snr,
+                                                        lognormal=lognormal, **context)
         return ddpm.diffusion_loss(model, images, schedule, min_snr_gamma=min_snr, **context)
     return loss_fn
 
@@ -146,7 +149,8 @@ def train_by_epochs(recipe: FlowerRecipe, schedule: ddpm.Schedule, epochs: int, 
     model = network(recipe)
     start = time.perf_counter()
     history = train(model, make_loader(data, recipe.batch, seed=recipe.seed),
-                    conditional_loss(schedule, prediction=recipe.prediction), epochs=epochs,
+                    conditional_loss(schedule, recipe.keep_prob, recipe.min_snr, recipe.prediction,
+                                     recipe.lognormal), epochs=epochs,
                     lr=recipe.lr, ema_decay=recipe.ema, device=device, desc="04's flowers",
                     **train_kwargs)
     return history, time.perf_counter() - start

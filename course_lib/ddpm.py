@@ -210,13 +210,42 @@ class VDenoiser:
         return a * self.model(x_t, t, **model_kwargs) + s * x_t
 
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None,
+             min_snr_gamma: float | None = None, lognormal: tuple[float, float] | None = None,
              **model_kwargs) -> torch.Tensor:
-        """E_{t, eps} ||v - v_theta(x_t, t)||², the v-target of the same x_t as :func:`diffusion_loss`."""
-        t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device, generator=generator)
+        """E_{t, eps} ||v - v_theta(x_t, t)||², the v-target of the same x_t as :func:`diffusion_loss`.
+
+        ``min_snr_gamma`` weights each image's error by min(SNR_t, γ)/(SNR_t + 1), min-SNR-γ for
+        a v-target (Hang et al. 2023); ``lognormal=(P_mean, P_std)`` draws t by
+        :func:`lognormal_timesteps` instead of uniformly.
+        """
+        if lognormal is None:
+            t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device, generator=generator)
+        else:
+            t = lognormal_timesteps(self.schedule, len(x0), *lognormal, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         a, s = self._scales(t, x0)
         x_t = a * x0 + s * noise
-        return F.mse_loss(self.model(x_t, t, **model_kwargs), a * noise - s * x0)
+        v = a * noise - s * x0
+        if min_snr_gamma is None:
+            return F.mse_loss(self.model(x_t, t, **model_kwargs), v)
+        error = self.model(x_t, t, **model_kwargs) - v
+        snr = (a / s).square().flatten()
+        weight = snr.clamp(max=min_snr_gamma) / (snr + 1)
+        return (weight * error.square().flatten(1).mean(1)).mean()
+
+
+def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std: float = 1.2,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """n timesteps whose σ_t = sqrt((1-ᾱ_t)/ᾱ_t) lie nearest, in log σ, to ln σ ~ N(P_mean, P_std²).
+
+    EDM's training noise levels (Karras et al. 2022, Table 1; P_mean = -1.2, P_std = 1.2 for
+    32×32 images): most steps go to the middle noise levels, where a picture's layout forms,
+    few to the nearly clean and the nearly pure-noise ends.
+    """
+    device = schedule.alpha_bars.device
+    log_sigmas = (0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()).float()
+    drawn = p_mean + p_std * torch.randn(n, device=device, generator=generator)
+    return (drawn[:, None] - log_sigmas[None, :]).abs().argmin(dim=1)
 
 
 # --- reverse steps -----------------------------------------------------------------------------

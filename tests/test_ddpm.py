@@ -247,6 +247,40 @@ def test_v_loss_is_mse_against_v(schedule):
     assert loss.item() != pytest.approx((noise ** 2).mean().item(), rel=1e-2)
 
 
+def test_v_loss_min_snr_weights_each_image_by_min_snr_over_snr_plus_one(schedule):
+    """min-SNR-γ for a v-target: min(SNR_t, γ)/(SNR_t + 1) per image; γ = ∞ leaves SNR/(SNR+1) = ᾱ_t."""
+    x0 = torch.randn(16, 1, 4, 4)
+    zero = ddpm.VDenoiser(lambda x, t: torch.zeros_like(x), schedule)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, schedule.T, (16,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    ab = schedule.alpha_bars[t]
+    v = ab.sqrt().reshape(-1, 1, 1, 1) * noise - (1 - ab).sqrt().reshape(-1, 1, 1, 1) * x0
+    per_image = (v ** 2).flatten(1).mean(1)
+    snr = ab / (1 - ab)
+    for gamma in (1.0, 5.0, float("inf")):
+        loss = zero.loss(x0, generator=torch.Generator().manual_seed(0), min_snr_gamma=gamma)
+        expected = (snr.clamp(max=gamma) / (snr + 1) * per_image).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    unweighted = zero.loss(x0, generator=torch.Generator().manual_seed(0))
+    assert zero.loss(x0, generator=torch.Generator().manual_seed(0), min_snr_gamma=1.0) < unweighted
+
+
+def test_lognormal_timesteps_follow_edm_noise_levels():
+    """log σ_t of the drawn timesteps has EDM's mean; a tiny spread picks the one nearest t."""
+    schedule = ddpm.cosine_schedule(150)
+    log_sigma = 0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()
+    t = ddpm.lognormal_timesteps(schedule, 20_000, -1.2, 1.2, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() < schedule.T
+    assert log_sigma[t].median().item() == pytest.approx(-1.2, abs=0.1)
+    assert (t > 120).float().mean() < 0.05 < (t < 30).float().mean()   # few at the noisy end
+    nearest = (log_sigma - 0.5).abs().argmin()
+    t = ddpm.lognormal_timesteps(schedule, 50, 0.5, 1e-6, generator=torch.Generator().manual_seed(1))
+    assert (t == nearest).all()
+    far_end = ddpm.lognormal_timesteps(schedule, 10, 50.0, 1e-6)   # beyond σ_max: the last step
+    assert (far_end == schedule.T - 1).all()
+
+
 def test_cfg_combines_conditional_and_unconditional():
     torch.manual_seed(7)
     model = OptimizedUNet(1, 8, channels=(8, 8, 8), c_dim=3).eval()
