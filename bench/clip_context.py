@@ -13,7 +13,8 @@ strength w (rows G-I sample row F's UNet, trained once; N and O row M's), or gui
 training of M's recipe on one machine) float32 against bfloat16 autocast, or (row S) a UNet that
 predicts v instead of ε, or (rows T and U, fresh trainings of Q's and S's recipes) deterministic
 DDIM, η = 0, or (rows V and W, two training seeds; 05's UNet since then) 04's wider flower UNet
-for fewer epochs, in about the same time. Every row uses
+for fewer epochs, in about the same time, or (rows X and Y) guidance in a limited interval, or
+(row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train. Every row uses
 05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.

@@ -409,6 +409,10 @@ def test_clip_context_rows_change_one_thing_each():
         if key == "V":   # width at (about) equal training time: one decision, two fields
             assert changed == ["unet_epochs", "channels"], (key, changed)
             continue
+        if key == "Z":   # 04's flower loss (v weighted by min-SNR-5): one decision, two fields;
+            #              row S measured v alone
+            assert changed == ["prediction", "min_snr"] and rows["S"].prediction == "v", (key, changed)
+            continue
         assert len(changed) == (0 if "again" in row.name else 1), (key, changed)
     assert rows["Q"].fresh and rows["R"].fresh and rows["R"].bf16 and rows["Q"].bf16 is False
 
@@ -512,10 +516,38 @@ def test_flower_prediction_table_comes_from_the_stored_runs_and_backs_notebook_0
         assert runs[eta_0]["frechet_species"] < runs[eta_1]["frechet_species"]
     notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
-    assert 'conditional_loss(3, flower_schedule, prediction="v")' in source
+    assert 'conditional_loss(3, flower_schedule, prediction="v", min_snr_gamma=5)' in source
     assert "flower_denoiser = VDenoiser(flower_ema, flower_schedule)" in source
     assert "sample_guided(flower_denoiser," in source
     assert "FLOWER_ETA = 0.0" in source and "eta=FLOWER_ETA" in source
+
+
+def test_min_snr_weighting_backs_04s_flower_loss():
+    """bench/flower_weighting.md rebuilds from the stored runs (RESULTS section 16): at both training
+    seeds, on machines of one kind, the v-loss weighted by min-SNR-5 draws samples closer to the
+    three species' photos and more varied than the plain v-loss, at a species share within the two
+    seeds' spread; and loss_by_noise_level.json shows the weighting moving the loss to the middle
+    noise levels."""
+    import json
+    flower_channels = _bench_module("flower_channels")
+    lines, rows = flower_channels.table(flower_channels.WEIGHTING_RUNS)
+    assert (ROOT / "bench" / "flower_weighting.md").read_text().splitlines()[2:] == lines
+    runs = {r["run"]: r for r in rows}
+    for plain, weighted in (("x30v_s0_interval", "x30v_s0_minsnr5"), ("x30v_s1_eta0_bf16", "x30v_s1_minsnr5")):
+        p, w = runs[plain], runs[weighted]
+        assert (p["training"], w["training"]) == ("plain", "min-SNR-5")
+        assert (p["seed"], p["eta"], p["epochs"]) == (w["seed"], w["eta"], w["epochs"])
+        assert w["frechet_species"] < p["frechet_species"] - 50 and w["frechet"] < p["frechet"]
+        assert w["variety"] > p["variety"]
+    species = lambda *names: sum(runs[n]["species"] for n in names) / len(names)
+    assert abs(species("x30v_s0_minsnr5", "x30v_s1_minsnr5")
+               - species("x30v_s0_interval", "x30v_s1_eta0_bf16")) < 0.03
+    bands = {r["network"]: r for r in json.loads((ROOT / "bench" / "loss_by_noise_level.json").read_text())["rows"]}
+    for r in bands.values():
+        assert r["middle_share_weighted"] > 2 * r["middle_share_plain"]
+        assert abs(r["clean_share_plain"] + r["middle_share_plain"] + r["noisy_share_plain"] - 1) < 0.01
+    plain, weighted = bands["plain v-loss"], bands["v-loss weighted by min-SNR-5"]
+    assert plain["plain_loss"] < weighted["plain_loss"] and weighted["weighted_loss"] < plain["weighted_loss"]
 
 
 def test_fashion_guidance_backs_04_keeping_its_unclipped_sampler():
