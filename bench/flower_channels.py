@@ -9,7 +9,7 @@ given channels, epochs and training seed, ``--patch`` and ``--prediction``; 300 
 per species, the same in every run, sampled with w = 2, DDIM-50 and η = 1, or with the sampler
 rows the run names: η = 0.75, w = 3, w = 1, and since the sixteenth session η = 0; in the
 seventeenth, guidance in a limited interval and DDIM-100 and -150; in the eighteenth, the
-v-loss weighted by min-SNR-5 or its timesteps drawn as EDM draws σ), stored as
+v-loss weighted by min-SNR-5 or -1 or its timesteps drawn as EDM draws σ), stored as
 bench/flower_channels_<run>.md and .json. This script gathers them
 into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
 others at the same training time as well as at the same epochs: row X's network costs about 1.7×
@@ -54,12 +54,14 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
     "x30v_s1_minsnr5": ("24,48,96", 30, 1, "10", 1, "v", {"min-snr": "5"}),
     # and seed 1's plain v-network again, trained in bfloat16 as the three runs above
     "x30v_s1_eta0_bf16": ("24,48,96", 30, 1, "10", 1, "v"),
+    # min-SNR-1: the weight's peak moved from SNR 5 (t ≈ 38) to SNR 1 (t ≈ 73), noisier levels
+    "x30v_s0_minsnr1": ("24,48,96", 30, 0, "10", 1, "v", {"min-snr": "1"}),
 }
 WEIGHTING_RUNS = ("x30v_s0_interval", "x30v_s1_eta0_bf16", "x30v_s0_minsnr5", "x30v_s1_minsnr5",
-                  "x30v_s0_lognormal")   # bench/RESULTS.md, section 16
+                  "x30v_s0_minsnr1", "x30v_s0_lognormal")   # bench/RESULTS.md, section 16
 CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
             "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval", "x30v_s0_minsnr5",
-            "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_lognormal")
+            "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_minsnr1", "x30v_s0_lognormal")
 
 
 def run(name: str) -> None:
@@ -142,14 +144,14 @@ def main(argv=None) -> int:
             "drawn log-normal in σ: the runs of bench/flower_channels.md made on 2-core CPUs, "
             "with w and η as the columns say (300 starting noises per species, the same in every "
             "run); float32 on a machine without AMX, except x30v_s0_interval (seventeenth "
-            "session) and the four runs after it (eighteenth), trained in bfloat16 on a machine "
+            "session) and the five runs after it (eighteenth), trained in bfloat16 on a machine "
             "with AMX.")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     lines, rows = table(WEIGHTING_RUNS)
     head = ("04's v-network (channels 24, 48, 96, 30 epochs, batches of 64), its loss as 04 had it "
             "(plain: t uniform, every step's v-error weighted alike) and weighted by min-SNR-5, "
-            "each from training seeds 0 and 1, and with t drawn log-normal in σ as EDM draws it "
-            "(seed 0), on 2-core machines with AMX (bfloat16), sampled as 04 samples (w = 2, "
+            "each from training seeds 0 and 1, then weighted by min-SNR-1 and with t drawn "
+            "log-normal in σ as EDM draws it (seed 0), on 2-core machines with AMX (bfloat16), sampled as 04 samples (w = 2, "
             "DDIM-50, η = 0; "
             "300 starting noises per species, the same in every run).")
     write_report("flower_weighting", [head, "", *lines], {"runs": rows})
