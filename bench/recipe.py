@@ -5,7 +5,7 @@
     python bench/recipe.py --budget 20 --judged 64    # a quick look
 
 Every row trains 03's OptimizedUNet (channels 32, 64, 128 unless the row says otherwise; rows
-L-U start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same seed for the same
+L-V start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same seed for the same
 number of seconds, then draws the same 500 starting noises with DDIM-50, η = 1, and judges them
 with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised share, Fréchet distance,
 and the smallest and largest class share (real data: 10% each).
@@ -93,6 +93,10 @@ def recipes() -> list[Recipe]:
     r.append(Recipe("S. lr 4e-3 instead of 2e-3", "N2", **dict(n, lr=4e-3)))
     r.append(Recipe("T. Adam β₂ 0.99 instead of 0.999", "N2", betas=(0.9, 0.99), **n))
     r.append(Recipe("U. deeper: a residual block more at 8×8 and 4×4", "N2", deeper=True, **n))
+    # eighteenth session: 04's flower loss (v-prediction weighted by min-SNR-5, bench/RESULTS.md
+    # section 16) on 03's recipe; N3 re-runs N on the same machine as its reference (row L: v alone)
+    r.append(Recipe("N3. N again, on the machine of row V", "N", **n))
+    r.append(Recipe("V. v-prediction weighted by min-SNR-5", "N3", **dict(n, prediction="v", min_snr=5.0)))
     return r
 
 
@@ -159,7 +163,7 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
 
     def loss_fn(m, batch):
         if recipe.prediction == "v":
-            return ddpm.VDenoiser(m, schedule).loss(batch[0])
+            return ddpm.VDenoiser(m, schedule).loss(batch[0], min_snr_gamma=recipe.min_snr)
         return ddpm.diffusion_loss(m, batch[0], schedule, min_snr_gamma=recipe.min_snr)
 
     start = time.perf_counter()
