@@ -2,6 +2,7 @@
 
     python bench/recipe.py --budget 150    # as stored in recipe.md: 150 s per row, 500 judged samples
     python bench/recipe.py --budget 150 --only R --append   # one more row
+    python bench/recipe.py --budget 150 --only N3,V --append --report recipe_flower_loss
     python bench/recipe.py --budget 20 --judged 64    # a quick look
 
 Every row trains 03's OptimizedUNet (channels 32, 64, 128 unless the row says otherwise; rows
@@ -9,7 +10,9 @@ L-V start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same s
 number of seconds, then draws the same 500 starting noises with DDIM-50, η = 1, and judges them
 with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised share, Fréchet distance,
 and the smallest and largest class share (real data: 10% each).
-Rows add one change to the row named in "on top of". Writes bench/recipe.md and bench/recipe.json.
+Rows add one change to the row named in "on top of". Writes bench/recipe.md and bench/recipe.json,
+which notebook 03 draws; rows N3 and V (04's flower loss on 03's recipe, eighteenth session) went
+to bench/recipe_flower_loss.md and .json instead.
 """
 from __future__ import annotations
 
@@ -188,18 +191,28 @@ def main(argv=None) -> int:
     parser.add_argument("--judged", type=int, default=500)
     parser.add_argument("--only", default=None, help="run only rows whose name starts with this")
     parser.add_argument("--append", action="store_true",
-                        help="add the rows run now to bench/recipe.json instead of replacing it")
+                        help="add the rows run now to the report's .json instead of replacing it")
+    parser.add_argument("--report", default="recipe",
+                        help="name of the .md/.json written (rows N3 and V: recipe_flower_loss)")
     args = parser.parse_args(argv)
     data = load_fashion_mnist(size=16, flip=True)
     real = real_quality("fashion_mnist", 16, n=args.judged)
-    rows = json.loads((HERE / "recipe.json").read_text())["rows"] if args.append else []
+    stored = HERE / f"{args.report}.json"
+    rows = json.loads(stored.read_text())["rows"] if args.append and stored.exists() else []
     for recipe in pending(recipes(), rows, args.only):
         rows.append(run(recipe, data, args.budget, args.judged))
         print(rows[-1], flush=True)
+    report(args.report, rows, args.budget, args.judged, real.recognisable, real.frechet)
+    return 0
+
+
+def report(name: str, rows: list[dict], budget: float, judged: int, real_recognised: float,
+           real_frechet: float) -> None:
+    """The rows as bench/<name>.md (a table) and .json."""
     head = (f"Recipe rows for 03 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
-            f"{args.budget:.0f} s of training each, {args.judged} samples (DDIM-50, η = 1, same "
+            f"{budget:.0f} s of training each, {judged} samples (DDIM-50, η = 1, same "
             f"noise), judged by the 16×16 FashionMNIST judge. Real 16×16 test images: "
-            f"{real.recognisable:.0%} recognised, Fréchet distance {real.frechet:.1f}.")
+            f"{real_recognised:.0%} recognised, Fréchet distance {real_frechet:.1f}.")
     lines = [head, "", "| recipe | on top of | seconds | steps | final loss | recognised "
              "| Fréchet distance | smallest class | largest class |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -208,10 +221,9 @@ def main(argv=None) -> int:
                      f"| {r['final_loss']:.4f} "
                      f"| {r['recognised']:.0%} | {r['frechet']:.1f} | {r['min_class_share']:.0%} "
                      f"| {r['max_class_share']:.0%} |")
-    write_report("recipe", lines, {
-        "budget_s": args.budget, "judged": args.judged, "real_recognised": real.recognisable,
-        "real_frechet": real.frechet, "rows": rows})
-    return 0
+    write_report(name, lines, {
+        "budget_s": budget, "judged": judged, "real_recognised": real_recognised,
+        "real_frechet": real_frechet, "rows": rows})
 
 
 if __name__ == "__main__":
