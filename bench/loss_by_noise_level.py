@@ -10,13 +10,15 @@ training photos with their species, at every t of the cosine schedule (T = 150),
 v-error ‖v − v̂‖² and reports which share of the loss falls on three bands of noise levels: the
 cleanest (SNR_t = ᾱ_t/(1 − ᾱ_t) above 9), the middle (SNR_t from 1 to 9) and the noisiest (SNR_t
 below 1). Each share is given twice: of the plain v-loss (each t weighted alike), and of the loss
-min-SNR-5 trains on (each t's v-error times min(SNR_t, 5)/(SNR_t + 1),
-``ddpm.VDenoiser.loss(min_snr_gamma=5)``). Writes bench/loss_by_noise_level.md and .json.
+min-SNR-5 trains on (each t's v-error times min(SNR_t, 5)/(SNR_t + 1), ``ddpm.min_snr_weight``,
+as ``ddpm.VDenoiser.loss(min_snr_gamma=5)`` weights it). Writes bench/loss_by_noise_level.md and
+.json.
 """
 from __future__ import annotations
 
 import torch
 
+from course_lib import ddpm
 from course_lib.conditioning import one_hot
 from course_lib.data import load_flowers
 from flower_recipe import SPECIES  # bench/flower_recipe.py
@@ -53,7 +55,7 @@ def main() -> int:
         errors = v_error_by_t(denoiser.model, schedule, photos, c)
         ab = schedule.alpha_bars.cpu()
         snr = ab / (1 - ab)
-        weighted = errors * snr.clamp(max=5) / (snr + 1)
+        weighted = errors * ddpm.min_snr_weight(snr, 5.0, prediction="v")
         bands = {"clean": snr > 9, "middle": (snr >= 1) & (snr <= 9), "noisy": snr < 1}
         row = {"network": shown, "plain_loss": round(errors.mean().item(), 4),
                "weighted_loss": round(weighted.mean().item(), 4)}

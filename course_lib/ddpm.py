@@ -166,6 +166,14 @@ def scaled_linear_schedule(T: int = 150, beta_start: float = 1e-4, beta_end: flo
 
 # --- the training objective --------------------------------------------------------------------
 
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str = "eps") -> torch.Tensor:
+    """min-SNR-γ (Hang et al. 2023) as a weight on each image's error: min(SNR_t, γ)/SNR_t for an
+    eps-target, min(SNR_t, γ)/(SNR_t + 1) for a v-target. Either way the loss becomes
+    min(SNR_t, γ)·||x̂_0 - x_0||² (bench/RESULTS.md, section 16). :func:`diffusion_loss` writes
+    the eps form out in its own body, which notebook 02 prints for students."""
+    return snr.clamp(max=gamma) / (snr + 1 if prediction == "v" else snr)
+
+
 def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
                    generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
                    **model_kwargs) -> torch.Tensor:
@@ -229,8 +237,7 @@ class VDenoiser:
         if min_snr_gamma is None:
             return F.mse_loss(self.model(x_t, t, **model_kwargs), v)
         error = self.model(x_t, t, **model_kwargs) - v
-        snr = (a / s).square().flatten()
-        weight = snr.clamp(max=min_snr_gamma) / (snr + 1)
+        weight = min_snr_weight((a / s).square().flatten(), min_snr_gamma, prediction="v")
         return (weight * error.square().flatten(1).mean(1)).mean()
 
 
