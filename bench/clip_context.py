@@ -14,7 +14,8 @@ training of M's recipe on one machine) float32 against bfloat16 autocast, or (ro
 predicts v instead of ε, or (rows T and U, fresh trainings of Q's and S's recipes) deterministic
 DDIM, η = 0, or (rows V and W, two training seeds; 05's UNet since then) 04's wider flower UNet
 for fewer epochs, in about the same time, or (rows X and Y) guidance in a limited interval, or
-(row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train. Every row uses
+(row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train, or (rows
+X3-Z4) the guidance strength and η for that v-UNet. Every row uses
 05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
@@ -137,12 +138,23 @@ def rows() -> list[Row]:
             # Z (eighteenth session): v-prediction with its loss weighted by min-SNR-5, which 04's
             #    flowers adopted (bench/RESULTS.md, section 16); S measured v alone, on Q
             Row("Z. X with v-prediction, its loss weighted by min-SNR-5", "X",
-                **dict(_V, prediction="v", min_snr=5.0))]
+                **dict(_V, prediction="v", min_snr=5.0)),
+            # X3-Z4 (nineteenth session): the guidance strength and η for Z's v-UNet, with the
+            #    Fréchet distance column; X3 and Z1 train X's and Z's recipes again on this machine
+            Row("X3. X again, with the distance column", "X", **_V),
+            Row("X4. X3 sampled with w = 2", "X3", **dict(_V, w=2.0)),
+            Row("X5. X3 sampled with w = 4", "X3", **dict(_V, w=4.0)),
+            Row("X6. X3 sampled with w = 5", "X3", **dict(_V, w=5.0)),
+            Row("Z1. Z again, with the distance column", "Z", **_Z),
+            Row("Z2. Z1 sampled with w = 2", "Z1", **dict(_Z, w=2.0)),
+            Row("Z3. Z1 sampled with w = 1.5", "Z1", **dict(_Z, w=1.5)),
+            Row("Z4. Z2 sampled with η = 0 (as 04's flowers)", "Z2", **dict(_Z, w=2.0, eta=0.0))]
 
 
 _J = dict(p_text=0.5, text_tower="minilm", w=3.0, unet_epochs=32)   # 05's recipe (row J)
 _M = dict(_J, vision="lite0")                                        # 05's since row M
 _V = dict(_M, channels=(24, 48, 96), unet_epochs=20)                 # 05's since row V
+_Z = dict(_V, prediction="v", min_snr=5.0)                           # 04's flower loss (row Z)
 
 
 _TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vision, bf16, prediction,
@@ -193,7 +205,9 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
         denoiser = VDenoiser(ema, SCHEDULE) if row.prediction == "v" else ema
         samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
                                 seed=21, rescale=row.rescale, eta=row.eta, interval=interval)
-        result[name] = round(sample_quality(samples, "flowers", labels=species).accuracy, 3)
+        judged = sample_quality(samples, "flowers", labels=species)
+        result[name] = round(judged.accuracy, 3)
+        result[f"{name}_frechet"] = round(judged.frechet, 1)
         result[f"{name}_at_limits"] = round(at_limits(samples), 3)
         result[f"{name}_variety"] = round(within_class_spread(samples, species, "flowers")
                                           / real_spread(), 3)
@@ -262,22 +276,28 @@ def main(argv=None) -> int:
             f"{real.accuracy:.1%}, chance 20%). Values at the ends of the colour range: training "
             f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}). "
             f"Variety (training wordings, new wordings): each species' samples' spread in the "
-            f"judge's features over the real photos' ({real_spread():.2f}); 1 is real-like.")
+            f"judge's features over the real photos' ({real_spread():.2f}); 1 is real-like. "
+            f"Fréchet (rows since X3; training wordings, new wordings): distance in the judge's "
+            f"features from the prompt samples to the real held-out photos of all five species; "
+            f"lower is closer (with 100 samples its floor is well above 0).")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
              f"| image tower | w | φ | η | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
-             "| variety | UNet s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variety | Fréchet | UNet s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         limits = ("-" if "training_wordings_at_limits" not in r else   # rows measured before it
                   f"{r['training_wordings_at_limits']:.1%}, {r['new_wordings_at_limits']:.1%}")
         variety = ("-" if "training_wordings_variety" not in r else   # rows measured before it
                    f"{r['training_wordings_variety']:.2f}, {r['new_wordings_variety']:.2f}")
+        frechet = ("-" if "training_wordings_frechet" not in r else   # rows measured before it
+                   f"{r['training_wordings_frechet']:.0f}, {r['new_wordings_frechet']:.0f}")
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
                      f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('vision', 'vit')} "
                      f"| {r.get('w', 2.0):g} "
                      f"| {r.get('rescale', 0.0):g} | {r.get('eta', 1.0):g} "
                      f"| {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {limits} "
-                     f"| {variety} | {r['unet_s']:.0f} |")
+                     f"| {variety} | {frechet} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
         "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})
     return 0

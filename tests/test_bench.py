@@ -663,3 +663,31 @@ def test_more_ddim_steps_do_not_pay_for_04s_flowers():
     notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     assert "SAMPLE_STEPS = config.pick(full=50" in source
+
+
+def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
+    """Rows X3-Z4 (RESULTS section 6): X3 and Z1 reproduce X and Z; the v-UNet weighted by
+    min-SNR-5 stays further from the real photos and less varied than the ε-UNet at w = 3 at every
+    guidance strength and η tried; for the ε-UNet the distance is smallest at w = 3 on both wording
+    sets while the species share keeps rising with w. Notebook 05 samples its ε-UNet with w = 3."""
+    import json
+    rows = {r["name"].split(".")[0]: r for r in
+            json.loads((ROOT / "bench" / "clip_context.json").read_text())["rows"]}
+    figures = ("training_wordings", "new_wordings", "training_wordings_variety", "new_wordings_variety")
+    for again, first in (("X3", "X"), ("Z1", "Z")):
+        assert [rows[again][f] for f in figures] == [rows[first][f] for f in figures]
+    eps = {rows[k]["w"]: rows[k] for k in ("X4", "X3", "X5", "X6")}
+    assert sorted(eps) == [2.0, 3.0, 4.0, 5.0] and all(r["prediction"] == "eps" for r in eps.values())
+    for wording in ("training_wordings", "new_wordings"):
+        shares = [eps[w][wording] for w in sorted(eps)]
+        assert shares == sorted(shares)
+        assert min(eps, key=lambda w: eps[w][f"{wording}_frechet"]) == 3.0
+        for k in ("Z1", "Z2", "Z3", "Z4"):
+            v = rows[k]
+            assert v["prediction"] == "v" and v["min_snr"] == 5.0
+            assert v[f"{wording}_frechet"] > eps[3.0][f"{wording}_frechet"]
+            assert v[f"{wording}_variety"] < eps[3.0][f"{wording}_variety"] - 0.1
+    notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
+    source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
+                       if c["cell_type"] == "code")
+    assert "GUIDANCE = 3.0" in source and "VDenoiser" not in source
