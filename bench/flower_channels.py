@@ -9,7 +9,8 @@ given channels, epochs and training seed, ``--patch`` and ``--prediction``; 300 
 per species, the same in every run, sampled with w = 2, DDIM-50 and η = 1, or with the sampler
 rows the run names: η = 0.75, w = 3, w = 1, and since the sixteenth session η = 0; in the
 seventeenth, guidance in a limited interval and DDIM-100 and -150; in the eighteenth, the
-v-loss weighted by min-SNR-5 or -1 or its timesteps drawn as EDM draws σ), stored as
+v-loss weighted by min-SNR-5 or -1 or its timesteps drawn as EDM draws σ; in the nineteenth,
+trained on random zoomed-in crops of the photos), stored as
 bench/flower_channels_<run>.md and .json. This script gathers them
 into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
 others at the same training time as well as at the same epochs: row X's network costs about 1.7×
@@ -56,12 +57,16 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
     "x30v_s1_eta0_bf16": ("24,48,96", 30, 1, "10", 1, "v"),
     # min-SNR-1: the weight's peak moved from SNR 5 (t ≈ 38) to SNR 1 (t ≈ 73), noisier levels
     "x30v_s0_minsnr1": ("24,48,96", 30, 0, "10", 1, "v", {"min-snr": "1"}),
+    # nineteenth session: 04's network (min-SNR-5) on random zoomed-in crops of the photos, half to
+    # all of each photo's area (issue #10's "random crops from the larger photos")
+    "x30v_s0_minsnr5_zoom": ("24,48,96", 30, 0, "10", 1, "v", {"min-snr": "5", "zoom": "0.5,1"}),
 }
 WEIGHTING_RUNS = ("x30v_s0_interval", "x30v_s1_eta0_bf16", "x30v_s0_minsnr5", "x30v_s1_minsnr5",
                   "x30v_s0_minsnr1", "x30v_s0_lognormal")   # bench/RESULTS.md, section 16
 CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
             "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval", "x30v_s0_minsnr5",
-            "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_minsnr1", "x30v_s0_lognormal")
+            "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_minsnr1", "x30v_s0_lognormal",
+            "x30v_s0_minsnr5_zoom")
 
 
 def run(name: str) -> None:
@@ -81,9 +86,11 @@ def _cell(value, spec: str) -> str:
 
 
 def _training(data: dict) -> str:
-    """How a run's loss differed from 04's plain one: min-SNR-γ weighting, log-normal timesteps."""
+    """How a run's training differed from 04's plain one: min-SNR-γ weighting (with zoomed-in crops
+    of the photos), log-normal timesteps."""
     if data.get("min_snr"):
-        return f"min-SNR-{data['min_snr']:g}"
+        return f"min-SNR-{data['min_snr']:g}" + (", zoomed crops ({:g}-{:g})".format(*data["zoom"])
+                                                if data.get("zoom") else "")
     if data.get("lognormal"):
         return "log-normal t ({:g}, {:g})".format(*data["lognormal"])
     return "plain"
@@ -139,13 +146,14 @@ def main(argv=None) -> int:
             "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
     lines, rows = table(CPU_RUNS)
-    head = ("04's flower network on 2 CPU cores (fifteenth to eighteenth sessions), predicting ε "
-            "or v, on 2×2 patches, and with its v-loss weighted by min-SNR-γ or its timesteps "
-            "drawn log-normal in σ: the runs of bench/flower_channels.md made on 2-core CPUs, "
+    head = ("04's flower network on 2 CPU cores (fifteenth to nineteenth sessions), predicting ε "
+            "or v, on 2×2 patches, with its v-loss weighted by min-SNR-γ or its timesteps "
+            "drawn log-normal in σ, and trained on zoomed-in crops of the photos: the runs of "
+            "bench/flower_channels.md made on 2-core CPUs, "
             "with w and η as the columns say (300 starting noises per species, the same in every "
             "run); float32 on a machine without AMX, except x30v_s0_interval (seventeenth "
-            "session) and the five runs after it (eighteenth), trained in bfloat16 on a machine "
-            "with AMX.")
+            "session) and the six runs after it (eighteenth and nineteenth), trained in bfloat16 "
+            "on a machine with AMX.")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     lines, rows = table(WEIGHTING_RUNS)
     head = ("04's v-network (channels 24, 48, 96, 30 epochs, batches of 64), its loss as 04 had it "

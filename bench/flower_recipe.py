@@ -62,6 +62,8 @@ class FlowerRecipe:
     patch: int = 1                      # 2: the UNet runs on 2×2 patches (OptimizedUNet(patch=2))
     prediction: str = "eps"             # "v": the network learns v (ddpm.VDenoiser), sampled as eps
     lognormal: tuple | None = None      # (P_mean, P_std): t drawn as EDM draws σ (v only)
+    zoom: tuple | None = None           # (lo, hi): random crops of lo-hi of each 64-px photo's area,
+    #                                     resized to 32 px (v2.RandomResizedCrop; train_by_epochs only)
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -141,11 +143,17 @@ def train_by_epochs(recipe: FlowerRecipe, schedule: ddpm.Schedule, epochs: int, 
     """``recipe`` trained for ``epochs`` as notebook 04 trains its flowers: (history, seconds).
 
     Seeds with ``recipe.seed``, then loads the flipped 32×32 photos and builds the network, in
-    04's order, so the same recipe gives the same weights in every script that calls this.
+    04's order, so the same recipe gives the same weights in every script that calls this. With
+    ``recipe.zoom`` each item is instead a random square crop of (lo, hi) of its 64-px photo's
+    area, resized to 32 px: zoomed-in views of the photo as augmentation.
     ``train_kwargs`` go on to ``course_lib.train.train`` (say, ``snapshot_epochs``).
     """
     config.seed_everything(recipe.seed)
     data = load_flowers(size=32, classes=SPECIES, flip=True)
+    if recipe.zoom:   # the same photos at 64 px, each item a random zoomed-in view of its photo
+        larger = load_flowers(size=64, classes=SPECIES, flip=False)
+        data = ImageContextDataset(larger.images, larger.labels, flip=True, transform=v2.RandomResizedCrop(
+            32, scale=recipe.zoom, ratio=(1.0, 1.0), antialias=True))
     model = network(recipe)
     start = time.perf_counter()
     history = train(model, make_loader(data, recipe.batch, seed=recipe.seed),

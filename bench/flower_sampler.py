@@ -80,20 +80,21 @@ def sampler_kwargs(settings: dict, schedule) -> dict:
 def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
                        channels: tuple = FOURS.channels, seed: int = 0, patch: int = 1,
                        prediction: str = "eps", min_snr: float | None = None,
-                       lognormal: tuple | None = None):
+                       lognormal: tuple | None = None, zoom: tuple | None = None):
     """04's flower model trained as notebook 04 does: (EMA model, figures of training, schedule).
 
     ``channels``, ``seed`` and ``patch`` change the network's widths, the training seed and the
     pixels per patch (``OptimizedUNet(patch=...)``); ``prediction="v"`` trains a v-prediction
     network and returns it wrapped in ``ddpm.VDenoiser``, which the samplers read as eps;
     ``min_snr`` weights its loss by min-SNR-γ and ``lognormal`` draws its timesteps as EDM does
-    (``ddpm.lognormal_timesteps``). The EMA weights
+    (``ddpm.lognormal_timesteps``); ``zoom`` trains on random zoomed-in crops of the photos
+    (``FlowerRecipe.zoom``). The EMA weights
     are kept in bench/out/flower_sampler/ (with the figures) and loaded from there the next time
     with the same settings: more sampler rows need no new training.
     """
     recipe = dataclasses.replace(FOURS, batch=batch, channels=tuple(channels), seed=seed,
                                  patch=patch, prediction=prediction, min_snr=min_snr,
-                                 lognormal=lognormal)
+                                 lognormal=lognormal, zoom=zoom)
     device = config.get_device(verbose=True)
     schedule = SCHEDULES[recipe.schedule](150).to(device)
     widths = "-".join(map(str, recipe.channels))
@@ -104,7 +105,7 @@ def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
     saved = HERE / "out" / "flower_sampler" / (
         f"model_{epochs}_b{batch}_c{widths}_s{seed}" + (f"_p{patch}" if patch > 1 else "")
         + ("_v" if prediction == "v" else "") + (f"_snr{min_snr:g}" if min_snr else "")
-        + ("_ln%g,%g" % lognormal if lognormal else "") + ".pt")
+        + ("_ln%g,%g" % lognormal if lognormal else "") + ("_zoom%g,%g" % zoom if zoom else "") + ".pt")
     if saved.exists():
         state = torch.load(saved, weights_only=True)
         model = network(recipe)
@@ -135,14 +136,16 @@ def main(argv=None) -> int:
                         help="what the network learns to predict (v: Salimans & Ho 2022)")
     parser.add_argument("--min-snr", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023)")
     parser.add_argument("--lognormal", help="P_mean,P_std: timesteps drawn as EDM draws σ (v only)")
+    parser.add_argument("--zoom", help="lo,hi: train on random crops of lo-hi of each photo's area")
     parser.add_argument("--rows", help="comma-separated indices into SETTINGS (default: all)")
     parser.add_argument("--report", default="flower_sampler", help="name of the .md/.json written")
     args = parser.parse_args(argv)
     channels = tuple(int(c) for c in args.channels.split(","))
     lognormal = tuple(float(p) for p in args.lognormal.split(",")) if args.lognormal else None
+    zoom = tuple(float(p) for p in args.zoom.split(",")) if args.zoom else None
     model, trained, schedule = train_flower_model(args.epochs, args.batch, channels, args.seed,
                                                  args.patch, args.prediction, args.min_snr,
-                                                 lognormal)
+                                                 lognormal, zoom)
     settings = list(SETTINGS.items())
     if args.rows:
         settings = [settings[int(i)] for i in args.rows.split(",")]
@@ -183,6 +186,7 @@ def main(argv=None) -> int:
             f"{', v-prediction' if args.prediction == 'v' else ''}"
             f"{', min-SNR-%g weighting' % args.min_snr if args.min_snr else ''}"
             f"{', timesteps drawn log-normal in σ (P_mean, P_std = %g, %g)' % lognormal if lognormal else ''}"
+            f"{', random crops of %g-%g of the area of each photo' % zoom if zoom else ''}"
             f", training "
             f"seed {args.seed}), {trained['steps']} "
             f"steps (final loss {trained['final_loss']:.4f}); the same {args.per_species} starting "
@@ -203,6 +207,7 @@ def main(argv=None) -> int:
         "epochs": args.epochs, "batch": args.batch, "channels": list(channels), "seed": args.seed,
         "patch": args.patch, "prediction": args.prediction, "min_snr": args.min_snr,
         "lognormal": list(lognormal) if lognormal else None,
+        "zoom": list(zoom) if zoom else None,
         "device": where, "per_species": args.per_species, **trained, "real_species": real.accuracy,
         "real_at_limits": real_limits, "rows": rows})
     return 0

@@ -691,3 +691,22 @@ def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
                        if c["cell_type"] == "code")
     assert "GUIDANCE = 3.0" in source and "VDenoiser" not in source
+
+
+def test_zoomed_crops_do_not_pay_for_04s_flowers():
+    """RESULTS section 16: 04's network trained on random zoomed-in crops of its photos (same seed,
+    epochs, loss and sampler) reads fewer of the species asked for, draws further from the three
+    species' photos and no more varied samples, so notebook 04 trains on the whole photos."""
+    import json
+    flower_channels = _bench_module("flower_channels")
+    _, rows = flower_channels.table(("x30v_s0_minsnr5", "x30v_s0_minsnr5_zoom"))
+    whole, zoom = rows
+    assert zoom["training"].startswith("min-SNR-5, zoomed crops") and whole["training"] == "min-SNR-5"
+    assert [whole[k] for k in ("seed", "epochs", "eta", "w")] == [zoom[k] for k in ("seed", "epochs", "eta", "w")]
+    assert zoom["species"] < whole["species"] and zoom["frechet_species"] > whole["frechet_species"] + 50
+    assert zoom["variety"] <= whole["variety"]
+    stored = json.loads((ROOT / "bench" / "flower_channels_x30v_s0_minsnr5_zoom.json").read_text())
+    assert stored["zoom"] == [0.5, 1.0]
+    notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
+    source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+    assert "RandomResizedCrop" not in source and "RandomCrop" not in source
