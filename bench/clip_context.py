@@ -15,8 +15,8 @@ predicts v instead of ε, or (rows T and U, fresh trainings of Q's and S's recip
 DDIM, η = 0, or (rows V and W, two training seeds; 05's UNet since then) 04's wider flower UNet
 for fewer epochs, in about the same time, or (rows X and Y) guidance in a limited interval, or
 (row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train, or (rows
-X3-Z4) the guidance strength and η for that v-UNet. Every row uses
-05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 with x̂₀ clipped (η = 1 unless the
+X3-Z4) the guidance strength, η and DDIM's steps for X's ε-UNet and that v-UNet. Every row uses
+05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 (DDIM-100 in row X8) with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
 The flower judge (course_lib/classifier.py, never trained on captions) reads each sample's
@@ -87,6 +87,7 @@ class Row:
     sigmas: tuple | None = None  # guided only at noise levels σ in (σ_lo, σ_hi] (Kynkäänniemi et
     #                              al. 2024; rows X-Y); None: at every step
     min_snr: float | None = None  # the v-loss weighted by min-SNR-γ (Hang et al. 2023; row Z)
+    steps: int = 50              # DDIM steps when sampling (row X8: 100)
 
 
 def rows() -> list[Row]:
@@ -139,12 +140,16 @@ def rows() -> list[Row]:
             #    flowers adopted (bench/RESULTS.md, section 16); S measured v alone, on Q
             Row("Z. X with v-prediction, its loss weighted by min-SNR-5", "X",
                 **dict(_V, prediction="v", min_snr=5.0)),
-            # X3-Z4 (nineteenth session): the guidance strength and η for Z's v-UNet, with the
-            #    Fréchet distance column; X3 and Z1 train X's and Z's recipes again on this machine
+            # X3-Z4 (nineteenth session): the guidance strength, η and steps for X's ε-UNet and
+            #    Z's v-UNet, with the Fréchet distance column; X3 and Z1 train X's and Z's recipes
+            #    again on this machine
             Row("X3. X again, with the distance column", "X", **_V),
             Row("X4. X3 sampled with w = 2", "X3", **dict(_V, w=2.0)),
             Row("X5. X3 sampled with w = 4", "X3", **dict(_V, w=4.0)),
             Row("X6. X3 sampled with w = 5", "X3", **dict(_V, w=5.0)),
+            Row("X7. X3 sampled with η = 0", "X3", **dict(_V, eta=0.0)),
+            Row("X8. X3 sampled with DDIM-100 instead of DDIM-50", "X3", **dict(_V, steps=100)),
+            Row("X9. X3 sampled with η = 0.5", "X3", **dict(_V, eta=0.5)),
             Row("Z1. Z again, with the distance column", "Z", **_Z),
             Row("Z2. Z1 sampled with w = 2", "Z1", **dict(_Z, w=2.0)),
             Row("Z3. Z1 sampled with w = 1.5", "Z1", **dict(_Z, w=1.5)),
@@ -198,12 +203,12 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
               "text_tower": clip.text_tower, "vision": row.vision, "w": row.w,
               "rescale": row.rescale, "eta": row.eta, "channels": list(row.channels), "seed": row.seed,
               "sigmas": list(row.sigmas) if row.sigmas else None, "prediction": row.prediction,
-              "min_snr": row.min_snr, **trained}
+              "min_snr": row.min_snr, "steps": row.steps, **trained}
     interval = guidance_interval(SCHEDULE, *row.sigmas) if row.sigmas else None
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
         denoiser = VDenoiser(ema, SCHEDULE) if row.prediction == "v" else ema
-        samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=50, clip_x0=True,
+        samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=row.steps, clip_x0=True,
                                 seed=21, rescale=row.rescale, eta=row.eta, interval=interval)
         judged = sample_quality(samples, "flowers", labels=species)
         result[name] = round(judged.accuracy, 3)

@@ -669,7 +669,8 @@ def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
     """Rows X3-Z4 (RESULTS section 6): X3 and Z1 reproduce X and Z; the v-UNet weighted by
     min-SNR-5 stays further from the real photos and less varied than the ε-UNet at w = 3 at every
     guidance strength and η tried; for the ε-UNet the distance is smallest at w = 3 on both wording
-    sets while the species share keeps rising with w. Notebook 05 samples its ε-UNet with w = 3."""
+    sets while the species share keeps rising with w; η = 0 or 0.5 or DDIM-100 (X7-X9) do not beat
+    η = 1 with 50 steps. Notebook 05 samples its ε-UNet with w = 3, η = 1 and DDIM-50."""
     import json
     rows = {r["name"].split(".")[0]: r for r in
             json.loads((ROOT / "bench" / "clip_context.json").read_text())["rows"]}
@@ -687,10 +688,19 @@ def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
             assert v["prediction"] == "v" and v["min_snr"] == 5.0
             assert v[f"{wording}_frechet"] > eps[3.0][f"{wording}_frechet"]
             assert v[f"{wording}_variety"] < eps[3.0][f"{wording}_variety"] - 0.1
+    # X7-X9: η = 0, DDIM-100 and η = 0.5 on X3's training are not closer on both wording sets and
+    # read fewer of the new wordings' species
+    for k in ("X7", "X8", "X9"):
+        other = rows[k]
+        assert other["w"] == 3.0 and (other["eta"], other["steps"]) != (1.0, 50)
+        assert any(other[f"{wording}_frechet"] > eps[3.0][f"{wording}_frechet"]
+                   for wording in ("training_wordings", "new_wordings"))
+        assert other["new_wordings"] < eps[3.0]["new_wordings"]
     notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
                        if c["cell_type"] == "code")
     assert "GUIDANCE = 3.0" in source and "VDenoiser" not in source
+    assert "SAMPLE_STEPS = config.pick(full=50" in source and "eta=" not in source
 
 
 def test_zoomed_crops_do_not_pay_for_04s_flowers():
