@@ -15,7 +15,8 @@ predicts v instead of ε, or (rows T and U, fresh trainings of Q's and S's recip
 DDIM, η = 0, or (rows V and W, two training seeds; 05's UNet since then) 04's wider flower UNet
 for fewer epochs, in about the same time, or (rows X and Y) guidance in a limited interval, or
 (row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train, or (rows
-X3-Z4) the guidance strength, η and DDIM's steps for X's ε-UNet and that v-UNet. Every row uses
+X3-Z4) the guidance strength, η and DDIM's steps for X's ε-UNet and that v-UNet, or (rows
+X10-X13) projected guidance (Sadat et al. 2025) against vivid hues, with a colourfulness column. Every row uses
 05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 (DDIM-100 in row X8) with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
@@ -49,7 +50,8 @@ from course_lib.conditioning import keep_mask, mix_contexts
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
 from course_lib.ddpm import (VDenoiser, cosine_schedule, diffusion_loss, guidance_interval,
                              sample_guided)
-from course_lib.metrics import real_quality, real_split, sample_quality, within_class_spread
+from course_lib.metrics import (colourfulness, real_quality, real_split, sample_quality,
+                                within_class_spread)
 from course_lib.train import train
 from course_lib.unets import OptimizedUNet
 from report import AT_LIMITS, at_limits, pending, write_report  # bench/report.py
@@ -88,6 +90,8 @@ class Row:
     #                              al. 2024; rows X-Y); None: at every step
     min_snr: float | None = None  # the v-loss weighted by min-SNR-γ (Hang et al. 2023; row Z)
     steps: int = 50              # DDIM steps when sampling (row X8: 100)
+    projected: float | None = None   # projected guidance (ddpm.ProjectedGuidance, Sadat et al. 2025):
+    #                                  the share of guidance along x̂₀ kept (rows X11, X13: 0)
 
 
 def rows() -> list[Row]:
@@ -150,6 +154,13 @@ def rows() -> list[Row]:
             Row("X7. X3 sampled with η = 0", "X3", **dict(_V, eta=0.0)),
             Row("X8. X3 sampled with DDIM-100 instead of DDIM-50", "X3", **dict(_V, steps=100)),
             Row("X9. X3 sampled with η = 0.5", "X3", **dict(_V, eta=0.5)),
+            # X10-X13: projected guidance against 05's vivid hues, with a colourfulness column;
+            #    X10 and X12 sample X3 at w = 3 and X6 at w = 5 again for that column
+            Row("X10. X3 again, with the colourfulness column", "X3", **_V),
+            Row("X11. X10 with projected guidance (APG, none along x̂₀)", "X10", **dict(_V, projected=0.0)),
+            Row("X12. X6 again, with the colourfulness column", "X6", **dict(_V, w=5.0)),
+            Row("X13. X12 with projected guidance (APG, none along x̂₀)", "X12",
+                **dict(_V, w=5.0, projected=0.0)),
             Row("Z1. Z again, with the distance column", "Z", **_Z),
             Row("Z2. Z1 sampled with w = 2", "Z1", **dict(_Z, w=2.0)),
             Row("Z3. Z1 sampled with w = 1.5", "Z1", **dict(_Z, w=1.5)),
@@ -203,16 +214,18 @@ def run(row: Row, photos, captions, train_idx, held_out, per_prompt: int) -> dic
               "text_tower": clip.text_tower, "vision": row.vision, "w": row.w,
               "rescale": row.rescale, "eta": row.eta, "channels": list(row.channels), "seed": row.seed,
               "sigmas": list(row.sigmas) if row.sigmas else None, "prediction": row.prediction,
-              "min_snr": row.min_snr, "steps": row.steps, **trained}
+              "min_snr": row.min_snr, "steps": row.steps, "projected": row.projected, **trained}
     interval = guidance_interval(SCHEDULE, *row.sigmas) if row.sigmas else None
     for name, wording in (("training_wordings", TRAINING_WORDINGS), ("new_wordings", NEW_WORDINGS)):
         c = clip.embed_text([wording[FLOWER_CLASSES[int(s)]] for s in species])
         denoiser = VDenoiser(ema, SCHEDULE) if row.prediction == "v" else ema
         samples = sample_guided(denoiser, c, (3, 32, 32), SCHEDULE, w=row.w, steps=row.steps, clip_x0=True,
-                                seed=21, rescale=row.rescale, eta=row.eta, interval=interval)
+                                seed=21, rescale=row.rescale, eta=row.eta, interval=interval,
+                                projected=row.projected)
         judged = sample_quality(samples, "flowers", labels=species)
         result[name] = round(judged.accuracy, 3)
         result[f"{name}_frechet"] = round(judged.frechet, 1)
+        result[f"{name}_colourfulness"] = round(colourfulness(samples), 3)
         result[f"{name}_at_limits"] = round(at_limits(samples), 3)
         result[f"{name}_variety"] = round(within_class_spread(samples, species, "flowers")
                                           / real_spread(), 3)
@@ -284,11 +297,14 @@ def main(argv=None) -> int:
             f"judge's features over the real photos' ({real_spread():.2f}); 1 is real-like. "
             f"Fréchet (rows since X3; training wordings, new wordings): distance in the judge's "
             f"features from the prompt samples to the real held-out photos of all five species; "
-            f"lower is closer (with 100 samples its floor is well above 0).")
+            f"lower is closer (with 100 samples its floor is well above 0). Colourfulness (rows "
+            f"since X10; training wordings, new wordings): Hasler & Süsstrunk's measure, "
+            f"metrics.colourfulness (real held-out photos: "
+            f"{colourfulness(real_split('flowers', 32)[0]):.3f}).")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
              f"| image tower | w | φ | η | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
-             "| variety | Fréchet | UNet s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variety | Fréchet | colourfulness | UNet s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         limits = ("-" if "training_wordings_at_limits" not in r else   # rows measured before it
                   f"{r['training_wordings_at_limits']:.1%}, {r['new_wordings_at_limits']:.1%}")
@@ -296,15 +312,18 @@ def main(argv=None) -> int:
                    f"{r['training_wordings_variety']:.2f}, {r['new_wordings_variety']:.2f}")
         frechet = ("-" if "training_wordings_frechet" not in r else   # rows measured before it
                    f"{r['training_wordings_frechet']:.0f}, {r['new_wordings_frechet']:.0f}")
+        colour = ("-" if "training_wordings_colourfulness" not in r else   # rows measured before it
+                  f"{r['training_wordings_colourfulness']:.3f}, {r['new_wordings_colourfulness']:.3f}")
         lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['p_text']:.0%} | {r['unet_epochs']} "
                      f"| {r['clip_steps']} | {r.get('text_tower', 'own')} | {r.get('vision', 'vit')} "
                      f"| {r.get('w', 2.0):g} "
                      f"| {r.get('rescale', 0.0):g} | {r.get('eta', 1.0):g} "
                      f"| {r['zero_shot_species']:.1%} "
                      f"| {r['training_wordings']:.0%} | {r['new_wordings']:.0%} | {limits} "
-                     f"| {variety} | {frechet} | {r['unet_s']:.0f} |")
+                     f"| {variety} | {frechet} | {colour} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
-        "per_prompt": args.per_prompt, "real_species_acc": real.accuracy, "rows": done})
+        "per_prompt": args.per_prompt, "real_species_acc": real.accuracy,
+        "real_colourfulness": round(colourfulness(real_split("flowers", 32)[0]), 3), "rows": done})
     return 0
 
 

@@ -489,6 +489,51 @@ class CFGDenoiser:
         return torch.where(rows.reshape(-1, *[1] * (x.ndim - 1)), guided, eps_cond)
 
 
+class ProjectedGuidance(CFGDenoiser):
+    """Adaptive projected guidance (Sadat et al. 2025, "Eliminating Oversaturation and Artifacts
+    of High Guidance Scales in Diffusion Models"): guidance without its part along x̂₀.
+
+    1. Predict x̂₀ from eps(x, c) and eps(x, ∅) (eq. 4 inverted, ``Schedule.predict_x0``).
+    2. Guidance in those terms is x̂₀(∅) + (1 + w)·Δ with Δ = x̂₀(c) − x̂₀(∅): the same sum as
+       :class:`CFGDenoiser`'s, since x̂₀ is linear in eps.
+    3. Split Δ per sample, over all its pixels, into Δ∥, its projection on x̂₀(c), and
+       Δ⊥ = Δ − Δ∥. Δ∥ scales the picture's own values up (the over-saturated colours of large
+       w); Δ⊥ changes what is drawn.
+    4. Keep Δ⊥ + ``parallel``·Δ∥ (the paper's default: 0), after scaling Δ down to a norm of at
+       most ``norm_threshold`` where that is > 0, and turn the guided x̂₀ back into eps.
+    ``parallel=1`` without a threshold is plain classifier-free guidance. The sum is diffusers'
+    ``normalized_guidance`` on x̂₀, without its momentum (tests/test_diffusers_agreement.py).
+    """
+
+    def __init__(self, model: Callable, schedule: "Schedule", w: float = 1.0,
+                 parallel: float = 0.0, norm_threshold: float = 0.0):
+        super().__init__(model, w)
+        if norm_threshold < 0:
+            raise ValueError(f"norm_threshold is a largest norm of Δ (0: none), got {norm_threshold}")
+        self.schedule, self.parallel, self.norm_threshold = schedule, parallel, norm_threshold
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if len(c) != len(x):
+            raise ValueError(f"context has {len(c)} rows for a batch of {len(x)} images")
+        keep = torch.ones(len(x), 1, device=x.device)
+        t = t.expand(len(x)) if t.numel() == 1 else t
+        if self.w == 0:
+            return self.model(x, t, c=c, c_mask=keep)
+        mask = torch.cat((keep, torch.zeros_like(keep)))
+        eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
+        x0_cond, x0_uncond = (self.schedule.predict_x0(x, t, e) for e in eps.to(x.dtype).chunk(2))
+        dims = list(range(1, x.ndim))
+        diff = x0_cond - x0_uncond
+        if self.norm_threshold > 0:
+            norm = torch.linalg.vector_norm(diff, dim=dims, keepdim=True)
+            diff = diff * (self.norm_threshold / norm).clamp(max=1.0)
+        unit = x0_cond / torch.linalg.vector_norm(x0_cond, dim=dims, keepdim=True).clamp_min(1e-12)
+        along = (diff * unit).sum(dim=dims, keepdim=True) * unit
+        x0 = x0_uncond + (1 + self.w) * (diff - along + self.parallel * along)
+        ab = extract(self.schedule.alpha_bars, t, x)
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+
 class AutoGuidance:
     """Autoguidance (Karras et al. 2024): eps = eps_bad + w·(eps_good − eps_bad).
 
@@ -550,18 +595,27 @@ def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], sche
                   clip_x0: bool = False, seed: int = 0, callback: Callable | None = None,
                   disable: bool | None = None, rescale: float = 0.0,
                   bf16: bool | None = None, uncond: Callable | None = None,
-                  interval: tuple[int, int] | None = None) -> torch.Tensor:
+                  interval: tuple[int, int] | None = None,
+                  projected: float | None = None) -> torch.Tensor:
     """Guided DDIM samples, one per row of the context ``c``: what 04 and 05 draw.
 
     The starting noise and every step's noise come from a CPU generator seeded with ``seed``, so
     two calls with the same seed (say, two values of w) start from the same x_T. ``rescale`` is
     the guidance rescale φ of ``CFGDenoiser`` (0: plain guidance), ``uncond`` its network for the
     unconditional prediction (default: ``model`` itself), ``interval`` its guidance interval
-    (timesteps; :func:`guidance_interval` turns a range of noise levels σ into one).
+    (timesteps; :func:`guidance_interval` turns a range of noise levels σ into one). With
+    ``projected`` = p, guidance is :class:`ProjectedGuidance` instead, keeping p of its part along
+    x̂₀ (0: none, as Sadat et al. 2025); it takes none of ``rescale``, ``uncond`` or ``interval``.
     """
     device = c.device
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(c), *shape, generator=generator).to(device)
-    return sample_ddim(CFGDenoiser(model, w, rescale, uncond, interval), x, schedule, steps=steps, eta=eta,
+    if projected is None:
+        denoiser = CFGDenoiser(model, w, rescale, uncond, interval)
+    elif rescale or uncond is not None or interval is not None:
+        raise ValueError("projected guidance takes none of rescale, uncond or interval; pass one kind")
+    else:
+        denoiser = ProjectedGuidance(model, schedule, w, parallel=projected)
+    return sample_ddim(denoiser, x, schedule, steps=steps, eta=eta,
                        extra_args={"c": c}, callback=callback, disable=disable,
                        generator=generator, clip_x0=clip_x0, bf16=bf16)

@@ -166,6 +166,20 @@ def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
                    accuracy=acc)
 
 
+def colourfulness(images: torch.Tensor) -> float:
+    """Mean colourfulness of RGB images in [-1, 1] (Hasler & Süsstrunk 2003): per image,
+    √(σ_rg² + σ_yb²) + 0.3·√(μ_rg² + μ_yb²), with rg = R − G and yb = (R + G)/2 − B on values in
+    [0, 1], mean μ and standard deviation σ over the image's pixels. 0 for grey images; it grows
+    with vivid hues, whether or not any value reaches the end of its range."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
+    r, g, b = (images.float().clamp(-1, 1) * 0.5 + 0.5).unbind(1)
+    rg, yb = (r - g).flatten(1), ((r + g) / 2 - b).flatten(1)
+    spread = (rg.var(dim=1, correction=0) + yb.var(dim=1, correction=0)).sqrt()
+    mean = (rg.mean(dim=1) ** 2 + yb.mean(dim=1) ** 2).sqrt()
+    return (spread + 0.3 * mean).mean().item()
+
+
 def within_class_spread(images: torch.Tensor, labels: torch.Tensor,
                         dataset: str = "fashion_mnist") -> float:
     """Mean ‖φ(x) − φ(x′)‖ over pairs of images with the same label (φ: the judge's features),

@@ -670,7 +670,9 @@ def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
     min-SNR-5 stays further from the real photos and less varied than the ε-UNet at w = 3 at every
     guidance strength and η tried; for the ε-UNet the distance is smallest at w = 3 on both wording
     sets while the species share keeps rising with w; η = 0 or 0.5 or DDIM-100 (X7-X9) do not beat
-    η = 1 with 50 steps. Notebook 05 samples its ε-UNet with w = 3, η = 1 and DDIM-50."""
+    η = 1 with 50 steps; projected guidance (X11, X13) brings the colourfulness to the photos' but
+    the samples further from them. Notebook 05 samples its ε-UNet with plain guidance, w = 3, η = 1
+    and DDIM-50."""
     import json
     rows = {r["name"].split(".")[0]: r for r in
             json.loads((ROOT / "bench" / "clip_context.json").read_text())["rows"]}
@@ -696,10 +698,23 @@ def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
         assert any(other[f"{wording}_frechet"] > eps[3.0][f"{wording}_frechet"]
                    for wording in ("training_wordings", "new_wordings"))
         assert other["new_wordings"] < eps[3.0]["new_wordings"]
+    # X10-X13: 05's samples are more colourful than the photos, more so at w = 5; projected guidance
+    # brings them to the photos' level but further from the photos and less varied
+    data = json.loads((ROOT / "bench" / "clip_context.json").read_text())
+    real = data["real_colourfulness"]
+    for plain, projected, w in (("X10", "X11", 3.0), ("X12", "X13", 5.0)):
+        p, q = rows[plain], rows[projected]
+        assert (p["w"], q["w"], p["projected"], q["projected"]) == (w, w, None, 0.0)
+        for wording in ("training_wordings", "new_wordings"):
+            assert p[f"{wording}_colourfulness"] > 1.1 * real
+            assert abs(q[f"{wording}_colourfulness"] - real) < abs(p[f"{wording}_colourfulness"] - real) / 2
+            assert q[f"{wording}_frechet"] > p[f"{wording}_frechet"]
+            assert q[f"{wording}_variety"] < p[f"{wording}_variety"]
+    assert [rows["X10"][f] for f in figures] == [rows["X3"][f] for f in figures]
     notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
                        if c["cell_type"] == "code")
-    assert "GUIDANCE = 3.0" in source and "VDenoiser" not in source
+    assert "GUIDANCE = 3.0" in source and "VDenoiser" not in source and "projected=" not in source
     assert "SAMPLE_STEPS = config.pick(full=50" in source and "eta=" not in source
 
 

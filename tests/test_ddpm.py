@@ -509,3 +509,28 @@ def test_guidance_mixes_in_the_precision_of_x():
     guided = ddpm.CFGDenoiser(model, w=2.3)(torch.zeros(1, 1), torch.zeros(1), c=torch.ones(1, 1))
     # in bfloat16 the sum would round to 1.03125; in float32 it is 3.3·1.0078125 − 2.3 = 1.02578
     assert guided.dtype == torch.float32 and guided.item() == pytest.approx(1.02578125, abs=1e-5)
+
+
+def test_projected_guidance_drops_the_part_along_x0():
+    """ProjectedGuidance: with parallel = 1 it is plain guidance; with parallel = 0 the guided x̂₀
+    differs from x̂₀(∅) only orthogonally to x̂₀(c), per sample; sample_guided takes it alone."""
+    model, x, t, c, _ = _small_cfg_model([5, 9, 1])
+    s = ddpm.cosine_schedule(20)
+    with torch.no_grad():
+        plain = ddpm.CFGDenoiser(model, 3.0)(x, t, c=c)
+        assert torch.allclose(ddpm.ProjectedGuidance(model, s, 3.0, parallel=1.0)(x, t, c=c), plain, atol=1e-4)
+        projected = ddpm.ProjectedGuidance(model, s, 3.0)(x, t, c=c)
+        keep = torch.ones(3, 1)
+        x0_cond = s.predict_x0(x, t, model(x, t, c=c, c_mask=keep))
+        x0_uncond = s.predict_x0(x, t, model(x, t, c=c, c_mask=0 * keep))
+    moved = s.predict_x0(x, t, projected) - x0_uncond
+    cosine = torch.nn.functional.cosine_similarity(moved.flatten(1), x0_cond.flatten(1))
+    assert cosine.abs().max() < 1e-3 and moved.flatten(1).norm(dim=1).min() > 1e-3
+    assert not torch.allclose(projected, plain)
+    a = ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, seed=3, disable=True, projected=0.0)
+    b = ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, seed=3, disable=True)
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="projected guidance takes none"):
+        ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, projected=0.0, rescale=0.7)
+    with pytest.raises(ValueError, match="norm_threshold"):
+        ddpm.ProjectedGuidance(model, s, 3.0, norm_threshold=-1)

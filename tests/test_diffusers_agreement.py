@@ -257,3 +257,27 @@ def test_guidance_rescale_matches_diffusers():
     for phi in (0.0, 0.3, 0.7, 1.0):
         assert torch.allclose(ddpm.rescale_guidance(guided, cond, phi),
                               rescale_noise_cfg(guided, cond, guidance_rescale=phi), atol=1e-12)
+
+
+def test_projected_guidance_matches_diffusers():
+    """Our ProjectedGuidance (Sadat et al. 2025) is diffusers' normalized_guidance on x̂₀, without
+    momentum, with and without a norm threshold and for several parallel weights."""
+    from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
+    schedule = ddpm.cosine_schedule(20)
+    t = torch.tensor([3, 11, 19, 0])
+    eps = {True: randn(1), False: randn(2)}
+
+    def model(x, t, c, c_mask):   # the doubled batch: eps(x, c) for mask 1, then eps(x, ∅)
+        assert c_mask[:4].all() and not c_mask[4:].any()
+        return torch.cat((eps[True], eps[False]))
+
+    x = randn(0)
+    x0 = {k: schedule.predict_x0(x, t, e) for k, e in eps.items()}
+    for w, parallel, threshold in ((3.0, 0.0, 0.0), (2.0, 0.5, 0.0), (4.0, 0.0, 2.0), (1.0, 1.0, 0.0)):
+        ours = ddpm.ProjectedGuidance(model, schedule, w, parallel=parallel,
+                                      norm_threshold=threshold)(x, t, c=torch.zeros(4, 3))
+        x0_theirs = normalized_guidance(x0[True], x0[False], 1 + w, eta=parallel,
+                                        norm_threshold=threshold)
+        ab = schedule.alpha_bars[t].view(-1, 1, 1, 1)
+        assert torch.allclose(schedule.predict_x0(x, t, ours), x0_theirs, atol=1e-6)
+        assert torch.allclose(ours, (x - ab.sqrt() * x0_theirs) / (1 - ab).sqrt(), atol=1e-6)

@@ -174,3 +174,17 @@ def test_figures_are_named_and_kept(tmp_path, monkeypatch):
     assert metrics.recorded_figures() == {"nb03_frechet": 42.5, "nb03_recognised": 0.5}
     with pytest.raises(ValueError, match="headline figures"):
         metrics.record_figure("nb03_frechett", 1.0)
+
+
+def test_colourfulness_is_zero_for_grey_and_grows_with_vivid_hues():
+    """metrics.colourfulness (Hasler & Süsstrunk 2003): 0 for grey images, the mean term alone for
+    a flat colour, larger for a vivid image than for the same image with its colour washed out."""
+    grey = torch.rand(2, 1, 8, 8).expand(2, 3, 8, 8) * 2 - 1
+    assert metrics.colourfulness(grey) == pytest.approx(0, abs=1e-6)
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    assert metrics.colourfulness(red) == pytest.approx(0.3 * (1 + 0.25) ** 0.5, rel=1e-5)
+    vivid = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    washed = 0.5 * vivid + 0.5 * vivid.mean(dim=1, keepdim=True)
+    assert metrics.colourfulness(washed) == pytest.approx(0.5 * metrics.colourfulness(vivid), rel=1e-5)
+    with pytest.raises(ValueError, match="RGB images"):
+        metrics.colourfulness(grey[:, :1])
