@@ -16,7 +16,7 @@ DDIM, η = 0, or (rows V and W, two training seeds; 05's UNet since then) 04's w
 for fewer epochs, in about the same time, or (rows X and Y) guidance in a limited interval, or
 (row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train, or (rows
 X3-Z4) the guidance strength, η and DDIM's steps for X's ε-UNet and that v-UNet, or (rows
-X10-X13) projected guidance (Sadat et al. 2025) against vivid hues, with a colourfulness column. Every row uses
+X10-X15) projected guidance (Sadat et al. 2025) against vivid hues, with a colourfulness column. Every row uses
 05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 (DDIM-100 in row X8) with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
@@ -91,7 +91,8 @@ class Row:
     min_snr: float | None = None  # the v-loss weighted by min-SNR-γ (Hang et al. 2023; row Z)
     steps: int = 50              # DDIM steps when sampling (row X8: 100)
     projected: float | None = None   # projected guidance (ddpm.ProjectedGuidance, Sadat et al. 2025):
-    #                                  the share of guidance along x̂₀ kept (rows X11, X13: 0)
+    #                                  the share of guidance along x̂₀ kept (rows X11, X13: 0;
+    #                                  X14, X15: 0.5)
 
 
 def rows() -> list[Row]:
@@ -154,13 +155,17 @@ def rows() -> list[Row]:
             Row("X7. X3 sampled with η = 0", "X3", **dict(_V, eta=0.0)),
             Row("X8. X3 sampled with DDIM-100 instead of DDIM-50", "X3", **dict(_V, steps=100)),
             Row("X9. X3 sampled with η = 0.5", "X3", **dict(_V, eta=0.5)),
-            # X10-X13: projected guidance against 05's vivid hues, with a colourfulness column;
+            # X10-X15: projected guidance against 05's vivid hues, with a colourfulness column;
             #    X10 and X12 sample X3 at w = 3 and X6 at w = 5 again for that column
             Row("X10. X3 again, with the colourfulness column", "X3", **_V),
             Row("X11. X10 with projected guidance (APG, none along x̂₀)", "X10", **dict(_V, projected=0.0)),
             Row("X12. X6 again, with the colourfulness column", "X6", **dict(_V, w=5.0)),
             Row("X13. X12 with projected guidance (APG, none along x̂₀)", "X12",
                 **dict(_V, w=5.0, projected=0.0)),
+            Row("X14. X10 with projected guidance keeping half its part along x̂₀", "X10",
+                **dict(_V, projected=0.5)),
+            Row("X15. X12 with projected guidance keeping half its part along x̂₀", "X12",
+                **dict(_V, w=5.0, projected=0.5)),
             Row("Z1. Z again, with the distance column", "Z", **_Z),
             Row("Z2. Z1 sampled with w = 2", "Z1", **dict(_Z, w=2.0)),
             Row("Z3. Z1 sampled with w = 1.5", "Z1", **dict(_Z, w=1.5)),

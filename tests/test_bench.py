@@ -710,6 +710,14 @@ def test_clip_context_distance_rows_back_05_keeping_eps_at_w3():
             assert abs(q[f"{wording}_colourfulness"] - real) < abs(p[f"{wording}_colourfulness"] - real) / 2
             assert q[f"{wording}_frechet"] > p[f"{wording}_frechet"]
             assert q[f"{wording}_variety"] < p[f"{wording}_variety"]
+    # X14, X15: keeping half the part along x̂₀ lands in between: less colourful, further, less varied
+    for plain, half in (("X10", "X14"), ("X12", "X15")):
+        p, q = rows[plain], rows[half]
+        assert q["projected"] == 0.5 and q["w"] == p["w"]
+        for wording in ("training_wordings", "new_wordings"):
+            assert q[f"{wording}_colourfulness"] < p[f"{wording}_colourfulness"]
+            assert q[f"{wording}_frechet"] > p[f"{wording}_frechet"]
+            assert q[f"{wording}_variety"] < p[f"{wording}_variety"]
     assert [rows["X10"][f] for f in figures] == [rows["X3"][f] for f in figures]
     notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
