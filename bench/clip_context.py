@@ -292,12 +292,14 @@ def main(argv=None) -> int:
         print(done[-1], flush=True)
     order = [r.name for r in rows()]
     done.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    real_photos = real_split("flowers", 32)[0]
+    real_colour = colourfulness(real_photos)
     head = (f"Text-to-image rows for 05 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
             f"{args.per_prompt} samples per species and wording set, guidance w = 2 unless a row says "
             f"otherwise, guidance rescale φ where a row gives one, DDIM-50 with η as the row says; "
             f"share read as the prompt's species by the flower judge (real held-out photos: "
             f"{real.accuracy:.1%}, chance 20%). Values at the ends of the colour range: training "
-            f"wordings, new wordings (real photos: {at_limits(real_split('flowers', 32)[0]):.1%}). "
+            f"wordings, new wordings (real photos: {at_limits(real_photos):.1%}). "
             f"Variety (training wordings, new wordings): each species' samples' spread in the "
             f"judge's features over the real photos' ({real_spread():.2f}); 1 is real-like. "
             f"Fréchet (rows since X3; training wordings, new wordings): distance in the judge's "
@@ -305,7 +307,7 @@ def main(argv=None) -> int:
             f"lower is closer (with 100 samples its floor is well above 0). Colourfulness (rows "
             f"since X10; training wordings, new wordings): Hasler & Süsstrunk's measure, "
             f"metrics.colourfulness (real held-out photos: "
-            f"{colourfulness(real_split('flowers', 32)[0]):.3f}).")
+            f"{real_colour:.3f}).")
     lines = [head, "", "| row | on top of | text share | UNet epochs | CLIP steps | text tower "
              f"| image tower | w | φ | η | CLIP zero-shot | training wordings | new wordings | values at \\|x\\| ≥ {AT_LIMITS} "
              "| variety | Fréchet | colourfulness | UNet s |",
@@ -328,7 +330,7 @@ def main(argv=None) -> int:
                      f"| {variety} | {frechet} | {colour} | {r['unet_s']:.0f} |")
     write_report("clip_context", lines, {
         "per_prompt": args.per_prompt, "real_species_acc": real.accuracy,
-        "real_colourfulness": round(colourfulness(real_split("flowers", 32)[0]), 3), "rows": done})
+        "real_colourfulness": round(real_colour, 3), "rows": done})
     return 0
 
 

@@ -88,12 +88,10 @@ def _cell(value, spec: str) -> str:
 def _training(data: dict) -> str:
     """How a run's training differed from 04's plain one: min-SNR-γ weighting (with zoomed-in crops
     of the photos), log-normal timesteps."""
-    if data.get("min_snr"):
-        return f"min-SNR-{data['min_snr']:g}" + (", zoomed crops ({:g}-{:g})".format(*data["zoom"])
-                                                if data.get("zoom") else "")
-    if data.get("lognormal"):
-        return "log-normal t ({:g}, {:g})".format(*data["lognormal"])
-    return "plain"
+    parts = [f"min-SNR-{data['min_snr']:g}" if data.get("min_snr") else None,
+             "log-normal t ({:g}, {:g})".format(*data["lognormal"]) if data.get("lognormal") else None,
+             "zoomed crops ({:g}-{:g})".format(*data["zoom"]) if data.get("zoom") else None]
+    return ", ".join(p for p in parts if p) or "plain"
 
 
 def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:

@@ -63,7 +63,7 @@ class FlowerRecipe:
     prediction: str = "eps"             # "v": the network learns v (ddpm.VDenoiser), sampled as eps
     lognormal: tuple | None = None      # (P_mean, P_std): t drawn as EDM draws σ (v only)
     zoom: tuple | None = None           # (lo, hi): random crops of lo-hi of each 64-px photo's area,
-    #                                     resized to 32 px (v2.RandomResizedCrop; train_by_epochs only)
+    #                                     resized to 32 px (v2.RandomResizedCrop)
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -143,17 +143,12 @@ def train_by_epochs(recipe: FlowerRecipe, schedule: ddpm.Schedule, epochs: int, 
     """``recipe`` trained for ``epochs`` as notebook 04 trains its flowers: (history, seconds).
 
     Seeds with ``recipe.seed``, then loads the flipped 32×32 photos and builds the network, in
-    04's order, so the same recipe gives the same weights in every script that calls this. With
-    ``recipe.zoom`` each item is instead a random square crop of (lo, hi) of its 64-px photo's
-    area, resized to 32 px: zoomed-in views of the photo as augmentation.
+    04's order, so the same recipe gives the same weights in every script that calls this; a
+    recipe with ``crop_from`` or ``zoom`` trains on cut-out views instead (:func:`training_data`).
     ``train_kwargs`` go on to ``course_lib.train.train`` (say, ``snapshot_epochs``).
     """
     config.seed_everything(recipe.seed)
-    data = load_flowers(size=32, classes=SPECIES, flip=True)
-    if recipe.zoom:   # the same photos at 64 px, each item a random zoomed-in view of its photo
-        larger = load_flowers(size=64, classes=SPECIES, flip=False)
-        data = ImageContextDataset(larger.images, larger.labels, flip=True, transform=v2.RandomResizedCrop(
-            32, scale=recipe.zoom, ratio=(1.0, 1.0), antialias=True))
+    data = training_data(recipe, load_flowers(size=32, classes=SPECIES, flip=True))
     model = network(recipe)
     start = time.perf_counter()
     history = train(model, make_loader(data, recipe.batch, seed=recipe.seed),
@@ -165,12 +160,17 @@ def train_by_epochs(recipe: FlowerRecipe, schedule: ddpm.Schedule, epochs: int, 
 
 
 def training_data(recipe: FlowerRecipe, data):
-    """04's photos (flipped at random), or with ``crop_from`` the same photos loaded larger and
-    cropped back to 32 px at a random place per item (augmentation: shifted views)."""
-    if recipe.crop_from is None:
+    """04's photos (flipped at random), or the same photos loaded larger and cut back to 32 px per
+    item: with ``crop_from``, a 32-px crop at a random place (shifted views); with ``zoom``, a
+    random square of lo-hi of the 64-px photo's area, resized (zoomed-in views)."""
+    if recipe.crop_from is None and recipe.zoom is None:
         return data
-    larger = load_flowers(size=recipe.crop_from, classes=SPECIES, flip=False)
-    return ImageContextDataset(larger.images, larger.labels, flip=True, transform=v2.RandomCrop(32))
+    if recipe.zoom is None:
+        size, transform = recipe.crop_from, v2.RandomCrop(32)
+    else:
+        size, transform = 64, v2.RandomResizedCrop(32, scale=recipe.zoom, ratio=(1.0, 1.0), antialias=True)
+    larger = load_flowers(size=size, classes=SPECIES, flip=False)
+    return ImageContextDataset(larger.images, larger.labels, flip=True, transform=transform)
 
 
 def run(recipe: FlowerRecipe, data, budget: float, per_species: int) -> dict:

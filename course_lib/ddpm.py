@@ -489,7 +489,7 @@ class CFGDenoiser:
         return torch.where(rows.reshape(-1, *[1] * (x.ndim - 1)), guided, eps_cond)
 
 
-class ProjectedGuidance(CFGDenoiser):
+class ProjectedGuidance:
     """Adaptive projected guidance (Sadat et al. 2025, "Eliminating Oversaturation and Artifacts
     of High Guidance Scales in Diffusion Models"): guidance without its part along x̂₀.
 
@@ -503,14 +503,15 @@ class ProjectedGuidance(CFGDenoiser):
        most ``norm_threshold`` where that is > 0, and turn the guided x̂₀ back into eps.
     ``parallel=1`` without a threshold is plain classifier-free guidance. The sum is diffusers'
     ``normalized_guidance`` on x̂₀, without its momentum (tests/test_diffusers_agreement.py).
+    It takes a model and context as :class:`CFGDenoiser` does, with one doubled-batch pass.
     """
 
     def __init__(self, model: Callable, schedule: "Schedule", w: float = 1.0,
                  parallel: float = 0.0, norm_threshold: float = 0.0):
-        super().__init__(model, w)
         if norm_threshold < 0:
             raise ValueError(f"norm_threshold is a largest norm of Δ (0: none), got {norm_threshold}")
-        self.schedule, self.parallel, self.norm_threshold = schedule, parallel, norm_threshold
+        self.model, self.schedule, self.w = model, schedule, w
+        self.parallel, self.norm_threshold = parallel, norm_threshold
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if len(c) != len(x):
