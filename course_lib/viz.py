@@ -46,11 +46,36 @@ def show_images(batch: torch.Tensor, nrow: int = 8, title: str | None = None,
     return _finish(fig, ax, title)
 
 
-def show_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], scale: float = 1.0) -> Figure:
-    """Several batches as labelled rows (e.g. original / noisy / predicted)."""
+def show_rows(rows: Sequence[torch.Tensor], labels: Sequence[str],
+              columns: Sequence[str] | None = None, title: str | None = None,
+              scale: float = 1.0) -> Figure:
+    """Several batches as labelled rows (e.g. original / noisy / predicted).
+
+    ``labels`` name the rows (left of each row); ``columns``, if given, name the columns (above
+    the top row, e.g. the class of each column or the time of each frame); ``title`` goes above it all.
+    """
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(labels)} row labels: give one label per row")
     n = max(len(r) for r in rows)
-    fig = Figure(figsize=(scale * (n + 1.5) * 0.9, scale * len(rows) * 0.95))
+    if columns is not None and len(columns) != n:
+        raise ValueError(f"the widest row has {n} images but there are {len(columns)} column "
+                         "labels: give one label per column")
+    width = max(8, int(scale * 0.9 * 15))     # characters that fit above one image at fontsize 9
+    columns = [textwrap.fill(name, width) for name in columns or []]
+    lines = max((name.count("\n") + 1 for name in columns), default=0)
+    # Sizes in inches: square cells 5% apart, room at the left for the row labels and above the
+    # grid for the column labels and the title.
+    fig_w, left, right, gap = scale * (n + 1.5) * 0.9, 0.14, 0.98, 0.05
+    cell = (right - left) * fig_w / (n + gap * (n - 1))
+    grid_h = cell * (len(rows) + gap * (len(rows) - 1))
+    top_in = 0.05 + (0.17 * lines + 0.08 if lines else 0.0) + (0.3 if title else 0.0)
+    fig = Figure(figsize=(fig_w, grid_h + top_in + 0.05))
+    fig_h = fig.get_figheight()
     axes = fig.subplots(len(rows), n, squeeze=False)
+    fig.subplots_adjust(left=left, right=right, bottom=0.05 / fig_h, top=1 - top_in / fig_h,
+                        wspace=gap, hspace=gap)
+    if title:
+        fig.suptitle(title, y=1 - 0.05 / fig_h, va="top", fontsize=10)
     for r, (batch, label) in enumerate(zip(rows, labels)):
         for c in range(n):
             ax = axes[r][c]
@@ -59,7 +84,8 @@ def show_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], scale: float 
                 ax.imshow(_as_image(batch[c]), cmap="gray", vmin=0, vmax=1)
         axes[r][0].text(-0.15, 0.5, label, transform=axes[r][0].transAxes, ha="right",
                         va="center")
-    fig.subplots_adjust(left=0.14, wspace=0.05, hspace=0.05)
+    for c, name in enumerate(columns):
+        axes[0][c].set_title(name, fontsize=9)
     return fig
 
 

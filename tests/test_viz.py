@@ -22,9 +22,38 @@ def test_show_images_rejects_single_image():
 def test_show_rows_and_strip_layout():
     rows = [torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8)]
     assert len(viz.show_rows(rows, ["a", "b"]).axes) == 8
+    assert [ax.get_title() for ax in viz.show_rows(rows, ["a", "b"]).axes] == [""] * 8
     frames = [torch.zeros(3, 3, 8, 8)] * 5
     fig = viz.show_strip(frames, labels=[f"t={i}" for i in range(5)])
     assert len(fig.axes) == 15 and fig.axes[0].get_title() == "t=0"
+
+
+def test_show_rows_names_columns_and_keeps_cells_square():
+    rows = [torch.zeros(3, 3, 8, 8), torch.ones(3, 3, 8, 8)]
+    fig = viz.show_rows(rows, ["w = 0", "w = 2"], columns=["daisy", "rose", "sunflower"],
+                        title="guidance", scale=1.3)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["daisy", "rose", "sunflower"]
+    assert all(ax.get_title() == "" for ax in fig.axes[3:])
+    assert fig._suptitle.get_text() == "guidance"
+    fig.canvas.draw()
+    title_bottom = min(ax.title.get_window_extent().y0 for ax in fig.axes[:3])
+    assert title_bottom > fig.axes[0].get_window_extent().y1 - 1       # labels sit above the grid
+    assert fig._suptitle.get_window_extent().y0 > max(ax.title.get_window_extent().y1
+                                                      for ax in fig.axes[:3]) - 1
+    w_in, h_in = fig.get_size_inches()
+    for ax in fig.axes:                        # each image's slot is square: no gaps between rows
+        slot = ax.get_position(original=True)
+        assert slot.width * w_in == pytest.approx(slot.height * h_in, rel=1e-6)
+    long = viz.show_rows(rows, ["a", "b"], columns=["photo", "filled, the next species", "x"])
+    assert "\n" in long.axes[1].get_title()                              # long labels wrap
+
+
+def test_show_rows_says_which_labels_do_not_match():
+    rows = [torch.zeros(3, 1, 8, 8), torch.ones(2, 1, 8, 8)]
+    with pytest.raises(ValueError, match="2 rows but 1 row labels"):
+        viz.show_rows(rows, ["only one"])
+    with pytest.raises(ValueError, match="3 images but there are 2 column labels"):
+        viz.show_rows(rows, ["a", "b"], columns=["x", "y"])
 
 
 def test_plot_losses_smooths_each_curve():
