@@ -229,19 +229,26 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.conv2d(x, k, padding=(3, 0)), k.transpose(2, 3), padding=(0, 3))
 
 
+def candidates(images: torch.Tensor, coarse: torch.Tensor, shift: int = SHIFT) -> torch.Tensor:
+    """Indices (N, CANDIDATES) of the references nearest each sample in coarse form, over even
+    shifts of up to ±``shift`` pixels (the coarse form is half-resolution)."""
+    even = [d for d in range(-shift, shift + 1) if d % 2 == 0]
+    best = None
+    for dy in even:
+        for dx in even:
+            moved = canonical(torch.roll(images.float(), (dy, dx), dims=(2, 3)))
+            sims = torch.cat([moved @ chunk.T for chunk in coarse.split(20_000)], dim=1)
+            best = sims if best is None else torch.maximum(best, sims)
+    return best.topk(min(CANDIDATES, best.shape[1]), dim=1).indices
+
+
 def copy_similarity(images: torch.Tensor, reference: torch.Tensor,
                     coarse: torch.Tensor | None = None, shift: int = SHIFT) -> torch.Tensor:
     """Per sample, the best cosine similarity to any reference image, over shifts of ±``shift``
     pixels and the blurs of BLURS: first the CANDIDATES nearest in coarse form, then in detail."""
     images = images.float()
-    coarse = canonical(reference) if coarse is None else coarse
+    top = candidates(images, canonical(reference) if coarse is None else coarse, shift)
     shifts = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
-    best = None
-    for dy, dx in [(dy, dx) for dy, dx in shifts if dy % 2 == 0 and dx % 2 == 0]:
-        moved = canonical(torch.roll(images, (dy, dx), dims=(2, 3)))
-        sims = torch.cat([moved @ chunk.T for chunk in coarse.split(20_000)], dim=1)
-        best = sims if best is None else torch.maximum(best, sims)
-    top = best.topk(min(CANDIDATES, best.shape[1]), dim=1).indices           # (N, K)
     result = torch.full((len(images),), -1.0)
     for sigma in BLURS:
         cands = _fine(reference[top.flatten()], sigma).reshape(len(images), top.shape[1], -1)

@@ -743,3 +743,28 @@ def test_zoomed_crops_do_not_pay_for_04s_flowers():
     notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
     assert "RandomResizedCrop" not in source and "RandomCrop" not in source
+
+
+def test_warp_registration_rows_back_the_grader_keeping_its_copy_check():
+    """bench/warp_registration.md: undoing a warp before the copy check cannot separate warped
+    copies from new handwriting, so the grader keeps its shift-and-blur check; walkthrough 06
+    quotes the shares as measured."""
+    import json
+    rows = json.loads((ROOT / "bench" / "warp_registration.json").read_text())["rows"]
+    real, key = rows["real held-out test digits"], rows["answer key samples"]
+    elastic, affine = rows["elastic (alpha 34, sigma 4)"], rows["affine (10 deg, 6%, 0.9-1.1x)"]
+    from course_lib.grade_checks import COPY_SHARE as limit
+    for model in ("plain", "affine", "field"):     # no warp model catches elastic copies ...
+        assert elastic[f"{model}_above"] <= limit
+    for model in ("affine", "field"):              # ... and each one raises the false matches
+        assert real[f"{model}_above"] > real["plain_above"]
+    assert real["field_above"] > limit and key["field_above"] > limit   # would reject real digits
+    assert rows["copies"]["plain_above"] == 1.0
+    text = " ".join((ROOT / "walkthroughs" / "06_Assessment_Walkthrough.md").read_text().split())
+    quoted = (f"from {real['plain_above']:.0%} to {real['affine_above']:.0%} and of the answer key's "
+              f"samples to {key['affine_above']:.0%}, while affine copies reach only "
+              f"{affine['affine_above']:.0%} and elastic ones {elastic['affine_above']:.0%}",
+              f"{real['field_above']:.0%} of real unseen digits, {key['field_above']:.0%} of the key's "
+              f"samples, and still only {elastic['field_above']:.0%} of elastic copies")
+    for phrase in quoted:
+        assert phrase in text, phrase

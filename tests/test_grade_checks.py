@@ -93,3 +93,12 @@ def test_copy_similarity_tolerates_shifts_exactly():
     assert (sim > 0.999).all()
     far = gc.copy_similarity(moved, reference, shift=0)
     assert (far < sim).all()
+
+
+def test_candidates_find_a_shifted_copy_among_the_nearest():
+    torch.manual_seed(1)
+    reference = torch.rand(300, 1, 28, 28) * 2 - 1
+    moved = torch.roll(reference[[7, 150, 299]], (-2, 2), dims=(2, 3))
+    top = gc.candidates(moved, gc.canonical(reference))
+    assert top.shape == (3, gc.CANDIDATES)
+    assert top[:, 0].tolist() == [7, 150, 299]       # the source ranks first at the right shift
