@@ -47,6 +47,23 @@ def _key_source(path: Path):
     return key
 
 
+MUST_PASS = ("real held-out test digits", "answer key samples")
+"""The sources a correct grader passes (their reject rate is the false-reject rate)."""
+
+
+def sources(key: Path, cheats: dict | None = None) -> dict:
+    """Name -> ``source(labels, seed) -> images``: real held-out digits, the answer key's samples
+    (when ``key`` exists) and ``cheats`` (default: every cheat of tests/adversarial/cheats.py)."""
+    module = _cheats()
+    found = {MUST_PASS[0]: module.held_out_real}
+    if key.is_file():
+        found[MUST_PASS[1]] = _key_source(key)
+    else:
+        print(f"no answer-key samples at {key}: run bench/grade_key.py first")
+    found.update(module.CHEATS if cheats is None else cheats(module))
+    return found
+
+
 def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
     """Run ``sets`` sets of hidden-style labels (about ``n`` per digit) through the checks."""
     rows = []
@@ -81,15 +98,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     judge = gc.load_judge(hold_out=gc.HOLD_OUT)  # held-out digits play unseen real ones
-    cheats = _cheats()
-    sources = {"real held-out test digits": cheats.held_out_real}
-    if args.key.is_file():
-        sources["answer key samples"] = _key_source(args.key)
-    else:
-        print(f"no answer-key samples at {args.key}: run bench/grade_key.py first")
-    sources.update(cheats.CHEATS)
     results = {}
-    for name, source in sources.items():
+    for name, source in sources(args.key).items():
         results[name] = evaluate(source, judge, args.sets)
         r = results[name]
         print(f"{name:28s} rejected {r['rejected']:5.0%}  copies {r['copy_share']:5.0%}  "
@@ -104,7 +114,7 @@ def main(argv=None) -> int:
              "near-copy share | Fréchet (min-max) | Fréchet / real digits' (min-max) | judge accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        must = "pass" if name in ("real held-out test digits", "answer key samples") else "fail"
+        must = "pass" if name in MUST_PASS else "fail"
         lines.append(f"| {name} | {must} | {r['rejected']:.0%} | {r['by_memorisation']:.0%} | "
                      f"{r['by_realism']:.0%} | {r['by_accuracy']:.0%} | {r['copy_share']:.0%} | "
                      f"{r['frechet_min']:.0f}-{r['frechet_max']:.0f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | "

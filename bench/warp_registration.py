@@ -21,7 +21,6 @@ the answer key's samples (must pass), exact copies, and the two warps of
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import grading_checks  # noqa: E402  (bench/grading_checks.py: the same sources of samples)
 from course_lib import grade, grade_checks as gc  # noqa: E402
 from report import write_report  # noqa: E402  (bench/report.py)
 
@@ -62,13 +62,6 @@ def register(images: torch.Tensor, refs: torch.Tensor, field: bool) -> torch.Ten
     return cosine.detach().max(1).values
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", type=int, default=2)
@@ -76,16 +69,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     judge = gc.load_judge(hold_out=gc.HOLD_OUT)
-    cheats = _load(ROOT / "tests" / "adversarial" / "cheats.py", "cheats")
-    sources = {"real held-out test digits": cheats.held_out_real}
-    if args.key.is_file():
-        sources["answer key samples"] = _load(ROOT / "bench" / "grading_checks.py",
-                                              "grading_checks")._key_source(args.key)
-    else:
-        print(f"no answer-key samples at {args.key}: run bench/grade_key.py first")
-    sources.update({"copies": cheats.copies, **cheats.WARPED})
     results = {}
-    for name, source in sources.items():
+    for name, source in grading_checks.sources(
+            args.key, lambda cheats: {"copies": cheats.copies, **cheats.WARPED}).items():
         sims = {"plain": [], "affine": [], "field": []}
         seconds = 0.0
         for s in range(args.sets):
@@ -97,8 +83,8 @@ def main(argv=None) -> int:
             sims["affine"].append(register(images, refs, field=False))
             sims["field"].append(register(images, refs, field=True))
             seconds += time.perf_counter() - t0
-        row = {"samples": sum(len(v) for v in sims["plain"]),
-               "register_seconds_per_100": round(100 * seconds / sum(len(v) for v in sims["plain"]), 1)}
+        count = sum(len(v) for v in sims["plain"])
+        row = {"samples": count, "register_seconds_per_100": round(100 * seconds / count, 1)}
         for key, values in sims.items():
             v = torch.cat(values)
             row[f"{key}_median"] = round(v.median().item(), 4)
@@ -114,7 +100,7 @@ def main(argv=None) -> int:
              "near-copies | affine + 5×5 field: median | near-copies | registration s per 100 samples |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        must = "pass" if name in ("real held-out test digits", "answer key samples") else "fail"
+        must = "pass" if name in grading_checks.MUST_PASS else "fail"
         lines.append(f"| {name} | {must} | {r['plain_median']:.3f} | {r['plain_above']:.0%} | "
                      f"{r['affine_median']:.3f} | {r['affine_above']:.0%} | {r['field_median']:.3f} | "
                      f"{r['field_above']:.0%} | {r['register_seconds_per_100']:.1f} |")
