@@ -50,13 +50,17 @@ def main(argv=None) -> int:
               + f" | {report['accuracy']:.1%} |") if per_digit else "| accuracy | - |",
              "", f"- result: {report['status']} {report['reason']}",
              f"- samples judged: {report['samples']} (hidden count and order), plus a second draw "
-             "with another seed",
+             "with another seed and a third with shuffled weights",
              f"- notebook run (training + its own cells): {report['seconds_running'] or 0:.0f} s",
-             f"- the grader's two draws of sample_digits: {report['seconds_sampling'] or 0:.0f} s",
+             f"- the grader's three draws of sample_digits: {report['seconds_sampling'] or 0:.0f} s",
              f"- judging (all checks + classifier): {report['seconds_grading'] or 0:.1f} s",
              f"- whole grading, wall clock: {total:.0f} s",
              f"- near-copies of MNIST images: {report['near_copies']}; Fréchet distance to real "
-             f"digits: {report['frechet']}"]
+             f"digits: {report['frechet']}",
+             "- the draw with every network weight shuffled, read as the digits asked for: "
+             + ("no pictures" if report.get("shuffled_accuracy") is None
+                else f"{report['shuffled_accuracy']:.0%}")
+             + " (a sampler that does not draw from its network keeps its digits there)"]
     text = "\n".join(lines)
     print(text)
     (ROOT / "bench" / f"grade_key_{args.profile}.md").write_text(text + "\n")

@@ -10,10 +10,12 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
    notebook top to bottom in a fresh kernel; its appended last cell exports ``sample_digits``
    by value. Then, in a second, fresh sandboxed process that the notebook never ran in, the
    grader's own code calls it twice with a hidden seed each and hidden labels (a random number
-   of each digit in a random order) (``course_lib/grade_runner.py``);
+   of each digit in a random order), then once more with every network weight shuffled
+   (``course_lib/grade_runner.py``);
 3. **judge** (:func:`judge`): outside the sandbox, read the samples file safely and check, with the
    verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
-   afresh, not memorised, realistic, and read as the digits asked for (>= ``--threshold``).
+   afresh, not memorised, realistic, drawn from the notebook's network (none left once its
+   weights are shuffled), and read as the digits asked for (>= ``--threshold``).
 
 Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could not grade (the
 grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
@@ -42,15 +44,16 @@ from pathlib import Path
 import torch
 
 from . import sandbox
-from .grade_checks import (CannotGrade, Judge, Rejected, check_drawn, check_not_memorised,
-                           check_realistic, check_samples, load_judge, read_samples)
+from .grade_checks import (SHUFFLED_LIMIT, CannotGrade, Judge, Rejected, check_drawn,
+                           check_from_network, check_not_memorised, check_realistic, check_samples,
+                           load_judge, read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
 NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
 SECOND_DRAW = 0.2                  # share of the labels drawn again with another seed
-SAMPLE_TIMEOUT = 900.0             # seconds for the sampling step (two draws)
+SAMPLE_TIMEOUT = 1050.0            # seconds for the sampling step (three draws: 1.4x the first)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Report:
     near_copies: int | None = None
     frechet: float | None = None
     frechet_limit: float | None = None
+    shuffled_accuracy: float | None = None   # the judge on the draw with shuffled weights
     seconds_running: float | None = None
     seconds_sampling: float | None = None
     seconds_grading: float | None = None
@@ -90,6 +94,9 @@ class Report:
         if self.frechet is not None:
             lines.append(f"Fréchet distance to real digits: {self.frechet:.1f} "
                          f"(limit {self.frechet_limit or 0:.1f})")
+        if self.shuffled_accuracy is not None:
+            lines.append(f"with the network's weights shuffled: {self.shuffled_accuracy:.0%} read "
+                         f"as asked for (must stay under {SHUFFLED_LIMIT:.0%})")
         if self.seconds_running is not None:
             lines.append(f"time: {self.seconds_running:.0f} s running the notebook, "
                          f"{self.seconds_sampling or 0:.0f} s sampling, "
@@ -271,12 +278,12 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
     # Step 1's processes are all gone; only now do the labels and seeds exist.
     labels = hidden_labels(opts.samples_per_digit, rng)
     positions_b = sorted(torch.randperm(len(labels), generator=rng)[
-        :max(10, round(SECOND_DRAW * len(labels)))].tolist())
-    seeds = torch.randint(0, 2**62, (2,), generator=rng).tolist()
+        :max(20, round(SECOND_DRAW * len(labels)))].tolist())
+    seeds = torch.randint(0, 2**62, (3,), generator=rng).tolist()
     for name in ("spec.json", "samples.pt"):
         (workdir / name).unlink(missing_ok=True)
     (workdir / "spec.json").write_text(json.dumps({
-        "seed_a": seeds[0], "seed_b": seeds[1], "labels": labels,
+        "seed_a": seeds[0], "seed_b": seeds[1], "seed_shuffle": seeds[2], "labels": labels,
         "labels_b": [labels[i] for i in positions_b], "threads": opts.limits.threads}))
     os.chmod(workdir / "spec.json", 0o444)
     result_b = _sandboxed(_runner("sample", str(inside / "export.pkl"), str(inside / "spec.json"),
@@ -307,7 +314,7 @@ def _cell_error(path: Path, export_cell: int) -> str:
 # --- 3. judging ---------------------------------------------------------------------------------
 
 def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
-    """Check the two draws and score the first; Rejected on any failed check."""
+    """Check the three draws and score the first; Rejected on any failed check."""
     start = time.perf_counter()
     draws = read_samples(run.samples)
     labels = torch.tensor(run.labels)
@@ -327,6 +334,8 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
                    opts.out / f"{report_name(report)}_samples.pt")
     distance, limit = check_realistic(first, labels, judge_)
     report.frechet, report.frechet_limit = round(distance, 1), round(limit, 1)
+    shuffled = check_from_network(draws["c"], labels[run.positions_b], judge_)
+    report.shuffled_accuracy = None if shuffled is None else round(shuffled, 4)
     report.seconds_grading = time.perf_counter() - start
     if report.accuracy < opts.threshold:
         raise Rejected(f"accuracy {report.accuracy:.1%} is below {opts.threshold:.0%}")
@@ -430,7 +439,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds the notebook may run (default 3600: generous for a CPU)")
     parser.add_argument("--sample-timeout", type=float, default=SAMPLE_TIMEOUT,
-                        help="seconds the grader's two calls of sample_digits may take")
+                        help="seconds the grader's three calls of sample_digits may take")
     parser.add_argument("--jobs", "-j", type=int, default=1,
                         help="submissions graded at once, each with its share of CPUs and memory")
     parser.add_argument("--memory-gib", type=float, default=None,

@@ -17,6 +17,10 @@ A pass must show *generated* digits:
 - **realistic**: the Fréchet distance of the judge's features of the samples to those of real
   digits must stay within ``FRECHET_RATIO`` times what real digits with the same labels reach
   (fonts and class means are far off);
+- **drawn from the network**: the grader draws once more with every network weight shuffled
+  (``course_lib/grade_runner.py::shuffle_weights``); fewer than ``SHUFFLED_LIMIT`` of those
+  pictures may read as the digits asked for (stored, warped or hand-made pictures do not need
+  the weights, and keep their digits);
 - **read as the digit asked for**, by the judge, at the threshold (default 95%).
 
 The thresholds are calibrated in ``bench/grading_checks.py`` (false rejects on real held-out
@@ -52,6 +56,7 @@ COPY_SHARE = 0.25             # more than this share of near-copies fails (real 
 SAME_COSINE = 0.995           # two samples this similar are the same picture
 DIFFER_SHARE = 0.5            # more than this share of second-draw samples equal to the first fails
 FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
+SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
 
 
 class Rejected(Exception):
@@ -150,7 +155,7 @@ def time_limit(seconds: float, what: str):
 
 
 def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS) -> dict:
-    """The two draws saved in the sandbox: no links, no pipes, nothing huge, no code."""
+    """The three draws saved in the sandbox: no links, no pipes, nothing huge, no code."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -174,8 +179,8 @@ def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECON
         except Exception as err:
             raise Rejected(f"the samples file holds something other than plain tensors "
                            f"({type(err).__name__}); sample_digits must return a torch.Tensor") from None
-    if not isinstance(draws, dict) or set(draws) != {"a", "b"}:
-        raise Rejected("the samples file does not hold the grader's two draws")
+    if not isinstance(draws, dict) or set(draws) != {"a", "b", "c"}:
+        raise Rejected("the samples file does not hold the grader's three draws")
     return draws
 
 
@@ -323,3 +328,27 @@ def check_realistic(images: torch.Tensor, labels: torch.Tensor, judge: Judge,
                        f"{distance:.0f} to real MNIST digits, limit {limit:.0f}): fonts, "
                        "averages or drawn templates are not generated digits")
     return distance, limit
+
+
+def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
+                       limit: float = SHUFFLED_LIMIT) -> float | None:
+    """Raise Rejected when ``sample_digits`` still draws the digits asked for without its network.
+
+    ``shuffled`` is the grader's draw of ``labels`` after every weight of the notebook's networks
+    was shuffled (``course_lib/grade_runner.py::shuffle_weights``). A sampler that draws from its
+    network then has noise for a network, and the judge reads about one picture in ten as asked
+    for, by chance; stored, warped or hand-made pictures never needed the weights. Returns that
+    share, or None when the draw gave no pictures (it raised, ran out of time or returned
+    something else), which is what a broken network may well do.
+    """
+    if (type(shuffled) is not torch.Tensor or not shuffled.dtype.is_floating_point
+            or tuple(shuffled.shape) != (len(labels), 1, 28, 28)):
+        return None
+    images = torch.nan_to_num(shuffled.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+    share = (judge.predict(images) == labels).float().mean().item()
+    if share >= limit:
+        raise Rejected(f"the samples do not come from the notebook's network: with every weight of "
+                       f"its networks shuffled, sample_digits still drew {share:.0%} of "
+                       f"{len(labels)} digits as asked for. Sample with the trained network, kept "
+                       "in memory as a top-level object (not reloaded inside sample_digits)")
+    return share

@@ -6,7 +6,10 @@
 2. ``sample EXPORT SPEC OUT``: a new Python process (no IPython, no input transformers, none of
    the notebook's monkeypatches) loads the export and calls ``sample_digits`` itself with the
    labels and seeds of SPEC, which the grader writes only after step 1's processes are all gone;
-   it saves two draws to OUT. The grader then judges OUT from outside the sandbox.
+   it saves two draws to OUT, then a third with every network weight shuffled
+   (:func:`shuffle_weights`): a sampler that draws from its network has no digits left to draw,
+   one that returns stored or hand-made pictures draws the same kind as before. The grader then
+   judges OUT from outside the sandbox.
 
 So the code that asks for the graded samples is the grader's; what the submission controls is
 ``sample_digits`` and what it uses, and that is what the grader's checks judge.
@@ -14,12 +17,16 @@ So the code that asks for the graded samples is the grader's; what the submissio
 from __future__ import annotations
 
 import builtins
+import gc
 import importlib
 import json
 import marshal
 import pickle
+import signal
 import sys
+import time
 import types
+import warnings
 from pathlib import Path
 
 EXPORT_CELL = """
@@ -166,7 +173,11 @@ def execute(notebook: str, export_path: str, result: str) -> int:
 
 
 def sample(export_path: str, spec_path: str, out: str) -> int:
-    """Fresh process: load the export, draw the grader's samples, save them as plain tensors."""
+    """Fresh process: load the export, draw the grader's samples, save them as plain tensors.
+
+    Draws ``a`` (every label, ``seed_a``) and ``b`` (a fifth, ``seed_b``), then ``c``: draw ``b``
+    again after :func:`shuffle_weights` (an empty tensor if that call gives no pictures).
+    """
     import torch
 
     spec = json.loads(Path(spec_path).read_text())
@@ -178,11 +189,71 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
     for name, seed, labels in (("a", spec["seed_a"], spec["labels"]),
                                ("b", spec["seed_b"], spec["labels_b"])):
         manual_seed(seed)
+        start = time.perf_counter()
         with torch.no_grad():
             images = sample_digits(torch.tensor(labels))
         draws[name] = _plain(images)
+    seconds_b = time.perf_counter() - start
+    shuffle_weights(torch.Generator().manual_seed(spec["seed_shuffle"]))
+    manual_seed(spec["seed_b"])
+    draws["c"] = _shuffled_draw(sample_digits, spec["labels_b"], max(60.0, 3 * seconds_b))
     save(draws, out)
     return 0
+
+
+def shuffle_weights(generator) -> int:
+    """Shuffle the entries of every network weight in this process; return how many tensors.
+
+    The weights are every floating parameter and buffer of every ``nn.Module`` and every other
+    tensor that requires a gradient (a network written as plain tensors). Each keeps its shape and
+    its values, in a random order: the network keeps its scale and loses what it learned.
+    """
+    import torch
+
+    found = {}
+    with warnings.catch_warnings():      # isinstance() wakes some of torch's deprecated aliases
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.nn.Module):
+                for tensor in (*obj.parameters(recurse=False), *obj.buffers(recurse=False)):
+                    found[id(tensor)] = tensor
+            elif isinstance(obj, torch.Tensor) and obj.requires_grad and obj.is_leaf:
+                found[id(obj)] = obj
+    shuffled = 0
+    with torch.no_grad():
+        for tensor in found.values():
+            if tensor.is_floating_point() and tensor.layout == torch.strided and tensor.numel() > 1:
+                flat = tensor.detach().reshape(-1).clone()
+                order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+                tensor.copy_(flat[order].reshape(tensor.shape))
+                shuffled += 1
+    return shuffled
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _shuffled_draw(sample_digits, labels, seconds: float):
+    """Draw ``labels`` once more within ``seconds``; an empty tensor if that gives no pictures."""
+    import torch
+
+    def stop(signum, frame):
+        raise _TooLong
+
+    timed = hasattr(signal, "setitimer")
+    if timed:
+        previous = signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        with torch.no_grad():
+            return _plain(sample_digits(torch.tensor(labels)))
+    except Exception:  # _TooLong too: a network that lost its weights may well fail; no digits
+        return torch.empty(0)
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _plain(images):

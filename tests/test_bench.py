@@ -768,3 +768,30 @@ def test_warp_registration_rows_back_the_grader_keeping_its_copy_check():
               f"samples, and still only {elastic['field_above']:.0%} of elastic copies")
     for phrase in quoted:
         assert phrase in text, phrase
+
+
+def test_network_check_passes_the_key_and_catches_samplers_without_a_network():
+    """bench/network_check.md: with its weights shuffled, the answer key's network draws far fewer
+    digits than the grader's limit, while every sampler that needs no network keeps its digits
+    and is rejected; walkthrough 06 quotes the figures as measured."""
+    import json
+    from math import comb
+
+    from course_lib.grade_checks import SHUFFLED_LIMIT
+    data = json.loads((ROOT / "bench" / "network_check.json").read_text())
+    assert data["limit"] == SHUFFLED_LIMIT and data["trained_share"] >= 0.95
+    results = dict(data["results"])
+    key = results.pop("answer key, weights shuffled")
+    assert key["rejected"] == 0 and key["max"] < SHUFFLED_LIMIT and key["no_pictures"] == 0
+    assert key["mean"] == sum(key["shares"]) / len(key["shares"])
+    assert {"elastic (alpha 34, sigma 4)", "affine (10 deg, 6%, 0.9-1.1x)"} <= set(results)
+    assert all(r["rejected"] == 1.0 for r in results.values()), results
+    lowest = min(r["min"] for r in results.values())
+    n, need = 20, round(SHUFFLED_LIMIT * 20)
+    false_fail = sum(comb(n, k) * key["mean"] ** k * (1 - key["mean"]) ** (n - k)
+                     for k in range(need, n + 1))
+    text = " ".join((ROOT / "walkthroughs" / "06_Assessment_Walkthrough.md").read_text().split())
+    assert (f"read {key['mean']:.0%} on average as asked for ({key['max']:.0%} at most), while every "
+            f"sampler that needs no network, warped copies included, reads {lowest:.0%} or more") in text
+    assert f"fails the submission when {SHUFFLED_LIMIT:.0%} or more" in text
+    assert 1 / 3e6 < false_fail < 1 / 1e6 and "about once in two million gradings" in text

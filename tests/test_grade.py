@@ -108,8 +108,11 @@ def _save(path, obj):
 
 
 def test_read_samples_refuses_links_pipes_big_files_and_code(tmp_path):
-    good = _save(tmp_path / "good.pt", {"a": torch.zeros(2, 1, 28, 28), "b": torch.zeros(1, 1, 28, 28)})
-    assert set(grade_checks.read_samples(good)) == {"a", "b"}
+    good = _save(tmp_path / "good.pt", {"a": torch.zeros(2, 1, 28, 28), "b": torch.zeros(1, 1, 28, 28),
+                                        "c": torch.empty(0)})
+    assert set(grade_checks.read_samples(good)) == {"a", "b", "c"}
+    with pytest.raises(Rejected, match="three draws"):
+        grade_checks.read_samples(_save(tmp_path / "two.pt", {"a": torch.zeros(1), "b": torch.zeros(1)}))
     (tmp_path / "link.pt").symlink_to(good)
     with pytest.raises(Rejected, match="cannot be opened"):
         grade_checks.read_samples(tmp_path / "link.pt")
@@ -165,7 +168,9 @@ def test_report_text_exit_codes_and_one_table():
     r = grade.Report("a.ipynb", grade.PASS, accuracy=0.97, per_digit=per_digit, samples=100)
     assert r.exit_code == 0 and "PASS" in r.text() and "97.0%" in r.text()
     assert "\n".join(grade.per_digit_table(per_digit)) in r.text()
-    assert "sandbox:    bubblewrap" in r.text()
+    assert "sandbox:    bubblewrap" in r.text() and "shuffled" not in r.text()
+    r.shuffled_accuracy = 0.05
+    assert "weights shuffled: 5% read as asked for (must stay under 60%)" in r.text()
     assert grade.Report("a.ipynb", grade.FAIL, reason="x").exit_code == 1
     assert grade.Report("a.ipynb", grade.ERROR, reason="x").exit_code == 2
 
@@ -197,6 +202,85 @@ def test_answer_key_fills_every_exercise():
     assert len(exercises) == 5 and set(answer_key.solutions()) == {
         "forward", "unet", "loss", "reverse", "sampling"}
     assert not any("raises-exception" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+# --- the sampling step: two draws, then one with shuffled weights ---------------------------------
+
+EXPORT = """import torch
+from course_lib import grade_runner
+torch.manual_seed(0)
+net = torch.nn.Linear(10, 784)                  # a "network": one layer from the label to a picture
+stored = torch.rand(10, 1, 28, 28) * 2 - 1      # pictures kept as plain data, as a cheat would
+first = net.weight[0, 0].item()
+
+def from_network(labels):
+    x = net(torch.nn.functional.one_hot(labels, 10).float()) + 0.1 * torch.randn(len(labels), 784)
+    return x.tanh().reshape(-1, 1, 28, 28)
+
+def from_stored(labels):
+    return (stored[labels] + 0.1 * torch.randn(len(labels), 1, 28, 28)).clamp(-1, 1)
+
+def fails_without_its_weights(labels):
+    if net.weight[0, 0].item() != first:
+        raise RuntimeError("weights changed")
+    return from_network(labels)
+
+grade_runner.export({{"sample_digits": {name}}}, {path!r})
+"""
+
+
+def _sample(tmp_path, name):
+    """Export sample_digits as the notebook's last cell would, then run the grader's sampling step."""
+    export, spec, out = tmp_path / f"{name}.pkl", tmp_path / "spec.json", tmp_path / f"{name}.pt"
+    subprocess.run([sys.executable, "-c", EXPORT.format(name=name, path=str(export))], check=True,
+                   cwd=tmp_path)
+    spec.write_text(json.dumps({"seed_a": 1, "seed_b": 2, "seed_shuffle": 3,
+                                "labels": list(range(10)) * 2, "labels_b": list(range(10))}))
+    subprocess.run([sys.executable, "-m", "course_lib.grade_runner", "sample", str(export),
+                    str(spec), str(out)], check=True, timeout=300)
+    return torch.load(out, weights_only=True)
+
+
+def test_sampling_step_draws_again_with_every_network_weight_shuffled(tmp_path):
+    stored = _sample(tmp_path, "from_stored")
+    assert stored["a"].shape == (20, 1, 28, 28) and stored["b"].shape == (10, 1, 28, 28)
+    assert torch.equal(stored["c"], stored["b"])       # same seed, no network: the same pictures
+    drawn = _sample(tmp_path, "from_network")
+    assert drawn["c"].shape == drawn["b"].shape and (drawn["c"] - drawn["b"]).abs().mean() > 0.1
+    assert _sample(tmp_path, "fails_without_its_weights")["c"].numel() == 0   # no pictures
+
+
+def test_shuffle_weights_keeps_values_and_loses_their_order():
+    code = """import torch
+from course_lib.grade_runner import shuffle_weights
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+plain_weight = torch.randn(64, requires_grad=True)     # a network written as plain tensors
+data = torch.randn(64)                                  # not a weight: left alone
+before = {k: v.clone() for k, v in net.state_dict().items()}
+w, d = plain_weight.detach().clone(), data.clone()
+n = shuffle_weights(torch.Generator().manual_seed(1))
+after = net.state_dict()
+for k in ("0.weight", "0.bias", "1.weight"):
+    assert torch.equal(after[k].flatten().sort().values, before[k].flatten().sort().values), k
+assert not torch.equal(after["0.weight"], before["0.weight"])
+assert torch.equal(after["1.num_batches_tracked"], before["1.num_batches_tracked"])
+assert not torch.equal(plain_weight.detach(), w) and torch.equal(data, d)
+print(n)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) >= 5       # 2 Linear + 2 BatchNorm affine + plain_weight
+
+
+def test_shuffled_draw_gives_no_pictures_when_the_sampler_fails_or_runs_too_long():
+    from course_lib import grade_runner
+
+    assert grade_runner._shuffled_draw(lambda labels: 1 / 0, [1, 2], 5).numel() == 0
+    slow = grade_runner._shuffled_draw(lambda labels: __import__("time").sleep(30), [1], 1)
+    assert slow.numel() == 0
+    drawn = grade_runner._shuffled_draw(lambda labels: torch.zeros(len(labels), 1, 28, 28), [1, 2], 5)
+    assert drawn.shape == (2, 1, 28, 28)
 
 
 # --- end to end ---------------------------------------------------------------------------------

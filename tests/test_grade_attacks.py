@@ -3,9 +3,10 @@
 Each notebook attacks the grader one way: tampering with the judge, other students' notebooks or
 reports, the network, the instructor's secrets; leaving processes behind; replacing what is
 graded (monkeypatched ``torch.save``, an IPython input transformer, cheating only when it detects
-grading); and passing without a model (stored, shifted, warped training digits, fonts, fixed
-pictures). Every one must end as a FAIL (exit 1) with the reason that shows the attack was
-blocked or caught, and nothing of the instructor's or of another submission may change.
+grading); and passing without a model (stored, shifted, blurred or elastically warped training
+digits, fonts, fixed pictures). Every one must end as a FAIL (exit 1) with the reason that shows
+the attack was blocked or caught, and nothing of the instructor's or of another submission may
+change.
 Needs bubblewrap and root (CI has both); skipped with the reason elsewhere.
 """
 import base64
@@ -136,6 +137,8 @@ def cohort(tmp_path_factory, request):
     _write(subs / "i_fonts.ipynb", cheat("fonts"))
     _write(subs / "j_fixed.ipynb", cheat("class_means", fixed=True))
     _write(subs / "k_memory.ipynb", "x = bytearray(20 * 2**30)")
+    _write(subs / "l_elastic.ipynb",  # warped training digits: new handwriting to every other check
+           "import torch\nnet = torch.nn.Linear(4, 4)   # a network it never uses\n" + cheat("elastic"))
 
     env = dict(os.environ, COURSE_GRADER_SECRET="s3cret")
     victim_before = victim.read_bytes()
@@ -163,6 +166,7 @@ EXPECTED = {
     "i_fonts": ("do not look like handwritten digits", "below"),  # either check may catch it
     "j_fixed": "same with another seed",
     "k_memory": "MemoryError",
+    "l_elastic": "do not come from the notebook's network",   # its digits outlive shuffled weights
 }
 
 
@@ -182,4 +186,4 @@ def test_vandal_is_blocked_everywhere(cohort):
 def test_nothing_left_running_and_a_clean_summary(cohort):
     assert cohort["left"] == "", f"sandbox processes survived: {cohort['left']}"
     assert cohort["code"] == 1, cohort["out"][-3000:]
-    assert "11 submissions: 0 pass, 11 fail, 0 could not grade" in cohort["out"]
+    assert "12 submissions: 0 pass, 12 fail, 0 could not grade" in cohort["out"]

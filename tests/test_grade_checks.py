@@ -102,3 +102,16 @@ def test_candidates_find_a_shifted_copy_among_the_nearest():
     top = gc.candidates(moved, gc.canonical(reference))
     assert top.shape == (3, gc.CANDIDATES)
     assert top[:, 0].tolist() == [7, 150, 299]       # the source ranks first at the right shift
+
+
+def test_samples_that_keep_their_digits_without_the_network_are_caught(judge, labels):
+    """The draw with shuffled weights: digits there mean the pictures never needed the network."""
+    with pytest.raises(Rejected, match="do not come from the notebook's network"):
+        gc.check_from_network(cheats.elastic(labels, seed=3), labels, judge)
+    noise = torch.rand(len(labels), 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    share = gc.check_from_network(noise, labels, judge)           # what a shuffled network draws
+    assert share is not None and share < gc.SHUFFLED_LIMIT
+    assert gc.check_from_network(torch.full((len(labels), 1, 28, 28), float("nan")), labels,
+                                 judge) < gc.SHUFFLED_LIMIT
+    assert gc.check_from_network(torch.empty(0), labels, judge) is None    # it raised: no pictures
+    assert gc.check_from_network(torch.zeros(3, 1, 28, 28), labels, judge) is None
