@@ -52,7 +52,7 @@ PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
 NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
-SECOND_DRAW = 0.2                  # share of the labels drawn again with another seed
+SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
 SAMPLE_TIMEOUT = 1050.0            # seconds for the sampling step (three draws: 1.4x the first)
 
 

@@ -336,8 +336,9 @@ def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
 
     ``shuffled`` is the grader's draw of ``labels`` after every weight of the notebook's networks
     was shuffled (``course_lib/grade_runner.py::shuffle_weights``). A sampler that draws from its
-    network then has noise for a network, and the judge reads about one picture in ten as asked
-    for, by chance; stored, warped or hand-made pictures never needed the weights. Returns that
+    network then has noise for a network, and the judge reads a picture as asked for only by
+    chance (the answer key's: 12% on average, ``bench/network_check.md``); stored, warped or
+    hand-made pictures never needed the weights, and keep their digits. Returns that
     share, or None when the draw gave no pictures (it raised, ran out of time or returned
     something else), which is what a broken network may well do.
     """
