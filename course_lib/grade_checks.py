@@ -350,6 +350,6 @@ def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
     if share >= limit:
         raise Rejected(f"the samples do not come from the notebook's network: with every weight of "
                        f"its networks shuffled, sample_digits still drew {share:.0%} of "
-                       f"{len(labels)} digits as asked for. Sample with the trained network, kept "
-                       "in memory as a top-level object (not reloaded inside sample_digits)")
+                       f"{len(labels)} digits as asked for; sample_digits must draw its digits "
+                       "with the notebook's trained network")
     return share

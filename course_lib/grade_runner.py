@@ -27,6 +27,7 @@ import sys
 import time
 import types
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 EXPORT_CELL = """
@@ -194,9 +195,11 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
             images = sample_digits(torch.tensor(labels))
         draws[name] = _plain(images)
     seconds_b = time.perf_counter() - start
-    shuffle_weights(torch.Generator().manual_seed(spec["seed_shuffle"]))
+    generator = torch.Generator().manual_seed(spec["seed_shuffle"])
+    shuffle_weights(generator)
     manual_seed(spec["seed_b"])
-    draws["c"] = _shuffled_draw(sample_digits, spec["labels_b"], max(60.0, 3 * seconds_b))
+    with _loads_shuffled(generator):
+        draws["c"] = _shuffled_draw(sample_digits, spec["labels_b"], max(60.0, 3 * seconds_b))
     save(draws, out)
     return 0
 
@@ -228,6 +231,34 @@ def shuffle_weights(generator) -> int:
                 tensor.copy_(flat[order].reshape(tensor.shape))
                 shuffled += 1
     return shuffled
+
+
+@contextmanager
+def _loads_shuffled(generator):
+    """While inside, weights that ``sample_digits`` loads from a file are shuffled as well.
+
+    An honest sampler may reload its network (``model.load_state_dict(torch.load(path))``) on
+    every call; the shuffled draw must not get the trained weights back that way.
+    """
+    import torch
+
+    load, load_state_dict = torch.load, torch.nn.Module.load_state_dict
+
+    def load_then_shuffle(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        shuffle_weights(generator)
+        return loaded
+
+    def load_state_dict_then_shuffle(module, *args, **kwargs):
+        result = load_state_dict(module, *args, **kwargs)
+        shuffle_weights(generator)
+        return result
+
+    torch.load, torch.nn.Module.load_state_dict = load_then_shuffle, load_state_dict_then_shuffle
+    try:
+        yield
+    finally:
+        torch.load, torch.nn.Module.load_state_dict = load, load_state_dict
 
 
 class _TooLong(Exception):

@@ -220,6 +220,12 @@ def from_network(labels):
 def from_stored(labels):
     return (stored[labels] + 0.1 * torch.randn(len(labels), 1, 28, 28)).clamp(-1, 1)
 
+torch.save(net.state_dict(), "net.pt")
+
+def reloads_its_network(labels):               # honest, if wasteful: the weights come from a file
+    net.load_state_dict(torch.load("net.pt"))
+    return from_network(labels)
+
 def fails_without_its_weights(labels):
     if net.weight[0, 0].item() != first:
         raise RuntimeError("weights changed")
@@ -237,7 +243,7 @@ def _sample(tmp_path, name):
     spec.write_text(json.dumps({"seed_a": 1, "seed_b": 2, "seed_shuffle": 3,
                                 "labels": list(range(10)) * 2, "labels_b": list(range(10))}))
     subprocess.run([sys.executable, "-m", "course_lib.grade_runner", "sample", str(export),
-                    str(spec), str(out)], check=True, timeout=300)
+                    str(spec), str(out)], check=True, timeout=300, cwd=tmp_path)
     return torch.load(out, weights_only=True)
 
 
@@ -248,6 +254,9 @@ def test_sampling_step_draws_again_with_every_network_weight_shuffled(tmp_path):
     drawn = _sample(tmp_path, "from_network")
     assert drawn["c"].shape == drawn["b"].shape and (drawn["c"] - drawn["b"]).abs().mean() > 0.1
     assert _sample(tmp_path, "fails_without_its_weights")["c"].numel() == 0   # no pictures
+    reloaded = _sample(tmp_path, "reloads_its_network")     # the reloaded weights are shuffled too
+    assert (reloaded["c"] - reloaded["b"]).abs().mean() > 0.1
+    assert torch.allclose(reloaded["b"], drawn["b"])        # and before the shuffle it drew as before
 
 
 def test_shuffle_weights_keeps_values_and_loses_their_order():
