@@ -226,9 +226,12 @@ def shuffle_weights(generator) -> int:
     with torch.no_grad():
         for tensor in found.values():
             if tensor.is_floating_point() and tensor.layout == torch.strided and tensor.numel() > 1:
-                flat = tensor.detach().reshape(-1).clone()
-                order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
-                tensor.copy_(flat[order].reshape(tensor.shape))
+                try:
+                    flat = tensor.detach().reshape(-1).clone()
+                    order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+                    tensor.copy_(flat[order].reshape(tensor.shape))
+                except Exception:  # one that cannot be shuffled keeps what it holds, and is judged so
+                    continue
                 shuffled += 1
     return shuffled
 
@@ -269,8 +272,11 @@ def _shuffled_draw(sample_digits, labels, seconds: float):
     """Draw ``labels`` once more within ``seconds``; an empty tensor if that gives no pictures."""
     import torch
 
+    armed = [True]
+
     def stop(signum, frame):
-        raise _TooLong
+        if armed[0]:       # never once the draw is over: the alarm must not escape this function
+            raise _TooLong
 
     timed = hasattr(signal, "setitimer")
     if timed:
@@ -278,10 +284,13 @@ def _shuffled_draw(sample_digits, labels, seconds: float):
         signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         with torch.no_grad():
-            return _plain(sample_digits(torch.tensor(labels)))
+            images = sample_digits(torch.tensor(labels))
+        armed[0] = False
+        return _plain(images)
     except Exception:  # _TooLong too: a network that lost its weights may well fail; no digits
         return torch.empty(0)
     finally:
+        armed[0] = False
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
