@@ -60,13 +60,22 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
     # nineteenth session: 04's network (min-SNR-5) on random zoomed-in crops of the photos, half to
     # all of each photo's area (issue #10's "random crops from the larger photos")
     "x30v_s0_minsnr5_zoom": ("24,48,96", 30, 0, "10", 1, "v", {"min-snr": "5", "zoom": "0.5,1"}),
+    # twenty-first session: 04's network (min-SNR-5), self-conditioned on its own x̂₀ estimate
+    "x30v_s0_minsnr5_sc": ("24,48,96", 30, 0, "10", 1, "v", {"min-snr": "5", "self-cond": "0.5"}),
+    "x30v_s1_minsnr5_sc": ("24,48,96", 30, 1, "10", 1, "v", {"min-snr": "5", "self-cond": "0.5"}),
+    # the same two networks (their stored weights), sampled with the estimate input always zero
+    "x30v_s0_minsnr5_sc_nofb": ("24,48,96", 30, 0, "10", 1, "v",
+                                {"min-snr": "5", "self-cond": "0.5", "feedback": "0"}),
+    "x30v_s1_minsnr5_sc_nofb": ("24,48,96", 30, 1, "10", 1, "v",
+                                {"min-snr": "5", "self-cond": "0.5", "feedback": "0"}),
 }
 WEIGHTING_RUNS = ("x30v_s0_interval", "x30v_s1_eta0_bf16", "x30v_s0_minsnr5", "x30v_s1_minsnr5",
                   "x30v_s0_minsnr1", "x30v_s0_lognormal")   # bench/RESULTS.md, section 16
 CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
             "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval", "x30v_s0_minsnr5",
             "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_minsnr1", "x30v_s0_lognormal",
-            "x30v_s0_minsnr5_zoom")
+            "x30v_s0_minsnr5_zoom", "x30v_s0_minsnr5_sc", "x30v_s1_minsnr5_sc",
+            "x30v_s0_minsnr5_sc_nofb", "x30v_s1_minsnr5_sc_nofb")
 
 
 def run(name: str) -> None:
@@ -87,10 +96,12 @@ def _cell(value, spec: str) -> str:
 
 def _training(data: dict) -> str:
     """How a run's training differed from 04's plain one: min-SNR-γ weighting (with zoomed-in crops
-    of the photos), log-normal timesteps."""
+    of the photos, or self-conditioning), log-normal timesteps."""
     parts = [f"min-SNR-{data['min_snr']:g}" if data.get("min_snr") else None,
              "log-normal t ({:g}, {:g})".format(*data["lognormal"]) if data.get("lognormal") else None,
-             "zoomed crops ({:g}-{:g})".format(*data["zoom"]) if data.get("zoom") else None]
+             "zoomed crops ({:g}-{:g})".format(*data["zoom"]) if data.get("zoom") else None,
+             f"self-conditioned (p = {data['self_cond']:g})" if data.get("self_cond") else None,
+             "sampled without its estimate" if data.get("feedback") is False else None]
     return ", ".join(p for p in parts if p) or "plain"
 
 
@@ -144,13 +155,14 @@ def main(argv=None) -> int:
             "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
     lines, rows = table(CPU_RUNS)
-    head = ("04's flower network on 2 CPU cores (fifteenth to nineteenth sessions), predicting ε "
+    head = ("04's flower network on 2 CPU cores (fifteenth to twenty-first sessions), predicting ε "
             "or v, on 2×2 patches, with its v-loss weighted by min-SNR-γ or its timesteps "
-            "drawn log-normal in σ, and trained on zoomed-in crops of the photos: the runs of "
+            "drawn log-normal in σ, trained on zoomed-in crops of the photos, and self-conditioned "
+            "on its own x̂₀ estimate: the runs of "
             "bench/flower_channels.md made on 2-core CPUs, "
             "with w and η as the columns say (300 starting noises per species, the same in every "
             "run); float32 on a machine without AMX, except x30v_s0_interval (seventeenth "
-            "session) and the six runs after it (eighteenth and nineteenth), trained in bfloat16 "
+            "session) and the ten runs after it (eighteenth to twenty-first), trained in bfloat16 "
             "on a machine with AMX.")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     lines, rows = table(WEIGHTING_RUNS)

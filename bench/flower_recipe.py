@@ -64,6 +64,8 @@ class FlowerRecipe:
     lognormal: tuple | None = None      # (P_mean, P_std): t drawn as EDM draws σ (v only)
     zoom: tuple | None = None           # (lo, hi): random crops of lo-hi of each 64-px photo's area,
     #                                     resized to 32 px (v2.RandomResizedCrop)
+    self_cond: float | None = None      # P(the network is shown its own x̂₀ estimate) in training:
+    #                                     self-conditioning (Chen et al. 2022), SelfConditioned
 
 
 def recipes() -> list[FlowerRecipe]:
@@ -113,10 +115,66 @@ def recipes() -> list[FlowerRecipe]:
     ]
 
 
-def network(recipe: FlowerRecipe) -> OptimizedUNet:
-    return OptimizedUNet(img_ch=3, size=32, channels=recipe.channels, T=150, c_dim=len(SPECIES),
-                         bottleneck=recipe.bottleneck, attention=recipe.attention,
-                         patch=recipe.patch)
+def network(recipe: FlowerRecipe) -> torch.nn.Module:
+    """04's UNet for ``recipe``; with ``self_cond``, one that also reads its own x̂₀ estimate."""
+    channels = 6 if recipe.self_cond else 3            # the picture, then (self_cond) its x̂₀ estimate
+    unet = OptimizedUNet(img_ch=channels, size=32, channels=recipe.channels, T=150,
+                         c_dim=len(SPECIES), bottleneck=recipe.bottleneck,
+                         attention=recipe.attention, patch=recipe.patch)
+    if not recipe.self_cond:
+        return unet
+    return SelfConditioned(unet, SCHEDULES[recipe.schedule](150), recipe.self_cond,
+                           recipe.prediction)
+
+
+class SelfConditioned(torch.nn.Module):
+    """Self-conditioning (Chen et al. 2022, "Analog Bits", section 3.2): the network also reads
+    its own latest estimate of x̂₀, as three more input channels.
+
+    Training: for a share ``p`` of the batch, a first pass without gradients (the estimate input
+    zero) gives x̂₀, and the second pass, the one the loss sees, reads it; the rest read zeros.
+    Sampling (eval mode): each call reads the x̂₀ of the call before, which was one step noisier;
+    a call at a timestep not below the last one's starts a new run, with zeros (and every call
+    reads zeros with ``feedback = False``: the same network, sampled as if never self-conditioned). x̂₀ comes from the
+    network's output as ``prediction`` says (v: sqrt(ᾱ)·x_t - sqrt(1-ᾱ)·v; eps: (x_t -
+    sqrt(1-ᾱ)·eps)/sqrt(ᾱ)), clipped to [-1, 1]. The UNet is built for 6 channels in and out;
+    only the first 3 outputs are used.
+    """
+
+    def __init__(self, unet: OptimizedUNet, schedule: ddpm.Schedule, p: float = 0.5,
+                 prediction: str = "v"):
+        super().__init__()
+        self.unet, self.p, self.prediction = unet, p, prediction
+        self.register_buffer("alpha_bars", schedule.alpha_bars.clone(), persistent=False)
+        self.last = self.last_t = None
+        self.feedback = True
+
+    def estimate(self, x_t, t, out):
+        ab = self.alpha_bars[t].reshape(-1, 1, 1, 1).to(x_t.dtype)
+        if self.prediction == "v":
+            x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
+        else:
+            x0 = (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
+        return x0.clamp(-1, 1)
+
+    def run(self, x_t, x0, t, c, c_mask):
+        return self.unet(torch.cat((x_t, x0.to(x_t.dtype)), dim=1), t, c=c, c_mask=c_mask)[:, :3]
+
+    def forward(self, x_t, t, c=None, c_mask=None):
+        zeros = torch.zeros_like(x_t)
+        if self.training:
+            x0 = zeros
+            shown = (torch.rand(len(x_t), device=x_t.device) < self.p).nonzero()[:, 0]
+            if len(shown):
+                with torch.no_grad():
+                    first = self.run(x_t[shown], zeros[shown], t[shown], c[shown], c_mask[shown])
+                x0 = zeros.index_copy(0, shown, self.estimate(x_t[shown], t[shown], first).to(zeros.dtype))
+            return self.run(x_t, x0, t, c, c_mask)
+        fresh = (not self.feedback or self.last is None or self.last.shape != x_t.shape
+                 or int(t.max()) >= self.last_t)
+        out = self.run(x_t, zeros if fresh else self.last, t, c, c_mask)
+        self.last, self.last_t = self.estimate(x_t, t, out).detach(), int(t.max())
+        return out
 
 
 def conditional_loss(schedule: ddpm.Schedule, keep_prob: float = 0.9, min_snr: float | None = None,

@@ -80,7 +80,8 @@ def sampler_kwargs(settings: dict, schedule) -> dict:
 def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
                        channels: tuple = FOURS.channels, seed: int = 0, patch: int = 1,
                        prediction: str = "eps", min_snr: float | None = None,
-                       lognormal: tuple | None = None, zoom: tuple | None = None):
+                       lognormal: tuple | None = None, zoom: tuple | None = None,
+                       self_cond: float | None = None):
     """04's flower model trained as notebook 04 does: (EMA model, figures of training, schedule).
 
     ``channels``, ``seed`` and ``patch`` change the network's widths, the training seed and the
@@ -88,13 +89,14 @@ def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
     network and returns it wrapped in ``ddpm.VDenoiser``, which the samplers read as eps;
     ``min_snr`` weights its loss by min-SNR-γ and ``lognormal`` draws its timesteps as EDM does
     (``ddpm.lognormal_timesteps``); ``zoom`` trains on random zoomed-in crops of the photos
-    (``FlowerRecipe.zoom``). The EMA weights
+    (``FlowerRecipe.zoom``); ``self_cond`` = p shows the network its own x̂₀ estimate for a
+    share p of each batch (``flower_recipe.SelfConditioned``). The EMA weights
     are kept in bench/out/flower_sampler/ (with the figures) and loaded from there the next time
     with the same settings: more sampler rows need no new training.
     """
     recipe = dataclasses.replace(FOURS, batch=batch, channels=tuple(channels), seed=seed,
                                  patch=patch, prediction=prediction, min_snr=min_snr,
-                                 lognormal=lognormal, zoom=zoom)
+                                 lognormal=lognormal, zoom=zoom, self_cond=self_cond)
     device = config.get_device(verbose=True)
     schedule = SCHEDULES[recipe.schedule](150).to(device)
     widths = "-".join(map(str, recipe.channels))
@@ -105,7 +107,8 @@ def train_flower_model(epochs: int = EPOCHS, batch: int = FOURS.batch,
     saved = HERE / "out" / "flower_sampler" / (
         f"model_{epochs}_b{batch}_c{widths}_s{seed}" + (f"_p{patch}" if patch > 1 else "")
         + ("_v" if prediction == "v" else "") + (f"_snr{min_snr:g}" if min_snr else "")
-        + ("_ln%g,%g" % lognormal if lognormal else "") + ("_zoom%g,%g" % zoom if zoom else "") + ".pt")
+        + ("_ln%g,%g" % lognormal if lognormal else "") + ("_zoom%g,%g" % zoom if zoom else "")
+        + (f"_sc{self_cond:g}" if self_cond else "") + ".pt")
     if saved.exists():
         state = torch.load(saved, weights_only=True)
         model = network(recipe)
@@ -137,6 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--min-snr", type=float, help="min-SNR-γ loss weighting (Hang et al. 2023)")
     parser.add_argument("--lognormal", help="P_mean,P_std: timesteps drawn as EDM draws σ (v only)")
     parser.add_argument("--zoom", help="lo,hi: train on random crops of lo-hi of each photo's area")
+    parser.add_argument("--self-cond", type=float, help="p: self-conditioning in training (Chen et al. 2022)")
+    parser.add_argument("--feedback", type=int, default=1,
+                        help="0: sample a self-conditioned network with its estimate input always zero")
     parser.add_argument("--rows", help="comma-separated indices into SETTINGS (default: all)")
     parser.add_argument("--report", default="flower_sampler", help="name of the .md/.json written")
     args = parser.parse_args(argv)
@@ -145,7 +151,9 @@ def main(argv=None) -> int:
     zoom = tuple(float(p) for p in args.zoom.split(",")) if args.zoom else None
     model, trained, schedule = train_flower_model(args.epochs, args.batch, channels, args.seed,
                                                  args.patch, args.prediction, args.min_snr,
-                                                 lognormal, zoom)
+                                                 lognormal, zoom, args.self_cond)
+    if args.self_cond and not args.feedback:
+        model.model.feedback = False                 # VDenoiser -> SelfConditioned
     settings = list(SETTINGS.items())
     if args.rows:
         settings = [settings[int(i)] for i in args.rows.split(",")]
@@ -187,6 +195,8 @@ def main(argv=None) -> int:
             f"{', min-SNR-%g weighting' % args.min_snr if args.min_snr else ''}"
             f"{', timesteps drawn log-normal in σ (P_mean, P_std = %g, %g)' % lognormal if lognormal else ''}"
             f"{', random crops of %g-%g of the area of each photo' % zoom if zoom else ''}"
+            f"{', self-conditioned (p = %g)' % args.self_cond if args.self_cond else ''}"
+            f"{', sampled without feeding back its estimate' if args.self_cond and not args.feedback else ''}"
             f", training "
             f"seed {args.seed}), {trained['steps']} "
             f"steps (final loss {trained['final_loss']:.4f}); the same {args.per_species} starting "
@@ -207,7 +217,8 @@ def main(argv=None) -> int:
         "epochs": args.epochs, "batch": args.batch, "channels": list(channels), "seed": args.seed,
         "patch": args.patch, "prediction": args.prediction, "min_snr": args.min_snr,
         "lognormal": list(lognormal) if lognormal else None,
-        "zoom": list(zoom) if zoom else None,
+        "zoom": list(zoom) if zoom else None, "self_cond": args.self_cond,
+        "feedback": bool(args.feedback),
         "device": where, "per_species": args.per_species, **trained, "real_species": real.accuracy,
         "real_at_limits": real_limits, "rows": rows})
     return 0

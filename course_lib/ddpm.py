@@ -246,8 +246,8 @@ def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std:
     """n timesteps whose σ_t = sqrt((1-ᾱ_t)/ᾱ_t) lie nearest, in log σ, to ln σ ~ N(P_mean, P_std²).
 
     EDM's training noise levels (Karras et al. 2022, Table 1; P_mean = -1.2, P_std = 1.2 for
-    32×32 images): most steps go to the middle noise levels, where a picture's layout forms,
-    few to the nearly clean and the nearly pure-noise ends.
+    32×32 images): most steps go to the low and middle noise levels (on 04's cosine schedule,
+    about half below t = 30, where SNR_t > 9), few to the nearly pure-noise end.
     """
     device = schedule.alpha_bars.device
     log_sigmas = (0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()).float()
@@ -377,9 +377,12 @@ def sample_ddpm(model: Denoiser, x: torch.Tensor, schedule: Schedule,
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` timesteps evenly spread over [0, T-1], descending, always ending at 0."""
+    """``steps`` timesteps evenly spread over [0, T-1], descending from T-1 (pure noise's level);
+    two or more end at 0, one jumps from T-1 straight to x̂₀."""
     if not 1 <= steps <= T:
         raise ValueError(f"DDIM needs 1 <= steps <= T={T}, got {steps}")
+    if steps == 1:
+        return [T - 1]
     ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique()
     return ts.flip(0).tolist()
 

@@ -795,3 +795,32 @@ def test_network_check_passes_the_key_and_catches_samplers_without_a_network():
             f"sampler that needs no network, warped copies included, reads {lowest:.0%} or more") in text
     assert f"fails the submission when {SHUFFLED_LIMIT:.0%} or more" in text
     assert 1 / 3e6 < false_fail < 1 / 1e6 and "about once in two million gradings" in text
+
+
+def test_self_conditioning_does_not_pay_for_04s_flowers():
+    """RESULTS section 16: 04's min-SNR-5 network, self-conditioned on its own x̂₀ (seeds 0 and 1,
+    same epochs and sampler), draws further from the three species' photos with less variety and
+    faded colours; without the feedback the two seeds land on either side of 04's own network, so
+    notebook 04 keeps it."""
+    import json
+    flower_channels = _bench_module("flower_channels")
+    _, rows = flower_channels.table(("x30v_s0_minsnr5", "x30v_s1_minsnr5", "x30v_s0_minsnr5_sc",
+                                     "x30v_s1_minsnr5_sc", "x30v_s0_minsnr5_sc_nofb",
+                                     "x30v_s1_minsnr5_sc_nofb"))
+    plain, fed, zero = rows[:2], rows[2:4], rows[4:]
+    for p, f, z in zip(plain, fed, zero):
+        assert p["seed"] == f["seed"] == z["seed"] and p["epochs"] == f["epochs"] and p["eta"] == f["eta"]
+        assert f["frechet_species"] > p["frechet_species"] + 50 and f["variety"] < p["variety"]
+        assert f["train_seconds"] > p["train_seconds"]
+    assert (zero[0]["frechet_species"] < plain[0]["frechet_species"]) != (
+        zero[1]["frechet_species"] < plain[1]["frechet_species"])     # the seeds disagree
+    for name in ("x30v_s0_minsnr5_sc", "x30v_s1_minsnr5_sc_nofb"):
+        stored = json.loads((ROOT / "bench" / f"flower_channels_{name}.json").read_text())
+        fed_back = stored.get("feedback", True)      # runs before the --feedback flag fed it back
+        assert stored["self_cond"] == 0.5 and fed_back is name.endswith("_sc")
+        assert stored["rows"][0]["at_limits"] < 0.022 or not fed_back      # faded: 04's 2.2%
+    text = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split())
+    assert ("grow from 177.7 and 197.6 to 256.4 and 513.3, the variety falls from 0.62 and 0.64 to "
+            "0.58 and 0.46") in text
+    notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
+    assert "SelfConditioned" not in notebook.read_text()

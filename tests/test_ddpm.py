@@ -146,6 +146,7 @@ def test_ddim_rejects_forward_steps(schedule):
 
 def test_ddim_timesteps():
     assert ddpm.ddim_timesteps(150, 150) == list(range(149, -1, -1))
+    assert ddpm.ddim_timesteps(150, 1) == [149]          # one jump, from pure noise's level
     ts = ddpm.ddim_timesteps(150, 10)
     assert len(ts) == 10 and ts[0] == 149 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
     with pytest.raises(ValueError, match="steps <= T"):
