@@ -40,7 +40,10 @@ def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength:
                          f"[0, 1]; got {strength}")
     if strength == 0:
         return images.clone()
-    t_0 = max(t for t in ddim_timesteps(schedule.T, steps) if t <= round(strength * (schedule.T - 1)))
+    t_0 = max((t for t in ddim_timesteps(schedule.T, steps) if t <= round(strength * (schedule.T - 1))),
+              default=None)
+    if t_0 is None:                      # no step of the run lies that low: nothing to go back
+        return images.clone()
     x = schedule.q_sample(images, t_0, _noise(images, generator))
     return sample_ddim(model, x, schedule, steps=steps, eta=eta, extra_args=extra_args,
                        generator=generator, clip_x0=clip_x0, disable=disable, t_start=t_0)
