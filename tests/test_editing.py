@@ -35,8 +35,6 @@ def test_img2img_with_a_perfect_denoiser_returns_the_image_and_strength_sets_the
     assert torch.equal(editing.img2img(model, x0, s, 0.0), x0)
     # one DDIM step starts at T-1: below strength 1 there is no step to go back through
     assert torch.equal(editing.img2img(model, x0, s, 0.5, steps=1, disable=True), x0)
-    assert torch.allclose(editing.img2img(model, x0, s, 1.0, steps=1, eta=0.0, disable=True), x0,
-                          atol=1e-4)
     # a denoiser that predicts no noise keeps whatever x_{t_0} holds: the higher the strength,
     # the noisier the start, so the further the result from the photo
     lazy = lambda x, t: torch.zeros_like(x)
