@@ -135,10 +135,10 @@ class SelfConditioned(torch.nn.Module):
     zero) gives x̂₀, and the second pass, the one the loss sees, reads it; the rest read zeros.
     Sampling (eval mode): each call reads the x̂₀ of the call before, which was one step noisier;
     a call at a timestep not below the last one's starts a new run, with zeros (and every call
-    reads zeros with ``feedback = False``: the same network, sampled as if never self-conditioned). x̂₀ comes from the
-    network's output as ``prediction`` says (v: sqrt(ᾱ)·x_t - sqrt(1-ᾱ)·v; eps: (x_t -
-    sqrt(1-ᾱ)·eps)/sqrt(ᾱ)), clipped to [-1, 1]. The UNet is built for 6 channels in and out;
-    only the first 3 outputs are used.
+    reads zeros with ``feedback = False``: the same network, sampled as if never
+    self-conditioned). x̂₀ comes from the network's output as ``prediction`` says (v:
+    sqrt(ᾱ)·x_t - sqrt(1-ᾱ)·v; eps: (x_t - sqrt(1-ᾱ)·eps)/sqrt(ᾱ)), clipped to [-1, 1]. The UNet
+    is built for 6 channels in and out; only the first 3 outputs are used.
     """
 
     def __init__(self, unet: OptimizedUNet, schedule: ddpm.Schedule, p: float = 0.5,
