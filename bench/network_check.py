@@ -33,10 +33,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from course_lib import answer_key, grade, grade_checks as gc  # noqa: E402
 from grading_checks import MUST_PASS, sources  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 DRAW = """
 import json, pickle, sys, torch
@@ -88,8 +88,8 @@ def key_draws(label_sets: list[list[int]], profile: str, workdir: Path) -> tuple
 
 
 def read_as_asked(judge: gc.Judge, images: torch.Tensor, labels: list[int]) -> float | None:
-    """The check's figure for one set (None: no pictures); a limit above 1 never rejects."""
-    return gc.check_from_network(images, torch.tensor(labels), judge, limit=2.0)
+    """The check's figure for one set (None: no pictures)."""
+    return gc.shuffled_share(images, torch.tensor(labels), judge)
 
 
 def summarise(shares: list) -> dict:
@@ -135,12 +135,8 @@ def main(argv=None) -> int:
                      f"{r['rejected']:.0%} |")
     lines += ["", "\"real held-out test digits\" here are stored real pictures returned by a sampler: "
               "retrieval, which must fail."]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "network_check.md").write_text(text + "\n")
-    (ROOT / "bench" / "network_check.json").write_text(json.dumps(
-        {"trained_share": trained, "limit": gc.SHUFFLED_LIMIT, "profile": args.profile,
-         "results": results}, indent=2))
+    write_report("network_check", lines, {"trained_share": trained, "limit": gc.SHUFFLED_LIMIT,
+                                          "profile": args.profile, "results": results})
     return 0
 
 

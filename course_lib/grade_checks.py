@@ -330,6 +330,16 @@ def check_realistic(images: torch.Tensor, labels: torch.Tensor, judge: Judge,
     return distance, limit
 
 
+def shuffled_share(shuffled, labels: torch.Tensor, judge: Judge) -> float | None:
+    """The share of the draw with shuffled weights that the judge reads as ``labels``; None when
+    the draw holds no pictures of the right shape (NaN reads as 0, values are clipped)."""
+    if (type(shuffled) is not torch.Tensor or not shuffled.dtype.is_floating_point
+            or tuple(shuffled.shape) != (len(labels), 1, 28, 28)):
+        return None
+    images = torch.nan_to_num(shuffled.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+    return (judge.predict(images) == labels).float().mean().item()
+
+
 def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
                        limit: float = SHUFFLED_LIMIT) -> float | None:
     """Raise Rejected when ``sample_digits`` still draws the digits asked for without its network.
@@ -342,12 +352,8 @@ def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
     share, or None when the draw gave no pictures (it raised, ran out of time or returned
     something else), which is what a broken network may well do.
     """
-    if (type(shuffled) is not torch.Tensor or not shuffled.dtype.is_floating_point
-            or tuple(shuffled.shape) != (len(labels), 1, 28, 28)):
-        return None
-    images = torch.nan_to_num(shuffled.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
-    share = (judge.predict(images) == labels).float().mean().item()
-    if share >= limit:
+    share = shuffled_share(shuffled, labels, judge)
+    if share is not None and share >= limit:
         raise Rejected(f"the samples do not come from the notebook's network: with every weight of "
                        f"its networks shuffled, sample_digits still drew {share:.0%} of "
                        f"{len(labels)} digits as asked for; sample_digits must draw its digits "

@@ -22,7 +22,6 @@ import importlib
 import json
 import marshal
 import pickle
-import signal
 import sys
 import time
 import types
@@ -264,36 +263,18 @@ def _loads_shuffled(generator):
         torch.load, torch.nn.Module.load_state_dict = load, load_state_dict
 
 
-class _TooLong(Exception):
-    pass
-
-
 def _shuffled_draw(sample_digits, labels, seconds: float):
     """Draw ``labels`` once more within ``seconds``; an empty tensor if that gives no pictures."""
     import torch
 
-    armed = [True]
+    from .grade_checks import time_limit
 
-    def stop(signum, frame):
-        if armed[0]:       # never once the draw is over: the alarm must not escape this function
-            raise _TooLong
-
-    timed = hasattr(signal, "setitimer")
-    if timed:
-        previous = signal.signal(signal.SIGALRM, stop)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        with torch.no_grad():
+    try:   # the alarm, even one that fires as time_limit disarms it, ends up in the except
+        with time_limit(seconds, "the draw with shuffled weights"), torch.no_grad():
             images = sample_digits(torch.tensor(labels))
-        armed[0] = False
         return _plain(images)
-    except Exception:  # _TooLong too: a network that lost its weights may well fail; no digits
+    except Exception:  # a network that lost its weights may well fail or hang: no digits
         return torch.empty(0)
-    finally:
-        armed[0] = False
-        if timed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
 
 def _plain(images):
