@@ -824,3 +824,43 @@ def test_self_conditioning_does_not_pay_for_04s_flowers():
             "0.58 and 0.46") in text
     notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
     assert "SelfConditioned" not in notebook.read_text()
+
+
+def test_caption_colours_agree_with_the_person_as_the_documents_say():
+    """RESULTS section 7: counting bright orange and yellow pixels below saturation 0.4 as cream
+    (white) petals agrees better with a person's labels on the tuning set and on both held-out
+    sets; the walkthrough, the answers and the README quote bench/captions.json."""
+    import json
+    from course_lib import clip as course_clip
+    stored = json.loads((ROOT / "bench" / "captions.json").read_text())
+    labels = json.loads((ROOT / "bench" / "caption_labels.json").read_text())
+    assert stored["adopted_warm_sat"] == course_clip.WARM_PETAL_SATURATION
+    before, now = stored["sweep"][str(stored["before_warm_sat"])], stored["sweep"][str(stored["adopted_warm_sat"])]
+    for name in ("tuning", "held_out", "held_out_2"):
+        assert now[name]["labelled"] == before[name]["labelled"] == sum(
+            c is not None for c in labels[name].values())
+        assert now[name]["agree"] > before[name]["agree"]
+        assert stored[name] == now[name]
+    assert not set(labels["held_out_2"]) & (set(labels["tuning"]) | set(labels["held_out"]))
+
+    def pct(r):
+        return f"{r['agreement']:.0%}"
+
+    def text(path):
+        return " ".join((ROOT / path).read_text().split())
+    walk = text("walkthroughs/05_CLIP_Walkthrough.md")
+    for r in (now["tuning"], now["held_out"], now["held_out_2"]):
+        assert f"{r['agree']} of {r['labelled']}" in walk and pct(r) in walk
+    assert f"{before['tuning']['agree']} of {before['tuning']['labelled']} photos" in walk
+    answers = text("answers/05_CLIP_Answers.md")
+    assert (f"agrees on {pct(now['tuning'])} of the photos used to look at the rules and on "
+            f"{pct(now['held_out'])} and {pct(now['held_out_2'])}") in answers
+    assert f"({pct(before['held_out'])} and {pct(before['held_out_2'])} before" in answers
+    readme = text("README.md")
+    assert f"labels on {pct(now['held_out'])} and {pct(now['held_out_2'])} of two held-out sets" in readme
+    results = text("bench/RESULTS.md")
+    both_now = now["held_out"]["agree"] + now["held_out_2"]["agree"]
+    both_before = before["held_out"]["agree"] + before["held_out_2"]["agree"]
+    total = now["held_out"]["labelled"] + now["held_out_2"]["labelled"]
+    assert (f"{both_now} of {total} ({both_now / total:.0%}) against {both_before} "
+            f"({both_before / total:.0%})") in results
