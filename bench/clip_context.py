@@ -29,7 +29,9 @@ colour range, |x| ≥ 0.95, where over-saturated colours pile up; and (rows sinc
 each prompt's samples: their within-species spread in the judge's features
 (``metrics.within_class_spread``) over that of the real held-out photos, 1 for real-like variety,
 falling as guidance makes a prompt's samples alike. Writes bench/clip_context.md and
-bench/clip_context.json.
+bench/clip_context.json. Every row so far was measured on the captions of the colour rule before
+the twenty-second session (orange and yellow from saturation 0.22, bench/captions.md); a row run
+now trains on today's captions, and its CLIP (bench/out) trains again for them.
 """
 from __future__ import annotations
 
