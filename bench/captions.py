@@ -13,8 +13,12 @@ without their captions).
 Rows: the saturation from which an orange or yellow pixel counts as a petal's colour rather than
 white or cream (``warm_sat``): 0.22, every other hue's threshold and the captioner's rule before
 the twenty-second session, then higher values; ``course_clip.WARM_PETAL_SATURATION`` is the one
-05 uses. Writes bench/captions.md and bench/captions.json (agreement per set and species, and
-the adopted rule's misses).
+05 uses. Framing: a person's "close-up or not" for the same photos (course_lib/weights/framing_labels.json)
+against the pixel rule (``course_clip.is_close_up``, on the 32-px photo and its measured colour)
+and against the linear probe on the locked EfficientNet-Lite0's features that 05 uses
+(``course_lib.framing.close_ups``, on the 128-px photo; it was fitted on the "tuning" set, so only
+the held-out sets measure it), with "always a photo" as the floor. Writes bench/captions.md and
+bench/captions.json (agreement per set and species, and the adopted rule's misses).
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import torch
 import torchvision
 
 from course_lib import clip as course_clip
+from course_lib import framing
 from course_lib.data import find_data_root, image_transform
 from report import write_report  # bench/report.py
 
@@ -59,6 +65,19 @@ def agreement(labels: dict, photos: dict, warm_sat: float) -> dict:
             "per_species": {s: [hits[s], total[s]] for s in sorted(total)}, "misses": misses}
 
 
+def framing_agreement(labels: dict, photos: dict) -> dict:
+    """Close-up or not against the person, for the pixel rule, the probe and "always a photo"."""
+    names = [rel for rel, close in labels.items() if close is not None]
+    person = torch.tensor([labels[rel] for rel in names])
+    images_128 = framing.labelled_photos_from(names)
+    pixel = torch.tensor([course_clip.is_close_up(photos[rel]) for rel in names])
+    probe = framing.close_ups(images_128)
+    result = {"labelled": len(names), "close_ups": int(person.sum())}
+    for name, guess in (("pixel_rule", pixel), ("probe", probe), ("always_photo", torch.zeros_like(person))):
+        result[name] = int((guess == person).sum())
+    return result
+
+
 def main() -> int:
     labels = json.loads((HERE / "caption_labels.json").read_text())
     folder = find_data_root("flowers") / "flowers"
@@ -91,6 +110,17 @@ def main() -> int:
     lines += ["", "Its misses on the held-out sets:", "", "| photo | person | caption |", "|---|---|---|"]
     lines += [f"| {m['photo']} | {m['person']} | {m['caption']} |"
               for s in SETS[1:] for m in result[s]["misses"]]
+    framed = json.loads(framing.LABELS_PATH.read_text())
+    result["framing"] = {name: framing_agreement(framed[name], photos) for name in SETS}
+    lines += ["", "Close-up or not, against the person (course_lib/weights/framing_labels.json; the "
+              "probe was fitted on the tuning set, so only the held-out sets measure it):", "",
+              "| framing read by | " + " | ".join(SETS) + " |", "|---|---|---|---|"]
+    for key, label in (("always_photo", '"a photo", always'),
+                       ("pixel_rule", "the pixel rule (course_clip.is_close_up; before)"),
+                       ("probe", "a linear probe on the locked Lite0 (course_lib.framing; adopted)")):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{r[key]} of {r['labelled']} ({r[key] / r['labelled']:.0%})"
+            for r in (result["framing"][s] for s in SETS)) + " |")
     write_report("captions", lines, result)
     return 0
 

