@@ -864,3 +864,29 @@ def test_caption_colours_agree_with_the_person_as_the_documents_say():
     total = now["held_out"]["labelled"] + now["held_out_2"]["labelled"]
     assert (f"{both_now} of {total} ({both_now / total:.0%}) against {both_before} "
             f"({both_before / total:.0%})") in results
+
+
+def test_caption_framing_figures_are_the_stored_ones():
+    """RESULTS section 7: the linear probe on the locked Lite0 reads "close-up or not" as the person
+    does far more often than the pixel rule it replaced, on both held-out sets; the documents quote
+    bench/captions.json."""
+    import json
+    framed = json.loads((ROOT / "bench" / "captions.json").read_text())["framing"]
+    for name in ("held_out", "held_out_2"):
+        r = framed[name]
+        assert r["probe"] >= r["pixel_rule"] + 8 and r["probe"] >= r["always_photo"] + 8
+
+    def text(path):
+        return " ".join((ROOT / path).read_text().split())
+
+    def pct(name, key):
+        return f"{framed[name][key] / framed[name]['labelled']:.0%}"
+    walk, results = text("walkthroughs/05_CLIP_Walkthrough.md"), text("bench/RESULTS.md")
+    ho, ho2 = framed["held_out"], framed["held_out_2"]
+    assert (f"agrees on {ho['probe']} of {ho['labelled']} ({pct('held_out', 'probe')}) and "
+            f"{ho2['probe']} of {ho2['labelled']} ({pct('held_out_2', 'probe')})") in walk
+    assert f"agreed on {ho['pixel_rule']} of {ho['labelled']} and {ho2['pixel_rule']} of {ho2['labelled']}" in walk
+    assert f"agrees on {ho['probe']} of {ho['labelled']} ({pct('held_out', 'probe')}) and {ho2['probe']} of {ho2['labelled']}" in results
+    readme = text("README.md")
+    assert (f"on {pct('held_out', 'probe')} and {pct('held_out_2', 'probe')} "
+            f"({pct('held_out', 'pixel_rule')} and {pct('held_out_2', 'pixel_rule')} for the pixel rule") in readme
