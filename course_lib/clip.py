@@ -99,8 +99,8 @@ def is_close_up(image: torch.Tensor, colour: str | None = None) -> bool:
     """True when the flower's colour covers more than 40% of the whole picture.
 
     The pixel rule, the fallback of :func:`caption_photos` without the EfficientNet-Lite0 weights:
-    it cannot tell one big bloom from a field of small ones, and agrees with a person about as
-    often as always saying "a photo" (bench/captions.md)."""
+    it cannot tell one big bloom from a field of small ones, and agrees with a person little more
+    often than always saying "a photo" (bench/captions.md)."""
     colour = colour or dominant_colour(image)
     hue, sat, val = _hsv(image)
     if colour == "white":

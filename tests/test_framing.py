@@ -51,6 +51,8 @@ def test_close_ups_without_the_lite0_weights_fall_back_to_the_pixel_rule(monkeyp
         "a close-up photo of a yellow rose", "a close-up photo of a yellow tulip"]
     with pytest.raises(ValueError, match="RGB photos"):
         framing.close_ups(torch.zeros(2, 128, 128))
+    with pytest.raises(ValueError, match=r"at 128×128.*got 32×32"):
+        framing.close_ups(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="one of each per photo"):
         cl.caption_photos(yellow[None].repeat(2, 1, 1, 1), ["rose"], photos)
 

@@ -48,9 +48,14 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_shipped_weights_are_packaged():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["tool"]["setuptools"]["package-data"]["course_lib"] == ["weights/*.pt"]
-    assert sorted(p.name for p in (ROOT / "course_lib" / "weights").glob("*.pt")) == [
-        "fashion_mnist_classifier.pt", "flowers_classifier.pt", "mnist_classifier.pt"]
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["course_lib"]
+    assert patterns == ["weights/*.pt", "weights/*.json"]
+    shipped = sorted(p.name for p in (ROOT / "course_lib" / "weights").iterdir())
+    assert shipped == ["fashion_mnist_classifier.pt", "flowers_classifier.pt", "framing_labels.json",
+                       "framing_probe.pt", "mnist_classifier.pt"]
+    # every shipped file matches a package-data pattern, so a wheel carries it
+    assert all(any((ROOT / "course_lib" / "weights" / name).match(f"course_lib/{pattern}")
+                   for pattern in patterns) for name in shipped)
 
 
 def test_diffusers_is_a_test_only_extra_that_make_test_installs():
