@@ -67,8 +67,10 @@ def test_animation_has_one_frame_per_step():
     frames = [torch.full((4, 1, 8, 8), v) for v in (-1.0, 0.0, 1.0)]
     anim = viz.animate(frames, nrow=2, titles=["a", "b", "c"])
     assert len(list(anim.new_frame_seq())) == 3
+    # matplotlib's jshtml player embeds every frame as a base64 PNG (rendering it also keeps
+    # matplotlib from warning, when the object is collected, that it was never drawn)
+    assert anim.to_jshtml().count("data:image/png;base64") == 3
     html = viz.animation_html(frames, nrow=2).data
-    # matplotlib's jshtml player embeds every frame as a base64 PNG
     assert html.count("data:image/png;base64") == 3
 
 
