@@ -27,24 +27,14 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torchvision
 
 from course_lib import clip as course_clip
 from course_lib import framing
-from course_lib.data import find_data_root, image_transform
 from report import write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 SETS = ("tuning", "held_out", "held_out_2")
 WARM_SATURATIONS = (0.22, 0.3, 0.4, 0.5)   # 0.22: the rule before; the rows of the table
-
-
-def load_photos(labels: dict, folder: Path) -> dict:
-    """Every labelled photo as 05 loads it: 32×32, in [-1, 1]."""
-    to_32 = image_transform(32, 3)
-    return {rel: to_32(torchvision.io.decode_image(str(folder / rel),
-                                                   mode=torchvision.io.ImageReadMode.RGB))
-            for rel in labels}
 
 
 def agreement(labels: dict, photos: dict, warm_sat: float) -> dict:
@@ -80,8 +70,8 @@ def framing_agreement(labels: dict, photos: dict) -> dict:
 
 def main() -> int:
     labels = json.loads((HERE / "caption_labels.json").read_text())
-    folder = find_data_root("flowers") / "flowers"
-    photos = load_photos({rel: c for s in SETS for rel, c in labels[s].items()}, folder)
+    names = [rel for s in SETS for rel in labels[s]]
+    photos = dict(zip(names, framing.labelled_photos_from(names, size=32)))   # as 05 loads them
     adopted = course_clip.WARM_PETAL_SATURATION
     sweep = {str(ws): {name: agreement(labels[name], photos, ws) for name in SETS}
              for ws in WARM_SATURATIONS}

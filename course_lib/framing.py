@@ -109,14 +109,15 @@ def close_ups(photos: torch.Tensor, probe: FramingProbe | None = None,
     return probe.probability(lite0_features(photos, batch_size=batch_size)) > 0.5
 
 
-def labelled_photos_from(names: list[str]) -> torch.Tensor:
-    """Flower photos named "species/file.jpg", loaded as 05 loads them for framing (128 px)."""
+def labelled_photos_from(names: list[str], size: int = FRAMING_PX) -> torch.Tensor:
+    """Flower photos named "species/file.jpg", loaded as 05 loads them (short side resized,
+    centre-cropped to ``size``; 128 px for framing, 32 for the UNet and the caption colour)."""
     import torchvision
 
     from .data import find_data_root, image_transform
 
     folder = find_data_root("flowers") / "flowers"
-    to_px = image_transform(FRAMING_PX, 3)
+    to_px = image_transform(size, 3)
     return torch.stack([to_px(torchvision.io.decode_image(
         str(folder / rel), mode=torchvision.io.ImageReadMode.RGB)) for rel in names])
 
