@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from .config import downloads_allowed
 from .data import ImageContextDataset, to_display
 from .framing import close_ups
-from .image_tower import LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, lite0_weights, load_lite0
+from .image_tower import (LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, holds_lite0_weights, lite0_features,
+                          lite0_weights, load_lite0)
 from .storage import load_tensors, pinned_package_file, save_atomic
 from .train import History, train
 
@@ -188,6 +189,19 @@ class CourseClip:
         trunk = getattr(self.model.visual, "trunk", None)
         return trunk is not None and not any(p.requires_grad for p in trunk.parameters())
 
+    def reads_lite0_features(self, images: torch.Tensor) -> bool:
+        """True when the image tower is EfficientNet-Lite0 with its ImageNet weights unchanged
+        (as LiT locks it) and ``images`` are already its input (its size, values in [-1, 1],
+        which its normalisation leaves as they are): the tower's features are then
+        :func:`~course_lib.image_tower.lite0_features`, shared with 05's framing probe, and no
+        photo goes through the network twice."""
+        if not (self.vision_tower == "lite0"
+                and self.mean == self.std == (0.5,) * 3 and images.ndim == 4
+                and tuple(images.shape[1:]) == (3, self.image_size, self.image_size)):
+            return False
+        low, high = torch.aminmax(images) if images.numel() else (torch.tensor(0), torch.tensor(0))
+        return -1 <= low.item() and high.item() <= 1 and holds_lite0_weights(self.model.visual.trunk)
+
     def preprocess(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size (unless ``resize=False``) and normalisation."""
         x = (images.float().clamp(-1, 1) + 1) / 2
@@ -209,6 +223,10 @@ class CourseClip:
         when there are more than four batches). Batches of 64 keep memory low: through the
         EfficientNet tower at 128 px, batches of 256 held 1.5 GB more, and ran no faster."""
         self.model.eval()
+        device = next(self.model.parameters()).device
+        if self.reads_lite0_features(images):   # Lite0's pooled features -> the projection
+            features = lite0_features(images, batch_size, device=device).to(device)
+            return torch.nn.functional.normalize(self.model.visual.head(features), dim=-1).cpu()
         batches = images.split(batch_size)
         return torch.cat([self.encode_images(b).cpu() for b in
                           tqdm(batches, desc="CLIP image embeddings", disable=len(batches) <= 4)])
@@ -375,6 +393,8 @@ def _locked_image_features(clip: CourseClip, images: torch.Tensor, mirror: bool 
     batches, with a progress bar; with ``mirror`` the mirror images' follow (2N, width)."""
     trunk = clip.model.visual.trunk.eval()
     device = next(trunk.parameters()).device
+    if not mirror and clip.reads_lite0_features(images):
+        return lite0_features(images, batch_size, device=device)
     views = [[], []]
     for batch in tqdm(images.split(batch_size), desc="locked image tower"):
         x = clip.preprocess(batch).to(device)

@@ -14,12 +14,15 @@ what maps it into the shared space. The weights here:
 
 :func:`lite0_weights` finds the file and checks its SHA-256; :func:`timm_state_dict` renames its
 keys (one flat list of 16 blocks) to timm's (blocks grouped in 7 stages); :func:`load_lite0`
-fills a timm model with them, and :func:`lite0_features` reads photos' pooled features with it
-(what :mod:`course_lib.framing`'s probe reads). A test checks the conversion: the loaded network
+fills a timm model with them, and :func:`lite0_features` reads photos' pooled features with it,
+each photo once per session (what :mod:`course_lib.framing`'s probe reads, and 05's small CLIP,
+whose locked tower :func:`holds_lite0_weights` recognises). A test checks the conversion: the loaded network
 reads real daisy photos as ImageNet's class 985, "daisy".
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from pathlib import Path
 
@@ -98,15 +101,64 @@ def load_lite0(model: torch.nn.Module, path: str | Path | None = None) -> torch.
     return model
 
 
-def lite0_features(images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+@functools.lru_cache(maxsize=1)
+def _pretrained_state(path: Path) -> dict:
+    return timm_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def holds_lite0_weights(trunk: torch.nn.Module) -> bool:
+    """True when a trunk (timm's ``tf_efficientnet_lite0`` without its classifier) holds exactly
+    the pinned ImageNet weights and BatchNorm statistics: then its features are
+    :func:`lite0_features`' own. False without the weights installed."""
+    path = lite0_weights()
+    if path is None:
+        return False
+    state = {k: v for k, v in _pretrained_state(path).items() if not k.startswith("classifier.")}
+    own = {k: v for k, v in trunk.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return own.keys() == state.keys() and all(torch.equal(v.cpu(), state[k]) for k, v in own.items())
+
+
+# Each photo's features, kept for the rest of the session under a digest of its pixels: notebook
+# 05 reads the same photos for its captions' framing, its CLIP's training and its embeddings, and
+# the network runs over each photo once (at most MEMO_PHOTOS photos: 100 MB of features).
+_MEMO: dict[tuple, torch.Tensor] = {}
+MEMO_PHOTOS = 20_000
+
+
+def _photo_key(image: torch.Tensor) -> tuple:
+    pixels = image.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+    return tuple(image.shape), str(image.dtype), hashlib.sha1(pixels).hexdigest()
+
+
+def lite0_features(images: torch.Tensor, batch_size: int = 64,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The locked EfficientNet-Lite0's 1,280 average-pooled features of images (B, 3, H, W) in
-    [-1, 1] (the network's own input scaling), in batches, without gradients, on the CPU (a
-    one-off pass over a few thousand photos: under a minute on two cores)."""
+    [-1, 1] (the network's own input scaling), on the CPU (B, 1280), without gradients.
+
+    Photos it has read before in this session are not read again (a memo keyed by a digest of
+    each photo's pixels); the others go through the network on ``device``, in batches, with a
+    progress bar: a pass over a few thousand photos takes under a minute on two cores.
+    """
     import timm
     from tqdm.auto import tqdm
 
-    model = load_lite0(timm.create_model(LITE0_TIMM_NAME, pretrained=False, num_classes=0)).eval()
-    chunks = images.split(batch_size)
-    with torch.no_grad():
-        return torch.cat([model(chunk.float().cpu()) for chunk in
-                          tqdm(chunks, desc="Lite0 features", disable=len(chunks) < 4)])
+    keys = [_photo_key(image) for image in images]
+    first = {}                       # each photo not yet read -> its first index in ``images``
+    for i, key in enumerate(keys):
+        if key not in _MEMO:
+            first.setdefault(key, i)
+    new = {}
+    if first:
+        model = load_lite0(timm.create_model(LITE0_TIMM_NAME, pretrained=False, num_classes=0))
+        model = model.to(device).eval()
+        chunks = torch.tensor(list(first.values())).split(batch_size)
+        with torch.no_grad():
+            for chunk in tqdm(chunks, desc="Lite0 features", disable=len(chunks) < 4):
+                out = model(images[chunk].float().to(device)).cpu()
+                new.update(zip([keys[int(i)] for i in chunk], out))
+    features = torch.stack([new[k] if k in new else _MEMO[k] for k in keys]) if keys else \
+        torch.zeros(0, 1280)
+    if len(_MEMO) + len(new) > MEMO_PHOTOS:
+        _MEMO.clear()
+    _MEMO.update(new)
+    return features

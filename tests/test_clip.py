@@ -359,6 +359,30 @@ def test_locked_image_tower_reads_each_photo_once_or_twice(lite0, toy, monkeypat
         cl.train_small_clip(model, images, captions, steps=1, crop_scale=(0.5, 1.0))
 
 
+def test_a_lite0_clip_shares_the_photos_lite0_features(lite0, toy, monkeypatch):
+    """Photos at 128 px in [-1, 1] reach the locked tower as they are, so its features are
+    lite0_features' (read once per session, shared with the framing probe); anything else, or a
+    tower whose weights changed, goes through the tower itself, with the same result."""
+    from course_lib import image_tower as it
+
+    monkeypatch.setattr(it, "_MEMO", {})
+    photos = torch.nn.functional.interpolate(toy[0][:6], size=128, mode="bilinear")
+    model = cl.small_clip(cl.small_clip_config(embed_dim=16, width=32, layers=1, vision="lite0"))
+    assert model.reads_lite0_features(photos)
+    assert not model.reads_lite0_features(toy[0][:6])           # 32 px: resized first
+    assert not model.reads_lite0_features(photos * 1.5)          # outside [-1, 1]: clamped first
+    with torch.no_grad():
+        own = torch.nn.functional.normalize(model.model.eval().visual(model.preprocess(photos)),
+                                            dim=-1)
+    embedded = model.embed_images(photos)
+    assert torch.allclose(embedded, own, atol=1e-6) and len(it._MEMO) == 6
+    assert torch.equal(cl._locked_image_features(model, photos), it.lite0_features(photos))
+    with torch.no_grad():
+        model.model.visual.trunk.conv_stem.weight.mul_(2)
+    assert not model.reads_lite0_features(photos)
+    assert not torch.allclose(model.embed_images(photos), embedded, atol=1e-3)
+
+
 def test_lite0_clip_save_load_round_trip(lite0, tmp_path, toy):
     images, captions, _ = toy
     config = cl.small_clip_config(embed_dim=16, width=32, layers=1, vision="lite0")

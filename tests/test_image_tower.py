@@ -66,3 +66,38 @@ def test_lite0_reads_real_daisies_as_imagenet_daisies(lite0):
     with torch.no_grad():
         top1 = lite0(daisies).argmax(dim=1)
     assert (top1 == it.IMAGENET_DAISY).float().mean() >= 0.6
+
+
+def test_lite0_features_read_each_photo_once_per_session(weights, lite0, monkeypatch):
+    """The memo: photos already read come back without another pass, in the order asked, and
+    equal to the network's own pooled features; a changed photo is read again."""
+    monkeypatch.setattr(it, "_MEMO", {})
+    photos = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    built = []
+    load = it.load_lite0
+    monkeypatch.setattr(it, "load_lite0", lambda model, *a: built.append(1) or load(model, *a))
+    first = it.lite0_features(photos[:4])
+    with torch.no_grad():
+        assert torch.allclose(first, lite0.forward_head(lite0.forward_features(photos[:4]),
+                                                        pre_logits=True), atol=1e-5)
+    assert first.shape == (4, 1280) and len(built) == 1
+    again = it.lite0_features(photos[[3, 1, 1]])          # all read before: no network built
+    assert len(built) == 1 and torch.equal(again, first[[3, 1, 1]])
+    mixed = it.lite0_features(photos[2:6])                 # two new photos: one pass, for them
+    assert len(built) == 2 and torch.equal(mixed[:2], first[2:4]) and len(it._MEMO) == 6
+    changed = photos[:1].clone()
+    changed[0, 0, 0, 0] += 0.5
+    assert not torch.equal(it.lite0_features(changed), first[:1]) and len(built) == 3
+    monkeypatch.setattr(it, "MEMO_PHOTOS", 8)              # a full memo starts again
+    it.lite0_features(photos.flip(-1)[:3])
+    assert len(it._MEMO) == 3
+
+
+def test_holds_lite0_weights_tells_the_pretrained_trunk_from_a_changed_one(weights):
+    trunk = it.load_lite0(timm.create_model(it.LITE0_TIMM_NAME, pretrained=False, num_classes=0))
+    assert it.holds_lite0_weights(trunk)
+    with torch.no_grad():
+        trunk.conv_head.weight[0, 0] += 1e-3
+    assert not it.holds_lite0_weights(trunk)
+    assert not it.holds_lite0_weights(timm.create_model(it.LITE0_TIMM_NAME, pretrained=False,
+                                                        num_classes=0))   # ImageNet-free init
