@@ -15,9 +15,9 @@ what maps it into the shared space. The weights here:
 :func:`lite0_weights` finds the file and checks its SHA-256; :func:`timm_state_dict` renames its
 keys (one flat list of 16 blocks) to timm's (blocks grouped in 7 stages); :func:`load_lite0`
 fills a timm model with them, and :func:`lite0_features` reads photos' pooled features with it,
-each photo once per session (what :mod:`course_lib.framing`'s probe reads, and 05's small CLIP,
-whose locked tower :func:`holds_lite0_weights` recognises). A test checks the conversion: the loaded network
-reads real daisy photos as ImageNet's class 985, "daisy".
+each photo once per session: what :mod:`course_lib.framing`'s probe reads, and 05's small CLIP,
+whose locked tower :func:`holds_lite0_weights` recognises. A test checks the conversion: the
+loaded network reads real daisy photos as ImageNet's class 985, "daisy".
 """
 from __future__ import annotations
 
@@ -158,7 +158,8 @@ def lite0_features(images: torch.Tensor, batch_size: int = 64,
                 new.update(zip([keys[int(i)] for i in chunk], out))
     features = torch.stack([new[k] if k in new else _MEMO[k] for k in keys]) if keys else \
         torch.zeros(0, 1280)
-    if len(_MEMO) + len(new) > MEMO_PHOTOS:
+    if len(_MEMO) + len(new) > MEMO_PHOTOS:   # full: start again with this call's photos
         _MEMO.clear()
-    _MEMO.update(new)
+    if len(new) <= MEMO_PHOTOS:
+        _MEMO.update(new)
     return features

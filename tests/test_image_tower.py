@@ -91,6 +91,9 @@ def test_lite0_features_read_each_photo_once_per_session(weights, lite0, monkeyp
     monkeypatch.setattr(it, "MEMO_PHOTOS", 8)              # a full memo starts again
     it.lite0_features(photos.flip(-1)[:3])
     assert len(it._MEMO) == 3
+    monkeypatch.setattr(it, "MEMO_PHOTOS", 2)              # more than it may hold: none kept
+    it.lite0_features(photos.flip(-2)[:3])
+    assert len(it._MEMO) == 0
 
 
 def test_holds_lite0_weights_tells_the_pretrained_trunk_from_a_changed_one(weights):
