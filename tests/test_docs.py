@@ -54,6 +54,20 @@ def test_notebook_references_exist(doc):
                 f"{_headings(notebook)}")
 
 
+@pytest.mark.parametrize("doc", [*NOTEBOOKS, *sorted(ROOT.glob("walkthroughs/*.md"))],
+                         ids=lambda p: p.name)
+def test_numbered_sections_count_up_one_by_one(doc):
+    """Two "## 8." headings, or a gap, send a reader told "section 9" to the wrong place."""
+    if doc.suffix == ".ipynb":
+        cells = json.loads(doc.read_text())["cells"]
+        lines = [line for c in cells if c["cell_type"] == "markdown"
+                 for line in "".join(c["source"]).splitlines()]
+    else:
+        lines = doc.read_text().splitlines()
+    numbers = [int(m.group(1)) for line in lines if (m := re.match(r"## (\d+)\. ", line))]
+    assert numbers == list(range(1, len(numbers) + 1)), f"{doc.name}: sections numbered {numbers}"
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS[1:], ids=lambda p: p.stem)
 def test_each_notebook_has_walkthrough_and_answers(notebook):
     walk = ROOT / "walkthroughs" / f"{notebook.stem}_Walkthrough.md"
