@@ -449,6 +449,9 @@ class CFGDenoiser:
     Diffusion Models"), whose argument is that at the noisiest steps guidance drives every sample
     of a class towards the same layout and at the cleanest only sharpens what is already there.
     What it buys depends on the model: bench/RESULTS.md, section 15.
+    With ``c_neg`` (a sampler's extra argument like ``c``, one row per image) the prediction for
+    that context takes the place of eps(x, ∅): eps = (1 + w)·eps(x, c) − w·eps(x, c_neg) steers
+    towards ``c`` and away from ``c_neg``, the *negative prompt* of text-to-image tools.
     """
 
     def __init__(self, model: Callable, w: float = 1.0, rescale: float = 0.0,
@@ -470,16 +473,23 @@ class CFGDenoiser:
             return torch.ones_like(t, dtype=torch.bool)
         return (t >= self.interval[0]) & (t <= self.interval[1])
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
+                 c_neg: torch.Tensor | None = None) -> torch.Tensor:
         if len(c) != len(x):
             raise ValueError(f"context has {len(c)} rows for a batch of {len(x)} images")
+        if c_neg is not None and c_neg.shape != c.shape:
+            raise ValueError(f"the negative context must have the context's shape {tuple(c.shape)}, "
+                             f"got {tuple(c_neg.shape)}: one negative prompt per image")
+        if c_neg is not None and self.uncond is not None:
+            raise ValueError("a negative context replaces eps(x, ∅), which uncond gives: pass one")
         keep = torch.ones(len(x), 1, device=x.device)
         rows = self.guided_rows(t.expand(len(x)) if t.numel() == 1 else t)
         if not rows.any():
             return self.model(x, t, c=c, c_mask=keep)
-        if self.uncond is None:
-            mask = torch.cat((keep, torch.zeros_like(keep)))
-            eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, c)), c_mask=mask)
+        if self.uncond is None:   # the other half: c masked out (∅), or the negative context
+            other, other_mask = (c, torch.zeros_like(keep)) if c_neg is None else (c_neg, keep)
+            eps = self.model(torch.cat((x, x)), torch.cat((t, t)), c=torch.cat((c, other)),
+                             c_mask=torch.cat((keep, other_mask)))
             eps_cond, eps_uncond = eps.to(x.dtype).chunk(2)   # mix in x's precision (bf16 sampling)
         else:
             eps_cond = self.model(x, t, c=c, c_mask=keep).to(x.dtype)
@@ -600,7 +610,8 @@ def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], sche
                   disable: bool | None = None, rescale: float = 0.0,
                   bf16: bool | None = None, uncond: Callable | None = None,
                   interval: tuple[int, int] | None = None,
-                  projected: float | None = None) -> torch.Tensor:
+                  projected: float | None = None,
+                  negative: torch.Tensor | None = None) -> torch.Tensor:
     """Guided DDIM samples, one per row of the context ``c``: what 04 and 05 draw.
 
     The starting noise and every step's noise come from a CPU generator seeded with ``seed``, so
@@ -609,17 +620,21 @@ def sample_guided(model: Callable, c: torch.Tensor, shape: tuple[int, ...], sche
     unconditional prediction (default: ``model`` itself), ``interval`` its guidance interval
     (timesteps; :func:`guidance_interval` turns a range of noise levels σ into one). With
     ``projected`` = p, guidance is :class:`ProjectedGuidance` instead, keeping p of its part along
-    x̂₀ (0: none, as Sadat et al. 2025); it takes none of ``rescale``, ``uncond`` or ``interval``.
+    x̂₀ (0: none, as Sadat et al. 2025); it takes none of ``rescale``, ``uncond``, ``interval`` or
+    ``negative``. ``negative``: a context per row (a negative prompt's embedding, say) whose
+    prediction takes the place of the unconditional one, so that guidance steers away from it.
     """
     device = c.device
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(c), *shape, generator=generator).to(device)
+    extra_args = {"c": c} if negative is None else {"c": c, "c_neg": negative.to(device)}
     if projected is None:
         denoiser = CFGDenoiser(model, w, rescale, uncond, interval)
-    elif rescale or uncond is not None or interval is not None:
-        raise ValueError("projected guidance takes none of rescale, uncond or interval; pass one kind")
+    elif rescale or uncond is not None or interval is not None or negative is not None:
+        raise ValueError("projected guidance takes none of rescale, uncond, interval or negative; "
+                         "pass one kind")
     else:
         denoiser = ProjectedGuidance(model, schedule, w, parallel=projected)
     return sample_ddim(denoiser, x, schedule, steps=steps, eta=eta,
-                       extra_args={"c": c}, callback=callback, disable=disable,
+                       extra_args=extra_args, callback=callback, disable=disable,
                        generator=generator, clip_x0=clip_x0, bf16=bf16)

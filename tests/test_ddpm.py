@@ -365,6 +365,31 @@ def test_guidance_interval_guides_only_the_steps_inside_it():
                                                           seed=3, disable=True), atol=1e-4)
 
 
+def test_a_negative_context_takes_the_place_of_the_unconditional_prediction():
+    """CFGDenoiser with c_neg: (1 + w)·eps(x, c) − w·eps(x, c_neg), both unmasked; sample_guided
+    passes ``negative`` as that context; shapes that do not match, or a negative context with
+    another source of eps(x, ∅), are refused."""
+    model, x, t, c, cond = _small_cfg_model([2, 9, 15])
+    c_neg = c.flip(0)
+    with torch.no_grad():
+        neg = model(x, t, c=c_neg, c_mask=torch.ones(len(x), 1))
+        guided = ddpm.CFGDenoiser(model, 2.0)(x, t, c=c, c_neg=c_neg)
+        assert torch.allclose(guided, 3.0 * cond - 2.0 * neg, atol=1e-5)
+        assert not torch.allclose(guided, ddpm.CFGDenoiser(model, 2.0)(x, t, c=c), atol=1e-3)
+        with pytest.raises(ValueError, match="one negative prompt per image"):
+            ddpm.CFGDenoiser(model, 2.0)(x, t, c=c, c_neg=c_neg[:1])
+        with pytest.raises(ValueError, match="pass one"):
+            ddpm.CFGDenoiser(model, 2.0, uncond=model)(x, t, c=c, c_neg=c_neg)
+    s = ddpm.cosine_schedule(20)
+    plain = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True)
+    away = ddpm.sample_guided(model, c, (1, 8, 8), s, w=2.0, steps=5, seed=3, disable=True,
+                              negative=c_neg)
+    assert away.shape == plain.shape and not torch.allclose(away, plain, atol=1e-4)
+    with pytest.raises(ValueError, match="negative"):
+        ddpm.sample_guided(model, c, (1, 8, 8), s, steps=5, disable=True, negative=c_neg,
+                           projected=0.0)
+
+
 def test_cfg_can_take_its_unconditional_prediction_from_another_model():
     """CFGDenoiser(uncond=bad): (1 + w)·eps_good(x, c) − w·eps_bad(x, ∅), the bad model's own
     unconditional prediction; sample_guided passes it through."""
