@@ -890,3 +890,36 @@ def test_caption_framing_figures_are_the_stored_ones():
     readme = text("README.md")
     assert (f"on {pct('held_out', 'probe')} and {pct('held_out_2', 'probe')} "
             f"({pct('held_out', 'pixel_rule')} and {pct('held_out_2', 'pixel_rule')} for the pixel rule") in readme
+
+
+def test_05_negative_prompt_prose_quotes_its_stored_run():
+    """05's "What happened" after the negative-prompt demo, walkthrough 05 and answers 05 Q19
+    quote the demo's printed shares and red counts; a re-run that moves them must move the prose."""
+    import json
+    import re
+    printed = {m.group(1).strip(): (m.group(2), int(m.group(3))) for m in re.finditer(
+        r"^(.+?)\s+(\d+%) of \d+ read as a \w+;\s+(\d+) mostly red", _stored_text("05"), re.M)}
+    rose = printed["a photo of a red rose"]
+    tulip = printed["avoiding “a photo of a tulip”"]
+    red_tulip = printed["avoiding “a photo of a red tulip”"]
+    sunflower = printed["a photo of a yellow sunflower"]
+    sky = printed["avoiding “sunflowers against the sky”"]
+    cells = json.loads((ROOT / "notebooks" / "05_CLIP.ipynb").read_text())["cells"]
+    prose = next("".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+                 and "".join(c["source"]).startswith("**What happened.** In the stored run, avoiding"))
+    prose = " ".join(prose.split())
+    assert f"from {rose[0]} to {tulip[0]}" in prose and f"left it at {red_tulip[0]}" in prose
+    assert (f"{rose[1]} of the 40 plain samples are mostly red, {tulip[1]} with the first negative "
+            f"prompt and {red_tulip[1]} with the second") in prose
+    assert f"({sunflower[0]} to {sky[0]})" in prose
+    walk = " ".join((ROOT / "walkthroughs" / "05_CLIP_Walkthrough.md").read_text().split())
+    for quote in (f"a rose in {rose[0]} of 40 samples; avoiding \"a photo of a tulip\" makes that "
+                  f"{tulip[0]}", f"leaves {red_tulip[0]}",
+                  f"({rose[1]}, {tulip[1]} and {red_tulip[1]} of the 40 samples mostly red)",
+                  f"({sunflower[0]} to {sky[0]})"):
+        assert quote in walk, quote
+    answers = " ".join((ROOT / "answers" / "05_CLIP_Answers.md").read_text().split())
+    for quote in (f"read {sunflower[0]} of the plain samples as sunflowers and {sky[0]} with the",
+                  f"({rose[1]} of 40 samples mostly red, {red_tulip[1]} with the negative prompt)",
+                  f"from {rose[0]} to {tulip[0]}"):
+        assert quote in answers, quote
