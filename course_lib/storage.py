@@ -48,6 +48,12 @@ def save_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
+def tensor_bytes(tensor: torch.Tensor):
+    """A tensor's values as raw bytes (a uint8 view of its buffer, not a copy once it is
+    contiguous on the CPU), for hashing: ``hashlib.sha1(tensor_bytes(t))``."""
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+
+
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Read a file written by :func:`save_atomic`; tensors and plain containers only."""
     return torch.load(path, map_location=map_location, weights_only=True)
