@@ -145,9 +145,18 @@ def check_sinusoidal(fn):
 
 
 @checker("Rearrange pooling (03)")
-def check_rearrange_pool(fn):
+def check_rearrange_pool(fn, undo=None):
+    """``fn`` must equal the library's space-to-depth exactly; ``undo`` (depth-to-space), when
+    given, must give every image back exactly, from ``fn``'s output and from the library's."""
     x = torch.randn(2, 3, 8, 8)
-    return _close(fn(x), Rearrange("b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)(x), 0.0)
+    pooled = Rearrange("b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)(x)
+    ok, detail = _close(fn(x), pooled, 0.0)
+    if not ok or undo is None:
+        return ok, detail
+    back, detail = _close(undo(pooled), x, 0.0)
+    if not back:
+        return False, f"the pooling is right, but undoing it does not give the image back ({detail})"
+    return True, "pooled and undone exactly"
 
 
 @checker("ResidualConvBlock (03)")
@@ -249,12 +258,16 @@ def check_zero_shot(fn):
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(12, 16), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
-    got = fn(img * 3.0, txt * 0.5)         # not unit length: the function must normalise
+    lengths = torch.tensor([0.5, 4.0, 1.0, 0.25, 2.0])[:, None]   # prompts of unequal lengths
+    got = fn(img * 3.0, txt * lengths)     # not unit length: the function must normalise
     want = (img @ txt.T).argmax(dim=1)
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
         return False, f"expected a tensor of {len(img)} indices, got {getattr(got, 'shape', got)}"
     if torch.equal(got, (img @ txt.T).argmin(dim=1)):
         return False, "you picked the least similar prompt: use argmax"
+    if torch.equal(got.long(), (img @ (txt * lengths).T).argmax(dim=1)):
+        return False, ("you took the argmax of dot products: normalise the prompts too (a longer "
+                       "vector is not a closer one)")
     if not torch.equal(got.long(), want):
         return False, "indices differ: normalise both sets, then argmax of the cosine similarities"
     return True, "picks the most similar prompt for every image, whatever the vectors' lengths"

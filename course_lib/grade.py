@@ -8,10 +8,11 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
 1. **read** (:func:`read_submission`): a valid notebook, every cell's source text, no ``FIXME``;
 2. **execute** (:func:`execute`): in a bubblewrap sandbox (``course_lib/sandbox.py``), run the
    notebook top to bottom in a fresh kernel; its appended last cell exports ``sample_digits``
-   by value. Then, in a second, fresh sandboxed process that the notebook never ran in, the
-   grader's own code calls it twice with a hidden seed each and hidden labels (a random number
-   of each digit in a random order), then once more with every network weight shuffled
-   (``course_lib/grade_runner.py``);
+   by value. Then the grader's own code calls it three times, each in a fresh sandboxed process
+   that the notebook never ran in and a fresh copy of its folder: with hidden labels (a random
+   number of each digit in a random order) and a hidden seed, with a second seed on a fifth of
+   them, and with that fifth and seed again after every network weight is shuffled
+   (``course_lib/grade_runner.py``); nothing carries over between the calls;
 3. **judge** (:func:`judge`): outside the sandbox, read the samples file safely and check, with the
    verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
    afresh, not memorised, realistic, drawn from the notebook's network (none left once its
@@ -53,7 +54,9 @@ SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed:
 FIXME = re.compile(r"\bFIXME\b")
 NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
-SAMPLE_TIMEOUT = 1050.0            # seconds for the sampling step (three draws: 1.4x the first)
+SAMPLE_TIMEOUT = 1050.0            # seconds for the three draws (b and c: 1.5x a's time each, at most)
+DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
+FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
 
 
 @dataclass
@@ -227,7 +230,7 @@ def hidden_labels(n: int, rng: torch.Generator) -> list[int]:
 
 @dataclass
 class Run:
-    samples: Path
+    draws: dict[str, torch.Tensor]   # "a", "b", "c" (c: empty when that draw gave no pictures)
     labels: list[int]
     positions_b: list[int]
     seconds_running: float
@@ -256,9 +259,11 @@ def _memory_hint(opts: Options) -> str:
 
 
 def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
-    """Run the notebook, then sample with the grader's code, both sandboxed; Rejected on failure."""
+    """Run the notebook in ``workdir``, then draw three times with the grader's code, each in a
+    fresh sandboxed process and a fresh copy of ``workdir`` (:func:`_draw`); Rejected on failure."""
     import nbformat
 
+    draw_dir = workdir.with_name(workdir.name + "-draw")
     inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else workdir
     nbformat.write(nb, workdir / "submission.ipynb")
     sandbox.prepare_workdir(workdir, opts.slot)
@@ -280,23 +285,70 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
     positions_b = sorted(torch.randperm(len(labels), generator=rng)[
         :max(20, round(SECOND_DRAW * len(labels)))].tolist())
     seeds = torch.randint(0, 2**62, (3,), generator=rng).tolist()
-    for name in ("spec.json", "samples.pt"):
-        (workdir / name).unlink(missing_ok=True)
-    (workdir / "spec.json").write_text(json.dumps({
-        "seed_a": seeds[0], "seed_b": seeds[1], "seed_shuffle": seeds[2], "labels": labels,
-        "labels_b": [labels[i] for i in positions_b], "threads": opts.limits.threads}))
-    os.chmod(workdir / "spec.json", 0o444)
-    result_b = _sandboxed(_runner("sample", str(inside / "export.pkl"), str(inside / "spec.json"),
-                                  str(inside / "samples.pt")),
-                          workdir, opts.sample_timeout, opts, env)
-    if result_b.timed_out:
-        raise Rejected(f"time-out: sample_digits took longer than {opts.sample_timeout:.0f} s")
-    if result_b.returncode != 0:
-        reason = _last_line(result_b.stderr)
-        if result_b.returncode < 0 or "Killed" in reason:
-            reason += _memory_hint(opts)
-        raise Rejected(f"sampling failed: {reason}")
-    return Run(workdir / "samples.pt", labels, positions_b, result.seconds, result_b.seconds)
+    labels_b = [labels[i] for i in positions_b]
+    draws, seconds, a_seconds = {}, 0.0, 0.0
+    for name, seed, asked, shuffle in (("a", seeds[0], labels, False),
+                                       ("b", seeds[1], labels_b, False),
+                                       ("c", seeds[1], labels_b, True)):
+        # b and c get the same time, so that the sampler cannot tell them apart by it either
+        limit = (opts.sample_timeout if name == "a" else
+                 max(60.0, min(1.5 * a_seconds, (opts.sample_timeout - a_seconds) / 2)))
+        spec = {"seed": seed, "labels": asked, "shuffle": shuffle, "seed_shuffle": seeds[2],
+                "seconds": limit, "threads": opts.limits.threads}
+        draws[name], took = _draw(workdir, draw_dir, spec, opts, env)
+        seconds += took
+        a_seconds = a_seconds or took
+    return Run(draws, labels, positions_b, result.seconds, seconds)
+
+
+def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
+    """One call of ``sample_digits``, sandboxed, in a fresh copy of the notebook's folder; return
+    the pictures (read safely) and the seconds. Nothing one draw leaves reaches the next."""
+    inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else draw_dir
+    shutil.rmtree(draw_dir, ignore_errors=True)
+    copy_folder(workdir, draw_dir)
+    (draw_dir / "spec.json").write_text(json.dumps(spec))
+    sandbox.prepare_workdir(draw_dir, opts.slot)
+    result = _sandboxed(_runner("sample", str(inside / "export.pkl"), str(inside / "spec.json"),
+                                str(inside / "samples.pt")),
+                        draw_dir, spec["seconds"] + DRAW_STARTUP, opts, env)
+    try:
+        if spec["shuffle"]:   # the network without its weights may fail: no pictures, not a fault
+            ok = result.returncode == 0 and (draw_dir / "samples.pt").exists()
+            return (read_samples(draw_dir / "samples.pt") if ok else torch.empty(0)), result.seconds
+        if result.timed_out:
+            raise Rejected(f"time-out: sample_digits took longer than {spec['seconds']:.0f} s")
+        if result.returncode != 0:
+            reason = _last_line(result.stderr)
+            if result.returncode < 0 or "Killed" in reason:
+                reason += _memory_hint(opts)
+            raise Rejected(f"sampling failed: {reason}")
+        return read_samples(draw_dir / "samples.pt"), result.seconds
+    finally:
+        shutil.rmtree(draw_dir, ignore_errors=True)
+
+
+def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP) -> None:
+    """Copy the folder the notebook left: folders, regular files, and links as links (never
+    followed); anything else (a pipe would block the copy) is left out. Rejected above ``cap``."""
+    total = 0
+    dst.mkdir()
+    for root, dirs, files in os.walk(src):
+        here = dst / Path(root).relative_to(src)
+        for name in [*dirs, *files]:
+            path, target = Path(root, name), here / name
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                target.symlink_to(os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                target.mkdir()
+            elif stat.S_ISREG(info.st_mode):
+                total += info.st_size
+                if total > cap:
+                    raise Rejected(f"the notebook left more than {cap / 2**30:.0f} GiB of files in "
+                                   "its folder; each draw of sample_digits gets a copy, so delete "
+                                   "what sampling does not need")
+                shutil.copyfile(path, target, follow_symlinks=False)
 
 
 def _cell_error(path: Path, export_cell: int) -> str:
@@ -316,7 +368,7 @@ def _cell_error(path: Path, export_cell: int) -> str:
 def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
     """Check the three draws and score the first; Rejected on any failed check."""
     start = time.perf_counter()
-    draws = read_samples(run.samples)
+    draws = run.draws
     labels = torch.tensor(run.labels)
     check_samples(draws["a"], len(labels))
     check_samples(draws["b"], len(run.positions_b))
@@ -388,13 +440,14 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     global _JUDGE
     report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
                     threshold=opts.threshold,
-                    sandbox="bubblewrap" if opts.use_sandbox else "NONE (--no-sandbox)")
+                    sandbox=sandbox_label(opts.use_sandbox))
     rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
     try:
         nb = read_submission(copy)
         _JUDGE = _JUDGE or load_judge()
         with tempfile.TemporaryDirectory(prefix="work-", dir=copy.parent) as tmp:
-            run = execute(nb, Path(tmp), opts, rng)
+            (Path(tmp) / "notebook").mkdir()
+            run = execute(nb, Path(tmp) / "notebook", opts, rng)
             report.seconds_running, report.seconds_sampling = run.seconds_running, run.seconds_sampling
             judge(run, _JUDGE, report, opts)
         report.status = PASS
@@ -406,6 +459,19 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
     return report
+
+
+def sandbox_label(use_sandbox: bool) -> str:
+    """How the report names the isolation: without root, the sandbox runs as the grader's uid."""
+    if not use_sandbox:
+        return "NONE (--no-sandbox)"
+    return "bubblewrap" if os.geteuid() == 0 else "bubblewrap, as your own uid (not root)"
+
+
+NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid inside the sandbox "
+            "(read-only files, no network, homes hidden) instead of a separate unprivileged uid: "
+            "the process limit then counts your own processes too, and leftovers are killed only "
+            "through the sandbox's PID namespace. Grade with sudo for the full isolation.")
 
 
 def write_report(report: Report, out: Path) -> Path:
@@ -487,6 +553,8 @@ def main(argv=None) -> int:
         except sandbox.SandboxUnavailable as err:
             print(f"could not grade: {err}", file=sys.stderr)
             return 2
+        if os.geteuid() != 0:
+            print(NOT_ROOT, file=sys.stderr)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix="course-grade-"))

@@ -18,7 +18,8 @@ A pass must show *generated* digits:
   digits must stay within ``FRECHET_RATIO`` times what real digits with the same labels reach
   (fonts and class means are far off);
 - **drawn from the network**: the grader draws once more with every network weight shuffled
-  (``course_lib/grade_runner.py::shuffle_weights``); fewer than ``SHUFFLED_LIMIT`` of those
+  (``course_lib/grade_runner.py::shuffle_weights``), in a fresh process that the sampler cannot
+  tell from the second draw's; fewer than ``SHUFFLED_LIMIT`` of those
   pictures may read as the digits asked for (stored, warped or hand-made pictures do not need
   the weights, and keep their digits);
 - **read as the digit asked for**, by the judge, at the threshold (default 95%).
@@ -154,8 +155,8 @@ def time_limit(seconds: float, what: str):
         signal.signal(signal.SIGALRM, old)
 
 
-def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS) -> dict:
-    """The three draws saved in the sandbox: no links, no pipes, nothing huge, no code."""
+def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS):
+    """One draw's pictures, saved in the sandbox: no links, no pipes, nothing huge, no code."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -179,9 +180,9 @@ def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECON
         except Exception as err:
             raise Rejected(f"the samples file holds something other than plain tensors "
                            f"({type(err).__name__}); sample_digits must return a torch.Tensor") from None
-    if not isinstance(draws, dict) or set(draws) != {"a", "b", "c"}:
-        raise Rejected("the samples file does not hold the grader's three draws")
-    return draws
+    if not isinstance(draws, dict) or set(draws) != {"images"}:
+        raise Rejected("the samples file does not hold the grader's draw")
+    return draws["images"]
 
 
 # --- what the samples must show -------------------------------------------------------------------

@@ -1,15 +1,16 @@
-"""What runs inside the grading sandbox (``course_lib/sandbox.py``), in two fresh processes.
+"""What runs inside the grading sandbox (``course_lib/sandbox.py``), each step a fresh process.
 
 1. ``execute NOTEBOOK EXPORT RESULT``: run the notebook top to bottom in a new Jupyter kernel. Its
    last cell (appended by the grader) exports ``sample_digits`` *by value*, with the model, tensors
    and helper functions it uses, to EXPORT. On a failing cell, RESULT gets the cell and the error.
-2. ``sample EXPORT SPEC OUT``: a new Python process (no IPython, no input transformers, none of
-   the notebook's monkeypatches) loads the export and calls ``sample_digits`` itself with the
-   labels and seeds of SPEC, which the grader writes only after step 1's processes are all gone;
-   it saves two draws to OUT, then a third with every network weight shuffled
-   (:func:`shuffle_weights`): a sampler that draws from its network has no digits left to draw,
-   one that returns stored or hand-made pictures draws the same kind as before. The grader then
-   judges OUT from outside the sandbox.
+2. ``sample EXPORT SPEC OUT``, three times (:func:`sample`), each in a fresh copy of the folder
+   step 1 left: a new Python process (no IPython, no input transformers, none of the notebook's
+   monkeypatches) loads the export and calls ``sample_digits`` itself with the labels and seed of
+   SPEC, which the grader writes only after step 1's processes are all gone. The third draw
+   repeats the second after every network weight is shuffled (:func:`shuffle_weights`): a
+   sampler that draws from its network has no digits left to draw, one that returns stored or
+   hand-made pictures draws the same kind as before, and it cannot tell the two draws apart by
+   counting its calls. The grader then judges each OUT from outside the sandbox.
 
 So the code that asks for the graded samples is the grader's; what the submission controls is
 ``sample_digits`` and what it uses, and that is what the grader's checks judge.
@@ -173,33 +174,32 @@ def execute(notebook: str, export_path: str, result: str) -> int:
 
 
 def sample(export_path: str, spec_path: str, out: str) -> int:
-    """Fresh process: load the export, draw the grader's samples, save them as plain tensors.
+    """Fresh process, one draw: load the export, call ``sample_digits``, save the pictures.
 
-    Draws ``a`` (every label, ``seed_a``) and ``b`` (a fifth, ``seed_b``), then ``c``: draw ``b``
-    again after :func:`shuffle_weights` (an empty tensor if that call gives no pictures).
+    The grader runs this three times, each in a fresh copy of the notebook's folder, with the same
+    command line: draw ``a`` (every label, the first seed), ``b`` (a fifth of them, the second
+    seed) and ``c`` (``b``'s labels and seed again, after :func:`shuffle_weights`). Nothing
+    carries over from one draw to the next, and SPEC is deleted before the export is loaded, so
+    ``sample_digits`` sees ``b`` and ``c`` alike: it cannot count its calls, or read which draw
+    it is in, to cheat only in ``c``. A ``c`` call that raises or runs past its time gives no
+    pictures (an empty tensor); in ``a`` and ``b`` either one is the submission's failure.
     """
     import torch
 
     spec = json.loads(Path(spec_path).read_text())
+    Path(spec_path).unlink()
     save, manual_seed = torch.save, torch.manual_seed  # taken before any submission code runs
     torch.set_num_threads(int(spec.get("threads", 1)))
+    generator = torch.Generator().manual_seed(spec["seed_shuffle"])
+    shuffled = bool(spec["shuffle"])
     with open(export_path, "rb") as file:
         sample_digits = pickle.load(file)
-    draws = {}
-    for name, seed, labels in (("a", spec["seed_a"], spec["labels"]),
-                               ("b", spec["seed_b"], spec["labels_b"])):
-        manual_seed(seed)
-        start = time.perf_counter()
-        with torch.no_grad():
-            images = sample_digits(torch.tensor(labels))
-        draws[name] = _plain(images)
-    seconds_b = time.perf_counter() - start
-    generator = torch.Generator().manual_seed(spec["seed_shuffle"])
-    shuffle_weights(generator)
-    manual_seed(spec["seed_b"])
-    with _loads_shuffled(generator):
-        draws["c"] = _shuffled_draw(sample_digits, spec["labels_b"], max(60.0, 3 * seconds_b))
-    save(draws, out)
+    if shuffled:
+        shuffle_weights(generator)
+    manual_seed(spec["seed"])
+    with _reloads_shuffled(generator if shuffled else None):
+        images = _draw(sample_digits, spec["labels"], float(spec["seconds"]), forgiving=shuffled)
+    save({"images": images}, out)
     return 0
 
 
@@ -236,8 +236,9 @@ def shuffle_weights(generator) -> int:
 
 
 @contextmanager
-def _loads_shuffled(generator):
-    """While inside, weights that ``sample_digits`` loads from a file are shuffled as well.
+def _reloads_shuffled(generator):
+    """While inside, weights that ``sample_digits`` loads from a file are shuffled as well (when
+    ``generator`` is given; in the draws without shuffling the same wrappers only pass through).
 
     An honest sampler may reload its network (``model.load_state_dict(torch.load(path))``) on
     every call; the shuffled draw must not get the trained weights back that way.
@@ -248,12 +249,14 @@ def _loads_shuffled(generator):
 
     def load_then_shuffle(*args, **kwargs):
         loaded = load(*args, **kwargs)
-        shuffle_weights(generator)
+        if generator is not None:
+            shuffle_weights(generator)
         return loaded
 
     def load_state_dict_then_shuffle(module, *args, **kwargs):
         result = load_state_dict(module, *args, **kwargs)
-        shuffle_weights(generator)
+        if generator is not None:
+            shuffle_weights(generator)
         return result
 
     torch.load, torch.nn.Module.load_state_dict = load_then_shuffle, load_state_dict_then_shuffle
@@ -263,18 +266,23 @@ def _loads_shuffled(generator):
         torch.load, torch.nn.Module.load_state_dict = load, load_state_dict
 
 
-def _shuffled_draw(sample_digits, labels, seconds: float):
-    """Draw ``labels`` once more within ``seconds``; an empty tensor if that gives no pictures."""
+def _draw(sample_digits, labels, seconds: float, forgiving: bool = False):
+    """Call ``sample_digits(labels)`` within ``seconds``. ``forgiving`` (the draw with shuffled
+    weights): an error or the time running out gives an empty tensor, no pictures."""
     import torch
 
-    from .grade_checks import time_limit
+    from .grade_checks import Rejected, time_limit
 
     try:   # the alarm, even one that fires as time_limit disarms it, ends up in the except
-        with time_limit(seconds, "the draw with shuffled weights"), torch.no_grad():
+        with time_limit(seconds, "sample_digits"), torch.no_grad():
             images = sample_digits(torch.tensor(labels))
         return _plain(images)
-    except Exception:  # a network that lost its weights may well fail or hang: no digits
-        return torch.empty(0)
+    except Exception as err:  # a network that lost its weights may well fail or hang: no digits
+        if forgiving:
+            return torch.empty(0)
+        if isinstance(err, Rejected):
+            raise RuntimeError(f"GRADER: time-out: {err.reason}") from None
+        raise
 
 
 def _plain(images):

@@ -136,6 +136,19 @@ def test_stored_progress_bars_read_as_finished():
                 assert not re.search(r"\|\s*0/\d+ \[", text), f"{notebook.name}: stored bar {text!r}"
 
 
+def test_stored_figures_are_pictures_not_their_text():
+    """A figure that reached the notebook only as "<Figure size 1800x130 with 1 Axes>" was never
+    drawn (no ``%matplotlib inline``): the reader sees no picture."""
+    import json
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(json.loads(notebook.read_text())["cells"]):
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                text = "".join(data.get("text/plain", ""))
+                assert "image/png" in data or not text.startswith("<Figure size"), \
+                    f"{notebook.name} cell {i}: a figure stored as text only: {text!r}"
+
+
 def test_fixed_model_training_runs_the_extra_averages_after_every_step(monkeypatch):
     """bench/ema_decay.py keeps its extra weight averages through this hook: one call per step."""
     import torch

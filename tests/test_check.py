@@ -11,8 +11,8 @@ from course_lib.conditioning import keep_mask, one_hot
 from course_lib.ddpm import add_noise, ddim_step, ddpm_step
 
 
-def verdict(capsys, fn, answer):
-    ok = fn(answer)
+def verdict(capsys, fn, *answer):
+    ok = fn(*answer)
     return ok, capsys.readouterr().out
 
 
@@ -104,6 +104,11 @@ def test_sinusoidal_and_rearrange(capsys):
     bad = lambda x: rearrange(x, "b c (h p1) (w p2) -> b (p1 p2 c) h w", p1=2, p2=2)  # noqa
     assert verdict(capsys, check.check_rearrange_pool, good)[0]
     assert not verdict(capsys, check.check_rearrange_pool, bad)[0]
+    undo = lambda y: rearrange(y, "b (c p1 p2) h w -> b c (h p1) (w p2)", p1=2, p2=2)  # noqa
+    undo_wrong = lambda y: rearrange(y, "b (p1 p2 c) h w -> b c (h p1) (w p2)", p1=2, p2=2)  # noqa
+    assert verdict(capsys, check.check_rearrange_pool, good, undo)[0]
+    ok, said = verdict(capsys, check.check_rearrange_pool, good, undo_wrong)
+    assert not ok and "undoing it" in said
 
 
 def test_residual_block(capsys):
@@ -191,6 +196,10 @@ def test_clip_loss_and_zero_shot(capsys):
     assert verdict(capsys, check.check_zero_shot, right)[0]
     ok, out = verdict(capsys, check.check_zero_shot, argmin)
     assert not ok and "argmax" in out
+    ok, out = verdict(capsys, check.check_zero_shot, lambda img, txt: (img @ txt.T).argmax(dim=1))
+    assert not ok and "normalise the prompts" in out                  # dot products, unnormalised
+    only_images = lambda img, txt: (nn.functional.normalize(img, dim=1) @ txt.T).argmax(dim=1)  # noqa
+    assert not verdict(capsys, check.check_zero_shot, only_images)[0]
 
 
 @pytest.mark.parametrize("name", [n for n in dir(check) if n.startswith("check_")])

@@ -108,10 +108,9 @@ def _save(path, obj):
 
 
 def test_read_samples_refuses_links_pipes_big_files_and_code(tmp_path):
-    good = _save(tmp_path / "good.pt", {"a": torch.zeros(2, 1, 28, 28), "b": torch.zeros(1, 1, 28, 28),
-                                        "c": torch.empty(0)})
-    assert set(grade_checks.read_samples(good)) == {"a", "b", "c"}
-    with pytest.raises(Rejected, match="three draws"):
+    good = _save(tmp_path / "good.pt", {"images": torch.zeros(2, 1, 28, 28)})
+    assert grade_checks.read_samples(good).shape == (2, 1, 28, 28)
+    with pytest.raises(Rejected, match="the grader's draw"):
         grade_checks.read_samples(_save(tmp_path / "two.pt", {"a": torch.zeros(1), "b": torch.zeros(1)}))
     (tmp_path / "link.pt").symlink_to(good)
     with pytest.raises(Rejected, match="cannot be opened"):
@@ -125,7 +124,7 @@ def test_read_samples_refuses_links_pipes_big_files_and_code(tmp_path):
     class Payload:
         def __reduce__(self):
             return (os.system, ("touch /tmp/pwned-by-grader-test",))
-    evil = _save(tmp_path / "evil.pt", {"a": Payload(), "b": torch.zeros(1)})
+    evil = _save(tmp_path / "evil.pt", {"images": Payload()})
     with pytest.raises(Rejected) as err:
         grade_checks.read_samples(evil)
     assert "weights_only=False" not in err.value.reason and not os.path.exists(
@@ -204,7 +203,7 @@ def test_answer_key_fills_every_exercise():
     assert not any("raises-exception" in c.metadata.get("tags", []) for c in nb.cells)
 
 
-# --- the sampling step: two draws, then one with shuffled weights ---------------------------------
+# --- the sampling step: each draw a fresh process, the third with shuffled weights --------------
 
 EXPORT = """import torch
 from course_lib import grade_runner
@@ -226,6 +225,15 @@ def reloads_its_network(labels):               # honest, if wasteful: the weight
     net.load_state_dict(torch.load("net.pt"))
     return from_network(labels)
 
+def sleeps(labels):
+    __import__("time").sleep(30)
+
+calls = [0]
+
+def counts_its_calls(labels):                  # a cheat would return noise on the third call
+    calls[0] += 1
+    return torch.full((len(labels), 1, 28, 28), float(calls[0]))
+
 def fails_without_its_weights(labels):
     if net.weight[0, 0].item() != first:
         raise RuntimeError("weights changed")
@@ -235,28 +243,43 @@ grade_runner.export({{"sample_digits": {name}}}, {path!r})
 """
 
 
-def _sample(tmp_path, name):
-    """Export sample_digits as the notebook's last cell would, then run the grader's sampling step."""
+def _sample(tmp_path, name, shuffle=False, labels=tuple(range(10)), seconds=60.0):
+    """Export sample_digits as the notebook's last cell would, then run one of the grader's draws
+    (a fresh process, as the grader runs each); return its pictures."""
     export, spec, out = tmp_path / f"{name}.pkl", tmp_path / "spec.json", tmp_path / f"{name}.pt"
-    subprocess.run([sys.executable, "-c", EXPORT.format(name=name, path=str(export))], check=True,
-                   cwd=tmp_path)
-    spec.write_text(json.dumps({"seed_a": 1, "seed_b": 2, "seed_shuffle": 3,
-                                "labels": list(range(10)) * 2, "labels_b": list(range(10))}))
-    subprocess.run([sys.executable, "-m", "course_lib.grade_runner", "sample", str(export),
-                    str(spec), str(out)], check=True, timeout=300, cwd=tmp_path)
-    return torch.load(out, weights_only=True)
+    if not export.exists():
+        subprocess.run([sys.executable, "-c", EXPORT.format(name=name, path=str(export))],
+                       check=True, cwd=tmp_path)
+    spec.write_text(json.dumps({"seed": 2, "labels": list(labels), "shuffle": shuffle,
+                                "seed_shuffle": 3, "seconds": seconds}))
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grade_runner", "sample", str(export),
+                           str(spec), str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert not spec.exists()    # gone before the submission's code loaded: it cannot read which draw
+    if proc.returncode:
+        return proc.stderr
+    return torch.load(out, weights_only=True)["images"]
 
 
 def test_sampling_step_draws_again_with_every_network_weight_shuffled(tmp_path):
-    stored = _sample(tmp_path, "from_stored")
-    assert stored["a"].shape == (20, 1, 28, 28) and stored["b"].shape == (10, 1, 28, 28)
-    assert torch.equal(stored["c"], stored["b"])       # same seed, no network: the same pictures
-    drawn = _sample(tmp_path, "from_network")
-    assert drawn["c"].shape == drawn["b"].shape and (drawn["c"] - drawn["b"]).abs().mean() > 0.1
-    assert _sample(tmp_path, "fails_without_its_weights")["c"].numel() == 0   # no pictures
-    reloaded = _sample(tmp_path, "reloads_its_network")     # the reloaded weights are shuffled too
-    assert (reloaded["c"] - reloaded["b"]).abs().mean() > 0.1
-    assert torch.allclose(reloaded["b"], drawn["b"])        # and before the shuffle it drew as before
+    b, c = _sample(tmp_path, "from_stored"), _sample(tmp_path, "from_stored", shuffle=True)
+    assert b.shape == (10, 1, 28, 28) and torch.equal(c, b)   # same seed, no network: same pictures
+    b, c = _sample(tmp_path, "from_network"), _sample(tmp_path, "from_network", shuffle=True)
+    assert c.shape == b.shape and (c - b).abs().mean() > 0.1
+    assert _sample(tmp_path, "fails_without_its_weights", shuffle=True).numel() == 0  # no pictures
+    reloaded = _sample(tmp_path, "reloads_its_network", shuffle=True)  # reloaded weights: shuffled too
+    assert (reloaded - b).abs().mean() > 0.1
+    assert torch.allclose(_sample(tmp_path, "reloads_its_network"), b)  # unshuffled: drew as before
+
+
+def test_draws_without_shuffling_fail_loudly_and_cannot_tell_which_draw_they_are(tmp_path):
+    """The draws the grader scores: an error or a time-out is the submission's failure (the
+    shuffled draw forgives both), and ``sample_digits`` sees no count of its calls."""
+    assert _sample(tmp_path, "fails_without_its_weights").shape == (10, 1, 28, 28)  # unshuffled
+    assert "time-out: sample_digits took longer than 1 s" in _sample(tmp_path, "sleeps", seconds=1)
+    assert _sample(tmp_path, "sleeps", shuffle=True, seconds=1).numel() == 0
+    first, again = _sample(tmp_path, "counts_its_calls"), _sample(tmp_path, "counts_its_calls")
+    assert torch.equal(first, again) and first.unique().tolist() == [1.0]    # each process: call 1
 
 
 def test_shuffle_weights_keeps_values_and_loses_their_order():
@@ -282,14 +305,18 @@ print(n)
     assert int(proc.stdout.split()[-1]) >= 5       # 2 Linear + 2 BatchNorm affine + plain_weight
 
 
-def test_shuffled_draw_gives_no_pictures_when_the_sampler_fails_or_runs_too_long():
-    from course_lib import grade_runner
-
-    assert grade_runner._shuffled_draw(lambda labels: 1 / 0, [1, 2], 5).numel() == 0
-    slow = grade_runner._shuffled_draw(lambda labels: __import__("time").sleep(30), [1], 1)
-    assert slow.numel() == 0
-    drawn = grade_runner._shuffled_draw(lambda labels: torch.zeros(len(labels), 1, 28, 28), [1, 2], 5)
-    assert drawn.shape == (2, 1, 28, 28)
+def test_copy_folder_copies_files_and_links_never_pipes_nor_too_much(tmp_path):
+    src, dst = tmp_path / "notebook", tmp_path / "draw"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "net.pt").write_bytes(b"x" * 100)
+    (src / "link").symlink_to("/etc/passwd")
+    os.mkfifo(src / "pipe")              # copying it would block the grader
+    grade.copy_folder(src, dst)
+    assert (dst / "sub" / "net.pt").read_bytes() == b"x" * 100
+    assert (dst / "link").is_symlink() and os.readlink(dst / "link") == "/etc/passwd"
+    assert not (dst / "pipe").exists()
+    with pytest.raises(Rejected, match="delete what sampling does not need"):
+        grade.copy_folder(src, tmp_path / "small", cap=50)
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each notebook attacks the grader one way: tampering with the judge, other students' notebooks or
 reports, the network, the instructor's secrets; leaving processes behind; replacing what is
 graded (monkeypatched ``torch.save``, an IPython input transformer, cheating only when it detects
-grading); and passing without a model (stored, shifted, blurred or elastically warped training
+grading, or only in the draw it guesses has shuffled weights, by counting its calls in memory or
+in a file); and passing without a model (stored, shifted, blurred or elastically warped training
 digits, fonts, fixed pictures). Every one must end as a FAIL (exit 1) with the reason that shows
 the attack was blocked or caught, and nothing of the instructor's or of another submission may
 change.
@@ -137,6 +138,15 @@ def cohort(tmp_path_factory, request):
     _write(subs / "i_fonts.ipynb", cheat("fonts"))
     _write(subs / "j_fixed.ipynb", cheat("class_means", fixed=True))
     _write(subs / "k_memory.ipynb", "x = bytearray(20 * 2**30)")
+    _write(subs / "m_counter.ipynb",  # warped digits, noise on the third call (the shuffled one)
+           "import torch\n_calls = [0]\n" + cheat("elastic").replace(
+               "    return cheats", "    _calls[0] += 1\n    if _calls[0] == 3:\n"
+               "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
+    _write(subs / "n_file_counter.ipynb",  # the same, counting its calls in a file of its folder
+           "import torch\n" + cheat("elastic").replace(
+               "    return cheats", "    import os\n    n = os.path.getsize('calls') if os.path.exists("
+               "'calls') else 0\n    open('calls', 'a').write('x')\n    if n == 2:\n"
+               "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
     _write(subs / "l_elastic.ipynb",  # warped training digits: new handwriting to every other check
            "import torch\nnet = torch.nn.Linear(4, 4)   # a network it never uses\n" + cheat("elastic"))
 
@@ -167,6 +177,8 @@ EXPECTED = {
     "j_fixed": "same with another seed",
     "k_memory": "MemoryError",
     "l_elastic": "do not come from the notebook's network",   # its digits outlive shuffled weights
+    "m_counter": "do not come from the notebook's network",   # each draw is a fresh process: no count
+    "n_file_counter": "do not come from the notebook's network",  # and a fresh copy of its folder
 }
 
 
@@ -186,4 +198,5 @@ def test_vandal_is_blocked_everywhere(cohort):
 def test_nothing_left_running_and_a_clean_summary(cohort):
     assert cohort["left"] == "", f"sandbox processes survived: {cohort['left']}"
     assert cohort["code"] == 1, cohort["out"][-3000:]
-    assert "12 submissions: 0 pass, 12 fail, 0 could not grade" in cohort["out"]
+    assert f"{len(EXPECTED) + 1} submissions: 0 pass, {len(EXPECTED) + 1} fail, 0 could not grade" \
+        in cohort["out"]
