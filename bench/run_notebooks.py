@@ -41,13 +41,13 @@ HEADLINES = {
     "04": [r"w = \+0\.0: \d+ samples: \d+% recognisable, (\d+%) as the requested class",
            r"w = \+2\.0: \d+ samples: \d+% recognisable, (\d+%) as the requested class"],
     "05": [r"THIS RUN USES: (.*)", r"zero-shot species accuracy (\S+)",
-           r"CLIP score, own prompt: +(\S+)", r"CLIP score, shuffled prompt: +(\S+)"],
+           r"CLIP score, own prompt: +(\S+)", r"CLIP score, shifted prompt: +(\S+)"],
 }
 HEADLINE_FORMAT = {
     "02": "DDPM: {0}; final loss {1}",
     "03": "fix: {0}; autoguided: {1}",
     "04": "requested class recognised: {0} at w = 0, {1} at w = 2",
-    "05": "{0}: zero-shot species {1}; CLIP score {2} (shuffled prompts {3})",
+    "05": "{0}: zero-shot species {1}; CLIP score {2} (shifted prompts {3})",
 }
 
 

@@ -65,12 +65,21 @@ def _same_module(student: torch.nn.Module, reference: torch.nn.Module, *inputs):
 
 @checker("add_noise (01)")
 def check_add_noise(fn):
+    """One amount for the batch (as ``add_noise``), then one amount per image, shape (B,)."""
     x, noise = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
     for amount in (0.0, 0.5, 0.8):
         ok, detail = _close(fn(x, amount, noise), add_noise(x, amount, noise))
         if not ok:
             return False, f"amount={amount}: {detail}"
-    return True, "matches for amounts 0, 0.5 and 0.8"
+    amounts = torch.tensor([0.0, 0.3, 0.6, 1.0])
+    try:
+        ok, detail = _close(fn(x, amounts, noise), add_noise(x, amounts, noise))
+    except RuntimeError as err:
+        ok, detail = False, str(err).splitlines()[0]
+    if not ok:
+        return False, (f"one amount per image {amounts.tolist()}: {detail}; a (B,) tensor must "
+                       "broadcast over each image's (C, H, W)")
+    return True, "matches for amounts 0, 0.5 and 0.8, and for one amount per image"
 
 
 @checker("DownBlock (01)")

@@ -33,12 +33,21 @@ Denoiser = Callable[..., torch.Tensor]   # model(x_t, t, **extra_args) -> eps
 
 # --- 01: the fixed mix -------------------------------------------------------------------------
 
-def add_noise(x: torch.Tensor, amount: float = 0.5, noise: torch.Tensor | None = None):
-    """01's corruption: (1 - amount)·x + amount·eps. Not variance-preserving (0.5² + 0.5² ≠ 1)."""
-    if not 0.0 <= amount <= 1.0:
+def add_noise(x: torch.Tensor, amount: float | torch.Tensor = 0.5,
+              noise: torch.Tensor | None = None):
+    """01's corruption: (1 - amount)·x + amount·eps. Not variance-preserving (0.5² + 0.5² ≠ 1).
+
+    ``amount``: one number for the batch, or a (B,) tensor with one amount per image.
+    """
+    a = torch.as_tensor(amount, dtype=x.dtype, device=x.device)
+    if a.ndim > 1 or (a.ndim == 1 and len(a) != len(x)):
+        raise ValueError(f"amount must be a number or one per image, shape ({len(x)},); got "
+                         f"shape {tuple(a.shape)}")
+    if not bool(((a >= 0) & (a <= 1)).all()):
         raise ValueError(f"amount must be in [0, 1], got {amount}")
+    a = a.reshape(-1, *[1] * (x.ndim - 1)) if a.ndim == 1 else a
     noise = torch.randn_like(x) if noise is None else noise
-    return (1 - amount) * x + amount * noise
+    return (1 - a) * x + a * noise
 
 
 # --- 02: schedules and the forward process -----------------------------------------------------
@@ -357,7 +366,8 @@ def _sample_loop(model: Denoiser, x: torch.Tensor, timesteps: list[int], step: C
             eps = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **extra_args)
         out = step(x, t, eps.to(x.dtype), t_prev, _noise_like(x, generator))
         if callback is not None:
-            callback({"i": i, "n": len(pairs), "t": t, "x": out.x_prev, "x0": out.x0})
+            callback({"i": i, "n": len(pairs), "t": t, "t_prev": t_prev, "x": out.x_prev,
+                      "x0": out.x0})
         x = out.x_prev
     return x
 
@@ -412,7 +422,12 @@ def sample_ddim(model: Denoiser, x: torch.Tensor, schedule: Schedule, steps: int
 
 
 class FrameRecorder:
-    """Sampler callback that keeps ``n`` evenly spaced frames of x (or of x̂_0 with key="x0")."""
+    """Sampler callback that keeps ``n`` evenly spaced frames of x (or of x̂_0 with key="x0").
+
+    Each step goes from t to t_prev: an x frame is the sample *after* the step, labelled with
+    t_prev ("final" after the last step); an x̂_0 frame is the prediction made *at* the step,
+    from x_t, labelled with t.
+    """
 
     def __init__(self, n: int = 10, key: str = "x"):
         if key not in ("x", "x0"):
@@ -426,7 +441,10 @@ class FrameRecorder:
         keep = torch.linspace(0, total - 1, min(self.n, total)).round().long().tolist()
         if info["i"] in keep:
             self.frames.append(info[self.key].detach().cpu().clone())
-            self.labels.append(f"t={info['t']}")
+            if self.key == "x0":
+                self.labels.append(f"t={info['t']}")
+            else:
+                self.labels.append(f"t={info['t_prev']}" if info["t_prev"] >= 0 else "final")
 
 
 # --- 04: classifier-free guidance --------------------------------------------------------------

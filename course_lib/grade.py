@@ -52,6 +52,7 @@ from .grade_checks import (SHUFFLED_LIMIT, CannotGrade, Judge, Rejected, check_d
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
+EXERCISE_TAG = re.compile(r"^#\s*EXERCISE:\s*([\w-]+)", re.M)     # 06's exercise cells start so
 NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
 SAMPLE_TIMEOUT = 1050.0            # seconds for the three draws (b and c: 1.5x a's time each, at most)
@@ -200,10 +201,11 @@ def read_submission(path: Path):
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise Rejected(f"not a readable Jupyter notebook: {err}; submit the .ipynb file "
                        "saved by Jupyter") from None
-    left = [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code" and FIXME.search(c.source)]
+    left = fixme_cells(nb)
     if left:
-        raise Rejected(f"FIXMEs left in cell(s) {', '.join(map(str, left))} (counting every cell "
-                       "from 1): finish them before submitting")
+        raise Rejected(f"FIXMEs left in cell(s) {', '.join(left)} (counting every cell from 1): "
+                       "finish them before submitting; the word FIXME may not stay in any code "
+                       "cell, comments included")
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if tags:
@@ -213,9 +215,15 @@ def read_submission(path: Path):
     return nb
 
 
-def fixme_cells(nb) -> list[int]:
-    """Numbers (1-based, every cell counted) of code cells that still hold FIXME."""
-    return [i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code" and FIXME.search(c.source)]
+def fixme_cells(nb) -> list[str]:
+    """Code cells that still hold FIXME: each one's number (1-based, every cell counted), with
+    its ``# EXERCISE: name`` line where it has one (Jupyter shows no cell numbers)."""
+    left = []
+    for i, cell in enumerate(nb.cells, 1):
+        if cell.cell_type == "code" and FIXME.search(cell.source):
+            tag = EXERCISE_TAG.search(cell.source)
+            left.append(f"{i} (EXERCISE: {tag.group(1)})" if tag else str(i))
+    return left
 
 
 # --- 2. executing -------------------------------------------------------------------------------

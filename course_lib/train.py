@@ -171,6 +171,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}" + (" (bf16)" if bf16 else ""),
                    disable=not progress, leave=True)
+        epoch_total, epoch_steps = 0.0, 0
         for batch in bar:
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model, _to(batch, device, memory_format))
@@ -191,7 +192,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             if ema is not None:
                 ema.update_parameters(model)
             history.losses.append(value)
-            bar.set_postfix(loss=f"{value:.4f}")
+            epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
+            bar.set_postfix({"mean loss": f"{epoch_total / epoch_steps:.4f}"})  # one batch's jumps
             step += 1
             if out_of_budget():
                 break

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from matplotlib.animation import FuncAnimation
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torchvision.utils import make_grid
 
 from .data import to_display
@@ -181,20 +182,25 @@ def plot_quality(results: dict, title: str = "sample quality") -> Figure:
         raise ValueError("plot_quality needs at least one named result")
     names = list(results)
     ys = range(len(names))
-    fig = Figure(figsize=(10, 0.5 * len(names) + 1.4))
+    has_acc = any(results[n].accuracy is not None for n in names)
+    inches = 0.5 * len(names) + 1.4 + 0.3 * has_acc      # room for the legend below the bars
+    fig = Figure(figsize=(10, inches))
     ax_rec, ax_fd = fig.subplots(1, 2, sharey=True)
     rec = [100 * results[n].recognisable for n in names]
     acc = [100 * (results[n].accuracy or 0) for n in names]
-    has_acc = any(results[n].accuracy is not None for n in names)
     height = 0.4 if has_acc else 0.7
     ax_rec.barh([y - height / 2 * has_acc for y in ys], rec, height=height,
                 label="recognised (confidence ≥ 0.9)")
     if has_acc:
         ax_rec.barh([y + height / 2 for y in ys], acc, height=height,
-                    label="classified as the requested class")
-        ax_rec.legend(fontsize=8, loc="lower right")
+                    label="classified as the requested class (real images: as their own)")
+        fig.legend(*ax_rec.get_legend_handles_labels(), fontsize=8, loc="lower left",
+                   ncol=2, frameon=False)
     for y, v in zip(ys, rec):
         ax_rec.text(v + 1, y - height / 2 * has_acc, f"{v:.0f}%", va="center", fontsize=8)
+    for y, n in zip(ys, names):
+        if results[n].accuracy is not None:
+            ax_rec.text(acc[y] + 1, y + height / 2, f"{acc[y]:.0f}%", va="center", fontsize=8)
     ax_rec.set(xlim=(0, 115), xlabel="% of samples (higher is better)", yticks=list(ys),
                yticklabels=names)
     fds = [results[n].frechet for n in names]
@@ -205,7 +211,7 @@ def plot_quality(results: dict, title: str = "sample quality") -> Figure:
     ax_fd.set(xlim=(min(fds) / 2, max(fds) * 4), xlabel="Fréchet distance (lower is better)")
     ax_rec.invert_yaxis()
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.3 * has_acc / inches, 1, 1))
     return fig
 
 
@@ -262,22 +268,42 @@ def plot_confusion(matrices: dict[str, torch.Tensor], asked: Sequence[str], read
 def plot_sweep(x: Sequence[float], curves: dict[str, Sequence[float]], xlabel: str,
                ylabel: str, title: str | None = None,
                right: dict[str, Sequence[float]] | None = None,
-               right_label: str | None = None) -> Figure:
-    """Measures against a setting (e.g. accuracy against guidance w); ``right`` on a second axis."""
-    fig = Figure(figsize=(6.5, 3.4))
+               right_label: str | None = None,
+               reference: dict[str, float] | None = None,
+               reference_label: str = "real images") -> Figure:
+    """Measures against a setting (e.g. accuracy against guidance w); ``right`` on a second axis.
+
+    ``reference``: for any curve's name, a level to draw as a dotted line in that curve's colour
+    (what ``reference_label`` scores, e.g. real images). The legend sits below the axes, so it
+    never hides a point.
+    """
+    reference = dict(reference or {})
+    unknown = set(reference) - set(curves) - set(right or {})
+    if unknown:
+        raise ValueError(f"reference names {sorted(unknown)} are not curves: "
+                         f"{sorted(curves) + sorted(right or {})}")
+    fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot()
     for name, ys in curves.items():
-        ax.plot(list(x), list(ys), marker="o", label=name)
+        line, = ax.plot(list(x), list(ys), marker="o", label=name)
+        if name in reference:
+            ax.axhline(reference[name], color=line.get_color(), ls=":", lw=1)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     handles, labels = ax.get_legend_handles_labels()
     if right:
         ax2 = ax.twinx()
         for name, ys in right.items():
             ax2.plot(list(x), list(ys), marker="s", linestyle="--", color="tab:red", label=name)
+            if name in reference:
+                ax2.axhline(reference[name], color="tab:red", ls=":", lw=1)
         ax2.set_ylabel(right_label or "")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8, loc="best")
+    if reference:
+        handles.append(Line2D([], [], color="grey", ls=":", lw=1))
+        labels.append(f"dotted: {reference_label}")
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=2, frameon=False)
     ax.grid(alpha=0.3)
     return _finish(fig, ax, title)
 

@@ -20,6 +20,11 @@ def test_add_noise(capsys):
     assert verdict(capsys, check.check_add_noise, add_noise)[0]
     ok, out = verdict(capsys, check.check_add_noise, lambda x, a, n: (1 - a) * x + a * n * 0.5)
     assert not ok and "amount=0.5" in out
+    per_image = lambda x, a, n: (1 - torch.as_tensor(a).reshape(-1, 1, 1, 1)) * x \
+        + torch.as_tensor(a).reshape(-1, 1, 1, 1) * n  # noqa
+    assert verdict(capsys, check.check_add_noise, per_image)[0]
+    ok, out = verdict(capsys, check.check_add_noise, lambda x, a, n: (1 - a) * x + a * n)
+    assert not ok and "one amount per image" in out            # a float-only answer
 
 
 def test_down_and_up_blocks(capsys):

@@ -20,6 +20,13 @@ def test_add_noise_mix():
     assert torch.equal(ddpm.add_noise(x, 0.5, noise=e), torch.full((3,), 0.5))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ddpm.add_noise(x, 1.5)
+    images, noise = torch.ones(3, 1, 2, 2), torch.zeros(3, 1, 2, 2)     # one amount per image
+    mixed = ddpm.add_noise(images, torch.tensor([0.0, 0.5, 1.0]), noise)
+    assert mixed[:, 0, 0, 0].tolist() == [1.0, 0.5, 0.0] and mixed.shape == images.shape
+    with pytest.raises(ValueError, match="one per image"):
+        ddpm.add_noise(images, torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ddpm.add_noise(images, torch.tensor([0.1, 0.2, 1.2]))
 
 
 def test_linear_schedule_endpoints():
@@ -175,7 +182,10 @@ def test_samplers_recover_the_single_training_image(schedule, sampler):
     else:
         out = ddpm.sample_ddim(model, noise, schedule, steps=20, callback=both, disable=True)
     assert torch.allclose(out, x0.expand_as(out), atol=1e-3)
-    assert len(rec.frames) == 5 and rec.labels[0] == "t=149" and rec.labels[-1] == "t=0"
+    # x after each step, labelled with the step it reached; x̂_0 with the step that predicted it
+    first_reached = "t=148" if sampler == "ddpm" else f"t={ddpm.ddim_timesteps(150, 20)[1]}"
+    assert len(rec.frames) == 5 and rec.labels[0] == first_reached and rec.labels[-1] == "final"
+    assert rec_x0.labels[0] == "t=149" and rec_x0.labels[-1] == "t=0"
     # the oracle's x̂_0 is the training image at every step, even the noisiest
     assert len(rec_x0.frames) == 3
     for frame in rec_x0.frames:

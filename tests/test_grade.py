@@ -58,6 +58,9 @@ def test_read_submission_reasons(tmp_path):
     fixme = _notebook(tmp_path / "fixme.ipynb", "x = 1", "y = FIXME")
     with pytest.raises(Rejected, match=r"FIXMEs left in cell\(s\) 2"):
         grade.read_submission(fixme)
+    tagged = _notebook(tmp_path / "tagged.ipynb", "x = 1", "# EXERCISE: forward\ny = FIXME")
+    with pytest.raises(Rejected, match=r"cell\(s\) 2 \(EXERCISE: forward\)"):
+        grade.read_submission(tagged)
     (tmp_path / "broken.ipynb").write_text("{not json")
     with pytest.raises(Rejected, match="not a readable Jupyter notebook"):
         grade.read_submission(tmp_path / "broken.ipynb")

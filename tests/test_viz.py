@@ -128,6 +128,21 @@ def test_plot_sweep_puts_right_curves_on_a_second_axis():
     assert right.get_ylabel() == "distance"
 
 
+def test_plot_sweep_draws_references_in_their_curves_colours_and_keeps_the_legend_off_the_data():
+    fig = viz.plot_sweep([0, 1, 2], {"accuracy": [0.5, 0.7, 0.9]}, "w", "share",
+                         right={"Fréchet": [10, 12, 20]}, reference={"accuracy": 0.8, "Fréchet": 11})
+    left, right = fig.axes
+    level = [line for line in left.lines if line.get_linestyle() == ":"]
+    assert len(level) == 1 and list(level[0].get_ydata()) == [0.8, 0.8]
+    assert level[0].get_color() == left.lines[0].get_color()
+    assert [list(line.get_ydata()) for line in right.lines if line.get_linestyle() == ":"] == [[11, 11]]
+    legend = left.get_legend()
+    assert "dotted: real images" in [t.get_text() for t in legend.get_texts()]
+    assert legend.get_bbox_to_anchor().y1 < left.get_window_extent().y0 + 1   # below the axes
+    with pytest.raises(ValueError, match="not curves"):
+        viz.plot_sweep([0, 1], {"a": [1, 2]}, "w", "y", reference={"b": 1.0})
+
+
 def test_plot_class_shares_draws_a_bar_per_class_and_batch():
     fig = viz.plot_class_shares({"a": [0.5, 0.5, 0.0], "b": [0.2, 0.3, 0.5]}, ["x", "y", "z"])
     ax = fig.axes[0]

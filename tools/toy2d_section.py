@@ -44,7 +44,7 @@ TOY_EPOCHS = config.pick(full=30, test=2)
 TOY_N_SAMPLES = config.pick(full=4_000, test=500)      # samples per measurement
 toy_gen = config.seed_everything(0)
 world = example_mixture()
-toy_schedule = scaled_linear_schedule(TOY_T)           # ends at ᾱ_T ≈ 4e-5: pure noise
+toy_schedule = scaled_linear_schedule(TOY_T)           # ends at ᾱ_T ≈ 3e-5: pure noise
 for k in range(world.K):
     print(f"mode {k}: class {world.class_names[world.classes[k]]}, π = {world.weights[k]:.2f}, "
           f"μ = {world.means[k].tolist()}, s = {world.stds[k, 0]:.2f}")""", {}),
@@ -54,8 +54,8 @@ for k in range(world.K):
 (its variance becomes ᾱ_t s² + 1 − ᾱ_t) until, at t = 149, the cloud is N(0, I). The grey lines
 are the exact q_t, not a fit.
 
-Now train a small MLP, `ToyDenoiser` (x_t, a sinusoidal embedding of t and the class, a few
-thousand weights), with the very same `diffusion_loss` and `train` as the UNets. The class is
+Now train a small MLP, `ToyDenoiser` (x_t, a sinusoidal embedding of t and the class, about
+ten thousand weights), with the very same `diffusion_loss` and `train` as the UNets. The class is
 dropped 20% of the time, so one network learns both ε(x, t, c) and ε(x, t), as in 04.""", {}),
     ("code", r"""toy_x, toy_k = world.sample(TOY_N_DATA, generator=toy_gen)
 toy_loader = DataLoader(TensorDataset(toy_x, world.classes[toy_k]), batch_size=256, shuffle=True)
@@ -70,7 +70,8 @@ def toy_loss(model, batch):
 
 
 start = time.perf_counter()
-toy_history = train(toy_net, toy_loader, toy_loss, epochs=TOY_EPOCHS, lr=3e-3, desc="ToyDenoiser")
+toy_history = train(toy_net, toy_loader, toy_loss, epochs=TOY_EPOCHS, lr=3e-3, desc="ToyDenoiser",
+                    progress=False)            # seconds in all: no progress bars needed
 print(f"trained in {time.perf_counter() - start:.1f} s, final loss {toy_history.final_loss:.3f}")""",
      IGNORE),
     ("code", r"""toy_err = eps_error(toy_net, world, toy_schedule, generator=toy_gen)
@@ -78,7 +79,9 @@ print(f"mean ‖ε_θ − ε*‖ = {toy_err['error']:.3f} (mean ‖ε*‖ = {toy
       f"DDPM loss: MLP {toy_err['loss']:.3f}, exact ε* {toy_err['floor']:.3f} (the floor)")
 plot_eps_fields(toy_net, world, toy_schedule, [5, 40, 100])""", IGNORE),
     ("markdown", r"""The loss can never reach 0: even the exact ε* scores the "floor" printed above,
-because a noisy point could have come from several blobs. What the network can reach is the
+because a noisy point could have come from several blobs. (That floor is for ε without the class.
+Training keeps the class 80% of the time, and knowing the class narrows down the blobs, which is
+why the training loss above can end below it.) What the network can reach is the
 floor, and the figure shows where it falls short: the error is largest at small t far from the
 data (few training points ever land there) and between blobs, where ε* turns sharply.
 
@@ -117,6 +120,12 @@ trap = {
 }
 print("π           ", [round(v, 3) for v in world.weights.tolist()])
 for name, x in trap.items():
+    print(f"{name:35s}", [round(v, 3) for v in world.mode_shares(x).tolist()])
+# the deterministic sampler (DDIM, η = 0, 50 steps) from the same starts, with the exact ε too
+ode = {"scaled linear, DDIM η = 0": sample_ddim(toy_exact, x_T, toy_schedule, eta=0.0),
+       "linear (ᾱ_T = 0.22), DDIM η = 0": sample_ddim(ExactDenoiser(world, trap_schedule), x_T,
+                                                     trap_schedule, eta=0.0)}
+for name, x in ode.items():
     print(f"{name:35s}", [round(v, 3) for v in world.mode_shares(x).tolist()])
 plot_mode_shares(world, trap, title="the ᾱ_T ≠ 0 trap, with the exact ε (DDPM)")""", IGNORE),
     ("markdown", r"""### What happened
