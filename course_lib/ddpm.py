@@ -164,6 +164,9 @@ def scaled_linear_schedule(T: int = 150, beta_start: float = 1e-4, beta_end: flo
     and sampling from pure noise starts from the wrong distribution (Lin et al. 2024, "Common
     Diffusion Noise Schedules and Sample Steps Are Flawed"). Scaling keeps the shape of the curve
     and ends at ᾱ_T ≈ 3e-5.
+
+    Not diffusers' ``beta_schedule="scaled_linear"`` (Stable Diffusion's), which squares a linear
+    ramp of √β from √0.00085 to √0.012 and ends at ᾱ_T ≈ 0.0047 after 1000 steps.
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
