@@ -314,8 +314,9 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
     the pictures (read safely) and the seconds. Nothing one draw leaves reaches the next."""
     inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else draw_dir
     shutil.rmtree(draw_dir, ignore_errors=True)
-    copy_folder(workdir, draw_dir)
-    (draw_dir / "spec.json").write_text(json.dumps(spec))
+    copy_folder(workdir, draw_dir, leave_out=("spec.json", "samples.pt"))  # never the notebook's
+    with open(draw_dir / "spec.json", "x") as file:   # "x": fails on anything already there
+        file.write(json.dumps(spec))
     sandbox.prepare_workdir(draw_dir, opts.slot)
     result = _sandboxed(_runner("sample", str(inside / "export.pkl"), str(inside / "spec.json"),
                                 str(inside / "samples.pt")),
@@ -336,13 +337,19 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
         shutil.rmtree(draw_dir, ignore_errors=True)
 
 
-def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP) -> None:
+def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
+                leave_out: tuple[str, ...] = ()) -> None:
     """Copy the folder the notebook left: folders, regular files, and links as links (never
-    followed); anything else (a pipe would block the copy) is left out. Rejected above ``cap``."""
+    followed); anything else (a pipe would block the copy) is left out, and so are the top-level
+    names in ``leave_out`` (the grader's own files: a link the notebook planted under such a name
+    must not redirect what the grader writes there). Rejected above ``cap``."""
     total = 0
     dst.mkdir()
     for root, dirs, files in os.walk(src):
         here = dst / Path(root).relative_to(src)
+        if Path(root) == src:
+            dirs[:] = [d for d in dirs if d not in leave_out]
+            files = [f for f in files if f not in leave_out]
         for name in [*dirs, *files]:
             path, target = Path(root, name), here / name
             info = path.lstat()

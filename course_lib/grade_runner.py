@@ -24,7 +24,6 @@ import json
 import marshal
 import pickle
 import sys
-import time
 import types
 import warnings
 from contextlib import contextmanager
@@ -191,24 +190,29 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
     save, manual_seed = torch.save, torch.manual_seed  # taken before any submission code runs
     torch.set_num_threads(int(spec.get("threads", 1)))
     generator = torch.Generator().manual_seed(spec["seed_shuffle"])
-    shuffled = bool(spec["shuffle"])
+    keep = not spec["shuffle"]     # every draw does the shuffle's work; only the third keeps nothing
+
+    def shuffle() -> None:
+        shuffle_weights(generator, keep=keep)
+
     with open(export_path, "rb") as file:
         sample_digits = pickle.load(file)
-    if shuffled:
-        shuffle_weights(generator)
+    shuffle()
     manual_seed(spec["seed"])
-    with _reloads_shuffled(generator if shuffled else None):
-        images = _draw(sample_digits, spec["labels"], float(spec["seconds"]), forgiving=shuffled)
+    with _reloads_shuffled(shuffle):
+        images = _draw(sample_digits, spec["labels"], float(spec["seconds"]), forgiving=not keep)
     save({"images": images}, out)
     return 0
 
 
-def shuffle_weights(generator) -> int:
+def shuffle_weights(generator, keep: bool = False) -> int:
     """Shuffle the entries of every network weight in this process; return how many tensors.
 
     The weights are every floating parameter and buffer of every ``nn.Module`` and every other
     tensor that requires a gradient (a network written as plain tensors). Each keeps its shape and
     its values, in a random order: the network keeps its scale and loses what it learned.
+    ``keep=True`` does the same work and draws the same random orders, but writes every weight
+    back as it was: the draws that are not shuffled take as long, so timing cannot tell them apart.
     """
     import torch
 
@@ -228,7 +232,8 @@ def shuffle_weights(generator) -> int:
                 try:
                     flat = tensor.detach().reshape(-1).clone()
                     order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
-                    tensor.copy_(flat[order].reshape(tensor.shape))
+                    moved = flat[order]
+                    tensor.copy_((flat if keep else moved).reshape(tensor.shape))
                 except Exception:  # one that cannot be shuffled keeps what it holds, and is judged so
                     continue
                 shuffled += 1
@@ -236,9 +241,10 @@ def shuffle_weights(generator) -> int:
 
 
 @contextmanager
-def _reloads_shuffled(generator):
-    """While inside, weights that ``sample_digits`` loads from a file are shuffled as well (when
-    ``generator`` is given; in the draws without shuffling the same wrappers only pass through).
+def _reloads_shuffled(shuffle):
+    """While inside, weights that ``sample_digits`` loads from a file are shuffled as well: each
+    load is followed by ``shuffle()`` (which, in the draws that are not shuffled, only does the
+    work and keeps every weight).
 
     An honest sampler may reload its network (``model.load_state_dict(torch.load(path))``) on
     every call; the shuffled draw must not get the trained weights back that way.
@@ -249,14 +255,12 @@ def _reloads_shuffled(generator):
 
     def load_then_shuffle(*args, **kwargs):
         loaded = load(*args, **kwargs)
-        if generator is not None:
-            shuffle_weights(generator)
+        shuffle()
         return loaded
 
     def load_state_dict_then_shuffle(module, *args, **kwargs):
         result = load_state_dict(module, *args, **kwargs)
-        if generator is not None:
-            shuffle_weights(generator)
+        shuffle()
         return result
 
     torch.load, torch.nn.Module.load_state_dict = load_then_shuffle, load_state_dict_then_shuffle

@@ -301,6 +301,9 @@ for k in ("0.weight", "0.bias", "1.weight"):
 assert not torch.equal(after["0.weight"], before["0.weight"])
 assert torch.equal(after["1.num_batches_tracked"], before["1.num_batches_tracked"])
 assert not torch.equal(plain_weight.detach(), w) and torch.equal(data, d)
+shuffled = {k: v.clone() for k, v in net.state_dict().items()}
+kept = shuffle_weights(torch.Generator().manual_seed(1), keep=True)   # the same work, no change
+assert kept == n and all(torch.equal(v, shuffled[k]) for k, v in net.state_dict().items())
 print(n)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -320,6 +323,33 @@ def test_copy_folder_copies_files_and_links_never_pipes_nor_too_much(tmp_path):
     assert not (dst / "pipe").exists()
     with pytest.raises(Rejected, match="delete what sampling does not need"):
         grade.copy_folder(src, tmp_path / "small", cap=50)
+    victim = tmp_path / "instructors_file"
+    victim.write_text("keep me")
+    (src / "spec.json").symlink_to(victim)          # planted where the grader writes its spec
+    (src / "samples.pt").mkdir()
+    grade.copy_folder(src, tmp_path / "draw2", leave_out=("spec.json", "samples.pt"))
+    assert not os.path.lexists(tmp_path / "draw2" / "spec.json")
+    assert not (tmp_path / "draw2" / "samples.pt").exists() and (tmp_path / "draw2" / "link").is_symlink()
+
+
+def test_a_draw_never_writes_through_a_link_the_notebook_left(tmp_path, monkeypatch):
+    """The grader writes each draw's spec into the copy; a planted link must not redirect it."""
+    work, victim = tmp_path / "notebook", tmp_path / "instructors_file"
+    work.mkdir()
+    victim.write_text("keep me")
+    (work / "spec.json").symlink_to(victim)
+    seen = {}
+
+    def fake_sandboxed(argv, workdir, timeout, opts, env=None):
+        seen["spec"] = json.loads((workdir / "spec.json").read_text())
+        torch.save({"images": torch.zeros(2, 1, 28, 28)}, workdir / "samples.pt")
+        return grade.sandbox.Result(0, 0.1, "", "")
+    monkeypatch.setattr(grade, "_sandboxed", fake_sandboxed)
+    opts = grade.Options(use_sandbox=False)
+    images, _ = grade._draw(work, tmp_path / "draw", {"seed": 1, "labels": [1, 2], "shuffle": False,
+                                                      "seconds": 5.0}, opts, {})
+    assert images.shape == (2, 1, 28, 28) and seen["spec"]["seed"] == 1
+    assert victim.read_text() == "keep me" and not (tmp_path / "draw").exists()
 
 
 # --- end to end ---------------------------------------------------------------------------------
