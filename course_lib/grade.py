@@ -52,7 +52,7 @@ from .grade_checks import (SHUFFLED_LIMIT, CannotGrade, Judge, Rejected, check_d
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
-EXERCISE_TAG = re.compile(r"^#\s*EXERCISE:\s*([\w-]+)", re.M)     # 06's exercise cells start so
+EXERCISE = re.compile(r"^# EXERCISE: (\w+)")   # 06's exercise cells start so (answer_key fills them)
 NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
 SAMPLE_TIMEOUT = 1050.0            # seconds for the three draws (b and c: 1.5x a's time each, at most)
@@ -221,7 +221,7 @@ def fixme_cells(nb) -> list[str]:
     left = []
     for i, cell in enumerate(nb.cells, 1):
         if cell.cell_type == "code" and FIXME.search(cell.source):
-            tag = EXERCISE_TAG.search(cell.source)
+            tag = EXERCISE.match(cell.source)
             left.append(f"{i} (EXERCISE: {tag.group(1)})" if tag else str(i))
     return left
 

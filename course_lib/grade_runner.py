@@ -200,7 +200,7 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
     shuffle()
     manual_seed(spec["seed"])
     with _reloads_shuffled(shuffle):
-        images = _draw(sample_digits, spec["labels"], float(spec["seconds"]), forgiving=not keep)
+        images = _call(sample_digits, spec["labels"], float(spec["seconds"]), forgiving=not keep)
     save({"images": images}, out)
     return 0
 
@@ -270,7 +270,7 @@ def _reloads_shuffled(shuffle):
         torch.load, torch.nn.Module.load_state_dict = load, load_state_dict
 
 
-def _draw(sample_digits, labels, seconds: float, forgiving: bool = False):
+def _call(sample_digits, labels, seconds: float, forgiving: bool = False):
     """Call ``sample_digits(labels)`` within ``seconds``. ``forgiving`` (the draw with shuffled
     weights): an error or the time running out gives an empty tensor, no pictures."""
     import torch
