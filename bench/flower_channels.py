@@ -10,7 +10,8 @@ per species, the same in every run, sampled with w = 2, DDIM-50 and η = 1, or w
 rows the run names: η = 0.75, w = 3, w = 1, and since the sixteenth session η = 0; in the
 seventeenth, guidance in a limited interval and DDIM-100 and -150; in the eighteenth, the
 v-loss weighted by min-SNR-5 or -1 or its timesteps drawn as EDM draws σ; in the nineteenth,
-trained on random zoomed-in crops of the photos), stored as
+trained on random zoomed-in crops of the photos; in the twenty-fifth, trained for 60 epochs instead
+of 30), stored as
 bench/flower_channels_<run>.md and .json. This script gathers them
 into bench/flower_channels.md and .json, one line per run, so that a network is compared with the
 others at the same training time as well as at the same epochs: row X's network costs about 1.7×
@@ -68,14 +69,19 @@ RUNS = {  # stored name -> (channels, epochs, seed, the flower_sampler rows it s
                                 {"min-snr": "5", "self-cond": "0.5", "feedback": "0"}),
     "x30v_s1_minsnr5_sc_nofb": ("24,48,96", 30, 1, "10", 1, "v",
                                 {"min-snr": "5", "self-cond": "0.5", "feedback": "0"}),
+    # twenty-fifth session: 04's network (min-SNR-5) trained twice as long, 60 epochs, both seeds
+    "x60v_s0_minsnr5": ("24,48,96", 60, 0, "10", 1, "v", {"min-snr": "5"}),
+    "x60v_s1_minsnr5": ("24,48,96", 60, 1, "10", 1, "v", {"min-snr": "5"}),
 }
 WEIGHTING_RUNS = ("x30v_s0_interval", "x30v_s1_eta0_bf16", "x30v_s0_minsnr5", "x30v_s1_minsnr5",
                   "x30v_s0_minsnr1", "x30v_s0_lognormal")   # bench/RESULTS.md, section 16
+EPOCH_RUNS = ("x30v_s0_minsnr5", "x30v_s1_minsnr5", "x60v_s0_minsnr5",
+              "x60v_s1_minsnr5")   # bench/RESULTS.md, section 17
 CPU_RUNS = ("x30cpu_s0", "x30cpu_s0_w3", "x30cpu_s0_eta0", "p2c32e85_s0", "x30v_s0", "x30v_s0_w1",
             "x30v_s1", "x30v_s0_eta", "x30v_s1_eta0", "x30v_s0_interval", "x30v_s0_minsnr5",
             "x30v_s1_eta0_bf16", "x30v_s1_minsnr5", "x30v_s0_minsnr1", "x30v_s0_lognormal",
             "x30v_s0_minsnr5_zoom", "x30v_s0_minsnr5_sc", "x30v_s1_minsnr5_sc",
-            "x30v_s0_minsnr5_sc_nofb", "x30v_s1_minsnr5_sc_nofb")
+            "x30v_s0_minsnr5_sc_nofb", "x30v_s1_minsnr5_sc_nofb", "x60v_s0_minsnr5", "x60v_s1_minsnr5")
 
 
 def run(name: str) -> None:
@@ -137,6 +143,29 @@ def table(names=tuple(RUNS)) -> tuple[list[str], list[dict]]:
     return lines, rows
 
 
+def epochs_figure(runs=("x30v_s0_minsnr5", "x60v_s0_minsnr5"), path=HERE / "flower_epochs.png") -> None:
+    """The sample grids that ``runs`` saved (bench/out, 12 samples per species, the same starting
+    noises), one above the other, labelled: RESULTS section 17's picture. Skipped where a grid
+    is missing (bench/out is not in git)."""
+    grids = [HERE / "out" / f"flower_channels_{name}" / "0.png" for name in runs]
+    if not all(g.is_file() for g in grids):
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(grids), 1, figsize=(12, 3.4 * len(grids)))
+    for ax, name, grid in zip(axes, runs, grids):
+        data = json.loads((HERE / f"flower_channels_{name}.json").read_text())
+        ax.imshow(plt.imread(grid), interpolation="nearest")
+        ax.set_title(f"{name}: {data['epochs']} epochs, training seed {data['seed']}")
+        ax.set_yticks([18 + 34 * i for i in range(3)], ["daisy", "rose", "sunflower"])   # make_grid, padding 2
+        ax.set_xticks([])
+        ax.set_xlabel("12 samples per species, the same starting noises in both runs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", nargs="*", choices=list(RUNS), metavar="RUN",
@@ -155,14 +184,14 @@ def main(argv=None) -> int:
             "varied as real photos); training seconds where the run recorded them.")
     write_report("flower_channels", [head, "", *lines], {"runs": rows})
     lines, rows = table(CPU_RUNS)
-    head = ("04's flower network on 2 CPU cores (fifteenth to twenty-first sessions), predicting ε "
+    head = ("04's flower network on 2 CPU cores (fifteenth to twenty-fifth sessions), predicting ε "
             "or v, on 2×2 patches, with its v-loss weighted by min-SNR-γ or its timesteps "
             "drawn log-normal in σ, trained on zoomed-in crops of the photos, and self-conditioned "
-            "on its own x̂₀ estimate: the runs of "
+            "on its own x̂₀ estimate, or trained for 60 epochs: the runs of "
             "bench/flower_channels.md made on 2-core CPUs, "
             "with w and η as the columns say (300 starting noises per species, the same in every "
             "run); float32 on a machine without AMX, except x30v_s0_interval (seventeenth "
-            "session) and the ten runs after it (eighteenth to twenty-first), trained in bfloat16 "
+            "session) and the twelve runs after it (eighteenth to twenty-fifth), trained in bfloat16 "
             "on a machine with AMX.")
     write_report("flower_prediction", [head, "", *lines], {"runs": rows})
     lines, rows = table(WEIGHTING_RUNS)
@@ -173,6 +202,13 @@ def main(argv=None) -> int:
             "DDIM-50, η = 0; "
             "300 starting noises per species, the same in every run).")
     write_report("flower_weighting", [head, "", *lines], {"runs": rows})
+    lines, rows = table(EPOCH_RUNS)
+    head = ("04's v-network (channels 24, 48, 96, batches of 64, v-loss weighted by min-SNR-5) "
+            "trained for 30 epochs and for 60, each from training seeds 0 and 1, on 2-core "
+            "machines with AMX (bfloat16), sampled as 04 samples (w = 2, DDIM-50, η = 0; 300 "
+            "starting noises per species, the same in every run).")
+    write_report("flower_epochs", [head, "", *lines], {"runs": rows})
+    epochs_figure()
     return 0
 
 

@@ -29,6 +29,15 @@ _enable_inline_figures()
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
 
+def _mode_legend(fig: Figure, mixture: GaussianMixture) -> None:
+    """A legend below the panels: which colour is which mode (and its class)."""
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], marker="o", linestyle="", color=COLORS[k % len(COLORS)],
+                      label=f"mode {k} (class {mixture.class_names[c]})")
+               for k, c in enumerate(mixture.classes.tolist())]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
 def _frame(ax, lim: float, title: str) -> None:
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="x₁", ylabel="x₂", title=title)
     ax.set_aspect("equal")
@@ -49,11 +58,12 @@ def plot_forward_cloud(mixture: GaussianMixture, schedule: Schedule, steps: Sequ
                        generator: torch.Generator | None = None) -> Figure:
     """The forward process as a moving cloud: x_t of the same n points at several steps t.
 
-    Colours are the components the points came from; grey lines are the exact q_t (eq. 1).
+    Colours are the components the points came from (legend below); grey lines are the exact q_t
+    (eq. 1).
     """
     x0, k = mixture.sample(n, generator=generator, dtype=torch.float64)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-    fig = Figure(figsize=(2.7 * len(steps), 3.0))
+    fig = Figure(figsize=(2.7 * len(steps), 3.3))
     axes = fig.subplots(1, len(steps), squeeze=False)[0]
     for ax, t in zip(axes, steps):
         ab = float(schedule.alpha_bars[t])
@@ -62,7 +72,8 @@ def plot_forward_cloud(mixture: GaussianMixture, schedule: Schedule, steps: Sequ
         ax.scatter(*x_t.T.numpy(), s=2, c=[COLORS[i % len(COLORS)] for i in k.tolist()])
         _frame(ax, lim, f"t = {t}, ᾱ = {ab:.2f}")
     fig.suptitle("forward process: each blob drifts to the origin and spreads into N(0, I)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _mode_legend(fig, mixture)
     return fig
 
 

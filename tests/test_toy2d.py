@@ -184,3 +184,6 @@ def test_figures_build_with_labelled_axes():
             if ax.get_label() == "<colorbar>":
                 continue
             assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title(), ax
+    # the forward cloud's colours are named: one legend entry per mode, with its class
+    labels = [t.get_text() for t in figs[0].legends[0].get_texts()]
+    assert labels == [f"mode {k} (class {MIX.class_names[c]})" for k, c in enumerate(MIX.classes.tolist())]
