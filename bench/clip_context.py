@@ -168,6 +168,15 @@ def rows() -> list[Row]:
                 **dict(_V, projected=0.5)),
             Row("X15. X12 with projected guidance keeping half its part along x̂₀", "X12",
                 **dict(_V, w=5.0, projected=0.5)),
+            # X16-X17 (twenty-fifth session): the UNet trained twice as long, which lifted 04's
+            #    flowers (bench/RESULTS.md, section 17); X16 trains 05's recipe as the notebook
+            #    does (bfloat16 where the CPU has AMX, today's captions), X17 the same for 40 epochs;
+    #    X18-X19 the two again from training seed 1
+            Row("X16. X3 as 05 trains it now (bfloat16 on AMX, today's captions)", "X3",
+                **dict(_V, bf16=None)),
+            Row("X17. X16 with twice the UNet epochs (40)", "X16", **dict(_V, bf16=None, unet_epochs=40)),
+            Row("X18. X16 trained from seed 1", "X16", **dict(_V, bf16=None, seed=1)),
+            Row("X19. X17 trained from seed 1", "X17", **dict(_V, bf16=None, unet_epochs=40, seed=1)),
             Row("Z1. Z again, with the distance column", "Z", **_Z),
             Row("Z2. Z1 sampled with w = 2", "Z1", **dict(_Z, w=2.0)),
             Row("Z3. Z1 sampled with w = 1.5", "Z1", **dict(_Z, w=1.5)),
