@@ -69,9 +69,9 @@ def trains_fast(device: torch.device | str) -> bool:
     """Whether ``device`` trains the course's UNets at least twice as fast as a float32 CPU: a GPU,
     or a CPU with AMX, where they train in bfloat16 (:func:`native_bf16`).
 
-    04 and 05 give their flower UNets twice the epochs there (bench/RESULTS.md, section 17), and
-    the measured epochs before that elsewhere, so each notebook takes about the same minutes on
-    any 2-core CPU.
+    04 gives its flower UNet twice the epochs there (bench/RESULTS.md, section 17), and the 30
+    measured before that elsewhere, so the notebook takes about the same minutes on any 2-core
+    CPU.
     """
     return torch.device(device).type != "cpu" or native_bf16(device)
 

@@ -58,8 +58,8 @@ def test_checkpoint_path_is_per_profile(monkeypatch):
 @pytest.mark.parametrize("device,amx,fast", [("cpu", False, False), ("cpu", True, True),
                                              ("cuda", False, True), ("mps", False, True)])
 def test_trains_fast_on_a_gpu_or_an_amx_cpu_only(monkeypatch, device, amx, fast):
-    """04 and 05 double their flower UNets' epochs where training is at least twice as fast as a
-    float32 CPU; a plain CPU keeps the epochs it was measured at, and about the same minutes."""
+    """04 doubles its flower UNet's epochs where training is at least twice as fast as a float32
+    CPU; a plain CPU keeps the epochs it was measured at, and about the same minutes."""
     monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert config.native_bf16("cpu") is amx
     assert config.trains_fast(device) is fast
