@@ -16,7 +16,8 @@ DDIM, η = 0, or (rows V and W, two training seeds; 05's UNet since then) 04's w
 for fewer epochs, in about the same time, or (rows X and Y) guidance in a limited interval, or
 (row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train, or (rows
 X3-Z4) the guidance strength, η and DDIM's steps for X's ε-UNet and that v-UNet, or (rows
-X10-X15) projected guidance (Sadat et al. 2025) against vivid hues, with a colourfulness column. Every row uses
+X10-X15) projected guidance (Sadat et al. 2025) against vivid hues, with a colourfulness column,
+or (rows X16-X19, two training seeds) 05's UNet trained for 20 and for 40 epochs. Every row uses
 05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 (DDIM-100 in row X8) with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
@@ -168,10 +169,10 @@ def rows() -> list[Row]:
                 **dict(_V, projected=0.5)),
             Row("X15. X12 with projected guidance keeping half its part along x̂₀", "X12",
                 **dict(_V, w=5.0, projected=0.5)),
-            # X16-X17 (twenty-fifth session): the UNet trained twice as long, which lifted 04's
+            # X16-X19 (twenty-fifth session): the UNet trained twice as long, which lifted 04's
             #    flowers (bench/RESULTS.md, section 17); X16 trains 05's recipe as the notebook
             #    does (bfloat16 where the CPU has AMX, today's captions), X17 the same for 40 epochs;
-    #    X18-X19 the two again from training seed 1
+            #    X18-X19 the two again from training seed 1 (not adopted: RESULTS section 17)
             Row("X16. X3 as 05 trains it now (bfloat16 on AMX, today's captions)", "X3",
                 **dict(_V, bf16=None)),
             Row("X17. X16 with twice the UNet epochs (40)", "X16", **dict(_V, bf16=None, unet_epochs=40)),

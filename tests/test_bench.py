@@ -675,7 +675,6 @@ def test_05s_epoch_rows_and_runs_back_keeping_20_epochs():
     assert stored == {key: value for key, value in runs[20].items() if key != "label"}
 
 
-
 def test_guidance_interval_rows_back_where_the_notebooks_use_it():
     """RESULTS section 15: guidance only for σ in (0.28, 5.42] halves 04's burnt FashionMNIST
     pixels at w = 2 for at most two points of the class share, and lowers the distance, so 04
