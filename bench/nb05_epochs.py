@@ -16,6 +16,8 @@ import json
 import re
 from pathlib import Path
 
+from report import stream_text, write_report  # bench/report.py
+
 HERE = Path(__file__).resolve().parent
 PATTERNS = {   # figure -> the line of notebook 05's output it is read from
     "unet_epochs": r"unet epochs=(\d+)",
@@ -32,16 +34,9 @@ PATTERNS = {   # figure -> the line of notebook 05's output it is read from
 }
 
 
-def outputs(notebook: Path) -> str:
-    """Every stream output of ``notebook``, joined."""
-    cells = json.loads(notebook.read_text())["cells"]
-    return "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code"
-                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
-
-
 def figures(notebook: Path) -> dict:
     """The figures of PATTERNS, from ``notebook``'s outputs; a missing one is an error naming it."""
-    text, found = outputs(notebook), {}
+    text, found = stream_text(notebook), {}
     for name, pattern in PATTERNS.items():
         match = re.search(pattern, text)
         if match is None:
@@ -61,7 +56,6 @@ def main(argv=None) -> int:
     if args.add:
         label, notebook = args.add
         rows = [r for r in rows if r["label"] != label] + [{"label": label, **figures(Path(notebook))}]
-    from report import write_report  # bench/report.py (imports torch)
     lines = ["Notebook 05 run in full on 2 CPU cores with AMX (bfloat16), its UNet trained for the "
              "epochs given, everything else as the notebook does: the figures it printed (species "
              "shares of 100 samples per wording set, CLIP score of 42 samples, 6 for each of 7 prompts, negative prompts of "

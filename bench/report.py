@@ -71,6 +71,14 @@ def device_name() -> str:
             else f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
 
 
+def stream_text(notebook: Path) -> str:
+    """Everything an executed notebook printed (its code cells' stream outputs), one output per
+    line: where run_notebooks.py reads each headline and nb05_epochs.py its figures."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    return "\n".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code"
+                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
 def write_report(stem: str, lines: list[str], data: dict) -> str:
     """Print ``lines`` and write them to bench/<stem>.md, and ``data`` to bench/<stem>.json."""
     text = "\n".join(lines) + "\n"

@@ -56,11 +56,9 @@ def headline(executed: Path) -> str:
     key = executed.name[:2]
     if key not in HEADLINES or not executed.exists():
         return "-"
-    import nbformat
+    from report import stream_text  # bench/report.py
 
-    nb = nbformat.read(executed, as_version=4)
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    text = stream_text(executed)
     found = [re.search(p, text) for p in HEADLINES[key]]
     if not all(found):
         return "(headline not found)"

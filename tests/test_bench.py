@@ -76,11 +76,8 @@ QUALITY_SHOWN = {   # figure -> (notebook prefix, how its stored output prints i
 
 
 def _stored_text(prefix: str) -> str:
-    import json
     notebook = next((ROOT / "notebooks").glob(f"{prefix}_*.ipynb"))
-    cells = json.loads(notebook.read_text())["cells"]
-    return "\n".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code"
-                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    return _bench_module("report").stream_text(notebook)
 
 
 def test_quality_json_agrees_with_the_stored_notebook_outputs():
