@@ -2,7 +2,8 @@
 
     python bench/bf16_sampling.py       # about 7 minutes on 2 cores; needs notebook 02's checkpoint
 
-Training already runs under bfloat16 autocast on CPUs with AMX units (train_overheads.py). This
+Training already runs under bfloat16 autocast on CPUs with AMX units (train_overheads.py; and
+since the twenty-sixth session with AVX512-BF16, bf16_isa.py). This
 script measures the samplers the same way, on this machine, one setting at a time:
 
 1. **Unguided**: notebook 02's stored TimeUNet (``checkpoints/full/02_time_unet.pt``; run

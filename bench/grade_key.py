@@ -6,7 +6,7 @@
 Fills notebooks/06_Assessment.ipynb with answers/06_Assessment_Answers.md, runs
 `python -m course_lib.grade` on it (sandboxed, hidden seeds and labels, every check), keeps the
 judged samples in bench/out/key_samples.pt (bench/grading_checks.py calibrates on them) and
-writes the report to bench/grade_key_<profile>.md.
+writes the report to bench/grade_key_<profile>.md (``--table NAME``: grade_key_<profile>_<NAME>.md).
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="full", choices=("full", "test"))
     parser.add_argument("--samples-per-digit", default="10")
     parser.add_argument("--no-sandbox", action="store_true")
+    parser.add_argument("--table", default="",
+                        help="write bench/grade_key_<profile>_<TABLE>.md instead (another kind of machine)")
     args = parser.parse_args(argv)
     out = ROOT / "bench" / "out"
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
              + " (a sampler that does not draw from its network keeps its digits there)"]
     text = "\n".join(lines)
     print(text)
-    (ROOT / "bench" / f"grade_key_{args.profile}.md").write_text(text + "\n")
+    suffix = f"_{args.table}" if args.table else ""
+    (ROOT / "bench" / f"grade_key_{args.profile}{suffix}.md").write_text(text + "\n")
     return proc.returncode
 
 

@@ -129,6 +129,17 @@ def reference_step_ms(steps: int = 40) -> float:
     return 1000 / steps_per_second(make_model, itertools.repeat(x), loss_fn, lr=1e-3, steps=steps)
 
 
+def bf16_hardware() -> str:
+    """How this CPU multiplies bfloat16 (course_lib.config.native_bf16), for the table's header."""
+    from course_lib import config
+
+    if torch.cpu._is_amx_tile_supported():
+        return "bfloat16 on AMX"
+    if config.native_bf16("cpu"):
+        return "bfloat16 on AVX512-BF16 (no AMX)"
+    return "float32 (no bfloat16 instructions)"
+
+
 def run(notebook: Path, profile: str, inplace: bool) -> tuple[float, float, int]:
     """(seconds, peak MiB, exit status) of executing one notebook."""
     cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
@@ -158,6 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("which", nargs="*", help="notebook number prefixes (default: all)")
     parser.add_argument("--profile", default="full", choices=("full", "test"))
     parser.add_argument("--inplace", action="store_true", help="store the outputs in the notebooks")
+    parser.add_argument("--table", default="",
+                        help="write bench/notebooks_<profile>_<TABLE>.md instead (a run on another "
+                             "kind of machine, kept beside the stored run's table)")
     parser.add_argument("--finish-bars", action="store_true",
                         help="only rewrite the stored progress bars' text from their final state")
     args = parser.parse_args(argv)
@@ -190,17 +204,18 @@ def main(argv=None) -> int:
         print(rows[-1], flush=True)
     header = [f"Notebooks, {args.profile} profile, on {os.cpu_count()} CPU cores "
               f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-              f"threads {torch.get_num_threads()}", "",
+              f"threads {torch.get_num_threads()}, {bf16_hardware()}", "",
               "| notebook | minutes | target (min) | peak memory (MiB) | status | headline "
               "| ms per reference step |",
               "|---|---|---|---|---|---|---|"]
     # keep earlier rows of notebooks not run this time, so partial runs add up to one table
-    out = ROOT / "bench" / f"notebooks_{args.profile}.md"
+    suffix = f"_{args.table}" if args.table else ""
+    out = ROOT / "bench" / f"notebooks_{args.profile}{suffix}.md"
     body = merge_rows(out.read_text() if out.exists() else "", rows)
     total = sum(float(row.split("|")[2]) for row in body)
     body.append(f"| **whole course** | **{total:.1f}** | {COURSE_TARGET_MIN} | - | "
                 f"{'ok' if total <= COURSE_TARGET_MIN else 'MISSED'} | 06 graded separately: "
-                f"grade_key_{args.profile}.md | - |")
+                f"grade_key_{args.profile}{suffix}.md | - |")
     table = "\n".join(header + body)
     print("\n" + table)
     out.write_text(table + "\n")

@@ -13,7 +13,7 @@ them alike (median of 5 rounds of 30 steps):
 - ``now``: :func:`course_lib.train.adam` (``fused=True``) and
   :func:`course_lib.train.ema_warmup_avg_fn` as a ``multi_avg_fn`` (one ``_foreach_lerp_``);
 - ``now + bf16``: the same step under ``torch.autocast("cpu", dtype=torch.bfloat16)``, which only
-  a CPU with AMX units runs fast (elsewhere bfloat16 is emulated).
+  a CPU with AMX or AVX512-BF16 runs fast (elsewhere bfloat16 is emulated: bench/bf16_isa.py).
 
 Part 3 (printed second) times each notebook's model as it trains now, float32 against bfloat16.
 

@@ -51,29 +51,37 @@ def get_device(verbose: bool = False) -> torch.device:
     return device
 
 
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` is a CPU that multiplies bfloat16 matrices natively (Intel AMX tiles).
-
-    There the course's convolutions run a fifth to a half faster under
-    ``torch.autocast("cpu", dtype=torch.bfloat16)``, in training (bench/train_overheads.md) and
-    in sampling (bench/bf16_sampling.md), with the same losses and samples; elsewhere bfloat16 is
-    emulated and slower, so the course stays in float32 there (and on GPUs).
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+def _cpu_has(feature: str) -> bool:
+    """Whether this CPU has ``feature`` ("amx_tile", "avx512_bf16"), as PyTorch's probe reads it."""
+    probe = getattr(torch.cpu, f"_is_{feature}_supported", None)
     return bool(probe and probe())
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` is a CPU that multiplies bfloat16 matrices in hardware: Intel's AMX
+    tiles, or the AVX512-BF16 dot products (AMD since Zen 4, Intel since Cooper Lake).
+
+    There the course's convolutions run a quarter to a half faster under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``, in training and in sampling, with the same
+    losses and samples (bench/train_overheads.md, bench/bf16_sampling.md on AMX;
+    bench/bf16_isa.md on AVX512-BF16). Without either, bfloat16 is emulated and about twice as
+    slow as float32 (bench/bf16_isa.md), so the course stays in float32 there (and on GPUs).
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    return _cpu_has("amx_tile") or _cpu_has("avx512_bf16")
+
+
 def trains_fast(device: torch.device | str) -> bool:
-    """Whether ``device`` trains the course's UNets at least twice as fast as a float32 CPU: a GPU,
-    or a CPU with AMX, where they train in bfloat16 (:func:`native_bf16`).
+    """Whether ``device`` trains 04's flower UNet fast enough for 60 epochs in the notebook's 12
+    minutes: a GPU, or a CPU with AMX (in bfloat16, about 166 ms a step on 2 cores).
 
     04 gives its flower UNet twice the epochs there (bench/RESULTS.md, section 17), and the 30
     measured before that elsewhere, so the notebook takes about the same minutes on any 2-core
-    CPU.
+    CPU. A CPU with only AVX512-BF16 also trains in bfloat16, but a step takes about 1.6 times as
+    long as with AMX, and 60 epochs would take 04 past its 12 minutes (section 18).
     """
-    return torch.device(device).type != "cpu" or native_bf16(device)
+    return torch.device(device).type != "cpu" or _cpu_has("amx_tile")
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

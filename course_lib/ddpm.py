@@ -13,7 +13,8 @@ conditional model in :class:`CFGDenoiser` and pass ``extra_args={"c": c}``), ``x
 starting noise, and ``callback`` receives ``{"i", "n", "t", "x", "x0"}`` after each step (``n``
 is the number of steps, ``x0`` the step's prediction x̂_0). ``bf16`` runs the model's calls
 under bfloat16 autocast (the step's arithmetic stays in x's dtype); default: for image batches
-on a CPU with AMX units (:func:`course_lib.config.native_bf16`). Every reverse step takes
+on a CPU that multiplies bfloat16 in hardware, with AMX or AVX512-BF16
+(:func:`course_lib.config.native_bf16`). Every reverse step takes
 ``(x_t, t, eps, schedule, ...)`` and returns a :class:`StepOutput` ``(x_prev, x0)``.
 """
 from __future__ import annotations

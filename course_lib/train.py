@@ -98,7 +98,7 @@ def ema_warmup_avg_fn(decay: float, warmup: float = 10.0) -> Callable:
 def bf16_pays(model: nn.Module, device: torch.device | str) -> bool:
     """``train``'s default for ``bf16``: a native-bfloat16 CPU (:func:`~course_lib.config.native_bf16`)
     and a model with convolutions. Small matrix products (02's ``ToyDenoiser``, an MLP of 10k
-    weights) cost more in casts than AMX saves (bench/bf16_sampling.md), so they stay float32."""
+    weights) cost more in casts than bfloat16 saves (bench/bf16_sampling.md), so they stay float32."""
     return native_bf16(device) and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
@@ -140,7 +140,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     of the 4-D tensors of each batch.
     ``bf16`` computes the forward pass and the loss under bfloat16 autocast (weights, gradients
     and Adam stay float32); default (:func:`bf16_pays`): for a model with convolutions on a CPU
-    with AMX units. The progress bar then says "bf16".
+    that multiplies bfloat16 in hardware (AMX or AVX512-BF16). The progress bar then says "bf16".
     Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``, with warm-up: :func:`ema_warmup_avg_fn`) whose ``.module`` is usually
     the better model to sample from.

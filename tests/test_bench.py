@@ -985,3 +985,47 @@ def test_05_negative_prompt_prose_quotes_its_stored_run():
                   f"({rose[1]} of 40 samples mostly red, {red_tulip[1]} with the negative prompt)",
                   f"from {rose[0]} to {tulip[0]}"):
         assert quote in answers, quote
+
+
+def test_bf16_isa_backs_bfloat16_on_amx_or_avx512_bf16_only():
+    """bench/bf16_isa.json (RESULTS section 18): with AVX512-BF16 every notebook network's step and
+    05's sampling take less time in bfloat16 than in float32; with the instructions capped below
+    it (bfloat16 emulated) every one takes more. So config.native_bf16 says yes on that machine,
+    and trains_fast (60 flower epochs) no; the README, RESULTS and the markdown table agree."""
+    import json
+    data = json.loads((ROOT / "bench" / "bf16_isa.json").read_text())
+    assert data["cpu"] == {"avx512_bf16": True, "amx_tile": False, "native_bf16": True,
+                           "trains_fast": False}
+    own = data["settings"]["this CPU"]["ms"]
+    assert len(own) == 5 and all(bf16 < 0.8 * f32 for f32, bf16 in own.values())
+    for capped in ("without AVX512-BF16", "AVX2 only"):
+        assert all(bf16 > 1.5 * f32 for f32, bf16 in data["settings"][capped]["ms"].values())
+    table = (ROOT / "bench" / "bf16_isa.md").read_text()
+    assert table.count("\n| ") == 1 + sum(len(s["ms"]) for s in data["settings"].values())
+    steps = [round(100 * (1 - bf16 / f32)) for name, (f32, bf16) in own.items() if "sampling" not in name]
+    quoted = f"{min(steps)}–{max(steps)}% less"
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 18. ")[1].split())
+    assert f"this CPU takes {quoted} time a training step" in section
+    assert f"with AVX512-BF16 (AMD Zen 4) {quoted}" in " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_the_avx512_bf16_course_run_adds_up_as_its_documents_say():
+    """bench/notebooks_full_avx512bf16.md and grade_key_full_avx512bf16.md (a full run on a CPU with
+    AVX512-BF16, no AMX): every notebook within its time and memory, the answer key passing, and
+    the course minutes quoted in RESULTS section 18 and the README are the two tables' sum."""
+    import re
+    notebooks = (ROOT / "bench" / "notebooks_full_avx512bf16.md").read_text()
+    assert "bfloat16 on AVX512-BF16 (no AMX)" in notebooks.splitlines()[0]
+    rows = re.findall(r"^\| (\d\d_\w+) \| ([\d.]+) \| (\S+) \| (\d+) \| (\w+) \|", notebooks, re.M)
+    assert len(rows) == 7 and all(status == "ok" and int(mib) < 4096 for *_, mib, status in rows)
+    total = float(re.search(r"\*\*whole course\*\* \| \*\*([\d.]+)\*\*", notebooks).group(1))
+    assert abs(total - sum(float(m) for _, m, *_ in rows)) < 0.051
+    grade = (ROOT / "bench" / "grade_key_full_avx512bf16.md").read_text()
+    assert "- result: pass" in grade and "exit status 0" in grade
+    grading = int(re.search(r"whole grading, wall clock: (\d+) s", grade).group(1)) / 60
+    course = f"{total + round(grading, 1):.1f}"
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 18. ")[1].split())
+    assert f"**{course} minutes for the course** (the notebooks in {total:.1f} and {grading:.1f}" in section
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"the notebooks took {total:.1f} minutes and the grading {grading:.1f}, {course} in all" in readme
+    assert f"the course took {course} minutes" in readme

@@ -55,11 +55,27 @@ def test_checkpoint_path_is_per_profile(monkeypatch):
     assert path == config.REPO_ROOT / "checkpoints" / "test" / "02_time_unet.pt"
 
 
-@pytest.mark.parametrize("device,amx,fast", [("cpu", False, False), ("cpu", True, True),
-                                             ("cuda", False, True), ("mps", False, True)])
-def test_trains_fast_on_a_gpu_or_an_amx_cpu_only(monkeypatch, device, amx, fast):
-    """04 doubles its flower UNet's epochs where training is at least twice as fast as a float32
-    CPU; a plain CPU keeps the epochs it was measured at, and about the same minutes."""
+@pytest.mark.parametrize("device,amx,avx512_bf16,native,fast", [
+    ("cpu", False, False, False, False),   # bfloat16 emulated: float32, 30 flower epochs
+    ("cpu", False, True, True, False),     # AVX512-BF16 (AMD Zen 4): bfloat16, still 30 epochs
+    ("cpu", True, False, True, True),      # AMX: bfloat16, 60 epochs
+    ("cpu", True, True, True, True),
+    ("cuda", False, False, False, True), ("mps", True, True, False, True)])
+def test_bf16_on_amx_or_avx512_bf16_and_fast_training_on_a_gpu_or_amx_only(
+        monkeypatch, device, amx, avx512_bf16, native, fast):
+    """The CPU trains in bfloat16 where it multiplies bfloat16 in hardware (AMX or AVX512-BF16),
+    never on a GPU; 04 doubles its flower UNet's epochs only where a step is fast enough for 60
+    (a GPU or AMX), and a plain CPU keeps the epochs it was measured at, in about the same minutes."""
     monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert config.native_bf16("cpu") is amx
+    monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
+                        raising=False)
+    assert config.native_bf16(device) is native
     assert config.trains_fast(device) is fast
+
+
+def test_cpu_probes_missing_from_torch_read_as_absent(monkeypatch):
+    """An older PyTorch without a probe: no bfloat16, no doubled epochs, no AttributeError."""
+    monkeypatch.delattr(config.torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(config.torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert config.native_bf16("cpu") is False
+    assert config.trains_fast("cpu") is False

@@ -243,7 +243,7 @@ def test_on_epoch_end_sees_each_epoch_in_eval_mode():
 
 
 def test_bf16_is_the_default_for_convolutions_on_a_native_bf16_cpu(monkeypatch):
-    """train() autocasts conv models where AMX multiplies bfloat16; small MLPs stay float32."""
+    """train() autocasts conv models where the CPU multiplies bfloat16; small MLPs stay float32."""
     import course_lib.train as train_module
     from course_lib.unets import UNet
 
