@@ -61,11 +61,12 @@ def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` is a CPU that multiplies bfloat16 matrices in hardware: Intel's AMX
     tiles, or the AVX512-BF16 dot products (AMD since Zen 4, Intel since Cooper Lake).
 
-    There the course's convolutions run a quarter to a half faster under
+    There the course's convolutions take a fifth to a half less time under
     ``torch.autocast("cpu", dtype=torch.bfloat16)``, in training and in sampling, with the same
-    losses and samples (bench/train_overheads.md, bench/bf16_sampling.md on AMX;
-    bench/bf16_isa.md on AVX512-BF16). Without either, bfloat16 is emulated and about twice as
-    slow as float32 (bench/bf16_isa.md), so the course stays in float32 there (and on GPUs).
+    losses and judged samples (bench/train_overheads.md, bench/bf16_sampling.md on AMX;
+    bench/bf16_isa.md and bench/RESULTS.md section 18 on AVX512-BF16). Without either, bfloat16
+    is emulated and 1.6 to 18 times as slow as float32 (bench/bf16_isa.md), so the course stays
+    in float32 there (and on GPUs).
     """
     if torch.device(device).type != "cpu":
         return False
@@ -74,12 +75,12 @@ def native_bf16(device: torch.device | str) -> bool:
 
 def trains_fast(device: torch.device | str) -> bool:
     """Whether ``device`` trains 04's flower UNet fast enough for 60 epochs in the notebook's 12
-    minutes: a GPU, or a CPU with AMX (in bfloat16, about 166 ms a step on 2 cores).
+    minutes: a GPU, or a CPU with AMX (in bfloat16: 190 s for 30 epochs on 2 cores).
 
     04 gives its flower UNet twice the epochs there (bench/RESULTS.md, section 17), and the 30
     measured before that elsewhere, so the notebook takes about the same minutes on any 2-core
-    CPU. A CPU with only AVX512-BF16 also trains in bfloat16, but a step takes about 1.6 times as
-    long as with AMX, and 60 epochs would take 04 past its 12 minutes (section 18).
+    CPU. A CPU with only AVX512-BF16 also trains in bfloat16, but more slowly (321 s for 30
+    epochs on a 2-core AMD EPYC), and 60 epochs would take 04 past its 12 minutes (section 18).
     """
     return torch.device(device).type != "cpu" or _cpu_has("amx_tile")
 
