@@ -1029,3 +1029,15 @@ def test_the_avx512_bf16_course_run_adds_up_as_its_documents_say():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"the notebooks took {total:.1f} minutes and the grading {grading:.1f}, {course} in all" in readme
     assert f"the course took {course} minutes" in readme
+
+
+def test_notebook_table_header_names_how_the_cpu_multiplies_bfloat16(monkeypatch):
+    """bench/run_notebooks.py's header says AMX, AVX512-BF16 or float32, as config.native_bf16 decides."""
+    import torch
+    run_notebooks = _bench_module("run_notebooks")
+    for amx, avx, said in ((True, False, "bfloat16 on AMX"),
+                           (False, True, "bfloat16 on AVX512-BF16 (no AMX)"),
+                           (False, False, "float32 (no bfloat16 instructions)")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
+        assert run_notebooks.bf16_hardware() == said
