@@ -41,18 +41,19 @@ from course_lib.ddpm import cosine_schedule, diffusion_loss, sample_guided  # no
 from course_lib.train import adam  # noqa: E402
 from course_lib.unets import OptimizedUNet  # noqa: E402
 from report import write_report  # noqa: E402  (bench/)
-from train_overheads import interleaved_ms, training_step  # noqa: E402  (bench/)
+from train_overheads import NOTEBOOK_MODELS, interleaved_ms, training_step  # noqa: E402  (bench/)
 
 SETTINGS = {   # name: environment of the worker process
     "this CPU": {},
     "without AVX512-BF16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
     "AVX2 only": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
 }
-MODELS = {   # name: (the network as its notebook trains it now, batch, (channels, size), context width)
-    "03 fixed recipe": (lambda: OptimizedUNet(1, 16, (16, 32, 64), T=150, bottleneck=128), 64, (1, 16), None),
+MODELS = {   # name: (the network as its notebook trains it now, batch, (channels, size), context width):
+    #            train_overheads' entries, with 04's and 05's flower widths since rows X and V
+    "03 fixed recipe": NOTEBOOK_MODELS["03 fixed recipe"],
     "04 flowers": (lambda: OptimizedUNet(3, 32, (24, 48, 96), T=150, c_dim=3), 64, (3, 32), 3),
     "05 UNet": (lambda: OptimizedUNet(3, 32, (24, 48, 96), T=150, c_dim=128), 32, (3, 32), 128),
-    "06 DigitUNet": (lambda: OptimizedUNet(1, 28, (16, 32, 64), T=150, c_dim=10), 128, (1, 28), 10),
+    "06 DigitUNet": NOTEBOOK_MODELS["06 DigitUNet"],
 }
 SAMPLING = "05 guided sampling, 60 samples × 20 steps"
 
@@ -108,8 +109,7 @@ def main(argv=None) -> int:
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         results[setting] = {"env": env, "ms": json.loads(line.removeprefix("RESULT "))}
         print(results[setting], flush=True)
-    cpu = {"avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-           "amx_tile": torch.cpu._is_amx_tile_supported(),
+    cpu = {"avx512_bf16": config.cpu_has("avx512_bf16"), "amx_tile": config.cpu_has("amx_tile"),
            "native_bf16": config.native_bf16("cpu"), "trains_fast": config.trains_fast("cpu")}
     machine = f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}"
     flags = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in cpu.items())

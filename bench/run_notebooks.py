@@ -133,7 +133,7 @@ def bf16_hardware() -> str:
     """How this CPU multiplies bfloat16 (course_lib.config.native_bf16), for the table's header."""
     from course_lib import config
 
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():   # absent from older torch
+    if config.cpu_has("amx_tile"):
         return "bfloat16 on AMX"
     if config.native_bf16("cpu"):
         return "bfloat16 on AVX512-BF16 (no AMX)"

@@ -51,8 +51,9 @@ def get_device(verbose: bool = False) -> torch.device:
     return device
 
 
-def _cpu_has(feature: str) -> bool:
-    """Whether this CPU has ``feature`` ("amx_tile", "avx512_bf16"), as PyTorch's probe reads it."""
+def cpu_has(feature: str) -> bool:
+    """Whether this CPU has ``feature`` ("amx_tile", "avx512_bf16"), as PyTorch's probe reads it
+    (``torch.cpu._is_<feature>_supported``; False where this torch has no such probe)."""
     probe = getattr(torch.cpu, f"_is_{feature}_supported", None)
     return bool(probe and probe())
 
@@ -70,7 +71,7 @@ def native_bf16(device: torch.device | str) -> bool:
     """
     if torch.device(device).type != "cpu":
         return False
-    return _cpu_has("amx_tile") or _cpu_has("avx512_bf16")
+    return cpu_has("amx_tile") or cpu_has("avx512_bf16")
 
 
 def trains_fast(device: torch.device | str) -> bool:
@@ -82,7 +83,7 @@ def trains_fast(device: torch.device | str) -> bool:
     CPU. A CPU with only AVX512-BF16 also trains in bfloat16, but more slowly (321 s for 30
     epochs on a 2-core AMD EPYC), and 60 epochs would take 04 past its 12 minutes (section 18).
     """
-    return torch.device(device).type != "cpu" or _cpu_has("amx_tile")
+    return torch.device(device).type != "cpu" or cpu_has("amx_tile")
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
