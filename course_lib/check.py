@@ -3,10 +3,15 @@
 Each ``check_*`` runs the student's code and the reference on the same random inputs,
 prints one verdict line and returns True/False. A checker never raises, so an
 unfinished exercise (a FIXME left in place) reads "not done yet" instead of a traceback.
+An answer that only calls the library's version of what the exercise builds (imported a few
+cells above, e.g. ``ddpm_step`` for the reverse step) matches by construction; the checker
+names the call and asks for the student's own code instead (:func:`_shortcut`).
 """
 from __future__ import annotations
 
 import functools
+import inspect
+import types
 from typing import Callable
 
 import torch
@@ -25,8 +30,11 @@ def _verdict(name: str, ok: bool, detail: str = "") -> bool:
     return ok
 
 
-def checker(name: str):
-    """Decorator: run the comparison, turn any exception into a clear "not done yet" verdict."""
+def checker(name: str, rebuilds: tuple[str, ...] = ()):
+    """Decorator: run the comparison, turn any exception into a clear "not done yet" verdict.
+
+    ``rebuilds`` names the library's versions of what the exercise asks for: an answer that
+    matches only by calling one of them is not done yet."""
     def wrap(compare: Callable[..., tuple[bool, str]]):
         @functools.wraps(compare)
         def run(*student) -> bool:
@@ -36,9 +44,43 @@ def checker(name: str):
                 return _verdict(name, False, f"not done yet: {err}")
             except Exception as err:
                 return _verdict(name, False, f"{type(err).__name__}: {err}")
+            called = ok and next(filter(None, (_shortcut(s, rebuilds) for s in student)), None)
+            if called:
+                return _verdict(name, False, f"it calls {called}, the library's version of this "
+                                             "exercise: write the computation yourself")
             return _verdict(name, ok, detail)
         return run
     return wrap
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Every global, attribute and enclosing-scope name that ``code`` (and what it defines
+    inside) uses."""
+    names = set(code.co_names) | set(code.co_freevars)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _shortcut(answer, rebuilds: tuple[str, ...]) -> str | None:
+    """The first name in ``rebuilds`` that ``answer`` (a function, or a class's own methods)
+    uses, or ``super`` in a method other than ``__init__`` (a subclass's forward that returns
+    the library parent's); None when it uses none of them."""
+    if inspect.isclass(answer):
+        methods = {k: inspect.unwrap(v) for k, v in vars(answer).items() if inspect.isfunction(v)}
+    elif inspect.isfunction(answer):
+        methods = {answer.__name__: answer}
+    else:
+        return None
+    for method, fn in methods.items():
+        names = _names(fn.__code__)
+        for name in rebuilds:
+            if name in names:
+                return f"`{name}`"
+        if method != "__init__" and inspect.isclass(answer) and "super" in names:
+            return f"`super().{method}` (the library's {method})"
+    return None
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> tuple[bool, str]:
@@ -63,7 +105,7 @@ def _same_module(student: torch.nn.Module, reference: torch.nn.Module, *inputs):
 
 # --- 01 --------------------------------------------------------------------------------------
 
-@checker("add_noise (01)")
+@checker("add_noise (01)", rebuilds=("add_noise",))
 def check_add_noise(fn):
     """One amount for the batch (as ``add_noise``), then one amount per image, shape (B,)."""
     x, noise = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
@@ -82,13 +124,13 @@ def check_add_noise(fn):
     return True, "matches for amounts 0, 0.5 and 0.8, and for one amount per image"
 
 
-@checker("DownBlock (01)")
+@checker("DownBlock (01)", rebuilds=("DownBlock",))
 def check_down_block(cls):
     torch.manual_seed(0)
     return _same_module(cls(3, 8), DownBlock(3, 8), torch.randn(2, 3, 16, 16))
 
 
-@checker("UpBlock.forward (01)")
+@checker("UpBlock.forward (01)", rebuilds=("UpBlock",))
 def check_up_block(cls):
     torch.manual_seed(0)
     return _same_module(cls(8, 4), UpBlock(8, 4), torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4))
@@ -96,7 +138,7 @@ def check_up_block(cls):
 
 # --- 02 --------------------------------------------------------------------------------------
 
-@checker("q_sample (02)")
+@checker("q_sample (02)", rebuilds=("q_sample",))
 def check_q_sample(fn):
     s = linear_schedule(150)
     x0, noise = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
@@ -104,7 +146,7 @@ def check_q_sample(fn):
     return _close(fn(x0, t, noise, s.alpha_bars), s.q_sample(x0, t, noise))
 
 
-@checker("reverse step (02)")
+@checker("reverse step (02)", rebuilds=("ddpm_step", "sample_ddpm"))
 def check_reverse_step(fn):
     s = linear_schedule(150)
     x, eps, z = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
@@ -125,7 +167,7 @@ def check_reverse_step(fn):
     return True, "matches at t = 149, 80, 1 and 0, noise and last step included"
 
 
-@checker("DDIM step (02)")
+@checker("DDIM step (02)", rebuilds=("ddim_step", "sample_ddim"))
 def check_ddim_step(fn):
     s = linear_schedule(150)
     x, eps = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
@@ -147,13 +189,13 @@ def check_ddim_step(fn):
 
 # --- 03 --------------------------------------------------------------------------------------
 
-@checker("sinusoidal embedding (03)")
+@checker("sinusoidal embedding (03)", rebuilds=("SinusoidalPositionEmbedBlock",))
 def check_sinusoidal(fn):
     t = torch.tensor([0, 1, 7, 149])
     return _close(fn(t, 32), SinusoidalPositionEmbedBlock(32)(t))
 
 
-@checker("Rearrange pooling (03)")
+@checker("Rearrange pooling (03)", rebuilds=("RearrangePoolBlock",))
 def check_rearrange_pool(fn, undo=None):
     """``fn`` must equal the library's space-to-depth exactly; ``undo`` (depth-to-space), when
     given, must give every image back exactly, from ``fn``'s output and from the library's."""
@@ -168,7 +210,7 @@ def check_rearrange_pool(fn, undo=None):
     return True, "pooled and undone exactly"
 
 
-@checker("ResidualConvBlock (03)")
+@checker("ResidualConvBlock (03)", rebuilds=("ResidualConvBlock",))
 def check_residual_block(cls):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
@@ -184,7 +226,7 @@ def check_residual_block(cls):
 
 # --- 04 --------------------------------------------------------------------------------------
 
-@checker("classifier-free guidance (04)")
+@checker("classifier-free guidance (04)", rebuilds=("CFGDenoiser", "sample_guided"))
 def check_guidance(fn):
     cond, uncond = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     for w in (-1.0, 0.0, 0.5, 2.0):
@@ -194,7 +236,7 @@ def check_guidance(fn):
     return True, "matches for w = -1, 0, 0.5 and 2"
 
 
-@checker("pasting back the known pixels (04)")
+@checker("pasting back the known pixels (04)", rebuilds=("paste_back", "inpaint"))
 def check_paste_back(fn):
     schedule = cosine_schedule(20)
     g = torch.Generator().manual_seed(0)
@@ -211,7 +253,7 @@ def check_paste_back(fn):
     return True, "matches at t_prev = 12, 3 and -1 (the last step)"
 
 
-@checker("guided noise in one forward pass (04)")
+@checker("guided noise in one forward pass (04)", rebuilds=("CFGDenoiser", "sample_guided"))
 def check_guided_eps(fn):
     calls = []
 
@@ -235,7 +277,7 @@ def check_guided_eps(fn):
     return True, "matches for w = 0.5 and 2, with one forward pass of a doubled batch"
 
 
-@checker("context with dropout (04)")
+@checker("context with dropout (04)", rebuilds=("keep_mask", "mix_contexts"))
 def check_context_drop(fn):
     labels = torch.randint(0, 10, (20_000,))
     c = fn(labels, 10, 0.9)
@@ -252,7 +294,7 @@ def check_context_drop(fn):
 
 # --- 05 --------------------------------------------------------------------------------------
 
-@checker("CLIP contrastive loss (05)")
+@checker("CLIP contrastive loss (05)", rebuilds=("ClipLoss",))
 def check_clip_loss(fn):
     import open_clip
     torch.manual_seed(0)
@@ -262,7 +304,7 @@ def check_clip_loss(fn):
     return _close(fn(img, txt, scale), open_clip.ClipLoss()(img, txt, scale), 1e-5)
 
 
-@checker("zero-shot classification (05)")
+@checker("zero-shot classification (05)", rebuilds=("zero_shot",))
 def check_zero_shot(fn):
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(12, 16), dim=1)

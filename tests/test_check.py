@@ -63,8 +63,8 @@ def _mean(x_t, t, eps, s):
 
 
 def test_reverse_step_explains_the_usual_mistakes(capsys):
-    def right(x_t, t, eps, s, z):
-        return ddpm_step(x_t, t, eps, s, noise=z).x_prev
+    def right(x_t, t, eps, s, z):      # written out: calling ddpm_step is refused (see below)
+        return _mean(x_t, t, eps, s) + (s.betas[t].sqrt() * z if t > 0 else 0)
 
     def noisy_end(x_t, t, eps, s, z):
         return _mean(x_t, t, eps, s) + s.betas[t].sqrt() * z
@@ -83,7 +83,8 @@ def test_reverse_step_explains_the_usual_mistakes(capsys):
 
 def test_ddim_step(capsys):
     def right(x_t, t, eps, s, t_prev):
-        return ddim_step(x_t, t, eps, s, t_prev, eta=0.0).x_prev
+        ab_prev = s.alpha_bars[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        return ab_prev.sqrt() * s.predict_x0(x_t, t, eps) + (1 - ab_prev).sqrt() * eps
 
     def returns_x0(x_t, t, eps, s, t_prev):
         return s.predict_x0(x_t, t, eps)
@@ -98,7 +99,9 @@ def test_ddim_step(capsys):
 
 def test_sinusoidal_and_rearrange(capsys):
     def right(t, dim):
-        return SinusoidalPositionEmbedBlock(dim)(t)
+        half = dim // 2
+        angles = t.float()[:, None] * 10_000 ** (-torch.arange(half) / (half - 1))
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
 
     def swapped(t, dim):
         e = SinusoidalPositionEmbedBlock(dim)(t)
@@ -174,7 +177,7 @@ def test_paste_back(capsys):
 
 def test_context_drop(capsys):
     def right(labels, n, keep_prob):
-        return one_hot(labels, n) * keep_mask(len(labels), keep_prob)
+        return one_hot(labels, n) * (torch.rand(len(labels), 1) < keep_prob).float()
 
     def keeps_all(labels, n, keep_prob):
         return one_hot(labels, n)
@@ -205,6 +208,56 @@ def test_clip_loss_and_zero_shot(capsys):
     assert not ok and "normalise the prompts" in out                  # dot products, unnormalised
     only_images = lambda img, txt: (nn.functional.normalize(img, dim=1) @ txt.T).argmax(dim=1)  # noqa
     assert not verdict(capsys, check.check_zero_shot, only_images)[0]
+
+
+def _shortcuts():
+    """(checker, an answer that only calls the library's version of the exercise, what it calls)."""
+    from course_lib.ddpm import CFGDenoiser, linear_schedule
+    from course_lib.editing import paste_back
+
+    class CopiedDown(nn.Sequential):
+        def __init__(self, i, o):
+            super().__init__(*DownBlock(i, o))
+
+    class ParentsForward(UpBlock):
+        def forward(self, x, skip):
+            return super().forward(x, skip)
+
+    class CalledResidual(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            reference = ResidualConvBlock(i, o)
+            self.conv1, self.conv2 = reference.conv1, reference.conv2
+
+        def forward(self, x):
+            return ResidualConvBlock.forward(self, x)
+
+    return [
+        (check.check_add_noise, lambda x, a, n: add_noise(x, a, n), "add_noise"),
+        (check.check_down_block, CopiedDown, "DownBlock"),
+        (check.check_up_block, ParentsForward, "super().forward"),
+        (check.check_q_sample, lambda x0, t, n, ab: linear_schedule(150).q_sample(x0, t, n), "q_sample"),
+        (check.check_reverse_step, lambda x, t, e, s, z: ddpm_step(x, t, e, s, noise=z).x_prev,
+         "ddpm_step"),
+        (check.check_ddim_step, lambda x, t, e, s, p: ddim_step(x, t, e, s, p, eta=0.0).x_prev,
+         "ddim_step"),
+        (check.check_sinusoidal, lambda t, d: SinusoidalPositionEmbedBlock(d)(t),
+         "SinusoidalPositionEmbedBlock"),
+        (check.check_residual_block, CalledResidual, "ResidualConvBlock"),
+        (check.check_paste_back, lambda *a: paste_back(*a), "paste_back"),
+        (check.check_guided_eps, lambda model, x, t, c, w: CFGDenoiser(model, w)(x, t, c), "CFGDenoiser"),
+        (check.check_context_drop, lambda y, n, p: one_hot(y, n) * keep_mask(len(y), p), "keep_mask"),
+        (check.check_clip_loss, lambda i, t, s: open_clip.ClipLoss()(i, t, s), "ClipLoss"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_an_answer_that_calls_the_library_version_is_not_done(capsys, case):
+    """The library's version is imported a few cells above each exercise: calling it matches the
+    reference exactly, and teaches nothing. The checker names the call."""
+    fn, answer, name = _shortcuts()[case]
+    ok, out = verdict(capsys, fn, answer)
+    assert not ok and name in out and "write the computation yourself" in out, out
 
 
 @pytest.mark.parametrize("name", [n for n in dir(check) if n.startswith("check_")])
