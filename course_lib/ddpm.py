@@ -10,7 +10,7 @@ Every sampler has the same call (k-diffusion's convention)::
 
 where ``model(x_t, t, **extra_args) -> eps`` predicts the noise (for guidance, wrap a
 conditional model in :class:`CFGDenoiser` and pass ``extra_args={"c": c}``), ``x`` is the
-starting noise, and ``callback`` receives ``{"i", "n", "t", "x", "x0"}`` after each step (``n``
+starting noise, and ``callback`` receives ``{"i", "n", "t", "t_prev", "x", "x0"}`` after each step (``n``
 is the number of steps, ``x0`` the step's prediction x̂_0). ``bf16`` runs the model's calls
 under bfloat16 autocast (the step's arithmetic stays in x's dtype); default: for image batches
 on a CPU that multiplies bfloat16 in hardware, with AMX or AVX512-BF16
@@ -148,7 +148,7 @@ def linear_schedule(T: int = 150, beta_start: float = 1e-4, beta_end: float = 0.
 
 
 def cosine_schedule(T: int = 150, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
-    """Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²(((t/T + s)/(1 + s))·π/2), beta capped at max_beta."""
+    """Nichol & Dhariwal 2021, eq. 17: ᾱ_t = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2), beta capped at max_beta."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     steps = torch.arange(T + 1, dtype=torch.float64) / T
@@ -184,7 +184,16 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str = "eps") -> 
     eps-target, min(SNR_t, γ)/(SNR_t + 1) for a v-target. Either way the loss becomes
     min(SNR_t, γ)·||x̂_0 - x_0||² (bench/RESULTS.md, section 16). :func:`diffusion_loss` writes
     the eps form out in its own body, which notebook 02 prints for students."""
+    _check_gamma(gamma)
+    if prediction not in ("eps", "v"):
+        raise ValueError(f"prediction is 'eps' or 'v' (what the network learns), got {prediction!r}")
     return snr.clamp(max=gamma) / (snr + 1 if prediction == "v" else snr)
+
+
+def _check_gamma(gamma: float) -> None:
+    if not gamma > 0:
+        raise ValueError(f"min-SNR-γ needs γ > 0 (Hang et al. use 5; None: unweighted), got {gamma}: "
+                         "γ = 0 zeroes the loss and γ < 0 turns it upside down")
 
 
 def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
@@ -202,6 +211,7 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     x_t = schedule.q_sample(x0, t, noise)
     if min_snr_gamma is None:
         return F.mse_loss(model(x_t, t, **model_kwargs), noise)
+    _check_gamma(min_snr_gamma)
     ab = extract(schedule.alpha_bars, t, x0).flatten()
     snr = ab / (1 - ab)
     weight = snr.clamp(max=min_snr_gamma) / snr
@@ -242,7 +252,7 @@ class VDenoiser:
         if lognormal is None:
             t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device, generator=generator)
         else:
-            t = lognormal_timesteps(self.schedule, len(x0), *lognormal, generator=generator)
+            t = lognormal_timesteps(self.schedule, len(x0), *lognormal, generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         a, s = self._scales(t, x0)
         x_t = a * x0 + s * noise
@@ -262,6 +272,8 @@ def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std:
     32×32 images): most steps go to the low and middle noise levels (on 04's cosine schedule,
     about half below t = 30, where SNR_t > 9), few to the nearly pure-noise end.
     """
+    if not p_std > 0:
+        raise ValueError(f"lognormal timesteps need P_std > 0 (EDM: 1.2), got {p_std}")
     device = schedule.alpha_bars.device
     log_sigmas = (0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()).float()
     drawn = p_mean + p_std * torch.randn(n, device=device, generator=generator)
@@ -321,7 +333,8 @@ def ddim_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule, 
     """One DDIM step from t to t_prev < t (Song et al. 2021, eq. 12); t_prev = -1 means ᾱ = 1.
 
     η sets how much fresh noise each step adds, as in diffusers: η = 0 is deterministic DDIM,
-    η = 1 is DDPM-like (over all T steps it is DDPM with the posterior variance).
+    η = 1 is DDPM-like (over all T steps, without ``clip_x0``, it is DDPM with the posterior
+    variance; with it, this step keeps the raw eps in its direction term, as diffusers does).
 
     1. x_0 = (x_t - sqrt(1 - ᾱ_t)·eps) / sqrt(ᾱ_t)
     2. sigma = eta · sqrt((1 - ᾱ_prev)/(1 - ᾱ_t)) · sqrt(1 - ᾱ_t/ᾱ_prev)     (eq. 16)
@@ -529,15 +542,20 @@ class ProjectedGuidance:
     of High Guidance Scales in Diffusion Models"): guidance without its part along x̂₀.
 
     1. Predict x̂₀ from eps(x, c) and eps(x, ∅) (eq. 4 inverted, ``Schedule.predict_x0``).
-    2. Guidance in those terms is x̂₀(∅) + (1 + w)·Δ with Δ = x̂₀(c) − x̂₀(∅): the same sum as
+    2. Guidance in those terms is x̂₀(c) + w·Δ with Δ = x̂₀(c) − x̂₀(∅): the same sum as
        :class:`CFGDenoiser`'s, since x̂₀ is linear in eps.
     3. Split Δ per sample, over all its pixels, into Δ∥, its projection on x̂₀(c), and
        Δ⊥ = Δ − Δ∥. Δ∥ scales the picture's own values up (the over-saturated colours of large
        w); Δ⊥ changes what is drawn.
-    4. Keep Δ⊥ + ``parallel``·Δ∥ (the paper's default: 0), after scaling Δ down to a norm of at
-       most ``norm_threshold`` where that is > 0, and turn the guided x̂₀ back into eps.
-    ``parallel=1`` without a threshold is plain classifier-free guidance. The sum is diffusers'
-    ``normalized_guidance`` on x̂₀, without its momentum (tests/test_diffusers_agreement.py).
+    4. Add w·(Δ⊥ + ``parallel``·Δ∥) (the paper's default: 0) to x̂₀(c), after scaling Δ down to
+       a norm of at most ``norm_threshold`` where that is > 0, and turn the guided x̂₀ back into
+       eps. Only the *extra* push along x̂₀(c) goes: x̂₀(c) keeps its own part, so w → 0 is the
+       conditional prediction for every ``parallel``.
+    ``parallel=1`` without a threshold is plain classifier-free guidance. This is the paper's
+    Algorithm 1, diffusers' ``normalized_guidance(..., use_original_formulation=True)`` on x̂₀,
+    without its momentum (tests/test_diffusers_agreement.py). Until the twenty-seventh session
+    the course added (1 + w)·(Δ⊥ + parallel·Δ∥) to x̂₀(∅) instead (diffusers' default form),
+    which at ``parallel`` < 1 also drops part of x̂₀(c)'s own Δ∥ (bench/RESULTS.md, section 6).
     It takes a model and context as :class:`CFGDenoiser` does, with one doubled-batch pass.
     """
 
@@ -565,7 +583,7 @@ class ProjectedGuidance:
             diff = diff * (self.norm_threshold / norm).clamp(max=1.0)
         unit = x0_cond / torch.linalg.vector_norm(x0_cond, dim=dims, keepdim=True).clamp_min(1e-12)
         along = (diff * unit).sum(dim=dims, keepdim=True) * unit
-        x0 = x0_uncond + (1 + self.w) * (diff - along + self.parallel * along)
+        x0 = x0_cond + self.w * (diff - along + self.parallel * along)
         ab = extract(self.schedule.alpha_bars, t, x)
         return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
 

@@ -300,7 +300,7 @@ class ToyDenoiser(nn.Module):
         if t_dim % 2 or t_dim < 2:
             raise ValueError(f"t_dim must be an even number >= 2, got {t_dim}")
         self.T, self.n_classes = T, n_classes
-        # Frequencies from 1 to 1/T radians per step: the slowest one turns once over 0..T-1.
+        # Frequencies from 1 to 1/T radians per step: the slowest one moves about a radian over 0..T-1.
         self.register_buffer("freqs", torch.logspace(0, -math.log10(T), t_dim // 2))
         layers: list[nn.Module] = [nn.Linear(dim + t_dim + n_classes, hidden), nn.SiLU()]
         for _ in range(depth - 1):

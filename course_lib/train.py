@@ -112,6 +112,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
                   final_factor: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
     """Learning rate: linear warm-up from ~0 over ``warmup_steps``, then cosine decay to
     ``final_factor``× the base rate at ``total_steps`` (torch's LinearLR + CosineAnnealingLR)."""
+    if total_steps < 2:
+        raise ValueError(f"warmup_cosine needs total_steps >= 2 (one to warm up, one to decay), got "
+                         f"{total_steps}: count the optimizer steps as epochs × len(loader)")
     warmup_steps = max(1, min(warmup_steps, total_steps - 1))
     base = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [

@@ -548,8 +548,9 @@ def test_guidance_mixes_in_the_precision_of_x():
 
 
 def test_projected_guidance_drops_the_part_along_x0():
-    """ProjectedGuidance: with parallel = 1 it is plain guidance; with parallel = 0 the guided x̂₀
-    differs from x̂₀(∅) only orthogonally to x̂₀(c), per sample; sample_guided takes it alone."""
+    """ProjectedGuidance (the paper's form): with parallel = 1 it is plain guidance; with
+    parallel = 0 the guided x̂₀ differs from x̂₀(c) only orthogonally to x̂₀(c), per sample, and a
+    small w stays near the conditional prediction (no jump at w → 0); sample_guided takes it alone."""
     model, x, t, c, _ = _small_cfg_model([5, 9, 1])
     s = ddpm.cosine_schedule(20)
     with torch.no_grad():
@@ -559,10 +560,16 @@ def test_projected_guidance_drops_the_part_along_x0():
         keep = torch.ones(3, 1)
         x0_cond = s.predict_x0(x, t, model(x, t, c=c, c_mask=keep))
         x0_uncond = s.predict_x0(x, t, model(x, t, c=c, c_mask=0 * keep))
-    moved = s.predict_x0(x, t, projected) - x0_uncond
+        barely = ddpm.ProjectedGuidance(model, s, 1e-3)(x, t, c=c)
+    moved = s.predict_x0(x, t, projected) - x0_cond
     cosine = torch.nn.functional.cosine_similarity(moved.flatten(1), x0_cond.flatten(1))
     assert cosine.abs().max() < 1e-3 and moved.flatten(1).norm(dim=1).min() > 1e-3
     assert not torch.allclose(projected, plain)
+    assert torch.allclose(s.predict_x0(x, t, barely), x0_cond, atol=1e-2)
+    # the guidance has a part along x̂₀(c) here, which the course's earlier form dropped even at w → 0
+    delta = (x0_cond - x0_uncond).flatten(1)
+    part = torch.nn.functional.cosine_similarity(delta, x0_cond.flatten(1)) * delta.norm(dim=1)
+    assert part.abs().max() > 0.05
     a = ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, seed=3, disable=True, projected=0.0)
     b = ddpm.sample_guided(model, c, (1, 8, 8), s, w=3.0, steps=5, seed=3, disable=True)
     assert a.shape == b.shape and not torch.allclose(a, b)

@@ -260,8 +260,9 @@ def test_guidance_rescale_matches_diffusers():
 
 
 def test_projected_guidance_matches_diffusers():
-    """Our ProjectedGuidance (Sadat et al. 2025) is diffusers' normalized_guidance on x̂₀, without
-    momentum, with and without a norm threshold and for several parallel weights."""
+    """Our ProjectedGuidance (Sadat et al. 2025) is diffusers' normalized_guidance on x̂₀ in the
+    paper's form (added to x̂₀(c), scaled by w), without momentum, with and without a norm threshold
+    and for several parallel weights."""
     from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
     schedule = ddpm.cosine_schedule(20)
     t = torch.tensor([3, 11, 19, 0])
@@ -276,8 +277,8 @@ def test_projected_guidance_matches_diffusers():
     for w, parallel, threshold in ((3.0, 0.0, 0.0), (2.0, 0.5, 0.0), (4.0, 0.0, 2.0), (1.0, 1.0, 0.0)):
         ours = ddpm.ProjectedGuidance(model, schedule, w, parallel=parallel,
                                       norm_threshold=threshold)(x, t, c=torch.zeros(4, 3))
-        x0_theirs = normalized_guidance(x0[True], x0[False], 1 + w, eta=parallel,
-                                        norm_threshold=threshold)
+        x0_theirs = normalized_guidance(x0[True], x0[False], w, eta=parallel, norm_threshold=threshold,
+                                        use_original_formulation=True)   # the paper's Algorithm 1
         ab = schedule.alpha_bars[t].view(-1, 1, 1, 1)
         assert torch.allclose(schedule.predict_x0(x, t, ours), x0_theirs, atol=1e-6)
         assert torch.allclose(ours, (x - ab.sqrt() * x0_theirs) / (1 - ab).sqrt(), atol=1e-6)
