@@ -16,7 +16,7 @@ import nbformat
 IGNORE = {"tags": ["nbval-ignore-output"]}
 
 CELLS: list[tuple[str, str, dict]] = [
-    ("markdown", r"""## A 2-D world with exact answers
+    ("markdown", r"""## 11. A 2-D world with exact answers
 
 On images we can only *judge* samples (a classifier, a Fréchet distance). In two dimensions we
 can do better: if the data are a mixture of Gaussians, everything the network is supposed to
