@@ -47,7 +47,7 @@ import torch
 from . import sandbox
 from .grade_checks import (SHUFFLED_LIMIT, CannotGrade, Judge, Rejected, check_drawn,
                            check_from_network, check_not_memorised, check_realistic, check_samples,
-                           load_judge, read_samples)
+                           load_judge, read_plain, read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
@@ -57,6 +57,7 @@ NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is ref
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
 SAMPLE_TIMEOUT = 1050.0            # seconds for the three draws (b and c: 1.5x a's time each, at most)
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
+ERROR_CAP = 2**16                  # bytes of a cell's recorded error that the grader reads
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
 
 
@@ -195,9 +196,18 @@ def read_submission(path: Path):
                 raise ValueError(f"cell {i}'s source is not text")
             if cell.get("cell_type") not in ("code", "markdown", "raw"):
                 raise ValueError(f"cell {i} has no valid cell_type")
+            if not isinstance(cell.get("metadata", {}), dict):
+                raise ValueError(f"cell {i}'s metadata is not a JSON object")
+            if not isinstance(cell.get("metadata", {}).get("tags", []), list):
+                raise ValueError(f"cell {i}'s tags are not a list")
         nb = nbformat.from_dict(data)
         if nb.get("nbformat") != 4:
             raise ValueError("it is not an nbformat 4 notebook")
+        if not isinstance(nb.get("metadata", {}), dict):
+            raise ValueError("its metadata is not a JSON object")
+    except RecursionError:
+        raise Rejected("not a readable Jupyter notebook: its JSON is nested too deeply; submit the "
+                       ".ipynb file saved by Jupyter") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise Rejected(f"not a readable Jupyter notebook: {err}; submit the .ipynb file "
                        "saved by Jupyter") from None
@@ -367,10 +377,10 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
 
 
 def _cell_error(path: Path, export_cell: int) -> str:
-    try:
-        err = json.loads(path.read_text()[:10_000])
+    try:   # read_plain: the notebook may have planted a link or a pipe under this name
+        err = json.loads(read_plain(path, ERROR_CAP))
         cell, ename, evalue = err.get("cell"), str(err.get("ename")), str(err.get("evalue"))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return "a cell raised an error (no details were recorded)"
     if "GRADER:" in evalue:
         return evalue.split("GRADER:", 1)[1].strip()

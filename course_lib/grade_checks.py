@@ -60,11 +60,18 @@ FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple
 SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
 
 
+def one_line(text) -> str:
+    """``text`` as one line of printable characters: a submission's messages reach the
+    instructor's terminal and files, so control characters (terminal escapes, BEL, carriage
+    returns that redraw a line) become spaces."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+
+
 class Rejected(Exception):
     """The submission failed a step; ``reason`` is one line that says what to fix."""
 
     def __init__(self, reason: str):
-        reason = " ".join(str(reason).split())
+        reason = one_line(reason)
         if len(reason) > REASON_CAP:
             reason = reason[:REASON_CAP - 3] + "..."
         super().__init__(reason)
@@ -155,23 +162,36 @@ def time_limit(seconds: float, what: str):
         signal.signal(signal.SIGALRM, old)
 
 
-def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS):
-    """One draw's pictures, saved in the sandbox: no links, no pipes, nothing huge, no code."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise Rejected("no samples were saved (did sample_digits return?)") from None
-    except OSError as err:
-        raise Rejected(f"the samples file cannot be opened ({err.strerror}); it must be a plain "
-                       "file written by the grader's sampling step") from None
+class NotPlain(OSError):
+    """A file the sandbox left is not a regular file under its size cap."""
+
+
+def read_plain(path: Path, cap: int) -> bytes:
+    """The bytes of a file that sandboxed code wrote, read safely on the grader's side: never
+    through a link (a planted link to /dev/zero or a host file), never from a pipe or device,
+    never more than ``cap`` bytes. Raises FileNotFoundError, NotPlain or another OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise Rejected("the samples file is not a regular file")
+            raise NotPlain(f"{Path(path).name} is not a regular file")
         if info.st_size > cap:
-            raise Rejected(f"the samples file is {info.st_size / 2**20:.0f} MiB, over the "
+            raise NotPlain(f"{Path(path).name} is {info.st_size / 2**20:.0f} MiB, over the "
                            f"{cap / 2**20:.0f} MiB limit")
-        data = file.read(cap + 1)
+        return file.read(cap + 1)
+
+
+def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS):
+    """One draw's pictures, saved in the sandbox: no links, no pipes, nothing huge, no code."""
+    try:
+        data = read_plain(path, cap)
+    except FileNotFoundError:
+        raise Rejected("no samples were saved (did sample_digits return?)") from None
+    except NotPlain as err:
+        raise Rejected(f"the samples file is not usable ({err})") from None
+    except OSError as err:
+        raise Rejected(f"the samples file cannot be opened ({err.strerror}); it must be a plain "
+                       "file written by the grader's sampling step") from None
     with time_limit(seconds, "reading the samples"):
         try:
             draws = torch.load(io.BytesIO(data), weights_only=True)

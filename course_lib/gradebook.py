@@ -26,6 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .grade import ERROR, Report, snapshot
+from .grade_checks import one_line
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
 
@@ -35,8 +36,8 @@ def summary(reports: list[Report]) -> str:
     lines = [f"{'student':32s} {'result':16s} {'accuracy':>8s}  reason"]
     for r in reports:
         acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
-        lines.append(f"{(r.student or r.submission)[:32]:32s} {r.status:16s} {acc:>8s}  "
-                     f"{r.reason[:70]}")
+        lines.append(f"{one_line(r.student or r.submission)[:32]:32s} {r.status:16s} {acc:>8s}  "
+                     f"{one_line(r.reason)[:70]}")
     counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", ERROR)}
     lines.append(f"{len(reports)} submissions: {counts['pass']} pass, {counts['fail']} fail, "
                  f"{counts[ERROR]} could not grade")
@@ -49,9 +50,17 @@ def write_gradebook(reports: list[Report], path: Path) -> Path:
         writer = csv.writer(file)
         writer.writerow(GRADEBOOK_FIELDS)
         for r in sorted(reports, key=lambda r: r.student):
-            writer.writerow([r.student, r.status,
-                             "" if r.accuracy is None else f"{r.accuracy:.4f}", r.reason])
+            writer.writerow([_cell(r.student), r.status,
+                             "" if r.accuracy is None else f"{r.accuracy:.4f}", _cell(r.reason)])
     return path
+
+
+def _cell(text: str) -> str:
+    """A text cell of the gradebook, safe to open in a spreadsheet: one printable line, and a
+    leading = + - @ (which Excel, LibreOffice and Sheets would run as a formula, e.g. one that
+    sends the sheet to a web address) escaped with a quote, as OWASP advises for CSV files."""
+    text = one_line(text)
+    return "'" + text if text.startswith(("=", "+", "-", "@")) else text
 
 
 def load_reports(out: Path, expected: list[str] | None = None) -> list[Report]:

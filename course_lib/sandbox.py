@@ -2,14 +2,19 @@
 
 What the command can do inside (``course_lib/grade.py`` runs every submission's kernel this way):
 
-- read the root file system, but write nothing there (``--ro-bind / /``); the one writable place
-  is its own work folder, mounted at ``/home/student`` and owned by the sandbox's uid;
+- read the system (``SYSTEM``: /usr, /etc, the libraries, /sys), Python, the venv, the course's
+  package and the datasets, but write nothing there; nothing else of the host's file system
+  exists inside (an allow-list: a cohort's notebooks kept in the course folder, or elsewhere on
+  the machine, are not there to read). The one writable place is its own work folder, mounted at
+  ``/home/student`` and owned by the sandbox's uid;
 - not see the instructor's home, the submissions, the grades or the grader's private folders
   (each hidden under an empty tmpfs), nor any other process (new PID namespace), nor the grader's
   environment (cleared, then a short allow-list);
 - not reach any network, the host's 127.0.0.1 included (new network namespace: only its own lo);
 - run as an unprivileged uid (not root), so file permissions and ``RLIMIT_NPROC`` bind, with
-  limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files.
+  limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files;
+- not reach the kernel keys of the grader's session (a fresh, empty session keyring: keyrings are
+  shared by a uid's processes whatever the namespaces; :func:`fresh_keyrings`).
 
 Output is kept to the last ``OUTPUT_CAP`` bytes of each stream, every wait has a time limit, and on
 the way out the whole tree is killed (the PID namespace dies with its first process, and every
@@ -94,10 +99,16 @@ def prepare_workdir(path: Path, slot: int = 0) -> None:
     os.chmod(path, 0o700)
 
 
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys")
+"""The host folders a sandbox sees (read-only; links such as /bin -> usr/bin stay links)."""
+
+
 def exposed() -> list[Path]:
-    """What the kernel needs even where it lies under a hidden home: Python, the venv, the course
-    (its code and weights) and the datasets; all read-only."""
-    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(__file__).resolve().parent.parent]
+    """What the kernel needs besides ``SYSTEM``: Python, the venv, the course's package (its code
+    and the judges' weights), the repository's data folder and the datasets; all read-only. Not
+    the rest of the repository: its checkpoints, or submissions an instructor keeps there."""
+    package = Path(__file__).resolve().parent
+    paths = [Path(sys.base_prefix), Path(sys.prefix), package, package.parent / "data"]
     if os.environ.get("COURSE_DATA_DIR"):
         paths.append(Path(os.environ["COURSE_DATA_DIR"]))
     return [p.resolve() for p in paths if p.exists()]
@@ -111,7 +122,14 @@ through folders it creates traversable (bwrap would make them 0700, unreadable t
 def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[str, str],
                   slot: int = 0) -> list[str]:
     """The bwrap command line that runs ``argv`` in ``workdir`` (seen as INSIDE_HOME)."""
-    cmd = [require_bwrap(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    cmd = [require_bwrap()]
+    for name in SYSTEM:
+        path = Path(name)
+        if path.is_symlink():
+            cmd += ["--symlink", os.readlink(path), name]
+        elif path.is_dir():
+            cmd += ["--ro-bind", name, name]
+    cmd += ["--dev", "/dev", "--proc", "/proc"]
     for path in TMPFS:   # empty: a course checked out under /tmp is put back below
         cmd += ["--tmpfs", str(path)]
     hidden = [p for p in (Path(h).resolve() for h in hide)
@@ -121,8 +139,7 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
     shown = exposed()
     for path in shown:  # back, read-only, on top of the hidden homes, through traversable folders
         for parent in reversed(path.parents):
-            if parent != Path("/") and any(parent.is_relative_to(h) and parent != h
-                                           for h in [*hidden, *TMPFS]):
+            if parent != Path("/") and not any(parent.is_relative_to(s) for s in SYSTEM):
                 cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", str(path), str(path)]
     for path in hidden:  # and hidden again where they lie inside what was shown
@@ -135,6 +152,7 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
         cmd += ["--setenv", key, value]
     if os.geteuid() == 0:  # bwrap sets up the namespaces as root, then setpriv drops to the uid
         uid = str(sandbox_uid(slot))
+        cmd += ["--setenv", "COURSE_SANDBOX_UID", uid]   # its user keyrings may be emptied
         cmd += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", "--reuid", uid, "--regid", uid,
                 "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
     else:
@@ -156,8 +174,35 @@ def sandbox_env(extra: dict[str, str], limits: Limits) -> dict[str, str]:
     return env
 
 
+KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280, "i686": 288}
+"""keyctl(2)'s system call number (the C library has no wrapper) per machine."""
+JOIN_SESSION_KEYRING, CLEAR = 1, 7                # keyctl operations (linux/keyctl.h)
+USER_KEYRING, USER_SESSION_KEYRING = -4, -5       # special keyring ids
+
+
+def fresh_keyrings(clear_user: bool = False) -> bool:
+    """Give this process a new, empty session keyring, so that keys of the session it came from
+    (the grader's: Kerberos tickets, fscrypt or CIFS keys) are out of its reach; with
+    ``clear_user``, also empty its uid's user keyrings, which persist between the sandbox uid's
+    runs (so one draw or submission could leave a note for the next). False where the machine
+    has no keyrings (nothing to reach then)."""
+    import ctypes
+    import platform
+
+    number = KEYCTL.get(platform.machine())
+    if number is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    ok = libc.syscall(number, JOIN_SESSION_KEYRING, None) >= 0
+    if clear_user:
+        for ring in (USER_KEYRING, USER_SESSION_KEYRING):
+            libc.syscall(number, CLEAR, ring)
+    return ok
+
+
 def _limit(limits: Limits):
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
+        fresh_keyrings()
         for what, value in ((resource.RLIMIT_DATA, limits.memory_bytes),
                             (resource.RLIMIT_AS, limits.address_bytes),
                             (resource.RLIMIT_CPU, limits.cpu_seconds),

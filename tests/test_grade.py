@@ -69,6 +69,17 @@ def test_read_submission_reasons(tmp_path):
     (tmp_path / "numeric.ipynb").write_text(json.dumps(data))
     with pytest.raises(Rejected, match="cell 1's source is not text"):
         grade.read_submission(tmp_path / "numeric.ipynb")
+    # malformed past the cells' text: a FAIL saying what is wrong, never a grader error
+    (tmp_path / "deep.ipynb").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(Rejected, match="nested too deeply"):
+        grade.read_submission(tmp_path / "deep.ipynb")
+    for where, value, reason in (("cell", [], "cell 1's metadata"), ("cell", {"tags": "x"}, "tags"),
+                                 ("notebook", [1], "its metadata")):
+        data = json.loads(ok.read_text())
+        (data["cells"][0] if where == "cell" else data)["metadata"] = value
+        (tmp_path / "meta.ipynb").write_text(json.dumps(data))
+        with pytest.raises(Rejected, match=reason):
+            grade.read_submission(tmp_path / "meta.ipynb")
 
 
 def test_read_submission_strips_skipping_tags(tmp_path):
@@ -151,6 +162,23 @@ def test_check_samples_reasons():
 def test_rejected_reasons_are_one_capped_line():
     reason = Rejected("line one\nline two " + "x" * 2000).reason
     assert "\n" not in reason and len(reason) <= grade_checks.REASON_CAP
+    # a submission's message reaches the instructor's terminal: no escapes that redraw a line
+    # as PASS, ring the bell or write the clipboard (OSC 52)
+    reason = Rejected("accuracy low\x1b[1G\x1b[2KPASS\x07\r\x1b]52;c;ZXZpbA==\x07").reason
+    assert all(ch.isprintable() for ch in reason) and "accuracy low" in reason
+
+
+def test_a_planted_link_or_pipe_as_the_error_record_neither_hangs_nor_leaks(tmp_path):
+    """The notebook writes error.json inside the sandbox; the grader reads it outside. A link to
+    /dev/zero (endless), a pipe (blocks) or a host file must give the plain fallback at once."""
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    (tmp_path / "host.json").symlink_to(tmp_path / "secret.json")
+    (tmp_path / "secret.json").write_text(json.dumps({"cell": 1, "ename": "E", "evalue": "host"}))
+    os.mkfifo(tmp_path / "fifo.json")
+    for name in ("zero.json", "host.json", "fifo.json"):
+        assert grade._cell_error(tmp_path / name, 9) == "a cell raised an error (no details were recorded)"
+    (tmp_path / "real.json").write_text(json.dumps({"cell": 3, "ename": "NameError", "evalue": "x"}))
+    assert grade._cell_error(tmp_path / "real.json", 9) == "cell 3 raised NameError: x"
 
 
 def test_judge_weights_must_match_the_pinned_hash(tmp_path):

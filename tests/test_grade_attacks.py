@@ -46,14 +46,17 @@ def _required() -> bool:
 ROOT = Path(__file__).resolve().parent.parent
 CHEATS = ROOT / "tests" / "adversarial"
 WEIGHTS = ROOT / "course_lib" / "weights" / "mnist_classifier.pt"
-IMPORT_CHEATS = f"import sys, torch\nsys.path.insert(0, {str(CHEATS)!r})\nimport cheats\n"
+# The sandbox shows the course's package, not its tests: a notebook brings its cheats along, as a
+# student would, by writing tests/adversarial/cheats.py into its own folder (which every draw copies).
+WRITE_CHEATS = f"open('cheats.py', 'w').write({(CHEATS / 'cheats.py').read_text()!r})\n"
+IMPORT_CHEATS = WRITE_CHEATS + "import sys, torch\nsys.path.insert(0, '.')\nimport cheats\n"
 HONEST_ZEROS = "def sample_digits(labels):\n    return torch.zeros(len(labels), 1, 28, 28)\n"
 
 
 def cheat(name: str, fixed: bool = False) -> str:
     """A sample_digits that returns one of tests/adversarial/cheats.py's fakes (self-contained)."""
     seed = "0" if fixed else "int(torch.randint(0, 10**6, (1,)))"
-    return (f"def sample_digits(labels):\n    import sys, torch\n    sys.path.insert(0, {str(CHEATS)!r})\n"
+    return (f"{WRITE_CHEATS}def sample_digits(labels):\n    import sys, torch\n    sys.path.insert(0, '.')\n"
             f"    import cheats\n    return cheats.{name}(labels, {seed})\n")
 
 
@@ -95,7 +98,7 @@ def cohort(tmp_path_factory, request):
     _write(subs / "a_daemon.ipynb",  # leaves a process that would swap the next samples file
            IMPORT_CHEATS + HONEST_ZEROS,
            "import subprocess\nsubprocess.Popen([sys.executable, '-c', '''\nimport time, torch, sys\n"
-           f"sys.path.insert(0, {str(CHEATS)!r})\nimport cheats\n"
+           f"sys.path.insert(0, {sandbox.INSIDE_HOME!r})\nimport cheats\n"
            "fake = cheats.copies(torch.arange(10).repeat(12))\nfor _ in range(600):\n"
            "    try: torch.save({'a': fake, 'b': fake[:20]}, '/home/student/samples.pt')\n"
            "    except Exception: pass\n    time.sleep(0.2)\n'''], start_new_session=True,"

