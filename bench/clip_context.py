@@ -17,7 +17,8 @@ for fewer epochs, in about the same time, or (rows X and Y) guidance in a limite
 (row Z) v-prediction with its loss weighted by min-SNR-5, as 04's flowers train, or (rows
 X3-Z4) the guidance strength, η and DDIM's steps for X's ε-UNet and that v-UNet, or (rows
 X10-X15) projected guidance (Sadat et al. 2025) against vivid hues, with a colourfulness column,
-or (rows X16-X19, two training seeds) 05's UNet trained for 20 and for 40 epochs. Every row uses
+in the course's earlier form, or (rows X16-X19, two training seeds) 05's UNet trained for 20 and
+for 40 epochs, or (rows X20-X24) projected guidance in the paper's form. Every row uses
 05's data, captions, split, UNet (channels 16, 32, 64 unless the row says), cosine schedule, DDIM-50 (DDIM-100 in row X8) with x̂₀ clipped (η = 1 unless the
 row says), and the
 same seeds; w = 2 and φ = 0 unless the row says.
@@ -161,13 +162,13 @@ def rows() -> list[Row]:
             # X10-X15: projected guidance against 05's vivid hues, with a colourfulness column;
             #    X10 and X12 sample X3 at w = 3 and X6 at w = 5 again for that column
             Row("X10. X3 again, with the colourfulness column", "X3", **_V),
-            Row("X11. X10 with projected guidance (APG, none along x̂₀)", "X10", **dict(_V, projected=0.0)),
+            Row("X11. X10 with projected guidance, earlier form (none along x̂₀)", "X10", **dict(_V, projected=0.0)),
             Row("X12. X6 again, with the colourfulness column", "X6", **dict(_V, w=5.0)),
-            Row("X13. X12 with projected guidance (APG, none along x̂₀)", "X12",
+            Row("X13. X12 with projected guidance, earlier form (none along x̂₀)", "X12",
                 **dict(_V, w=5.0, projected=0.0)),
-            Row("X14. X10 with projected guidance keeping half its part along x̂₀", "X10",
+            Row("X14. X10 with projected guidance, earlier form, keeping half its part along x̂₀", "X10",
                 **dict(_V, projected=0.5)),
-            Row("X15. X12 with projected guidance keeping half its part along x̂₀", "X12",
+            Row("X15. X12 with projected guidance, earlier form, keeping half its part along x̂₀", "X12",
                 **dict(_V, w=5.0, projected=0.5)),
             # X16-X19 (twenty-fifth session): the UNet trained twice as long, which lifted 04's
             #    flowers (bench/RESULTS.md, section 17); X16 trains 05's recipe as the notebook
@@ -178,6 +179,18 @@ def rows() -> list[Row]:
             Row("X17. X16 with twice the UNet epochs (40)", "X16", **dict(_V, bf16=None, unet_epochs=40)),
             Row("X18. X16 trained from seed 1", "X16", **dict(_V, bf16=None, seed=1)),
             Row("X19. X17 trained from seed 1", "X17", **dict(_V, bf16=None, unet_epochs=40, seed=1)),
+            # X20-X24 (twenty-seventh session): projected guidance again, in the paper's form
+            #    (ddpm.ProjectedGuidance since then); X11-X15 measured the course's earlier form,
+            #    x̂₀(∅) + (1 + w)·(Δ⊥ + p·Δ∥), which also dropped x̂₀(c)'s own part along itself.
+            #    X20 trains X16's recipe again on this machine (AVX512-BF16, no AMX)
+            Row("X20. X16 again, on the machine of rows X21-X24", "X16", **dict(_V, bf16=None)),
+            Row("X21. X20 with projected guidance, the paper's form (none along x̂₀)", "X20",
+                **dict(_V, bf16=None, projected=0.0)),
+            Row("X22. X20 sampled with w = 5", "X20", **dict(_V, bf16=None, w=5.0)),
+            Row("X23. X22 with projected guidance, the paper's form (none along x̂₀)", "X22",
+                **dict(_V, bf16=None, w=5.0, projected=0.0)),
+            Row("X24. X20 with projected guidance, the paper's form, keeping half its part along x̂₀",
+                "X20", **dict(_V, bf16=None, projected=0.5)),
             Row("Z1. Z again, with the distance column", "Z", **_Z),
             Row("Z2. Z1 sampled with w = 2", "Z1", **dict(_Z, w=2.0)),
             Row("Z3. Z1 sampled with w = 1.5", "Z1", **dict(_Z, w=1.5)),
