@@ -4,7 +4,9 @@
 
 For each source, ``--sets`` sets of about 100 samples with hidden-style labels (each digit 8-12
 times) go through the checks of ``course_lib/grade_checks.py``: not memorised, realistic
-(Fréchet distance), read as the requested digit (>= 95%). Sources: real MNIST test digits the
+(Fréchet distance), read as the requested digit (>= 95%), and a second opinion (a private judge,
+here one trained with seed 1 and kept in bench/out, may read at most
+``grade_checks.SECOND_OPINION_GAP`` fewer as asked for). Sources: real MNIST test digits the
 grader's reference leaves out and the answer key's samples (both must pass: their reject rate is
 the false-reject rate), and the cheats of ``tests/adversarial/cheats.py`` (their reject rate is
 the catch rate). Writes ``bench/grading_checks.md`` and ``bench/grading_checks.json``.
@@ -64,6 +66,20 @@ def sources(key: Path, cheats: dict | None = None) -> dict:
     return found
 
 
+def private_judge() -> torch.nn.Module:
+    """The bench's stand-in for a grading machine's private judge: the grader's recipe (one epoch
+    of classifier.train_classifier) from seed 1 instead of a secret one, trained once."""
+    from course_lib.classifier import DigitClassifier, train_classifier
+    from course_lib.train import load_checkpoint
+
+    path = ROOT / "bench" / "out" / "private_mnist_judge_seed1.pt"
+    if not path.is_file():
+        train_classifier("mnist", epochs=1, seed=1, out=path)
+    model = DigitClassifier()
+    load_checkpoint(path, model)
+    return model.eval()
+
+
 def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
     """Run ``sets`` sets of hidden-style labels (about ``n`` per digit) through the checks."""
     rows = []
@@ -75,17 +91,21 @@ def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
         fd = gc.frechet(judge.features(images), judge.real_mean, judge.real_cov)
         limit = gc.FRECHET_RATIO * gc.real_frechet(judge, labels)
         acc = (judge.predict(images) == labels).float().mean().item()
+        with torch.no_grad():
+            second = (judge.second(images).argmax(1) == labels).float().mean().item()
         memorised = copies > gc.COPY_SHARE * len(images)
         fake = fd > limit
+        disputed = second < acc - gc.SECOND_OPINION_GAP
         rows.append({"copies": copies / len(images), "frechet": fd, "ratio": fd / limit * gc.FRECHET_RATIO,
-                     "accuracy": acc,
+                     "accuracy": acc, "second_accuracy": second,
                      "memorised": memorised, "unrealistic": fake, "low_accuracy": acc < 0.95,
-                     "rejected": memorised or fake or acc < 0.95,
+                     "disputed": disputed, "rejected": memorised or fake or acc < 0.95 or disputed,
                      "sim_median": sim.median().item()})
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     return {"sets": sets, "samples_per_set": len(images), "rejected": mean("rejected"),
             "by_memorisation": mean("memorised"), "by_realism": mean("unrealistic"),
-            "by_accuracy": mean("low_accuracy"), "copy_share": mean("copies"),
+            "by_accuracy": mean("low_accuracy"), "by_second_opinion": mean("disputed"),
+            "second_accuracy": mean("second_accuracy"), "copy_share": mean("copies"),
             "frechet_min": min(r["frechet"] for r in rows), "frechet_max": max(r["frechet"] for r in rows),
             "ratio_min": min(r["ratio"] for r in rows), "ratio_max": max(r["ratio"] for r in rows),
             "accuracy": mean("accuracy"), "similarity_median": mean("sim_median")}
@@ -98,6 +118,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     judge = gc.load_judge(hold_out=gc.HOLD_OUT)  # held-out digits play unseen real ones
+    judge.second = private_judge()
     results = {}
     for name, source in sources(args.key).items():
         results[name] = evaluate(source, judge, args.sets)
@@ -109,16 +130,19 @@ def main(argv=None) -> int:
              f"samples each (thresholds: copy cosine > {gc.COPY_COSINE} for more than "
              f"{gc.COPY_SHARE:.0%} of samples, Fréchet distance > {gc.FRECHET_RATIO:g}x that of real "
              f"digits with the same labels, accuracy "
-             f"< 95%); {time.perf_counter() - start:.0f} s on 2 CPU cores.", "",
+             f"< 95%, a private judge reading more than {gc.SECOND_OPINION_GAP * 100:.0f} points "
+             f"fewer as asked for); {time.perf_counter() - start:.0f} s on 2 CPU cores.", "",
              "| source | must | rejected | by memorisation | by realism | by accuracy | "
-             "near-copy share | Fréchet (min-max) | Fréchet / real digits' (min-max) | judge accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "by second opinion | near-copy share | Fréchet (min-max) | Fréchet / real digits' (min-max) "
+             "| judge accuracy | private judge accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         must = "pass" if name in MUST_PASS else "fail"
         lines.append(f"| {name} | {must} | {r['rejected']:.0%} | {r['by_memorisation']:.0%} | "
-                     f"{r['by_realism']:.0%} | {r['by_accuracy']:.0%} | {r['copy_share']:.0%} | "
+                     f"{r['by_realism']:.0%} | {r['by_accuracy']:.0%} | {r['by_second_opinion']:.0%} | "
+                     f"{r['copy_share']:.0%} | "
                      f"{r['frechet_min']:.0f}-{r['frechet_max']:.0f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | "
-                     f"{r['accuracy']:.1%} |")
+                     f"{r['accuracy']:.1%} | {r['second_accuracy']:.1%} |")
     lines += ["", "False-reject rate = the \"rejected\" share of a source that must pass; catch rate "
               "= the \"rejected\" share of a source that must fail."]
     text = "\n".join(lines)

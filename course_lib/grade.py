@@ -16,7 +16,8 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
 3. **judge** (:func:`judge`): outside the sandbox, read the samples file safely and check, with the
    verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
    afresh, not memorised, realistic, drawn from the notebook's network (none left once its
-   weights are shuffled), and read as the digits asked for (>= ``--threshold``).
+   weights are shuffled), read as the digits asked for (>= ``--threshold``), and read about as
+   well by the grader's private second judge (pixels tuned to the public judge are not).
 
 Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could not grade (the
 grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
@@ -45,9 +46,10 @@ from pathlib import Path
 import torch
 
 from . import sandbox
-from .grade_checks import (SHUFFLED_LIMIT, CannotGrade, Judge, Rejected, check_drawn,
-                           check_from_network, check_not_memorised, check_realistic, check_samples,
-                           load_judge, read_plain, read_samples)
+from .grade_checks import (SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade, Judge, Rejected,
+                           check_drawn, check_from_network, check_not_memorised, check_realistic,
+                           check_samples, check_second_opinion, ensure_private_judge, load_judge,
+                           load_private_judge, read_plain, read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
@@ -77,6 +79,7 @@ class Report:
     frechet: float | None = None
     frechet_limit: float | None = None
     shuffled_accuracy: float | None = None   # the judge on the draw with shuffled weights
+    second_opinion: float | None = None   # the private judge's share read as asked for
     seconds_running: float | None = None
     seconds_sampling: float | None = None
     seconds_grading: float | None = None
@@ -99,6 +102,10 @@ class Report:
         if self.frechet is not None:
             lines.append(f"Fréchet distance to real digits: {self.frechet:.1f} "
                          f"(limit {self.frechet_limit or 0:.1f})")
+        if self.second_opinion is not None:
+            lines.append(f"independent judge (private): {self.second_opinion:.1%} read as asked for "
+                         f"(may not fall more than {SECOND_OPINION_GAP * 100:.0f} points below "
+                         "the judge's)")
         if self.shuffled_accuracy is not None:
             lines.append(f"with the network's weights shuffled: {self.shuffled_accuracy:.0%} read "
                          f"as asked for (must stay under {SHUFFLED_LIMIT:.0%})")
@@ -133,6 +140,7 @@ class Options:
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
     hide: tuple = ()
     seed: int | None = None  # None: a fresh secret seed per submission
+    private_judge: Path | None = None   # None: this machine's (grade_checks.private_judge_path)
     keep_samples: bool = False
 
 
@@ -411,6 +419,9 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
                    opts.out / f"{report_name(report)}_samples.pt")
     distance, limit = check_realistic(first, labels, judge_)
     report.frechet, report.frechet_limit = round(distance, 1), round(limit, 1)
+    if judge_.second is not None:
+        report.second_opinion = round(check_second_opinion(first, labels, report.accuracy,
+                                                           judge_.second), 4)
     shuffled = check_from_network(draws["c"], labels[run.positions_b], judge_)
     report.shuffled_accuracy = None if shuffled is None else round(shuffled, 4)
     report.seconds_grading = time.perf_counter() - start
@@ -470,6 +481,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     try:
         nb = read_submission(copy)
         _JUDGE = _JUDGE or load_judge()
+        _JUDGE.second = _JUDGE.second or load_private_judge(opts.private_judge)
         with tempfile.TemporaryDirectory(prefix="work-", dir=copy.parent) as tmp:
             (Path(tmp) / "notebook").mkdir()
             run = execute(nb, Path(tmp) / "notebook", opts, rng)
@@ -546,6 +558,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="also save the judged samples as OUT/<student>_samples.pt")
     parser.add_argument("--no-sandbox", action="store_true",
                         help="run notebooks WITHOUT isolation (trusted notebooks only)")
+    parser.add_argument("--private-judge", type=Path, default=None,
+                        help="the grader's private second judge (default: "
+                             "~/.cache/course_lib/grader/private_mnist_judge.pt, or under "
+                             "$COURSE_GRADER_DIR; trained there on first use, about a minute)")
     parser.add_argument("--slot", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--name", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--origin", default=None, help=argparse.SUPPRESS)
@@ -582,14 +598,20 @@ def main(argv=None) -> int:
             print(NOT_ROOT, file=sys.stderr)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    try:   # before any worker starts: they all read the one file
+        judge_file = ensure_private_judge(args.private_judge).resolve()
+    except CannotGrade as err:
+        print(f"could not grade: {err}", file=sys.stderr)
+        return 2
     private = Path(tempfile.mkdtemp(prefix="course-grade-"))
     try:
         copies = snapshot(submissions, private)
         opts = Options(args.samples_per_digit, args.threshold, args.timeout, args.sample_timeout,
                        args.profile, out, not args.no_sandbox, args.slot or 0,
                        _limits(args.jobs, args.memory_gib),
-                       hide=_hidden(args.submission, out, private, args.hide), seed=args.seed,
-                       keep_samples=args.keep_samples)
+                       hide=_hidden(args.submission, out, private,
+                                    [*args.hide, judge_file.parent]), seed=args.seed,
+                       keep_samples=args.keep_samples, private_judge=judge_file)
         if len(copies) == 1 or args.jobs == 1:
             origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
             reports = [_grade_here(c, opts, args.name if len(copies) == 1 else None,
@@ -643,6 +665,8 @@ def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
         forwarded += ["--seed", str(args.seed)]
     if args.keep_samples:
         forwarded.append("--keep-samples")
+    if args.private_judge:
+        forwarded += ["--private-judge", str(args.private_judge)]
     for path in hide:
         forwarded += ["--hide", str(path)]
     origins = {name: str(path) for (name, _), path in zip(copies, submissions)}

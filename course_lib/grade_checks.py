@@ -22,7 +22,14 @@ A pass must show *generated* digits:
   tell from the second draw's; fewer than ``SHUFFLED_LIMIT`` of those
   pictures may read as the digits asked for (stored, warped or hand-made pictures do not need
   the weights, and keep their digits);
-- **read as the digit asked for**, by the judge, at the threshold (default 95%).
+- **read as the digit asked for**, by the judge, at the threshold (default 95%);
+- **a second opinion agrees**: the course's judge is public (its weights ship with the course), so
+  a sampler can optimise pixels against it until it reads any digit asked for, with realistic
+  features and without copying (``tests/adversarial/cheats.py::judge_ascent``: 100% to the judge,
+  from noise, in seconds). The grader therefore also asks a private judge, of the same design but
+  trained on the grading machine from a secret seed and never shown to any sandbox
+  (:func:`ensure_private_judge`): it may read at most ``SECOND_OPINION_GAP`` fewer samples as
+  asked than the course's judge does. Real digits and generated ones read alike on both.
 
 The thresholds are calibrated in ``bench/grading_checks.py`` (false rejects on real held-out
 digits and on the answer key, catches on crafted cheats), whose figures are in
@@ -33,8 +40,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import signal
 import stat
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +67,7 @@ SAME_COSINE = 0.995           # two samples this similar are the same picture
 DIFFER_SHARE = 0.5            # more than this share of second-draw samples equal to the first fails
 FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
 SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
+SECOND_OPINION_GAP = 0.10     # the private judge may read at most this share fewer as asked for
 
 
 def one_line(text) -> str:
@@ -109,6 +119,7 @@ class Judge:
     coarse: torch.Tensor             # the same in coarse canonical form (N, 196), unit rows
     real_mean: torch.Tensor | None = None   # judge features of real digits: mean and covariance
     real_cov: torch.Tensor | None = None
+    second: torch.nn.Module | None = None   # the private judge (ensure_private_judge), if loaded
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -144,6 +155,49 @@ def load_judge(weights: Path = JUDGE_WEIGHTS, sha256: str = JUDGE_SHA256,
     feats = judge.features(test.images[:keep]).double()
     judge.real_mean, judge.real_cov = feats.mean(0), torch.cov(feats.T)
     return judge
+
+
+def private_judge_path() -> Path:
+    """Where this machine's private judge lives: ``$COURSE_GRADER_DIR``, else
+    ``~/.cache/course_lib/grader`` (the grader's home: hidden from every sandbox)."""
+    base = os.environ.get("COURSE_GRADER_DIR")
+    folder = Path(base).expanduser() if base else Path.home() / ".cache" / "course_lib" / "grader"
+    return folder / "private_mnist_judge.pt"
+
+
+def ensure_private_judge(path: Path | None = None, progress: bool = True) -> Path:
+    """The private judge's file, trained first if it is not there: ``classifier.train_classifier``
+    for one epoch (about a minute on 2 CPU cores, 99% on MNIST's test set) from a seed drawn with
+    ``secrets``, in a folder only the grader can read. Once per grading machine."""
+    path = Path(path) if path is not None else private_judge_path()
+    if path.is_file():
+        return path
+    from .classifier import train_classifier
+    from .data import DataNotFoundError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    print(f"training the grader's private judge, once for this machine (about a minute on 2 CPU "
+          f"cores) -> {path}", file=sys.stderr, flush=True)
+    try:
+        train_classifier("mnist", epochs=1, seed=secrets.randbits(31), out=path, progress=progress)
+    except DataNotFoundError as err:
+        raise CannotGrade(f"MNIST is needed to train the grader's private judge: {err}") from None
+    return path
+
+
+def load_private_judge(path: Path | None = None) -> torch.nn.Module:
+    """The private judge, in eval mode (trained first where needed)."""
+    from .classifier import DigitClassifier
+    from .train import load_checkpoint
+
+    model = DigitClassifier()
+    try:
+        load_checkpoint(ensure_private_judge(path), model)
+    except Exception as err:
+        raise CannotGrade(f"the grader's private judge cannot be loaded ({err}); delete "
+                          f"{path or private_judge_path()} and it is trained again") from None
+    return model.eval()
 
 
 # --- reading the samples file ---------------------------------------------------------------------
@@ -349,6 +403,22 @@ def check_realistic(images: torch.Tensor, labels: torch.Tensor, judge: Judge,
                        f"{distance:.0f} to real MNIST digits, limit {limit:.0f}): fonts, "
                        "averages or drawn templates are not generated digits")
     return distance, limit
+
+
+@torch.no_grad()
+def check_second_opinion(images: torch.Tensor, labels: torch.Tensor, accuracy: float,
+                         second: torch.nn.Module, gap: float = SECOND_OPINION_GAP) -> float:
+    """Raise Rejected when the private judge reads far fewer samples as asked for than the
+    course's judge (``accuracy``): pictures tuned against the public judge's weights fool that
+    network, not another one. Returns the private judge's share."""
+    read = torch.cat([second(b).argmax(1) for b in images.float().split(500)])
+    share = (read == labels).float().mean().item()
+    if share < accuracy - gap:
+        raise Rejected(f"the course's judge reads {accuracy:.0%} of the samples as asked for, an "
+                       f"independent one only {share:.0%}: the samples are tuned to the course's "
+                       "judge, not drawn as digits; sample_digits must draw them with its diffusion "
+                       "model, without the judge")
+    return share
 
 
 def shuffled_share(shuffled, labels: torch.Tensor, judge: Judge) -> float | None:

@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .grade import ERROR, Report, snapshot
-from .grade_checks import one_line
+from .grade_checks import ensure_private_judge, one_line, private_judge_path
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
 
@@ -142,6 +142,9 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     for name, _ in copies:  # no stale report may stand in for a task that fails
         (out / f"{name}.json").unlink(missing_ok=True)
     folder = submissions if submissions.is_dir() else submissions.parent
+    if "--private-judge" not in grader_args:   # one private judge for the cohort, trained here
+        judge = private_judge_path() if dry_run else ensure_private_judge()
+        grader_args = [*grader_args, "--private-judge", str(judge)]
     script = job / "grade.sbatch"
     script.write_text(sbatch_script(roster, out, len(copies), grader_args, cpus=cpus,
                                     mem_gib=mem_gib, minutes=minutes, parallel=parallel,

@@ -1,11 +1,16 @@
 """Shared fixtures. Tests never touch the network: downloads are disabled here."""
 import os
+from pathlib import Path
 
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
 os.environ["COURSE_NO_DOWNLOAD"] = "1"
+# the grader trains its private judge once per machine; tests keep theirs in the (ignored)
+# checkpoints folder rather than in the user's home
+os.environ.setdefault("COURSE_GRADER_DIR", str(Path(__file__).resolve().parent.parent
+                                               / "checkpoints" / "grader"))
 
 
 @pytest.fixture

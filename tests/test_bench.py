@@ -1041,3 +1041,21 @@ def test_notebook_table_header_names_how_the_cpu_multiplies_bfloat16(monkeypatch
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
         assert run_notebooks.bf16_hardware() == said
+
+
+def test_grading_checks_catch_judge_ascent_by_the_second_opinion_alone_as_documented():
+    """bench/grading_checks.json: pixels optimised against the course's judge pass every other
+    check and are caught by the private judge; no real or answer-key set is refused; the README
+    and walkthrough 06 quote the private judge's figure."""
+    import json
+    results = json.loads((ROOT / "bench" / "grading_checks.json").read_text())
+    ascent = results["judge ascent (no model)"]
+    assert ascent["rejected"] == ascent["by_second_opinion"] == 1.0
+    assert ascent["by_memorisation"] == ascent["by_realism"] == ascent["by_accuracy"] == 0.0
+    for source in ("real held-out test digits", "answer key samples"):
+        assert results[source]["rejected"] == 0.0 and results[source]["by_second_opinion"] == 0.0
+    quoted = f"{ascent['second_accuracy']:.0%}"
+    readme = (ROOT / "README.md").read_text()
+    walkthrough = (ROOT / "walkthroughs" / "06_Assessment_Walkthrough.md").read_text()
+    assert f"reads {quoted} of them" in readme and f"reads {quoted} of them" in walkthrough
+    assert f"real digits {results['real held-out test digits']['second_accuracy']:.1%}" in readme

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -460,3 +461,8 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     assert key["status"] == "pass" or any(w in key["reason"] for w in ("below", "do not look")), key
     assert (tmp_path / "grades" / "key_samples.png").is_file()
     assert code == 1 and "broken" in out and "student" in out  # summary table
+
+
+def test_readme_states_the_second_opinion_gap_of_the_code():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"{grade_checks.SECOND_OPINION_GAP * 100:.0f} points fewer" in readme

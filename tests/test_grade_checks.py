@@ -115,3 +115,54 @@ def test_samples_that_keep_their_digits_without_the_network_are_caught(judge, la
                                  judge) < gc.SHUFFLED_LIMIT
     assert gc.check_from_network(torch.empty(0), labels, judge) is None    # it raised: no pictures
     assert gc.check_from_network(torch.zeros(3, 1, 28, 28), labels, judge) is None
+
+
+@pytest.fixture(scope="module")
+def second_judge():
+    """A private judge as the grader trains one, on a tenth of MNIST to keep the test short
+    (the grader's: all of it, one epoch, from a secret seed)."""
+    _need_mnist()
+    from course_lib.classifier import train_classifier
+    model, _ = train_classifier("mnist", epochs=1, seed=12345, limit=6000, progress=False)
+    return model.eval()
+
+
+def test_pixels_tuned_to_the_public_judge_pass_it_but_not_a_private_one(judge, labels, second_judge):
+    """judge_ascent has no model: the course's judge reads every picture as asked for, its
+    features look like digits and nothing is copied; an independently trained judge disagrees."""
+    images = cheats.judge_ascent(labels, seed=3)
+    accuracy = (judge.predict(images) == labels).float().mean().item()
+    assert accuracy >= 0.95
+    gc.check_samples(images, len(labels))
+    gc.check_not_memorised(images, judge)
+    gc.check_realistic(images, labels, judge)
+    with pytest.raises(Rejected, match="independent one only"):
+        gc.check_second_opinion(images, labels, accuracy, second_judge)
+
+
+def test_real_unseen_digits_satisfy_the_second_opinion(judge, labels, second_judge):
+    images = cheats.held_out_real(labels, seed=4)
+    accuracy = (judge.predict(images) == labels).float().mean().item()
+    assert gc.check_second_opinion(images, labels, accuracy, second_judge) >= accuracy - 0.05
+
+
+def test_the_private_judge_is_trained_once_in_a_folder_only_the_grader_reads(tmp_path, monkeypatch):
+    from course_lib import classifier
+    from course_lib.train import save_checkpoint
+    seeds = []
+
+    def fake_training(dataset, epochs, seed, out, progress):   # the real one takes a minute
+        seeds.append(seed)
+        save_checkpoint(out, classifier.DigitClassifier())
+        return None, 0.99
+
+    monkeypatch.setenv("COURSE_GRADER_DIR", str(tmp_path / "grader"))
+    monkeypatch.setattr(classifier, "train_classifier", fake_training)
+    path = gc.ensure_private_judge(progress=False)
+    assert path == tmp_path / "grader" / "private_mnist_judge.pt" and path.is_file()
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert gc.ensure_private_judge(progress=False) == path and len(seeds) == 1   # kept, not retrained
+    assert isinstance(gc.load_private_judge(), classifier.DigitClassifier)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(gc.CannotGrade, match="delete"):
+        gc.load_private_judge()

@@ -122,11 +122,38 @@ def held_out_real(labels, seed=0):
     return torch.cat(out)
 
 
+def judge_ascent(labels, seed=0, steps=200):
+    """No model at all: pixels optimised from noise against the course's public judge, until it
+    reads each as its label and its features match those of a random real digit of that label
+    (so the Fréchet check sees digits, and no pixel is copied). Caught only by the grader's
+    private judge, which reads such pictures at about chance plus what transfers."""
+    import torch.nn.functional as F
+    from course_lib.classifier import load_classifier
+
+    labels = torch.as_tensor(labels)
+    judge = load_classifier("mnist").requires_grad_(False)
+    with torch.no_grad():
+        target = judge.features(_pick(labels, seed))
+    g = torch.Generator().manual_seed(seed)
+    z = (0.5 * torch.randn(len(labels), 1, 28, 28, generator=g)).requires_grad_()
+    optimizer = torch.optim.Adam([z], lr=0.05)
+    with torch.enable_grad():   # the grader calls sample_digits under no_grad
+        for _ in range(steps):
+            features = judge.features(torch.tanh(z))
+            loss = F.cross_entropy(judge.head(features), labels) + (features - target).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return torch.tanh(z).detach()
+
+
 MEMORISED = {"copies": copies, "shifted 1-2 px": shifted, "noise 0.15": noised,
              "blurred": blurred, "brightened": brightened}
 # Not caught (measured in bench/grading_checks.md): warps this strong make digits that neither
 # the aligned pixel comparison nor the judge's features tell from new handwriting.
 WARPED = {"elastic (alpha 34, sigma 4)": elastic, "affine (10 deg, 6%, 0.9-1.1x)": affine}
 FAKE = {"fonts": fonts, "class means + noise": class_means}
-CHEATS = {**MEMORISED, **WARPED, **FAKE}
+# Caught by the private judge only: tuned to the public judge, whose every other check it passes.
+JUDGED = {"judge ascent (no model)": judge_ascent}
+CHEATS = {**MEMORISED, **WARPED, **FAKE, **JUDGED}
 
