@@ -180,29 +180,41 @@ JOIN_SESSION_KEYRING, CLEAR = 1, 7                # keyctl operations (linux/key
 USER_KEYRING, USER_SESSION_KEYRING = -4, -5       # special keyring ids
 
 
-def fresh_keyrings(clear_user: bool = False) -> bool:
-    """Give this process a new, empty session keyring, so that keys of the session it came from
-    (the grader's: Kerberos tickets, fscrypt or CIFS keys) are out of its reach; with
-    ``clear_user``, also empty its uid's user keyrings, which persist between the sandbox uid's
-    runs (so one draw or submission could leave a note for the next). False where the machine
-    has no keyrings (nothing to reach then)."""
+def _keyctl():
+    """keyctl(operation, *args) through libc's syscall(), or None where its number is unknown.
+    Looked up before any fork: a child of a threaded process must not load libraries."""
     import ctypes
     import platform
 
     number = KEYCTL.get(platform.machine())
     if number is None:
+        return None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    return lambda *args: syscall(number, *args)
+
+
+def fresh_keyrings(clear_user: bool = False, keyctl=None) -> bool:
+    """Give this process a new, empty session keyring, so that keys of the session it came from
+    (the grader's: Kerberos tickets, fscrypt or CIFS keys) are out of its reach; with
+    ``clear_user``, also empty its uid's user keyrings, which persist between the sandbox uid's
+    runs (so one draw or submission could leave a note for the next). False where the machine
+    has no keyrings (nothing to reach then)."""
+    keyctl = keyctl or _keyctl()
+    if keyctl is None:
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    ok = libc.syscall(number, JOIN_SESSION_KEYRING, None) >= 0
+    ok = keyctl(JOIN_SESSION_KEYRING, None) >= 0
     if clear_user:
         for ring in (USER_KEYRING, USER_SESSION_KEYRING):
-            libc.syscall(number, CLEAR, ring)
+            keyctl(CLEAR, ring)
     return ok
 
 
 def _limit(limits: Limits):
+    keyctl = _keyctl()   # here, in the parent: the child only calls it
+
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
-        fresh_keyrings()
+        if keyctl is not None:
+            fresh_keyrings(keyctl=keyctl)
         for what, value in ((resource.RLIMIT_DATA, limits.memory_bytes),
                             (resource.RLIMIT_AS, limits.address_bytes),
                             (resource.RLIMIT_CPU, limits.cpu_seconds),
