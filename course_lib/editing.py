@@ -76,10 +76,18 @@ def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule:
     so the unknown pixels are always drawn next to the photo at their own noise level; the last
     step (t_prev = −1, no noise) puts the photo's own pixels back.
     """
-    if keep.shape[-2:] != images.shape[-2:] or keep.ndim != images.ndim:
+    try:
+        fits = torch.broadcast_shapes(keep.shape, images.shape) == images.shape
+    except RuntimeError:
+        fits = False
+    if not fits or keep.ndim != images.ndim:
         raise ValueError(f"keep must be a mask with the images' height and width, shaped like "
                          f"{tuple(images.shape)} or broadcastable to it (say (N, 1, H, W)); got "
                          f"{tuple(keep.shape)}")
+    if keep.min() < 0 or keep.max() > 1:
+        raise ValueError(f"keep holds 1 where a pixel is known and 0 where it is to be filled "
+                         f"(values between blend the two); got values from {keep.min().item():g} "
+                         f"to {keep.max().item():g}")
     keep = keep.to(images.dtype)
 
     def step(x_t, t, eps, t_prev, noise):

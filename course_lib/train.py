@@ -12,6 +12,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -211,6 +212,12 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             model.train()
         if out_of_budget():
             break
+    missed = [e for e in snapshot_epochs if e not in history.snapshots]
+    if missed:   # max_steps or max_seconds stopped training first
+        warnings.warn(f"training stopped after {len(history.epoch_seconds)} epoch(s), before the "
+                      f"snapshots of epoch(s) {missed} were taken: history.snapshots has only "
+                      f"{sorted(history.snapshots)}; raise max_steps / max_seconds or ask for "
+                      "earlier epochs", stacklevel=2)
     model.eval()
     if ema is not None:
         ema.eval()

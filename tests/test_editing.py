@@ -78,6 +78,10 @@ def test_inpaint_keeps_the_known_pixels_and_fills_the_rest_consistently():
     assert torch.equal(everything, x0)
     with pytest.raises(ValueError, match="keep must be a mask"):
         editing.inpaint(model, x0, torch.ones(8, 8), s)
+    with pytest.raises(ValueError, match="keep must be a mask"):   # 3 masks for 2 photos
+        editing.inpaint(model, x0, torch.ones(3, 1, 8, 8), s)
+    with pytest.raises(ValueError, match="known and 0 where"):     # a 0-255 mask
+        editing.inpaint(model, x0, keep * 255, s)
 
 
 def test_editing_passes_the_context_to_a_guided_denoiser():

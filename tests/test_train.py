@@ -76,6 +76,10 @@ def test_snapshots_keep_frozen_copies_of_the_ema_at_the_asked_epochs():
     with pytest.raises(ValueError, match="snapshot_epochs must lie in 1..2"):
         train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=2, snapshot_epochs=(3,),
               progress=False)
+    with pytest.warns(UserWarning, match=r"before the snapshots of epoch\(s\) \[3\]"):
+        early = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_steps=1,
+                      snapshot_epochs=(1, 3), progress=False)
+    assert sorted(early.snapshots) == [1]
 
 
 def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once():
