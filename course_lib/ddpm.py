@@ -211,7 +211,6 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     x_t = schedule.q_sample(x0, t, noise)
     if min_snr_gamma is None:
         return F.mse_loss(model(x_t, t, **model_kwargs), noise)
-    _check_gamma(min_snr_gamma)
     ab = extract(schedule.alpha_bars, t, x0).flatten()
     snr = ab / (1 - ab)
     weight = snr.clamp(max=min_snr_gamma) / snr
