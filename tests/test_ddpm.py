@@ -275,6 +275,14 @@ def test_v_loss_min_snr_weights_each_image_by_min_snr_over_snr_plus_one(schedule
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     unweighted = zero.loss(x0, generator=torch.Generator().manual_seed(0))
     assert zero.loss(x0, generator=torch.Generator().manual_seed(0), min_snr_gamma=1.0) < unweighted
+    # γ = 0 would zero the loss and γ < 0 turn it upside down; a misspelt target is not eps
+    for gamma in (0.0, -5.0):
+        with pytest.raises(ValueError, match="needs γ > 0"):
+            zero.loss(x0, min_snr_gamma=gamma)
+    with pytest.raises(ValueError, match="'eps' or 'v'"):
+        ddpm.min_snr_weight(snr, 5.0, prediction="V")
+    with pytest.raises(ValueError, match="P_std > 0"):
+        zero.loss(x0, lognormal=(-1.2, 0.0))
 
 
 def test_lognormal_timesteps_follow_edm_noise_levels():

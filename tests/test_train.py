@@ -129,6 +129,8 @@ def test_warmup_cosine_schedule_shape():
     assert lrs[0] < 0.01 and lrs[10] == pytest.approx(1.0, rel=1e-3)
     assert all(a >= b - 1e-9 for a, b in zip(lrs[10:], lrs[11:]))      # decays monotonically
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ValueError, match="total_steps >= 2"):   # torch would divide by zero later
+        warmup_cosine(opt, total_steps=1)
 
 
 def test_train_or_load_trains_once_then_loads(tmp_path, capsys):
