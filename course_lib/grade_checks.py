@@ -29,7 +29,9 @@ A pass must show *generated* digits:
   from noise, in seconds). The grader therefore also asks a private judge, of the same design but
   trained on the grading machine from a secret seed and never shown to any sandbox
   (:func:`ensure_private_judge`): it may read at most ``SECOND_OPINION_GAP`` fewer samples as
-  asked than the course's judge does. Real digits and generated ones read alike on both.
+  asked than the course's judge does. Real digits and generated ones read alike on both; how
+  much of a tuned picture carries over depends on the private judge's seed (64% to 96% in three
+  trainings, README), so this is a hurdle, and the report's grid of samples the final check.
 
 The thresholds are calibrated in ``bench/grading_checks.py`` (false rejects on real held-out
 digits and on the answer key, catches on crafted cheats), whose figures are in

@@ -150,7 +150,6 @@ def cohort(tmp_path_factory, request):
                "    return cheats", "    import os\n    n = os.path.getsize('calls') if os.path.exists("
                "'calls') else 0\n    open('calls', 'a').write('x')\n    if n == 2:\n"
                "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
-    _write(subs / "o_judge_ascent.ipynb", cheat("judge_ascent"))   # no model: pixels tuned to the judge
     _write(subs / "l_elastic.ipynb",  # warped training digits: new handwriting to every other check
            "import torch\nnet = torch.nn.Linear(4, 4)   # a network it never uses\n" + cheat("elastic"))
 
@@ -183,7 +182,6 @@ EXPECTED = {
     "l_elastic": "do not come from the notebook's network",   # its digits outlive shuffled weights
     "m_counter": "do not come from the notebook's network",   # each draw is a fresh process: no count
     "n_file_counter": "do not come from the notebook's network",  # and a fresh copy of its folder
-    "o_judge_ascent": "independent one only",   # the private judge disagrees
 }
 
 

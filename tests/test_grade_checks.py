@@ -129,7 +129,9 @@ def second_judge():
 
 def test_pixels_tuned_to_the_public_judge_pass_it_but_not_a_private_one(judge, labels, second_judge):
     """judge_ascent has no model: the course's judge reads every picture as asked for, its
-    features look like digits and nothing is copied; an independently trained judge disagrees."""
+    features look like digits and nothing is copied. This independently trained judge disagrees
+    by more than the gap; how much carries over depends on the seed (README: 64% to 96%), so the
+    test pins one rather than claiming every private judge would."""
     images = cheats.judge_ascent(labels, seed=3)
     accuracy = (judge.predict(images) == labels).float().mean().item()
     assert accuracy >= 0.95

@@ -125,9 +125,9 @@ def held_out_real(labels, seed=0):
 def judge_ascent(labels, seed=0, steps=200):
     """No model at all: pixels optimised from noise against the course's public judge, until it
     reads each as its label and its features match those of a random real digit of that label
-    (so the Fréchet check sees digits, and no pixel is copied). Caught only by the grader's
-    private judge, which reads far fewer of them as asked for (bench/grading_checks.md: 64%
-    against the public judge's 100%)."""
+    (so the Fréchet check sees digits, and no pixel is copied). Only the grader's private judge
+    can catch it, and only where its seed lets little carry over (64%, 88% and 96% read as asked
+    for in three trainings, against the public judge's 100%; README)."""
     import torch.nn.functional as F
     from course_lib.classifier import load_classifier
 
