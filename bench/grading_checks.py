@@ -69,15 +69,12 @@ def sources(key: Path, cheats: dict | None = None) -> dict:
 def private_judge() -> torch.nn.Module:
     """The bench's stand-in for a grading machine's private judge: the grader's recipe (one epoch
     of classifier.train_classifier) from seed 1 instead of a secret one, trained once."""
-    from course_lib.classifier import DigitClassifier, train_classifier
-    from course_lib.train import load_checkpoint
+    from course_lib.classifier import train_classifier
 
     path = ROOT / "bench" / "out" / "private_mnist_judge_seed1.pt"
     if not path.is_file():
         train_classifier("mnist", epochs=1, seed=1, out=path)
-    model = DigitClassifier()
-    load_checkpoint(path, model)
-    return model.eval()
+    return gc.load_private_judge(path)
 
 
 def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:

@@ -184,16 +184,13 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str = "eps") -> 
     eps-target, min(SNR_t, γ)/(SNR_t + 1) for a v-target. Either way the loss becomes
     min(SNR_t, γ)·||x̂_0 - x_0||² (bench/RESULTS.md, section 16). :func:`diffusion_loss` writes
     the eps form out in its own body, which notebook 02 prints for students."""
-    _check_gamma(gamma)
+    if not gamma > 0:
+        raise ValueError(f"min-SNR-γ needs γ > 0 (Hang et al. use 5; None: unweighted), got {gamma}: "
+                         "γ = 0 zeroes the loss and γ < 0 turns it upside down")
     if prediction not in ("eps", "v"):
         raise ValueError(f"prediction is 'eps' or 'v' (what the network learns), got {prediction!r}")
     return snr.clamp(max=gamma) / (snr + 1 if prediction == "v" else snr)
 
-
-def _check_gamma(gamma: float) -> None:
-    if not gamma > 0:
-        raise ValueError(f"min-SNR-γ needs γ > 0 (Hang et al. use 5; None: unweighted), got {gamma}: "
-                         "γ = 0 zeroes the loss and γ < 0 turns it upside down")
 
 
 def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,

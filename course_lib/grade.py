@@ -46,10 +46,11 @@ from pathlib import Path
 import torch
 
 from . import sandbox
-from .grade_checks import (SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade, Judge, Rejected,
-                           check_drawn, check_from_network, check_not_memorised, check_realistic,
-                           check_samples, check_second_opinion, ensure_private_judge, load_judge,
-                           load_private_judge, read_plain, read_samples)
+from .grade_checks import (SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade, Judge, NotPlain,
+                           Rejected, check_drawn, check_from_network, check_not_memorised,
+                           check_realistic, check_samples, check_second_opinion,
+                           ensure_private_judge, load_judge, load_private_judge, read_plain,
+                           read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
@@ -158,8 +159,9 @@ def student_name(path: Path) -> str:
 def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
     """Copy every submission into ``private`` before any runs: (student, copy) pairs.
 
-    Each file is opened without following links, must be a regular file under NOTEBOOK_CAP
-    bytes, and is read once; nothing later reads the originals.
+    Each file is read once with :func:`~course_lib.grade_checks.read_plain` (no links, regular
+    files under NOTEBOOK_CAP bytes); anything else becomes a copy that is no notebook, so it
+    fails when read. Nothing later reads the originals.
     """
     copies, seen = [], set()
     for path in submissions:
@@ -169,14 +171,9 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
         seen.add(name)
         target = private / f"{name}.ipynb"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as file:
-                info = os.fstat(file.fileno())
-                data = (file.read(NOTEBOOK_CAP + 1) if stat.S_ISREG(info.st_mode) else b"")
-            if not stat.S_ISREG(info.st_mode):
-                data = b'{"not": "a regular file"}'
-            elif len(data) > NOTEBOOK_CAP:
-                data = b'{"not": "a notebook under the size limit"}'
+            data = read_plain(path, NOTEBOOK_CAP)
+        except NotPlain as err:
+            data = json.dumps({"not": str(err)}).encode()
         except OSError as err:
             data = json.dumps({"not": f"readable ({err.strerror})"}).encode()
         target.write_bytes(data)

@@ -164,11 +164,14 @@ def test_the_rest_of_the_repository_and_of_the_host_is_not_there(sandboxed):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+ADD_KEY = {"x86_64": 248, "aarch64": 217}   # add_key(2)'s system call number per machine
+
+
 def _keyring_calls():
     """add_key(2) through libc's syscall(), and keyctl's special ids; None where not known."""
     import ctypes
     import platform
-    add_key = {"x86_64": 248, "aarch64": 217}.get(platform.machine())
+    add_key = ADD_KEY.get(platform.machine())
     return (None if add_key is None else
             lambda desc, ring: ctypes.CDLL(None, use_errno=True).syscall(
                 add_key, b"user", desc.encode(), b"secret", 6, ring))
@@ -204,7 +207,7 @@ def test_each_graded_step_starts_with_empty_user_keyrings(sandboxed):
     """The sandbox uid's user keyring outlives its processes: one draw (or one student) could
     leave a note there for the next; grade_runner empties it before any submitted code runs."""
     _need(_keyring_calls() is not None, "add_key's number is only known for x86_64 and aarch64")
-    leave = ("import ctypes, platform; n = {'x86_64': 248, 'aarch64': 217}[platform.machine()];"
+    leave = (f"import ctypes, platform; n = {ADD_KEY!r}[platform.machine()];"
              "print(ctypes.CDLL(None).syscall(n, b'user', b'course-note-for-the-next-draw', b'1', 1, -4))")
     left = sandboxed(leave)
     assert int(left.stdout.split()[-1]) > 0, left.stdout + left.stderr
