@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: course test setup unit nbval clean
+.PHONY: course test setup unit nbval browser clean
+.NOTPARALLEL:   # one PyTorch job at a time: two on two cores take many times as long
 
 course: setup  ## set everything up (first time only) and start JupyterLab, opened on notebook 00
 	$(BIN)/python lab/course.py $(LAB_ARGS)
 
-test: $(VENV)/.installed-test  ## unit tests, every notebook under nbval, then the lab in Chromium
-	$(BIN)/python -m pytest tests --ignore=tests/browser
-	$(BIN)/python -m pytest --nbval notebooks/
-	$(BIN)/python -m pytest -rs tests/browser  # skipped, saying how to enable it, without /usr/bin/chromium
+test: unit nbval browser  ## unit tests, every notebook under nbval, then the lab in Chromium
+
+unit: $(VENV)/.installed-test  ## the unit tests; -rs says why any was skipped (no bubblewrap, Slurm, ...)
+	$(BIN)/python -m pytest -rs tests --ignore=tests/browser
+
+nbval: $(VENV)/.installed-test  ## every notebook in the test profile, its outputs against the stored ones
+	$(BIN)/python -m pytest --nbval notebooks/ -rs
+
+browser: $(VENV)/.installed-test  ## the lab in Chromium; skipped, saying how to enable it, without /usr/bin/chromium
+	$(BIN)/python -m pytest -rs tests/browser
 
 setup: $(VENV)/.installed
 

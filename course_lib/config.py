@@ -68,22 +68,64 @@ def native_bf16(device: torch.device | str) -> bool:
     bench/bf16_isa.md and bench/RESULTS.md section 18 on AVX512-BF16). Without either, bfloat16
     is emulated and 1.6 to 18 times as slow as float32 (bench/bf16_isa.md), so the course stays
     in float32 there (and on GPUs).
+
+    ``COURSE_BF16=0`` keeps a CPU in float32 whatever it has (to compare, or to rule bfloat16 out
+    of a bug); ``COURSE_BF16=1`` asks for bfloat16 where the flags are not read right.
     """
     if torch.device(device).type != "cpu":
         return False
+    forced = bf16_override()
+    if forced is not None:
+        return forced
     return cpu_has("amx_tile") or cpu_has("avx512_bf16")
+
+
+def bf16_override() -> bool | None:
+    """``COURSE_BF16`` read as a yes (1/true/yes), a no (0/false/no) or unset (None: the CPU's
+    flags decide)."""
+    value = os.environ.get("COURSE_BF16", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"COURSE_BF16={value!r} is not understood; use 0 (float32), 1 (bfloat16) "
+                     "or unset it to let the CPU's instructions decide.")
+
+
+SPEEDS = ("fast", "bf16", "float32")
+
+
+def speed(device: torch.device | str) -> str:
+    """How fast ``device`` trains the course's UNets, in three kinds that notebooks size their
+    training by (:func:`by_speed`), so that each keeps within its minutes on a 2-core CPU:
+
+    * ``"fast"``: a GPU, or a CPU with AMX in bfloat16 (04's 30 flower epochs in 190 s);
+    * ``"bf16"``: a CPU with AVX512-BF16 but no AMX (the same 30 epochs in 321 s);
+    * ``"float32"``: a CPU that trains in float32 (no bfloat16 instructions, or ``COURSE_BF16=0``;
+      509 s), where 03, 04 and 05 took 12.1, 14.3 and 12.8 minutes with the epochs of a
+      ``"bf16"`` CPU (bench/RESULTS.md, section 19).
+    """
+    if torch.device(device).type != "cpu":
+        return "fast"
+    if not native_bf16(device):
+        return "float32"
+    return "fast" if cpu_has("amx_tile") else "bf16"
+
+
+def by_speed(device: torch.device | str, *, fast, bf16, float32):
+    """The value for ``device``'s :func:`speed`, e.g. ``by_speed(device, fast=60, bf16=30, float32=20)``."""
+    return {"fast": fast, "bf16": bf16, "float32": float32}[speed(device)]
 
 
 def trains_fast(device: torch.device | str) -> bool:
     """Whether ``device`` trains 04's flower UNet fast enough for 60 epochs in the notebook's 12
-    minutes: a GPU, or a CPU with AMX (in bfloat16: 190 s for 30 epochs on 2 cores).
-
-    04 gives its flower UNet twice the epochs there (bench/RESULTS.md, section 17), and the 30
-    measured before that elsewhere, so the notebook takes about the same minutes on any 2-core
-    CPU. A CPU with only AVX512-BF16 also trains in bfloat16, but more slowly (321 s for 30
-    epochs on a 2-core AMD EPYC), and 60 epochs would take 04 past its 12 minutes (section 18).
+    minutes: :func:`speed` is ``"fast"`` (a GPU, or a CPU with AMX in bfloat16; section 17). A CPU
+    with only AVX512-BF16 trains in bfloat16 too, but more slowly, and 60 epochs would take 04
+    past its 12 minutes (section 18). An AMX CPU kept in float32 (``COURSE_BF16=0``) is slower still.
     """
-    return torch.device(device).type != "cpu" or cpu_has("amx_tile")
+    return speed(device) == "fast"
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

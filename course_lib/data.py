@@ -41,9 +41,9 @@ FASHION_CLASSES = (
 )
 DATASETS = ("FashionMNIST", "MNIST", "flowers")
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
-# Debian's package names its folder differently from torchvision.
+# Debian's package names its folder differently from torchvision (flowers: only ``flowers/``).
 SYSTEM_NAMES = {"FashionMNIST": ("FashionMNIST", "fashion-mnist"), "MNIST": ("MNIST", "mnist"),
-                "flowers": ("flowers", "flower_photos")}
+                "flowers": ("flowers",)}
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 
 

@@ -154,7 +154,7 @@ class Quality:
 
 def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
                    labels: torch.Tensor | None = None) -> Quality:
-    """Judge a batch of generated images (B, 1, H, W) in [-1, 1]; ``labels`` = the classes asked for."""
+    """Judge a batch of generated images (B, C, H, W) in [-1, 1]; ``labels`` = the classes asked for."""
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(labels)} labels for {len(images)} images")
     _check_dataset(dataset)
@@ -200,7 +200,7 @@ def within_class_spread(images: torch.Tensor, labels: torch.Tensor,
 
 
 def class_shares(images: torch.Tensor, dataset: str = "fashion_mnist") -> torch.Tensor:
-    """Share of the images the classifier puts in each class (10 values summing to 1)."""
+    """Share of the images the classifier puts in each class (one value per class, summing to 1)."""
     _, probs = features_and_probs(_classifier(dataset), images, dataset)
     return torch.bincount(probs.argmax(1), minlength=probs.shape[1]).float() / len(images)
 

@@ -38,7 +38,8 @@ from pathlib import Path
 INSIDE_HOME = "/home/student"       # where the work folder appears inside the sandbox
 OUTPUT_CAP = 64 * 1024              # bytes kept of stdout and of stderr (the tail)
 BASE_UID = 64000                    # sandbox uid = BASE_UID + slot: one uid per parallel job
-ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "COURSE_DATA_DIR", "OMP_NUM_THREADS")
+# the instructor's: locale, data, threads, and float32 or bfloat16 (course_lib/config.py::native_bf16)
+ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "COURSE_DATA_DIR", "OMP_NUM_THREADS", "COURSE_BF16")
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap)"
 
 

@@ -13,6 +13,12 @@ os.environ.setdefault("COURSE_GRADER_DIR", str(Path(__file__).resolve().parent.p
                                                / "checkpoints" / "grader"))
 
 
+@pytest.fixture(autouse=True)
+def _cpu_flags_decide_bfloat16(monkeypatch):
+    """A maintainer's exported COURSE_BF16 (config.native_bf16) must not change what tests see."""
+    monkeypatch.delenv("COURSE_BF16", raising=False)
+
+
 @pytest.fixture
 def data_available():
     """Skip (or, under CI, fail) when the offline datasets are not reachable."""

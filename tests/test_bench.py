@@ -581,7 +581,8 @@ def test_twice_the_epochs_backs_04s_flower_training():
         assert long["variety"] > short["variety"] + 0.05
     notebook = next((ROOT / "notebooks").glob("04_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
-    assert re.search(r"FLOWER_EPOCHS = config\.pick\(full=60 if config\.trains_fast\(device\) else 30,", source)
+    assert re.search(r"FLOWER_EPOCHS = config\.pick\(full=config\.by_speed\(device, fast=60, bf16=30, "
+                     r"float32=20\),", source)
 
 
 def test_fashion_guidance_backs_04_keeping_its_unclipped_sampler():
@@ -640,7 +641,7 @@ def test_clip_context_wider_unet_rows_back_notebook_05():
         assert min(r[f"{wording}_variety"] for r in wide) > q[f"{wording}_variety"] - 0.05
     notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
-    assert "UNET_EPOCHS = config.pick(full=20," in source
+    assert "UNET_EPOCHS = config.pick(full=config.by_speed(device, fast=20, bf16=20," in source
     assert "channels=(24, 48, 96), T=T, c_dim=clip.embed_dim" in source
 
 
@@ -666,7 +667,7 @@ def test_05s_epoch_rows_and_runs_back_keeping_20_epochs():
             <= runs[20]["training_wordings"] + runs[20]["new_wordings"])
     notebook = next((ROOT / "notebooks").glob("05_*.ipynb"))
     source = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
-    assert "UNET_EPOCHS = config.pick(full=20, test=1)" in source
+    assert "UNET_EPOCHS = config.pick(full=config.by_speed(device, fast=20, bf16=20, float32=14), test=1)" in source
     stored = _bench_module("nb05_epochs").figures(notebook)   # what the stored run printed
     assert stored["unet_epochs"] == 20
     assert stored == {key: value for key, value in runs[20].items() if key != "label"}
@@ -1041,6 +1042,8 @@ def test_notebook_table_header_names_how_the_cpu_multiplies_bfloat16(monkeypatch
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
         assert run_notebooks.bf16_hardware() == said
+    monkeypatch.setenv("COURSE_BF16", "0")     # a run forced to float32 says so, whatever the CPU
+    assert run_notebooks.bf16_hardware() == "float32 (COURSE_BF16=0)"
 
 
 def test_grading_checks_catch_judge_ascent_by_the_second_opinion_alone_as_documented():
@@ -1059,3 +1062,35 @@ def test_grading_checks_catch_judge_ascent_by_the_second_opinion_alone_as_docume
     walkthrough = (ROOT / "walkthroughs" / "06_Assessment_Walkthrough.md").read_text()
     assert f"reads {quoted} of them" in readme and f"reads {quoted} of them" in walkthrough
     assert f"real digits {results['real held-out test digits']['second_accuracy']:.1%}" in readme
+
+
+def test_the_float32_course_run_fits_as_its_documents_say():
+    """bench/notebooks_full_float32.md and grade_key_full_float32.md (the whole course in float32,
+    COURSE_BF16=0, with config.speed's float32 epochs): every notebook within its time and memory,
+    the answer key passing, and the course minutes quoted in RESULTS section 19 and the README the
+    two tables' sum. The run before it, with a bfloat16 CPU's epochs, missed 03's, 04's and 05's
+    minutes, which is what the float32 epochs are for; the notebooks ask config.by_speed for them."""
+    import json
+    import re
+    before = (ROOT / "bench" / "notebooks_full_float32_bf16epochs.md").read_text()
+    missed = re.findall(r"^\| (\d\d)_\w+ \| [\d.]+ \| \S+ \| \d+ \| MISSED \|", before, re.M)
+    assert missed == ["03", "04", "05"]
+    notebooks = (ROOT / "bench" / "notebooks_full_float32.md").read_text()
+    assert "float32 (COURSE_BF16=0)" in notebooks.splitlines()[0]
+    rows = re.findall(r"^\| (\d\d_\w+) \| ([\d.]+) \| (\S+) \| (\d+) \| (\w+) \|", notebooks, re.M)
+    assert len(rows) == 7 and all(status == "ok" and int(mib) < 4096 for *_, mib, status in rows)
+    total = float(re.search(r"\*\*whole course\*\* \| \*\*([\d.]+)\*\*", notebooks).group(1))
+    assert abs(total - sum(float(m) for _, m, *_ in rows)) < 0.051
+    grade = (ROOT / "bench" / "grade_key_full_float32.md").read_text()
+    assert "- result: pass" in grade and "exit status 0" in grade
+    grading = int(re.search(r"whole grading, wall clock: (\d+) s", grade).group(1)) / 60
+    course = f"{total + round(grading, 1):.1f}"
+    assert float(course) <= 50
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 19. ")[1].split())
+    assert f"**{course} minutes for the course** (the notebooks in {total:.1f} and {grading:.1f}" in section
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"in float32 the notebooks took {total:.1f} minutes and the grading {grading:.1f}, {course} in all" in readme
+    sources = {nb.name[:2]: "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+               for nb in (ROOT / "notebooks").glob("0[345]_*.ipynb")}
+    assert "FIXED_EPOCHS = config.pick(full=config.by_speed(device, fast=10, bf16=10, float32=8)," in sources["03"]
+    assert "UNET_EPOCHS = config.pick(full=config.by_speed(device, fast=20, bf16=20, float32=14)," in sources["05"]

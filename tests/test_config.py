@@ -71,6 +71,10 @@ def test_bf16_on_amx_or_avx512_bf16_and_fast_training_on_a_gpu_or_amx_only(
                         raising=False)
     assert config.native_bf16(device) is native
     assert config.trains_fast(device) is fast
+    kind = "fast" if fast else "bf16" if native else "float32"
+    assert config.speed(device) == kind
+    assert config.by_speed(device, fast=60, bf16=30, float32=20) == {"fast": 60, "bf16": 30,
+                                                                     "float32": 20}[kind]
 
 
 def test_cpu_probes_missing_from_torch_read_as_absent(monkeypatch):
@@ -79,3 +83,29 @@ def test_cpu_probes_missing_from_torch_read_as_absent(monkeypatch):
     monkeypatch.delattr(config.torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert config.native_bf16("cpu") is False
     assert config.trains_fast("cpu") is False
+
+
+@pytest.mark.parametrize("value,native", [("0", False), ("no", False), ("1", True), ("TRUE", True)])
+def test_course_bf16_overrides_the_cpu_flags(monkeypatch, value, native):
+    """COURSE_BF16 decides over the CPU's flags in either direction, on a CPU only."""
+    monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: not native, raising=False)
+    monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: not native,
+                        raising=False)
+    monkeypatch.setenv("COURSE_BF16", value)
+    assert config.native_bf16("cpu") is native
+    assert config.native_bf16("cuda") is False
+
+
+def test_an_amx_cpu_kept_in_float32_is_not_fast(monkeypatch):
+    """04's 60 flower epochs were measured in bfloat16 on AMX; in float32 that CPU keeps 30."""
+    monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert config.trains_fast("cpu") is True
+    monkeypatch.setenv("COURSE_BF16", "0")
+    assert config.trains_fast("cpu") is False and config.speed("cpu") == "float32"
+    assert config.trains_fast("cuda") is True
+
+
+def test_course_bf16_that_is_not_a_yes_or_no_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("COURSE_BF16", "maybe")
+    with pytest.raises(ValueError, match=r"COURSE_BF16='maybe'.*use 0 \(float32\)"):
+        config.native_bf16("cpu")

@@ -1,4 +1,5 @@
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,51 @@ def test_loader_batches_and_drops_last():
     ds = data.ImageDataset(torch.zeros(10, 1, 4, 4), torch.zeros(10, dtype=torch.long), ["a"])
     batches = list(data.make_loader(ds, batch_size=4))
     assert [len(b[0]) for b in batches] == [4, 4]
+
+
+def _nbval_conftest(monkeypatch):
+    """notebooks/conftest.py as a module, without letting it change this process's profile."""
+    import importlib.util
+
+    for name, value in (("COURSE_PROFILE", "full"), ("MPLBACKEND", "Agg")):
+        monkeypatch.setenv(name, os.environ.get(name, value))
+    spec = importlib.util.spec_from_file_location(
+        "nbval_conftest", Path(__file__).resolve().parent.parent / "notebooks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_nbval_skips_the_notebooks_with_the_reason_when_data_cannot_be_had(monkeypatch):
+    """No datasets and no downloads: every notebook skipped, saying why; under CI they run (and
+    fail); with downloads allowed they run and fetch the data."""
+    import course_lib.data as data_module
+
+    def nowhere(name, allow_download=None):
+        raise data_module.DataNotFoundError(f"{name} is in none of: /nowhere")
+
+    monkeypatch.setattr(data_module, "find_data_root", nowhere)
+    conftest = _nbval_conftest(monkeypatch)
+
+    class Item:
+        def __init__(self):
+            self.markers = []
+
+        def add_marker(self, marker):
+            self.markers.append(marker)
+
+    monkeypatch.setenv("COURSE_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("CI", raising=False)
+    items = [Item(), Item()]
+    conftest.pytest_collection_modifyitems(None, items)
+    for item in items:
+        (marker,) = item.markers
+        assert marker.name == "skip" and "COURSE_DATA_DIR" in marker.kwargs["reason"]
+        assert "FashionMNIST is in none of: /nowhere" in marker.kwargs["reason"]
+    monkeypatch.setenv("CI", "true")
+    items = [Item()]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert items[0].markers == []
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("COURSE_NO_DOWNLOAD", "0")
+    assert conftest.missing_data() is None

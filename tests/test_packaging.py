@@ -63,6 +63,8 @@ def test_diffusers_is_a_test_only_extra_that_make_test_installs():
     assert not any(d.startswith("diffusers") for d in project["dependencies"])
     assert "diffusers==0.42.1" in project["optional-dependencies"]["test"]
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test: \$\(VENV\)/\.installed-test", makefile, re.M)
+    assert re.search(r"^test: unit nbval browser\b", makefile, re.M)
+    for part in ("unit", "nbval", "browser"):
+        assert re.search(rf"^{part}: \$\(VENV\)/\.installed-test", makefile, re.M), part
     assert 'pip install -e ".[test]"' in makefile
     assert "pip install -e '.[test]'" in (ROOT / "environment.yml").read_text()

@@ -117,8 +117,10 @@ def test_the_graders_python_runs_inside_even_under_a_hidden_home(sandboxed):
 
 def test_environment_is_cleared(sandboxed, monkeypatch):
     monkeypatch.setenv("COURSE_GRADER_SECRET", "s3cret-token")
+    monkeypatch.setenv("COURSE_BF16", "0")      # the instructor's choice of arithmetic goes in
     out = sandboxed("import os; print(sorted(os.environ.items()))").stdout
     assert "s3cret-token" not in out and "COURSE_GRADER_SECRET" not in out
+    assert "'COURSE_BF16', '0'" in out
     assert "'HOME', '/home/student'" in out and "'COURSE_NO_DOWNLOAD', '1'" in out
 
 
