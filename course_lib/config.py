@@ -94,9 +94,6 @@ def bf16_override() -> bool | None:
                      "or unset it to let the CPU's instructions decide.")
 
 
-SPEEDS = ("fast", "bf16", "float32")
-
-
 def speed(device: torch.device | str) -> str:
     """How fast ``device`` trains the course's UNets, in three kinds that notebooks size their
     training by (:func:`by_speed`), so that each keeps within its minutes on a 2-core CPU:
