@@ -115,3 +115,27 @@ def test_notebooks_import_rather_than_redefine(notebook):
             continue
         for defined in re.findall(r"^(?:class|def) (\w+)", src, re.M):
             assert defined not in names, f"{notebook.name} redefines course_lib's {defined}"
+
+
+def test_walkthrough_02_log_snr_figure_and_its_numbers_come_from_the_library(tmp_path):
+    """walkthroughs/figures/02_log_snr.png is drawn by tools/walkthrough_figures.py from the
+    library's schedules, and every number the walkthrough quotes about it is that tool's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("walkthrough_figures",
+                                                  ROOT / "tools" / "walkthrough_figures.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    linear, scaled, cosine = tool.summary().values()
+    assert linear["alpha_bar_T"] == pytest.approx(0.2192, abs=1e-4)     # the trap, as 02 says
+    text = " ".join((ROOT / "walkthroughs" / "02_Diffusion_Models_Walkthrough.md").read_text().split())
+    assert "](figures/02_log_snr.png)" in text
+    assert (ROOT / "walkthroughs" / "figures" / "02_log_snr.png").is_file()
+    assert (f"keeps {linear['steps_above_0']} of its 150 steps above 0 and ends at "
+            f"${linear['log_snr_T']:.2f}$") in text
+    assert (f"ends at ${scaled['log_snr_T']:.2f}$ with {scaled['steps_above_0']} steps above 0, "
+            f"and {scaled['steps_below_minus_5']} of its steps are nearly pure noise") in text
+    assert (f"ends at ${cosine['log_snr_T']:.2f}$ with {cosine['steps_above_0']} steps above 0, "
+            f"about half, and only {cosine['steps_below_minus_5']} below $-5$") in text
+    drawn = tool.draw_log_snr(tmp_path / "log_snr.png")
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
