@@ -133,10 +133,9 @@ def bf16_hardware() -> str:
     """How this CPU multiplies bfloat16 (course_lib.config.native_bf16), for the table's header."""
     from course_lib import config
 
-    if config.bf16_override() is False:
-        return "float32 (COURSE_BF16=0)"
-    if config.bf16_override():
-        return "bfloat16 (COURSE_BF16=1)"
+    forced = config.bf16_override()
+    if forced is not None:
+        return "bfloat16 (COURSE_BF16=1)" if forced else "float32 (COURSE_BF16=0)"
     if config.cpu_has("amx_tile"):
         return "bfloat16 on AMX"
     if config.native_bf16("cpu"):

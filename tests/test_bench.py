@@ -1010,24 +1010,34 @@ def test_bf16_isa_backs_bfloat16_on_amx_or_avx512_bf16_only():
     assert f"with AVX512-BF16 (AMD Zen 4) {quoted}" in " ".join((ROOT / "README.md").read_text().split())
 
 
-def test_the_avx512_bf16_course_run_adds_up_as_its_documents_say():
-    """bench/notebooks_full_avx512bf16.md and grade_key_full_avx512bf16.md (a full run on a CPU with
-    AVX512-BF16, no AMX): every notebook within its time and memory, the answer key passing, and
-    the course minutes quoted in RESULTS section 18 and the README are the two tables' sum."""
+def _whole_course_run(table: str, section: str):
+    """One full run kept beside the stored one (bench/notebooks_full_<table>.md and
+    grade_key_full_<table>.md): every notebook ok and under 4 GiB, the total their sum, the answer
+    key passing, and RESULTS section ``section`` quoting the course's minutes as the two tables' sum.
+    Returns (the notebook table's header, notebook minutes, grading minutes, the course's minutes
+    as quoted, the README's text with its line breaks as spaces)."""
     import re
-    notebooks = (ROOT / "bench" / "notebooks_full_avx512bf16.md").read_text()
-    assert "bfloat16 on AVX512-BF16 (no AMX)" in notebooks.splitlines()[0]
+    notebooks = (ROOT / "bench" / f"notebooks_full_{table}.md").read_text()
     rows = re.findall(r"^\| (\d\d_\w+) \| ([\d.]+) \| (\S+) \| (\d+) \| (\w+) \|", notebooks, re.M)
     assert len(rows) == 7 and all(status == "ok" and int(mib) < 4096 for *_, mib, status in rows)
     total = float(re.search(r"\*\*whole course\*\* \| \*\*([\d.]+)\*\*", notebooks).group(1))
     assert abs(total - sum(float(m) for _, m, *_ in rows)) < 0.051
-    grade = (ROOT / "bench" / "grade_key_full_avx512bf16.md").read_text()
+    grade = (ROOT / "bench" / f"grade_key_full_{table}.md").read_text()
     assert "- result: pass" in grade and "exit status 0" in grade
     grading = int(re.search(r"whole grading, wall clock: (\d+) s", grade).group(1)) / 60
     course = f"{total + round(grading, 1):.1f}"
-    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 18. ")[1].split())
-    assert f"**{course} minutes for the course** (the notebooks in {total:.1f} and {grading:.1f}" in section
+    text = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split(f"## {section}. ")[1].split())
+    assert f"**{course} minutes for the course** (the notebooks in {total:.1f} and {grading:.1f}" in text
     readme = " ".join((ROOT / "README.md").read_text().split())
+    return notebooks.splitlines()[0], total, grading, course, readme
+
+
+def test_the_avx512_bf16_course_run_adds_up_as_its_documents_say():
+    """bench/notebooks_full_avx512bf16.md and grade_key_full_avx512bf16.md (a full run on a CPU with
+    AVX512-BF16, no AMX): every notebook within its time and memory, the answer key passing, and
+    the course minutes quoted in RESULTS section 18 and the README are the two tables' sum."""
+    header, total, grading, course, readme = _whole_course_run("avx512bf16", "18")
+    assert "bfloat16 on AVX512-BF16 (no AMX)" in header
     assert f"the notebooks took {total:.1f} minutes and the grading {grading:.1f}, {course} in all" in readme
     assert f"the course took {course} minutes" in readme
 
@@ -1075,20 +1085,9 @@ def test_the_float32_course_run_fits_as_its_documents_say():
     before = (ROOT / "bench" / "notebooks_full_float32_bf16epochs.md").read_text()
     missed = re.findall(r"^\| (\d\d)_\w+ \| [\d.]+ \| \S+ \| \d+ \| MISSED \|", before, re.M)
     assert missed == ["03", "04", "05"]
-    notebooks = (ROOT / "bench" / "notebooks_full_float32.md").read_text()
-    assert "float32 (COURSE_BF16=0)" in notebooks.splitlines()[0]
-    rows = re.findall(r"^\| (\d\d_\w+) \| ([\d.]+) \| (\S+) \| (\d+) \| (\w+) \|", notebooks, re.M)
-    assert len(rows) == 7 and all(status == "ok" and int(mib) < 4096 for *_, mib, status in rows)
-    total = float(re.search(r"\*\*whole course\*\* \| \*\*([\d.]+)\*\*", notebooks).group(1))
-    assert abs(total - sum(float(m) for _, m, *_ in rows)) < 0.051
-    grade = (ROOT / "bench" / "grade_key_full_float32.md").read_text()
-    assert "- result: pass" in grade and "exit status 0" in grade
-    grading = int(re.search(r"whole grading, wall clock: (\d+) s", grade).group(1)) / 60
-    course = f"{total + round(grading, 1):.1f}"
+    header, total, grading, course, readme = _whole_course_run("float32", "19")
+    assert "float32 (COURSE_BF16=0)" in header
     assert float(course) <= 50
-    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 19. ")[1].split())
-    assert f"**{course} minutes for the course** (the notebooks in {total:.1f} and {grading:.1f}" in section
-    readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"in float32 the notebooks took {total:.1f} minutes and the grading {grading:.1f}, {course} in all" in readme
     sources = {nb.name[:2]: "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
                for nb in (ROOT / "notebooks").glob("0[345]_*.ipynb")}
