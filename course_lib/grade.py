@@ -587,7 +587,7 @@ def main(argv=None) -> int:
         return 2
     if not args.no_sandbox:
         try:
-            sandbox.require_bwrap()
+            sandbox.require()
         except sandbox.SandboxUnavailable as err:
             print(f"could not grade: {err}", file=sys.stderr)
             return 2

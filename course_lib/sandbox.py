@@ -14,12 +14,15 @@ What the command can do inside (``course_lib/grade.py`` runs every submission's 
 - run as an unprivileged uid (not root), so file permissions and ``RLIMIT_NPROC`` bind, with
   limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files;
 - not reach the kernel keys of the grader's session (a fresh, empty session keyring: keyrings are
-  shared by a uid's processes whatever the namespaces; :func:`fresh_keyrings`).
+  shared by a uid's processes whatever the namespaces; :func:`fresh_keyrings`);
+- not make the system calls a notebook never needs, through which a shared kernel is most often
+  attacked: new namespaces (a user namespace of its own, where it would be root), mounts, kernel
+  keys, ptrace, BPF, io_uring and the like (a seccomp filter, ``course_lib/syscall_filter.py``).
 
 Output is kept to the last ``OUTPUT_CAP`` bytes of each stream, every wait has a time limit, and on
 the way out the whole tree is killed (the PID namespace dies with its first process, and every
 process of the sandbox uid is killed as well). Without bubblewrap, :func:`require_bwrap` refuses
-with the install command; ``trusted=True`` (the grader's ``--no-sandbox``) runs the same command
+with the install command, and without libseccomp :func:`run` does; ``trusted=True`` (the grader's ``--no-sandbox``) runs the same command
 without isolation.
 """
 from __future__ import annotations
@@ -34,6 +37,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import syscall_filter
 
 INSIDE_HOME = "/home/student"       # where the work folder appears inside the sandbox
 OUTPUT_CAP = 64 * 1024              # bytes kept of stdout and of stderr (the tail)
@@ -84,6 +89,13 @@ def require_bwrap() -> str:
     return path
 
 
+def require() -> None:
+    """Refuse, with the install command, where no sandbox can run: without bubblewrap, or without
+    libseccomp to compile its filter (the grader asks once, before any submission)."""
+    require_bwrap()
+    os.close(filter_fd())
+
+
 def sandbox_uid(slot: int = 0) -> int:
     return BASE_UID + slot
 
@@ -121,8 +133,9 @@ through folders it creates traversable (bwrap would make them 0700, unreadable t
 
 
 def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[str, str],
-                  slot: int = 0) -> list[str]:
-    """The bwrap command line that runs ``argv`` in ``workdir`` (seen as INSIDE_HOME)."""
+                  slot: int = 0, seccomp_fd: int | None = None) -> list[str]:
+    """The bwrap command line that runs ``argv`` in ``workdir`` (seen as INSIDE_HOME), under the
+    seccomp filter that bwrap reads from ``seccomp_fd``."""
     cmd = [require_bwrap()]
     for name in SYSTEM:
         path = Path(name)
@@ -149,11 +162,12 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
     cmd += ["--bind", str(workdir), INSIDE_HOME, "--chdir", INSIDE_HOME,
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv"]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     for key, value in env.items():
         cmd += ["--setenv", key, value]
     if os.geteuid() == 0:  # bwrap sets up the namespaces as root, then setpriv drops to the uid
         uid = str(sandbox_uid(slot))
-        cmd += ["--setenv", "COURSE_SANDBOX_UID", uid]   # its user keyrings may be emptied
         cmd += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", "--reuid", uid, "--regid", uid,
                 "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
     else:
@@ -177,8 +191,7 @@ def sandbox_env(extra: dict[str, str], limits: Limits) -> dict[str, str]:
 
 KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280, "i686": 288}
 """keyctl(2)'s system call number (the C library has no wrapper) per machine."""
-JOIN_SESSION_KEYRING, CLEAR = 1, 7                # keyctl operations (linux/keyctl.h)
-USER_KEYRING, USER_SESSION_KEYRING = -4, -5       # special keyring ids
+JOIN_SESSION_KEYRING = 1                          # keyctl's operation (linux/keyctl.h)
 
 
 def _keyctl():
@@ -194,20 +207,15 @@ def _keyctl():
     return lambda *args: syscall(number, *args)
 
 
-def fresh_keyrings(clear_user: bool = False, keyctl=None) -> bool:
+def fresh_keyrings(keyctl=None) -> bool:
     """Give this process a new, empty session keyring, so that keys of the session it came from
-    (the grader's: Kerberos tickets, fscrypt or CIFS keys) are out of its reach; with
-    ``clear_user``, also empty its uid's user keyrings, which persist between the sandbox uid's
-    runs (so one draw or submission could leave a note for the next). False where the machine
-    has no keyrings (nothing to reach then)."""
+    (the grader's: Kerberos tickets, fscrypt or CIFS keys) are out of its reach, even before the
+    seccomp filter refuses every keyring call inside. False where the machine has no keyrings
+    (nothing to reach then)."""
     keyctl = keyctl or _keyctl()
     if keyctl is None:
         return False
-    ok = keyctl(JOIN_SESSION_KEYRING, None) >= 0
-    if clear_user:
-        for ring in (USER_KEYRING, USER_SESSION_KEYRING):
-            keyctl(CLEAR, ring)
-    return ok
+    return keyctl(JOIN_SESSION_KEYRING, None) >= 0
 
 
 def _limit(limits: Limits):
@@ -251,6 +259,16 @@ class _Tail:
         return head + bytes(self.data).decode("utf-8", "replace")
 
 
+def filter_fd() -> int:
+    """A file descriptor holding the seccomp filter for one sandbox; without libseccomp the
+    sandbox refuses, as it does without bubblewrap."""
+    try:
+        return syscall_filter.program_fd()
+    except syscall_filter.Unavailable as err:
+        raise SandboxUnavailable(f"{err}, or pass --no-sandbox to grade trusted notebooks "
+                                 "unsandboxed") from None
+
+
 def kill_uid(uid: int) -> None:
     """Kill every process running as ``uid`` (the sandbox's; never the grader's own)."""
     import psutil
@@ -271,15 +289,23 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
     """Run ``argv`` sandboxed in ``workdir`` for at most ``timeout`` seconds; never hangs."""
     limits = limits or Limits()
     env = sandbox_env(env or {}, limits)
+    seccomp_fd = None
     if trusted:  # --no-sandbox: same limits and environment, no isolation
         cmd, cwd = list(argv), workdir
         env = dict(env, HOME=str(workdir))
     else:
-        cmd, cwd = bwrap_command(argv, workdir, list(hide), env, slot), "/"
+        require_bwrap()
+        seccomp_fd = filter_fd()
+        cmd, cwd = bwrap_command(argv, workdir, list(hide), env, slot, seccomp_fd), "/"
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=_limit(limits))
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=_limit(limits),
+                                pass_fds=() if seccomp_fd is None else (seccomp_fd,))
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
     out, err = _Tail(proc.stdout), _Tail(proc.stderr)
     try:
         code = proc.wait(timeout=timeout)

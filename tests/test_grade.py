@@ -445,6 +445,22 @@ def test_grader_refuses_without_bubblewrap_unless_told(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_grader_refuses_without_libseccomp_before_any_submission_runs(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The sandbox's system-call filter is part of it: no filter, no sandboxed grading."""
+    from course_lib import syscall_filter
+    sub = _notebook(tmp_path / "x.ipynb", "x = 1")
+
+    def missing():
+        raise syscall_filter.Unavailable(f"libseccomp is not installed: {syscall_filter.INSTALL_HINT}")
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: "/usr/bin/bwrap")
+    monkeypatch.setattr(syscall_filter, "program", missing)
+    code = grade.main([str(sub), "--out", str(tmp_path / "g")])
+    err = capsys.readouterr().err
+    assert code == 2 and "apt-get install libseccomp2" in err and "--no-sandbox" in err, err
+    assert not (tmp_path / "g").exists(), "nothing is graded or written"
+
+
 @pytest.mark.usefixtures("data_available")
 def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     """Fast: one epoch on 512 images, so no accuracy is asserted; the report must be well formed."""

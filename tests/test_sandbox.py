@@ -6,6 +6,7 @@ test can fail. Needs bubblewrap (``apt-get install bubblewrap``) and root (the s
 to an unprivileged uid); without them the tests skip, except under CI, where .ci/run installs
 bubblewrap and they must run.
 """
+import errno
 import os
 import socket
 import subprocess
@@ -205,28 +206,82 @@ def test_keys_of_the_graders_session_are_out_of_reach(sandboxed):
     assert os.WEXITSTATUS(status) == 0, "sandboxed code saw a key of the grader's session"
 
 
-def test_each_graded_step_starts_with_empty_user_keyrings(sandboxed):
-    """The sandbox uid's user keyring outlives its processes: one draw (or one student) could
-    leave a note there for the next; grade_runner empties it before any submitted code runs."""
+def _unfiltered(monkeypatch):
+    """The control: the same sandbox without its seccomp filter."""
+    monkeypatch.setattr(sandbox, "filter_fd", lambda: None)
+
+
+def test_no_note_can_be_left_in_the_kernel_keyrings_for_the_next_step(sandboxed, monkeypatch):
+    """The sandbox uid's user keyring outlives its processes, whatever the namespaces: one draw
+    (or one student) could leave a note there for the next. The seccomp filter refuses every
+    keyring call; without it (the control) the note is left."""
     _need(_keyring_calls() is not None, "add_key's number is only known for x86_64 and aarch64")
     leave = (f"import ctypes, platform; n = {ADD_KEY!r}[platform.machine()];"
-             "print(ctypes.CDLL(None).syscall(n, b'user', b'course-note-for-the-next-draw', b'1', 1, -4))")
-    left = sandboxed(leave)
-    assert int(left.stdout.split()[-1]) > 0, left.stdout + left.stderr
-    assert "course-note-for-the-next-draw" in sandboxed("print(open('/proc/keys').read())").stdout
-    # the next step: grade_runner empties the keyrings, then (here) looks for the note in them
-    find = ("import ctypes, platform\nfrom course_lib import grade_runner, sandbox\ntry:\n"
-            "    grade_runner.main(['no-such-step'])\nexcept KeyError:\n    pass\n"
-            "n = sandbox.KEYCTL[platform.machine()]\n"
-            "print('found', ctypes.CDLL(None).syscall(n, 10, -4, b'user', b'course-note-for-the-next-draw', 0))")
-    out = sandboxed(find)
-    assert "found -1" in out.stdout, out.stdout + out.stderr    # KEYCTL_SEARCH: not there
-    for _ in range(50):   # and the unlinked key is soon collected, its description with it
-        if "course-note-for-the-next-draw" not in sandboxed("print(open('/proc/keys').read())").stdout:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the emptied key was never collected")
+             "libc = ctypes.CDLL(None, use_errno=True);"
+             "print(libc.syscall(n, b'user', b'course-note-for-the-next-draw', b'1', 1, -4),"
+             " ctypes.get_errno())")
+    refused = sandboxed(leave).stdout.split()
+    assert refused == ["-1", str(errno.EPERM)], refused
+    with monkeypatch.context() as m:
+        _unfiltered(m)
+        left = sandboxed(leave).stdout.split()
+        # KEYCTL_CLEAR (7) of the user keyring (-4): leave nothing behind for other tests
+        sandboxed("import ctypes, platform\nfrom course_lib.sandbox import KEYCTL\n"
+                  "ctypes.CDLL(None).syscall(KEYCTL[platform.machine()], 7, -4)")
+    assert int(left[0]) > 0, f"the control could not leave a note either: {left}"
+
+
+def _errnos(calls: dict) -> str:
+    """Python that makes each raw system call (by name, numbered by libseccomp) and prints
+    NAME:errno (0 when it succeeded)."""
+    return ("import ctypes\nfrom course_lib import syscall_filter\n"
+            "lib, libc = syscall_filter._library(), ctypes.CDLL(None, use_errno=True)\n"
+            f"for name, args in {calls!r}.items():\n"
+            "    ctypes.set_errno(0)\n"
+            "    number = lib.seccomp_syscall_resolve_name(name.encode())\n"
+            "    code = libc.syscall(number, *args)\n"
+            "    print(f'{name}:{ctypes.get_errno() if code < 0 else 0}')")
+
+
+def test_system_calls_a_notebook_never_needs_are_refused(sandboxed, monkeypatch):
+    """Without the filter a submission can make itself root of a user namespace of its own and
+    mount file systems there, or trace its processes; with it each such call fails with EPERM
+    (clone3 with ENOSYS, so that the C library falls back to clone, whose flags are checked)."""
+    nested = ("import subprocess\nfor argv in (['unshare', '-U', '-r', 'id', '-u'],"
+              " ['unshare', '-U', '-r', '-m', 'sh', '-c', 'mount -t tmpfs none /tmp && echo mounted']):\n"
+              "    r = subprocess.run(argv, capture_output=True, text=True)\n"
+              "    print(repr(r.stdout.strip() or r.stderr.strip()))")
+    calls = {"ptrace": (0, 0, 0, 0), "unshare": (0x10000000,), "bpf": (0, 0, 0),
+             "perf_event_open": (0, 0, -1, -1, 0), "io_uring_setup": (1, 0), "userfaultfd": (0,),
+             "clone3": (0, 0)}
+    filtered = dict(line.split(":") for line in sandboxed(_errnos(calls)).stdout.split())
+    inside = sandboxed(nested).stdout
+    with monkeypatch.context() as m:
+        _unfiltered(m)
+        control = dict(line.split(":") for line in sandboxed(_errnos(calls)).stdout.split())
+        control_inside = sandboxed(nested).stdout
+    assert control_inside.split() == ["'0'", "'mounted'"], control_inside   # root, then a mount
+    assert "Operation not permitted" in inside and "mounted" not in inside, inside
+    assert {k: v for k, v in filtered.items() if k != "clone3"} == \
+        {k: str(errno.EPERM) for k in calls if k != "clone3"}, filtered
+    assert filtered["clone3"] == str(errno.ENOSYS), filtered
+    # the control's answers differ where no sysctl of the host's already refuses the call
+    assert control["ptrace"] == "0" and control["unshare"] == "0", control
+    assert control["clone3"] != str(errno.ENOSYS), control
+
+
+def test_threads_processes_and_torch_still_work_under_the_filter(sandboxed):
+    code = ("import multiprocessing, subprocess, threading, torch\n"
+            "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+            "print('subprocess', subprocess.run(['true']).returncode)\n"
+            "p = multiprocessing.get_context('fork').Process(target=print, args=('forked',))\n"
+            "p.start(); p.join()\n"
+            "torch.set_num_threads(2)\n"
+            "print('torch', round(float(torch.ones(256, 256).mm(torch.ones(256, 256))[0, 0])))\n"
+            "print(open('/proc/self/status').read().count('Seccomp:\\t2'))")
+    result = sandboxed(code, limits=sandbox.Limits(threads=2))
+    assert result.stdout.split() == ["thread", "subprocess", "0", "forked", "torch", "256", "1"], \
+        result.stdout + result.stderr
 
 
 def test_unprivileged_uid_and_own_pid_namespace(sandboxed):
@@ -279,3 +334,48 @@ def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
         sandbox.require_bwrap()
+
+
+def test_missing_libseccomp_refuses_with_the_install_command(monkeypatch):
+    def no_library(name, **kw):
+        raise OSError(f"{name}: cannot open shared object file")
+    monkeypatch.setattr(sandbox.syscall_filter.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(sandbox.syscall_filter.ctypes, "CDLL", no_library)
+    sandbox.syscall_filter.program.cache_clear()
+    try:
+        with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install libseccomp2"):
+            sandbox.filter_fd()
+    finally:
+        sandbox.syscall_filter.program.cache_clear()
+
+
+def test_the_filter_refuses_a_user_namespace_on_any_linux(tmp_path):
+    """No root or bubblewrap needed: a forked child loads the compiled program itself (as
+    bubblewrap does) and asks for a user namespace, which an unprivileged process may otherwise
+    create on most distributions; its own pid must still be readable."""
+    import ctypes
+    from course_lib import syscall_filter
+    try:
+        program = syscall_filter.program()
+    except syscall_filter.Unavailable as err:
+        _need(False, str(err))
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert len(program) % 8 == 0 and len(program) // 8 > len(syscall_filter.DENIED)
+    pid = os.fork()
+    if pid == 0:
+        status = 3
+        try:
+            fprog = Fprog(len(program) // 8, program)
+            if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+                os._exit(2)   # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP (SECCOMP_MODE_FILTER)
+            refused = libc.unshare(0x10000000) == -1 and ctypes.get_errno() == errno.EPERM
+            status = 0 if refused and os.getpid() > 0 else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) != 2, "this kernel would not load the filter"
+    assert os.WEXITSTATUS(status) == 0, "CLONE_NEWUSER was not refused with EPERM"
