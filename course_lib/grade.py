@@ -277,6 +277,11 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+def _over(who: str, over: str) -> str:
+    return (f"stopped: {who} {over} in its folder, which lies on the grading machine's disk; "
+            "save only what sampling needs")
+
+
 def _memory_hint(opts: Options) -> str:
     return f" (it may have run out of its {opts.limits.memory_bytes / 2**30:.0f} GiB memory limit)"
 
@@ -294,6 +299,8 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
     result = _sandboxed(_runner("execute", str(inside / "submission.ipynb"),
                                 str(inside / "export.pkl"), str(inside / "error.json")),
                         workdir, opts.timeout, opts, env)
+    if result.over:
+        raise Rejected(_over("the notebook", result.over))
     if result.timed_out:
         raise Rejected(f"time-out: the notebook ran longer than {opts.timeout:.0f} s")
     if result.returncode == 3:
@@ -337,6 +344,8 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
                                 str(inside / "samples.pt")),
                         draw_dir, spec["seconds"] + DRAW_STARTUP, opts, env)
     try:
+        if result.over:   # a fault whichever draw it is
+            raise Rejected(_over("sample_digits", result.over))
         if spec["shuffle"]:   # the network without its weights may fail: no pictures, not a fault
             ok = result.returncode == 0 and (draw_dir / "samples.pt").exists()
             return (read_samples(draw_dir / "samples.pt") if ok else torch.empty(0)), result.seconds

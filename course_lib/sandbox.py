@@ -12,7 +12,8 @@ What the command can do inside (``course_lib/grade.py`` runs every submission's 
   environment (cleared, then a short allow-list);
 - not reach any network, the host's 127.0.0.1 included (new network namespace: only its own lo);
 - run as an unprivileged uid (not root), so file permissions and ``RLIMIT_NPROC`` bind, with
-  limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files;
+  limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files,
+  and on what its work folder holds (checked each second: :func:`folder_over`; stopped beyond);
 - not reach the kernel keys of the grader's session (a fresh, empty session keyring: keyrings are
   shared by a uid's processes whatever the namespaces; :func:`fresh_keyrings`);
 - not make the system calls a notebook never needs, through which a shared kernel is most often
@@ -42,6 +43,7 @@ from . import syscall_filter
 
 INSIDE_HOME = "/home/student"       # where the work folder appears inside the sandbox
 OUTPUT_CAP = 64 * 1024              # bytes kept of stdout and of stderr (the tail)
+POLL_SECONDS = 1.0                  # how often the work folder's size is checked while it runs
 BASE_UID = 64000                    # sandbox uid = BASE_UID + slot: one uid per parallel job
 # the instructor's: locale, data, threads, and float32 or bfloat16 (course_lib/config.py::native_bf16)
 ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "COURSE_DATA_DIR", "OMP_NUM_THREADS", "COURSE_BF16")
@@ -61,20 +63,23 @@ class Limits:
     cpu_seconds: int = 4 * 3600       # RLIMIT_CPU (summed over threads)
     processes: int = 256              # RLIMIT_NPROC for the sandbox uid
     file_bytes: int = 2 * 2**30       # RLIMIT_FSIZE: largest file it may write
+    folder_bytes: int = 4 * 2**30     # what its work folder may hold on disk (checked each second)
+    folder_entries: int = 100_000     # files and folders in it (inodes)
     open_files: int = 1024
     threads: int = 1                  # OMP/MKL threads (its CPU share)
 
 
 @dataclass
 class Result:
-    returncode: int | None            # None: killed at the time limit
+    returncode: int | None            # None: killed (at the time limit, or for ``over``)
     seconds: float
     stdout: str
     stderr: str
+    over: str = ""                    # why it was stopped early: "wrote more than 4 GiB ..."
 
     @property
     def timed_out(self) -> bool:
-        return self.returncode is None
+        return self.returncode is None and not self.over
 
 
 def bwrap_path() -> str | None:
@@ -307,16 +312,50 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
         if seccomp_fd is not None:
             os.close(seccomp_fd)
     out, err = _Tail(proc.stdout), _Tail(proc.stderr)
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        code = None
+    code, over = None, ""
+    while True:
+        left = start + timeout - time.perf_counter()
+        try:
+            code = proc.wait(timeout=max(0.0, min(POLL_SECONDS, left)))
+            break
+        except subprocess.TimeoutExpired:
+            over = folder_over(workdir, limits)
+            if over or left <= POLL_SECONDS:
+                break
     seconds = time.perf_counter() - start
     _end(proc, slot, trusted)
-    result = Result(code, seconds, out.text(5), err.text(5))
+    result = Result(code, seconds, out.text(5), err.text(5), over)
     for pipe in (proc.stdout, proc.stderr):
         pipe.close()
     return result
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
+
+
+def folder_over(workdir: Path, limits: Limits) -> str:
+    """Why the work folder is over its limits ("" while within them): it lies on the host's disk,
+    which one submission must not fill for everyone (in bytes, or in inodes with tiny files).
+    Counts space allocated on disk (sparse files count what they use), never follows links, and
+    stops counting at the first limit passed, so the count itself stays quick."""
+    used, entries, stack = 0, 0, [str(workdir)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as found:
+                for entry in found:
+                    entries += 1
+                    if entries > limits.folder_entries:
+                        return f"made more than {limits.folder_entries:,} files and folders"
+                    info = entry.stat(follow_symlinks=False)
+                    used += info.st_blocks * 512
+                    if used > limits.folder_bytes:
+                        return f"wrote more than {_size(limits.folder_bytes)}"
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:   # removed while counting, or unreadable: count what can be read
+            continue
+    return ""
 
 
 def _end(proc: subprocess.Popen, slot: int, trusted: bool) -> None:

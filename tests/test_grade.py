@@ -381,6 +381,25 @@ def test_a_draw_never_writes_through_a_link_the_notebook_left(tmp_path, monkeypa
     assert victim.read_text() == "keep me" and not (tmp_path / "draw").exists()
 
 
+def test_a_step_stopped_for_filling_its_folder_is_a_fail_that_says_so(tmp_path, monkeypatch):
+    """Every step (the notebook, each draw, the shuffled one too) that the sandbox stopped for
+    writing too much is a FAIL naming what it did, not a time-out or a grader's problem."""
+    work = tmp_path / "notebook"
+    work.mkdir()
+
+    def flooded(argv, workdir, timeout, opts, env=None):
+        return grade.sandbox.Result(None, 3.0, "", "", over="wrote more than 4 GiB")
+    monkeypatch.setattr(grade, "_sandboxed", flooded)
+    opts = grade.Options(use_sandbox=False)
+    with pytest.raises(Rejected, match="stopped: the notebook wrote more than 4 GiB in its folder"):
+        grade.execute(nbformat.v4.new_notebook(), work, opts, torch.Generator().manual_seed(0))
+    for shuffle in (False, True):
+        with pytest.raises(Rejected, match="stopped: sample_digits wrote more than 4 GiB"):
+            grade._draw(work, tmp_path / "draw", {"seed": 1, "labels": [1], "shuffle": shuffle,
+                                                  "seconds": 5.0}, opts, {})
+        assert not (tmp_path / "draw").exists()
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 SAMPLER = "import torch\ndef sample_digits(labels):\n    return {}\n"

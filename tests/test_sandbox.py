@@ -312,6 +312,43 @@ def test_output_is_capped_and_a_flood_ends(sandboxed):
     assert len(result.stderr) < sandbox.OUTPUT_CAP + 100 and "bytes dropped" in result.stderr
 
 
+def test_folder_over_counts_disk_use_and_entries_without_following_links(tmp_path):
+    """No sandbox needed: the count behind the work folder's limits."""
+    limits = sandbox.Limits(folder_bytes=3 * 2**20, folder_entries=10)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 8 * 2**20)          # big, but not in the folder
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "link").symlink_to(outside)             # not followed
+    with open(work / "sparse.bin", "wb") as file:   # 1 GiB long, nothing written: no disk used
+        file.truncate(2**30)
+    (work / "sub" / "data.bin").write_bytes(b"y" * 2 * 2**20)
+    assert sandbox.folder_over(work, limits) == ""
+    (work / "sub" / "more.bin").write_bytes(b"z" * 2 * 2**20)   # 4 MiB in all, nested
+    assert sandbox.folder_over(work, limits) == "wrote more than 3 MiB"
+    (work / "sub" / "more.bin").unlink()
+    for i in range(10):
+        (work / f"empty{i}").touch()
+    assert sandbox.folder_over(work, limits) == "made more than 10 files and folders"
+
+
+def test_a_submission_filling_the_disk_is_stopped_within_a_second_or_two(sandboxed):
+    """The work folder lies on the host's disk: a flood of data (or of tiny files) is stopped,
+    where the same code within the limits runs to its end (the control)."""
+    flood = ("import os, time\nfor i in range(12):\n"
+             "    with open(f'big{i}.bin', 'wb') as f: f.write(bytes(32 * 2**20))\n"
+             "print('wrote', flush=True)\ntime.sleep(4)\nprint('done')")
+    start = time.perf_counter()
+    stopped = sandboxed(flood, limits=sandbox.Limits(folder_bytes=64 * 2**20))
+    assert stopped.over == "wrote more than 64 MiB" and not stopped.timed_out, stopped
+    assert "done" not in stopped.stdout and time.perf_counter() - start < 4 + 2
+    control = sandboxed(flood)
+    assert control.returncode == 0 and control.over == "" and "done" in control.stdout, control
+    tiny = "import time\nfor i in range(3000): open(f'f{i}', 'w').close()\ntime.sleep(4)\nprint('done')"
+    many = sandboxed(tiny, limits=sandbox.Limits(folder_entries=1000))
+    assert many.over == "made more than 1,000 files and folders" and "done" not in many.stdout
+
+
 def test_detached_process_is_killed_and_cannot_stall_the_grader(sandboxed):
     code = ("import subprocess, sys\n"
             "subprocess.Popen(['sleep', 'infinity'], start_new_session=True, stderr=sys.stderr)\n"
@@ -379,3 +416,10 @@ def test_the_filter_refuses_a_user_namespace_on_any_linux(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) != 2, "this kernel would not load the filter"
     assert os.WEXITSTATUS(status) == 0, "CLONE_NEWUSER was not refused with EPERM"
+
+
+def test_the_documents_quote_the_folder_limits():
+    limits = sandbox.Limits()
+    quoted = f"{limits.folder_bytes / 2**30:g} GiB or {limits.folder_entries:,} files"
+    for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md"):
+        assert quoted in (ROOT / doc).read_text(), f"{doc} does not say {quoted!r}"
