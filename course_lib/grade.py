@@ -278,8 +278,9 @@ def _last_line(text: str) -> str:
 
 
 def _over(who: str, over: str) -> str:
-    return (f"stopped: {who} {over} in its folder, which lies on the grading machine's disk; "
-            "save only what sampling needs")
+    """The reason for a step the sandbox stopped early (its folder or its memory, all processes
+    together): the grading machine's disk and memory are shared by every submission."""
+    return f"stopped: {who} {over}"
 
 
 def _memory_hint(opts: Options) -> str:

@@ -13,7 +13,8 @@ What the command can do inside (``course_lib/grade.py`` runs every submission's 
 - not reach any network, the host's 127.0.0.1 included (new network namespace: only its own lo);
 - run as an unprivileged uid (not root), so file permissions and ``RLIMIT_NPROC`` bind, with
   limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files,
-  and on what its work folder holds (checked each second: :func:`folder_over`; stopped beyond);
+  and on what its work folder holds and what all its processes use together (checked each
+  second: :func:`folder_over`, :func:`memory_over`; stopped beyond);
 - not reach the kernel keys of the grader's session (a fresh, empty session keyring: keyrings are
   shared by a uid's processes whatever the namespaces; :func:`fresh_keyrings`);
 - not make the system calls a notebook never needs, through which a shared kernel is most often
@@ -58,7 +59,8 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     """Per-sandbox resource limits."""
 
-    memory_bytes: int = 6 * 2**30     # RLIMIT_DATA (heap and anonymous maps)
+    memory_bytes: int = 6 * 2**30     # RLIMIT_DATA (heap and anonymous maps) per process, and
+                                      # all its processes together (PSS + swap, checked each second)
     address_bytes: int = 64 * 2**30   # RLIMIT_AS (torch reserves much more than it uses)
     cpu_seconds: int = 4 * 3600       # RLIMIT_CPU (summed over threads)
     processes: int = 256              # RLIMIT_NPROC for the sandbox uid
@@ -319,7 +321,7 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
             code = proc.wait(timeout=max(0.0, min(POLL_SECONDS, left)))
             break
         except subprocess.TimeoutExpired:
-            over = folder_over(workdir, limits)
+            over = folder_over(workdir, limits) or memory_over(proc.pid, limits)
             if over or left <= POLL_SECONDS:
                 break
     seconds = time.perf_counter() - start
@@ -346,15 +348,71 @@ def folder_over(workdir: Path, limits: Limits) -> str:
                 for entry in found:
                     entries += 1
                     if entries > limits.folder_entries:
-                        return f"made more than {limits.folder_entries:,} files and folders"
+                        return f"made more than {limits.folder_entries:,} files and folders in its work folder"
                     info = entry.stat(follow_symlinks=False)
                     used += info.st_blocks * 512
                     if used > limits.folder_bytes:
-                        return f"wrote more than {_size(limits.folder_bytes)}"
+                        return f"wrote more than {_size(limits.folder_bytes)} to its work folder"
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
         except OSError:   # removed while counting, or unreadable: count what can be read
             continue
+    return ""
+
+
+MEMORY_FIELDS = ("Pss_Anon:", "Pss_Shmem:", "SwapPss:")
+"""What /proc/PID/smaps_rollup counts of a process's memory that the machine cannot take back
+(its library and file pages can be read again from disk), shares split between processes."""
+
+
+def process_memory(pid: int) -> int:
+    """Bytes of memory ``pid`` holds: its share of anonymous and shared-memory pages and of swap
+    (``MEMORY_FIELDS``); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) * 1024 for line in lines if line.startswith(MEMORY_FIELDS))
+
+
+def memory_files(pid: int, seen: set) -> int:
+    """Bytes in the memory files (memfd) ``pid`` has open, each file counted once in ``seen``."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if not os.readlink(path).startswith("/memfd:"):
+                continue
+            info = os.stat(path)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_blocks * 512
+    return total
+
+
+def memory_over(pid: int, limits: Limits) -> str:
+    """Why the processes under ``pid`` (the sandbox: bwrap and everything in its PID namespace)
+    hold too much memory together ("" while they do not). ``RLIMIT_DATA`` binds one process at a
+    time, so a notebook that forks, or fills memory files it never maps, could otherwise take the
+    machine's memory from the grader and the other submissions."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        pids = [pid, *(child.pid for child in top.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return ""
+    seen: set = set()
+    used = sum(process_memory(p) + memory_files(p, seen) for p in pids)
+    if used > limits.memory_bytes:
+        return f"used more than {_size(limits.memory_bytes)} of memory in all its processes together"
     return ""
 
 

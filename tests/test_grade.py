@@ -388,10 +388,10 @@ def test_a_step_stopped_for_filling_its_folder_is_a_fail_that_says_so(tmp_path, 
     work.mkdir()
 
     def flooded(argv, workdir, timeout, opts, env=None):
-        return grade.sandbox.Result(None, 3.0, "", "", over="wrote more than 4 GiB")
+        return grade.sandbox.Result(None, 3.0, "", "", over="wrote more than 4 GiB to its work folder")
     monkeypatch.setattr(grade, "_sandboxed", flooded)
     opts = grade.Options(use_sandbox=False)
-    with pytest.raises(Rejected, match="stopped: the notebook wrote more than 4 GiB in its folder"):
+    with pytest.raises(Rejected, match="stopped: the notebook wrote more than 4 GiB to its work folder"):
         grade.execute(nbformat.v4.new_notebook(), work, opts, torch.Generator().manual_seed(0))
     for shuffle in (False, True):
         with pytest.raises(Rejected, match="stopped: sample_digits wrote more than 4 GiB"):
