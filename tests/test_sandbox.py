@@ -8,6 +8,7 @@ bubblewrap and they must run.
 """
 import errno
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -394,6 +395,21 @@ def test_time_limit_kills_the_whole_tree(sandboxed):
     assert result.timed_out and time.perf_counter() - start < 20
 
 
+def test_dataloader_workers_and_multiprocessing_work_with_a_bounded_shm(sandboxed):
+    """A student's DataLoader(num_workers=2) needs a writable /dev/shm (its queue's lock): the
+    sandbox gives each step its own, capped, so filling it fails inside and nowhere else."""
+    code = ("import multiprocessing, torch\nfrom torch.utils.data import DataLoader, TensorDataset\n"
+            "data = TensorDataset(torch.randn(64, 1, 28, 28), torch.arange(64))\n"
+            "print('loaded', sum(len(x) for x, _ in DataLoader(data, batch_size=16, num_workers=2)))\n"
+            "with multiprocessing.Pool(2) as pool:\n    print('pool', sum(pool.map(abs, [-1, -2])))\n"
+            "try:\n    open('/dev/shm/fill', 'wb').write(bytes(32 * 2**20))\n    print('shm ok')\n"
+            "except OSError as err:\n    print('shm errno', err.errno)")
+    small = sandboxed(code, limits=sandbox.Limits(shm_bytes=16 * 2**20))
+    assert small.stdout.split() == ["loaded", "64", "pool", "3", "shm", "errno", str(errno.ENOSPC)], \
+        small.stdout + small.stderr
+    assert sandboxed(code).stdout.split()[-2:] == ["shm", "ok"]
+
+
 def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
@@ -448,5 +464,8 @@ def test_the_filter_refuses_a_user_namespace_on_any_linux(tmp_path):
 def test_the_documents_quote_the_folder_limits():
     limits = sandbox.Limits()
     quoted = f"{limits.folder_bytes / 2**30:g} GiB or {limits.folder_entries:,} files"
+    assert limits.shm_bytes == 2**30, "the documents below say /dev/shm holds at most 1 GiB"
     for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md"):
-        assert quoted in (ROOT / doc).read_text(), f"{doc} does not say {quoted!r}"
+        text = (ROOT / doc).read_text()
+        assert quoted in text, f"{doc} does not say {quoted!r}"
+        assert re.search(r"`/dev/shm`[^|]*at most 1 GiB", text), f"{doc}: /dev/shm's cap"
