@@ -6,8 +6,8 @@ What the command can do inside (``course_lib/grade.py`` runs every submission's 
   package and the datasets, but write nothing there; nothing else of the host's file system
   exists inside (an allow-list: a cohort's notebooks kept in the course folder, or elsewhere on
   the machine, are not there to read). The one writable place is its own work folder, mounted at
-  ``/home/student`` and owned by the sandbox's uid, besides a /dev/shm of its own (size-capped:
-  DataLoader workers and multiprocessing locks need one);
+  ``/home/student`` and owned by the sandbox's uid, besides a /tmp and a /dev/shm of its own
+  (in memory, size-capped; DataLoader workers and multiprocessing locks need /dev/shm);
 - not see the instructor's home, the submissions, the grades or the grader's private folders
   (each hidden under an empty tmpfs), nor any other process (new PID namespace), nor the grader's
   environment (cleared, then a short allow-list);
@@ -68,7 +68,7 @@ class Limits:
     file_bytes: int = 2 * 2**30       # RLIMIT_FSIZE: largest file it may write
     folder_bytes: int = 4 * 2**30     # what its work folder may hold on disk (checked each second)
     folder_entries: int = 100_000     # files and folders in it (inodes)
-    shm_bytes: int = 2**30            # its own /dev/shm (DataLoader workers, multiprocessing locks)
+    shm_bytes: int = 2**30            # its own /tmp, and its /dev/shm (DataLoader workers), each
     open_files: int = 1024
     threads: int = 1                  # OMP/MKL threads (its CPU share)
 
@@ -145,8 +145,9 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
                   slot: int = 0, seccomp_fd: int | None = None,
                   shm_bytes: int = Limits.shm_bytes) -> list[str]:
     """The bwrap command line that runs ``argv`` in ``workdir`` (seen as INSIDE_HOME), under the
-    seccomp filter that bwrap reads from ``seccomp_fd``, with a /dev/shm of its own of at most
-    ``shm_bytes`` (a notebook's DataLoader workers and multiprocessing locks need one)."""
+    seccomp filter that bwrap reads from ``seccomp_fd``, with a /tmp and a /dev/shm of its own of
+    at most ``shm_bytes`` each (a notebook's DataLoader workers and multiprocessing locks need
+    /dev/shm)."""
     cmd = [require_bwrap()]
     for name in SYSTEM:
         path = Path(name)
@@ -157,6 +158,8 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
     cmd += ["--dev", "/dev", "--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm",
             "--proc", "/proc"]
     for path in TMPFS:   # empty: a course checked out under /tmp is put back below
+        if path == Path("/tmp"):   # writable by anyone, as on the host, within a cap
+            cmd += ["--perms", "1777", "--size", str(shm_bytes)]
         cmd += ["--tmpfs", str(path)]
     hidden = [p for p in (Path(h).resolve() for h in hide)
               if p.is_dir() and p != Path("/") and not Path(INSIDE_HOME).is_relative_to(p)]

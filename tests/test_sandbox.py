@@ -395,19 +395,25 @@ def test_time_limit_kills_the_whole_tree(sandboxed):
     assert result.timed_out and time.perf_counter() - start < 20
 
 
-def test_dataloader_workers_and_multiprocessing_work_with_a_bounded_shm(sandboxed):
-    """A student's DataLoader(num_workers=2) needs a writable /dev/shm (its queue's lock): the
-    sandbox gives each step its own, capped, so filling it fails inside and nowhere else."""
+def test_dataloader_workers_multiprocessing_and_tmp_work_bounded(sandboxed):
+    """A student's DataLoader(num_workers=2) needs a writable /dev/shm (its queue's lock), and
+    code that saves to /tmp a writable /tmp: the sandbox gives each step its own, in memory and
+    capped, so filling them fails inside and nowhere else."""
     code = ("import multiprocessing, torch\nfrom torch.utils.data import DataLoader, TensorDataset\n"
             "data = TensorDataset(torch.randn(64, 1, 28, 28), torch.arange(64))\n"
             "print('loaded', sum(len(x) for x, _ in DataLoader(data, batch_size=16, num_workers=2)))\n"
             "with multiprocessing.Pool(2) as pool:\n    print('pool', sum(pool.map(abs, [-1, -2])))\n"
-            "try:\n    open('/dev/shm/fill', 'wb').write(bytes(32 * 2**20))\n    print('shm ok')\n"
-            "except OSError as err:\n    print('shm errno', err.errno)")
+            "import tempfile\nprint('tempdir', tempfile.mkdtemp().startswith('/tmp/'))\n"
+            "for where in ('/dev/shm', '/tmp'):\n"
+            "    try:\n        open(f'{where}/fill', 'wb').write(bytes(32 * 2**20))\n"
+            "        print(where, 'ok')\n"
+            "    except OSError as err:\n        print(where, 'errno', err.errno)")
     small = sandboxed(code, limits=sandbox.Limits(shm_bytes=16 * 2**20))
-    assert small.stdout.split() == ["loaded", "64", "pool", "3", "shm", "errno", str(errno.ENOSPC)], \
+    full = str(errno.ENOSPC)
+    assert small.stdout.split() == ["loaded", "64", "pool", "3", "tempdir", "True",
+                                    "/dev/shm", "errno", full, "/tmp", "errno", full], \
         small.stdout + small.stderr
-    assert sandboxed(code).stdout.split()[-2:] == ["shm", "ok"]
+    assert sandboxed(code).stdout.split()[-4:] == ["/dev/shm", "ok", "/tmp", "ok"]
 
 
 def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
