@@ -527,13 +527,15 @@ def write_report(report: Report, out: Path) -> Path:
 
 # --- the command line ---------------------------------------------------------------------------
 
-def _limits(jobs: int, memory_gib: float | None) -> sandbox.Limits:
+def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limits:
+    """A slot's share of the machine: its cores (and as many threads), its memory."""
     import psutil
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cpus = sandbox.slot_cpus(slot, jobs)
+    threads = len(cpus) or max(1, len(os.sched_getaffinity(0)) // jobs)
     share = psutil.virtual_memory().total * 0.8 / jobs
     memory = int(memory_gib * 2**30) if memory_gib else int(min(8 * 2**30, max(2 * 2**30, share)))
-    return sandbox.Limits(memory_bytes=memory, threads=threads)
+    return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -615,7 +617,7 @@ def main(argv=None) -> int:
         copies = snapshot(submissions, private)
         opts = Options(args.samples_per_digit, args.threshold, args.timeout, args.sample_timeout,
                        args.profile, out, not args.no_sandbox, args.slot or 0,
-                       _limits(args.jobs, args.memory_gib),
+                       _limits(args.jobs, args.memory_gib, args.slot or 0),
                        hide=_hidden(args.submission, out, private,
                                     [*args.hide, judge_file.parent]), seed=args.seed,
                        keep_samples=args.keep_samples, private_judge=judge_file)

@@ -71,6 +71,7 @@ class Limits:
     shm_bytes: int = 2**30            # its own /tmp, and its /dev/shm (DataLoader workers), each
     open_files: int = 1024
     threads: int = 1                  # OMP/MKL threads (its CPU share)
+    cpus: tuple[int, ...] = ()        # the cores it may run on (empty: all of the grader's)
 
 
 @dataclass
@@ -96,6 +97,17 @@ def require_bwrap() -> str:
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}, "
                                  "or pass --no-sandbox to grade trusted notebooks unsandboxed")
     return path
+
+
+def slot_cpus(slot: int, jobs: int) -> tuple[int, ...]:
+    """The cores parallel slot ``slot`` of ``jobs`` runs on: the grader's own cores in ``jobs``
+    runs of nearly equal length, so a notebook that starts more threads than its share slows
+    only itself; one slot (or more slots than cores) keeps them all: ()."""
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs <= 1 or jobs > len(cores):
+        return ()
+    start = slot * len(cores) // jobs
+    return tuple(cores[start:(slot + 1) * len(cores) // jobs])
 
 
 def require() -> None:
@@ -239,6 +251,8 @@ def _limit(limits: Limits):
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
         if keyctl is not None:
             fresh_keyrings(keyctl=keyctl)
+        if limits.cpus:   # and the filter refuses sched_setaffinity, so it cannot widen them
+            os.sched_setaffinity(0, limits.cpus)
         for what, value in ((resource.RLIMIT_DATA, limits.memory_bytes),
                             (resource.RLIMIT_AS, limits.address_bytes),
                             (resource.RLIMIT_CPU, limits.cpu_seconds),

@@ -416,6 +416,34 @@ def test_dataloader_workers_multiprocessing_and_tmp_work_bounded(sandboxed):
     assert sandboxed(code).stdout.split()[-4:] == ["/dev/shm", "ok", "/tmp", "ok"]
 
 
+def test_it_keeps_to_the_cores_it_was_given(sandboxed, monkeypatch):
+    """With --jobs N each slot runs on its own cores; the filter keeps it from widening them
+    (the control, without the filter, widens them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    _need(len(cores) >= 2, "needs two cores to give the sandbox one")
+    code = (f"import os\nprint(sorted(os.sched_getaffinity(0)))\n"
+            f"try:\n    os.sched_setaffinity(0, {cores!r})\n    print('widened')\n"
+            "except OSError as err:\n    print('refused', err.errno)")
+    given = sandbox.Limits(cpus=(cores[-1],))
+    assert sandboxed(code, limits=given).stdout.split("\n")[:2] == \
+        [str([cores[-1]]), f"refused {errno.EPERM}"]
+    with monkeypatch.context() as m:
+        _unfiltered(m)
+        assert "widened" in sandboxed(code, limits=given).stdout
+    assert sandboxed(code).stdout.startswith(str(cores))   # no cores given: all the grader's
+
+
+def test_parallel_slots_get_disjoint_runs_of_cores(monkeypatch):
+    from course_lib import grade
+    monkeypatch.setattr(sandbox.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [sandbox.slot_cpus(s, 2) for s in range(2)] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert [sandbox.slot_cpus(s, 3) for s in range(3)] == [(0, 1), (2, 3, 4), (5, 6, 7)]
+    assert sandbox.slot_cpus(0, 1) == () and sandbox.slot_cpus(0, 9) == ()   # all, or shared
+    limits = grade._limits(3, 2.0, slot=1)
+    assert limits.cpus == (2, 3, 4) and limits.threads == 3 and limits.memory_bytes == 2 * 2**30
+    assert grade._limits(1, 2.0).cpus == () and grade._limits(1, 2.0).threads == 8
+
+
 def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
