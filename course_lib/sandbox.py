@@ -102,7 +102,8 @@ def require_bwrap() -> str:
 def slot_cpus(slot: int, jobs: int) -> tuple[int, ...]:
     """The cores parallel slot ``slot`` of ``jobs`` runs on: the grader's own cores in ``jobs``
     runs of nearly equal length, so a notebook that starts more threads than its share slows
-    only itself; one slot (or more slots than cores) keeps them all: ()."""
+    only itself (unless it widens its affinity on purpose: without cgroups nothing stops that);
+    one slot (or more slots than cores) keeps them all: ()."""
     cores = sorted(os.sched_getaffinity(0))
     if jobs <= 1 or jobs > len(cores):
         return ()
@@ -251,7 +252,7 @@ def _limit(limits: Limits):
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
         if keyctl is not None:
             fresh_keyrings(keyctl=keyctl)
-        if limits.cpus:   # and the filter refuses sched_setaffinity, so it cannot widen them
+        if limits.cpus:   # what threads it starts share these (widening them takes intent)
             os.sched_setaffinity(0, limits.cpus)
         for what, value in ((resource.RLIMIT_DATA, limits.memory_bytes),
                             (resource.RLIMIT_AS, limits.address_bytes),

@@ -1,0 +1,102 @@
+"""What the grading sandbox's checks cost: its start with and without the seccomp filter, and one
+round of the checks it makes each second while a step runs (folder and memory).
+
+    sudo .venv/bin/python bench/sandbox_overhead.py      # needs bubblewrap and root, as grading does
+
+Writes bench/sandbox_overhead.json and bench/sandbox_overhead.md (RESULTS section 20).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from course_lib import sandbox  # noqa: E402
+
+RUNS = 15
+
+
+def _median_seconds(work: Path, filtered: bool) -> float:
+    """Median wall time of a sandboxed ``python -c pass``, with or without the seccomp filter."""
+    real = sandbox.filter_fd
+    sandbox.filter_fd = real if filtered else (lambda: None)
+    try:
+        times = []
+        for _ in range(RUNS):
+            result = sandbox.run([sys.executable, "-c", "pass"], work, 60)
+            assert result.returncode == 0, result.stderr
+            times.append(result.seconds)
+    finally:
+        sandbox.filter_fd = real
+    return statistics.median(times)
+
+
+def _median_ms(call, runs: int = 50) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> int:
+    if sandbox.bwrap_path() is None or os.geteuid() != 0:
+        print("needs bubblewrap and root, as grading does", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "work"
+        work.mkdir()
+        sandbox.prepare_workdir(work)
+        start_filtered = _median_seconds(work, True)
+        start_plain = _median_seconds(work, False)
+        # a work folder like a graded notebook's: 1,000 small files in 10 folders, 200 MiB of weights
+        for folder in range(10):
+            (work / f"f{folder}").mkdir()
+            for i in range(100):
+                (work / f"f{folder}" / f"{i}.txt").write_text("x" * 1000)
+        (work / "weights.pt").write_bytes(bytes(200 * 2**20))
+        limits = sandbox.Limits()
+        folder_ms = _median_ms(lambda: sandbox.folder_over(work, limits))
+        # memory: a process holding torch and 500 MiB, with two forked workers
+        code = ("import multiprocessing as mp, time, torch\nx = torch.ones(500 * 2**18)\n"
+                "ps = [mp.get_context('fork').Process(target=time.sleep, args=(60,)) for _ in range(2)]\n"
+                "[p.start() for p in ps]\nprint('ready', flush=True)\ntime.sleep(60)")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            memory_ms = _median_ms(lambda: sandbox.memory_over(proc.pid, limits))
+            top = psutil.Process(proc.pid)
+            held = sum(sandbox.process_memory(p.pid) for p in [top, *top.children(recursive=True)])
+        finally:
+            proc.kill()
+            proc.wait()
+    figures = {"start_with_filter_s": round(start_filtered, 3),
+               "start_without_filter_s": round(start_plain, 3),
+               "folder_check_ms": round(folder_ms, 2), "memory_check_ms": round(memory_ms, 2),
+               "memory_counted_mib": round(held / 2**20), "runs": RUNS}
+    (ROOT / "bench" / "sandbox_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
+    table = "\n".join([
+        f"The grading sandbox's costs on {os.cpu_count()} CPU cores (medians; {RUNS} starts, 50 checks)",
+        "", "| what | cost |", "|---|---|",
+        f"| start and end of a sandboxed `python -c pass`, with the seccomp filter | {start_filtered:.3f} s |",
+        f"| the same without the filter | {start_plain:.3f} s |",
+        f"| one folder check (1,000 files in 10 folders, 200 MiB) | {folder_ms:.2f} ms |",
+        f"| one memory check (3 processes, torch, {held / 2**20:.0f} MiB counted) | {memory_ms:.2f} ms |"])
+    (ROOT / "bench" / "sandbox_overhead.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
