@@ -16,8 +16,9 @@ refuses, whatever the arguments unless noted:
 
 Not ``sched_setaffinity``, which would have kept a sandbox on the cores the grader gives it
 (``course_lib/sandbox.py::slot_cpus``): refused, PyTorch's OpenMP and MKL start with one thread
-instead of their share (measured: a training step took 1.9 times as long), so a notebook could
-widen its cores on purpose; only cgroups (cpuset) would stop that.
+instead of their share (the answer key's notebook ran 644 s instead of 394 in grading,
+``bench/grade_key_full_sandbox_one_thread.md``), so a notebook could widen its cores on purpose;
+only cgroups (cpuset) would stop that.
 
 ``clone3`` answers ENOSYS instead: its flags lie in memory a filter cannot read, and on ENOSYS the
 C library falls back to ``clone``, whose flags the filter checks. System calls of another ABI

@@ -1093,3 +1093,32 @@ def test_the_float32_course_run_fits_as_its_documents_say():
                for nb in (ROOT / "notebooks").glob("0[345]_*.ipynb")}
     assert "FIXED_EPOCHS = config.pick(full=config.by_speed(device, fast=10, bf16=10, float32=8)," in sources["03"]
     assert "UNET_EPOCHS = config.pick(full=config.by_speed(device, fast=20, bf16=20, float32=14)," in sources["05"]
+
+
+def test_the_sandbox_section_quotes_its_gradings_and_overheads():
+    """RESULTS section 20: the answer key graded before the new protections, with a filter that
+    refused sched_setaffinity, and after; every quoted second is its table's, and the overhead
+    table's figures are the JSON's. The sandbox really lets PyTorch start its threads again:
+    sched_setaffinity is not refused."""
+    import json
+    import re
+    from course_lib import syscall_filter
+    runs = {}
+    for name in ("before", "one_thread", "after"):
+        text = (ROOT / "bench" / f"grade_key_full_sandbox_{name}.md").read_text()
+        assert "- result: pass" in text and "| 100.0% |" in text, name
+        runs[name] = int(re.search(r"notebook run \(training \+ its own cells\): (\d+) s", text).group(1))
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 20. ")[1].split())
+    assert f"ran for {runs['one_thread']} s instead of {runs['before']}" in section
+    assert f"{runs['after']} s for its notebook against {runs['before']} s" in section
+    assert runs["one_thread"] > 1.4 * runs["before"] and "sched_setaffinity" not in syscall_filter.DENIED
+    figures = json.loads((ROOT / "bench" / "sandbox_overhead.json").read_text())
+    table = (ROOT / "bench" / "sandbox_overhead.md").read_text()
+    for key, unit in (("start_with_filter_s", "s"), ("folder_check_ms", "ms"),
+                      ("memory_check_ms", "ms"), ("memory_exact_count_ms", "ms"),
+                      ("step_ms_sandbox", "ms"), ("step_ms_sandbox_bare", "ms")):
+        digits = 3 if unit == "s" else (1 if key.startswith("step") else 2)
+        assert f"| {figures[key]:.{digits}f} {unit} |" in table, key
+    extra = figures["step_ms_sandbox"] / figures["step_ms_sandbox_bare"] - 1
+    assert f"took {round(100 * extra)}% longer with them" in section
+    assert figures["memory_check_ms"] < figures["memory_exact_count_ms"] / 5   # the quick bound first

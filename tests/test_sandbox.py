@@ -313,6 +313,34 @@ def test_memory_of_all_its_processes_together_is_limited(sandboxed):
     assert control.returncode == 0 and "done" in control.stdout and control.over == "", control
 
 
+def test_the_quick_memory_bound_holds_the_exact_count_and_forks_count_once(tmp_path):
+    """No sandbox needed: after a fork the parent's 200 MiB are mapped by two processes; the
+    exact count (smaps_rollup) splits them, the quick one (status) counts them twice, so it is
+    an upper bound that needs the exact count only near the limit."""
+    code = ("import os, time\nx = b'\\x01' * (200 * 2**20)\n"
+            "if os.fork() == 0:\n    time.sleep(30)\n    os._exit(0)\n"
+            "print('ready', flush=True)\ntime.sleep(30)")
+    import psutil
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [proc.pid]
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        pids += [c.pid for c in psutil.Process(proc.pid).children()]
+        exact = sum(sandbox.process_memory(p) for p in pids) / 2**20
+        quick = sum(sandbox.process_memory(p, "status") for p in pids) / 2**20
+        assert len(pids) == 2 and 200 <= exact < 260 and quick >= 400, (exact, quick)
+        mib = 2**20
+        assert sandbox.memory_over(proc.pid, sandbox.Limits(memory_bytes=300 * mib)) == ""
+        assert sandbox.memory_over(proc.pid, sandbox.Limits(memory_bytes=150 * mib)) != ""
+    finally:
+        for pid in reversed(pids):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+
 def test_memory_files_it_never_maps_count_too(sandboxed):
     """memfd_create's files live in memory; written, not mapped, no rlimit sees them."""
     code = ("import os, time\nfds = [os.memfd_create(f'm{i}') for i in range(4)]\n"
@@ -418,7 +446,7 @@ def test_dataloader_workers_multiprocessing_and_tmp_work_bounded(sandboxed):
 
 def test_it_runs_on_the_cores_it_was_given_with_its_threads(sandboxed):
     """With --jobs N each slot runs on its own cores, and PyTorch still starts its share of
-    threads there (a filter refusing sched_setaffinity left it one thread: 1.9x slower)."""
+    threads there (a filter refusing sched_setaffinity left it one thread: RESULTS section 20)."""
     cores = sorted(os.sched_getaffinity(0))
     _need(len(cores) >= 2, "needs two cores to give the sandbox two of them")
     code = "import os, torch\nprint(sorted(os.sched_getaffinity(0)), torch.get_num_threads())"
