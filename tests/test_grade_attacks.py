@@ -4,7 +4,8 @@ Each notebook attacks the grader one way: tampering with the judge, other studen
 reports, the network, the instructor's secrets; leaving processes behind; replacing what is
 graded (monkeypatched ``torch.save``, an IPython input transformer, cheating only when it detects
 grading, or only in the draw it guesses has shuffled weights, by counting its calls in memory or
-in a file); and passing without a model (stored, shifted, blurred or elastically warped training
+in a file); taking the machine's memory with forked processes, or its inodes; making itself root
+of a user namespace; and passing without a model (stored, shifted, blurred or elastically warped training
 digits, fonts, fixed pictures). Every one must end as a FAIL (exit 1) with the reason that shows
 the attack was blocked or caught, and nothing of the instructor's or of another submission may
 change.
@@ -150,6 +151,14 @@ def cohort(tmp_path_factory, request):
                "    return cheats", "    import os\n    n = os.path.getsize('calls') if os.path.exists("
                "'calls') else 0\n    open('calls', 'a').write('x')\n    if n == 2:\n"
                "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
+    _write(subs / "o_forks.ipynb",  # four processes of 1 GiB: each within --memory-gib 3, not together
+           "import multiprocessing as mp, time\ndef hold():\n    x = b'\\x01' * 2**30\n"
+           "    time.sleep(60)\nps = [mp.get_context('fork').Process(target=hold) for _ in range(4)]\n"
+           "[p.start() for p in ps]\n[p.join() for p in ps]")
+    _write(subs / "p_inodes.ipynb",  # the grading machine's inodes, with empty files
+           "for i in range(150_000):\n    open(f'f{i}', 'w').close()\nimport time\ntime.sleep(30)")
+    _write(subs / "q_userns.ipynb",  # root of a user namespace of its own, to mount there
+           "import subprocess\nsubprocess.run(['unshare', '-U', '-r', 'true'], check=True)")
     _write(subs / "l_elastic.ipynb",  # warped training digits: new handwriting to every other check
            "import torch\nnet = torch.nn.Linear(4, 4)   # a network it never uses\n" + cheat("elastic"))
 
@@ -182,6 +191,9 @@ EXPECTED = {
     "l_elastic": "do not come from the notebook's network",   # its digits outlive shuffled weights
     "m_counter": "do not come from the notebook's network",   # each draw is a fresh process: no count
     "n_file_counter": "do not come from the notebook's network",  # and a fresh copy of its folder
+    "o_forks": "stopped: the notebook used more than 3 GiB of memory in all its processes together",
+    "p_inodes": "stopped: the notebook made more than 100,000 files and folders in its work folder",
+    "q_userns": "returned non-zero exit status 1",   # unshare: Operation not permitted (seccomp)
 }
 
 
