@@ -532,7 +532,7 @@ def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limit
     import psutil
 
     cpus = sandbox.slot_cpus(slot, jobs)
-    threads = len(cpus) or max(1, len(os.sched_getaffinity(0)) // jobs)
+    threads = len(cpus) or max(1, len(sandbox.host_cores()) // jobs)
     share = psutil.virtual_memory().total * 0.8 / jobs
     memory = int(memory_gib * 2**30) if memory_gib else int(min(8 * 2**30, max(2 * 2**30, share)))
     return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus)

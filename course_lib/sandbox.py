@@ -99,13 +99,20 @@ def require_bwrap() -> str:
     return path
 
 
+def host_cores() -> list[int]:
+    """The cores the grader may run on (all of them where the system cannot say, as on macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def slot_cpus(slot: int, jobs: int) -> tuple[int, ...]:
     """The cores parallel slot ``slot`` of ``jobs`` runs on: the grader's own cores in ``jobs``
     runs of nearly equal length, so a notebook that starts more threads than its share slows
     only itself (unless it widens its affinity on purpose: without cgroups nothing stops that);
     one slot (or more slots than cores) keeps them all: ()."""
-    cores = sorted(os.sched_getaffinity(0))
-    if jobs <= 1 or jobs > len(cores):
+    cores = host_cores()
+    if jobs <= 1 or jobs > len(cores) or not hasattr(os, "sched_setaffinity"):
         return ()
     start = slot * len(cores) // jobs
     return tuple(cores[start:(slot + 1) * len(cores) // jobs])
