@@ -25,8 +25,8 @@ What the command can do inside (``course_lib/grade.py`` runs every submission's 
 Output is kept to the last ``OUTPUT_CAP`` bytes of each stream, every wait has a time limit, and on
 the way out the whole tree is killed (the PID namespace dies with its first process, and every
 process of the sandbox uid is killed as well). Without bubblewrap, :func:`require_bwrap` refuses
-with the install command, and without libseccomp :func:`run` does; ``trusted=True`` (the grader's ``--no-sandbox``) runs the same command
-without isolation.
+with the install command, and so do :func:`require` and :func:`run` without libseccomp;
+``trusted=True`` (the grader's ``--no-sandbox``) runs the same command without isolation.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -45,7 +46,7 @@ from . import syscall_filter
 
 INSIDE_HOME = "/home/student"       # where the work folder appears inside the sandbox
 OUTPUT_CAP = 64 * 1024              # bytes kept of stdout and of stderr (the tail)
-POLL_SECONDS = 1.0                  # how often the work folder's size is checked while it runs
+POLL_SECONDS = 1.0                  # how often its folder and memory are checked while it runs
 BASE_UID = 64000                    # sandbox uid = BASE_UID + slot: one uid per parallel job
 # the instructor's: locale, data, threads, and float32 or bfloat16 (course_lib/config.py::native_bf16)
 ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "COURSE_DATA_DIR", "OMP_NUM_THREADS", "COURSE_BF16")
@@ -123,6 +124,15 @@ def require() -> None:
     libseccomp to compile its filter (the grader asks once, before any submission)."""
     require_bwrap()
     os.close(filter_fd())
+    import tempfile   # and one sandbox, started: an old bubblewrap (before --size) fails here,
+    with tempfile.TemporaryDirectory() as tmp:   # not on every student's notebook
+        prepare_workdir(Path(tmp))
+        result = run([shutil.which("true") or "/bin/true"], Path(tmp), 60)
+    if result.returncode != 0:
+        why = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SandboxUnavailable(f"bubblewrap could not start a sandbox here ({why}); it needs "
+                                 "bubblewrap 0.6 or later, or pass --no-sandbox to grade "
+                                 "trusted notebooks unsandboxed")
 
 
 def sandbox_uid(slot: int = 0) -> int:
@@ -352,7 +362,7 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
             code = proc.wait(timeout=max(0.0, min(POLL_SECONDS, left)))
             break
         except subprocess.TimeoutExpired:
-            over = folder_over(workdir, limits) or memory_over(proc.pid, limits)
+            over = over_limits(proc.pid, workdir, limits)
             if over or left <= POLL_SECONDS:
                 break
     seconds = time.perf_counter() - start
@@ -364,15 +374,20 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
 
 
 def _size(n: int) -> str:
+    """Bytes as people say them: "4 GiB", "64 MiB"."""
     return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
 
 
-def folder_over(workdir: Path, limits: Limits) -> str:
+def folder_over(workdir: Path, limits: Limits, deleted: int = 0) -> str:
     """Why the work folder is over its limits ("" while within them): it lies on the host's disk,
     which one submission must not fill for everyone (in bytes, or in inodes with tiny files).
-    Counts space allocated on disk (sparse files count what they use), never follows links, and
-    stops counting at the first limit passed, so the count itself stays quick."""
-    used, entries, stack = 0, 0, [str(workdir)]
+    Counts space allocated on disk (sparse files count what they use) and ``deleted`` bytes of
+    files deleted while open, never follows links, and stops counting at the first limit passed,
+    so the count itself stays quick."""
+    full = f"wrote more than {_size(limits.folder_bytes)} to its work folder"
+    used, entries, stack = deleted, 0, [str(workdir)]
+    if used > limits.folder_bytes:
+        return full
     while stack:
         try:
             with os.scandir(stack.pop()) as found:
@@ -383,7 +398,7 @@ def folder_over(workdir: Path, limits: Limits) -> str:
                     info = entry.stat(follow_symlinks=False)
                     used += info.st_blocks * 512
                     if used > limits.folder_bytes:
-                        return f"wrote more than {_size(limits.folder_bytes)} to its work folder"
+                        return full
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
         except OSError:   # removed while counting, or unreadable: count what can be read
@@ -396,7 +411,7 @@ MEMORY_FIELDS = {"smaps_rollup": ("Pss_Anon:", "Pss_Shmem:", "SwapPss:"),
 """What a process holds of the machine's memory that cannot be taken back (its library and file
 pages can be read again from disk): anonymous and shared-memory pages and swap. ``smaps_rollup``
 splits each page shared between processes (after a fork) among them, at the cost of a walk of the
-process's page tables (15-20 ms for a PyTorch process); ``status`` reads the kernel's counters,
+process's page tables (about 18 ms for a PyTorch process); ``status`` reads the kernel's counters,
 an upper bound of the same (shared pages counted in each process that maps them), in microseconds."""
 
 
@@ -408,49 +423,88 @@ def process_memory(pid: int, source: str = "smaps_rollup") -> int:
     except OSError:
         return 0
     fields = MEMORY_FIELDS[source]
+    if source == "smaps_rollup" and not any(line.startswith("Pss_Anon:") for line in lines):
+        fields = ("Pss:", "SwapPss:")   # kernels before 5.7: file pages counted too, never fewer
     return sum(int(line.split()[1]) * 1024 for line in lines if line.startswith(fields))
 
 
-def memory_files(pid: int, seen: set) -> int:
-    """Bytes in the memory files (memfd) ``pid`` has open, each file counted once in ``seen``."""
-    total = 0
+def open_files(pid: int) -> list[tuple[str, os.stat_result]]:
+    """What ``pid`` has open: each descriptor's target (as /proc names it) and its stat."""
+    found = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return 0
+        return found
     for fd in fds:
         path = f"/proc/{pid}/fd/{fd}"
         try:
-            if not os.readlink(path).startswith("/memfd:"):
-                continue
-            info = os.stat(path)
+            found.append((os.readlink(path), os.stat(path)))
         except OSError:
             continue
-        if (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            total += info.st_blocks * 512
-    return total
+    return found
 
 
-def memory_over(pid: int, limits: Limits) -> str:
-    """Why the processes under ``pid`` (the sandbox: bwrap and everything in its PID namespace)
-    hold too much memory together ("" while they do not). ``RLIMIT_DATA`` binds one process at a
-    time, so a notebook that forks, or fills memory files it never maps, could otherwise take the
-    machine's memory from the grader and the other submissions."""
+def _mapped_inodes(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/maps") as file:
+            return {int(line.split()[4]) for line in file if "/memfd:" in line}
+    except (OSError, ValueError, IndexError):
+        return set()
+
+
+def held_files(pids: list[int], device: int | None = None) -> tuple[int, int]:
+    """Bytes the processes hold in files no other count sees, each file once: memory files
+    (memfd) they have open but not mapped (mapped ones are in their ``Pss_Shmem``), and files
+    deleted while open on ``device`` (the work folder's: gone from the folder, still on disk)."""
+    seen, memory, disk = set(), 0, 0
+    for pid in pids:
+        files = open_files(pid)
+        mapped = _mapped_inodes(pid) if any(t.startswith("/memfd:") for t, _ in files) else set()
+        for target, info in files:
+            key = (info.st_dev, info.st_ino)
+            if key in seen or not stat.S_ISREG(info.st_mode):
+                continue
+            seen.add(key)
+            if target.startswith("/memfd:") and info.st_ino not in mapped:
+                memory += info.st_blocks * 512
+            elif target.endswith(" (deleted)") and info.st_dev == device:
+                disk += info.st_blocks * 512
+    return memory, disk
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the sandbox: bwrap and everything in its PID namespace)."""
     import psutil
 
     try:
-        top = psutil.Process(pid)
-        pids = [pid, *(child.pid for child in top.children(recursive=True))]
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
     except psutil.NoSuchProcess:
-        return ""
-    seen: set = set()
-    files = sum(memory_files(p, seen) for p in pids)
+        return []
+
+
+def memory_over(pids: list[int], limits: Limits, files: int = 0) -> str:
+    """Why the processes ``pids`` hold too much memory together, with ``files`` bytes of memory
+    files ("" while they do not). ``RLIMIT_DATA`` binds one process at a time, so a notebook that
+    forks, or fills memory files it never maps, could otherwise take the machine's memory from
+    the grader and the other submissions. A check each second, not the kernel's own accounting
+    (that takes cgroups): a memory file passed to another process and closed in flight, or a burst
+    between two checks, escapes it."""
     if files + sum(process_memory(p, "status") for p in pids) <= limits.memory_bytes:
         return ""   # the quick upper bound is within the limit; otherwise count exactly
     if files + sum(process_memory(p) for p in pids) > limits.memory_bytes:
         return f"used more than {_size(limits.memory_bytes)} of memory in all its processes together"
     return ""
+
+
+def over_limits(pid: int, workdir: Path, limits: Limits) -> str:
+    """One round of the checks ``run`` makes each second: why the step must stop, or ""."""
+    pids = process_tree(pid)
+    try:
+        device = os.stat(workdir).st_dev
+    except OSError:
+        device = None
+    memory, deleted = held_files(pids, device)
+    return folder_over(workdir, limits, deleted) or memory_over(pids, limits, memory)
 
 
 def _end(proc: subprocess.Popen, slot: int, trusted: bool) -> None:

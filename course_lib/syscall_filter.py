@@ -11,6 +11,8 @@ refuses, whatever the arguments unless noted:
 - the kernel's keyrings, which no namespace separates: ``add_key``, ``request_key``, ``keyctl``;
 - other processes' memory: ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``, ``pidfd_getfd``;
 - programs and queues run by the kernel: ``bpf``, ``perf_event_open``, ``userfaultfd``, io_uring;
+- System V shared memory (``shmget``: detached, its pages are in no process's memory, so the
+  sandbox's memory check could not see them) and ``modify_ldt``;
 - the machine's administration: modules, ``kexec``, ``reboot``, swap, clocks, accounting, quotas,
   the kernel log, I/O ports, file handles, host names.
 
@@ -22,7 +24,8 @@ only cgroups (cpuset) would stop that.
 
 ``clone3`` answers ENOSYS instead: its flags lie in memory a filter cannot read, and on ENOSYS the
 C library falls back to ``clone``, whose flags the filter checks. System calls of another ABI
-(32-bit ones on a 64-bit kernel) kill the process: libseccomp's default for a foreign architecture.
+(32-bit ones on a 64-bit kernel) kill the calling thread: libseccomp's default for a foreign
+architecture.
 
 The filter is compiled by libseccomp, the library behind the filters of systemd, Docker and
 Flatpak, called through ctypes (its official Python binding is not on PyPI), into a classic BPF
@@ -51,6 +54,10 @@ DENIED = (
     # programs and queues the kernel runs
     "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
     "io_uring_register",
+    # memory no process's accounts show (System V shared memory, once detached)
+    "shmget",
+    # old x86 interfaces that only exploits still use
+    "modify_ldt",
     # the machine's administration
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
     "swapon", "swapoff", "acct", "quotactl", "settimeofday", "clock_settime", "clock_adjtime",
@@ -59,10 +66,11 @@ DENIED = (
 )
 """System calls refused with EPERM; a name this machine's architecture lacks is skipped."""
 
-CLONE_NEW = {"CLONE_NEWTIME": 0x80, "CLONE_NEWNS": 0x20000, "CLONE_NEWCGROUP": 0x02000000,
-             "CLONE_NEWUTS": 0x04000000, "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000,
-             "CLONE_NEWPID": 0x20000000, "CLONE_NEWNET": 0x40000000}
-"""clone(2)'s namespace flags (linux/sched.h); clone refuses any of them."""
+CLONE_NEW = {"CLONE_NEWNS": 0x20000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
+             "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+             "CLONE_NEWNET": 0x40000000}
+"""clone(2)'s namespace flags (linux/sched.h); clone refuses any of them. (CLONE_NEWTIME, 0x80,
+is only taken by unshare and clone3: in clone's flags that byte is the exit signal.)"""
 
 CLONE_FLAGS_ARG = {"s390x": 1, "s390": 1}
 """Which argument of clone(2) holds its flags: the first, except on s390."""
@@ -109,6 +117,7 @@ def _library():
 
 
 def _add(lib, ctx, action: int, syscall: int, *tests: ArgCmp) -> None:
+    """One rule: ``action`` for ``syscall`` when every argument test holds."""
     array = (ArgCmp * len(tests))(*tests) if tests else None
     code = lib.seccomp_rule_add_array(ctx, action, syscall, len(tests), array)
     if code < 0:
@@ -116,9 +125,11 @@ def _add(lib, ctx, action: int, syscall: int, *tests: ArgCmp) -> None:
                           f"{os.strerror(-code)}")
 
 
-@functools.lru_cache(maxsize=1)
-def program() -> bytes:
-    """The filter as a classic BPF program (8 bytes an instruction), ready for ``bwrap --seccomp``."""
+@functools.lru_cache(maxsize=2)
+def program(refusal: int = errno.EPERM) -> bytes:
+    """The filter as a classic BPF program (8 bytes an instruction), ready for ``bwrap --seccomp``;
+    refused calls fail with ``refusal`` (tests pick an errno no host setting gives, to tell the
+    filter's answer from the kernel's)."""
     lib = _library()
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
     if not ctx:
@@ -127,16 +138,16 @@ def program() -> bytes:
         for name in DENIED:
             number = lib.seccomp_syscall_resolve_name(name.encode())
             if number >= 0:   # __NR_SCMP_ERROR (-1): not a system call of this architecture
-                _add(lib, ctx, SCMP_ACT_ERRNO(errno.EPERM), number)
+                _add(lib, ctx, SCMP_ACT_ERRNO(refusal), number)
         clone = lib.seccomp_syscall_resolve_name(b"clone")
         where = CLONE_FLAGS_ARG.get(platform.machine(), 0)
         for flag in CLONE_NEW.values():   # one rule a flag: refuse when that bit is set
-            _add(lib, ctx, SCMP_ACT_ERRNO(errno.EPERM), clone,
+            _add(lib, ctx, SCMP_ACT_ERRNO(refusal), clone,
                  ArgCmp(where, SCMP_CMP_MASKED_EQ, flag, flag))
         clone3 = lib.seccomp_syscall_resolve_name(b"clone3")
         if clone3 >= 0:
             _add(lib, ctx, SCMP_ACT_ERRNO(errno.ENOSYS), clone3)
-        fd = os.memfd_create("course-seccomp-export", flags=0)
+        fd = os.memfd_create("course-seccomp-export")
         try:
             if lib.seccomp_export_bpf(ctx, fd) < 0:
                 raise Unavailable("libseccomp could not write the filter (seccomp_export_bpf)")
@@ -152,8 +163,8 @@ def program() -> bytes:
 def program_fd() -> int:
     """A fresh file descriptor from which bubblewrap reads :func:`program` (the caller closes it
     after starting bwrap; bwrap reads it to its end, so every sandbox needs its own)."""
-    fd = os.memfd_create("course-seccomp", flags=0)
-    data = program()
+    data = program()   # first: without libseccomp no descriptor is opened, so none leaks
+    fd = os.memfd_create("course-seccomp")   # close-on-exec; Popen's pass_fds hands it to bwrap
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

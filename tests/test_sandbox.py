@@ -7,6 +7,7 @@ to an unprivileged uid); without them the tests skip, except under CI, where .ci
 bubblewrap and they must run.
 """
 import errno
+import json
 import os
 import re
 import socket
@@ -331,8 +332,9 @@ def test_the_quick_memory_bound_holds_the_exact_count_and_forks_count_once(tmp_p
         quick = sum(sandbox.process_memory(p, "status") for p in pids) / 2**20
         assert len(pids) == 2 and 200 <= exact < 260 and quick >= 400, (exact, quick)
         mib = 2**20
-        assert sandbox.memory_over(proc.pid, sandbox.Limits(memory_bytes=300 * mib)) == ""
-        assert sandbox.memory_over(proc.pid, sandbox.Limits(memory_bytes=150 * mib)) != ""
+        assert sandbox.process_tree(proc.pid) == pids
+        assert sandbox.memory_over(pids, sandbox.Limits(memory_bytes=300 * mib)) == ""
+        assert sandbox.memory_over(pids, sandbox.Limits(memory_bytes=150 * mib)) != ""
     finally:
         for pid in reversed(pids):
             try:
@@ -340,6 +342,40 @@ def test_the_quick_memory_bound_holds_the_exact_count_and_forks_count_once(tmp_p
             except ProcessLookupError:
                 pass
         proc.wait()
+        proc.stdout.close()
+
+
+def test_held_files_count_unmapped_memory_files_and_deleted_ones_once(tmp_path):
+    """No sandbox needed: a memory file it maps is in its Pss_Shmem, so only the unmapped one
+    counts here; a file deleted while open still holds the disk; a duplicated descriptor is one
+    file."""
+    _need(Path("/proc/self/smaps_rollup").exists(), "counts through Linux's /proc")
+    code = ("import mmap, os, time\n"
+            "a, b = os.memfd_create('unmapped'), os.memfd_create('mapped')\n"
+            "os.write(a, bytes(40 * 2**20)); os.write(b, bytes(24 * 2**20)); os.dup(a)\n"
+            "view = mmap.mmap(b, 24 * 2**20); view[:] = bytes(24 * 2**20)\n"
+            "gone = open('gone.bin', 'wb'); gone.write(bytes(8 * 2**20)); gone.flush()\n"
+            "os.unlink('gone.bin')\nprint('ready', flush=True)\ntime.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        memory, deleted = sandbox.held_files([proc.pid], os.stat(tmp_path).st_dev)
+        assert (memory, deleted) == (40 * 2**20, 8 * 2**20)
+        assert sandbox.process_memory(proc.pid) >= 24 * 2**20   # the mapped one, as Pss_Shmem
+        assert sandbox.held_files([proc.pid], device=None)[1] == 0   # another device's: not ours
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_a_file_deleted_while_open_still_counts_as_its_folders(sandboxed):
+    code = ("import os, time\nf = open('big.bin', 'wb')\nos.unlink('big.bin')\n"
+            "f.write(bytes(96 * 2**20)); f.flush()\ntime.sleep(5)\nprint('done')")
+    stopped = sandboxed(code, limits=sandbox.Limits(folder_bytes=64 * 2**20))
+    assert stopped.over == "wrote more than 64 MiB to its work folder", stopped
+    assert sandboxed(code).stdout.strip() == "done"
 
 
 def test_memory_files_it_never_maps_count_too(sandboxed):
@@ -387,6 +423,8 @@ def test_folder_over_counts_disk_use_and_entries_without_following_links(tmp_pat
     for i in range(10):
         (work / f"empty{i}").touch()
     assert sandbox.folder_over(work, limits) == "made more than 10 files and folders in its work folder"
+    assert sandbox.folder_over(tmp_path / "empty", limits, deleted=4 * 2**20) == \
+        "wrote more than 3 MiB to its work folder"   # files deleted while open, in an empty folder
 
 
 def test_a_submission_filling_the_disk_is_stopped_within_a_second_or_two(sandboxed):
@@ -486,36 +524,58 @@ def test_missing_libseccomp_refuses_with_the_install_command(monkeypatch):
         sandbox.syscall_filter.program.cache_clear()
 
 
-def test_the_filter_refuses_a_user_namespace_on_any_linux(tmp_path):
-    """No root or bubblewrap needed: a forked child loads the compiled program itself (as
-    bubblewrap does) and asks for a user namespace, which an unprivileged process may otherwise
-    create on most distributions; its own pid must still be readable."""
+SIGNATURE = errno.EL2HLT   # an errno no kernel setting answers these calls with
+
+
+def test_the_filter_itself_refuses_each_call_on_any_linux():
+    """No root or bubblewrap needed: a forked child loads the program itself (as bubblewrap does),
+    built to answer with an errno of its own, so that a refusal by the filter cannot be mistaken
+    for one by a host setting (unprivileged BPF or userfaultfd are often off anyway). It still
+    runs: getpid and a plain fork (clone without namespace flags) work."""
     import ctypes
     from course_lib import syscall_filter
     try:
-        program = syscall_filter.program()
+        program, lib = syscall_filter.program(SIGNATURE), syscall_filter._library()
     except syscall_filter.Unavailable as err:
         _need(False, str(err))
+    calls = {"unshare": (0x10000000,), "setns": (-1, 0), "ptrace": (0, 0, 0, 0), "bpf": (0, 0, 0),
+             "perf_event_open": (0, 0, -1, -1, 0), "userfaultfd": (0,), "io_uring_setup": (1, 0),
+             "keyctl": (0, -3, 0, 0, 0), "shmget": (0, 4096, 0o1600), "mount": (0, 0, 0, 0, 0),
+             "clone": (0x10000000 | 17, 0, 0, 0, 0)}   # CLONE_NEWUSER | SIGCHLD
+    numbers = {name: lib.seccomp_syscall_resolve_name(name.encode()) for name in calls}
 
     class Fprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
     libc = ctypes.CDLL(None, use_errno=True)
     assert len(program) % 8 == 0 and len(program) // 8 > len(syscall_filter.DENIED)
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        status = 3
+        answers = {}
         try:
+            os.close(read)
             fprog = Fprog(len(program) // 8, program)
             if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
-                os._exit(2)   # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP (SECCOMP_MODE_FILTER)
-            refused = libc.unshare(0x10000000) == -1 and ctypes.get_errno() == errno.EPERM
-            status = 0 if refused and os.getpid() > 0 else 1
+                answers["load"] = ctypes.get_errno()   # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
+            else:
+                for name, args in calls.items():
+                    ctypes.set_errno(0)
+                    code = libc.syscall(numbers[name], *args)
+                    answers[name] = ctypes.get_errno() if code < 0 else 0
+                child = os.fork()   # a plain fork still works
+                if child == 0:
+                    os._exit(7)
+                answers["fork"] = os.WEXITSTATUS(os.waitpid(child, 0)[1])
+            os.write(write, json.dumps(answers).encode())
         finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) != 2, "this kernel would not load the filter"
-    assert os.WEXITSTATUS(status) == 0, "CLONE_NEWUSER was not refused with EPERM"
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answers = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert "load" not in answers, f"this kernel would not load the filter: errno {answers}"
+    assert answers == {**{name: SIGNATURE for name in calls}, "fork": 7}, answers
 
 
 def test_the_documents_quote_the_folder_limits():
