@@ -411,7 +411,7 @@ MEMORY_FIELDS = {"smaps_rollup": ("Pss_Anon:", "Pss_Shmem:", "SwapPss:"),
 """What a process holds of the machine's memory that cannot be taken back (its library and file
 pages can be read again from disk): anonymous and shared-memory pages and swap. ``smaps_rollup``
 splits each page shared between processes (after a fork) among them, at the cost of a walk of the
-process's page tables (about 18 ms for a PyTorch process); ``status`` reads the kernel's counters,
+process's page tables (15-20 ms for a PyTorch process here); ``status`` reads the kernel's counters,
 an upper bound of the same (shared pages counted in each process that maps them), in microseconds."""
 
 
