@@ -599,7 +599,7 @@ def main(argv=None) -> int:
         return 2
     if not args.no_sandbox:
         try:
-            sandbox.require()
+            sandbox.require(args.slot or 0)
         except sandbox.SandboxUnavailable as err:
             print(f"could not grade: {err}", file=sys.stderr)
             return 2

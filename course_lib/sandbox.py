@@ -119,15 +119,17 @@ def slot_cpus(slot: int, jobs: int) -> tuple[int, ...]:
     return tuple(cores[start:(slot + 1) * len(cores) // jobs])
 
 
-def require() -> None:
+def require(slot: int = 0) -> None:
     """Refuse, with the install command, where no sandbox can run: without bubblewrap, or without
-    libseccomp to compile its filter (the grader asks once, before any submission)."""
+    libseccomp to compile its filter (the grader asks once, before any submission). The trial
+    sandbox runs in the caller's own ``slot``: ending it kills every process of that slot's uid,
+    so a shared slot would kill another grader's running step."""
     require_bwrap()
     os.close(filter_fd())
     import tempfile   # and one sandbox, started: an old bubblewrap (before --size) fails here,
     with tempfile.TemporaryDirectory() as tmp:   # not on every student's notebook
-        prepare_workdir(Path(tmp))
-        result = run([shutil.which("true") or "/bin/true"], Path(tmp), 60)
+        prepare_workdir(Path(tmp), slot)
+        result = run([shutil.which("true") or "/bin/true"], Path(tmp), 60, slot=slot)
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise SandboxUnavailable(f"bubblewrap could not start a sandbox here ({why}); it needs "

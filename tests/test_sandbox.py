@@ -505,6 +505,20 @@ def test_parallel_slots_get_disjoint_runs_of_cores(monkeypatch):
     assert grade._limits(1, 2.0).cpus == () and grade._limits(1, 2.0).threads == 8
 
 
+def test_the_preflight_leaves_other_slots_running(sandboxed):
+    """The grader's preflight (sandbox.require) starts one sandbox in its own slot: ending it
+    kills its uid's processes, so with slot 0 it killed the step of another Slurm task or
+    --jobs worker running in slot 0 (tests/test_slurm.py caught it)."""
+    results = {}
+    step = threading.Thread(target=lambda: results.update(
+        step=sandboxed("import time; time.sleep(4); print('survived')")))
+    step.start()
+    time.sleep(1.5)
+    sandbox.require(slot=1)
+    step.join()
+    assert results["step"].stdout.strip() == "survived", results["step"]
+
+
 def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
