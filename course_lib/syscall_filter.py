@@ -16,10 +16,10 @@ refuses, whatever the arguments unless noted:
 - the machine's administration: modules, ``kexec``, ``reboot``, swap, clocks, accounting, quotas,
   the kernel log, I/O ports, file handles, host names.
 
-Not ``sched_setaffinity``, which would have kept a sandbox on the cores the grader gives it
-(``course_lib/sandbox.py::slot_cpus``): refused, PyTorch's OpenMP and MKL start with one thread
-instead of their share (the answer key's notebook ran 644 s instead of 394 in grading,
-``bench/grade_key_full_sandbox_one_thread.md``), so a notebook could widen its cores on purpose;
+Not ``sched_setaffinity``, though refusing it would keep a sandbox on the cores the grader gives
+it (``course_lib/sandbox.py::slot_cpus``): with it refused, PyTorch's OpenMP and MKL start one
+thread instead of their share (the answer key's notebook ran 644 s instead of 394 in grading,
+``bench/grade_key_full_sandbox_one_thread.md``). So a notebook can widen its cores on purpose;
 only cgroups (cpuset) would stop that.
 
 ``clone3`` answers ENOSYS instead: its flags lie in memory a filter cannot read, and on ENOSYS the
