@@ -483,7 +483,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     global _JUDGE
     report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
                     threshold=opts.threshold,
-                    sandbox=sandbox_label(opts.use_sandbox))
+                    sandbox=sandbox_label(opts.use_sandbox, opts.slot))
     rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
     try:
         nb = read_submission(copy)
@@ -505,11 +505,17 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     return report
 
 
-def sandbox_label(use_sandbox: bool) -> str:
-    """How the report names the isolation: without root, the sandbox runs as the grader's uid."""
+def sandbox_label(use_sandbox: bool, slot: int = 0) -> str:
+    """How the report names the isolation: without root, the sandbox runs as the grader's uid;
+    where the grader can make cgroups, the kernel holds each step's memory, processes and cores,
+    elsewhere the checks each second do (and the report says why)."""
     if not use_sandbox:
         return "NONE (--no-sandbox)"
-    return "bubblewrap" if os.geteuid() == 0 else "bubblewrap, as your own uid (not root)"
+    label = "bubblewrap" if os.geteuid() == 0 else "bubblewrap, as your own uid (not root)"
+    kernel = sandbox.kernel_limits(slot)
+    if kernel.startswith("cgroup"):
+        return f"{label}; memory, processes and cores held by the kernel ({kernel})"
+    return f"{label}; memory checked each second ({kernel})"
 
 
 NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid inside the sandbox "

@@ -15,7 +15,9 @@ What the command can do inside (``course_lib/grade.py`` runs every submission's 
 - run as an unprivileged uid (not root), so file permissions and ``RLIMIT_NPROC`` bind, with
   limits on memory (``RLIMIT_DATA``, ``RLIMIT_AS``), CPU time, processes, file size and open files,
   and on what its work folder holds and what all its processes use together (checked each
-  second: :func:`folder_over`, :func:`memory_over`; stopped beyond);
+  second: :func:`folder_over`, :func:`memory_over`; stopped beyond); where the grader can make
+  cgroups (as root), the kernel also holds all its processes together to their memory, their
+  number and their cores (``course_lib/cgroup_limits.py``, :func:`kernel_memory`);
 - not reach the kernel keys of the grader's session (a fresh, empty session keyring: keyrings are
   shared by a uid's processes whatever the namespaces; :func:`fresh_keyrings`);
 - not make the system calls a notebook never needs, through which a shared kernel is most often
@@ -30,6 +32,7 @@ with the install command, and so do :func:`require` and :func:`run` without libs
 """
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import shutil
@@ -42,7 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import syscall_filter
+from . import cgroup_limits, syscall_filter
 
 INSIDE_HOME = "/home/student"       # where the work folder appears inside the sandbox
 OUTPUT_CAP = 64 * 1024              # bytes kept of stdout and of stderr (the tail)
@@ -110,7 +113,7 @@ def host_cores() -> list[int]:
 def slot_cpus(slot: int, jobs: int) -> tuple[int, ...]:
     """The cores parallel slot ``slot`` of ``jobs`` runs on: the grader's own cores in ``jobs``
     runs of nearly equal length, so a notebook that starts more threads than its share slows
-    only itself (unless it widens its affinity on purpose: without cgroups nothing stops that);
+    only itself (one that widens its affinity on purpose stays there only in a cgroup's cpuset);
     one slot (or more slots than cores) keeps them all: ()."""
     cores = host_cores()
     if jobs <= 1 or jobs > len(cores) or not hasattr(os, "sched_setaffinity"):
@@ -265,10 +268,12 @@ def fresh_keyrings(keyctl=None) -> bool:
     return keyctl(JOIN_SESSION_KEYRING, None) >= 0
 
 
-def _limit(limits: Limits):
+def _limit(limits: Limits, group: cgroup_limits.Group | None = None):
     keyctl = _keyctl()   # here, in the parent: the child only calls it
 
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
+        if group is not None:   # first: all it starts is counted by the kernel from here on
+            group.join()
         if keyctl is not None:
             fresh_keyrings(keyctl=keyctl)
         if limits.cpus:   # what threads it starts share these (widening them takes intent)
@@ -347,12 +352,18 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
         seccomp_fd = filter_fd()
         cmd, cwd = bwrap_command(argv, workdir, list(hide), env, slot, seccomp_fd,
                                  limits.shm_bytes), "/"
+    group = None if trusted else cgroup_limits.create(slot, kernel_memory(limits),
+                                                      limits.processes, limits.cpus)
     start = time.perf_counter()
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=_limit(limits),
+                                start_new_session=True, preexec_fn=_limit(limits, group),
                                 pass_fds=() if seccomp_fd is None else (seccomp_fd,))
+    except subprocess.SubprocessError as err:   # the child could not join its group
+        if group is not None:
+            group.remove()
+        raise SandboxUnavailable(f"could not start the step in its cgroup ({err})") from None
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
@@ -364,11 +375,14 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
             code = proc.wait(timeout=max(0.0, min(POLL_SECONDS, left)))
             break
         except subprocess.TimeoutExpired:
-            over = over_limits(proc.pid, workdir, limits)
+            over = kernel_over(group, limits) or over_limits(proc.pid, workdir, limits)
             if over or left <= POLL_SECONDS:
                 break
     seconds = time.perf_counter() - start
+    over = over or kernel_over(group, limits)   # an OOM kill may have ended it
     _end(proc, slot, trusted)
+    if group is not None:
+        group.remove()
     result = Result(code, seconds, out.text(5), err.text(5), over)
     for pipe in (proc.stdout, proc.stderr):
         pipe.close()
@@ -489,13 +503,38 @@ def memory_over(pids: list[int], limits: Limits, files: int = 0) -> str:
     files ("" while they do not). ``RLIMIT_DATA`` binds one process at a time, so a notebook that
     forks, or fills memory files it never maps, could otherwise take the machine's memory from
     the grader and the other submissions. A check each second, not the kernel's own accounting
-    (that takes cgroups): a memory file passed to another process and closed in flight, or a burst
-    between two checks, escapes it."""
+    (the step's cgroup, where there is one): a memory file passed to another process and closed
+    in flight, or a burst between two checks, escapes it."""
     if files + sum(process_memory(p, "status") for p in pids) <= limits.memory_bytes:
         return ""   # the quick upper bound is within the limit; otherwise count exactly
     if files + sum(process_memory(p) for p in pids) > limits.memory_bytes:
         return f"used more than {_size(limits.memory_bytes)} of memory in all its processes together"
     return ""
+
+
+def kernel_memory(limits: Limits) -> int:
+    """The memory the kernel lets a step hold (its cgroup's limit, swap included): its share,
+    plus its /tmp and its /dev/shm, which live in memory. The checks each second stop it at its
+    share first, with a clearer line; this limit holds where they are too slow."""
+    return limits.memory_bytes + 2 * limits.shm_bytes
+
+
+def kernel_over(group: cgroup_limits.Group | None, limits: Limits) -> str:
+    """Why the kernel stopped a process of the step, or "" (and "" without a cgroup)."""
+    if group is None or not group.oom_kills():
+        return ""
+    return (f"used more than {_size(kernel_memory(limits))} of memory, its /tmp and /dev/shm "
+            "included (the kernel stopped it)")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_limits(slot: int = 0) -> str:
+    """What holds a step's memory, processes and cores here: "cgroup v1" or "cgroup v2" where
+    the grader can make a group (tried once, then removed), else why not."""
+    group = cgroup_limits.create(slot, kernel_memory(Limits()), Limits.processes)
+    if group is not None:
+        group.remove()
+    return cgroup_limits.describe(group)
 
 
 def over_limits(pid: int, workdir: Path, limits: Limits) -> str:

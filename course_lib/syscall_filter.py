@@ -19,8 +19,9 @@ refuses, whatever the arguments unless noted:
 Not ``sched_setaffinity``, though refusing it would keep a sandbox on the cores the grader gives
 it (``course_lib/sandbox.py::slot_cpus``): with it refused, PyTorch's OpenMP and MKL start one
 thread instead of their share (the answer key's notebook ran 644 s instead of 394 in grading,
-``bench/grade_key_full_sandbox_one_thread.md``). So a notebook can widen its cores on purpose;
-only cgroups (cpuset) would stop that.
+``bench/grade_key_full_sandbox_one_thread.md``). A notebook that widens its cores on purpose
+stays on its slot's cores where the grader can make cgroups (a cpuset,
+``course_lib/cgroup_limits.py``), and is not stopped where it cannot.
 
 ``clone3`` answers ENOSYS instead: its flags lie in memory a filter cannot read, and on ENOSYS the
 C library falls back to ``clone``, whose flags the filter checks. System calls of another ABI

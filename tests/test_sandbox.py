@@ -390,6 +390,79 @@ def test_memory_files_it_never_maps_count_too(sandboxed):
     assert control.returncode == 0 and "done" in control.stdout and control.over == "", control
 
 
+def _need_cgroups():
+    """Kernel limits need a cgroup tree the grader may write (root, or a delegated one); without
+    one the sandbox keeps to its checks each second, so these tests skip, even under CI."""
+    found = sandbox.kernel_limits()
+    if not found.startswith("cgroup"):
+        pytest.skip(f"no cgroup can be made here, so the kernel limits are not tested: {found}")
+
+
+def _groups_left() -> list[Path]:
+    mounts = {h.mount for h in sandbox.cgroup_limits.hierarchies(Path("/proc/self/mountinfo").read_text())}
+    return [p for m in mounts for p in m.rglob(f"{sandbox.cgroup_limits.PREFIX}{os.getpid()}-*")]
+
+
+BURST = ("import multiprocessing as mp\n"
+         "def take():\n    x = bytearray(200 * 2**20); x[::4096] = b'\\x01' * len(x[::4096])\n"
+         "if __name__ == '__main__':\n"
+         "    ps = [mp.get_context('fork').Process(target=take) for _ in range(4)]\n"
+         "    [p.start() for p in ps]; [p.join() for p in ps]\n    print('done', [p.exitcode for p in ps])")
+
+
+def test_the_kernel_stops_a_burst_between_two_checks(sandboxed, monkeypatch):
+    """Four processes take 200 MiB each and are gone within the first second: the checks each
+    second never see them (the control, without a cgroup), the kernel's count does."""
+    _need_cgroups()
+    small = sandbox.Limits(memory_bytes=256 * 2**20, shm_bytes=64 * 2**20)   # kernel: 384 MiB
+    stopped = sandboxed(BURST, limits=small)
+    assert stopped.over == ("used more than 384 MiB of memory, its /tmp and /dev/shm included "
+                            "(the kernel stopped it)"), stopped
+    assert "done [0, 0, 0, 0]" not in stopped.stdout, stopped
+    assert _groups_left() == [], "the step's cgroup was not removed"
+    roomy = sandboxed(BURST, limits=sandbox.Limits(memory_bytes=2 * 2**30))
+    assert "done [0, 0, 0, 0]" in roomy.stdout and roomy.over == "", roomy
+    monkeypatch.setattr(sandbox.cgroup_limits, "create", lambda *a, **k: None)
+    unseen = sandboxed(BURST, limits=small)
+    assert "done [0, 0, 0, 0]" in unseen.stdout and unseen.over == "", unseen
+
+
+IN_FLIGHT = ("import os, socket, time\n"
+             "a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+             "for i in range(5):\n    fd = os.memfd_create(f'm{i}')\n"
+             "    os.write(fd, bytes(200 * 2**20))\n"
+             "    socket.send_fds(a, [b'x'], [fd]); os.close(fd)\n"
+             "time.sleep(3)\nprint('held')")
+
+
+def test_memory_files_held_in_flight_are_counted_by_the_kernel(sandboxed, monkeypatch):
+    """Memory files sent through a socket and closed are open in no process and mapped by none:
+    1000 MiB held where the checks each second cannot see (the control, without a cgroup), but
+    charged to the step's group when written."""
+    _need_cgroups()
+    small = sandbox.Limits(memory_bytes=512 * 2**20, shm_bytes=64 * 2**20)   # kernel: 640 MiB
+    stopped = sandboxed(IN_FLIGHT, limits=small)
+    assert stopped.over.startswith("used more than 640 MiB") and "held" not in stopped.stdout, stopped
+    monkeypatch.setattr(sandbox.cgroup_limits, "create", lambda *a, **k: None)
+    unseen = sandboxed(IN_FLIGHT, limits=small)
+    assert "held" in unseen.stdout and unseen.over == "", unseen
+
+
+def test_a_step_cannot_widen_its_cores_past_its_slot(sandboxed, monkeypatch):
+    """With --jobs N a slot's cores are a cpuset: sched_setaffinity (which PyTorch needs, so the
+    filter allows it) cannot take the step onto another slot's cores. The control, without a
+    cgroup: the same call widens them."""
+    _need_cgroups()
+    cores = sorted(os.sched_getaffinity(0))
+    _need(len(cores) >= 2, "needs two cores to keep the sandbox to one of them")
+    code = (f"import os\nos.sched_setaffinity(0, {set(cores)})\n"
+            "print(sorted(os.sched_getaffinity(0)))")
+    one = sandbox.Limits(cpus=(cores[-1],))
+    assert sandboxed(code, limits=one).stdout.strip() == f"{[cores[-1]]}"
+    monkeypatch.setattr(sandbox.cgroup_limits, "create", lambda *a, **k: None)
+    assert sandboxed(code, limits=one).stdout.strip() == f"{cores}"
+
+
 def test_process_limit_binds(sandboxed):
     code = ("import os, time\nn = 0\ntry:\n    for _ in range(300):\n        if os.fork() == 0:\n"
             "            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"

@@ -1,0 +1,311 @@
+"""Limits the kernel itself keeps for one sandboxed step: a control group (cgroup).
+
+The sandbox's rlimits bind one process at a time, and its checks each second
+(``sandbox.memory_over``) can miss a burst between two checks, or a memory file passed to another
+process in flight. A cgroup is counted by the kernel, page by page, for every process in it:
+
+- ``memory``: what all its processes hold together, anonymous memory, in-memory files (its /tmp,
+  /dev/shm, memfds), kernel memory and swap, can never pass the group's limit; past it the kernel
+  reclaims, then kills a process of the group (an OOM kill, counted in the group's events);
+- ``pids``: at most ``tasks`` processes and threads;
+- ``cpuset``: it runs only on the cores given (``sched_setaffinity`` cannot widen a cpuset).
+
+Both of the kernel's layouts are handled, one directory per step, named ``course-step-…``:
+
+- cgroup v1 (a tree per controller, /sys/fs/cgroup/memory, …/pids, …/cpuset): under the grader's
+  own group in each tree, so the step also counts towards whatever limits the grader runs under;
+- cgroup v2 (one tree): beside the grader's own group (a group that holds processes may not pass
+  controllers to groups below it), or under the root where the grader runs in the root.
+
+Creating groups takes root (as grading with the sandbox does) or a tree delegated to the grader.
+Where neither is there :func:`create` returns None, :func:`unavailable` says why, and the sandbox
+keeps to its rlimits and checks each second.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "course-step-"
+MOUNT_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods"}
+"""A v1 tree's options that are not controllers (nor are ``name=…`` and ``release_agent=…``)."""
+_numbers = itertools.count()
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup tree: where it is mounted, the tree's path at that mount point (the 4th
+    field of /proc/self/mountinfo), its version and, for v1, its controllers."""
+
+    mount: Path
+    root: str
+    version: int
+    controllers: frozenset[str] = frozenset()
+
+
+def hierarchies(mountinfo: str) -> list[Hierarchy]:
+    """The cgroup trees in a /proc/self/mountinfo text."""
+    found = []
+    for line in mountinfo.splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        mount = Path(fields[4].replace("\\040", " "))
+        if tail[0] == "cgroup2":
+            found.append(Hierarchy(mount, fields[3], 2))
+        else:
+            options = {o for o in tail[2].split(",") if "=" not in o} - MOUNT_OPTIONS
+            found.append(Hierarchy(mount, fields[3], 1, frozenset(options)))
+    return found
+
+
+def own_groups(proc_cgroup: str) -> dict[str, str]:
+    """The groups of a /proc/PID/cgroup text: controller → path ("" → the v2 tree's path)."""
+    groups = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        for controller in parts[1].split(",") if parts[1] else [""]:
+            groups[controller] = parts[2]
+    return groups
+
+
+def _below(hierarchy: Hierarchy, path: str) -> Path | None:
+    """The directory of group ``path`` in ``hierarchy``'s mount, None where it lies outside it."""
+    root = hierarchy.root.rstrip("/")
+    if path != hierarchy.root and not path.startswith(root + "/"):
+        return None
+    return hierarchy.mount / path[len(root):].lstrip("/")
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def _write(path: Path, value) -> None:
+    with open(path, "w") as file:
+        file.write(str(value))
+
+
+@dataclass
+class Group:
+    """One step's group: a directory per v1 controller, or one v2 directory."""
+
+    version: int
+    dirs: dict[str, Path]                       # controller → its directory ("" for v2)
+    memory: int = 0                             # its memory limit, bytes
+    _killed: bool = field(default=False, repr=False)
+
+    def _dir(self, controller: str) -> Path:
+        return self.dirs[""] if self.version == 2 else self.dirs[controller]
+
+    def join(self) -> None:
+        """Move the calling process into the group (the child between fork and exec, so that all
+        it starts is counted from its first page)."""
+        pid = str(os.getpid())
+        for path in sorted(set(self.dirs.values())):
+            _write(path / "cgroup.procs", pid)
+
+    def oom_kills(self) -> int:
+        """How many of its processes the kernel killed for passing the memory limit."""
+        path = self._dir("memory") / ("memory.events" if self.version == 2 else "memory.oom_control")
+        try:
+            for line in path.read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def peak_memory(self) -> int:
+        """The most memory the group held at once, bytes, as the kernel counted it (0 if unknown)."""
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        try:
+            return int(_read(self._dir("memory") / name))
+        except (OSError, ValueError):
+            return 0
+
+    def pids(self) -> list[int]:
+        found = set()
+        for path in set(self.dirs.values()):
+            try:
+                found.update(int(p) for p in _read(path / "cgroup.procs").split())
+            except (OSError, ValueError):
+                pass
+        return sorted(found)
+
+    def kill(self) -> None:
+        """Kill every process in the group (``cgroup.kill`` where the kernel has it, 5.14+)."""
+        killer = self.dirs.get("") and self.dirs[""] / "cgroup.kill"
+        if killer and killer.exists():
+            try:
+                _write(killer, 1)
+                return
+            except OSError:
+                pass
+        for _ in range(50):   # a process may fork while we kill: go until none is left
+            left = self.pids()
+            if not left:
+                return
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+
+    def remove(self, wait: float = 5.0) -> bool:
+        """Kill what is left, then remove the directories (once the last process is reaped)."""
+        self.kill()
+        deadline = time.monotonic() + wait
+        left = set(self.dirs.values())
+        while left:
+            for path in list(left):
+                try:
+                    path.rmdir()
+                    left.discard(path)
+                except FileNotFoundError:
+                    left.discard(path)
+                except OSError:
+                    pass
+            if left:
+                if time.monotonic() > deadline:
+                    return False   # a process not yet reaped; remove_stale() takes it next time
+                time.sleep(0.05)
+        return True
+
+
+_reason = "not tried yet"
+
+
+def unavailable() -> str:
+    """Why the last :func:`create` gave no group ("" when it gave one)."""
+    return _reason
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(parent: Path) -> None:
+    """Remove the empty groups a grader that was killed left behind in ``parent``."""
+    try:
+        entries = list(parent.glob(PREFIX + "*"))
+    except OSError:
+        return
+    for path in entries:
+        owner = path.name[len(PREFIX):].split("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+def _plan_v1(found: list[Hierarchy], own: dict[str, str], controllers: tuple[str, ...]) -> dict[str, Path]:
+    parents = {}
+    for controller in controllers:
+        tree = next((h for h in found if h.version == 1 and controller in h.controllers), None)
+        if tree is None:
+            raise OSError(f"no cgroup v1 tree has the {controller} controller")
+        parent = _below(tree, own.get(controller, "/"))
+        if parent is None or not parent.is_dir():
+            raise OSError(f"the grader's own {controller} group is not in {tree.mount}")
+        parents[controller] = parent
+    return parents
+
+
+def _plan_v2(tree: Hierarchy, own: str, controllers: tuple[str, ...]) -> Path:
+    here = _below(tree, own)
+    if here is None or not here.is_dir():
+        raise OSError(f"the grader's own group is not in {tree.mount}")
+    parent = here if here == tree.mount else here.parent
+    enabled = set(_read(parent / "cgroup.subtree_control").split())
+    missing = [c for c in controllers if c not in enabled]
+    if missing:   # hand them down (the root may; elsewhere this needs a delegated tree)
+        _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in missing))
+    return parent
+
+
+def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
+           mountinfo: str | None = None, proc_cgroup: str | None = None) -> Group | None:
+    """A new group for one step in parallel slot ``slot``: at most ``memory`` bytes (swap
+    included), ``tasks`` processes and threads, and the cores ``cpus`` (all where empty). None
+    where groups cannot be made here (:func:`unavailable` says why)."""
+    global _reason
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text() if mountinfo is None else mountinfo
+        proc_cgroup = Path("/proc/self/cgroup").read_text() if proc_cgroup is None else proc_cgroup
+    except OSError as err:   # not Linux
+        _reason = f"no cgroups on this system ({err.strerror})"
+        return None
+    found, own = hierarchies(mountinfo), own_groups(proc_cgroup)
+    controllers = ("memory", "pids") + (("cpuset",) if cpus else ())
+    name = f"{PREFIX}{os.getpid()}-{slot}-{next(_numbers)}"
+    made: list[Path] = []
+    try:
+        v2 = next((h for h in found if h.version == 2 and h.mount == Path("/sys/fs/cgroup")), None)
+        v2 = v2 or next((h for h in found if h.version == 2), None)
+        v1_memory = any(h.version == 1 and "memory" in h.controllers for h in found)
+        if v2 is not None and not v1_memory and "" in own:
+            parent = _plan_v2(v2, own[""], controllers)
+            parents = {"": parent}
+            version = 2
+        elif v1_memory:
+            parents = _plan_v1(found, own, controllers)
+            version = 1
+        else:
+            raise OSError("no cgroup tree with a memory controller is mounted")
+        dirs = {}
+        for controller, parent in parents.items():
+            remove_stale(parent)
+            path = parent / name
+            path.mkdir()
+            made.append(path)
+            dirs[controller] = path
+        group = Group(version, dirs, memory)
+        if version == 2:
+            path = dirs[""]
+            _write(path / "memory.max", memory)
+            if (path / "memory.swap.max").exists():
+                _write(path / "memory.swap.max", 0)
+            _write(path / "memory.oom.group", 1)   # an OOM kill ends the whole step
+            _write(path / "pids.max", tasks)
+            if cpus:
+                _write(path / "cpuset.cpus", ",".join(map(str, cpus)))
+        else:
+            _write(dirs["memory"] / "memory.limit_in_bytes", memory)
+            if (dirs["memory"] / "memory.memsw.limit_in_bytes").exists():   # swap counts too
+                _write(dirs["memory"] / "memory.memsw.limit_in_bytes", memory)
+            _write(dirs["pids"] / "pids.max", tasks)
+            if cpus:
+                parent = dirs["cpuset"].parent
+                _write(dirs["cpuset"] / "cpuset.mems", _read(parent / "cpuset.mems"))
+                _write(dirs["cpuset"] / "cpuset.cpus", ",".join(map(str, cpus)))
+    except (OSError, ValueError) as err:
+        for path in reversed(made):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        _reason = str(err)
+        return None
+    _reason = ""
+    return group
+
+
+def describe(group: Group | None) -> str:
+    """How a report names the limits: "cgroup v1" / "cgroup v2", or why none."""
+    return f"cgroup v{group.version}" if group else f"no cgroup ({_reason})"

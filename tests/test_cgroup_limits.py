@@ -1,0 +1,150 @@
+"""course_lib/cgroup_limits.py finds the grader's own groups and writes each step's limits where
+the kernel reads them, in both of the kernel's layouts. These tests need no root: they run it on
+a fake tree of folders laid out as /sys/fs/cgroup is (the kernel's own enforcement is tried, as
+root, in tests/test_sandbox.py)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from course_lib import cgroup_limits
+
+V1_CGROUP = ("9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n3:cpuset:/\n"
+             "1:cpu,cpuacct:/\n0::/\n")
+V2_CGROUP = "0::/user.slice/user-0.slice/session-4.scope\n"
+
+
+def _v1_mountinfo(root: Path) -> str:
+    lines = [f"31 23 0:28 / {root} rw,relatime - tmpfs tmpfs rw,mode=755"]
+    for i, name in enumerate(("cpu,cpuacct", "cpuset", "memory", "pids")):
+        lines.append(f"{32 + i} 31 0:{29 + i} / {root / name} rw,relatime - cgroup cgroup rw,{name}")
+    return "\n".join(lines) + "\n"
+
+
+def _v2_mountinfo(root: Path) -> str:
+    return (f"25 23 0:22 / /proc rw - proc proc rw\n"
+            f"30 23 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+
+
+def _fake_v1(tmp_path: Path) -> Path:
+    root = tmp_path / "cgroup"
+    (root / "memory" / "process_api" / "abc").mkdir(parents=True)
+    (root / "pids").mkdir()
+    (root / "cpuset").mkdir()
+    (root / "cpuset" / "cpuset.mems").write_text("0\n")
+    (root / "cpuset" / "cpuset.cpus").write_text("0-3\n")
+    return root
+
+
+def test_the_trees_and_the_graders_own_groups_are_read_from_proc():
+    found = cgroup_limits.hierarchies(_v1_mountinfo(Path("/sys/fs/cgroup")))
+    assert [(h.mount.name, h.version, sorted(h.controllers)) for h in found] == [
+        ("cpu,cpuacct", 1, ["cpu", "cpuacct"]), ("cpuset", 1, ["cpuset"]),
+        ("memory", 1, ["memory"]), ("pids", 1, ["pids"])]
+    assert cgroup_limits.hierarchies(_v2_mountinfo(Path("/sys/fs/cgroup"))) == [
+        cgroup_limits.Hierarchy(Path("/sys/fs/cgroup"), "/", 2)]
+    own = cgroup_limits.own_groups(V1_CGROUP)
+    assert own["memory"] == "/process_api/abc" and own["cpu"] == own["cpuacct"] == "/"
+    assert own[""] == "/" and own["name=systemd"] == "/"
+
+
+def test_v1_a_group_under_the_graders_own_in_each_tree(tmp_path):
+    root = _fake_v1(tmp_path)
+    group = cgroup_limits.create(2, 3 * 2**30, 256, (1, 2), mountinfo=_v1_mountinfo(root),
+                                 proc_cgroup=V1_CGROUP)
+    assert group is not None, cgroup_limits.unavailable()
+    name = f"{cgroup_limits.PREFIX}{os.getpid()}-2-"
+    assert group.version == 1 and set(group.dirs) == {"memory", "pids", "cpuset"}
+    memory, pids, cpuset = group.dirs["memory"], group.dirs["pids"], group.dirs["cpuset"]
+    assert memory.parent == root / "memory" / "process_api" / "abc" and memory.name.startswith(name)
+    assert pids.parent == root / "pids" and cpuset.parent == root / "cpuset"
+    assert (memory / "memory.limit_in_bytes").read_text() == str(3 * 2**30)
+    assert (pids / "pids.max").read_text() == "256"
+    assert (cpuset / "cpuset.cpus").read_text() == "1,2" and (cpuset / "cpuset.mems").read_text() == "0"
+    assert cgroup_limits.describe(group) == "cgroup v1"
+
+
+def test_v1_without_cores_needs_no_cpuset_and_swap_counts_where_the_kernel_counts_it(tmp_path):
+    root = _fake_v1(tmp_path)
+    swap = root / "memory" / "process_api" / "abc"
+    real_mkdir = Path.mkdir
+
+    def mkdir_with_swap_file(self, *args, **kw):   # as the kernel makes memsw's file in each group
+        real_mkdir(self, *args, **kw)
+        if self.parent == swap:
+            (self / "memory.memsw.limit_in_bytes").write_text("9223372036854771712")
+    Path.mkdir = mkdir_with_swap_file
+    try:
+        group = cgroup_limits.create(0, 2**30, 64, mountinfo=_v1_mountinfo(root),
+                                     proc_cgroup=V1_CGROUP)
+    finally:
+        Path.mkdir = real_mkdir
+    assert set(group.dirs) == {"memory", "pids"}
+    assert (group.dirs["memory"] / "memory.memsw.limit_in_bytes").read_text() == str(2**30)
+
+
+def test_v2_a_group_beside_the_graders_own_with_its_controllers_handed_down(tmp_path):
+    root = tmp_path / "cgroup"
+    slice_ = root / "user.slice" / "user-0.slice"
+    (slice_ / "session-4.scope").mkdir(parents=True)
+    (slice_ / "cgroup.subtree_control").write_text("memory pids\n")
+    group = cgroup_limits.create(0, 2**30, 100, (3,), mountinfo=_v2_mountinfo(root),
+                                 proc_cgroup=V2_CGROUP)
+    assert group is not None, cgroup_limits.unavailable()
+    path = group.dirs[""]
+    assert group.version == 2 and path.parent == slice_   # beside session-4.scope, not in it
+    assert (slice_ / "cgroup.subtree_control").read_text() == "+cpuset"   # the one missing
+    assert {f: (path / f).read_text() for f in ("memory.max", "memory.oom.group", "pids.max",
+                                                "cpuset.cpus")} == {
+        "memory.max": str(2**30), "memory.oom.group": "1", "pids.max": "100", "cpuset.cpus": "3"}
+    assert cgroup_limits.describe(group) == "cgroup v2"
+
+
+def test_v2_in_the_root_group_the_step_goes_under_the_root(tmp_path):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.subtree_control").write_text("cpuset cpu memory pids\n")
+    group = cgroup_limits.create(0, 2**30, 100, mountinfo=_v2_mountinfo(root), proc_cgroup="0::/\n")
+    assert group.dirs[""].parent == root
+    assert (root / "cgroup.subtree_control").read_text() == "cpuset cpu memory pids\n"  # untouched
+
+
+def test_where_no_group_can_be_made_it_says_why_and_leaves_nothing(tmp_path):
+    root = _fake_v1(tmp_path)
+    only_memory = "\n".join(line for line in _v1_mountinfo(root).splitlines() if "pids" not in line)
+    assert cgroup_limits.create(0, 2**30, 64, mountinfo=only_memory, proc_cgroup=V1_CGROUP) is None
+    assert cgroup_limits.unavailable() == "no cgroup v1 tree has the pids controller"
+    assert list((root / "memory" / "process_api" / "abc").iterdir()) == []   # nothing half-made
+    assert cgroup_limits.create(0, 2**30, 64, mountinfo="", proc_cgroup="") is None
+    assert "no cgroup tree with a memory controller" in cgroup_limits.describe(None)
+    (root / "pids").chmod(0o500)
+    try:
+        if os.geteuid() != 0:   # root writes anyway
+            assert cgroup_limits.create(0, 2**30, 64, mountinfo=_v1_mountinfo(root),
+                                        proc_cgroup=V1_CGROUP) is None
+            assert "Permission denied" in cgroup_limits.unavailable()
+    finally:
+        (root / "pids").chmod(0o700)
+
+
+def test_groups_a_killed_grader_left_behind_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"{cgroup_limits.PREFIX}{dead.pid}-0-3"
+    mine = tmp_path / f"{cgroup_limits.PREFIX}{os.getpid()}-0-0"
+    other = tmp_path / "someone-elses"
+    for path in (left, mine, other):
+        path.mkdir()
+    cgroup_limits.remove_stale(tmp_path)
+    assert not left.exists() and mine.exists() and other.exists()
+
+
+def test_the_report_says_whether_the_kernel_or_the_checks_held_each_step(monkeypatch):
+    from course_lib import grade, sandbox
+    monkeypatch.setattr(sandbox, "kernel_limits", lambda slot=0: "cgroup v1")
+    held = grade.sandbox_label(True)
+    assert held.endswith("; memory, processes and cores held by the kernel (cgroup v1)"), held
+    monkeypatch.setattr(sandbox, "kernel_limits", lambda slot=0: "no cgroup (Permission denied)")
+    checked = grade.sandbox_label(True)
+    assert checked.endswith("; memory checked each second (no cgroup (Permission denied))"), checked
+    assert grade.sandbox_label(False) == "NONE (--no-sandbox)"
