@@ -2,6 +2,7 @@
 
     python bench/grade_key.py            # full profile (targets: >= 98% accuracy, <= 10 min training)
     python bench/grade_key.py --profile test
+    python bench/grade_key.py --no-cgroups --table no_cgroup   # the checks each second alone
 
 Fills notebooks/06_Assessment.ipynb with answers/06_Assessment_Answers.md, runs
 `python -m course_lib.grade` on it (sandboxed, hidden seeds and labels, every check), keeps the
@@ -20,6 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_CGROUPS = ("import runpy, sys; from course_lib import cgroup_limits; "
+              "cgroup_limits.create = lambda *a, **k: None; "
+              "cgroup_limits._reason = 'turned off for a control'; sys.argv[0] = 'course_lib.grade'; "
+              "runpy.run_module('course_lib.grade', run_name='__main__', alter_sys=True)")
 
 
 def main(argv=None) -> int:
@@ -27,6 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="full", choices=("full", "test"))
     parser.add_argument("--samples-per-digit", default="10")
     parser.add_argument("--no-sandbox", action="store_true")
+    parser.add_argument("--no-cgroups", action="store_true",
+                        help="grade with the checks each second alone, as where no cgroup can be "
+                             "made (a control for bench/kernel_limits.py's section)")
     parser.add_argument("--table", default="",
                         help="write bench/grade_key_<profile>_<TABLE>.md instead (another kind of machine)")
     args = parser.parse_args(argv)
@@ -35,7 +43,8 @@ def main(argv=None) -> int:
         completed = Path(tmp) / "key.ipynb"
         subprocess.run([sys.executable, "-m", "course_lib.answer_key", str(completed)], check=True)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(completed),
+        grader = ["-c", NO_CGROUPS] if args.no_cgroups else ["-m", "course_lib.grade"]
+        proc = subprocess.run([sys.executable, *grader, str(completed),
                                "--profile", args.profile, "--samples-per-digit",
                                args.samples_per_digit, "--out", str(out), "--keep-samples",
                                *(["--no-sandbox"] if args.no_sandbox else [])],

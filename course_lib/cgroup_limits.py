@@ -100,6 +100,7 @@ class Group:
     version: int
     dirs: dict[str, Path]                       # controller → its directory ("" for v2)
     memory: int = 0                             # its memory limit, bytes
+    missing: tuple[str, ...] = ()               # controllers asked for that were not there
     _killed: bool = field(default=False, repr=False)
 
     def _dir(self, controller: str) -> Path:
@@ -214,29 +215,44 @@ def remove_stale(parent: Path) -> None:
                 pass
 
 
-def _plan_v1(found: list[Hierarchy], own: dict[str, str], controllers: tuple[str, ...]) -> dict[str, Path]:
+def _plan_v1(found: list[Hierarchy], own: dict[str, str], required: tuple[str, ...],
+             optional: tuple[str, ...]) -> dict[str, Path]:
+    """Where each controller's group goes: under the grader's own group in that controller's
+    tree. Without a tree for a ``required`` controller, OSError; an ``optional`` one is left out."""
     parents = {}
-    for controller in controllers:
+    for controller in required + optional:
         tree = next((h for h in found if h.version == 1 and controller in h.controllers), None)
-        if tree is None:
-            raise OSError(f"no cgroup v1 tree has the {controller} controller")
-        parent = _below(tree, own.get(controller, "/"))
-        if parent is None or not parent.is_dir():
-            raise OSError(f"the grader's own {controller} group is not in {tree.mount}")
-        parents[controller] = parent
+        parent = tree and _below(tree, own.get(controller, "/"))
+        if parent is not None and parent.is_dir():
+            parents[controller] = parent
+        elif controller in required:
+            raise OSError(f"no cgroup v1 tree has the {controller} controller" if tree is None
+                          else f"the grader's own {controller} group is not in {tree.mount}")
     return parents
 
 
-def _plan_v2(tree: Hierarchy, own: str, controllers: tuple[str, ...]) -> Path:
+def _plan_v2(tree: Hierarchy, own: str, required: tuple[str, ...],
+             optional: tuple[str, ...]) -> tuple[Path, tuple[str, ...]]:
+    """Where the group goes (beside the grader's own, or under the root), and which of the
+    ``optional`` controllers it gets; each controller missing there is handed down first (the
+    root may; elsewhere this needs a delegated tree). A ``required`` one that cannot be: OSError."""
     here = _below(tree, own)
     if here is None or not here.is_dir():
         raise OSError(f"the grader's own group is not in {tree.mount}")
     parent = here if here == tree.mount else here.parent
     enabled = set(_read(parent / "cgroup.subtree_control").split())
-    missing = [c for c in controllers if c not in enabled]
-    if missing:   # hand them down (the root may; elsewhere this needs a delegated tree)
+    missing = [c for c in required if c not in enabled]
+    if missing:
         _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in missing))
-    return parent
+    got = []
+    for controller in optional:
+        try:
+            if controller not in enabled:
+                _write(parent / "cgroup.subtree_control", "+" + controller)
+            got.append(controller)
+        except OSError:
+            pass
+    return parent, tuple(got)
 
 
 def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
@@ -252,7 +268,7 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
         _reason = f"no cgroups on this system ({err.strerror})"
         return None
     found, own = hierarchies(mountinfo), own_groups(proc_cgroup)
-    controllers = ("memory", "pids") + (("cpuset",) if cpus else ())
+    required, optional = ("memory", "pids"), (("cpuset",) if cpus else ())
     name = f"{PREFIX}{os.getpid()}-{slot}-{next(_numbers)}"
     made: list[Path] = []
     try:
@@ -260,11 +276,12 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
         v2 = v2 or next((h for h in found if h.version == 2), None)
         v1_memory = any(h.version == 1 and "memory" in h.controllers for h in found)
         if v2 is not None and not v1_memory and "" in own:
-            parent = _plan_v2(v2, own[""], controllers)
+            parent, got = _plan_v2(v2, own[""], required, optional)
             parents = {"": parent}
             version = 2
         elif v1_memory:
-            parents = _plan_v1(found, own, controllers)
+            parents = _plan_v1(found, own, required, optional)
+            got = tuple(c for c in optional if c in parents)
             version = 1
         else:
             raise OSError("no cgroup tree with a memory controller is mounted")
@@ -275,7 +292,7 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
             path.mkdir()
             made.append(path)
             dirs[controller] = path
-        group = Group(version, dirs, memory)
+        group = Group(version, dirs, memory, tuple(c for c in optional if c not in got))
         if version == 2:
             path = dirs[""]
             _write(path / "memory.max", memory)
@@ -283,14 +300,14 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
                 _write(path / "memory.swap.max", 0)
             _write(path / "memory.oom.group", 1)   # an OOM kill ends the whole step
             _write(path / "pids.max", tasks)
-            if cpus:
+            if "cpuset" in got:
                 _write(path / "cpuset.cpus", ",".join(map(str, cpus)))
         else:
             _write(dirs["memory"] / "memory.limit_in_bytes", memory)
             if (dirs["memory"] / "memory.memsw.limit_in_bytes").exists():   # swap counts too
                 _write(dirs["memory"] / "memory.memsw.limit_in_bytes", memory)
             _write(dirs["pids"] / "pids.max", tasks)
-            if cpus:
+            if "cpuset" in got:
                 parent = dirs["cpuset"].parent
                 _write(dirs["cpuset"] / "cpuset.mems", _read(parent / "cpuset.mems"))
                 _write(dirs["cpuset"] / "cpuset.cpus", ",".join(map(str, cpus)))
@@ -307,5 +324,7 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
 
 
 def describe(group: Group | None) -> str:
-    """How a report names the limits: "cgroup v1" / "cgroup v2", or why none."""
-    return f"cgroup v{group.version}" if group else f"no cgroup ({_reason})"
+    """How a report names the limits: "cgroup v1", "cgroup v2, no cpuset", or why none."""
+    if group is None:
+        return f"no cgroup ({_reason})"
+    return f"cgroup v{group.version}" + "".join(f", no {c}" for c in group.missing)

@@ -514,7 +514,8 @@ def sandbox_label(use_sandbox: bool, slot: int = 0) -> str:
     label = "bubblewrap" if os.geteuid() == 0 else "bubblewrap, as your own uid (not root)"
     kernel = sandbox.kernel_limits(slot)
     if kernel.startswith("cgroup"):
-        return f"{label}; memory, processes and cores held by the kernel ({kernel})"
+        held = "memory and processes" if "no cpuset" in kernel else "memory, processes and cores"
+        return f"{label}; {held} held by the kernel ({kernel})"
     return f"{label}; memory checked each second ({kernel})"
 
 

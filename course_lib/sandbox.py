@@ -85,6 +85,8 @@ class Result:
     stdout: str
     stderr: str
     over: str = ""                    # why it was stopped early: "wrote more than 4 GiB ..."
+    peak_memory: int = 0              # the most its processes held at once, by the kernel's
+                                      # count (its cgroup's; 0 without one)
 
     @property
     def timed_out(self) -> bool:
@@ -381,9 +383,11 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
     seconds = time.perf_counter() - start
     over = over or kernel_over(group, limits)   # an OOM kill may have ended it
     _end(proc, slot, trusted)
+    peak = 0
     if group is not None:
+        peak = group.peak_memory()
         group.remove()
-    result = Result(code, seconds, out.text(5), err.text(5), over)
+    result = Result(code, seconds, out.text(5), err.text(5), over, peak)
     for pipe in (proc.stdout, proc.stderr):
         pipe.close()
     return result
@@ -529,9 +533,11 @@ def kernel_over(group: cgroup_limits.Group | None, limits: Limits) -> str:
 
 @functools.lru_cache(maxsize=None)
 def kernel_limits(slot: int = 0) -> str:
-    """What holds a step's memory, processes and cores here: "cgroup v1" or "cgroup v2" where
-    the grader can make a group (tried once, then removed), else why not."""
-    group = cgroup_limits.create(slot, kernel_memory(Limits()), Limits.processes)
+    """What holds a step's memory, processes and cores here: "cgroup v1" or "cgroup v2" (", no
+    cpuset" where the cores cannot be held) where the grader can make a group (tried once, then
+    removed), else why not."""
+    group = cgroup_limits.create(slot, kernel_memory(Limits()), Limits.processes,
+                                 tuple(host_cores()))
     if group is not None:
         group.remove()
     return cgroup_limits.describe(group)

@@ -1123,3 +1123,30 @@ def test_the_sandbox_section_quotes_its_gradings_and_overheads():
             f"{figures['step_ms_sandbox_bare']:.1f} ms without them") in section
     assert figures["step_ms_sandbox"] < 1.05 * figures["step_ms_sandbox_bare"]   # "no cost"
     assert figures["memory_check_ms"] < figures["memory_exact_count_ms"] / 5   # the quick bound first
+
+
+def test_the_kernel_limits_section_quotes_its_attacks_costs_and_grading():
+    """RESULTS section 21: each attack of bench/kernel_limits.py ran to its end unseen with the
+    checks each second alone and was held with the step's cgroup; the section's figures are the
+    JSON's and the table's, and the answer key passed with the kernel holding every step."""
+    import json
+    import re
+    figures = json.loads((ROOT / "bench" / "kernel_limits.json").read_text())
+    table = (ROOT / "bench" / "kernel_limits.md").read_text()
+    assert set(figures["attacks"]) == {"burst", "in_flight", "widen"}
+    for name, attack in figures["attacks"].items():
+        assert attack["stopped_with_cgroup"] and not attack["stopped_by_checks"], name
+        assert attack["what"] in table and attack["checks_only"]["over"] == "", name
+    for name in ("burst", "in_flight"):
+        assert "(the kernel stopped it)" in figures["attacks"][name]["cgroup"]["over"], name
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 21. ")[1].split())
+    assert " ".join(table.split()) in section, "section 21 is not refreshed from kernel_limits.md"
+    assert (f"{figures['step_cgroup_ms']:.1f} ms with its cgroup and "
+            f"{figures['step_none_ms']:.1f} ms without") in section
+    assert (f"{figures['start_cgroup_s']:.3f} s with its cgroup and "
+            f"{figures['start_none_s']:.3f} s without") in section
+    key = (ROOT / "bench" / "grade_key_full_cgroup.md").read_text()
+    assert "- result: pass" in key and float(re.search(r"\| (\d+\.\d)% \|\n", key).group(1)) >= 95
+    assert "memory, processes and cores held by the kernel (cgroup v1)" in key.splitlines()[0]
+    seconds = int(re.search(r"notebook run \(training \+ its own cells\): (\d+) s", key).group(1))
+    assert f"its notebook ran {seconds} s" in section

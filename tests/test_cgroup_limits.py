@@ -26,6 +26,11 @@ def _v2_mountinfo(root: Path) -> str:
             f"30 23 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
 
 
+def _without(mountinfo: str, tree: str) -> str:
+    """The mountinfo text less the tree mounted at .../``tree``."""
+    return "\n".join(line for line in mountinfo.splitlines() if Path(line.split()[4]).name != tree)
+
+
 def _fake_v1(tmp_path: Path) -> Path:
     root = tmp_path / "cgroup"
     (root / "memory" / "process_api" / "abc").mkdir(parents=True)
@@ -109,9 +114,33 @@ def test_v2_in_the_root_group_the_step_goes_under_the_root(tmp_path):
     assert (root / "cgroup.subtree_control").read_text() == "cpuset cpu memory pids\n"  # untouched
 
 
+def test_without_a_cpuset_the_memory_and_process_limits_still_hold(tmp_path, monkeypatch):
+    """Cores are the one optional limit: where no cpuset can be had (no v1 tree of it, or a v2
+    parent that will not hand it down), the group is made without it, and says so."""
+    root = _fake_v1(tmp_path)
+    no_cpuset = _without(_v1_mountinfo(root), "cpuset")
+    group = cgroup_limits.create(0, 2**30, 64, (1,), mountinfo=no_cpuset, proc_cgroup=V1_CGROUP)
+    assert group is not None, cgroup_limits.unavailable()
+    assert set(group.dirs) == {"memory", "pids"} and group.missing == ("cpuset",)
+    assert cgroup_limits.describe(group) == "cgroup v1, no cpuset"
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.subtree_control").write_text("memory pids\n")
+    real = cgroup_limits._write
+
+    def refuse_cpuset(path, value):
+        if str(value) == "+cpuset":
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, value)
+    monkeypatch.setattr(cgroup_limits, "_write", refuse_cpuset)
+    group = cgroup_limits.create(0, 2**30, 64, (1,), mountinfo=_v2_mountinfo(v2), proc_cgroup="0::/\n")
+    assert group.missing == ("cpuset",) and not (group.dirs[""] / "cpuset.cpus").exists()
+    assert (group.dirs[""] / "memory.max").read_text() == str(2**30)
+
+
 def test_where_no_group_can_be_made_it_says_why_and_leaves_nothing(tmp_path):
     root = _fake_v1(tmp_path)
-    only_memory = "\n".join(line for line in _v1_mountinfo(root).splitlines() if "pids" not in line)
+    only_memory = _without(_v1_mountinfo(root), "pids")
     assert cgroup_limits.create(0, 2**30, 64, mountinfo=only_memory, proc_cgroup=V1_CGROUP) is None
     assert cgroup_limits.unavailable() == "no cgroup v1 tree has the pids controller"
     assert list((root / "memory" / "process_api" / "abc").iterdir()) == []   # nothing half-made
@@ -144,6 +173,9 @@ def test_the_report_says_whether_the_kernel_or_the_checks_held_each_step(monkeyp
     monkeypatch.setattr(sandbox, "kernel_limits", lambda slot=0: "cgroup v1")
     held = grade.sandbox_label(True)
     assert held.endswith("; memory, processes and cores held by the kernel (cgroup v1)"), held
+    monkeypatch.setattr(sandbox, "kernel_limits", lambda slot=0: "cgroup v2, no cpuset")
+    assert grade.sandbox_label(True).endswith(
+        "; memory and processes held by the kernel (cgroup v2, no cpuset)")
     monkeypatch.setattr(sandbox, "kernel_limits", lambda slot=0: "no cgroup (Permission denied)")
     checked = grade.sandbox_label(True)
     assert checked.endswith("; memory checked each second (no cgroup (Permission denied))"), checked
