@@ -5,8 +5,8 @@ The sandbox's rlimits bind one process at a time, and its checks each second
 process in flight. A cgroup is counted by the kernel, page by page, for every process in it:
 
 - ``memory``: what all its processes hold together, anonymous memory, in-memory files (its /tmp,
-  /dev/shm, memfds), kernel memory and swap, can never pass the group's limit; past it the kernel
-  reclaims, then kills a process of the group (an OOM kill, counted in the group's events);
+  /dev/shm, memfds), kernel memory and (where the kernel counts it) swap, can never pass the
+  group's limit; past it the kernel reclaims, then kills a process of the group (an OOM kill);
 - ``pids``: at most ``tasks`` processes and threads;
 - ``cpuset``: it runs only on the cores given (``sched_setaffinity`` cannot widen a cpuset).
 
@@ -14,12 +14,17 @@ Both of the kernel's layouts are handled, one directory per step, named ``course
 
 - cgroup v1 (a tree per controller, /sys/fs/cgroup/memory, …/pids, …/cpuset): under the grader's
   own group in each tree, so the step also counts towards whatever limits the grader runs under;
-- cgroup v2 (one tree): beside the grader's own group (a group that holds processes may not pass
-  controllers to groups below it), or under the root where the grader runs in the root.
+- cgroup v2 (one tree): beside the grader's own group, since a group that holds processes may not
+  pass controllers to groups below it (only the real root may). So limits set on the grader's own
+  group do not cover the steps; those on the groups above it do. Where the grader's group is the
+  root of its cgroup namespace (in a container) and holds processes, no controller can be handed
+  down, and no group is made.
 
 Creating groups takes root (as grading with the sandbox does) or a tree delegated to the grader.
 Where neither is there :func:`create` returns None, :func:`unavailable` says why, and the sandbox
-keeps to its rlimits and checks each second.
+keeps to its rlimits and checks each second. Cores (a cpuset) and swap are counted where the
+kernel offers them; a group without them still holds memory and processes, and
+:func:`describe` names what it lacks.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ PREFIX = "course-step-"
 MOUNT_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods"}
 """A v1 tree's options that are not controllers (nor are ``name=…`` and ``release_agent=…``)."""
 _numbers = itertools.count()
+CHARGE_AHEAD = 8 * 2**20   # what a group may be charged in advance on all cores together
 
 
 @dataclass(frozen=True)
@@ -100,29 +106,58 @@ class Group:
     version: int
     dirs: dict[str, Path]                       # controller → its directory ("" for v2)
     memory: int = 0                             # its memory limit, bytes
-    missing: tuple[str, ...] = ()               # controllers asked for that were not there
-    _killed: bool = field(default=False, repr=False)
+    missing: tuple[str, ...] = ()               # "cpuset", "swap limit": asked for, not there
+    _procs: list[bytes] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):   # built here, so that the child only opens and writes
+        self._procs = [os.fsencode(p / "cgroup.procs") for p in sorted(set(self.dirs.values()))]
 
     def _dir(self, controller: str) -> Path:
         return self.dirs[""] if self.version == 2 else self.dirs[controller]
 
     def join(self) -> None:
         """Move the calling process into the group (the child between fork and exec, so that all
-        it starts is counted from its first page)."""
-        pid = str(os.getpid())
-        for path in sorted(set(self.dirs.values())):
-            _write(path / "cgroup.procs", pid)
+        it starts is counted from its first page). Plain system calls: a child forked from a
+        threaded process must not take locks another thread may have held."""
+        pid = str(os.getpid()).encode()
+        for path in self._procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
 
-    def oom_kills(self) -> int:
-        """How many of its processes the kernel killed for passing the memory limit."""
-        path = self._dir("memory") / ("memory.events" if self.version == 2 else "memory.oom_control")
+    def _counter(self, name: str, key: str | None = None) -> int:
         try:
-            for line in path.read_text().splitlines():
-                if line.startswith("oom_kill "):
+            text = _read(self._dir("memory") / name)
+            if key is None:
+                return int(text)
+            for line in text.splitlines():
+                if line.startswith(key + " "):
                     return int(line.split()[1])
         except (OSError, ValueError):
             pass
         return 0
+
+    def oom_kills(self) -> int:
+        """How many of its processes the kernel killed for lack of memory (its limit's, or the
+        whole machine's: the kernel counts either in the killed process's group)."""
+        return self._counter("memory.events" if self.version == 2 else "memory.oom_control",
+                             "oom_kill")
+
+    def killed_at_its_limit(self) -> bool:
+        """Whether the kernel killed one of its processes because the group reached its own
+        limit (a kill for the machine's memory, with the group under its limit, is not its
+        fault)."""
+        if not self.oom_kills():
+            return False
+        if self.version == 2:
+            return self._counter("memory.events", "oom") > 0
+        # v1 keeps no count of limit hits that a kernel of today fills in (failcnt stays 0), so:
+        # did it ever hold its limit, less the pages each core may charge ahead (a few MiB)?
+        peak = max(self._counter("memory.max_usage_in_bytes"),
+                   self._counter("memory.memsw.max_usage_in_bytes"))
+        return peak >= self.memory - CHARGE_AHEAD
 
     def peak_memory(self) -> int:
         """The most memory the group held at once, bytes, as the kernel counted it (0 if unknown)."""
@@ -169,6 +204,11 @@ class Group:
         while left:
             for path in list(left):
                 try:
+                    if self.version == 1 and path == self.dirs.get("memory"):
+                        try:   # give back the file pages it read, rather than keep a removed
+                            _write(path / "memory.force_empty", 0)   # group alive for them
+                        except OSError:
+                            pass
                     path.rmdir()
                     left.discard(path)
                 except FileNotFoundError:
@@ -258,7 +298,7 @@ def _plan_v2(tree: Hierarchy, own: str, required: tuple[str, ...],
 def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
            mountinfo: str | None = None, proc_cgroup: str | None = None) -> Group | None:
     """A new group for one step in parallel slot ``slot``: at most ``memory`` bytes (swap
-    included), ``tasks`` processes and threads, and the cores ``cpus`` (all where empty). None
+    included where the kernel counts it), ``tasks`` processes and threads, and the cores ``cpus`` (all where empty). None
     where groups cannot be made here (:func:`unavailable` says why)."""
     global _reason
     try:
@@ -292,12 +332,14 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
             path.mkdir()
             made.append(path)
             dirs[controller] = path
-        group = Group(version, dirs, memory, tuple(c for c in optional if c not in got))
+        missing = [c for c in optional if c not in got]
         if version == 2:
             path = dirs[""]
             _write(path / "memory.max", memory)
             if (path / "memory.swap.max").exists():
                 _write(path / "memory.swap.max", 0)
+            else:
+                missing.append("swap limit")
             _write(path / "memory.oom.group", 1)   # an OOM kill ends the whole step
             _write(path / "pids.max", tasks)
             if "cpuset" in got:
@@ -306,11 +348,20 @@ def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
             _write(dirs["memory"] / "memory.limit_in_bytes", memory)
             if (dirs["memory"] / "memory.memsw.limit_in_bytes").exists():   # swap counts too
                 _write(dirs["memory"] / "memory.memsw.limit_in_bytes", memory)
+            else:   # the kernel was started without swap accounting
+                missing.append("swap limit")
             _write(dirs["pids"] / "pids.max", tasks)
             if "cpuset" in got:
-                parent = dirs["cpuset"].parent
-                _write(dirs["cpuset"] / "cpuset.mems", _read(parent / "cpuset.mems"))
-                _write(dirs["cpuset"] / "cpuset.cpus", ",".join(map(str, cpus)))
+                try:
+                    parent = dirs["cpuset"].parent
+                    _write(dirs["cpuset"] / "cpuset.mems", _read(parent / "cpuset.mems"))
+                    _write(dirs["cpuset"] / "cpuset.cpus", ",".join(map(str, cpus)))
+                except OSError:   # cores outside the grader's own cpuset: hold the rest
+                    cpuset = dirs.pop("cpuset")
+                    made.remove(cpuset)
+                    cpuset.rmdir()
+                    missing.insert(0, "cpuset")
+        group = Group(version, dirs, memory, tuple(missing))
     except (OSError, ValueError) as err:
         for path in reversed(made):
             try:

@@ -502,6 +502,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     except Exception as err:  # the grader's own bug: say so, never a false pass or fail
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
+    report.sandbox = sandbox_label(opts.use_sandbox, opts.slot)   # a step may have lost its group
     return report
 
 

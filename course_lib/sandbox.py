@@ -358,17 +358,17 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
                                                       limits.processes, limits.cpus)
     start = time.perf_counter()
     try:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=_limit(limits, group),
-                                pass_fds=() if seccomp_fd is None else (seccomp_fd,))
-    except subprocess.SubprocessError as err:   # the child could not join its group
+        proc = _start(cmd, cwd, env, limits, group, seccomp_fd)
+    except BaseException:
         if group is not None:
             group.remove()
-        raise SandboxUnavailable(f"could not start the step in its cgroup ({err})") from None
+        raise
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
+    if getattr(proc, "fell_back", False):
+        group.remove()
+        group = None
     out, err = _Tail(proc.stdout), _Tail(proc.stderr)
     code, over = None, ""
     while True:
@@ -391,6 +391,36 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
     for pipe in (proc.stdout, proc.stderr):
         pipe.close()
     return result
+
+
+_fell_back = ""   # why a step had to start without its cgroup (kernel_limits reports it)
+
+
+def _start(cmd, cwd, env, limits: Limits, group, seccomp_fd) -> subprocess.Popen:
+    """Start the step; where it cannot join its cgroup, start it again without one (the checks
+    each second still hold it) rather than fail every submission, and remember why."""
+    global _fell_back
+
+    def popen(group):
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=_limit(limits, group),
+                                pass_fds=() if seccomp_fd is None else (seccomp_fd,))
+    if group is None:
+        try:
+            return popen(None)
+        except subprocess.SubprocessError as err:   # setrlimit or sched_setaffinity failed
+            raise SandboxUnavailable(f"could not start the step: {err}") from None
+    try:
+        return popen(group)
+    except subprocess.SubprocessError as err:   # the child could not join its group
+        _fell_back = f"a step could not join its group: {err}"
+    try:
+        proc = popen(None)
+    except subprocess.SubprocessError as err:
+        raise SandboxUnavailable(f"could not start the step: {err}") from None
+    proc.fell_back = True
+    return proc
 
 
 def _size(n: int) -> str:
@@ -517,25 +547,31 @@ def memory_over(pids: list[int], limits: Limits, files: int = 0) -> str:
 
 
 def kernel_memory(limits: Limits) -> int:
-    """The memory the kernel lets a step hold (its cgroup's limit, swap included): its share,
-    plus its /tmp and its /dev/shm, which live in memory. The checks each second stop it at its
-    share first, with a clearer line; this limit holds where they are too slow."""
+    """The memory the kernel lets a step hold (its cgroup's limit, swap included where the kernel
+    counts swap): its share, plus its /tmp and its /dev/shm, which live in memory. The checks
+    each second stop it at its share first, with a clearer line; this limit holds where they are
+    too slow."""
     return limits.memory_bytes + 2 * limits.shm_bytes
 
 
 def kernel_over(group: cgroup_limits.Group | None, limits: Limits) -> str:
-    """Why the kernel stopped a process of the step, or "" (and "" without a cgroup)."""
-    if group is None or not group.oom_kills():
+    """Why the kernel stopped a process of the step for passing its group's limit, or "" (and ""
+    without a cgroup, or for a kill by the machine's own shortage, not the step's doing)."""
+    if group is None or not group.killed_at_its_limit():
         return ""
     return (f"used more than {_size(kernel_memory(limits))} of memory, its /tmp and /dev/shm "
             "included (the kernel stopped it)")
 
 
-@functools.lru_cache(maxsize=None)
 def kernel_limits(slot: int = 0) -> str:
     """What holds a step's memory, processes and cores here: "cgroup v1" or "cgroup v2" (", no
     cpuset" where the cores cannot be held) where the grader can make a group (tried once, then
-    removed), else why not."""
+    removed), else why not; and why not once a step had to start without its group."""
+    return f"no cgroup ({_fell_back})" if _fell_back else _probe(slot)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(slot: int) -> str:
     group = cgroup_limits.create(slot, kernel_memory(Limits()), Limits.processes,
                                  tuple(host_cores()))
     if group is not None:

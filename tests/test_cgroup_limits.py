@@ -66,7 +66,7 @@ def test_v1_a_group_under_the_graders_own_in_each_tree(tmp_path):
     assert (memory / "memory.limit_in_bytes").read_text() == str(3 * 2**30)
     assert (pids / "pids.max").read_text() == "256"
     assert (cpuset / "cpuset.cpus").read_text() == "1,2" and (cpuset / "cpuset.mems").read_text() == "0"
-    assert cgroup_limits.describe(group) == "cgroup v1"
+    assert cgroup_limits.describe(group) == "cgroup v1, no swap limit"   # no memsw file here
 
 
 def test_v1_without_cores_needs_no_cpuset_and_swap_counts_where_the_kernel_counts_it(tmp_path):
@@ -102,7 +102,7 @@ def test_v2_a_group_beside_the_graders_own_with_its_controllers_handed_down(tmp_
     assert {f: (path / f).read_text() for f in ("memory.max", "memory.oom.group", "pids.max",
                                                 "cpuset.cpus")} == {
         "memory.max": str(2**30), "memory.oom.group": "1", "pids.max": "100", "cpuset.cpus": "3"}
-    assert cgroup_limits.describe(group) == "cgroup v2"
+    assert cgroup_limits.describe(group) == "cgroup v2, no swap limit"   # no swap.max here
 
 
 def test_v2_in_the_root_group_the_step_goes_under_the_root(tmp_path):
@@ -121,8 +121,12 @@ def test_without_a_cpuset_the_memory_and_process_limits_still_hold(tmp_path, mon
     no_cpuset = _without(_v1_mountinfo(root), "cpuset")
     group = cgroup_limits.create(0, 2**30, 64, (1,), mountinfo=no_cpuset, proc_cgroup=V1_CGROUP)
     assert group is not None, cgroup_limits.unavailable()
-    assert set(group.dirs) == {"memory", "pids"} and group.missing == ("cpuset",)
-    assert cgroup_limits.describe(group) == "cgroup v1, no cpuset"
+    assert set(group.dirs) == {"memory", "pids"} and group.missing == ("cpuset", "swap limit")
+    assert cgroup_limits.describe(group) == "cgroup v1, no cpuset, no swap limit"
+    (root / "cpuset" / "cpuset.mems").unlink()   # a cpuset tree that refuses the cores asked for
+    group = cgroup_limits.create(0, 2**30, 64, (1,), mountinfo=_v1_mountinfo(root), proc_cgroup=V1_CGROUP)
+    assert set(group.dirs) == {"memory", "pids"} and group.missing[0] == "cpuset"
+    assert list((root / "cpuset").glob(cgroup_limits.PREFIX + "*")) == []
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "cgroup.subtree_control").write_text("memory pids\n")
@@ -134,7 +138,7 @@ def test_without_a_cpuset_the_memory_and_process_limits_still_hold(tmp_path, mon
         real(path, value)
     monkeypatch.setattr(cgroup_limits, "_write", refuse_cpuset)
     group = cgroup_limits.create(0, 2**30, 64, (1,), mountinfo=_v2_mountinfo(v2), proc_cgroup="0::/\n")
-    assert group.missing == ("cpuset",) and not (group.dirs[""] / "cpuset.cpus").exists()
+    assert group.missing[0] == "cpuset" and not (group.dirs[""] / "cpuset.cpus").exists()
     assert (group.dirs[""] / "memory.max").read_text() == str(2**30)
 
 
@@ -180,3 +184,21 @@ def test_the_report_says_whether_the_kernel_or_the_checks_held_each_step(monkeyp
     checked = grade.sandbox_label(True)
     assert checked.endswith("; memory checked each second (no cgroup (Permission denied))"), checked
     assert grade.sandbox_label(False) == "NONE (--no-sandbox)"
+
+
+def test_only_a_kill_at_the_groups_own_limit_is_the_steps_doing(tmp_path):
+    """The kernel counts an OOM kill in the killed process's group whatever limit was reached:
+    the machine's own shortage, with the group under its limit, must not fail a student."""
+    v1 = cgroup_limits.Group(1, {"memory": tmp_path, "pids": tmp_path}, memory=2**30)
+    (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    (tmp_path / "memory.max_usage_in_bytes").write_text(f"{2**29}\n")   # half its limit
+    assert v1.oom_kills() == 1 and not v1.killed_at_its_limit()
+    (tmp_path / "memory.max_usage_in_bytes").write_text(f"{2**30}\n")   # all of it
+    assert v1.killed_at_its_limit()
+    v2 = cgroup_limits.Group(2, {"": tmp_path})
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n")
+    assert v2.oom_kills() == 1 and not v2.killed_at_its_limit()
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+    assert v2.killed_at_its_limit()
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 0\noom_kill 0\n")
+    assert not v2.killed_at_its_limit()

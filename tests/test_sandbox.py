@@ -390,12 +390,14 @@ def test_memory_files_it_never_maps_count_too(sandboxed):
     assert control.returncode == 0 and "done" in control.stdout and control.over == "", control
 
 
-def _need_cgroups():
+def _need_cgroups(cores: bool = False):
     """Kernel limits need a cgroup tree the grader may write (root, or a delegated one); without
     one the sandbox keeps to its checks each second, so these tests skip, even under CI."""
     found = sandbox.kernel_limits()
     if not found.startswith("cgroup"):
         pytest.skip(f"no cgroup can be made here, so the kernel limits are not tested: {found}")
+    if cores and "no cpuset" in found:
+        pytest.skip(f"cgroups here hold no cores ({found})")
 
 
 def _groups_left() -> list[Path]:
@@ -411,9 +413,11 @@ BURST = ("import multiprocessing as mp\n"
 
 
 def test_the_kernel_stops_a_burst_between_two_checks(sandboxed, monkeypatch):
-    """Four processes take 200 MiB each and are gone within the first second: the checks each
-    second never see them (the control, without a cgroup), the kernel's count does."""
+    """Four processes take 200 MiB each and are gone between two checks (here 5 s apart, so that
+    a slow start cannot bring a check into the burst): the checks never see them (the control,
+    without a cgroup), the kernel's count does."""
     _need_cgroups()
+    monkeypatch.setattr(sandbox, "POLL_SECONDS", 5.0)
     small = sandbox.Limits(memory_bytes=256 * 2**20, shm_bytes=64 * 2**20)   # kernel: 384 MiB
     stopped = sandboxed(BURST, limits=small)
     assert stopped.over == ("used more than 384 MiB of memory, its /tmp and /dev/shm included "
@@ -452,7 +456,7 @@ def test_a_step_cannot_widen_its_cores_past_its_slot(sandboxed, monkeypatch):
     """With --jobs N a slot's cores are a cpuset: sched_setaffinity (which PyTorch needs, so the
     filter allows it) cannot take the step onto another slot's cores. The control, without a
     cgroup: the same call widens them."""
-    _need_cgroups()
+    _need_cgroups(cores=True)
     cores = sorted(os.sched_getaffinity(0))
     _need(len(cores) >= 2, "needs two cores to keep the sandbox to one of them")
     code = (f"import os\nos.sched_setaffinity(0, {set(cores)})\n"
@@ -461,6 +465,28 @@ def test_a_step_cannot_widen_its_cores_past_its_slot(sandboxed, monkeypatch):
     assert sandboxed(code, limits=one).stdout.strip() == f"{[cores[-1]]}"
     monkeypatch.setattr(sandbox.cgroup_limits, "create", lambda *a, **k: None)
     assert sandboxed(code, limits=one).stdout.strip() == f"{cores}"
+
+
+def test_a_step_that_cannot_join_its_group_still_runs_and_the_report_says_why(sandboxed,
+                                                                            monkeypatch):
+    """Falling back to the checks each second beats failing every submission; a start that
+    fails outright (no such program) leaves no group behind."""
+    _need_cgroups()
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(sandbox.cgroup_limits.Group, "join", refuse)
+    monkeypatch.setattr(sandbox, "_fell_back", "")
+    result = sandboxed("print('ran')")
+    assert result.returncode == 0 and result.stdout.strip() == "ran", result
+    assert sandbox.kernel_limits().startswith("no cgroup (a step could not join its group"), \
+        sandbox.kernel_limits()
+    assert _groups_left() == []
+    monkeypatch.undo()
+    monkeypatch.setattr(sandbox, "bwrap_command", lambda *a, **k: ["/nonexistent/bwrap"])
+    with pytest.raises(FileNotFoundError):
+        sandboxed("print('never')")
+    assert _groups_left() == []
 
 
 def test_process_limit_binds(sandboxed):
