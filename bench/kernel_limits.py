@@ -100,7 +100,8 @@ def _costs(work: Path) -> dict:
             assert threads == "2", result.stdout
             steps[name].append(float(ms))
     return {f"start_{k}_s": round(statistics.median(v), 3) for k, v in starts.items()} | {
-        f"step_{k}_ms": round(statistics.median(v), 1) for k, v in steps.items()}
+        f"step_{k}_ms": round(statistics.median(v), 1) for k, v in steps.items()} | {
+        f"step_{k}_rounds_ms": [round(ms, 1) for ms in v] for k, v in steps.items()}
 
 
 def main() -> int:

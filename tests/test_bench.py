@@ -1145,6 +1145,8 @@ def test_the_kernel_limits_section_quotes_its_attacks_costs_and_grading():
             f"{figures['step_none_ms']:.1f} ms without") in section
     assert (f"{figures['start_cgroup_s']:.3f} s with its cgroup and "
             f"{figures['start_none_s']:.3f} s without") in section
+    rounds = figures["step_cgroup_rounds_ms"] + figures["step_none_rounds_ms"]
+    assert f"ranged from {min(rounds):.0f} to {max(rounds):.0f} ms" in section
     key = (ROOT / "bench" / "grade_key_full_cgroup.md").read_text()
     assert "- result: pass" in key and float(re.search(r"\| (\d+\.\d)% \|\n", key).group(1)) >= 95
     assert "memory, processes and cores held by the kernel (cgroup v1)" in key.splitlines()[0]
