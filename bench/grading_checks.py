@@ -66,15 +66,19 @@ def sources(key: Path, cheats: dict | None = None) -> dict:
     return found
 
 
-def private_judge() -> torch.nn.Module:
-    """The bench's stand-in for a grading machine's private judge: the grader's recipe (one epoch
-    of classifier.train_classifier) from seed 1 instead of a secret one, trained once."""
-    from course_lib.classifier import train_classifier
+def private_judge() -> list[torch.nn.Module]:
+    """The bench's stand-in for a grading machine's private judges: one, trained by the grader's
+    recipe (one epoch of classifier.train_classifier) from seed 1 instead of a secret one, once
+    (bench/private_judges.py measures three of them against one)."""
+    from course_lib.classifier import DigitClassifier, train_classifier
+    from course_lib.train import load_checkpoint
 
     path = ROOT / "bench" / "out" / "private_mnist_judge_seed1.pt"
     if not path.is_file():
         train_classifier("mnist", epochs=1, seed=1, out=path)
-    return gc.load_private_judge(path)
+    model = DigitClassifier()
+    load_checkpoint(path, model)
+    return [model.eval()]
 
 
 def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
@@ -89,7 +93,7 @@ def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
         limit = gc.FRECHET_RATIO * gc.real_frechet(judge, labels)
         acc = (judge.predict(images) == labels).float().mean().item()
         with torch.no_grad():
-            second = (judge.second(images).argmax(1) == labels).float().mean().item()
+            second = min((j(images).argmax(1) == labels).float().mean().item() for j in judge.second)
         memorised = copies > gc.COPY_SHARE * len(images)
         fake = fd > limit
         disputed = second < acc - gc.SECOND_OPINION_GAP

@@ -17,7 +17,7 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
    verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
    afresh, not memorised, realistic, drawn from the notebook's network (none left once its
    weights are shuffled), read as the digits asked for (>= ``--threshold``), and read about as
-   well by the grader's private second judge (pixels tuned to the public judge are not).
+   well by each of the grader's private judges (pixels tuned to the public judge are not).
 
 Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could not grade (the
 grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 
 from . import sandbox
-from .grade_checks import (SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade, Judge, NotPlain,
-                           Rejected, check_drawn, check_from_network, check_not_memorised,
+from .grade_checks import (PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade,
+                           Judge, NotPlain, Rejected, check_drawn, check_from_network, check_not_memorised,
                            check_realistic, check_samples, check_second_opinion,
                            ensure_private_judge, load_judge, load_private_judge, read_plain,
                            read_samples)
@@ -80,7 +80,7 @@ class Report:
     frechet: float | None = None
     frechet_limit: float | None = None
     shuffled_accuracy: float | None = None   # the judge on the draw with shuffled weights
-    second_opinion: float | None = None   # the private judge's share read as asked for
+    second_opinion: float | None = None   # the strictest private judge's share read as asked for
     seconds_running: float | None = None
     seconds_sampling: float | None = None
     seconds_grading: float | None = None
@@ -104,7 +104,8 @@ class Report:
             lines.append(f"Fréchet distance to real digits: {self.frechet:.1f} "
                          f"(limit {self.frechet_limit or 0:.1f})")
         if self.second_opinion is not None:
-            lines.append(f"independent judge (private): {self.second_opinion:.1%} read as asked for "
+            lines.append(f"independent judges (private, the strictest of {PRIVATE_JUDGES}): "
+                         f"{self.second_opinion:.1%} read as asked for "
                          f"(may not fall more than {SECOND_OPINION_GAP * 100:.0f} points below "
                          "the judge's)")
         if self.shuffled_accuracy is not None:
@@ -576,9 +577,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-sandbox", action="store_true",
                         help="run notebooks WITHOUT isolation (trusted notebooks only)")
     parser.add_argument("--private-judge", type=Path, default=None,
-                        help="the grader's private second judge (default: "
-                             "~/.cache/course_lib/grader/private_mnist_judge.pt, or under "
-                             "$COURSE_GRADER_DIR; trained there on first use, about a minute)")
+                        help="the grader's private second judges, one file (default: "
+                             "~/.cache/course_lib/grader/private_mnist_judges.pt, or under "
+                             "$COURSE_GRADER_DIR; trained there on first use, about a minute each)")
     parser.add_argument("--slot", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--name", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--origin", default=None, help=argparse.SUPPRESS)

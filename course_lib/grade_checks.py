@@ -26,12 +26,14 @@ A pass must show *generated* digits:
 - **a second opinion agrees**: the course's judge is public (its weights ship with the course), so
   a sampler can optimise pixels against it until it reads any digit asked for, with realistic
   features and without copying (``tests/adversarial/cheats.py::judge_ascent``: 100% to the judge,
-  from noise, in seconds). The grader therefore also asks a private judge, of the same design but
-  trained on the grading machine from a secret seed and never shown to any sandbox
-  (:func:`ensure_private_judge`): it may read at most ``SECOND_OPINION_GAP`` fewer samples as
-  asked than the course's judge does. Real digits and generated ones read alike on both; how
-  much of a tuned picture carries over depends on the private judge's seed (64% to 96% in three
-  trainings, README), so this is a hurdle, and the report's grid of samples the final check.
+  from noise, in seconds). The grader therefore also asks ``PRIVATE_JUDGES`` private judges, of
+  the same design but each trained on the grading machine from a secret seed and never shown to
+  any sandbox (:func:`ensure_private_judge`): none may read more than ``SECOND_OPINION_GAP``
+  fewer samples as asked than the course's judge does. Real digits and generated ones read alike
+  on all of them. How much of a tuned picture carries over depends on a judge's seed (53% to 90%
+  on average across six trainings, ``bench/private_judges.md``): one judge disputed 92% of the
+  tuned sets there, the strictest of three every one. Still a hurdle, not a proof: the report's
+  grid of samples is the final check.
 
 The thresholds are calibrated in ``bench/grading_checks.py`` (false rejects on real held-out
 digits and on the answer key, catches on crafted cheats), whose figures are in
@@ -121,7 +123,7 @@ class Judge:
     coarse: torch.Tensor             # the same in coarse canonical form (N, 196), unit rows
     real_mean: torch.Tensor | None = None   # judge features of real digits: mean and covariance
     real_cov: torch.Tensor | None = None
-    second: torch.nn.Module | None = None   # the private judge (ensure_private_judge), if loaded
+    second: list[torch.nn.Module] | None = None   # the private judges (ensure_private_judge)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -159,47 +161,66 @@ def load_judge(weights: Path = JUDGE_WEIGHTS, sha256: str = JUDGE_SHA256,
     return judge
 
 
+PRIVATE_JUDGES = 3
+"""How many private judges give the second opinion (the strictest counts): one disputed 92% of
+the sets tuned to the course's judge, the strictest of three every one (``bench/private_judges.md``)."""
+
+
 def private_judge_path() -> Path:
-    """Where this machine's private judge lives: ``$COURSE_GRADER_DIR``, else
-    ``~/.cache/course_lib/grader`` (the grader's home: hidden from every sandbox)."""
+    """Where this machine's private judges live: ``$COURSE_GRADER_DIR``, else
+    ``~/.cache/course_lib/grader`` (the grader's home: hidden from every sandbox). One file holds
+    all of them (a single judge's file of earlier versions, ``private_mnist_judge.pt``, is left)."""
     base = os.environ.get("COURSE_GRADER_DIR")
     folder = Path(base).expanduser() if base else Path.home() / ".cache" / "course_lib" / "grader"
-    return folder / "private_mnist_judge.pt"
+    return folder / "private_mnist_judges.pt"
 
 
 def ensure_private_judge(path: Path | None = None, progress: bool = True) -> Path:
-    """The private judge's file, trained first if it is not there: ``classifier.train_classifier``
-    for one epoch (about a minute on 2 CPU cores, 99% on MNIST's test set) from a seed drawn with
-    ``secrets``, in a folder only the grader can read. Once per grading machine."""
+    """The private judges' file, trained first if it is not there: ``PRIVATE_JUDGES`` runs of
+    ``classifier.train_classifier`` for one epoch (about a minute each on 2 CPU cores, 99% on
+    MNIST's test set), each from a seed drawn with ``secrets``, in a folder only the grader can
+    read. Once per grading machine."""
     path = Path(path) if path is not None else private_judge_path()
     if path.is_file():
         return path
     from .classifier import train_classifier
     from .data import DataNotFoundError
+    from .storage import save_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-    print(f"training the grader's private judge, once for this machine (about a minute on 2 CPU "
-          f"cores) -> {path}", file=sys.stderr, flush=True)
+    print(f"training the grader's {PRIVATE_JUDGES} private judges, once for this machine (about a "
+          f"minute each on 2 CPU cores) -> {path}", file=sys.stderr, flush=True)
+    states = []
     try:
-        train_classifier("mnist", epochs=1, seed=secrets.randbits(31), out=path, progress=progress)
+        for _ in range(PRIVATE_JUDGES):
+            model, _ = train_classifier("mnist", epochs=1, seed=secrets.randbits(31),
+                                        progress=progress)
+            states.append(model.state_dict())
     except DataNotFoundError as err:
-        raise CannotGrade(f"MNIST is needed to train the grader's private judge: {err}") from None
+        raise CannotGrade(f"MNIST is needed to train the grader's private judges: {err}") from None
+    save_atomic({"judges": states}, path)   # all or nothing: a half-trained set is never kept
     return path
 
 
-def load_private_judge(path: Path | None = None) -> torch.nn.Module:
-    """The private judge, in eval mode (trained first where needed)."""
+def load_private_judge(path: Path | None = None) -> list[torch.nn.Module]:
+    """The private judges, in eval mode (trained first where needed)."""
     from .classifier import DigitClassifier
-    from .train import load_checkpoint
+    from .storage import load_tensors
 
-    model = DigitClassifier()
+    judges = []
     try:
-        load_checkpoint(ensure_private_judge(path), model)
+        for state in load_tensors(ensure_private_judge(path), "cpu")["judges"]:
+            model = DigitClassifier()
+            model.load_state_dict(state)
+            judges.append(model.eval())
     except Exception as err:
-        raise CannotGrade(f"the grader's private judge cannot be loaded ({err}); delete "
-                          f"{path or private_judge_path()} and it is trained again") from None
-    return model.eval()
+        raise CannotGrade(f"the grader's private judges cannot be loaded ({err}); delete "
+                          f"{path or private_judge_path()} and they are trained again") from None
+    if not judges:
+        raise CannotGrade(f"{path or private_judge_path()} holds no private judge; delete it and "
+                          "they are trained again")
+    return judges
 
 
 # --- reading the samples file ---------------------------------------------------------------------
@@ -409,15 +430,20 @@ def check_realistic(images: torch.Tensor, labels: torch.Tensor, judge: Judge,
 
 @torch.no_grad()
 def check_second_opinion(images: torch.Tensor, labels: torch.Tensor, accuracy: float,
-                         second: torch.nn.Module, gap: float = SECOND_OPINION_GAP) -> float:
-    """Raise Rejected when the private judge reads far fewer samples as asked for than the
+                         judges: list[torch.nn.Module], gap: float = SECOND_OPINION_GAP) -> float:
+    """Raise Rejected when any private judge reads far fewer samples as asked for than the
     course's judge (``accuracy``): pictures tuned against the public judge's weights fool that
-    network, not another one. Returns the private judge's share."""
-    read = torch.cat([second(b).argmax(1) for b in images.float().split(500)])
-    share = (read == labels).float().mean().item()
+    network, and carry over to other trainings by a share that varies with their seeds. Returns
+    the strictest private judge's share."""
+    shares = []
+    with torch.no_grad():
+        for judge in judges:
+            read = torch.cat([judge(b).argmax(1) for b in images.float().split(500)])
+            shares.append((read == labels).float().mean().item())
+    share = min(shares)
     if share < accuracy - gap:
         raise Rejected(f"the course's judge reads {accuracy:.0%} of the samples as asked for, an "
-                       f"independent one only {share:.0%}: the samples are tuned to the course's "
+                       f"independent one (the strictest of {len(judges)} private judges) only {share:.0%}: the samples are tuned to the course's "
                        "judge, not drawn as digits; sample_digits must draw them with its diffusion "
                        "model, without the judge")
     return share

@@ -1152,3 +1152,29 @@ def test_the_kernel_limits_section_quotes_its_attacks_costs_and_grading():
     assert "memory, processes and cores held by the kernel (cgroup v1)" in key.splitlines()[0]
     seconds = int(re.search(r"notebook run \(training \+ its own cells\): (\d+) s", key).group(1))
     assert f"its notebook ran {seconds} s" in section
+
+
+def test_the_private_judges_section_quotes_its_catches_and_the_grader_trains_three():
+    """RESULTS section 22 and the documents quote bench/private_judges.json: the strictest of
+    three judges disputed every tuned set and no real or answer-key set, more than one judge
+    alone; the grader trains that many."""
+    import json
+    from course_lib import grade_checks
+    figures = json.loads((ROOT / "bench" / "private_judges.json").read_text())
+    rates = figures["rates"]
+    ascent, real, key = (rates["judge ascent (no model)"], rates["real held-out test digits"],
+                         rates["answer key samples"])
+    assert ascent["three"] == 1.0 and ascent["one"] < ascent["three"]
+    assert real["one"] == real["three"] == key["one"] == key["three"] == 0.0
+    assert grade_checks.PRIVATE_JUDGES == 3
+    means = [round(100 * v) for v in ascent["per_judge"].values()]
+    one = f"{ascent['one']:.0%}"
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 22. ")[1].split())
+    assert f"One judge disputed {one} of the tuned sets" in section
+    assert f"lowest read by any judge was {real['lowest']:.0%} and {key['lowest']:.0%}" in section
+    for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md", "course_lib/grade_checks.py"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert one in text and "strictest of three" in text, doc
+    for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert f"{min(means)}% to {max(means)}%" in text, doc
