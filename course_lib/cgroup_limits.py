@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "course-step-"
-MOUNT_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods"}
+MOUNT_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode",
+                 "favordynmods"}
 """A v1 tree's options that are not controllers (nor are ``name=…`` and ``release_agent=…``)."""
 _numbers = itertools.count()
 CHARGE_AHEAD = 8 * 2**20   # what a group may be charged in advance on all cores together
@@ -160,7 +161,7 @@ class Group:
         return peak >= self.memory - CHARGE_AHEAD
 
     def peak_memory(self) -> int:
-        """The most memory the group held at once, bytes, as the kernel counted it (0 if unknown)."""
+        """The most memory the group held at once, in bytes, by the kernel's count (0: unknown)."""
         name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
         try:
             return int(_read(self._dir("memory") / name))
@@ -298,8 +299,9 @@ def _plan_v2(tree: Hierarchy, own: str, required: tuple[str, ...],
 def create(slot: int, memory: int, tasks: int, cpus: tuple[int, ...] = (), *,
            mountinfo: str | None = None, proc_cgroup: str | None = None) -> Group | None:
     """A new group for one step in parallel slot ``slot``: at most ``memory`` bytes (swap
-    included where the kernel counts it), ``tasks`` processes and threads, and the cores ``cpus`` (all where empty). None
-    where groups cannot be made here (:func:`unavailable` says why)."""
+    included where the kernel counts it), ``tasks`` processes and threads, and the cores
+    ``cpus`` (all where empty). None where groups cannot be made here (:func:`unavailable` says
+    why)."""
     global _reason
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text() if mountinfo is None else mountinfo

@@ -47,8 +47,8 @@ import torch
 
 from . import sandbox
 from .grade_checks import (PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade,
-                           Judge, NotPlain, Rejected, check_drawn, check_from_network, check_not_memorised,
-                           check_realistic, check_samples, check_second_opinion,
+                           Judge, NotPlain, Rejected, check_drawn, check_from_network,
+                           check_not_memorised, check_realistic, check_samples, check_second_opinion,
                            ensure_private_judge, load_judge, load_private_judge, read_plain,
                            read_samples)
 
