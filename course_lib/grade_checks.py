@@ -71,7 +71,7 @@ SAME_COSINE = 0.995           # two samples this similar are the same picture
 DIFFER_SHARE = 0.5            # more than this share of second-draw samples equal to the first fails
 FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
 SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
-SECOND_OPINION_GAP = 0.10     # the private judge may read at most this share fewer as asked for
+SECOND_OPINION_GAP = 0.10     # each private judge may read at most this share fewer as asked for
 
 
 def one_line(text) -> str:
