@@ -154,8 +154,8 @@ class Group:
             return False
         if self.version == 2:
             return self._counter("memory.events", "oom") > 0
-        # v1 keeps no count of limit hits that a kernel of today fills in (failcnt stays 0), so:
-        # did it ever hold its limit, less the pages each core may charge ahead (a few MiB)?
+        # v1's count of limit hits (memory.failcnt) stayed 0 on kernel 6.18 as a step was killed
+        # at its limit, so: did it ever hold its limit, less what cores may charge ahead?
         peak = max(self._counter("memory.max_usage_in_bytes"),
                    self._counter("memory.memsw.max_usage_in_bytes"))
         return peak >= self.memory - CHARGE_AHEAD
