@@ -66,19 +66,24 @@ def sources(key: Path, cheats: dict | None = None) -> dict:
     return found
 
 
-def private_judge() -> list[torch.nn.Module]:
-    """The bench's stand-in for a grading machine's private judges: one, trained by the grader's
-    recipe (one epoch of classifier.train_classifier) from seed 1 instead of a secret one, once
-    (bench/private_judges.py measures three of them against one)."""
+def seeded_judge(seed: int) -> torch.nn.Module:
+    """A private judge by the grader's recipe (one epoch of classifier.train_classifier) from
+    ``seed`` instead of a secret one, trained once into bench/out."""
     from course_lib.classifier import DigitClassifier, train_classifier
     from course_lib.train import load_checkpoint
 
-    path = ROOT / "bench" / "out" / "private_mnist_judge_seed1.pt"
+    path = ROOT / "bench" / "out" / f"private_mnist_judge_seed{seed}.pt"
     if not path.is_file():
-        train_classifier("mnist", epochs=1, seed=1, out=path)
+        train_classifier("mnist", epochs=1, seed=seed, out=path)
     model = DigitClassifier()
     load_checkpoint(path, model)
-    return [model.eval()]
+    return model.eval()
+
+
+def private_judge() -> list[torch.nn.Module]:
+    """The bench's stand-in for a grading machine's private judges: one, from seed 1
+    (bench/private_judges.py measures three of them against one)."""
+    return [seeded_judge(1)]
 
 
 def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:

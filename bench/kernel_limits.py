@@ -9,17 +9,19 @@ Writes bench/kernel_limits.json and bench/kernel_limits.md (RESULTS section 21).
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from course_lib import cgroup_limits, sandbox  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 from sandbox_overhead import STEP  # noqa: E402  (bench/: the same training step as section 20)
 
 RUNS = 15
@@ -48,16 +50,10 @@ ATTACKS = {
 }
 
 
-def _without_cgroups():
-    """A context in which the sandbox makes no cgroup (as on a machine where it cannot)."""
-    class Off:
-        def __enter__(self):
-            self.real = cgroup_limits.create
-            cgroup_limits.create = lambda *a, **k: None
-
-        def __exit__(self, *exc):
-            cgroup_limits.create = self.real
-    return Off()
+def _cgroups(on: bool):
+    """A context in which the sandbox makes its cgroups, or none (as where it cannot)."""
+    return contextlib.nullcontext() if on else mock.patch.object(cgroup_limits, "create",
+                                                                   return_value=None)
 
 
 def _attack(work: Path, code: str, limits: sandbox.Limits) -> dict:
@@ -81,21 +77,15 @@ def _costs(work: Path) -> dict:
     sandbox.prepare_workdir(work)
     starts: dict[str, list[float]] = {"cgroup": [], "none": []}
     steps: dict[str, list[float]] = {"cgroup": [], "none": []}
-    for run in range(RUNS):
+    for run in range(RUNS):   # each goes first in half the runs
         for name in ("cgroup", "none") if run % 2 == 0 else ("none", "cgroup"):
-            if name == "none":
-                with _without_cgroups():
-                    starts[name].append(sandbox.run([sys.executable, "-c", "pass"], work, 60).seconds)
-            else:
+            with _cgroups(name == "cgroup"):
                 starts[name].append(sandbox.run([sys.executable, "-c", "pass"], work, 60).seconds)
-    for round_ in range(ROUNDS):   # each goes first in half the rounds
+    for round_ in range(ROUNDS):   # and in half the rounds
         for name in ("cgroup", "none") if round_ % 2 == 0 else ("none", "cgroup"):
-            limits = sandbox.Limits(threads=2)
-            if name == "none":
-                with _without_cgroups():
-                    result = sandbox.run([sys.executable, "step.py"], work, 120, limits=limits)
-            else:
-                result = sandbox.run([sys.executable, "step.py"], work, 120, limits=limits)
+            with _cgroups(name == "cgroup"):
+                result = sandbox.run([sys.executable, "step.py"], work, 120,
+                                     limits=sandbox.Limits(threads=2))
             ms, threads = result.stdout.split()
             assert threads == "2", result.stdout
             steps[name].append(float(ms))
@@ -119,7 +109,7 @@ def main() -> int:
         sandbox.prepare_workdir(work)
         for name, (what, code, done, limits) in ATTACKS.items():
             held = _attack(work, code, limits)
-            with _without_cgroups():
+            with _cgroups(False):
                 checked = _attack(work, code, limits)
             attacks[name] = {"what": what, "cgroup": held, "checks_only": checked,
                              "stopped_with_cgroup": held["stdout"] != done,
@@ -127,11 +117,10 @@ def main() -> int:
         costs = _costs(work)
     figures = {"kernel_limits": kind, "cores": len(CORES), "runs": RUNS, "rounds": ROUNDS,
                "attacks": attacks, **costs}
-    (ROOT / "bench" / "kernel_limits.json").write_text(json.dumps(figures, indent=2) + "\n")
     share = f"memory share {SMALL.memory_bytes // MIB} MiB, /tmp and /dev/shm {SMALL.shm_bytes // MIB} MiB each"
     rows = [f"| {a['what']} | {_outcome(a['checks_only'], ATTACKS[n][2])} | "
             f"{_outcome(a['cgroup'], ATTACKS[n][2])} |" for n, a in attacks.items()]
-    table = "\n".join([
+    write_report("kernel_limits", [
         f"Three attacks in the grading sandbox on {len(CORES)} CPU cores ({kind}; the memory "
         f"attacks under a {share}), with the checks each second alone and with the step's "
         f"cgroup; then the cost of the cgroup (medians: {RUNS} starts, {ROUNDS} alternating "
@@ -141,9 +130,7 @@ def main() -> int:
         f"| cost: start and end of a sandboxed `python -c pass` | {costs['start_none_s']:.3f} s | "
         f"{costs['start_cgroup_s']:.3f} s |",
         f"| cost: a training step in the sandbox | {costs['step_none_ms']:.1f} ms | "
-        f"{costs['step_cgroup_ms']:.1f} ms |"])
-    (ROOT / "bench" / "kernel_limits.md").write_text(table + "\n")
-    print(table)
+        f"{costs['step_cgroup_ms']:.1f} ms |"], figures)
     return 0
 
 

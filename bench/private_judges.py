@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,21 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from course_lib import grade, grade_checks as gc  # noqa: E402
-from grading_checks import MUST_PASS, _cheats, _key_source  # noqa: E402  (bench/)
+from grading_checks import MUST_PASS, _cheats, _key_source, seeded_judge  # noqa: E402  (bench/)
+from report import write_report  # noqa: E402  (bench/report.py)
 
 ASCENT = "judge ascent (no model)"
-
-
-def _judge(seed: int) -> torch.nn.Module:
-    from course_lib.classifier import DigitClassifier, train_classifier
-    from course_lib.train import load_checkpoint
-
-    path = ROOT / "bench" / "out" / f"private_mnist_judge_seed{seed}.pt"
-    if not path.is_file():
-        train_classifier("mnist", epochs=1, seed=seed, out=path)
-    model = DigitClassifier()
-    load_checkpoint(path, model)
-    return model.eval()
 
 
 def main(argv=None) -> int:
@@ -53,7 +41,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     cheats = _cheats()
     public = gc.load_judge(hold_out=gc.HOLD_OUT)
-    judges = {seed: _judge(seed) for seed in range(1, args.judges + 1)}
+    judges = {seed: seeded_judge(seed) for seed in range(1, args.judges + 1)}
     sources = {MUST_PASS[0]: cheats.held_out_real, MUST_PASS[1]: _key_source(args.key),
                ASCENT: cheats.judge_ascent}
     reads: dict[str, list[dict]] = {}
@@ -82,7 +70,6 @@ def main(argv=None) -> int:
                        "lowest": min(r[s] for r in rows for s in seeds)}
     figures = {"judges": len(judges), "sets": args.sets, "gap": gc.SECOND_OPINION_GAP,
                "seconds": round(time.perf_counter() - start), "rates": rates, "reads": reads}
-    (ROOT / "bench" / "private_judges.json").write_text(json.dumps(figures, indent=2) + "\n")
     lines = [f"The second opinion on {args.sets} sets of ~100 samples per source, by {len(judges)} "
              f"private judges trained by the grader's recipe from seeds 1-{len(judges)} (a set is "
              f"disputed when a judge reads more than {gc.SECOND_OPINION_GAP * 100:.0f} points fewer "
@@ -95,8 +82,7 @@ def main(argv=None) -> int:
         each = ", ".join(f"{v:.0%}" for v in r["per_judge"].values())
         lines.append(f"| {name} | {'pass' if name in MUST_PASS else 'fail'} | {r['public']:.1%} | "
                      f"{each} | {r['lowest']:.0%} | {r['one']:.0%} | {r['three']:.0%} |")
-    (ROOT / "bench" / "private_judges.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("private_judges", lines, figures)
     return 0
 
 

@@ -9,7 +9,6 @@ Writes bench/sandbox_overhead.json and bench/sandbox_overhead.md (RESULTS sectio
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from course_lib import sandbox  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 RUNS = 15
 ROUNDS = 5
@@ -132,8 +132,7 @@ def main() -> int:
                "memory_exact_count_ms": round(exact_ms, 2),
                "memory_counted_mib": round(held / 2**20), "runs": RUNS,
                **{f"step_ms_{name}": round(ms, 1) for name, ms in step.items()}}
-    (ROOT / "bench" / "sandbox_overhead.json").write_text(json.dumps(figures, indent=2) + "\n")
-    table = "\n".join([
+    write_report("sandbox_overhead", [
         f"The grading sandbox's costs on {os.cpu_count()} CPU cores (medians: {RUNS} starts, 50 checks,"
         f" {ROUNDS} alternating rounds of 6 s of training steps)",
         "", "| what | cost |", "|---|---|",
@@ -144,9 +143,8 @@ def main() -> int:
         f"| its exact count (smaps_rollup), made only near the limit | {exact_ms:.2f} ms |",
         f"| a training step, outside the sandbox | {step['host']:.1f} ms |",
         f"| the same step in the sandbox (filter, checks each second) | {step['sandbox']:.1f} ms |",
-        f"| the same step in the sandbox without the filter and the checks | {step['sandbox_bare']:.1f} ms |"])
-    (ROOT / "bench" / "sandbox_overhead.md").write_text(table + "\n")
-    print(table)
+        f"| the same step in the sandbox without the filter and the checks | {step['sandbox_bare']:.1f} ms |"],
+        figures)
     return 0
 
 

@@ -162,11 +162,7 @@ class Group:
 
     def peak_memory(self) -> int:
         """The most memory the group held at once, in bytes, by the kernel's count (0: unknown)."""
-        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
-        try:
-            return int(_read(self._dir("memory") / name))
-        except (OSError, ValueError):
-            return 0
+        return self._counter("memory.peak" if self.version == 2 else "memory.max_usage_in_bytes")
 
     def pids(self) -> list[int]:
         found = set()

@@ -48,8 +48,9 @@ import torch
 from . import sandbox
 from .grade_checks import (PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade,
                            Judge, NotPlain, Rejected, check_drawn, check_from_network,
-                           check_not_memorised, check_realistic, check_samples, check_second_opinion,
-                           ensure_private_judge, load_judge, load_private_judge, read_plain,
+                           check_not_memorised, check_realistic, check_samples,
+                           check_second_opinion, ensure_private_judge, load_judge,
+                           load_private_judge, read_plain,
                            read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -483,8 +484,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     """Grade one private copy; never raises: pass, FAIL with a reason, or could not grade."""
     global _JUDGE
     report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
-                    threshold=opts.threshold,
-                    sandbox=sandbox_label(opts.use_sandbox, opts.slot))
+                    threshold=opts.threshold)
     rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
     try:
         nb = read_submission(copy)
@@ -503,7 +503,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     except Exception as err:  # the grader's own bug: say so, never a false pass or fail
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
-    report.sandbox = sandbox_label(opts.use_sandbox, opts.slot)   # a step may have lost its group
+    report.sandbox = sandbox_label(opts.use_sandbox, opts.slot)   # after the steps: one may lose its group
     return report
 
 

@@ -358,7 +358,7 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
                                                       limits.processes, limits.cpus)
     start = time.perf_counter()
     try:
-        proc = _start(cmd, cwd, env, limits, group, seccomp_fd)
+        proc, group = _start(cmd, cwd, env, limits, group, seccomp_fd)
     except BaseException:
         if group is not None:
             group.remove()
@@ -366,9 +366,6 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
-    if getattr(proc, "fell_back", False):
-        group.remove()
-        group = None
     out, err = _Tail(proc.stdout), _Tail(proc.stderr)
     code, over = None, ""
     while True:
@@ -396,9 +393,10 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
 _fell_back = ""   # why a step had to start without its cgroup (kernel_limits reports it)
 
 
-def _start(cmd, cwd, env, limits: Limits, group, seccomp_fd) -> subprocess.Popen:
-    """Start the step; where it cannot join its cgroup, start it again without one (the checks
-    each second still hold it) rather than fail every submission, and remember why."""
+def _start(cmd, cwd, env, limits: Limits, group, seccomp_fd):
+    """Start the step: (the process, the group it runs in). Where it cannot join its cgroup,
+    remove that and start it again without one (the checks each second still hold it) rather
+    than fail every submission, and remember why."""
     global _fell_back
 
     def popen(group):
@@ -406,21 +404,16 @@ def _start(cmd, cwd, env, limits: Limits, group, seccomp_fd) -> subprocess.Popen
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, preexec_fn=_limit(limits, group),
                                 pass_fds=() if seccomp_fd is None else (seccomp_fd,))
-    if group is None:
+    if group is not None:
         try:
-            return popen(None)
-        except subprocess.SubprocessError as err:   # setrlimit or sched_setaffinity failed
-            raise SandboxUnavailable(f"could not start the step: {err}") from None
+            return popen(group), group
+        except subprocess.SubprocessError as err:   # the child could not join its group
+            _fell_back = f"a step could not join its group: {err}"
+            group.remove()
     try:
-        return popen(group)
-    except subprocess.SubprocessError as err:   # the child could not join its group
-        _fell_back = f"a step could not join its group: {err}"
-    try:
-        proc = popen(None)
-    except subprocess.SubprocessError as err:
+        return popen(None), None
+    except subprocess.SubprocessError as err:   # setrlimit or sched_setaffinity failed
         raise SandboxUnavailable(f"could not start the step: {err}") from None
-    proc.fell_back = True
-    return proc
 
 
 def _size(n: int) -> str:
