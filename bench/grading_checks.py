@@ -4,7 +4,7 @@
 
 For each source, ``--sets`` sets of about 100 samples with hidden-style labels (each digit 8-12
 times) go through the checks of ``course_lib/grade_checks.py``: not memorised, realistic
-(Fréchet distance), read as the requested digit (>= 95%), and a second opinion (a private judge,
+(Fréchet distance), ink on a plain background, read as the requested digit (>= 95%), and a second opinion (a private judge,
 here one trained with seed 1 and kept in bench/out, may read at most
 ``grade_checks.SECOND_OPINION_GAP`` fewer as asked for). Sources: real MNIST test digits the
 grader's reference leaves out and the answer key's samples (both must pass: their reject rate is
@@ -102,14 +102,18 @@ def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
         memorised = copies > gc.COPY_SHARE * len(images)
         fake = fd > limit
         disputed = second < acc - gc.SECOND_OPINION_GAP
+        plain = gc.plain_share(images).mean().item()
+        textured = plain < gc.PLAIN_SHARE
         rows.append({"copies": copies / len(images), "frechet": fd, "ratio": fd / limit * gc.FRECHET_RATIO,
                      "accuracy": acc, "second_accuracy": second,
                      "memorised": memorised, "unrealistic": fake, "low_accuracy": acc < 0.95,
-                     "disputed": disputed, "rejected": memorised or fake or acc < 0.95 or disputed,
+                     "disputed": disputed, "plain": plain, "textured": textured,
+                     "rejected": memorised or fake or textured or acc < 0.95 or disputed,
                      "sim_median": sim.median().item()})
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     return {"sets": sets, "samples_per_set": len(images), "rejected": mean("rejected"),
             "by_memorisation": mean("memorised"), "by_realism": mean("unrealistic"),
+            "by_background": mean("textured"), "plain_min": min(r["plain"] for r in rows),
             "by_accuracy": mean("low_accuracy"), "by_second_opinion": mean("disputed"),
             "second_accuracy": mean("second_accuracy"), "copy_share": mean("copies"),
             "frechet_min": min(r["frechet"] for r in rows), "frechet_max": max(r["frechet"] for r in rows),
@@ -135,17 +139,18 @@ def main(argv=None) -> int:
     lines = [f"Grader checks on {args.sets} sets of ~{results[next(iter(results))]['samples_per_set']} "
              f"samples each (thresholds: copy cosine > {gc.COPY_COSINE} for more than "
              f"{gc.COPY_SHARE:.0%} of samples, Fréchet distance > {gc.FRECHET_RATIO:g}x that of real "
-             f"digits with the same labels, accuracy "
+             f"digits with the same labels, less than {gc.PLAIN_SHARE:.0%} of pixels plain "
+             f"background, accuracy "
              f"< 95%, a private judge reading more than {gc.SECOND_OPINION_GAP * 100:.0f} points "
              f"fewer as asked for); {time.perf_counter() - start:.0f} s on 2 CPU cores.", "",
-             "| source | must | rejected | by memorisation | by realism | by accuracy | "
+             "| source | must | rejected | by memorisation | by realism | by plain background | by accuracy | "
              "by second opinion | near-copy share | Fréchet (min-max) | Fréchet / real digits' (min-max) "
              "| judge accuracy | private judge accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         must = "pass" if name in MUST_PASS else "fail"
         lines.append(f"| {name} | {must} | {r['rejected']:.0%} | {r['by_memorisation']:.0%} | "
-                     f"{r['by_realism']:.0%} | {r['by_accuracy']:.0%} | {r['by_second_opinion']:.0%} | "
+                     f"{r['by_realism']:.0%} | {r['by_background']:.0%} | {r['by_accuracy']:.0%} | {r['by_second_opinion']:.0%} | "
                      f"{r['copy_share']:.0%} | "
                      f"{r['frechet_min']:.0f}-{r['frechet_max']:.0f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} | "
                      f"{r['accuracy']:.1%} | {r['second_accuracy']:.1%} |")

@@ -15,7 +15,8 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
    (``course_lib/grade_runner.py``); nothing carries over between the calls;
 3. **judge** (:func:`judge`): outside the sandbox, read the samples file safely and check, with the
    verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
-   afresh, not memorised, realistic, drawn from the notebook's network (none left once its
+   afresh, not memorised, realistic (to the judge's features, and as ink on a plain background
+   in pixels), drawn from the notebook's network (none left once its
    weights are shuffled), read as the digits asked for (>= ``--threshold``), and read about as
    well by each of the grader's private judges (pixels tuned to the public judge are not).
 
@@ -46,12 +47,11 @@ from pathlib import Path
 import torch
 
 from . import sandbox
-from .grade_checks import (PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT, CannotGrade,
-                           Judge, NotPlain, Rejected, check_drawn, check_from_network,
-                           check_not_memorised, check_realistic, check_samples,
-                           check_second_opinion, ensure_private_judge, load_judge,
-                           load_private_judge, read_plain,
-                           read_samples)
+from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT,
+                           CannotGrade, Judge, NotPlain, Rejected, check_drawn, check_from_network,
+                           check_not_memorised, check_plain_background, check_realistic,
+                           check_samples, check_second_opinion, ensure_private_judge, load_judge,
+                           load_private_judge, read_plain, read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
@@ -80,6 +80,7 @@ class Report:
     near_copies: int | None = None
     frechet: float | None = None
     frechet_limit: float | None = None
+    plain_background: float | None = None   # the samples' mean share of plain-background pixels
     shuffled_accuracy: float | None = None   # the judge on the draw with shuffled weights
     second_opinion: float | None = None   # the strictest private judge's share read as asked for
     seconds_running: float | None = None
@@ -104,6 +105,9 @@ class Report:
         if self.frechet is not None:
             lines.append(f"Fréchet distance to real digits: {self.frechet:.1f} "
                          f"(limit {self.frechet_limit or 0:.1f})")
+        if self.plain_background is not None:
+            lines.append(f"plain background: {self.plain_background:.0%} of the pixels "
+                         f"(at least {PLAIN_SHARE:.0%}; real digits about 80%)")
         if self.second_opinion is not None:
             lines.append(f"independent judges (private, the strictest of {PRIVATE_JUDGES}): "
                          f"{self.second_opinion:.1%} read as asked for "
@@ -428,6 +432,7 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
                    opts.out / f"{report_name(report)}_samples.pt")
     distance, limit = check_realistic(first, labels, judge_)
     report.frechet, report.frechet_limit = round(distance, 1), round(limit, 1)
+    report.plain_background = round(check_plain_background(first), 4)
     if judge_.second is not None:
         report.second_opinion = round(check_second_opinion(first, labels, report.accuracy,
                                                            judge_.second), 4)

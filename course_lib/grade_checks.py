@@ -17,6 +17,9 @@ A pass must show *generated* digits:
 - **realistic**: the Fréchet distance of the judge's features of the samples to those of real
   digits must stay within ``FRECHET_RATIO`` times what real digits with the same labels reach
   (fonts and class means are far off);
+- **ink on a plain background**: on average at least ``PLAIN_SHARE`` of each picture's pixels lie
+  within ``PLAIN_MARGIN`` of its darkest shade (digits: about 80%). Pixels tuned against
+  classifiers fill the frame with texture (23% to 49%, ``bench/transfer_ascent.md``);
 - **drawn from the network**: the grader draws once more with every network weight shuffled
   (``course_lib/grade_runner.py::shuffle_weights``), in a fresh process that the sampler cannot
   tell from the second draw's; fewer than ``SHUFFLED_LIMIT`` of those
@@ -32,8 +35,11 @@ A pass must show *generated* digits:
   fewer samples as asked than the course's judge does. Real digits and generated ones read alike
   on all of them. How much of a tuned picture carries over depends on a judge's seed (53% to 90%
   on average across six trainings, ``bench/private_judges.md``): one judge disputed 92% of the
-  tuned sets there, the strictest of three every one. Still a hurdle, not a proof: the report's
-  grid of samples is the final check.
+  tuned sets there, the strictest of three every one. Still a hurdle, not a proof: tuned
+  against three judges of the attacker's own training as well, the pictures carry over (the
+  strictest of three read 98.1% as asked for, ``bench/transfer_ascent.md``), and only the plain
+  background catches them. Tuned against that too, they pass as scratchy strokes on black: the
+  report's grid of samples is the final check.
 
 The thresholds are calibrated in ``bench/grading_checks.py`` (false rejects on real held-out
 digits and on the answer key, catches on crafted cheats), whose figures are in
@@ -72,6 +78,8 @@ DIFFER_SHARE = 0.5            # more than this share of second-draw samples equa
 FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
 SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
 SECOND_OPINION_GAP = 0.10     # each private judge may read at most this share fewer as asked for
+PLAIN_MARGIN = 0.25           # a pixel this close to its picture's darkest shade is background
+PLAIN_SHARE = 0.5             # the samples' mean share of background pixels must reach this
 
 
 def one_line(text) -> str:
@@ -426,6 +434,29 @@ def check_realistic(images: torch.Tensor, labels: torch.Tensor, judge: Judge,
                        f"{distance:.0f} to real MNIST digits, limit {limit:.0f}): fonts, "
                        "averages or drawn templates are not generated digits")
     return distance, limit
+
+
+def plain_share(images: torch.Tensor, margin: float = PLAIN_MARGIN) -> torch.Tensor:
+    """Per picture, the share of pixels within ``margin`` of its darkest shade (its 5th
+    percentile, so a few stray dark pixels do not set it): the plain background that handwriting
+    leaves, at whatever grey it sits. Real and generated digits: about 0.8."""
+    flat = images.float().flatten(1)
+    floor = flat.quantile(0.05, dim=1, keepdim=True)
+    return (flat <= floor + margin).float().mean(1)
+
+
+def check_plain_background(images: torch.Tensor, share: float = PLAIN_SHARE) -> float:
+    """Raise Rejected when the samples are not ink on a plain background. Pixels optimised
+    against classifiers, even against several of the attacker's own training, are textures
+    over the whole frame that the classifiers read as digits (``bench/transfer_ascent.md``).
+    Returns the mean share of background pixels."""
+    mean = plain_share(images).mean().item()
+    if mean < share:
+        raise Rejected(f"only {mean:.0%} of the samples' pixels are plain background (real and "
+                       f"generated digits: about 80%, at least {share:.0%} needed): digits are ink "
+                       "on a plain background, these pictures fill the frame (noise the sampler "
+                       "left, or texture tuned against classifiers)")
+    return mean
 
 
 @torch.no_grad()

@@ -1056,17 +1056,19 @@ def test_notebook_table_header_names_how_the_cpu_multiplies_bfloat16(monkeypatch
     assert run_notebooks.bf16_hardware() == "float32 (COURSE_BF16=0)"
 
 
-def test_grading_checks_catch_judge_ascent_by_the_second_opinion_alone_as_documented():
+def test_grading_checks_catch_judge_ascent_by_the_second_opinion_and_its_texture_as_documented():
     """bench/grading_checks.json: pixels optimised against the course's judge pass every other
-    check and are caught by the private judge; no real or answer-key set is refused; the README
-    and walkthrough 06 quote the private judge's figure."""
+    check and are caught by the private judge and by the plain background; no real or
+    answer-key set is refused, and no other cheat is a texture; the README and walkthrough 06
+    quote the private judge's figure."""
     import json
     results = json.loads((ROOT / "bench" / "grading_checks.json").read_text())
     ascent = results["judge ascent (no model)"]
-    assert ascent["rejected"] == ascent["by_second_opinion"] == 1.0
+    assert ascent["rejected"] == ascent["by_second_opinion"] == ascent["by_background"] == 1.0
     assert ascent["by_memorisation"] == ascent["by_realism"] == ascent["by_accuracy"] == 0.0
     for source in ("real held-out test digits", "answer key samples"):
         assert results[source]["rejected"] == 0.0 and results[source]["by_second_opinion"] == 0.0
+    assert all(r["by_background"] == 0.0 for name, r in results.items() if name != "judge ascent (no model)")
     quoted = f"{ascent['second_accuracy']:.0%}"
     readme = (ROOT / "README.md").read_text()
     walkthrough = (ROOT / "walkthroughs" / "06_Assessment_Walkthrough.md").read_text()
@@ -1178,3 +1180,42 @@ def test_the_private_judges_section_quotes_its_catches_and_the_grader_trains_thr
     for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md"):
         text = " ".join((ROOT / doc).read_text().split())
         assert f"{min(means)}% to {max(means)}%" in text, doc
+
+
+def test_the_transfer_section_quotes_what_each_check_catches():
+    """RESULTS section 23, the README and walkthrough 06 quote bench/transfer_ascent.json: tuned
+    against judges of the attacker's own training, the pictures pass the private judges but not
+    the plain background, which refuses no real, answer-key or grainy set; the attack tuned
+    against the background too passes, and the documents say so. The grader's threshold is the
+    one the bench measured."""
+    import json
+    from course_lib import grade_checks
+    figures = json.loads((ROOT / "bench" / "transfer_ascent.json").read_text())
+    assert figures["plain_share"] == grade_checks.PLAIN_SHARE
+    assert figures["plain_margin"] == grade_checks.PLAIN_MARGIN
+    results = figures["results"]
+    passing = {k: v for k, v in results.items() if v["must"] == "pass"}
+    attacks = [v for v in results.values() if v["must"] == "fail"]
+    assert len(passing) == 3 and len(attacks) == 5
+    assert all(v["caught"] == 0.0 and v["disputed"] == 0.0 for v in passing.values())
+    plain, own, *middle, tuned = attacks
+    assert plain["disputed"] == plain["caught"] == 1.0
+    assert own["disputed"] == 0.0 and own["caught_before"] == 0.0 and own["caught"] == 1.0
+    assert all(v["caught"] == 1.0 and v["caught_before"] == 0.0 for v in middle)
+    assert tuned["caught"] == 0.0 and tuned["plain_lowest"] >= grade_checks.PLAIN_SHARE
+    caught_plain = [round(100 * v["plain"]) for v in (own, *middle)]
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 23. ")[1].split())
+    strictest = f"{own['strictest_of_three']:.1%}"
+    assert f"strictest of three private judges read {strictest}" in section
+    assert f"plain ascent of section 22 reads {plain['strictest_of_three']:.1%}" in section
+    assert (f"Real digits measure {passing['real held-out test digits']['plain']:.0%}, the answer "
+            f"key {passing['answer key samples']['plain']:.0%}") in section
+    assert f"{plain['plain']:.0%} for the plain ascent" in section
+    assert f"{tuned['plain']:.0%} plain background, every check passed" in section
+    for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md", "course_lib/grade_checks.py"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert strictest in text, doc
+    for doc in ("README.md", "walkthroughs/06_Assessment_Walkthrough.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert f"{min(caught_plain)}% to {max(caught_plain)}%" in text, doc
+        assert f"{plain['plain']:.0%}" in text and "not caught" in text, doc

@@ -159,6 +159,7 @@ def cohort(tmp_path_factory, request):
            "for i in range(150_000):\n    open(f'f{i}', 'w').close()\nimport time\ntime.sleep(30)")
     _write(subs / "q_userns.ipynb",  # root of a user namespace of its own, to mount there
            "import subprocess\nsubprocess.run(['unshare', '-U', '-r', 'true'], check=True)")
+    _write(subs / "r_ascent.ipynb", cheat("judge_ascent"))  # pixels tuned against the course's judge
     _write(subs / "l_elastic.ipynb",  # warped training digits: new handwriting to every other check
            "import torch\nnet = torch.nn.Linear(4, 4)   # a network it never uses\n" + cheat("elastic"))
 
@@ -194,6 +195,7 @@ EXPECTED = {
     "o_forks": "stopped: the notebook used more than 3 GiB of memory in all its processes together",
     "p_inodes": "stopped: the notebook made more than 100,000 files and folders in its work folder",
     "q_userns": "returned non-zero exit status 1",   # unshare: Operation not permitted (seccomp)
+    "r_ascent": "plain background",              # texture the judges read as digits
 }
 
 

@@ -54,6 +54,7 @@ def test_real_unseen_digits_pass_every_check(judge, labels):
     gc.check_samples(images, len(labels))
     gc.check_not_memorised(images, judge)
     gc.check_realistic(images, labels, judge)
+    assert gc.check_plain_background(images) > 0.7
     assert (judge.predict(images) == labels).float().mean() >= 0.95
     gc.check_drawn(images, cheats.held_out_real(labels, seed=2)[:20], list(range(20)))
 
@@ -127,12 +128,18 @@ def second_judge():
     return model.eval()
 
 
-def test_pixels_tuned_to_the_public_judge_pass_it_but_not_a_private_one(judge, labels, second_judge):
+@pytest.fixture(scope="module")
+def ascent(labels):
+    return cheats.judge_ascent(labels, seed=3)
+
+
+def test_pixels_tuned_to_the_public_judge_pass_it_but_not_a_private_one(judge, labels, second_judge,
+                                                                        ascent):
     """judge_ascent has no model: the course's judge reads every picture as asked for, its
     features look like digits and nothing is copied. This independently trained judge disagrees
     by more than the gap; how much carries over depends on the seed (bench/private_judges.md), so the
     test pins one rather than claiming every private judge would."""
-    images = cheats.judge_ascent(labels, seed=3)
+    images = ascent
     accuracy = (judge.predict(images) == labels).float().mean().item()
     assert accuracy >= 0.95
     gc.check_samples(images, len(labels))
@@ -140,6 +147,33 @@ def test_pixels_tuned_to_the_public_judge_pass_it_but_not_a_private_one(judge, l
     gc.check_realistic(images, labels, judge)
     with pytest.raises(Rejected, match="independent one .* only"):
         gc.check_second_opinion(images, labels, accuracy, [second_judge])
+
+
+def test_pixels_tuned_to_classifiers_are_textures_not_ink_on_a_background(judge, labels, ascent):
+    """What private judges cannot be relied on for (an attacker who also tunes against judges of
+    their own training carries nearly everything over, bench/transfer_ascent.md), the pixels
+    show: the tuned pictures fill the frame with texture. Real digits, also on a lifted grey
+    background or with noise, and the pictures of every other cheat have a plain background."""
+    with pytest.raises(Rejected, match="plain background"):
+        gc.check_plain_background(ascent)
+    assert gc.plain_share(ascent).max() < 0.5
+    for name in ("brightened", "noise 0.15", "blurred"):
+        assert gc.check_plain_background(cheats.MEMORISED[name](labels, 5)) > 0.7, name
+    for images in (cheats.fonts(labels, 5), cheats.elastic(labels, 5)):
+        assert gc.check_plain_background(images) > 0.6
+
+
+def test_plain_share_counts_pixels_near_each_pictures_darkest_shade():
+    """A stroke on a background at any grey: the background's share; uniform noise: about the
+    share within the margin of its 5th percentile, far below."""
+    picture = torch.full((2, 1, 28, 28), -1.0)
+    picture[1] = -0.4                                   # a lifted grey background
+    picture[:, :, 4:24, 12:16] = 0.9                    # a stroke of 80 pixels
+    assert gc.plain_share(picture).tolist() == pytest.approx([1 - 80 / 784] * 2)
+    noise = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert (gc.plain_share(noise) < 0.25).all()
+    with pytest.raises(Rejected, match="only 1[0-9]% of the samples' pixels are plain background"):
+        gc.check_plain_background(noise)
 
 
 def test_real_unseen_digits_satisfy_the_second_opinion(judge, labels, second_judge):
