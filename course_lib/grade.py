@@ -51,7 +51,7 @@ from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUF
                            CannotGrade, Judge, NotPlain, Rejected, check_drawn, check_from_network,
                            check_not_memorised, check_plain_background, check_realistic,
                            check_samples, check_second_opinion, ensure_private_judge, load_judge,
-                           load_private_judge, read_plain, read_samples)
+                           load_private_judge, plain_share, read_plain, read_samples)
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
@@ -742,12 +742,17 @@ def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,
         predicted = judge_(images.detach().cpu().float()).argmax(dim=1)
     per_digit = {d: (predicted[labels == d] == d).float().mean().item() for d in range(10)}
     overall = (predicted == labels).float().mean().item()
+    plain = plain_share(images.detach().cpu()).mean().item()
     print("\n".join(per_digit_table(per_digit)))
     print(f"overall {overall:.1%}: {'at or above' if overall >= threshold else 'BELOW'} the "
           f"{threshold:.0%} needed to pass.")
+    print(f"plain background {plain:.0%} of the pixels: "
+          + ("enough" if plain >= PLAIN_SHARE else "TOO LITTLE: the grader fails samples")
+          + f" under {PLAIN_SHARE:.0%} (digits are ink on a plain background; noise left in the "
+          "samples lowers it).")
     print("This is a preview. Your grade is computed separately by the instructor's grader, which "
           "re-runs your whole notebook in a fresh kernel with its own seeds.")
-    return {"per_digit": per_digit, "overall": overall}
+    return {"per_digit": per_digit, "overall": overall, "plain_background": plain}
 
 
 def load_judge_classifier():

@@ -213,6 +213,8 @@ def test_self_check_prints_the_same_table(capsys):
     out = capsys.readouterr().out
     table = grade.per_digit_table(result["per_digit"])
     assert table[0] in out and table[1] in out and "preview" in out
+    # uniform noise is no plain background: the preview warns as the grader would fail it
+    assert result["plain_background"] < 0.3 and "plain background" in out and "TOO LITTLE" in out
 
 
 def test_save_grid_with_any_number_of_misreads(tmp_path):
