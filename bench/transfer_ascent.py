@@ -118,7 +118,6 @@ def main(argv=None) -> int:
     cheats = _cheats()
     public = gc.load_judge(hold_out=gc.HOLD_OUT)
     private = {seed: seeded_judge(seed) for seed in PRIVATE}
-    public.second = [private[s] for s in (1, 2, 3)]
     test = load_mnist(size=28, train=False)
     real = test.images[:len(test.images) - gc.HOLD_OUT]
     spaces = {seed: FeatureSpace(net, public, real) for seed, net in private.items()}
@@ -153,7 +152,8 @@ def main(argv=None) -> int:
                    "plain": gc.plain_share(images).mean().item()}
             # the grader's verdict: bench/grading_checks.py's checks, then the plain background
             row["caught_before"] = bool(row["copies"] > gc.COPY_SHARE or row["ratio"] > gc.FRECHET_RATIO
-                                        or acc < 0.95 or min(reads[k] for k in "123") < acc - gc.SECOND_OPINION_GAP)
+                                        or acc < 0.95
+                                        or min(reads[k] for k in ("1", "2", "3")) < acc - gc.SECOND_OPINION_GAP)
             row["caught"] = row["caught_before"] or row["plain"] < gc.PLAIN_SHARE
             rows.append(row)
             print(name, s, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         def disputed(row, chosen):
             return any(row["reads"][c] < row["public"] - gc.SECOND_OPINION_GAP for c in chosen)
         triples = list(itertools.combinations(seeds, 3))
-        mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        mean = lambda field: sum(r[field] for r in rows) / len(rows)  # noqa: E731
         results[name] = {
             "must": "pass" if name in must_pass else "fail", "rows": rows,
             "public": mean("public"),

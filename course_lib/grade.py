@@ -746,9 +746,9 @@ def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,
     print("\n".join(per_digit_table(per_digit)))
     print(f"overall {overall:.1%}: {'at or above' if overall >= threshold else 'BELOW'} the "
           f"{threshold:.0%} needed to pass.")
-    print(f"plain background {plain:.0%} of the pixels: "
-          + ("enough" if plain >= PLAIN_SHARE else "TOO LITTLE: the grader fails samples")
-          + f" under {PLAIN_SHARE:.0%} (digits are ink on a plain background; noise left in the "
+    print(f"plain background: {plain:.0%} of the pixels "
+          f"({'enough' if plain >= PLAIN_SHARE else 'TOO LITTLE'}: the grader fails samples under "
+          f"{PLAIN_SHARE:.0%}; digits are ink on a plain background, and noise left in the "
           "samples lowers it).")
     print("This is a preview. Your grade is computed separately by the instructor's grader, which "
           "re-runs your whole notebook in a fresh kernel with its own seeds.")

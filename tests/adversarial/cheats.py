@@ -129,8 +129,8 @@ def judge_ascent(labels, seed=0, steps=200, own_judges=(), match_own=False, ink=
     ``own_judges``, MNIST classifiers of the attacker's own training by the course's public
     recipe, read as the label too (and, with ``match_own``, matching that digit's features in
     each), with ``ink`` weighing a pull of every pixel towards the black background. What each
-    variant gets past is measured in bench/transfer_ascent.md: the plain one and every variant
-    measured there leave textures where digits have a plain background."""
+    variant gets past is measured in bench/transfer_ascent.md: each leaves texture where digits
+    have a plain background, until ``ink`` is strong enough (30 there) to pass that check too."""
     import torch.nn.functional as F
     from course_lib.classifier import load_classifier
 
