@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from course_lib.grade_checks import PLAIN_SHARE  # noqa: E402
 NO_CGROUPS = ("import runpy, sys; from course_lib import cgroup_limits; "
               "cgroup_limits.create = lambda *a, **k: None; "
               "cgroup_limits._reason = 'turned off for a control'; sys.argv[0] = 'course_lib.grade'; "
@@ -72,6 +75,11 @@ def main(argv=None) -> int:
              + ("no pictures" if report.get("shuffled_accuracy") is None
                 else f"{report['shuffled_accuracy']:.0%}")
              + " (a sampler that does not draw from its network keeps its digits there)"]
+    if report.get("plain_background") is not None:   # reports since RESULTS section 23
+        lines.append(f"- plain background: {report['plain_background']:.0%} of the pixels (at least "
+                     f"{PLAIN_SHARE:.0%} needed)")
+    if report.get("second_opinion") is not None:
+        lines.append(f"- the strictest private judge: {report['second_opinion']:.1%} read as asked for")
     text = "\n".join(lines)
     print(text)
     suffix = f"_{args.table}" if args.table else ""

@@ -1219,3 +1219,17 @@ def test_the_transfer_section_quotes_what_each_check_catches():
         text = " ".join((ROOT / doc).read_text().split())
         assert f"{min(caught_plain)}% to {max(caught_plain)}%" in text, doc
         assert f"{plain['plain']:.0%}" in text and "not caught" in text, doc
+
+
+def test_the_answer_key_passes_the_plain_background_as_section_23_says():
+    """bench/grade_key_full_plain.md: the answer key graded in full with the plain-background
+    check passes, above the threshold, and section 23 quotes its share and notebook seconds."""
+    import re
+    from course_lib import grade_checks
+    key = (ROOT / "bench" / "grade_key_full_plain.md").read_text()
+    assert "- result: pass" in key and float(re.search(r"\| (\d+\.\d)% \|\n", key).group(1)) >= 95
+    plain = int(re.search(r"plain background: (\d+)% of the pixels", key).group(1))
+    assert plain / 100 >= grade_checks.PLAIN_SHARE
+    seconds = int(re.search(r"notebook run \(training \+ its own cells\): (\d+) s", key).group(1))
+    section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 23. ")[1].split())
+    assert f"with {plain}% plain background" in section and f"notebook ran {seconds} s" in section
