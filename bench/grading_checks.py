@@ -86,30 +86,36 @@ def private_judge() -> list[torch.nn.Module]:
     return [seeded_judge(1)]
 
 
+def verdict(images: torch.Tensor, labels: torch.Tensor, judge: gc.Judge) -> dict:
+    """Every check on one set of samples, as the grader makes them (the second opinion by
+    ``judge.second``, the strictest counting): what each finds and whether it rejects."""
+    sim = gc.copy_similarity(images, judge.images, judge.coarse)
+    copies = int((sim > gc.COPY_COSINE).sum())
+    fd = gc.frechet(judge.features(images), judge.real_mean, judge.real_cov)
+    limit = gc.FRECHET_RATIO * gc.real_frechet(judge, labels)
+    acc = (judge.predict(images) == labels).float().mean().item()
+    with torch.no_grad():
+        second = min((j(images).argmax(1) == labels).float().mean().item() for j in judge.second)
+    memorised = copies > gc.COPY_SHARE * len(images)
+    fake = fd > limit
+    disputed = second < acc - gc.SECOND_OPINION_GAP
+    plain = gc.plain_share(images).mean().item()
+    textured = plain < gc.PLAIN_SHARE
+    return {"copies": copies / len(images), "frechet": fd, "ratio": fd / limit * gc.FRECHET_RATIO,
+            "accuracy": acc, "second_accuracy": second,
+            "memorised": memorised, "unrealistic": fake, "low_accuracy": acc < 0.95,
+            "disputed": disputed, "plain": plain, "textured": textured,
+            "rejected": memorised or fake or textured or acc < 0.95 or disputed,
+            "sim_median": sim.median().item()}
+
+
 def evaluate(source, judge: gc.Judge, sets: int, n: int = 10) -> dict:
     """Run ``sets`` sets of hidden-style labels (about ``n`` per digit) through the checks."""
     rows = []
     for s in range(sets):
         labels = torch.tensor(grade.hidden_labels(n, torch.Generator().manual_seed(1000 + s)))
         images = source(labels, s).float()
-        sim = gc.copy_similarity(images, judge.images, judge.coarse)
-        copies = int((sim > gc.COPY_COSINE).sum())
-        fd = gc.frechet(judge.features(images), judge.real_mean, judge.real_cov)
-        limit = gc.FRECHET_RATIO * gc.real_frechet(judge, labels)
-        acc = (judge.predict(images) == labels).float().mean().item()
-        with torch.no_grad():
-            second = min((j(images).argmax(1) == labels).float().mean().item() for j in judge.second)
-        memorised = copies > gc.COPY_SHARE * len(images)
-        fake = fd > limit
-        disputed = second < acc - gc.SECOND_OPINION_GAP
-        plain = gc.plain_share(images).mean().item()
-        textured = plain < gc.PLAIN_SHARE
-        rows.append({"copies": copies / len(images), "frechet": fd, "ratio": fd / limit * gc.FRECHET_RATIO,
-                     "accuracy": acc, "second_accuracy": second,
-                     "memorised": memorised, "unrealistic": fake, "low_accuracy": acc < 0.95,
-                     "disputed": disputed, "plain": plain, "textured": textured,
-                     "rejected": memorised or fake or textured or acc < 0.95 or disputed,
-                     "sim_median": sim.median().item()})
+        rows.append(verdict(images, labels, judge))
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     return {"sets": sets, "samples_per_set": len(images), "rejected": mean("rejected"),
             "by_memorisation": mean("memorised"), "by_realism": mean("unrealistic"),

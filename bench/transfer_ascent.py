@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from course_lib import grade, grade_checks as gc  # noqa: E402
 from course_lib.data import load_mnist  # noqa: E402
-from grading_checks import MUST_PASS, _cheats, _key_source, seeded_judge  # noqa: E402  (bench/)
+from course_lib.viz import show_rows  # noqa: E402
+from grading_checks import MUST_PASS, _cheats, _key_source, seeded_judge, verdict  # noqa: E402  (bench/)
 from report import write_report  # noqa: E402  (bench/report.py)
 
 GRAINY = "answer key samples, grainy (noise 0.3)"
@@ -49,22 +50,19 @@ PRIVATE = range(1, 7)          # the private judges' seeds (section 22's six)
 OWN = 101                      # the attacker's judges' first seed
 
 
-class FeatureSpace:
-    """A private judge's own features of real MNIST test digits (those the grader's reference
-    keeps), for a Fréchet distance there, as ``grade_checks.Judge`` holds the course judge's."""
+def feature_space(network: torch.nn.Module, public: gc.Judge, real: torch.Tensor) -> gc.Judge:
+    """A private judge as a ``grade_checks.Judge``: its own features of real MNIST test digits
+    (those the grader's reference keeps), for a Fréchet distance there."""
+    space = gc.Judge(network, public.images, public.labels, public.coarse)
+    feats = space.features(real).double()
+    space.real_mean, space.real_cov = feats.mean(0), torch.cov(feats.T)
+    return space
 
-    def __init__(self, network: torch.nn.Module, public: gc.Judge, real: torch.Tensor):
-        self.classifier, self.images, self.labels = network, public.images, public.labels
-        feats = self.features(real).double()
-        self.real_mean, self.real_cov = feats.mean(0), torch.cov(feats.T)
 
-    @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.classifier.features(b) for b in images.float().split(500)])
-
-    def ratio(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        return (gc.frechet(self.features(images), self.real_mean, self.real_cov)
-                / gc.real_frechet(self, labels))
+def private_ratio(space: gc.Judge, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The Fréchet distance in ``space`` over what real digits with these labels reach there."""
+    return (gc.frechet(space.features(images), space.real_mean, space.real_cov)
+            / gc.real_frechet(space, labels))
 
 
 def attacks(cheats, own: list[torch.nn.Module]) -> dict:
@@ -88,24 +86,11 @@ def grainy(key):
 
 def save_rows(rows: dict[str, torch.Tensor], path: Path) -> None:
     """One row of ten samples (digits 0 to 9) per source, each row named."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), 10, figsize=(10, 1.15 * len(rows)))
-    for r, (name, images) in enumerate(rows.items()):
-        for d in range(10):
-            ax = axes[r, d]
-            ax.imshow(images[d, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"asked: {d}", fontsize=8)
-        axes[r, 0].set_ylabel(name.replace(": ", ":\n").replace(", ", ",\n", 1), fontsize=6,
-                              rotation=0, ha="right", va="center")
-    fig.suptitle("Samples by source (one per digit asked for); bench/transfer_ascent.py", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig = show_rows(list(rows.values()), [name.replace(": ", ":\n").replace(", ", ",\n", 1)
+                                          for name in rows],
+                    columns=[f"asked: {d}" for d in range(10)],
+                    title="Samples by source (one per digit asked for); bench/transfer_ascent.py")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main(argv=None) -> int:
@@ -120,7 +105,8 @@ def main(argv=None) -> int:
     private = {seed: seeded_judge(seed) for seed in PRIVATE}
     test = load_mnist(size=28, train=False)
     real = test.images[:len(test.images) - gc.HOLD_OUT]
-    spaces = {seed: FeatureSpace(net, public, real) for seed, net in private.items()}
+    spaces = {seed: feature_space(net, public, real) for seed, net in private.items()}
+    public.second = [private[seed] for seed in (1, 2, 3)]   # the grader's verdict asks three
     own = [seeded_judge(OWN + i).requires_grad_(False) for i in range(args.own)]
     key = _key_source(args.key)
     sources = {MUST_PASS[0]: cheats.held_out_real, MUST_PASS[1]: key, GRAINY: grainy(key),
@@ -138,23 +124,17 @@ def main(argv=None) -> int:
             if s == 0:
                 firsts = [int((labels == d).nonzero()[0, 0]) for d in range(10)]
                 shown[name] = images[firsts]
-            acc = (public.predict(images) == labels).float().mean().item()
             with torch.no_grad():
                 reads = {str(seed): (net(images).argmax(1) == labels).float().mean().item()
                          for seed, net in private.items()}
-            copies = int((gc.copy_similarity(images, public.images, public.coarse)
-                          > gc.COPY_COSINE).sum())
-            fd = gc.frechet(public.features(images), public.real_mean, public.real_cov)
-            row = {"seconds": round(seconds, 1), "public": acc, "reads": reads,
-                   "copies": copies / len(images),
-                   "ratio": fd / gc.real_frechet(public, labels),
-                   "private_ratios": {str(seed): sp.ratio(images, labels) for seed, sp in spaces.items()},
-                   "plain": gc.plain_share(images).mean().item()}
-            # the grader's verdict: bench/grading_checks.py's checks, then the plain background
-            row["caught_before"] = bool(row["copies"] > gc.COPY_SHARE or row["ratio"] > gc.FRECHET_RATIO
-                                        or acc < 0.95
-                                        or min(reads[k] for k in ("1", "2", "3")) < acc - gc.SECOND_OPINION_GAP)
-            row["caught"] = row["caught_before"] or row["plain"] < gc.PLAIN_SHARE
+            checks = verdict(images, labels, public)   # the grader's, bench/grading_checks.py
+            row = {"seconds": round(seconds, 1), "public": checks["accuracy"], "reads": reads,
+                   "copies": checks["copies"], "ratio": checks["ratio"],
+                   "private_ratios": {str(seed): private_ratio(sp, images, labels)
+                                      for seed, sp in spaces.items()},
+                   "plain": checks["plain"], "caught": checks["rejected"],
+                   "caught_before": any(checks[k] for k in ("memorised", "unrealistic",
+                                                             "low_accuracy", "disputed"))}
             rows.append(row)
             print(name, s, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                             if k not in ("reads", "private_ratios")}, flush=True)
