@@ -3,6 +3,7 @@
     python bench/run_notebooks.py                      # every notebook, full profile, outputs discarded
     python bench/run_notebooks.py --inplace 01 02      # store full-profile outputs in 01 and 02
     python bench/run_notebooks.py --profile test       # the nbval profile
+    python bench/run_notebooks.py --tidy               # only tidy the stored outputs (below)
 
 Each notebook runs in its own `jupyter nbconvert --execute` process; its peak memory is the
 largest resident set of that process and its kernel (read with os.wait4). The table is printed
@@ -113,6 +114,46 @@ def finish_progress_bars(path: Path) -> int:
     return fixed
 
 
+FONT_WARNING = re.compile(r"findfont: Font family \[.*\] not found\. Falling back to [^\n]*\n?")
+
+
+def drop_font_warnings(path: Path) -> int:
+    """Remove matplotlib's "findfont: Font family [...] not found" lines from the stored stderr.
+
+    They report the executing machine's font cache (a cache that lists no mathtext fonts prints
+    one line per font the first time a figure uses math text, as log-scale tick labels do), not
+    anything the course did; the figure is drawn with DejaVu Sans all the same. Any other stderr
+    text stays. Returns the count of lines removed.
+    """
+    import json
+
+    nb = json.loads(path.read_text())
+    dropped = 0
+    for cell in nb.get("cells", []):
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = "".join(out["text"])
+                rest, n = FONT_WARNING.subn("", text)
+                dropped += n
+                if not rest:
+                    continue
+                out["text"] = rest.splitlines(keepends=True)
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return dropped
+
+
+def tidy(path: Path) -> str:
+    """The stored outputs as a reader should see them: :func:`finish_progress_bars`, then
+    :func:`drop_font_warnings`. Returns what was done, for the log."""
+    bars = finish_progress_bars(path)
+    fonts = drop_font_warnings(path)
+    return f"{bars} progress bars finished, {fonts} font-cache warnings dropped"
+
+
 def reference_step_ms(steps: int = 40) -> float:
     """Milliseconds per training step of 03's fixed model (batch 64, Adam): this machine's speed."""
     from course_lib.unets import OptimizedUNet
@@ -175,13 +216,14 @@ def main(argv=None) -> int:
     parser.add_argument("--table", default="",
                         help="write bench/notebooks_<profile>_<TABLE>.md instead (a run on another "
                              "kind of machine, kept beside the stored run's table)")
-    parser.add_argument("--finish-bars", action="store_true",
-                        help="only rewrite the stored progress bars' text from their final state")
+    parser.add_argument("--tidy", action="store_true",
+                        help="only tidy the stored outputs: finish the progress bars' text, drop "
+                             "font-cache warnings")
     args = parser.parse_args(argv)
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if args.finish_bars:
+    if args.tidy:
         for nb in notebooks:
-            print(f"{nb.name}: {finish_progress_bars(nb)} progress bars finished")
+            print(f"{nb.name}: {tidy(nb)}")
         return 0
     if args.which:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.which]
@@ -197,7 +239,7 @@ def main(argv=None) -> int:
                                             or seconds <= 60 * target)
         executed = nb if args.inplace else ROOT / "bench" / "out" / nb.name
         if code == 0 and executed.exists():
-            finish_progress_bars(executed)
+            print(f"{nb.name}: {tidy(executed)}", flush=True)
         after = reference_step_ms()
         speed, before = (before + after) / 2, after
         print(f"this machine after {nb.name[:2]}: {after:.0f} ms per reference step", flush=True)

@@ -133,6 +133,42 @@ def test_stored_progress_bars_read_as_finished():
                 assert not re.search(r"\|\s*0/\d+ \[", text), f"{notebook.name}: stored bar {text!r}"
 
 
+def test_stored_outputs_have_no_stderr():
+    """Red stderr text in a stored notebook reads as something gone wrong (the first full run left
+    21 lines of font-cache warnings in 01 to 03 that way)."""
+    import json
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(json.loads(notebook.read_text())["cells"]):
+            for out in cell.get("outputs", []):
+                assert out.get("name") != "stderr", (
+                    f"{notebook.name} cell {i} stores stderr: {''.join(out['text'])[:200]!r}")
+
+
+def test_tidy_drops_only_font_cache_warnings(tmp_path):
+    """bench/run_notebooks.py::drop_font_warnings removes matplotlib's findfont lines, keeps every
+    other stderr line and every other output, and drops a stderr output left empty."""
+    import json
+    run_notebooks = _bench_module("run_notebooks")
+    font = "findfont: Font family ['STIXGeneral'] not found. Falling back to DejaVu Sans.\n"
+    other = "UserWarning: something the student should see\n"
+    stdout = {"output_type": "stream", "name": "stdout", "text": [font]}
+    nb = {"cells": [
+        {"cell_type": "code", "source": "", "outputs": [
+            {"output_type": "stream", "name": "stderr", "text": [font, font]}, stdout]},
+        {"cell_type": "code", "source": "", "outputs": [
+            {"output_type": "stream", "name": "stderr", "text": [font, other, font]}]},
+        {"cell_type": "markdown", "source": "findfont"}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    assert run_notebooks.drop_font_warnings(path) == 4
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[0]["outputs"] == [stdout]       # stdout is the notebook's own text: kept
+    assert cells[1]["outputs"] == [{"output_type": "stream", "name": "stderr", "text": [other]}]
+    assert cells[2] == nb["cells"][2]
+    assert run_notebooks.drop_font_warnings(path) == 0
+
+
 def test_stored_figures_are_pictures_not_their_text():
     """A figure that reached the notebook only as "<Figure size 1800x130 with 1 Axes>" was never
     drawn (no ``%matplotlib inline``): the reader sees no picture."""
