@@ -1,7 +1,8 @@
 """One training loop for every model of the course, and safe checkpoints.
 
-``train`` runs ``loss_fn(model, batch)`` over a DataLoader with (fused) Adam, a ``tqdm.auto``
-progress bar showing the live loss, optional gradient clipping and an exponential
+``train`` runs ``loss_fn(model, batch)`` over a DataLoader with (fused) Adam, one ``tqdm.auto``
+progress bar for the whole run (the epoch and its mean loss so far beside it), optional
+gradient clipping and an exponential
 moving average (EMA) of the weights, and stops on a NaN/inf loss with a hint.
 Checkpoints are written to a temporary file and renamed, so a crash never leaves a
 half-written file behind.
@@ -171,12 +172,15 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
         return ((max_steps is not None and step >= max_steps)
                 or (max_seconds is not None and time.perf_counter() - started >= max_seconds))
 
+    # one bar for the whole run (its time left is the run's); the postfix says which epoch
+    per_epoch = len(loader) if hasattr(loader, "__len__") else None
+    total = None if per_epoch is None else min(epochs * per_epoch, max_steps or epochs * per_epoch)
+    bar = tqdm(total=total, desc=desc + (" (bf16)" if bf16 else ""), unit="step",
+               disable=not progress)
     for epoch in range(epochs):
         start = time.perf_counter()
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}" + (" (bf16)" if bf16 else ""),
-                   disable=not progress, leave=True)
         epoch_total, epoch_steps = 0.0, 0
-        for batch in bar:
+        for batch in loader:
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model, _to(batch, device, memory_format))
             value = loss.item()
@@ -197,7 +201,9 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
                 ema.update_parameters(model)
             history.losses.append(value)
             epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
-            bar.set_postfix({"mean loss": f"{epoch_total / epoch_steps:.4f}"})  # one batch's jumps
+            bar.set_postfix({"epoch": f"{epoch + 1}/{epochs}",   # the epoch's mean: a batch's jumps
+                             "mean loss": f"{epoch_total / epoch_steps:.4f}"}, refresh=False)
+            bar.update()
             step += 1
             if out_of_budget():
                 break
@@ -212,6 +218,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             model.train()
         if out_of_budget():
             break
+    bar.close()
     missed = [e for e in snapshot_epochs if e not in history.snapshots]
     if missed:   # max_steps or max_seconds stopped training first
         warnings.warn(f"training stopped after {len(history.epoch_seconds)} epoch(s), before the "

@@ -30,6 +30,25 @@ def test_training_reduces_loss():
     assert len(history.epoch_seconds) == 20
 
 
+def test_one_progress_bar_for_the_whole_run(capsys):
+    """A 60-epoch run shows one bar, not 60: its total is every step of the run (or max_steps),
+    and its postfix names the epoch and that epoch's mean loss."""
+    import re
+    model = nn.Linear(4, 1)
+    train(model, _regression_problem(), _mse, epochs=3, lr=0.05, desc="toy", bf16=False)
+    err = capsys.readouterr().err
+    final = [part for part in re.split(r"[\r\n]", err) if part.strip()][-1]
+    assert final.startswith("toy: 100%") and "24/24" in final, final
+    assert "epoch=3/3" in final and "mean loss=" in final, final
+    assert "epoch 1/3" not in err and err.count("toy:") >= 1
+    train(model, _regression_problem(), _mse, epochs=3, lr=0.05, desc="short", bf16=False,
+          max_steps=5)
+    final = [part for part in re.split(r"[\r\n]", capsys.readouterr().err) if part.strip()][-1]
+    assert "5/5" in final and "epoch=1/3" in final, final
+    train(model, iter(_regression_problem()), _mse, epochs=1, desc="no length", bf16=False)
+    assert "no length: 8step [" in capsys.readouterr().err   # a loader without len: a counter
+
+
 def test_ema_tracks_the_weights():
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
