@@ -117,15 +117,65 @@ def test_notebooks_import_rather_than_redefine(notebook):
             assert defined not in names, f"{notebook.name} redefines course_lib's {defined}"
 
 
-def test_walkthrough_02_log_snr_figure_and_its_numbers_come_from_the_library(tmp_path):
-    """walkthroughs/figures/02_log_snr.png is drawn by tools/walkthrough_figures.py from the
-    library's schedules, and every number the walkthrough quotes about it is that tool's."""
+def _walkthrough_figures_tool():
     import importlib.util
-
     spec = importlib.util.spec_from_file_location("walkthrough_figures",
                                                   ROOT / "tools" / "walkthrough_figures.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_walkthrough_02_loss_vs_t_quotes_its_json(tmp_path):
+    """walkthroughs/figures/02_loss_vs_t.json is what tools/walkthrough_figures.py measured; the
+    walkthrough quotes its figures, and what it says of them holds."""
+    figures = ROOT / "walkthroughs" / "figures"
+    data = json.loads((figures / "02_loss_vs_t.json").read_text())
+    assert (figures / "02_loss_vs_t.png").is_file()
+    text = " ".join((ROOT / "walkthroughs" / "02_Diffusion_Models_Walkthrough.md").read_text().split())
+    assert "](figures/02_loss_vs_t.png)" in text
+    eps, x0, floor = data["eps_at"], data["x0_at"], data["toy_floor_at"]
+    quoted = (f"{eps['1']:.4f} at $t = 1$, {eps['10']:.4f} at $t = 10$, {eps['75']:.4f} at $t = 75$ "
+              f"and {eps['150']:.4f} at $t = 150$",
+              f"is {data['eps_mean']:.4f}, and the training loss ended on "
+              f"{data['training_final_loss']:.4f}",
+              f"{x0['1']:.4f} at $t = 1$, {x0['150']:.4f} at $t = 150$",
+              f"{floor['1']:.4f} at $t = 1$", f"{floor['75']:.4f} at $t = 75$",
+              f"{floor['150']:.4f} at $t = 150$, {data['toy_floor_mean']:.4f} on average",
+              f"sits {data['toy_gap_mean']:.4f} above it on average",
+              f"on {data['images']} held-out FashionMNIST images",
+              f"The first 50 steps carry {100 * data['eps_share_first_third']:.2f}% of the total")
+    for phrase in quoted:
+        assert phrase in text, phrase
+    # what the text says of the figures
+    assert eps["1"] > eps["10"] > eps["75"] > eps["150"] and x0["1"] < x0["75"] < x0["150"]
+    assert abs(data["eps_mean"] - data["training_final_loss"]) < 0.01
+    assert data["eps_share_first_third"] > 0.5          # "mostly at small t"
+    assert 0 < data["toy_gap_mean"] < 0.05 * data["toy_floor_mean"]
+
+
+def test_loss_by_t_scores_the_noise_prediction_at_each_step():
+    """A network that outputs zeros scores E[ε²] = 1 at every t; one that knows x_0 and so
+    recovers ε exactly scores 0."""
+    import torch
+    from course_lib.ddpm import linear_schedule
+    tool = _walkthrough_figures_tool()
+    schedule = linear_schedule(20)
+    x0 = torch.rand(4000, 2, dtype=torch.float64) * 2 - 1
+    zeros = tool.loss_by_t(lambda x, t: torch.zeros_like(x), x0, schedule)
+    assert len(zeros) == 20 and all(abs(v - 1) < 0.05 for v in zeros)
+    ab = schedule.alpha_bars.double()
+
+    def oracle(x, t):
+        a = ab[t].unsqueeze(1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+    assert max(tool.loss_by_t(oracle, x0, schedule)) < 1e-20
+
+
+def test_walkthrough_02_log_snr_figure_and_its_numbers_come_from_the_library(tmp_path):
+    """walkthroughs/figures/02_log_snr.png is drawn by tools/walkthrough_figures.py from the
+    library's schedules, and every number the walkthrough quotes about it is that tool's."""
+    tool = _walkthrough_figures_tool()
     linear, scaled, cosine = tool.summary().values()
     assert linear["alpha_bar_T"] == pytest.approx(0.2192, abs=1e-4)     # the trap, as 02 says
     text = " ".join((ROOT / "walkthroughs" / "02_Diffusion_Models_Walkthrough.md").read_text().split())
