@@ -117,6 +117,21 @@ def test_notebooks_import_rather_than_redefine(notebook):
             assert defined not in names, f"{notebook.name} redefines course_lib's {defined}"
 
 
+def test_no_control_characters_in_documents():
+    """A Python string that meant "\\alpha" but wrote "\alpha" leaves a BEL character where the
+    LaTeX was: the formula no longer renders. No Markdown file or notebook cell holds one."""
+    bad = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+    texts = {p: p.read_text() for p in ROOT.glob("**/*.md")
+             if not any(part.startswith(".") or part in ("build", "node_modules") for part in p.parts)}
+    for notebook in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(notebook.read_text())["cells"]):
+            texts[f"{notebook.name} cell {i}"] = "".join(cell["source"])
+    assert len(texts) > 20
+    for where, text in texts.items():
+        for n, line in enumerate(text.splitlines(), 1):
+            assert not bad.search(line), f"{where}:{n}: control character in {line!r}"
+
+
 def _walkthrough_figures_tool():
     import importlib.util
     spec = importlib.util.spec_from_file_location("walkthrough_figures",
