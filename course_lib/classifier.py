@@ -95,7 +95,7 @@ def load_classifier(dataset: str = "mnist", device: torch.device | str = "cpu") 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Softmax probabilities (N, 10) for images in [-1, 1]."""
+    """Softmax probabilities (N, classes) for images in [-1, 1]."""
     model.eval()
     device = next(model.parameters()).device
     return torch.cat([F.softmax(model(b.to(device)), dim=1).cpu()

@@ -199,10 +199,14 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     """L_simple (Ho et al. eq. 14): E_{t, eps} ||eps - eps_theta(sqrt(ᾱ_t)x_0 + sqrt(1-ᾱ_t)eps, t)||².
 
     ``min_snr_gamma`` weights each image's error by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1 - ᾱ_t)
-    (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the easy,
-    nearly clean steps stop dominating the gradient. ``model_kwargs`` (e.g. ``c=..., c_mask=...``)
-    are passed to the model by keyword, exactly as the samplers pass their ``extra_args``.
+    (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the eps
+    error is the picture's error times SNR_t, so the nearly clean steps, whose picture is all but
+    known, stop dominating the gradient. ``model_kwargs`` (e.g. ``c=..., c_mask=...``) are passed
+    to the model by keyword, exactly as the samplers pass their ``extra_args``.
     """
+    if min_snr_gamma is not None and not min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0 (Hang et al. use 5; None: unweighted), got "
+                         f"{min_snr_gamma}")
     t = torch.randint(0, schedule.T, (len(x0),), device=x0.device, generator=generator)
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = schedule.q_sample(x0, t, noise)
@@ -336,9 +340,11 @@ def ddim_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule, 
     2. sigma = eta · sqrt((1 - ᾱ_prev)/(1 - ᾱ_t)) · sqrt(1 - ᾱ_t/ᾱ_prev)     (eq. 16)
     3. x_prev = sqrt(ᾱ_prev)·x_0 + sqrt(1 - ᾱ_prev - sigma²)·eps + sigma·z
     """
-    if not (-1 <= t_prev < t and eta >= 0):
-        raise ValueError(f"DDIM steps go backwards with eta >= 0: need -1 <= t_prev < t, got "
-                         f"t={t}, t_prev={t_prev}, eta={eta}")
+    if not -1 <= t_prev < t:
+        raise ValueError(f"DDIM steps go backwards: need -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+    if not 0 <= eta <= 1:   # above 1, sigma² can pass 1 - ᾱ_prev: noisier than q(x_t_prev | x_0)
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior "
+                         f"variance), got {eta}")
     # 1. predicted x_0
     x0 = schedule.predict_x0(x_t, t, eps)
     if clip_x0:

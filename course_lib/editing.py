@@ -28,7 +28,8 @@ def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength:
             disable: bool | None = None) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise the images part of the way, then denoise them back.
 
-    1. t_0 = the largest DDIM timestep at or below strength·(T − 1) (none: the images come back)
+    1. t_0 = the largest DDIM timestep at or below round(strength·(T − 1)) (none: the images
+       come back)
     2. x_{t_0} ~ q(x_{t_0} | x_0)                                  (``Schedule.q_sample``)
     3. DDIM from t_0 down to 0 with ``model``                      (``sample_ddim(t_start=t_0)``)
     The noise hides detail first and layout last, so a low strength keeps the photo and changes

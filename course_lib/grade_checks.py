@@ -9,8 +9,9 @@ A pass must show *generated* digits:
 - **read safely**: the samples file is opened with O_NOFOLLOW, must be a regular file under
   ``SAMPLES_CAP`` bytes, and is loaded with ``weights_only=True`` under a time limit;
 - **well formed**: a float tensor of the right shape, finite, in [-1, 1];
-- **drawn, not stored**: the second draw (another seed) differs from the first, and no two samples
-  of one draw are the same picture;
+- **drawn, not stored**: the second draw (another seed) differs from the first (at most
+  ``DIFFER_SHARE`` the same), and one draw does not repeat itself (at most ``REPEAT_SHARE`` of its
+  samples the same picture as another);
 - **not memorised**: each sample is compared with every MNIST image, training and test set, at
   every shift of up to 2 pixels and two blurs, by cosine similarity (zero-mean, unit-norm, so
   brightness and contrast wash out): shifted, noised, blurred or brightened copies stay close;
@@ -75,6 +76,7 @@ COPY_COSINE = 0.985           # a sample this similar (aligned, 28x28) to a refe
 COPY_SHARE = 0.25             # more than this share of near-copies fails (real digits: about 6%)
 SAME_COSINE = 0.995           # two samples this similar are the same picture
 DIFFER_SHARE = 0.5            # more than this share of second-draw samples equal to the first fails
+REPEAT_SHARE = 0.25           # more than this share of one draw's samples repeating another fails
 FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
 SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
 SECOND_OPINION_GAP = 0.10     # each private judge may read at most this share fewer as asked for
@@ -390,7 +392,7 @@ def check_drawn(first: torch.Tensor, second: torch.Tensor, positions: list[int])
     x = canonical(first)
     sim = x @ x.T - 2 * torch.eye(len(x))
     repeats = int((sim.max(1).values > SAME_COSINE).sum())
-    if repeats > COPY_SHARE * len(x):
+    if repeats > REPEAT_SHARE * len(x):
         raise Rejected(f"{repeats} of {len(x)} samples repeat another sample of the same draw; "
                        "sample_digits must draw each sample afresh")
 

@@ -78,8 +78,8 @@ def ema_warmup_avg_fn(decay: float, warmup: float = 10.0) -> Callable:
     A fixed decay of 0.999 over the ~1,000 steps of a CPU run leaves the average dominated by
     the random initial weights (measured in issue #10: samples turned to noise). With the
     warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates, and diffusers'
-    EMAModel) each early update keeps only a fraction of the old average (d_0 = 0.1, d_1 ≈ 0.18
-    for warmup 10): the average spans a window that widens with n (about the last
+    EMAModel) the first update copies the weights (``AveragedModel``), and each early update after
+    it keeps only a fraction of the old average (d_1 ≈ 0.18, d_2 = 0.25 for warmup 10): the average spans a window that widens with n (about the last
     (n + warmup)/(warmup - 1) updates), so the initial weights wash out at once, and the decay
     reaches ``decay`` only after ~(warmup - 1)/(1 - decay) steps.
 

@@ -151,6 +151,24 @@ def test_ddim_rejects_forward_steps(schedule):
         ddpm.ddim_step(torch.zeros(1), 5, torch.zeros(1), schedule, 7)
 
 
+@pytest.mark.parametrize("eta", [-0.1, 1.1, 2.0])
+def test_ddim_rejects_eta_outside_0_1(schedule, eta):
+    """Above 1, sigma² can exceed 1 - ᾱ_prev (on linear_schedule(150)'s last jump of a 10-step run,
+    from t = 17 to 0, η may be at most 1.002): the step would leave the forward process's marginals
+    without a word, so it is refused, as a negative η is."""
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
+        ddpm.ddim_step(torch.zeros(1, 1, 2, 2), 17, torch.zeros(1, 1, 2, 2), schedule, 0, eta=eta)
+    for ok in (0.0, 1.0):
+        ddpm.ddim_step(torch.zeros(1, 1, 2, 2), 17, torch.zeros(1, 1, 2, 2), schedule, 0, eta=ok)
+
+
+@pytest.mark.parametrize("gamma", [0, -5])
+def test_eps_loss_rejects_min_snr_gamma_at_or_below_0(schedule, gamma):
+    """γ = 0 would zero the loss (nothing trains) and γ < 0 turn it upside down, silently."""
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        ddpm.diffusion_loss(lambda x, t: x, torch.zeros(2, 1, 4, 4), schedule, min_snr_gamma=gamma)
+
+
 def test_ddim_timesteps():
     assert ddpm.ddim_timesteps(150, 150) == list(range(149, -1, -1))
     assert ddpm.ddim_timesteps(150, 1) == [149]          # one jump, from pure noise's level
