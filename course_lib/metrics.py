@@ -60,8 +60,8 @@ def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") ->
     if images.ndim != 4 or images.shape[1] != channels:
         kind = "RGB images (B, 3, 32, 32)" if channels == 3 else "grey images (B, 1, H, W)"
         raise ValueError(f"the {dataset} quality measures take {kind}, got {tuple(images.shape)}")
-    if len(images) < 2:
-        raise ValueError("the quality measures need a batch of at least 2 images")
+    if len(images) == 0:
+        raise ValueError("the judge needs at least one image, got an empty batch")
     if not torch.isfinite(images).all():
         raise ValueError("the samples contain NaN or inf: the sampler diverged; check the "
                          "reverse step before measuring quality")
@@ -158,6 +158,8 @@ def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(labels)} labels for {len(images)} images")
     _check_dataset(dataset)
+    if len(images) < 2:   # a Fréchet distance fits a covariance; class shares need only one image
+        raise ValueError("the quality measures need a batch of at least 2 images")
     feats, probs = features_and_probs(_classifier(dataset), images, dataset)
     top, predicted = probs.max(1)
     acc = None if labels is None else (predicted == labels.cpu()).float().mean().item()

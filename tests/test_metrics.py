@@ -55,7 +55,7 @@ def test_classifier_input_is_upsampled_and_clamped():
 
 
 @pytest.mark.parametrize("bad,match", [(torch.zeros(4, 3, 16, 16), "grey images"),
-                                       (torch.zeros(1, 1, 28, 28), "at least 2"),
+                                       (torch.zeros(0, 1, 28, 28), "empty batch"),
                                        (torch.full((4, 1, 28, 28), float("nan")), "NaN")])
 def test_classifier_input_rejects_bad_batches(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -101,6 +101,11 @@ def test_within_class_spread_is_zero_for_copies_and_larger_for_varied_images():
 
 
 @pytest.mark.usefixtures("data_available")
+def test_sample_quality_needs_two_images():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        sample_quality(torch.zeros(1, 1, 28, 28), "mnist")
+
+
 def test_sample_quality_checks_labels():
     with pytest.raises(ValueError, match="3 labels for 4 images"):
         sample_quality(torch.zeros(4, 1, 28, 28), "mnist", labels=torch.zeros(3, dtype=torch.long))
@@ -144,6 +149,10 @@ def test_confusion_shares_has_one_row_of_class_shares_per_label():
     assert rows.diagonal().min() > 0.5                      # real images: mostly read as themselves
     with pytest.raises(ValueError, match="2 labels for"):
         confusion_shares(images, labels[:2])
+    # a label asked for once has a row too (one image's class is well defined)
+    once = torch.cat((labels[labels != 2], labels[labels == 2][:1]))
+    rows = confusion_shares(torch.cat((images[labels != 2], images[labels == 2][:1])), once)
+    assert rows.shape == (3, 10) and rows[2].sum() == 1 and rows[2].max() == 1
 
 
 @pytest.mark.usefixtures("data_available")
