@@ -341,7 +341,8 @@ def ddim_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule, 
     3. x_prev = sqrt(ᾱ_prev)·x_0 + sqrt(1 - ᾱ_prev - sigma²)·eps + sigma·z
     """
     if not -1 <= t_prev < t:
-        raise ValueError(f"DDIM steps go backwards: need -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+        raise ValueError(f"DDIM steps go backwards: need -1 <= t_prev < t, got t={t}, "
+                         f"t_prev={t_prev}")
     if not 0 <= eta <= 1:   # above 1, sigma² can pass 1 - ᾱ_prev: noisier than q(x_t_prev | x_0)
         raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's posterior "
                          f"variance), got {eta}")

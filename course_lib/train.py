@@ -79,9 +79,10 @@ def ema_warmup_avg_fn(decay: float, warmup: float = 10.0) -> Callable:
     the random initial weights (measured in issue #10: samples turned to noise). With the
     warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates, and diffusers'
     EMAModel) the first update copies the weights (``AveragedModel``), and each early update after
-    it keeps only a fraction of the old average (d_1 ≈ 0.18, d_2 = 0.25 for warmup 10): the average spans a window that widens with n (about the last
-    (n + warmup)/(warmup - 1) updates), so the initial weights wash out at once, and the decay
-    reaches ``decay`` only after ~(warmup - 1)/(1 - decay) steps.
+    it keeps only a fraction of the old average (d_1 ≈ 0.18, d_2 = 0.25 for warmup 10): the
+    average spans a window that widens with n (about the last (n + warmup)/(warmup - 1)
+    updates), so the initial weights wash out at once, and the decay reaches ``decay`` only after
+    ~(warmup - 1)/(1 - decay) steps.
 
     It updates all parameters at once (``AveragedModel(model, multi_avg_fn=...)``): one
     ``torch._foreach_lerp_`` per step, as torch's own ``get_ema_multi_avg_fn`` does, instead of a
@@ -175,7 +176,10 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
                 or (max_seconds is not None and time.perf_counter() - started >= max_seconds))
 
     # one bar for the whole run (its time left is the run's); the postfix says which epoch
-    per_epoch = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        per_epoch = len(loader)
+    except TypeError:   # an iterable without a length (a generator, an IterableDataset): a counter
+        per_epoch = None
     total = None if per_epoch is None else min(epochs * per_epoch, max_steps or epochs * per_epoch)
     bar = tqdm(total=total, desc=desc + (" (bf16)" if bf16 else ""), unit="step",
                disable=not progress)

@@ -435,6 +435,19 @@ def test_flower_recipe_v_loss_is_the_eps_loss_weighted_by_one_over_alpha_bar():
     assert v_loss.item() == pytest.approx(eps_loss.item() / schedule.alpha_bars[t].item(), rel=1e-3)
     with pytest.raises(ValueError, match="'eps' or 'v'"):
         flower_recipe.conditional_loss(schedule, prediction="x0")
+    # the bench's own loss: with prediction="v" it is VDenoiser's loss with 04's one-hot context
+    from course_lib.conditioning import keep_mask, one_hot
+    x0, labels = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 1])
+    torch.manual_seed(7)
+    bench_v = flower_recipe.conditional_loss(schedule, keep_prob=1.0, min_snr=5, prediction="v")(
+        net, (x0, labels))
+    torch.manual_seed(7)
+    mask = keep_mask(4, 1.0)
+    library_v = v_model.loss(x0, min_snr_gamma=5, c=one_hot(labels, 3), c_mask=mask)
+    assert bench_v.item() == pytest.approx(library_v.item(), rel=1e-6)
+    torch.manual_seed(7)
+    bench_eps = flower_recipe.conditional_loss(schedule, keep_prob=1.0, min_snr=5)(net, (x0, labels))
+    assert bench_eps.item() != pytest.approx(bench_v.item(), rel=1e-3)
 
 
 def test_clip_context_rows_change_one_thing_each():

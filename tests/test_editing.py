@@ -15,13 +15,27 @@ def oracle(x0):
     return model, schedule
 
 
-def test_the_editors_noise_with_the_forward_process():
+def test_the_editors_noise_with_the_forward_process(monkeypatch):
     """img2img and paste_back noise the photo with Schedule.q_sample, the forward process."""
     s = ddpm.cosine_schedule(40)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, torch.randn(2, 3, 4, 4, generator=g)
-    ab = s.alpha_bars[17]
-    assert torch.allclose(s.q_sample(x0, 17, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+    # paste_back: the known pixels become q(x_17 | x_0) with the given noise, the others stay
+    keep = (torch.rand(2, 1, 4, 4, generator=g) < 0.5).float().expand_as(x0)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    out, known = editing.paste_back(x, x0, keep, 17, s, eps), s.q_sample(x0, 17, eps)
+    assert torch.allclose(out[keep == 1], known[keep == 1]) and torch.equal(out[keep == 0], x[keep == 0])
+    assert torch.equal(editing.paste_back(x, x0, keep, -1, s, eps)[keep == 1], x0[keep == 1])
+    # img2img: the sampler starts from q(x_{t_0} | x_0), t_0 = 20 for strength 0.5 of T = 40
+    seen = {}
+
+    def sampler(model, x, schedule, **kwargs):
+        seen.update(x=x, t_start=kwargs["t_start"])
+        return x
+    monkeypatch.setattr(editing, "sample_ddim", sampler)
+    editing.img2img(lambda x, t: x, x0, s, 0.5, steps=40, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    assert seen["t_start"] == 20 and torch.allclose(seen["x"], s.q_sample(x0, 20, noise))
 
 
 def test_img2img_with_a_perfect_denoiser_returns_the_image_and_strength_sets_the_start():

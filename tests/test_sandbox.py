@@ -69,33 +69,58 @@ def _attempts(code_lines: dict) -> str:
 
 
 def test_cannot_write_the_judge_the_repo_etc_or_home(sandboxed, tmp_path):
+    import sysconfig
     home = Path(os.path.expanduser("~"))
     before = WEIGHTS.read_bytes()
+    # control for the read-only binds: a folder anyone may write to on the host, inside data/
+    # (which the sandbox binds back read-only, and git ignores), so that only the sandbox's
+    # mounts, not the dropped uid's permissions, can refuse the write
+    open_dir = ROOT / "data" / f"sandbox-probe-{os.getpid()}"
+    open_dir.mkdir(parents=True, exist_ok=True)
+    open_dir.chmod(0o777)
+    site = Path(sysconfig.get_paths()["purelib"])   # a .pth here would run in every later step
     code = _attempts({
         "weights": f"open({str(WEIGHTS)!r}, 'ab').write(b'junk')",
         "repo": f"open({str(ROOT / 'course_lib' / 'evil.py')!r}, 'w').write('x')",
         "etc": "open('/etc/evil', 'w').write('x')",
         "bashrc": f"open({str(home / '.bashrc')!r}, 'a').write('echo pwned')",
-        "sitepackages": f"open({str(Path(os.__file__).parent / 'evil.py')!r}, 'w').write('x')",
+        "stdlib": f"open({str(Path(os.__file__).parent / 'evil.py')!r}, 'w').write('x')",
+        "sitepackages": f"open({str(site / 'evil.pth')!r}, 'w').write('import os')",
+        "openrepo": f"open({str(open_dir / 'evil.txt')!r}, 'w').write('x')",
         "hidden": f"open({str(sandboxed.hidden / 'other_student.ipynb')!r}, 'w').write('x')",
         "workdir": "open('mine.txt', 'w').write('x')",
     })
-    result = sandboxed(code)
-    out = result.stdout
-    for name in ("weights", "repo", "etc", "bashrc", "sitepackages", "hidden"):
-        assert f"{name}:blocked" in out, out + result.stderr
-    assert "workdir:ok" in out and (sandboxed.work / "mine.txt").is_file(), out
-    assert WEIGHTS.read_bytes() == before
-    assert not (ROOT / "course_lib" / "evil.py").exists()
-    assert (sandboxed.hidden / "other_student.ipynb").read_text() == "{}"
+    try:
+        result = sandboxed(code)
+        out = result.stdout
+        for name in ("weights", "repo", "etc", "bashrc", "stdlib", "sitepackages", "openrepo",
+                     "hidden"):
+            assert f"{name}:blocked" in out, out + result.stderr
+        assert "workdir:ok" in out and (sandboxed.work / "mine.txt").is_file(), out
+        assert WEIGHTS.read_bytes() == before
+        assert not (ROOT / "course_lib" / "evil.py").exists() and not (site / "evil.pth").exists()
+        assert not (open_dir / "evil.txt").exists()
+        assert (sandboxed.hidden / "other_student.ipynb").read_text() == "{}"
+        # the control: outside the sandbox the same write to that folder succeeds
+        (open_dir / "evil.txt").write_text("x")
+    finally:
+        for f in open_dir.glob("*"):
+            f.unlink()
+        open_dir.rmdir()
 
 
 def test_hidden_folders_and_home_are_invisible(sandboxed):
-    home = os.path.expanduser("~")
+    import ast
+    home = Path(os.path.expanduser("~")).resolve()
+    # what the sandbox binds back from the home: the folders on the way to the interpreter
+    needed = {p.relative_to(home).parts[0] for p in sandbox.exposed() if p.is_relative_to(home)}
+    private = set(os.listdir(home)) - needed
+    assert os.listdir(sandboxed.hidden) and private   # the control: both hold files on the host
     code = (f"import os; print(sorted(os.listdir({str(sandboxed.hidden)!r})));"
-            f"print(os.path.exists({str(Path(home) / '.bashrc')!r}))")
-    out = sandboxed(code).stdout
-    assert "[]" in out and "other_student" not in out, out
+            f"print(sorted(os.listdir({str(home)!r})))")
+    out = sandboxed(code).stdout.splitlines()
+    assert out[0] == "[]", out
+    assert set(ast.literal_eval(out[1])) <= needed, (out, needed)
 
 
 def test_no_network_not_even_the_hosts_localhost(sandboxed):

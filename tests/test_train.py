@@ -102,8 +102,15 @@ def test_snapshots_keep_frozen_copies_of_the_ema_at_the_asked_epochs():
     assert sorted(early.snapshots) == [1]
 
 
-def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once():
+def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once(monkeypatch):
     """avg ← avg + (1 - d_n)(w - avg), d_n = min(decay, (1 + n)/(10 + n)), applied by one foreach call."""
+    calls = []
+    lerp = torch._foreach_lerp_
+
+    def counting_lerp(averaged, current, weight):
+        calls.append(len(averaged))
+        return lerp(averaged, current, weight)
+    monkeypatch.setattr(torch, "_foreach_lerp_", counting_lerp)
     model = nn.Linear(3, 2)
     ema = AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(0.2))
     ema.update_parameters(model)                                  # n = 0: a copy
@@ -117,6 +124,7 @@ def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once():
         ema.update_parameters(model)
         for got, want in zip(ema.module.parameters(), expected):
             torch.testing.assert_close(got, want)
+    assert calls == [2, 2, 2]          # one call per update, on the weight and the bias together
     with pytest.raises(ValueError, match="ema_decay must be in"):
         ema_warmup_avg_fn(1.0)
 
