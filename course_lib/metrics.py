@@ -57,8 +57,10 @@ def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") ->
     images smaller than 28×28, upsampled bilinearly as the judge was trained)."""
     _check_dataset(dataset)
     channels = 3 if dataset == "flowers" else 1
-    if images.ndim != 4 or images.shape[1] != channels:
-        kind = "RGB images (B, 3, 32, 32)" if channels == 3 else "grey images (B, 1, H, W)"
+    if (images.ndim != 4 or images.shape[1] != channels
+            or (channels == 3 and tuple(images.shape[-2:]) != (32, 32))):
+        kind = ("RGB images (B, 3, 32, 32), the size the flower judge reads (resize with "
+                "F.interpolate first)" if channels == 3 else "grey images (B, 1, H, W)")
         raise ValueError(f"the {dataset} quality measures take {kind}, got {tuple(images.shape)}")
     if len(images) == 0:
         raise ValueError("the judge needs at least one image, got an empty batch")
