@@ -5,7 +5,9 @@
     python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0,4,8 \
         --report flower_sampler_64                    # row P's model (04's until the thirteenth session)
     python bench/flower_sampler.py --batch 64 --per-species 300 --rows 0 --channels 24,48,96 \
-        --epochs 30 --seed 1 --report flower_channels_x30_s1   # 04's model now (row X), seed 1
+        --epochs 30 --seed 1 --report flower_channels_x30_s1   # row X (04's in the thirteenth session)
+    python bench/flower_sampler.py --batch 64 --per-species 300 --rows 10 --channels 24,48,96 \
+        --prediction v --min-snr 5 --epochs 60 --report flower_channels_x60v_s0_minsnr5   # 04's now
 
 Trains 04's class-conditional flower model once, as notebook 04 did before its batches of 64
 (flower_recipe row O: channels 16, 32, 64; cosine schedule, T = 150; batches of 32, lr 2e-3,
@@ -18,7 +20,8 @@ over-saturated, burnt colours pile up, beside the same count for real held-out p
 species. Writes bench/flower_sampler.md and .json (or ``--report``'s name), and one grid per row
 to bench/out/<report>/. ``--batch 64`` trains 04's recipe of the twelfth session (flower_recipe
 row P), ``--rows`` picks rows of ``SETTINGS`` by index, ``--channels 24,48,96`` gives the network
-04 trains now (row X; ``--epochs 30`` as 04 does) and ``--seed`` another training seed. It trains
+04 trains now (row X), ``--prediction v --min-snr 5 --epochs 60`` its training (as
+bench/flower_channels.py's run x60v_s0_minsnr5 does) and ``--seed`` another training seed. It trains
 on CUDA or MPS when there is one.
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ from report import AT_LIMITS, SCHEDULES, at_limits, device_name, write_report  #
 
 HERE = Path(__file__).resolve().parent
 FOURS = FlowerRecipe("04 as it is")          # 04's network and recipe: flower_recipe.py's row A
-EPOCHS = 50                                  # rows O and P (04 now: row X's network, 30 epochs)
+EPOCHS = 50                                  # rows O and P (04 now: row X's network, v, 60 epochs)
 SETTINGS = {   # name -> keyword arguments of ddpm.sample_guided
     "w = 2, DDIM-50, η = 1, x̂₀ clipped (04 as it is)": dict(w=2.0, steps=50, clip_x0=True),
     "guidance rescale φ = 0.3": dict(w=2.0, steps=50, clip_x0=True, rescale=0.3),

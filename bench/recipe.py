@@ -187,7 +187,8 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=120.0, help="training seconds per row")
+    parser.add_argument("--budget", type=float, default=150.0, help="training seconds per row "
+                        "(150: every row of bench/recipe.md)")
     parser.add_argument("--judged", type=int, default=500)
     parser.add_argument("--only", default=None, help="run only rows whose name starts with this")
     parser.add_argument("--append", action="store_true",

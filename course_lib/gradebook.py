@@ -142,7 +142,8 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     for name, _ in copies:  # no stale report may stand in for a task that fails
         (out / f"{name}.json").unlink(missing_ok=True)
     folder = submissions if submissions.is_dir() else submissions.parent
-    if "--private-judge" not in grader_args:   # one set of private judges for the cohort, trained here
+    if not any(a == "--private-judge" or a.startswith("--private-judge=") for a in grader_args):
+        # one set of private judges for the cohort, trained here
         judge = private_judge_path() if dry_run else ensure_private_judge()
         grader_args = [*grader_args, "--private-judge", str(judge)]
     script = job / "grade.sbatch"

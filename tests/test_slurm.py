@@ -83,6 +83,22 @@ def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path):
         assert copy.is_file() and subs not in copy.parents
     script = next((tmp_path / "out").glob(".slurm-*/grade.sbatch")).read_text()
     assert "--array=0-1" in script and "--profile test" in script
+    assert "--private-judge" in script          # the cohort's private judges, chosen here
+
+
+@pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"]])
+def test_slurm_keeps_the_instructors_private_judge_in_either_spelling(tmp_path, form):
+    """argparse keeps the last --private-judge: a default appended after the instructor's own
+    (given as "--private-judge=PATH") would silently replace it."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    _notebook(subs / "alice.ipynb", "x = 1")
+    mine = tmp_path / "my_judges.pt"
+    args = [a.format(p=mine) for a in form]
+    assert gradebook.main(["slurm", str(subs), "--out", str(tmp_path / "out"), "--dry-run",
+                           "--profile", "test", *args]) == 0
+    script = next((tmp_path / "out").glob(".slurm-*/grade.sbatch")).read_text()
+    assert str(mine) in script and script.count("--private-judge") == 1, script
 
 
 def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
