@@ -37,7 +37,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .classifier import DigitClassifier, flower_split, load_classifier, to_judge_input
+from .classifier import JUDGED_SIZE, DigitClassifier, flower_split, load_classifier, to_judge_input
 from .config import checkpoint_path
 from .data import FLOWER_CLASSES, LOADERS, load_flowers
 from .storage import save_json_atomic
@@ -56,11 +56,11 @@ def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") ->
     """Samples (B, C, H, W) in [-1, 1] -> what the judge reads, on the CPU, clamped (and, for grey
     images smaller than 28×28, upsampled bilinearly as the judge was trained)."""
     _check_dataset(dataset)
-    channels = 3 if dataset == "flowers" else 1
+    channels, side = (3, JUDGED_SIZE["flowers"]) if dataset == "flowers" else (1, None)
     if (images.ndim != 4 or images.shape[1] != channels
-            or (channels == 3 and tuple(images.shape[-2:]) != (32, 32))):
-        kind = ("RGB images (B, 3, 32, 32), the size the flower judge reads (resize with "
-                "F.interpolate first)" if channels == 3 else "grey images (B, 1, H, W)")
+            or (side is not None and tuple(images.shape[-2:]) != (side, side))):
+        kind = (f"RGB images (B, 3, {side}, {side}), the size the flower judge reads (resize with "
+                "F.interpolate first)" if side else "grey images (B, 1, H, W)")
         raise ValueError(f"the {dataset} quality measures take {kind}, got {tuple(images.shape)}")
     if len(images) == 0:
         raise ValueError("the judge needs at least one image, got an empty batch")

@@ -180,7 +180,9 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
         per_epoch = len(loader)
     except TypeError:   # an iterable without a length (a generator, an IterableDataset): a counter
         per_epoch = None
-    total = None if per_epoch is None else min(epochs * per_epoch, max_steps or epochs * per_epoch)
+    total = None if per_epoch is None else epochs * per_epoch
+    if total is not None and max_steps is not None:
+        total = min(total, max_steps)
     bar = tqdm(total=total, desc=desc + (" (bf16)" if bf16 else ""), unit="step",
                disable=not progress)
     for epoch in range(epochs):
