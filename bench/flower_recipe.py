@@ -33,9 +33,10 @@ from course_lib import config, ddpm
 from course_lib.conditioning import keep_mask, one_hot
 from course_lib.data import FLOWER_CLASSES, ImageContextDataset, load_flowers, make_loader
 from course_lib.metrics import confusion_shares, real_quality, sample_quality
+from course_lib.pace import steps_per_second
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet
-from report import SCHEDULES, pending, steps_per_second, write_report  # bench/report.py
+from report import SCHEDULES, pending, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 SPECIES = ("daisy", "rose", "sunflower")     # 04's three

@@ -29,10 +29,10 @@ from course_lib import config, ddpm
 from course_lib.blocks import EmbedBlock, ResidualConvBlock
 from course_lib.data import load_fashion_mnist, make_loader
 from course_lib.metrics import real_quality
+from course_lib.pace import steps_per_second
 from course_lib.train import train, warmup_cosine
 from course_lib.unets import OptimizedUNet, check_images, check_timesteps
-from report import (SCHEDULES, judged_figures, pending, steps_per_second,  # bench/report.py
-                    write_report)
+from report import SCHEDULES, judged_figures, pending, write_report  # bench/report.py
 
 HERE = Path(__file__).resolve().parent
 

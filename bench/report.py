@@ -1,12 +1,11 @@
 """What the bench scripts share: the judge's figures of a set of samples, the share of their
-pixel values at the ends of the colour range, a recipe's training speed, the machine it ran on,
+pixel values at the ends of the colour range, the machine it ran on,
 and the report every script ends with (its Markdown table printed, then written with its JSON
 beside the scripts)."""
 from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -47,22 +46,6 @@ def at_limits(images: torch.Tensor) -> float:
     """Share of pixel values at the ends of the range, |x| ≥ AT_LIMITS: where burnt,
     over-saturated colours (and unclipped samples) pile up. Real flower photos: about 5%."""
     return (images.abs() >= AT_LIMITS).float().mean().item()
-
-
-def steps_per_second(make_model, loader, loss_fn, lr: float, steps: int = 12) -> float:
-    """Training speed of a throwaway model here, after 3 warm-up steps (recipe rows size
-    a learning-rate schedule that must end with their time budget from it)."""
-    model = make_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    batches = iter(loader)
-    for i in range(steps + 3):
-        if i == 3:
-            start = time.perf_counter()
-        loss = loss_fn(model, next(batches))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return steps / (time.perf_counter() - start)
 
 
 def device_name() -> str:

@@ -19,8 +19,7 @@ the two, since a shared machine's speed can drift within a run.
 from __future__ import annotations
 
 import argparse
-import functools
-import itertools
+import json
 import os
 import platform
 import re
@@ -31,9 +30,18 @@ from pathlib import Path
 
 import torch
 
+# each notebook's time limit and the course's (06: grade_key.py) are the ones 00's estimate draws
+from course_lib.pace import COURSE_TARGET_MINUTES as COURSE_TARGET_MIN
+from course_lib.pace import MEASURED_RUNS, reference_step_ms
+from course_lib.pace import TARGET_MINUTES as TARGET_MIN
+
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_MIN = {"00": 1, "01": 3, "02": 6, "03": 12, "04": 12, "05": 12}  # 06: grade_key.py
-COURSE_TARGET_MIN = 50
+
+# the run of each kind of CPU (course_lib.config.speed) that 00 scales into its estimate
+# (bench/RESULTS.md, sections 3, 18 and 19)
+PACE_RUNS = {"fast": ("notebooks_full", "2 cores of an Intel CPU with AMX"),
+             "bf16": ("notebooks_full_avx512bf16", "2 cores of an AMD EPYC with AVX512-BF16"),
+             "float32": ("notebooks_full_float32", "2 cores of an AMD EPYC kept in float32")}
 # the headline figure of each notebook: patterns over its printed output (first group kept)
 HEADLINES = {
     "01": [r"01 ink blots: \d+ samples: (.*)"],
@@ -154,20 +162,18 @@ def tidy(path: Path) -> str:
     return f"{bars} progress bars finished, {fonts} font-cache warnings dropped"
 
 
-def reference_step_ms(steps: int = 40) -> float:
-    """Milliseconds per training step of 03's fixed model (batch 64, Adam): this machine's speed."""
-    from course_lib.unets import OptimizedUNet
-    from report import steps_per_second  # bench/report.py
-
-    torch.manual_seed(0)
-    x = torch.randn(64, 1, 16, 16)
-
-    def loss_fn(model, batch):
-        return (model(batch, torch.randint(0, 150, (len(batch),))) - batch).pow(2).mean()
-
-    make_model = functools.partial(OptimizedUNet, img_ch=1, size=16, channels=(16, 32, 64), T=150,
-                                   bottleneck=128)
-    return 1000 / steps_per_second(make_model, itertools.repeat(x), loss_fn, lr=1e-3, steps=steps)
+def pace_runs() -> dict:
+    """What ``course_lib/measured_runs.json`` holds: for each kind of CPU, its run's minutes and
+    reference step of notebooks 00-05, read from its table (``--pace`` writes it)."""
+    runs = {}
+    for speed, (table, machine) in PACE_RUNS.items():
+        rows = {}
+        for line in (ROOT / "bench" / f"{table}.md").read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("| 0") and cells[0][:2] in TARGET_MIN:
+                rows[cells[0]] = {"minutes": float(cells[1]), "ms": float(cells[-1])}
+        runs[speed] = {"run": table, "machine": machine, "notebooks": rows}
+    return runs
 
 
 def bf16_hardware() -> str:
@@ -216,11 +222,18 @@ def main(argv=None) -> int:
     parser.add_argument("--table", default="",
                         help="write bench/notebooks_<profile>_<TABLE>.md instead (a run on another "
                              "kind of machine, kept beside the stored run's table)")
+    parser.add_argument("--pace", action="store_true",
+                        help="only write course_lib/measured_runs.json (00's time estimate) from "
+                             "the tables of " + ", ".join(t for t, _ in PACE_RUNS.values()))
     parser.add_argument("--tidy", action="store_true",
                         help="only tidy the stored outputs: finish the progress bars' text, drop "
                              "font-cache warnings")
     args = parser.parse_args(argv)
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.pace:
+        MEASURED_RUNS.write_text(json.dumps(pace_runs(), indent=1) + "\n")
+        print(f"wrote {MEASURED_RUNS.relative_to(ROOT)}")
+        return 0
     if args.tidy:
         for nb in notebooks:
             print(f"{nb.name}: {tidy(nb)}")

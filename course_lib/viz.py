@@ -215,6 +215,36 @@ def plot_quality(results: dict, title: str = "sample quality") -> Figure:
     return fig
 
 
+def plot_pace(estimate, targets: dict[str, float], title: str | None = None) -> Figure:
+    """Bars per notebook: minutes in the measured run (``estimate.measured``) beside the minutes
+    estimated here (``estimate.minutes``), with each notebook's limit (``targets``, by its two-digit
+    number) as a black tick. ``estimate`` is a :class:`course_lib.pace.Estimate`."""
+    if not estimate.minutes:
+        raise ValueError("plot_pace needs an estimate with minutes (there is none on a GPU)")
+    stems = list(estimate.minutes)
+    ys = range(len(stems))
+    fig = Figure(figsize=(8, 0.45 * len(stems) + 2.2))
+    ax = fig.add_subplot()
+    ax.barh([y - 0.2 for y in ys], [estimate.measured[s] for s in stems], height=0.4,
+            color="lightgrey", label=f"measured: {estimate.machine}")
+    ax.barh([y + 0.2 for y in ys], [estimate.minutes[s] for s in stems], height=0.4,
+            color="tab:blue", label="estimated on this machine")
+    for y, s in zip(ys, stems):
+        ax.text(estimate.minutes[s] + 0.1, y + 0.2, f"{estimate.minutes[s]:.1f}", va="center",
+                fontsize=8)
+    limits = [targets.get(s[:2]) for s in stems]
+    ax.scatter([v for v in limits if v is not None],
+               [y for y, v in zip(ys, limits) if v is not None],
+               marker="|", s=300, color="black", label="the notebook's time limit")
+    ax.set(xlabel="minutes, full profile", ylabel="notebook", yticks=list(ys), yticklabels=stems,
+           xlim=(0, 1.15 * max(*estimate.minutes.values(), *estimate.measured.values(),
+                               *(v for v in limits if v is not None))))
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+    return _finish(fig, ax, title)
+
+
 def plot_class_shares(shares: dict[str, Sequence[float]], classes: Sequence[str],
                       title: str = "which classes are drawn") -> Figure:
     """Grouped bars: the share of each batch that a classifier puts in each class."""

@@ -312,31 +312,6 @@ def test_flower_recipe_crop_row_trains_on_shifted_32px_views(monkeypatch):
     assert len({tuple(v.flatten()[:8].tolist()) for v in views}) > 5     # not always the same window
 
 
-def test_steps_per_second_times_a_fresh_model_on_the_given_loss():
-    """bench/report.py::steps_per_second sizes the learning-rate schedules of recipe.py and
-    flower_recipe.py: it builds its own model, runs the loss on the loader's batches, and leaves
-    the caller's model alone."""
-    import math
-
-    import torch
-    from torch import nn
-
-    report = _bench_module("report")
-    built, seen = [], []
-
-    def make_model():
-        built.append(nn.Linear(4, 1))
-        return built[-1]
-
-    def loss_fn(model, batch):
-        seen.append(batch.shape)
-        return model(batch).square().mean()
-
-    loader = [torch.randn(8, 4) for _ in range(20)]
-    rate = report.steps_per_second(make_model, loader, loss_fn, lr=1e-2, steps=5)
-    assert len(built) == 1 and len(seen) == 8 and math.isfinite(rate) and rate > 0
-
-
 def test_pending_skips_rows_already_run_and_keeps_the_asked_prefixes():
     from types import SimpleNamespace
 

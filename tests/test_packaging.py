@@ -46,16 +46,20 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
         ["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True).stdout
 
 
-def test_shipped_weights_are_packaged():
+def test_shipped_weights_and_data_are_packaged():
+    """Every file of course_lib that is not Python (the judges' weights, 00's measured runs)
+    matches a package-data pattern, so a wheel carries it."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["course_lib"]
-    assert patterns == ["weights/*.pt", "weights/*.json"]
-    shipped = sorted(p.name for p in (ROOT / "course_lib" / "weights").iterdir())
-    assert shipped == ["fashion_mnist_classifier.pt", "flowers_classifier.pt", "framing_labels.json",
-                       "framing_probe.pt", "mnist_classifier.pt"]
-    # every shipped file matches a package-data pattern, so a wheel carries it
-    assert all(any((ROOT / "course_lib" / "weights" / name).match(f"course_lib/{pattern}")
-                   for pattern in patterns) for name in shipped)
+    assert patterns == ["weights/*.pt", "weights/*.json", "measured_runs.json"]
+    package = ROOT / "course_lib"
+    shipped = sorted(str(p.relative_to(package)) for p in package.rglob("*")
+                     if p.is_file() and p.suffix not in (".py", ".pyc"))
+    assert shipped == ["measured_runs.json", "weights/fashion_mnist_classifier.pt",
+                       "weights/flowers_classifier.pt", "weights/framing_labels.json",
+                       "weights/framing_probe.pt", "weights/mnist_classifier.pt"]
+    assert all(any((package / name).match(f"course_lib/{pattern}") for pattern in patterns)
+               for name in shipped)
 
 
 def test_diffusers_is_a_test_only_extra_that_make_test_installs():
