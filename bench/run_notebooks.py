@@ -171,6 +171,9 @@ def pace_runs() -> dict:
         for line in (ROOT / "bench" / f"{table}.md").read_text().splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
             if line.startswith("| 0") and cells[0][:2] in TARGET_MIN:
+                if cells[-1] == "-":
+                    raise ValueError(f"bench/{table}.md: {cells[0]} has no reference-step time "
+                                     f"(a row from before they were timed); run it again")
                 rows[cells[0]] = {"minutes": float(cells[1]), "ms": float(cells[-1])}
         runs[speed] = {"run": table, "machine": machine, "notebooks": rows}
     return runs

@@ -29,7 +29,7 @@ from . import config
 from .unets import OptimizedUNet
 
 MEASURED_RUNS = Path(__file__).resolve().parent / "measured_runs.json"
-# each notebook's time limit on 2 CPU cores, and the whole course's (06 is the student's own work)
+# each notebook's time target on 2 CPU cores, and the whole course's (06 is the student's own work)
 TARGET_MINUTES = {"00": 1, "01": 3, "02": 6, "03": 12, "04": 12, "05": 12}
 COURSE_TARGET_MINUTES = 50
 KIND_OF_SPEED = {"fast": "bfloat16 on AMX", "bf16": "bfloat16 on AVX512-BF16",
@@ -90,7 +90,7 @@ class Estimate:
         return sum(self.minutes.values())
 
     def over_target(self) -> list[str]:
-        """The notebooks estimated past their time limit."""
+        """The notebooks estimated past their time target."""
         return [stem for stem, m in self.minutes.items() if m > TARGET_MINUTES.get(stem[:2], m)]
 
     def summary(self) -> str:
@@ -107,9 +107,11 @@ class Estimate:
                  f"({sum(self.measured.values()):.0f} there)"]
         late = self.over_target()
         if late:
-            lines.append("past their time limit here: " + ", ".join(
-                f"{stem} ({self.minutes[stem]:.0f} min, limit {TARGET_MINUTES[stem[:2]]})"
-                for stem in late) + "; close other programs, or try COURSE_PROFILE=test first")
+            lines.append("past the course's time target here: " + ", ".join(
+                f"{stem} ({self.minutes[stem]:.0f} min, target {TARGET_MINUTES[stem[:2]]})"
+                for stem in late) + ". They still run to the end, only slower. Close other "
+                "programs while they train; COURSE_PROFILE=test runs a notebook on tiny data "
+                "in a fraction of the time, to try it first.")
         return "\n".join(lines)
 
 

@@ -217,7 +217,7 @@ def plot_quality(results: dict, title: str = "sample quality") -> Figure:
 
 def plot_pace(estimate, targets: dict[str, float], title: str | None = None) -> Figure:
     """Bars per notebook: minutes in the measured run (``estimate.measured``) beside the minutes
-    estimated here (``estimate.minutes``), with each notebook's limit (``targets``, by its two-digit
+    estimated here (``estimate.minutes``), with each notebook's target (``targets``, by its two-digit
     number) as a black tick. ``estimate`` is a :class:`course_lib.pace.Estimate`."""
     if not estimate.minutes:
         raise ValueError("plot_pace needs an estimate with minutes (there is none on a GPU)")
@@ -235,7 +235,7 @@ def plot_pace(estimate, targets: dict[str, float], title: str | None = None) -> 
     limits = [targets.get(s[:2]) for s in stems]
     ax.scatter([v for v in limits if v is not None],
                [y for y, v in zip(ys, limits) if v is not None],
-               marker="|", s=300, color="black", label="the notebook's time limit")
+               marker="|", s=300, color="black", label="the notebook's time target")
     ax.set(xlabel="minutes, full profile", ylabel="notebook", yticks=list(ys), yticklabels=stems,
            xlim=(0, 1.15 * max(*estimate.minutes.values(), *estimate.measured.values(),
                                *(v for v in limits if v is not None))))

@@ -37,7 +37,7 @@ RUNS = {"fast": {"run": "notebooks_fast", "machine": "a fast CPU",
 
 def test_the_stored_runs_are_the_bench_tables():
     """measured_runs.json is what `bench/run_notebooks.py --pace` reads from the three tables, and
-    covers every kind of CPU that config.speed names, with every notebook that has a time limit."""
+    covers every kind of CPU that config.speed names, with every notebook that has a time target."""
     runs = pace.measured_runs()
     assert runs == _run_notebooks().pace_runs()
     assert set(runs) == {"fast", "bf16", "float32"}
@@ -57,7 +57,7 @@ def test_minutes_scale_with_the_reference_step(monkeypatch):
     assert slow.total == pytest.approx(0.2 + 12.0 + 20.0)
     assert slow.over_target() == ["04_Classifier_Free_Diffusion"]          # 20 > 12; 03's 12 is not past
     text = slow.summary()
-    assert "04_Classifier_Free_Diffusion (20 min, limit 12)" in text and "COURSE_PROFILE=test" in text
+    assert "04_Classifier_Free_Diffusion (20 min, target 12)" in text and "COURSE_PROFILE=test" in text
     assert "about 32 minutes here (14 there)" in text
 
 
@@ -102,7 +102,7 @@ def test_the_reference_step_is_timed_here():
     assert isinstance(ms, float) and 0 < ms < 60_000
 
 
-def test_the_picture_shows_both_runs_and_the_limits(monkeypatch):
+def test_the_picture_shows_both_runs_and_the_targets(monkeypatch):
     monkeypatch.setattr(pace.config, "speed", lambda device: "fast")
     est = pace.estimate("cpu", ms_here=100.0, runs=RUNS)
     fig = plot_pace(est, pace.TARGET_MINUTES, title="t")
@@ -115,13 +115,13 @@ def test_the_picture_shows_both_runs_and_the_limits(monkeypatch):
     assert sorted(limits[:, 0].tolist()) == [1, 12, 12]
     legend = {t.get_text() for t in ax.get_legend().get_texts()}
     assert legend == {"measured: a fast CPU", "estimated on this machine",
-                      "the notebook's time limit"}
+                      "the notebook's time target"}
 
 
 def test_the_check_of_the_estimate_agrees_with_the_runs_and_its_section():
     """bench/pace_check.json: each row's estimate is what 00 computes from today's measured runs
     for that step time (so the check goes stale, and fails here, when the runs are rewritten), and
-    RESULTS section 24 quotes its largest error."""
+    RESULTS section 24 and notebook 00 quote its largest error."""
     check = json.loads((ROOT / "bench" / "pace_check.json").read_text())
     rows = check["rows"]
     assert {r["threads"] for r in rows} == {1, 2} and len({r["notebook"] for r in rows}) >= 5
@@ -134,3 +134,5 @@ def test_the_check_of_the_estimate_agrees_with_the_runs_and_its_section():
     section = (ROOT / "bench" / "RESULTS.md").read_text().split("## 24.")[1]
     quoted = int(re.search(r"Every estimate is within (\d+)% of the minutes measured", section)[1])
     assert quoted == math.ceil(100 * worst - 1e-9)
+    notebook = (ROOT / "notebooks" / "00_jupyterlab.ipynb").read_text()
+    assert f"it came within {quoted}% of the minutes each notebook took" in notebook
