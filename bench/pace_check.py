@@ -3,7 +3,7 @@
     python bench/pace_check.py                    # 01 and 02, with 2 threads and then with 1
     python bench/pace_check.py 01 --threads 2     # one notebook, one setting
 
-For each thread count (one thread stands for a CPU twice as slow per step), each notebook runs in
+For each thread count (one thread stands for a slower CPU), each notebook runs in
 the full profile, its outputs discarded, as bench/run_notebooks.py runs it; the reference step is
 timed before and after it, and 00's estimate for that step time (the mean of the two) is set beside
 the minutes it took. Writes bench/pace_check.md and .json, keeping the rows of earlier runs that

@@ -53,7 +53,8 @@ def steps_per_second(make_model, batches, loss_fn, lr: float, steps: int = 12) -
 
 
 def reference_step_ms(steps: int = 40) -> float:
-    """Milliseconds per training step of 03's fixed model (batch 64, Adam, float32) on the CPU."""
+    """Milliseconds per training step of 03's fixed model (batch 64, Adam, float32) on the CPU.
+    The caller's random numbers are left as they were."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 16, 16, generator=generator)
     t = torch.randint(0, 150, (64,), generator=generator)
@@ -62,8 +63,9 @@ def reference_step_ms(steps: int = 40) -> float:
         return (model(batch, t) - batch).pow(2).mean()
 
     def make_model():
-        torch.manual_seed(0)
-        return OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=150, bottleneck=128)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return OptimizedUNet(img_ch=1, size=16, channels=(16, 32, 64), T=150, bottleneck=128)
 
     return 1000 / steps_per_second(make_model, itertools.repeat(x), loss_fn, lr=1e-3, steps=steps)
 
@@ -118,7 +120,7 @@ class Estimate:
 def estimate(device: torch.device | str = "cpu", ms_here: float | None = None,
              runs: dict | None = None) -> Estimate:
     """Minutes of each notebook's full profile on ``device`` (``ms_here``: a reference step already
-    timed; by default it is timed now, a few seconds)."""
+    timed; by default it is timed now, a few seconds. ``runs``: default ``measured_runs.json``)."""
     speed = config.speed(device)
     if torch.device(device).type != "cpu":
         return Estimate(speed)

@@ -27,6 +27,7 @@ def _run_notebooks():
         sys.path.remove(str(ROOT / "bench"))
     return module
 
+
 RUNS = {"fast": {"run": "notebooks_fast", "machine": "a fast CPU",
                  "notebooks": {"00_jupyterlab": {"minutes": 0.1, "ms": 50.0},
                                "03_Optimizations": {"minutes": 6.0, "ms": 50.0},
@@ -97,9 +98,13 @@ def test_steps_per_second_times_a_fresh_model_on_the_given_loss():
     assert len(built) == 1 and len(seen) == 8 and math.isfinite(rate) and rate > 0
 
 
-def test_the_reference_step_is_timed_here():
+def test_the_reference_step_is_timed_here_and_leaves_the_random_numbers_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     ms = pace.reference_step_ms(steps=2)
     assert isinstance(ms, float) and 0 < ms < 60_000
+    assert torch.equal(torch.rand(3), expected)      # a notebook's seeded run goes on as it would
 
 
 def test_the_picture_shows_both_runs_and_the_targets(monkeypatch):
