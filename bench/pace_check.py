@@ -2,6 +2,7 @@
 
     python bench/pace_check.py                    # 01 and 02, with 2 threads and then with 1
     python bench/pace_check.py 01 --threads 2     # one notebook, one setting
+    COURSE_BF16=0 python bench/pace_check.py      # the same, training in float32 (section 19's run)
 
 For each thread count (one thread stands for a slower CPU), each notebook runs in
 the full profile, its outputs discarded, as bench/run_notebooks.py runs it; the reference step is
@@ -47,21 +48,24 @@ def main(argv=None) -> int:
                 return 1
             ms = (before + pace.reference_step_ms()) / 2
             guess = pace.estimate("cpu", ms_here=ms).minutes[nb.stem]
-            rows = [r for r in rows if (r["notebook"], r["threads"]) != (nb.stem, threads)]
-            rows.append(dict(notebook=nb.stem, threads=threads, ms=round(ms, 1),
+            rows = [r for r in rows
+                    if (r["notebook"], r["threads"], r["speed"]) != (nb.stem, threads, speed)]
+            rows.append(dict(notebook=nb.stem, speed=speed, threads=threads, ms=round(ms, 1),
                              estimated=round(guess, 2), measured=round(seconds / 60, 2),
                              error=round(guess / (seconds / 60) - 1, 3)))
             print(rows[-1], flush=True)
-    run_ = pace.measured_runs()[speed]
+    runs = pace.measured_runs()
     lines = [f"00's estimate against the measured minutes (full profile, {os.cpu_count()} CPU cores "
-             f"of this machine, {pace.KIND_OF_SPEED[speed]}; scaled from bench/{run_['run']}.md, "
-             f"{run_['machine']})", "",
-             "| notebook | threads | ms per reference step | estimated (min) | measured (min) | "
-             "estimate off by |", "|---|---|---|---|---|---|"]
-    rows.sort(key=lambda r: (-r["threads"], r["notebook"]))
-    lines += [f"| {r['notebook']} | {r['threads']} | {r['ms']:.0f} | {r['estimated']:.2f} | "
-              f"{r['measured']:.2f} | {r['error']:+.0%} |" for r in rows]
-    write_report("pace_check", lines, {"speed": speed, "rows": rows})
+             f"of this machine; each row scaled from the run of its kind: "
+             + "; ".join(f"{pace.KIND_OF_SPEED[s]}: bench/{runs[s]['run']}.md, {runs[s]['machine']}"
+                         for s in sorted({r["speed"] for r in rows})) + ")", "",
+             "| notebook | trains in | threads | ms per reference step | estimated (min) | "
+             "measured (min) | estimate off by |", "|---|---|---|---|---|---|---|"]
+    rows.sort(key=lambda r: (r["speed"], -r["threads"], r["notebook"]))
+    lines += [f"| {r['notebook']} | {pace.KIND_OF_SPEED[r['speed']]} | {r['threads']} | "
+              f"{r['ms']:.0f} | {r['estimated']:.2f} | {r['measured']:.2f} | {r['error']:+.0%} |"
+              for r in rows]
+    write_report("pace_check", lines, {"rows": rows})
     return 0
 
 

@@ -127,12 +127,12 @@ def test_the_check_of_the_estimate_agrees_with_the_runs_and_its_section():
     """bench/pace_check.json: each row's estimate is what 00 computes from today's measured runs
     for that step time (so the check goes stale, and fails here, when the runs are rewritten), and
     RESULTS section 24 and notebook 00 quote its largest error."""
-    check = json.loads((ROOT / "bench" / "pace_check.json").read_text())
-    rows = check["rows"]
+    rows = json.loads((ROOT / "bench" / "pace_check.json").read_text())["rows"]
     assert {r["threads"] for r in rows} == {1, 2} and len({r["notebook"] for r in rows}) >= 5
-    run = pace.measured_runs()[check["speed"]]["notebooks"]
+    assert {r["speed"] for r in rows} == {"bf16", "float32"}
+    runs = pace.measured_runs()
     for r in rows:
-        there = run[r["notebook"]]
+        there = runs[r["speed"]]["notebooks"][r["notebook"]]
         assert r["estimated"] == pytest.approx(there["minutes"] * r["ms"] / there["ms"], abs=0.006)
         assert r["error"] == pytest.approx(r["estimated"] / r["measured"] - 1, abs=0.01)  # rounded
     worst = max(abs(r["error"]) for r in rows)
