@@ -85,7 +85,13 @@ class Estimate:
     machine: str = ""                   # the machine it ran on
     measured: dict = field(default_factory=dict)   # stem -> minutes there
     ms_there: dict = field(default_factory=dict)   # stem -> reference step there
-    minutes: dict = field(default_factory=dict)    # stem -> minutes here (estimated)
+
+    @property
+    def minutes(self) -> dict:
+        """stem -> minutes here: minutes there · ms here / ms there (none without a step here)."""
+        if self.ms_here is None:
+            return {}
+        return {stem: m * self.ms_here / self.ms_there[stem] for stem, m in self.measured.items()}
 
     @property
     def total(self) -> float:
@@ -132,5 +138,4 @@ def estimate(device: torch.device | str = "cpu", ms_here: float | None = None,
     ms_here = reference_step_ms() if ms_here is None else float(ms_here)
     measured = {stem: row["minutes"] for stem, row in run["notebooks"].items()}
     ms_there = {stem: row["ms"] for stem, row in run["notebooks"].items()}
-    minutes = {stem: measured[stem] * ms_here / ms_there[stem] for stem in measured}
-    return Estimate(speed, ms_here, run["run"], run["machine"], measured, ms_there, minutes)
+    return Estimate(speed, ms_here, run["run"], run["machine"], measured, ms_there)

@@ -1257,3 +1257,44 @@ def test_the_answer_key_passes_the_plain_background_as_section_23_says():
     seconds = int(re.search(r"notebook run \(training \+ its own cells\): (\d+) s", key).group(1))
     section = " ".join((ROOT / "bench" / "RESULTS.md").read_text().split("## 23. ")[1].split())
     assert f"with {plain}% plain background" in section and f"notebook ran {seconds} s" in section
+
+
+def test_the_stored_runs_of_00s_estimate_are_the_bench_tables():
+    """measured_runs.json is what `bench/run_notebooks.py --pace` reads from the three tables, and
+    covers every kind of CPU that config.speed names, with every notebook that has a time target."""
+    from course_lib import pace
+
+    runs = pace.measured_runs()
+    assert runs == _bench_module("run_notebooks").pace_runs()
+    assert set(runs) == {"fast", "bf16", "float32"}
+    for run in runs.values():
+        assert sorted(stem[:2] for stem in run["notebooks"]) == sorted(pace.TARGET_MINUTES)
+        assert all(row["minutes"] > 0 and row["ms"] > 0 for row in run["notebooks"].values())
+
+
+def test_the_check_of_the_estimate_agrees_with_the_runs_and_its_section():
+    """bench/pace_check.json: each row's estimate is what 00 computes from today's measured runs
+    for that step time (so the check goes stale, and fails here, when the runs are rewritten), and
+    RESULTS section 24 and notebook 00 quote its largest error."""
+    import json
+    import math
+    import re
+
+    import pytest
+
+    from course_lib import pace
+
+    rows = json.loads((ROOT / "bench" / "pace_check.json").read_text())["rows"]
+    assert {r["threads"] for r in rows} == {1, 2} and len({r["notebook"] for r in rows}) >= 5
+    assert {r["speed"] for r in rows} == {"bf16", "float32"}
+    runs = pace.measured_runs()
+    for r in rows:
+        there = runs[r["speed"]]["notebooks"][r["notebook"]]
+        assert r["estimated"] == pytest.approx(there["minutes"] * r["ms"] / there["ms"], abs=0.006)
+        assert r["error"] == pytest.approx(r["estimated"] / r["measured"] - 1, abs=0.01)  # rounded
+    worst = max(abs(r["error"]) for r in rows)
+    section = (ROOT / "bench" / "RESULTS.md").read_text().split("## 24.")[1]
+    quoted = int(re.search(r"Every estimate is within (\d+)% of the minutes measured", section)[1])
+    assert quoted == math.ceil(100 * worst - 1e-9)
+    notebook = (ROOT / "notebooks" / "00_jupyterlab.ipynb").read_text()
+    assert f"it came within {quoted}% of the minutes the" in notebook

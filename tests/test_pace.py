@@ -1,31 +1,11 @@
 """course_lib/pace.py: 00's estimate of each notebook's minutes, scaled from a measured run."""
-import importlib.util
-import json
 import math
-import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from course_lib import pace
 from course_lib.viz import plot_pace
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _run_notebooks():
-    """bench/run_notebooks.py as a module (bench/ on the path only while it loads)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_run_notebooks",
-                                                      ROOT / "bench" / "run_notebooks.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return module
 
 
 RUNS = {"fast": {"run": "notebooks_fast", "machine": "a fast CPU",
@@ -34,17 +14,6 @@ RUNS = {"fast": {"run": "notebooks_fast", "machine": "a fast CPU",
                                "04_Classifier_Free_Diffusion": {"minutes": 8.0, "ms": 40.0}}},
         "float32": {"run": "notebooks_slow", "machine": "a float32 CPU",
                     "notebooks": {"03_Optimizations": {"minutes": 9.0, "ms": 70.0}}}}
-
-
-def test_the_stored_runs_are_the_bench_tables():
-    """measured_runs.json is what `bench/run_notebooks.py --pace` reads from the three tables, and
-    covers every kind of CPU that config.speed names, with every notebook that has a time target."""
-    runs = pace.measured_runs()
-    assert runs == _run_notebooks().pace_runs()
-    assert set(runs) == {"fast", "bf16", "float32"}
-    for run in runs.values():
-        assert sorted(stem[:2] for stem in run["notebooks"]) == sorted(pace.TARGET_MINUTES)
-        assert all(row["minutes"] > 0 and row["ms"] > 0 for row in run["notebooks"].values())
 
 
 def test_minutes_scale_with_the_reference_step(monkeypatch):
@@ -121,23 +90,3 @@ def test_the_picture_shows_both_runs_and_the_targets(monkeypatch):
     legend = {t.get_text() for t in ax.get_legend().get_texts()}
     assert legend == {"measured: a fast CPU", "estimated on this machine",
                       "the notebook's time target"}
-
-
-def test_the_check_of_the_estimate_agrees_with_the_runs_and_its_section():
-    """bench/pace_check.json: each row's estimate is what 00 computes from today's measured runs
-    for that step time (so the check goes stale, and fails here, when the runs are rewritten), and
-    RESULTS section 24 and notebook 00 quote its largest error."""
-    rows = json.loads((ROOT / "bench" / "pace_check.json").read_text())["rows"]
-    assert {r["threads"] for r in rows} == {1, 2} and len({r["notebook"] for r in rows}) >= 5
-    assert {r["speed"] for r in rows} == {"bf16", "float32"}
-    runs = pace.measured_runs()
-    for r in rows:
-        there = runs[r["speed"]]["notebooks"][r["notebook"]]
-        assert r["estimated"] == pytest.approx(there["minutes"] * r["ms"] / there["ms"], abs=0.006)
-        assert r["error"] == pytest.approx(r["estimated"] / r["measured"] - 1, abs=0.01)  # rounded
-    worst = max(abs(r["error"]) for r in rows)
-    section = (ROOT / "bench" / "RESULTS.md").read_text().split("## 24.")[1]
-    quoted = int(re.search(r"Every estimate is within (\d+)% of the minutes measured", section)[1])
-    assert quoted == math.ceil(100 * worst - 1e-9)
-    notebook = (ROOT / "notebooks" / "00_jupyterlab.ipynb").read_text()
-    assert f"it came within {quoted}% of the minutes the" in notebook
