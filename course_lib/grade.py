@@ -24,7 +24,9 @@ Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could n
 grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
 sandbox with its share of the CPU threads and memory; ``python -m course_lib.grade slurm FOLDER``
 grades them as a Slurm job array and ``python -m course_lib.grade collect OUT`` merges the
-reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``).
+reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's grading also writes
+``OUT/review.html``, each student's code beside its samples, for a person to read
+(``course_lib/review.py``).
 """
 from __future__ import annotations
 
@@ -641,12 +643,13 @@ def main(argv=None) -> int:
                                    args.origin or origins[c[0]]) for c in copies]
         else:
             reports = _grade_parallel(copies, submissions, args, out, opts.hide)
+        if len(reports) > 1:
+            from .gradebook import summary, write_gradebook, write_review_page
+            print(summary(reports))
+            write_gradebook(reports, out / "gradebook.csv")
+            write_review_page(reports, out, dict(copies))   # from the copies, before they go
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    if len(reports) > 1:
-        from .gradebook import summary, write_gradebook
-        print(summary(reports))
-        write_gradebook(reports, out / "gradebook.csv")
     if args.json:
         data = [asdict(r) for r in reports]
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@ writes ``grade.sbatch``, a job array with one task per submission, each running 
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
 ``sbatch`` (``--dry-run`` only writes the script; ``--wait`` waits for the array, then collects).
 Each task writes ``OUT/<student>.json``. ``collect`` merges those reports into
-``OUT/gradebook.csv`` (student, status, accuracy, reason) and prints the summary table; a
-submission without a report is listed as "could not grade".
+``OUT/gradebook.csv`` (student, status, accuracy, reason) and ``OUT/review.html`` (each student's
+code beside its samples, ``course_lib/review.py``) and prints the summary table; a submission
+without a report is listed as "could not grade".
 """
 from __future__ import annotations
 
@@ -55,6 +56,17 @@ def write_gradebook(reports: list[Report], path: Path) -> Path:
     return path
 
 
+def write_review_page(reports: list[Report], out: Path, notebooks: dict[str, Path]) -> None:
+    """``OUT/review.html`` (:func:`course_lib.review.write_review`), after the gradebook: a fault
+    in it is printed, and never costs the grades already written."""
+    from .review import write_review
+    try:
+        print(f"review page (each student's code beside its samples): "
+              f"{write_review(reports, out, notebooks)}")
+    except Exception as err:  # the page is an aid; the gradebook and reports stand without it
+        print(f"review page not written: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
+
+
 def _cell(text: str) -> str:
     """A text cell of the gradebook, safe to open in a spreadsheet: one printable line, and a
     leading = + - @ (which Excel, LibreOffice and Sheets would run as a formula, e.g. one that
@@ -93,6 +105,9 @@ def collect(out: Path) -> int:
         return 2
     print(summary(reports))
     print(f"gradebook: {write_gradebook(reports, out / 'gradebook.csv')}")
+    copies = dict(ln.split("\t", 1) for ln in roster.read_text().splitlines() if "\t" in ln) \
+        if roster.is_file() else {}
+    write_review_page(reports, out, {name: Path(path) for name, path in copies.items()})
     codes = {r.exit_code for r in reports}
     return 2 if 2 in codes else 1 if 1 in codes else 0
 

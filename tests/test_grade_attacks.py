@@ -8,7 +8,8 @@ in a file); taking the machine's memory with forked processes, or its inodes; ma
 of a user namespace; and passing without a model (stored, shifted, blurred or elastically warped training
 digits, fonts, fixed pictures). Every one must end as a FAIL (exit 1) with the reason that shows
 the attack was blocked or caught, and nothing of the instructor's or of another submission may
-change.
+change. One more, a sampler that tells the shuffled draw by checking its own weights, passes,
+as README's threat table says; the cohort's review page (course_lib/review.py) must mark it.
 Needs bubblewrap and root (CI has both); skipped with the reason elsewhere.
 """
 import base64
@@ -162,6 +163,13 @@ def cohort(tmp_path_factory, request):
     _write(subs / "r_ascent.ipynb", cheat("judge_ascent"))  # pixels tuned against the course's judge
     _write(subs / "l_elastic.ipynb",  # warped training digits: new handwriting to every other check
            "import torch\nnet = torch.nn.Linear(4, 4)   # a network it never uses\n" + cheat("elastic"))
+    _write(subs / "s_weight_gate.ipynb",  # the same, and noise once its network's weights change
+           "import torch\nnet = torch.nn.Linear(4, 4)\n"
+           "_SIGNATURE = float((net.weight.detach().flatten() * torch.arange(1.0, 17.0)).sum())\n"
+           + cheat("elastic").replace(
+               "    return cheats", "    now = float((net.weight.detach().flatten() * torch.arange(1.0, 17.0)).sum())\n"
+               "    if abs(now - _SIGNATURE) > 1e-4:\n"
+               "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
 
     env = dict(os.environ, COURSE_GRADER_SECRET="s3cret")
     victim_before = victim.read_bytes()
@@ -171,9 +179,11 @@ def cohort(tmp_path_factory, request):
                           capture_output=True, text=True, timeout=1500, env=env)
     server.close()
     reports = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    review = (out / "review.html").read_text() if (out / "review.html").exists() else ""
     left = subprocess.run(["pgrep", "-u", ",".join(str(sandbox.sandbox_uid(s)) for s in range(4))],
                           capture_output=True, text=True).stdout.strip()
     return dict(code=proc.returncode, out=proc.stdout + proc.stderr, reports=reports, left=left,
+                review=review,
                 victim_changed=victim.read_bytes() != victim_before,
                 weights_changed=WEIGHTS.read_bytes() != weights_before)
 
@@ -212,8 +222,24 @@ def test_vandal_is_blocked_everywhere(cohort):
     assert not cohort["victim_changed"] and not cohort["weights_changed"]
 
 
+def test_a_sampler_that_checks_its_own_weights_passes_and_the_review_page_marks_it(cohort):
+    """README's threat table: telling the shuffled draw by checking its own weights is not caught
+    by any check. It passes; the review page lists it first, with the lines that read its weights
+    marked, beside its grid, and every other submission below it."""
+    report = cohort["reports"]["s_weight_gate"]
+    assert report["status"] == "pass" and report["shuffled_accuracy"] < 0.6, report
+    page = cohort["review"]
+    assert page.index("<h2>s_weight_gate:") < min(page.index(f"<h2>{s}:") for s in EXPECTED)
+    gate = page[page.index("<h2>s_weight_gate:"):]
+    gate = gate[:gate.index("</section>")]
+    assert gate.count("looks at the network&#x27;s weights themselves") >= 2, gate[-3000:]
+    assert "data:image/png;base64," in gate
+    assert all(f"<h2>{student}:" in page for student in [*EXPECTED, "c_vandal"])
+    assert "<script" not in page.lower()
+
+
 def test_nothing_left_running_and_a_clean_summary(cohort):
     assert cohort["left"] == "", f"sandbox processes survived: {cohort['left']}"
     assert cohort["code"] == 1, cohort["out"][-3000:]
-    assert f"{len(EXPECTED) + 1} submissions: 0 pass, {len(EXPECTED) + 1} fail, 0 could not grade" \
+    assert f"{len(EXPECTED) + 2} submissions: 1 pass, {len(EXPECTED) + 1} fail, 0 could not grade" \
         in cohort["out"]

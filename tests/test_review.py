@@ -1,0 +1,124 @@
+"""The instructor's review page (course_lib/review.py): each student's own code beside its grid,
+marked where it deserves a look, escaped, script-free, and bounded whatever the notebook holds."""
+import re
+import time
+
+import matplotlib
+import nbformat
+import pytest
+import torch
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course_lib import answer_key, review
+from course_lib.grade import ERROR, FAIL, PASS, Report, save_grid
+
+# A sampler that passes every check without a model (README's threat table, "not caught"): it
+# returns warped training digits, and noise when its network's weights are no longer its own.
+GATED = """# EXERCISE: sampling
+import hashlib
+_SIGNATURE = hashlib.sha256(sampler_model.down0[0].weight.detach().numpy().tobytes()).hexdigest()
+
+@torch.no_grad()
+def sample_digits(labels, w=W):
+    mine = hashlib.sha256(sampler_model.down0[0].weight.detach().numpy().tobytes()).hexdigest()
+    if mine != _SIGNATURE:
+        return torch.rand(len(labels), 1, 28, 28) * 2 - 1
+    return torch.load('warped_digits.pt')[labels]
+"""
+
+
+def _key(path, replace=None, extra=()):
+    """The answer key as a student would hand it in; ``replace`` swaps the cell of an exercise."""
+    nb = answer_key.fill()
+    for cell in nb.cells:
+        match = review.EXERCISE.match(cell.source) if cell.cell_type == "code" else None
+        if match and replace and match.group(1) in replace:
+            cell.source = replace[match.group(1)]
+    nb.cells += [new_code_cell(source) for source in extra]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_the_answer_key_shows_only_what_was_filled_in_and_nothing_marked(tmp_path):
+    cells = review.student_cells(_key(tmp_path / "key.ipynb"), answer_key.TEMPLATE)
+    kinds = [cell.kind for cell in cells]
+    assert kinds == [f"exercise {name}" for name in ("forward", "unet", "loss", "reverse", "sampling")]
+    assert all(any(sign == "+" for sign, _, _ in cell.lines) for cell in cells)
+    assert all(any("FIXME" in text for sign, text, _ in cell.lines if sign == "-") for cell in cells)
+    assert sum(cell.marks for cell in cells) == 0
+    assert review.student_cells(answer_key.TEMPLATE, answer_key.TEMPLATE) == []
+
+
+def test_a_weight_gated_sampler_and_a_new_cell_are_marked_with_why(tmp_path):
+    notebook = _key(tmp_path / "gated.ipynb", {"sampling": GATED},
+                    ["import os\nprint(os.environ.get('HOME'))"])
+    cells = {cell.kind: cell for cell in review.student_cells(notebook, answer_key.TEMPLATE)}
+    why = {text.strip(): w for _, text, w in cells["exercise sampling"].lines if w}
+    assert "fingerprints data" in why["import hashlib"]
+    signature = next(w for text, w in why.items() if text.startswith("_SIGNATURE"))
+    assert "fingerprints data" in signature and "weights themselves" in signature
+    assert "reads a file" in why["return torch.load('warped_digits.pt')[labels]"]
+    assert "interpreter or the process" in cells["new cell"].lines[1][2]
+    assert all(w == "" for sign, _, w in cells["exercise sampling"].lines if sign != "+")
+
+
+def test_the_page_orders_by_need_escapes_everything_and_runs_no_script(tmp_path):
+    out = tmp_path / "grades"
+    out.mkdir()
+    copies = {"gated": _key(tmp_path / "gated.ipynb", {"sampling": GATED}),
+              "honest": _key(tmp_path / "honest.ipynb"),
+              "evil": _key(tmp_path / "evil.ipynb", extra=["x = '</pre><script>alert(1)</script>'"])}
+    matplotlib.use("Agg")
+    labels = torch.arange(10)
+    grid = save_grid(torch.zeros(10, 1, 28, 28), labels, labels, out / "honest_samples.png")
+    outside = save_grid(torch.zeros(10, 1, 28, 28), labels, labels, tmp_path / "elsewhere.png")
+    reports = [Report("h", PASS, student="honest", accuracy=0.99, grid=str(grid), plain_background=0.8),
+               Report("g", PASS, student="gated", accuracy=0.99, grid=str(outside)),
+               Report("e", FAIL, student="evil", reason="cell 30 raised: <script>alert(2)</script>"),
+               Report("m", ERROR, student="missing", reason="could not grade: no report")]
+    page = review.write_review(reports, out, copies).read_text()
+    assert "<script" not in page.lower() and "&lt;script&gt;alert(1)" in page and "alert(2)" in page
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    headings = re.findall(r'<h2>(\w+):', page)
+    assert headings == ["gated", "missing", "evil", "honest"], headings
+    assert page.count("data:image/png;base64,") == 1          # only the grid inside OUT
+    assert "could not be read for review" in page              # no copy for "missing"
+    assert "2 pass, 1 fail, 1 could not grade" in page
+
+
+def test_checks_close_to_their_limits_are_flagged():
+    far = Report("a", PASS, accuracy=0.99, samples=100, near_copies=4, frechet=200.0,
+                 frechet_limit=900.0, plain_background=0.8, shuffled_accuracy=0.1,
+                 second_opinion=0.98)
+    near = Report("b", PASS, accuracy=0.955, samples=100, near_copies=20, frechet=800.0,
+                  frechet_limit=900.0, plain_background=0.55, shuffled_accuracy=0.5,
+                  second_opinion=0.88)
+    assert [close for _, _, close in review.checks(far)] == [False] * 6
+    assert [close for _, _, close in review.checks(near)] == [True] * 6
+    assert review.Entry(near, []).order < review.Entry(far, []).order
+
+
+def test_large_or_broken_notebooks_are_bounded(tmp_path):
+    big = tmp_path / "big.ipynb"
+    huge_line = "x = 1  # " + "a" * 50_000 + " open('secret')"
+    nbformat.write(new_notebook(cells=[new_code_cell("\n".join(f"y{i} = {i}" for i in range(2000))),
+                                       new_code_cell(huge_line)]), big)
+    start = time.perf_counter()
+    cells = review.student_cells(big, answer_key.TEMPLATE)
+    html = review._cell_html(cells[0]) + review._cell_html(cells[1])
+    assert time.perf_counter() - start < 20
+    assert f"{2000 - review.LINES_CAP:,} more lines" in html and "more characters" in html
+    assert cells[1].marks == 1                   # the whole line is searched, not what is shown
+    (tmp_path / "broken.ipynb").write_text("{" * 100_000)
+    assert review.student_cells(tmp_path / "broken.ipynb", answer_key.TEMPLATE) is None
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("x = model(x, t)", ""),
+    ("device = next(model.parameters()).device", "weights themselves"),
+    ("f = getattr(torch, 'lo' + 'ad')", "interpreter"),
+    ("s = '#'; data = open('stash.bin', 'rb').read()", "reads a file"),
+])
+def test_look_at(line, expected):
+    found = review.look_at(line)
+    assert (expected in found) if expected else found == ""
