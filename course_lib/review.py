@@ -10,9 +10,10 @@ student wrote beside the samples it drew. This page puts both on one page for a 
 2. for each student, the graded grid and the code the student wrote: every code cell that differs
    from the 06 template (an exercise cell, a changed template cell, a new cell), shown as a diff
    against the template cell it replaces. Lines the student wrote that read files or the network,
-   fingerprint data, look at the network's weights themselves, look at the interpreter or the
-   process, or use training images are marked with why (:data:`LOOK_AT`): a mark asks for a look,
-   it is no verdict (``next(model.parameters()).device`` is marked too).
+   run programs or shell commands, fingerprint data, look at the network's weights themselves,
+   look at the interpreter or the process, or use training images are marked with why
+   (:data:`LOOK_AT`): a mark asks for a look, it is no verdict (``next(model.parameters())`` is
+   marked too), and code written to dodge the patterns is shown in full all the same.
 
 Students are listed most in need of a look first: passes with marks or a close check, then those
 that could not be graded, then fails, then clean passes. Everything a student controls (names,
@@ -44,8 +45,10 @@ WIDTH_CAP = 400        # characters shown per line; the rest are counted (the wh
 LOOK_AT = (
     ("reads a file or the network",
      r"\bopen\(|\b(torch|np|numpy)\.load\b|\bpickle\b|\bjoblib\b|\bread_(bytes|text)\(|\burllib\b"
-     r"|\brequests\b|\bsocket\b|\bsubprocess\b|\bos\.(system|popen|listdir|scandir|walk)\b"
-     r"|\bglob\b|\bshutil\b"),
+     r"|\brequests\b|\bsocket\b|\bos\.(listdir|scandir|walk)\b|\bglob\b|\bshutil\b"),
+    ("runs a program, a shell command or a magic",
+     r"^\s*[!%]|\bsubprocess\b|\bos\.(system|popen|exec\w*|spawn\w*|fork)\b|\bctypes\b"
+     r"|\bmultiprocessing\b"),
     ("fingerprints data (a hash or checksum)",
      r"\bhashlib\b|\bhash\(|\bmd5\b|\bsha\d*\b|\bcrc32\b|checksum|fingerprint"),
     ("looks at the network's weights themselves",
@@ -215,8 +218,8 @@ def _grid(report: Report, out: Path) -> str:
     if not report.grid:
         return ""
     try:
-        path = Path(report.grid).resolve()
-        if path.parent != out.resolve() or path.suffix != ".png" or path.is_symlink():
+        path = Path(report.grid)
+        if path.is_symlink() or path.resolve().parent != out.resolve() or path.suffix != ".png":
             return ""
         data = path.read_bytes()
         if len(data) > GRID_CAP or not data.startswith(b"\x89PNG\r\n\x1a\n"):

@@ -1,7 +1,6 @@
 """The instructor's review page (course_lib/review.py): each student's own code beside its grid,
 marked where it deserves a look, escaped, script-free, and bounded whatever the notebook holds."""
 import re
-import time
 
 import matplotlib
 import nbformat
@@ -82,6 +81,9 @@ def test_the_page_orders_by_need_escapes_everything_and_runs_no_script(tmp_path)
     headings = re.findall(r'<h2>(\w+):', page)
     assert headings == ["gated", "missing", "evil", "honest"], headings
     assert page.count("data:image/png;base64,") == 1          # only the grid inside OUT
+    (out / "linked.png").symlink_to(outside)
+    linked = Report("l", PASS, student="linked", grid=str(out / "linked.png"))
+    assert review._grid(linked, out) == "" and review._grid(reports[0], out).startswith("data:")
     assert "could not be read for review" in page              # no copy for "missing"
     assert "2 pass, 1 fail, 1 could not grade" in page
 
@@ -103,10 +105,9 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     huge_line = "x = 1  # " + "a" * 50_000 + " open('secret')"
     nbformat.write(new_notebook(cells=[new_code_cell("\n".join(f"y{i} = {i}" for i in range(2000))),
                                        new_code_cell(huge_line)]), big)
-    start = time.perf_counter()
     cells = review.student_cells(big, answer_key.TEMPLATE)
     html = review._cell_html(cells[0]) + review._cell_html(cells[1])
-    assert time.perf_counter() - start < 20
+    assert len(huge_line) > review.MATCH_CAP and cells[1].kind == "new cell"   # never matched
     assert f"{2000 - review.LINES_CAP:,} more lines" in html and "more characters" in html
     assert cells[1].marks == 1                   # the whole line is searched, not what is shown
     (tmp_path / "broken.ipynb").write_text("{" * 100_000)
@@ -118,6 +119,8 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("device = next(model.parameters()).device", "weights themselves"),
     ("f = getattr(torch, 'lo' + 'ad')", "interpreter"),
     ("s = '#'; data = open('stash.bin', 'rb').read()", "reads a file"),
+    ("!curl -s https://example.invalid/digits.pt -o d.pt", "shell command"),
+    ("%run helper.py", "magic"),
 ])
 def test_look_at(line, expected):
     found = review.look_at(line)
