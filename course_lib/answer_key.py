@@ -15,9 +15,9 @@ from pathlib import Path
 import nbformat
 
 from .config import REPO_ROOT
-from .grade import EXERCISE, SKIPPING_TAGS
+from .grade import SKIPPING_TAGS
+from .submission_code import EXERCISE, TEMPLATE
 
-TEMPLATE = REPO_ROOT / "notebooks" / "06_Assessment.ipynb"
 KEY = REPO_ROOT / "answers" / "06_Assessment_Answers.md"
 SOLUTION = re.compile(r"<!--\s*solution:\s*(\w+)\s*-->\s*```python\n(.*?)```", re.S)
 

@@ -48,18 +48,17 @@ from pathlib import Path
 
 import torch
 
-from . import sandbox
+from . import sandbox, submission_code
 from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT,
                            CannotGrade, Judge, NotPlain, Rejected, check_drawn, check_from_network,
                            check_not_memorised, check_plain_background, check_realistic,
                            check_samples, check_second_opinion, ensure_private_judge, load_judge,
                            load_private_judge, plain_share, read_plain, read_samples)
+from .submission_code import EXERCISE, NOTEBOOK_CAP
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
-EXERCISE = re.compile(r"^# EXERCISE: (\w+)")   # 06's exercise cells start so (answer_key fills them)
-NOTEBOOK_CAP = 20 * 2**20          # bytes: a submission larger than this is refused
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
 SAMPLE_TIMEOUT = 1050.0            # seconds for the three draws (b and c: 1.5x a's time each, at most)
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
@@ -90,6 +89,7 @@ class Report:
     seconds_grading: float | None = None
     sandbox: str = "bubblewrap"
     grid: str | None = None
+    code: dict | None = None   # what the student wrote, for the review page (submission_code)
 
     @property
     def exit_code(self) -> int:
@@ -493,6 +493,11 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
                     threshold=opts.threshold)
     rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
+    try:   # for the review page; kept even when the notebook then fails, and never grades
+        report.code = submission_code.for_report(copy)
+    except Exception as err:  # the grader's own bug here must not cost the grade
+        print(f"note: the review page will show no code for {copy.name}: {type(err).__name__}",
+              file=sys.stderr)
     try:
         nb = read_submission(copy)
         _JUDGE = _JUDGE or load_judge()
@@ -647,7 +652,7 @@ def main(argv=None) -> int:
             from .gradebook import summary, write_gradebook, write_review_page
             print(summary(reports))
             write_gradebook(reports, out / "gradebook.csv")
-            write_review_page(reports, out, dict(copies))   # from the copies, before they go
+            write_review_page(reports, out)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     if args.json:

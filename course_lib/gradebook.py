@@ -56,13 +56,13 @@ def write_gradebook(reports: list[Report], path: Path) -> Path:
     return path
 
 
-def write_review_page(reports: list[Report], out: Path, notebooks: dict[str, Path]) -> None:
+def write_review_page(reports: list[Report], out: Path) -> None:
     """``OUT/review.html`` (:func:`course_lib.review.write_review`), after the gradebook: a fault
     in it is printed, and never costs the grades already written."""
     from .review import write_review
     try:
         print(f"review page (each student's code beside its samples): "
-              f"{write_review(reports, out, notebooks)}")
+              f"{write_review(reports, out)}")
     except Exception as err:  # the page is an aid; the gradebook and reports stand without it
         print(f"review page not written: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
 
@@ -105,9 +105,7 @@ def collect(out: Path) -> int:
         return 2
     print(summary(reports))
     print(f"gradebook: {write_gradebook(reports, out / 'gradebook.csv')}")
-    copies = dict(ln.split("\t", 1) for ln in roster.read_text().splitlines() if "\t" in ln) \
-        if roster.is_file() else {}
-    write_review_page(reports, out, {name: Path(path) for name, path in copies.items()})
+    write_review_page(reports, out)
     codes = {r.exit_code for r in reports}
     return 2 if 2 in codes else 1 if 1 in codes else 0
 

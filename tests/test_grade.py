@@ -438,7 +438,7 @@ def test_grader_blames_the_submission_in_one_line(tmp_path):
     assert book[0] == "student,status,accuracy,reason" and len(book) == len(cases) + 1
     page = (tmp_path / "grades" / "review.html").read_text()
     assert all(f"<h2>{name}:" in page for name in cases)
-    assert "could not be read for review" not in page   # written before the private copies go
+    assert "No code kept" not in page and "new cell" in page   # each report keeps its code
 
 
 def test_grader_refuses_fixme_without_running(tmp_path):

@@ -1,5 +1,7 @@
-"""The instructor's review page (course_lib/review.py): each student's own code beside its grid,
-marked where it deserves a look, escaped, script-free, and bounded whatever the notebook holds."""
+"""The instructor's review page (course_lib/review.py) and what it shows of each submission
+(course_lib/submission_code.py): the student's own code beside its grid, marked where it deserves
+a look, escaped, script-free, and bounded whatever the notebook holds."""
+import json
 import re
 
 import matplotlib
@@ -8,7 +10,7 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import answer_key, review
+from course_lib import answer_key, review, submission_code as code
 from course_lib.grade import ERROR, FAIL, PASS, Report, save_grid
 
 # A sampler that passes every check without a model (README's threat table, "not caught"): it
@@ -30,7 +32,7 @@ def _key(path, replace=None, extra=()):
     """The answer key as a student would hand it in; ``replace`` swaps the cell of an exercise."""
     nb = answer_key.fill()
     for cell in nb.cells:
-        match = review.EXERCISE.match(cell.source) if cell.cell_type == "code" else None
+        match = code.EXERCISE.match(cell.source) if cell.cell_type == "code" else None
         if match and replace and match.group(1) in replace:
             cell.source = replace[match.group(1)]
     nb.cells += [new_code_cell(source) for source in extra]
@@ -39,19 +41,19 @@ def _key(path, replace=None, extra=()):
 
 
 def test_the_answer_key_shows_only_what_was_filled_in_and_nothing_marked(tmp_path):
-    cells = review.student_cells(_key(tmp_path / "key.ipynb"), answer_key.TEMPLATE)
+    cells = code.student_cells(_key(tmp_path / "key.ipynb"), answer_key.TEMPLATE)
     kinds = [cell.kind for cell in cells]
     assert kinds == [f"exercise {name}" for name in ("forward", "unet", "loss", "reverse", "sampling")]
     assert all(any(sign == "+" for sign, _, _ in cell.lines) for cell in cells)
     assert all(any("FIXME" in text for sign, text, _ in cell.lines if sign == "-") for cell in cells)
     assert sum(cell.marks for cell in cells) == 0
-    assert review.student_cells(answer_key.TEMPLATE, answer_key.TEMPLATE) == []
+    assert code.student_cells(answer_key.TEMPLATE, answer_key.TEMPLATE) == []
 
 
 def test_a_weight_gated_sampler_and_a_new_cell_are_marked_with_why(tmp_path):
     notebook = _key(tmp_path / "gated.ipynb", {"sampling": GATED},
                     ["import os\nprint(os.environ.get('HOME'))"])
-    cells = {cell.kind: cell for cell in review.student_cells(notebook, answer_key.TEMPLATE)}
+    cells = {cell.kind: cell for cell in code.student_cells(notebook, answer_key.TEMPLATE)}
     why = {text.strip(): w for _, text, w in cells["exercise sampling"].lines if w}
     assert "fingerprints data" in why["import hashlib"]
     signature = next(w for text, w in why.items() if text.startswith("_SIGNATURE"))
@@ -75,7 +77,9 @@ def test_the_page_orders_by_need_escapes_everything_and_runs_no_script(tmp_path)
                Report("g", PASS, student="gated", accuracy=0.99, grid=str(outside)),
                Report("e", FAIL, student="evil", reason="cell 30 raised: <script>alert(2)</script>"),
                Report("m", ERROR, student="missing", reason="could not grade: no report")]
-    page = review.write_review(reports, out, copies).read_text()
+    for report in reports:
+        report.code = code.for_report(copies[report.student]) if report.student in copies else None
+    page = review.write_review(reports, out).read_text()
     assert "<script" not in page.lower() and "&lt;script&gt;alert(1)" in page and "alert(2)" in page
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     headings = re.findall(r'<h2>(\w+):', page)
@@ -84,7 +88,7 @@ def test_the_page_orders_by_need_escapes_everything_and_runs_no_script(tmp_path)
     (out / "linked.png").symlink_to(outside)
     linked = Report("l", PASS, student="linked", grid=str(out / "linked.png"))
     assert review._grid(linked, out) == "" and review._grid(reports[0], out).startswith("data:")
-    assert "could not be read for review" in page              # no copy for "missing"
+    assert "No code kept" in page                                # no report for "missing"
     assert "2 pass, 1 fail, 1 could not grade" in page
 
 
@@ -105,13 +109,20 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     huge_line = "x = 1  # " + "a" * 50_000 + " open('secret')"
     nbformat.write(new_notebook(cells=[new_code_cell("\n".join(f"y{i} = {i}" for i in range(2000))),
                                        new_code_cell(huge_line)]), big)
-    cells = review.student_cells(big, answer_key.TEMPLATE)
-    html = review._cell_html(cells[0]) + review._cell_html(cells[1])
-    assert len(huge_line) > review.MATCH_CAP and cells[1].kind == "new cell"   # never matched
-    assert f"{2000 - review.LINES_CAP:,} more lines" in html and "more characters" in html
-    assert cells[1].marks == 1                   # the whole line is searched, not what is shown
+    kept = code.for_report(big)
+    cells = code.from_report(json.loads(json.dumps(kept)))      # as a report's JSON keeps them
+    assert len(cells[0].lines) == code.LINES_CAP and cells[0].more_lines == 2000 - code.LINES_CAP
+    assert len(huge_line) > code.MATCH_CAP and cells[1].kind == "new cell"   # never matched
+    assert len(cells[1].lines[0][1]) < code.WIDTH_CAP + 40 and "more characters" in cells[1].lines[0][1]
+    assert cells[1].marks == 1                   # the whole line is searched, not what is kept
+    html = review._cell_html(cells[0])
+    assert f"{2000 - code.LINES_CAP:,} more lines" in html
+    many = tmp_path / "many.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(f"open('f{i}')") for i in range(150)]), many)
+    kept = code.for_report(many)
+    assert len(kept["cells"]) == code.CELLS_CAP and kept["more_cells"] == 50 == kept["more_marks"]
     (tmp_path / "broken.ipynb").write_text("{" * 100_000)
-    assert review.student_cells(tmp_path / "broken.ipynb", answer_key.TEMPLATE) is None
+    assert code.student_cells(tmp_path / "broken.ipynb", answer_key.TEMPLATE) is None
 
 
 @pytest.mark.parametrize("line,expected", [
@@ -123,5 +134,13 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("%run helper.py", "magic"),
 ])
 def test_look_at(line, expected):
-    found = review.look_at(line)
+    found = code.look_at(line)
     assert (expected in found) if expected else found == ""
+
+
+def test_without_the_template_every_cell_is_the_students_and_the_page_says_so(tmp_path):
+    kept = code.for_report(_key(tmp_path / "key.ipynb"), template=tmp_path / "absent.ipynb")
+    assert kept["template"] is False
+    assert len(kept["cells"]) == sum(c.cell_type == "code" for c in answer_key.fill().cells)
+    report = Report("k", PASS, student="key", accuracy=0.99, code=kept)
+    assert "template was not found" in review.render([report], tmp_path)
