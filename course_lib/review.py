@@ -180,7 +180,7 @@ def render(reports: list[Report], out: Path) -> str:
             body.append(f"<p>{_e(r.reason)}</p>")
         grid = _grid(r, out)
         body.append(f'<img alt="graded samples of {_e(r.student)}" src="{grid}">' if grid else
-                    "<p>No grid: the submission stopped before its samples were judged.</p>")
+                    "<p>No grid: grading stopped before the grid was drawn (the reason is above).</p>")
         if entry.cells is None:
             body.append("<p>No code kept: the file was no readable notebook, or no report was "
                         "written.</p>")
