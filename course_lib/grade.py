@@ -48,13 +48,13 @@ from pathlib import Path
 
 import torch
 
-from . import sandbox, submission_code
+from . import sandbox
 from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT,
                            CannotGrade, Judge, NotPlain, Rejected, check_drawn, check_from_network,
                            check_not_memorised, check_plain_background, check_realistic,
                            check_samples, check_second_opinion, ensure_private_judge, load_judge,
                            load_private_judge, plain_share, read_plain, read_samples)
-from .submission_code import EXERCISE, NOTEBOOK_CAP
+from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
@@ -494,7 +494,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
                     threshold=opts.threshold)
     rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
     try:   # for the review page; kept even when the notebook then fails, and never grades
-        report.code = submission_code.for_report(copy)
+        report.code = for_report(copy)
     except Exception as err:  # the grader's own bug here must not cost the grade
         print(f"note: the review page will show no code for {copy.name}: {type(err).__name__}",
               file=sys.stderr)

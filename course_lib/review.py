@@ -44,7 +44,8 @@ def checks(report: Report) -> list[tuple[str, str, bool]]:
                      report.accuracy < report.threshold + 0.02))
     if report.near_copies is not None:
         rows.append(("near-copies", f"{report.near_copies} (fails above {COPY_SHARE:.0%} of "
-                     "the two draws)", report.near_copies > 0.6 * COPY_SHARE * (report.samples or 0)))
+                     "the two draws)",
+                     report.near_copies > 0.6 * COPY_SHARE * (report.samples or 0)))
     if report.frechet is not None and report.frechet_limit:
         rows.append(("Fréchet", f"{report.frechet:.1f} (limit {report.frechet_limit:.1f})",
                      report.frechet > 0.8 * report.frechet_limit))
@@ -121,7 +122,8 @@ table { border-collapse: collapse; } td, th { border: 1px solid #bbb; padding: 0
 th { background: #eee; text-align: left; } .pass { color: #060; } .fail { color: #a00; }
 .error { color: #a60; } .close { font-weight: bold; color: #a00; }
 section { border-top: 2px solid #888; margin-top: 2em; }
-pre { background: #f6f6f6; padding: 0.5em; font-size: 0.85em; white-space: pre-wrap; overflow-wrap: anywhere; }
+pre { background: #f6f6f6; padding: 0.5em; font-size: 0.85em; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
 pre > span { display: block; } .add { background: #e6ffe6; } .del { background: #ffe6e6; }
 .mark { background: #fff0a0; } .why { color: #a00; font-style: italic; }
 img { max-width: 100%; border: 1px solid #bbb; } summary { cursor: pointer; font-weight: bold; }
@@ -152,7 +154,8 @@ def render(reports: list[Report], out: Path) -> str:
     head = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
             '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
             'img-src data:; style-src \'unsafe-inline\'">',
-            f"<title>06 review: {len(entries)} submissions</title><style>{STYLE}</style></head><body>",
+            f"<title>06 review: {len(entries)} submissions</title><style>{STYLE}</style>",
+            "</head><body>",
             f"<h1>06 Assessment: review of {len(entries)} submissions</h1>",
             f"<p>{counts[PASS]} pass, {counts[FAIL]} fail, {counts[ERROR]} could not grade. "
             "Listed most in need of a look first: passes with marked code or a check close to its "
@@ -169,8 +172,9 @@ def render(reports: list[Report], out: Path) -> str:
     for i, entry in enumerate(entries):
         r = entry.report
         css = _CSS_CLASS.get(r.status, "error")
-        figures = "<br>".join(f'<span class="{"close" if close else ""}">{name}: {html.escape(text)}'
-                              "</span>" for name, text, close in checks(r)) or "-"
+        figures = "<br>".join(f'<span class="{"close" if close else ""}">{name}: '
+                              f"{html.escape(text)}</span>"
+                              for name, text, close in checks(r)) or "-"
         table.append(f'<tr><td><a href="#s{i}">{_e(r.student or report_name(r))}</a></td>'
                      f'<td class="{css}">{_e(r.status)}</td><td>{figures}</td>'
                      f"<td>{entry.marks if entry.cells is not None else '-'}</td></tr>")
@@ -180,7 +184,8 @@ def render(reports: list[Report], out: Path) -> str:
             body.append(f"<p>{_e(r.reason)}</p>")
         grid = _grid(r, out)
         body.append(f'<img alt="graded samples of {_e(r.student)}" src="{grid}">' if grid else
-                    "<p>No grid: grading stopped before the grid was drawn (the reason is above).</p>")
+                    "<p>No grid: grading stopped before the grid was drawn (the reason is "
+                    "above).</p>")
         if entry.cells is None:
             body.append("<p>No code kept: the file was no readable notebook, or no report was "
                         "written.</p>")

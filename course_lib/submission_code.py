@@ -22,10 +22,10 @@ from pathlib import Path
 from .config import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "notebooks" / "06_Assessment.ipynb"   # 06 as students receive it
-EXERCISE = re.compile(r"^# EXERCISE: (\w+)")   # 06's exercise cells start so (answer_key fills them)
+EXERCISE = re.compile(r"^# EXERCISE: (\w+)")   # 06's exercise cells start so (answer_key fills)
 NOTEBOOK_CAP = 20 * 2**20   # bytes: a submission larger than this is refused (and not read here)
 SAME_CELL = 0.5        # a cell at least this similar to a template cell is shown as a change of it
-MATCH_CAP = 20_000     # characters: a longer cell is shown whole, not matched (matching is quadratic)
+MATCH_CAP = 20_000     # characters: a longer cell is shown whole, unmatched (matching is quadratic)
 CELLS_CAP = 100        # cells kept per submission; the rest are counted
 LINES_CAP = 400        # lines kept per cell; the rest are counted (every line is searched)
 WIDTH_CAP = 400        # characters kept per line; the rest are counted (the whole line is searched)
