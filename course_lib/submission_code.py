@@ -41,8 +41,8 @@ LOOK_AT = (
     ("fingerprints data (a hash or checksum)",
      r"\bhashlib\b|\bhash\(|\bmd5\b|\bsha\d*\b|\bcrc32\b|checksum|fingerprint"),
     ("looks at the network's weights themselves",
-     r"state_dict|named_parameters|\.parameters\(|\.buffers\(|\.weight\b|\.bias\b|\.data_ptr\("
-     r"|\.storage\(|\.untyped_storage\("),
+     r"state_dict|parameters|\bbuffers\(|\b_buffers\b|\.weight\b|\.bias\b|\.data_ptr\("
+     r"|storage\("),
     ("looks at the interpreter or the process",
      r"\bsys\._getframe\b|\binspect\b|\bgc\.|\bos\.environ\b|\bgetpid\b|\bgetuid\b|\bgethostname\b"
      r"|/proc/|\bsys\.modules\b|\b__builtins__\b|\bbuiltins\b|\bglobals\(\)|\bexec\(|\beval\("

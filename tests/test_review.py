@@ -131,6 +131,8 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("f = getattr(torch, 'lo' + 'ad')", "interpreter"),
     ("s = '#'; data = open('stash.bin', 'rb').read()", "reads a file"),
     ("!curl -s https://example.invalid/digits.pt -o d.pt", "shell command"),
+    ("flat = torch.nn.utils.parameters_to_vector(net.parameters())", "weights themselves"),
+    ("held = list(net.modules())[1]._parameters", "weights themselves"),
     ("%run helper.py", "magic"),
 ])
 def test_look_at(line, expected):
