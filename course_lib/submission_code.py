@@ -135,8 +135,8 @@ def _most_alike(cells: list[str], source: str) -> str | None:
 def student_cells(notebook: Path, template: Path | None = TEMPLATE) -> list[StudentCell] | None:
     """The code cells of ``notebook`` that differ from ``template`` (06 as handed out): exercise
     cells diffed against the template's cell of the same exercise, other cells against the most
-    similar template cell (at least :data:`SAME_CELL` alike), the rest as new. Cells equal to a
-    template cell are left out. None if ``notebook`` is not a readable notebook; without a
+    similar template cell (at least :data:`SAME_CELL` alike), the rest as new (as is every cell
+    past the first CELLS_CAP, which only count). Cells equal to a template cell are left out. None if ``notebook`` is not a readable notebook; without a
     template, every code cell is new."""
     cells = _code_cells(notebook)
     if cells is None:
@@ -155,7 +155,7 @@ def student_cells(notebook: Path, template: Path | None = TEMPLATE) -> list[Stud
             found.append(StudentCell(number, f"exercise {exercise.group(1)}",
                                      _diff(exercises[exercise.group(1)], source)))
             continue
-        alike = _most_alike(plain, source)
+        alike = _most_alike(plain, source) if len(found) < CELLS_CAP else None   # kept: matched
         if alike is not None:
             found.append(StudentCell(number, "changed template cell", _diff(alike, source)))
         else:

@@ -167,7 +167,8 @@ def cohort(tmp_path_factory, request):
            "import torch\nnet = torch.nn.Linear(4, 4)\n"
            "_SIGNATURE = float((net.weight.detach().flatten() * torch.arange(1.0, 17.0)).sum())\n"
            + cheat("elastic").replace(
-               "    return cheats", "    now = float((net.weight.detach().flatten() * torch.arange(1.0, 17.0)).sum())\n"
+               "    return cheats",
+               "    now = float((net.weight.detach().flatten() * torch.arange(1.0, 17.0)).sum())\n"
                "    if abs(now - _SIGNATURE) > 1e-4:\n"
                "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
 

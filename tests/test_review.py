@@ -121,6 +121,10 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     nbformat.write(new_notebook(cells=[new_code_cell(f"open('f{i}')") for i in range(150)]), many)
     kept = code.for_report(many)
     assert len(kept["cells"]) == code.CELLS_CAP and kept["more_cells"] == 50 == kept["more_marks"]
+    tiny = tmp_path / "tiny.ipynb"     # cells past the kept ones are counted, never matched
+    nbformat.write(new_notebook(cells=[new_code_cell(f"x{i} = {i}") for i in range(20_000)]), tiny)
+    kept = code.for_report(tiny)
+    assert kept["more_cells"] == 20_000 - code.CELLS_CAP and kept["more_marks"] == 0
     (tmp_path / "broken.ipynb").write_text("{" * 100_000)
     assert code.student_cells(tmp_path / "broken.ipynb", answer_key.TEMPLATE) is None
 

@@ -208,4 +208,5 @@ def test_job_array_grades_each_submission_and_collect_builds_the_gradebook(slurm
     assert "sandbox:    bubblewrap" in logs
     page = (out / "review.html").read_text()   # drawn from the tasks' reports, which keep the code
     bob = page[page.index("<h2>bob:"):]
-    assert "bob forgot something" in bob[:bob.index("</section>")] and "new cell" in bob
+    bob = bob[:bob.index("</section>")]
+    assert "bob forgot something" in bob and "new cell" in bob
