@@ -59,10 +59,14 @@ def write_gradebook(reports: list[Report], path: Path) -> Path:
 def write_review_page(reports: list[Report], out: Path) -> None:
     """``OUT/review.html`` (:func:`course_lib.review.write_review`), after the gradebook: a fault
     in it is printed, and never costs the grades already written."""
-    from .review import write_review
+    from .review import read_first, write_review
     try:
         print(f"review page (each student's code beside its samples): "
               f"{write_review(reports, out)}")
+        first = read_first(reports)
+        if first:
+            print("passes to read first (marked code or a check close to its limit):\n  "
+                  + "\n  ".join(first))
     except Exception as err:  # the page is an aid; the gradebook and reports stand without it
         print(f"review page not written: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
 

@@ -96,6 +96,15 @@ class Entry:
         return first, -(self.marks + self.close), self.report.student
 
 
+def read_first(reports: list[Report]) -> list[str]:
+    """The passes to read before any other, one line each: those with marked code or a check
+    close to its limit (the top of the page), most marks and close checks first."""
+    entries = sorted((Entry.of(r) for r in reports), key=lambda e: e.order)
+    return [f"{one_line(e.report.student)}: {e.marks} marked line{'s' * (e.marks != 1)}, "
+            f"{e.close} check{'s' * (e.close != 1)} close to the limit"
+            for e in entries if e.order[0] == 0]
+
+
 def _grid(report: Report, out: Path) -> str:
     """The report's grid as a data URI, read only from OUT (a PNG the grader wrote there)."""
     if not report.grid:

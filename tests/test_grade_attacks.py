@@ -237,6 +237,8 @@ def test_a_sampler_that_checks_its_own_weights_passes_and_the_review_page_marks_
     assert "data:image/png;base64," in gate
     assert all(f"<h2>{student}:" in page for student in [*EXPECTED, "c_vandal"])
     assert "<script" not in page.lower()
+    printed = cohort["out"][cohort["out"].index("passes to read first"):]
+    assert printed.splitlines()[1].strip().startswith("s_weight_gate: 3 marked lines"), printed
 
 
 def test_nothing_left_running_and_a_clean_summary(cohort):

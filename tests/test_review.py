@@ -90,6 +90,7 @@ def test_the_page_orders_by_need_escapes_everything_and_runs_no_script(tmp_path)
     assert review._grid(linked, out) == "" and review._grid(reports[0], out).startswith("data:")
     assert "No code kept" in page                                # no report for "missing"
     assert "2 pass, 1 fail, 1 could not grade" in page
+    assert review.read_first(reports) == ["gated: 4 marked lines, 0 checks close to the limit"]
 
 
 def test_checks_close_to_their_limits_are_flagged():
