@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grade import ERROR, FAIL, PASS, Report, report_name
-from .grade_checks import COPY_SHARE, PLAIN_SHARE, SECOND_OPINION_GAP, SHUFFLED_LIMIT, one_line
+from .grade_checks import (COPY_SHARE, PLAIN_SHARE, SECOND_OPINION_GAP, SHUFFLED_LIMIT, one_line,
+                           read_plain)
 from .submission_code import StudentCell, from_report
 
 GRID_CAP = 4 * 2**20   # bytes of a grid PNG embedded in the page
@@ -96,10 +97,15 @@ class Entry:
         return first, -(self.marks + self.close), self.report.student
 
 
+def in_order(reports: list[Report]) -> list[Entry]:
+    """The reports as the page lists them, most in need of a look first (:attr:`Entry.order`)."""
+    return sorted((Entry.of(r) for r in reports), key=lambda e: e.order)
+
+
 def read_first(reports: list[Report]) -> list[str]:
     """The passes to read before any other, one line each: those with marked code or a check
     close to its limit (the top of the page), most marks and close checks first."""
-    entries = sorted((Entry.of(r) for r in reports), key=lambda e: e.order)
+    entries = in_order(reports)
     return [f"{one_line(e.report.student)}: {e.marks} marked line{'s' * (e.marks != 1)}, "
             f"{e.close} check{'s' * (e.close != 1)} close to the limit"
             for e in entries if e.order[0] == 0]
@@ -109,14 +115,14 @@ def _grid(report: Report, out: Path) -> str:
     """The report's grid as a data URI, read only from OUT (a PNG the grader wrote there)."""
     if not report.grid:
         return ""
-    try:
+    try:   # read_plain: a regular file, never through a link, at most GRID_CAP bytes
         path = Path(report.grid)
-        if path.is_symlink() or path.resolve().parent != out.resolve() or path.suffix != ".png":
+        if path.resolve().parent != out.resolve() or path.suffix != ".png":
             return ""
-        data = path.read_bytes()
-        if len(data) > GRID_CAP or not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        data = read_plain(path, GRID_CAP)
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
             return ""
-    except OSError:
+    except OSError:   # NotPlain included
         return ""
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -157,8 +163,7 @@ def _cell_html(cell: StudentCell) -> str:
 
 def render(reports: list[Report], out: Path) -> str:
     """The whole page, as text."""
-    entries = [Entry.of(report) for report in reports]
-    entries = sorted(entries, key=lambda e: e.order)
+    entries = in_order(reports)
     counts = {s: sum(e.report.status == s for e in entries) for s in (PASS, FAIL, ERROR)}
     head = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
             '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import REPO_ROOT
+from .grade_checks import read_plain
 
 TEMPLATE = REPO_ROOT / "notebooks" / "06_Assessment.ipynb"   # 06 as students receive it
 EXERCISE = re.compile(r"^# EXERCISE: (\w+)")   # 06's exercise cells start so (answer_key fills)
@@ -90,11 +91,8 @@ def look_at(line: str) -> str:
 
 def _code_cells(path: Path) -> list[tuple[int, str]] | None:
     """(number, source) of each code cell of a notebook file; None if it is not one."""
-    try:
-        raw = path.read_bytes()
-        if len(raw) > NOTEBOOK_CAP:
-            return None
-        cells = json.loads(raw)["cells"]
+    try:   # read_plain: a regular file under NOTEBOOK_CAP, never through a link (NotPlain)
+        cells = json.loads(read_plain(path, NOTEBOOK_CAP))["cells"]
         found = []
         for number, cell in enumerate(cells, 1):
             source = cell.get("source", "")
@@ -136,8 +134,8 @@ def student_cells(notebook: Path, template: Path | None = TEMPLATE) -> list[Stud
     """The code cells of ``notebook`` that differ from ``template`` (06 as handed out): exercise
     cells diffed against the template's cell of the same exercise, other cells against the most
     similar template cell (at least :data:`SAME_CELL` alike), the rest as new (as is every cell
-    past the first CELLS_CAP, which only count). Cells equal to a template cell are left out. None if ``notebook`` is not a readable notebook; without a
-    template, every code cell is new."""
+    past the first CELLS_CAP, which only count). Cells equal to a template cell are left out.
+    None if ``notebook`` is not a readable notebook; without a template, every code cell is new."""
     cells = _code_cells(notebook)
     if cells is None:
         return None
