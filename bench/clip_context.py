@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     photos = load_flowers(size=32, classes=FLOWER_CLASSES, flip=False)
     captions = course_clip.caption_photos(   # as 05 captions them: framing from the 128-px photos
         photos.images, [photos.classes[int(y)] for y in photos.labels], photos_128())
-    held_out, train_idx = flower_split(len(photos))
+    held_out, train_idx = flower_split(photos.names)
     real = real_quality("flowers", 32, n=10_000)
     done = json.loads((HERE / "clip_context.json").read_text())["rows"] if args.append else []
     for row in pending(rows(), done, args.only):

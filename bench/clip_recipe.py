@@ -104,7 +104,7 @@ def main(argv=None) -> int:
               for px in sorted({32, 128} | {r.source_px for r in todo} | {r.test_px for r in todo})}
     captions = course_clip.caption_photos(   # as 05 captions them: framing from the 128-px photos
         photos[32].images, [photos[32].classes[int(y)] for y in photos[32].labels], photos[128].images)
-    held_out, train_idx = flower_split(len(photos[32]))
+    held_out, train_idx = flower_split(photos[32].names)
     results = json.loads((HERE / "clip_recipe.json").read_text())["rows"] if args.append else []
     done = {r["name"] for r in results}
     for row in todo:

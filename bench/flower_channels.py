@@ -178,7 +178,7 @@ def main(argv=None) -> int:
             "(24, 48, 96), on 2×2 patches or not, predicting ε or v; batches of 64, 300 starting "
             "noises per species (the same in every run), w = 2, DDIM-50, η = 1 unless the column "
             "says otherwise, judged by the 32×32 flower judge (real held-out photos: 77% read as "
-            "their species). Fréchet distances to the ~360 held-out photos of all five species, "
+            "their species). Fréchet distances to the 430 held-out photos of all five species, "
             "and (from the fifteenth session) to those of the three species only; variety is the "
             "samples' mean judge-feature distance within a species over the real photos' (1: as "
             "varied as real photos); training seconds where the run recorded them.")

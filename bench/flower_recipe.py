@@ -297,7 +297,7 @@ def main(argv=None) -> int:
             f"rows from O on train 50 epochs instead, T 75; from P3 on in bfloat16), {args.per_species} samples "
             f"per species (w = 2, DDIM-50, η = 1, x̂₀ clipped, same noise), judged by the 32×32 "
             f"flower judge. Real held-out photos: {real.accuracy:.0%} read as their species, "
-            f"{real.recognisable:.0%} confidently. The Fréchet distance is to the ~360 held-out "
+            f"{real.recognisable:.0%} confidently. The Fréchet distance is to the 430 held-out "
             f"photos of all five species: rough, for comparing rows.")
     lines = [head, "", "| recipe | on top of | seconds | steps | final loss | requested species "
              f"| {' / '.join(SPECIES)} | judge confident | Fréchet distance |",

@@ -3,6 +3,7 @@
     python bench/recipe.py --budget 150    # as stored in recipe.md: 150 s per row, 500 judged samples
     python bench/recipe.py --budget 150 --only R --append   # one more row
     python bench/recipe.py --budget 150 --only N3,V --append --report recipe_flower_loss
+    python bench/recipe.py --budget 150 --only N4,W,X --report recipe_lr   # D's schedule taken away
     python bench/recipe.py --budget 20 --judged 64    # a quick look
 
 Every row trains 03's OptimizedUNet (channels 32, 64, 128 unless the row says otherwise; rows
@@ -12,7 +13,8 @@ with the 16×16 FashionMNIST judge (course_lib/metrics.py): recognised share, Fr
 and the smallest and largest class share (real data: 10% each).
 Rows add one change to the row named in "on top of". Writes bench/recipe.md and bench/recipe.json,
 which notebook 03 draws; rows N3 and V (04's flower loss on 03's recipe, eighteenth session) went
-to bench/recipe_flower_loss.md and .json instead.
+to bench/recipe_flower_loss.md and .json instead, and rows N4, W and X (row D's learning-rate
+schedule taken away again, thirty-fifth session) to bench/recipe_lr.md and .json.
 """
 from __future__ import annotations
 
@@ -100,6 +102,11 @@ def recipes() -> list[Recipe]:
     # section 16) on 03's recipe; N3 re-runs N on the same machine as its reference (row L: v alone)
     r.append(Recipe("N3. N again, on the machine of row V", "N", **n))
     r.append(Recipe("V. v-prediction weighted by min-SNR-5", "N3", **dict(n, prediction="v", min_snr=5.0)))
+    # thirty-fifth session: row D bundled a higher rate with its warm-up and decay, and no row took
+    # them away again; on the adopted network (N), N4 re-runs N as the reference of rows W and X
+    r.append(Recipe("N4. N again, on the machine of rows W-X", "N", **n))
+    r.append(Recipe("W. constant lr 2e-3 (no warm-up, no decay)", "N4", **dict(n, lr_schedule=False)))
+    r.append(Recipe("X. constant lr 1e-3 (row C's)", "N4", **dict(n, lr=1e-3, lr_schedule=False)))
     return r
 
 
@@ -194,7 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--append", action="store_true",
                         help="add the rows run now to the report's .json instead of replacing it")
     parser.add_argument("--report", default="recipe",
-                        help="name of the .md/.json written (rows N3 and V: recipe_flower_loss)")
+                        help="name of the .md/.json written (rows N3 and V: recipe_flower_loss; "
+                        "N4, W and X: recipe_lr)")
     args = parser.parse_args(argv)
     data = load_fashion_mnist(size=16, flip=True)
     real = real_quality("fashion_mnist", 16, n=args.judged)

@@ -156,15 +156,37 @@ def check_reverse_step(fn):
         ok, detail = _close(got, want)
         if ok:
             continue
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            return False, f"t={t}: {detail}"
         mean = ddpm_step(x, t, eps, s, noise=torch.zeros_like(z)).x_prev
-        if t == 0 and _close(got, mean + s.betas[0].sqrt() * z)[0]:
-            return False, "t=0: the last step must return the mean alone, with no noise added"
-        if t > 0 and _close(got, mean)[0]:
-            return False, f"t={t}: the noise term σ_t·z is missing (σ_t² = β_t)"
-        if t > 0 and _close(got - mean, (1 - s.betas[t]).sqrt() * z)[0]:
-            return False, f"t={t}: the noise is scaled by √α_t; it should be σ_t = √β_t"
-        return False, f"t={t}: {detail}; check the mean (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t"
+        return False, f"t={t}: " + _reverse_step_mistake(got.float() - mean, t, s, z, detail)
     return True, "matches at t = 149, 80, 1 and 0, noise and last step included"
+
+
+def _reverse_step_mistake(extra: torch.Tensor, t: int, s, z: torch.Tensor, detail: str) -> str:
+    """What a wrong reverse step got wrong, from ``extra``: its result minus the right mean."""
+    scale = float((extra * z).sum() / z.square().sum())     # the best fit of extra as scale·z
+    if t == 0 and _close(extra, scale * z)[0]:
+        return "the last step must return the mean alone, with no noise added"
+    if _close(extra, torch.zeros_like(z))[0]:
+        if t == 1:
+            return ("the noise term σ_t·z is missing; code steps count from 0, so the step "
+                    "that returns the mean alone is t = 0, not t = 1")
+        return "the noise term σ_t·z is missing (σ_t² = β_t)"
+    named = {"√α_t": (1 - s.betas[t]).sqrt(),
+             "√β̃_t (the posterior variance, DDPM's other choice)": s.posterior_variance[t].sqrt()}
+    if t > 0:
+        named["√β_{t−1} (betas[t - 1], one step early)"] = s.betas[t - 1].sqrt()
+    if t + 1 < len(s.betas):
+        named["√β_{t+1} (betas[t + 1], one step late)"] = s.betas[t + 1].sqrt()
+    for name, sigma in named.items():
+        if t > 0 and _close(extra, sigma * z)[0]:
+            return (f"the mean is right, but the noise is scaled by {name}; this step's "
+                    f"σ_t is √β_t = {s.betas[t].sqrt():.5f} (betas[t])")
+    if t > 0 and _close(extra, scale * z)[0]:
+        return (f"the mean is right, but the noise is scaled by {scale:.5f}; it should be "
+                f"σ_t = √β_t = {s.betas[t].sqrt():.5f}")
+    return f"{detail}; check the mean (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t"
 
 
 @checker("DDIM step (02)", rebuilds=("ddim_step", "sample_ddim"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,9 @@ from .train import adam, load_checkpoint, save_checkpoint, train
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 JUDGED_SIZE = {"mnist": 28, "fashion_mnist": 16, "flowers": 32}
 """The image size each judge was trained at (samples are judged at that size)."""
-FLOWER_HELD_OUT = 0.1   # share of the photos (a fixed random split, seed 0) the flower judge never sees
+FLOWER_HELD_OUT = 0.1   # share of the photos (a fixed random draw, seed 0) the flower judge never sees
+FLOWER_HELD_OUT_LIST = WEIGHTS_DIR / "flowers_held_out.txt"
+"""The photos the flower judge never saw, one "species/file.jpg" a line (:func:`flower_split`)."""
 
 
 class DigitClassifier(nn.Module):
@@ -75,15 +78,35 @@ def to_judge_input(images: torch.Tensor, dataset: str) -> torch.Tensor:
     return x
 
 
-def flower_split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out, training) indices of the n flower photos of all five species: fixed, seed 0.
+def flower_split(names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) indices of flower photos named "species/file.jpg"
+    (``load_flowers(...).names``): held out are those in :data:`FLOWER_HELD_OUT_LIST`.
 
-    Notebook 05 holds out the same photos, so its zero-shot test and this judge's held-out
-    accuracy are measured on photos neither model trained on.
+    The list is the 430 photos (10%, drawn with seed 0) of the course's 4,307 that the flower
+    judge never saw. Notebook 05 holds out the same photos, so its zero-shot test and this
+    judge's held-out accuracy are measured on photos neither model trained on, in any subset of
+    the photos (the test profile's) and in another copy of them (TensorFlow's 3,670, which
+    the download fetches). Both parts follow one fixed random order (seed 0); on the course's
+    4,307 photos that is exactly the order the list was drawn in (``tests/test_classifier.py``).
     """
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    cut = int(n * FLOWER_HELD_OUT)
-    return order[:cut], order[cut:]
+    listed = set(FLOWER_HELD_OUT_LIST.read_text().split())
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(0)).tolist()
+    held = [i for i in order if names[i] in listed]
+    if not held:
+        raise ValueError(f"none of these {len(names)} flower photos is one the flower judge never "
+                         f"saw ({FLOWER_HELD_OUT_LIST}); expected photos named like "
+                         f"'daisy/100080576_f52e8ee070_n.jpg', got e.g. {list(names[:2])}. Give "
+                         "load_flowers(...).names, or retrain the judge on your photos: "
+                         "python -m course_lib.classifier flowers")
+    training = [i for i in order if names[i] not in listed]
+    return torch.tensor(held), torch.tensor(training, dtype=torch.long)
+
+
+def draw_flower_held_out(names: Sequence[str]) -> list[str]:
+    """The held-out names as they were first drawn: a fixed random 10% (seed 0) of ``names``
+    (the course's 4,307 photos), sorted. Writes nothing; :data:`FLOWER_HELD_OUT_LIST` keeps them."""
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(0))
+    return sorted(names[i] for i in order[:int(len(names) * FLOWER_HELD_OUT)].tolist())
 
 
 def load_classifier(dataset: str = "mnist", device: torch.device | str = "cpu") -> DigitClassifier:
@@ -125,7 +148,7 @@ def _judge_data(dataset: str, limit: int | None):
     if dataset == "flowers":
         # 40 px, so that random 32 px crops (augmentation) still show most of the flower
         photos = load_flowers(size=40, classes=FLOWER_CLASSES, flip=False, limit=limit)
-        held, train_idx = flower_split(len(photos))
+        held, train_idx = flower_split(photos.names)
         held_images = F.interpolate(photos.images[held], size=(32, 32), mode="bilinear",
                                     antialias=True, align_corners=False)
         return photos.images[train_idx], photos.labels[train_idx], held_images, photos.labels[held]

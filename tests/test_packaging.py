@@ -51,12 +51,13 @@ def test_shipped_weights_and_data_are_packaged():
     matches a package-data pattern, so a wheel carries it."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["course_lib"]
-    assert patterns == ["weights/*.pt", "weights/*.json", "measured_runs.json"]
+    assert patterns == ["weights/*.pt", "weights/*.json", "weights/*.txt", "measured_runs.json"]
     package = ROOT / "course_lib"
     shipped = sorted(str(p.relative_to(package)) for p in package.rglob("*")
                      if p.is_file() and p.suffix not in (".py", ".pyc"))
     assert shipped == ["measured_runs.json", "weights/fashion_mnist_classifier.pt",
-                       "weights/flowers_classifier.pt", "weights/framing_labels.json",
+                       "weights/flowers_classifier.pt", "weights/flowers_held_out.txt",
+                       "weights/framing_labels.json",
                        "weights/framing_probe.pt", "weights/mnist_classifier.pt"]
     assert all(any((package / name).match(f"course_lib/{pattern}") for pattern in patterns)
                for name in shipped)
