@@ -20,6 +20,7 @@ on a CPU that multiplies bfloat16 in hardware, with AMX or AVX512-BF16
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Callable, NamedTuple
 
@@ -60,14 +61,16 @@ def extract(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> 
     dtype, so a float64 schedule can serve float32 images.
     """
     T = len(values)
-    if isinstance(t, int):
+    if isinstance(t, numbers.Integral):   # int, or numpy's
+        t = int(t)
         if not 0 <= t < T:
             raise ValueError(f"t={t} is outside [0, {T - 1}]")
-        return values[t].to(like.device, like.dtype)
+        return values[t].to(like.dtype).to(like.device)
     if t.numel() and (t.min() < 0 or t.max() >= T):
         raise ValueError(f"t must lie in [0, {T - 1}], got [{t.min()}, {t.max()}]")
-    out = values.to(like.device)[t.to(like.device)]
-    return out.reshape(-1, *[1] * (like.ndim - 1)).to(like.dtype)
+    # indexed where the schedule lives, cast, then moved: MPS has no float64
+    out = values[t.to(values.device)].to(like.dtype).to(like.device)
+    return out.reshape(-1, *[1] * (like.ndim - 1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -520,8 +523,9 @@ class CFGDenoiser:
                              f"got {tuple(c_neg.shape)}: one negative prompt per image")
         if c_neg is not None and self.uncond is not None:
             raise ValueError("a negative context replaces eps(x, ∅), which uncond gives: pass one")
+        t = t.reshape(-1).expand(len(x)) if t.numel() == 1 else t   # one step for the batch
         keep = torch.ones(len(x), 1, device=x.device)
-        rows = self.guided_rows(t.expand(len(x)) if t.numel() == 1 else t)
+        rows = self.guided_rows(t)
         if not rows.any():
             return self.model(x, t, c=c, c_mask=keep)
         if self.uncond is None:   # the other half: c masked out (∅), or the negative context
@@ -623,7 +627,7 @@ def guidance_interval(schedule: Schedule, sigma_lo: float, sigma_hi: float) -> t
     """
     if not 0 <= sigma_lo < sigma_hi:
         raise ValueError(f"need 0 <= sigma_lo < sigma_hi, got {sigma_lo} and {sigma_hi}")
-    ab = schedule.alpha_bars.double().cpu()
+    ab = schedule.alpha_bars.detach().cpu().double()   # to the CPU first: MPS has no float64
     sigma = ((1 - ab) / ab).sqrt()
     inside = ((sigma > sigma_lo) & (sigma <= sigma_hi)).nonzero().flatten()
     if len(inside) == 0:

@@ -89,7 +89,7 @@ def inpaint(model: Callable, images: torch.Tensor, keep: torch.Tensor, schedule:
         raise ValueError(f"keep holds 1 where a pixel is known and 0 where it is to be filled "
                          f"(values between blend the two); got values from {keep.min().item():g} "
                          f"to {keep.max().item():g}")
-    keep = keep.to(images.dtype)
+    keep = keep.to(images.device, images.dtype)
 
     def step(x_t, t, eps, t_prev, noise):
         out = ddim_step(x_t, t, eps, schedule, t_prev, eta=eta, noise=noise, clip_x0=clip_x0)

@@ -31,6 +31,7 @@ reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's gra
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -90,6 +91,7 @@ class Report:
     sandbox: str = "bubblewrap"
     grid: str | None = None
     code: dict | None = None   # what the student wrote, for the review page (submission_code)
+    seed: int | None = None    # the hidden seed drawn for this grading: --seed reproduces it
 
     @property
     def exit_code(self) -> int:
@@ -161,15 +163,20 @@ def safe_name(text: str) -> str:
 
 
 def student_name(path: Path) -> str:
-    return safe_name(path.stem)
+    """The file's name, made file-name safe; where that changed it (O'Brien, a long name), a
+    short hash of the original follows, so that O'Brien and O_Brien never share a report."""
+    name = safe_name(path.stem)
+    if name != path.stem:
+        name = f"{name[:71]}-{hashlib.sha256(path.stem.encode()).hexdigest()[:8]}"
+    return name
 
 
 def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
     """Copy every submission into ``private`` before any runs: (student, copy) pairs.
 
     Each file is read once with :func:`~course_lib.grade_checks.read_plain` (no links, regular
-    files under NOTEBOOK_CAP bytes); anything else becomes a copy that is no notebook, so it
-    fails when read. Nothing later reads the originals.
+    files under NOTEBOOK_CAP bytes); anything else becomes an empty copy, and why goes beside it
+    (:func:`unreadable_why`) for :func:`read_submission` to say. Nothing later reads the originals.
     """
     copies, seen = [], set()
     for path in submissions:
@@ -178,23 +185,63 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
             name += "_"
         seen.add(name)
         target = private / f"{name}.ipynb"
+        data, why = b"", None
         try:
             data = read_plain(path, NOTEBOOK_CAP)
-        except NotPlain as err:
-            data = json.dumps({"not": str(err)}).encode()
-        except OSError as err:
-            data = json.dumps({"not": f"readable ({err.strerror})"}).encode()
+        except OSError as err:   # NotPlain included: read_plain opens no link, reads no pipe
+            if isinstance(err, NotPlain) and path.is_file() and not path.is_symlink():
+                why = {"too_big": True, "why": str(err)}      # a regular file: only its size
+            elif isinstance(err, NotPlain) or path.is_symlink():
+                why = {"too_big": False, "why": f"{path.name} is a link or not a regular file; "
+                       "put the notebook file itself in the folder (e.g. cp -L), since the "
+                       "grader never follows a link"}
+            else:
+                why = {"too_big": False, "why": f"{path.name} cannot be read ({err.strerror}); "
+                       "make it readable by the grader"}
         target.write_bytes(data)
+        if why is not None:   # beside the copy, in the grader's private folder: no student wrote it
+            unreadable_why(target).write_text(json.dumps(why))
         copies.append((name, target))
     return copies
+
+
+def find_submissions(folder: Path) -> list[Path]:
+    """The notebooks directly in ``folder`` (``*.ipynb``, any case), sorted; what else is there
+    is listed on stderr, so that no student is left out unseen. Hidden files (macOS's ``._x``)
+    are skipped."""
+    notebooks, other = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        (notebooks if entry.suffix.lower() == ".ipynb" and not entry.is_dir() else other).append(entry)
+    if other:
+        print(f"note: not graded, not a notebook directly in {folder}: "
+              + ", ".join(e.name + ("/" if e.is_dir() else "") for e in other[:20])
+              + (f" and {len(other) - 20} more" if len(other) > 20 else ""), file=sys.stderr)
+    if not notebooks:
+        print(f"could not grade: no .ipynb files in {folder} (a notebook in a subfolder is not "
+              "searched: put each student's notebook directly in the folder)", file=sys.stderr)
+    return notebooks
+
+
+def unreadable_why(copy: Path) -> Path:
+    """Where :func:`snapshot` notes why a submission could not be copied."""
+    return copy.with_name(copy.name + ".unreadable")
 
 
 # --- 1. reading ---------------------------------------------------------------------------------
 
 def read_submission(path: Path):
-    """The notebook, checked to be well formed and finished; Rejected otherwise."""
+    """The notebook, checked to be well formed and finished; Rejected otherwise (CannotGrade when
+    :func:`snapshot` could not copy it through no fault of the notebook's: a link, unreadable)."""
     import nbformat
 
+    if unreadable_why(path).is_file():
+        why = json.loads(unreadable_why(path).read_text())
+        if why["too_big"]:
+            raise Rejected(f"{why['why']}: submit the .ipynb file saved by Jupyter (clear large "
+                           "outputs first)")
+        raise CannotGrade(why["why"])
     raw = path.read_bytes()
     if len(raw) > NOTEBOOK_CAP:
         raise Rejected(f"the notebook is larger than {NOTEBOOK_CAP // 2**20} MiB")
@@ -492,7 +539,8 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     global _JUDGE
     report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
                     threshold=opts.threshold)
-    rng = torch.Generator().manual_seed(secrets.randbits(62) if opts.seed is None else opts.seed)
+    report.seed = secrets.randbits(62) if opts.seed is None else opts.seed
+    rng = torch.Generator().manual_seed(report.seed)
     try:   # for the review page; kept even when the notebook then fails, and never grades
         report.code = for_report(copy)
     except Exception as err:  # the grader's own bug here must not cost the grade
@@ -578,7 +626,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-gib", type=float, default=None,
                         help="memory limit per submission (default: 80%% of RAM / jobs, 2-8 GiB)")
     parser.add_argument("--seed", type=int, default=None,
-                        help="fix the hidden seeds (for reproducing a grade); default: secret")
+                        help="fix the hidden seeds, e.g. a report's \"seed\" to reproduce its "
+                             "grade (same --jobs, same private judges); default: a secret one each")
     parser.add_argument("--profile", choices=("full", "test"), default="full",
                         help="COURSE_PROFILE the submission runs in (default full; test is for CI)")
     parser.add_argument("--out", type=Path, default=Path("grades"),
@@ -609,18 +658,33 @@ def main(argv=None) -> int:
     if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
         parser.error("--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]")
     if args.submission.is_dir():
-        submissions = sorted(args.submission.glob("*.ipynb"))
+        submissions = find_submissions(args.submission)
         if not submissions:
-            print(f"could not grade: no .ipynb files in {args.submission}", file=sys.stderr)
             return 2
     elif args.submission.exists():
         submissions = [args.submission]
     else:
         print(f"could not grade: {args.submission} does not exist", file=sys.stderr)
         return 2
+    index = args.slot or 0   # this worker's share of the cores; its sandbox slot is claimed:
+    slot = index             # another grader on this machine may hold that one
     if not args.no_sandbox:
         try:
-            sandbox.require(args.slot or 0)
+            slot = sandbox.claim_slot(index)
+        except sandbox.SandboxUnavailable as err:
+            print(f"could not grade: {err}", file=sys.stderr)
+            return 2
+    try:
+        return _grade_all(args, submissions, index, slot)
+    finally:
+        sandbox.release_slot(slot)
+
+
+def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
+    """:func:`main`'s work, in sandbox ``slot`` (held), with core share ``index``."""
+    if not args.no_sandbox:
+        try:
+            sandbox.require(slot)
         except sandbox.SandboxUnavailable as err:
             print(f"could not grade: {err}", file=sys.stderr)
             return 2
@@ -637,8 +701,8 @@ def main(argv=None) -> int:
     try:
         copies = snapshot(submissions, private)
         opts = Options(args.samples_per_digit, args.threshold, args.timeout, args.sample_timeout,
-                       args.profile, out, not args.no_sandbox, args.slot or 0,
-                       _limits(args.jobs, args.memory_gib, args.slot or 0),
+                       args.profile, out, not args.no_sandbox, slot,
+                       _limits(args.jobs, args.memory_gib, index),
                        hide=_hidden(args.submission, out, private,
                                     [*args.hide, judge_file.parent]), seed=args.seed,
                        keep_samples=args.keep_samples, private_judge=judge_file)
@@ -648,11 +712,16 @@ def main(argv=None) -> int:
                                    args.origin or origins[c[0]]) for c in copies]
         else:
             reports = _grade_parallel(copies, submissions, args, out, opts.hide)
-        if len(reports) > 1:
-            from .gradebook import summary, write_gradebook, write_review_page
+        if args.submission.is_dir():
+            from .gradebook import load_reports, summary, write_gradebook, write_review_page
             print(summary(reports))
             write_gradebook(reports, out / "gradebook.csv")
             write_review_page(reports, out)
+            others = {r.student for r in load_reports(out)} - {r.student for r in reports}
+            if others:
+                print(f"note: {out} also holds reports of {len(others)} other student(s) from "
+                      "earlier runs, left out of this gradebook; one gradebook for them all: "
+                      f"python -m course_lib.grade collect {out}")
     finally:
         shutil.rmtree(private, ignore_errors=True)
     if args.json:
@@ -709,8 +778,8 @@ def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
         slot = slots.pop()
         try:
             proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),
-                                   *forwarded, "--slot", str(slot), "--name", student,
-                                   "--origin", origins[student]],
+                                   *forwarded, "--slot", str(slot), f"--name={student}",
+                                   f"--origin={origins[student]}"],   # "=": a name may start with -
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   timeout=args.timeout + args.sample_timeout + 900)
             print(proc.stdout[-4000:], flush=True)

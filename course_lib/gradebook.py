@@ -7,7 +7,9 @@
 writes ``grade.sbatch``, a job array with one task per submission, each running the same
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
 ``sbatch`` (``--dry-run`` only writes the script; ``--wait`` waits for the array, then collects).
-Each task writes ``OUT/<student>.json``. ``collect`` merges those reports into
+Each task writes ``OUT/<student>.json``. On submitting, the reports these students already had
+in ``OUT`` (and the old ``OUT/roster.txt``) move to ``OUT/previous/<job>/``, so that none stands
+in for a task that fails, and none is lost; if ``sbatch`` refuses, they move back. ``collect`` merges those reports into
 ``OUT/gradebook.csv`` (student, status, accuracy, reason) and ``OUT/review.html`` (each student's
 code beside its samples, ``course_lib/review.py``) and prints the summary table; a submission
 without a report is listed as "could not grade".
@@ -22,11 +24,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import ERROR, Report, snapshot
+from .grade import ERROR, Report, find_submissions, snapshot, unreadable_why
 from .grade_checks import ensure_private_judge, one_line, private_judge_path
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
@@ -86,10 +89,12 @@ def load_reports(out: Path, expected: list[str] | None = None) -> list[Report]:
     for path in sorted(out.glob("*.json")):
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):   # e.g. a folder run's --json list, saved in OUT
+                continue
             report = Report(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError):
             continue
-        if isinstance(data, dict) and report.student:
+        if report.student:
             reports[report.student] = report
     for student in expected or []:
         if student not in reports:
@@ -108,7 +113,13 @@ def collect(out: Path) -> int:
         print(f"could not grade: no reports in {out}", file=sys.stderr)
         return 2
     print(summary(reports))
-    print(f"gradebook: {write_gradebook(reports, out / 'gradebook.csv')}")
+    try:
+        print(f"gradebook: {write_gradebook(reports, out / 'gradebook.csv')}")
+    except PermissionError as err:
+        print(f"could not write the gradebook: {err.strerror}: {err.filename}; run collect as the "
+              f"user who graded (root: sudo .venv/bin/python -m course_lib.grade collect {out})",
+              file=sys.stderr)
+        return 2
     write_review_page(reports, out)
     codes = {r.exit_code for r in reports}
     return 2 if 2 in codes else 1 if 1 in codes else 0
@@ -134,30 +145,50 @@ line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(roster))})
 student=${{line%%$'\\t'*}}
 copy=${{line#*$'\\t'}}
 cd {shlex.quote(os.getcwd())}
-exec {shlex.quote(python)} -m course_lib.grade "$copy" --name "$student" --origin "$student" \\
+exec {shlex.quote(python)} -m course_lib.grade "$copy" --name="$student" --origin="$student" \\
   --slot $((SLURM_ARRAY_TASK_ID % 1000)) --out {shlex.quote(str(out))} {hides} \\
   --memory-gib {max(1, mem_gib - 1)} {" ".join(shlex.quote(a) for a in grader_args)}
 """
+
+
+def set_aside(out: Path, students: list[str], to: Path) -> list[Path]:
+    """Move ``OUT/roster.txt`` and these students' reports to folder ``to``: nothing is deleted.
+    Returns the paths moved, at their new place."""
+    moved = []
+    for name in ["roster.txt", *(f"{s}.json" for s in students)]:
+        if (out / name).is_file():
+            to.mkdir(parents=True, exist_ok=True)
+            moved.append((out / name).replace(to / name))
+    return moved
 
 
 def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: bool = False,
            wait: bool = False, cpus: int = 2, mem_gib: int = 8, minutes: int = 90,
            parallel: int = 0) -> int:
     """Snapshot the cohort, write the array script, and submit it (or only write it)."""
-    notebooks = sorted(submissions.glob("*.ipynb")) if submissions.is_dir() else [submissions]
+    if not submissions.exists():
+        print(f"could not grade: {submissions} does not exist", file=sys.stderr)
+        return 2
+    notebooks = find_submissions(submissions) if submissions.is_dir() else [submissions]
     if not notebooks:
-        print(f"could not grade: no .ipynb files in {submissions}", file=sys.stderr)
+        return 2
+    if not dry_run and shutil.which("sbatch") is None:   # before anything is trained or moved
+        print("could not grade: sbatch not found; install Slurm (Debian: apt-get install "
+              "slurm-wlm), or write the script with --dry-run and submit it from a login node",
+              file=sys.stderr)
         return 2
     out = out.resolve()
-    job = out / f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    (job / "copies").mkdir(parents=True)
-    os.chmod(job, 0o700)
+    out.mkdir(parents=True, exist_ok=True)
+    job = Path(tempfile.mkdtemp(prefix=f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-", dir=out))
+    (job / "copies").mkdir()   # mkdtemp made the job folder private (0700) and unique
     (out / "logs").mkdir(exist_ok=True)
     copies = snapshot(notebooks, job / "copies")
-    roster = out / "roster.txt"
+    for name, copy in copies:   # the task sees only an empty copy: say why here, where it shows
+        if unreadable_why(copy).is_file():
+            print(f"warning: {name}: {json.loads(unreadable_why(copy).read_text())['why']}; its "
+                  "task will report an unreadable notebook", file=sys.stderr)
+    roster = job / "roster.txt"          # the script's; OUT/roster.txt only once it is submitted
     roster.write_text("".join(f"{name}\t{path}\n" for name, path in copies))
-    for name, _ in copies:  # no stale report may stand in for a task that fails
-        (out / f"{name}.json").unlink(missing_ok=True)
     folder = submissions if submissions.is_dir() else submissions.parent
     if not any(a == "--private-judge" or a.startswith("--private-judge=") for a in grader_args):
         # one set of private judges for the cohort, trained here
@@ -169,15 +200,20 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
                                     hide=[folder.resolve()]))
     print(f"wrote {script} ({len(copies)} array tasks)")
     if dry_run:
+        print(f"nothing else in {out} changed; `sbatch {script}` grades into it (each task "
+              f"replaces its student's report), then: python -m course_lib.grade collect {out}")
         return 0
-    if shutil.which("sbatch") is None:
-        print("could not grade: sbatch not found; install Slurm (Debian: apt-get install "
-              "slurm-wlm) or run the script on a login node", file=sys.stderr)
-        return 2
+    # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
+    aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
+    shutil.copyfile(roster, out / "roster.txt")     # what `collect` expects a report from
     cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(script)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and not wait:
-        print(f"could not grade: sbatch failed: {proc.stderr.strip()}", file=sys.stderr)
+        (out / "roster.txt").unlink()
+        for path in aside:
+            path.replace(out / path.name)
+        print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
+              "changed)", file=sys.stderr)
         return 2
     print(f"submitted job {proc.stdout.strip().split(';')[0]}; when it ends: "
           f"python -m course_lib.grade collect {out}")

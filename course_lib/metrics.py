@@ -111,6 +111,16 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(d2.clamp(min=0))
 
 
+def _check_labels(labels: torch.Tensor, images: torch.Tensor) -> None:
+    """One class number per image, or a clear error (one-hot rows are a likely mistake)."""
+    if labels.ndim != 1:
+        raise ValueError(f"labels must hold one class number per image, shape ({len(images)},); "
+                         f"got shape {tuple(labels.shape)}: for one-hot rows, pass "
+                         "labels.argmax(1)")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+
+
 @lru_cache(maxsize=8)
 def real_split(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Held-out real images: (pool images, pool labels, Fréchet reference images).
@@ -157,8 +167,8 @@ class Quality:
 def sample_quality(images: torch.Tensor, dataset: str = "fashion_mnist",
                    labels: torch.Tensor | None = None) -> Quality:
     """Judge a batch of generated images (B, C, H, W) in [-1, 1]; ``labels`` = the classes asked for."""
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    if labels is not None:
+        _check_labels(labels, images)
     _check_dataset(dataset)
     if len(images) < 2:   # a Fréchet distance fits a covariance; class shares need only one image
         raise ValueError("the quality measures need a batch of at least 2 images")
@@ -188,8 +198,7 @@ def within_class_spread(images: torch.Tensor, labels: torch.Tensor,
                         dataset: str = "fashion_mnist") -> float:
     """Mean ‖φ(x) − φ(x′)‖ over pairs of images with the same label (φ: the judge's features),
     averaged over the labels; near 0 when the images of each label look alike."""
-    if len(labels) != len(images):
-        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    _check_labels(labels, images)
     _check_dataset(dataset)
     feats, _ = features_and_probs(_classifier(dataset), images, dataset)
     labels = labels.cpu()
@@ -213,8 +222,7 @@ def confusion_shares(images: torch.Tensor, labels: torch.Tensor,
                      dataset: str = "fashion_mnist") -> torch.Tensor:
     """What the judge reads for each label asked for: row k is :func:`class_shares` of the images
     whose label is the k-th of ``labels.unique()`` (sorted); each row sums to 1."""
-    if len(labels) != len(images):
-        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    _check_labels(labels, images)
     if len(labels) == 0:
         raise ValueError("confusion_shares needs at least one image")
     labels = labels.cpu()

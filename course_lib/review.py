@@ -112,12 +112,13 @@ def read_first(reports: list[Report]) -> list[str]:
 
 
 def _grid(report: Report, out: Path) -> str:
-    """The report's grid as a data URI, read only from OUT (a PNG the grader wrote there)."""
+    """The report's grid as a data URI, read only from OUT (a PNG the grader wrote there), by its
+    file name: the report's path may name where OUT was when it was graded (a copied folder)."""
     if not report.grid:
         return ""
     try:   # read_plain: a regular file, never through a link, at most GRID_CAP bytes
-        path = Path(report.grid)
-        if path.resolve().parent != out.resolve() or path.suffix != ".png":
+        path = out / Path(report.grid).name
+        if path.suffix != ".png":
             return ""
         data = read_plain(path, GRID_CAP)
         if not data.startswith(b"\x89PNG\r\n\x1a\n"):

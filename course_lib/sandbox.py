@@ -127,8 +127,8 @@ def slot_cpus(slot: int, jobs: int) -> tuple[int, ...]:
 def require(slot: int = 0) -> None:
     """Refuse, with the install command, where no sandbox can run: without bubblewrap, or without
     libseccomp to compile its filter (the grader asks once, before any submission). The trial
-    sandbox runs in the caller's own ``slot``: ending it kills every process of that slot's uid,
-    so a shared slot would kill another grader's running step."""
+    sandbox runs in the caller's own ``slot`` (:func:`claim_slot`): ending it kills every
+    process of that slot's uid, so a shared slot would kill another grader's running step."""
     require_bwrap()
     os.close(filter_fd())
     import tempfile   # and one sandbox, started: an old bubblewrap (before --size) fails here,
@@ -144,6 +144,47 @@ def require(slot: int = 0) -> None:
 
 def sandbox_uid(slot: int = 0) -> int:
     return BASE_UID + slot
+
+
+SLOTS = 1000                        # sandbox uids BASE_UID … BASE_UID + 999, and their cgroups
+_claimed: dict[int, int] = {}       # slot -> the lock file this process holds open for it
+
+
+def slot_lock_dir() -> Path:
+    """Where graders on this machine lock their slots: root's in /run, anyone else's in /tmp."""
+    if os.geteuid() == 0:
+        return Path("/run/course-grade")
+    import tempfile
+    return Path(tempfile.gettempdir()) / f"course-grade-{os.getuid()}"
+
+
+def claim_slot(preferred: int = 0) -> int:
+    """A sandbox slot that no other grader on this machine holds: ``preferred`` if free, else the
+    first free one, held (``flock``) until this process ends. A slot names a uid and a cgroup,
+    and ending a step kills every process of its uid: two graders at once (a second instructor,
+    two Slurm arrays on one node) must never share one."""
+    import fcntl
+
+    folder = slot_lock_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for slot in dict.fromkeys([preferred % SLOTS, *range(SLOTS)]):
+        fd = os.open(folder / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _claimed[slot] = fd
+        return slot
+    raise SandboxUnavailable(f"all {SLOTS} sandbox slots are held by graders running on this "
+                             f"machine (locks in {folder}); wait for one to finish")
+
+
+def release_slot(slot: int) -> None:
+    """Give back a slot :func:`claim_slot` gave this process (nothing if it holds none)."""
+    fd = _claimed.pop(slot, None)
+    if fd is not None:
+        os.close(fd)   # closing the file drops its flock
 
 
 def prepare_workdir(path: Path, slot: int = 0) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .ddpm import Schedule, extract
@@ -313,8 +314,15 @@ class ToyDenoiser(nn.Module):
         angles = t.to(dtype)[:, None] * self.freqs                       # (N, t_dim/2)
         parts = [x.to(dtype), angles.sin(), angles.cos()]
         if self.n_classes:
-            c = (torch.zeros(len(x), self.n_classes, device=x.device, dtype=dtype) if c is None
-                 else c.to(dtype))
+            if c is None:
+                c = torch.zeros(len(x), self.n_classes, device=x.device, dtype=dtype)
+            elif c.ndim == 1 and not c.dtype.is_floating_point:   # labels, as ExactDenoiser takes
+                c = F.one_hot(c.long(), self.n_classes).to(dtype)
+            elif c.shape != (len(x), self.n_classes):
+                raise ValueError(f"c must be one-hot rows ({len(x)}, {self.n_classes}) or "
+                                 f"{len(x)} integer labels, got {c.dtype} {tuple(c.shape)}")
+            else:
+                c = c.to(dtype)
             if c_mask is not None:
                 c = c * c_mask.reshape(-1, 1).to(dtype)
             parts.append(c)

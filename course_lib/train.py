@@ -187,7 +187,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
                disable=not progress)
     for epoch in range(epochs):
         start = time.perf_counter()
-        epoch_total, epoch_steps = 0.0, 0
+        epoch_total, epoch_steps, broke = 0.0, 0, False
         for batch in loader:
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model, _to(batch, device, memory_format))
@@ -214,9 +214,11 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             bar.update()
             step += 1
             if out_of_budget():
+                broke = True
                 break
         history.epoch_seconds.append(time.perf_counter() - start)
-        if epoch + 1 in snapshot_epochs:
+        whole = not broke if per_epoch is None else epoch_steps == per_epoch
+        if epoch + 1 in snapshot_epochs and whole:   # an epoch cut short is no epoch's snapshot
             history.snapshots[epoch + 1] = copy.deepcopy(ema.module if ema is not None else model)
             history.snapshots[epoch + 1].eval().requires_grad_(False)
         if on_epoch_end is not None:
@@ -265,7 +267,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     if saved and saved != type(model).__name__:
         raise CheckpointError(f"{path} holds a {saved}, but the model given is a "
                               f"{type(model).__name__}; build a {saved} to load it.")
-    try:
+    try:   # first into a copy: a failed load_state_dict leaves the tensors that fitted copied
+        copy.deepcopy(model).load_state_dict(state)
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).splitlines()[:4]
@@ -292,6 +295,11 @@ def train_or_load(path: str | os.PathLike, model: nn.Module, loader: Iterable, l
         except CheckpointError as err:
             print(f"{err}\nTraining it here instead.")
         else:
+            if train_kwargs.get("device") is not None:   # where training would have left it
+                model.to(train_kwargs["device"])
+            if train_kwargs.get("snapshot_epochs"):
+                warnings.warn(f"{path} holds no epoch snapshots, so history.snapshots is empty; "
+                              "delete it to train again with them", stacklevel=2)
             history = History(losses=list(payload.get("losses", [])),
                               epoch_seconds=list(payload.get("epoch_seconds", [])))
             if payload.get("ema") is not None:

@@ -30,6 +30,10 @@ def check_images(x: torch.Tensor, channels: int, size: int) -> None:
 
 def check_timesteps(t: torch.Tensor, batch: int, T: int) -> None:
     """Raise a clear error unless ``t`` holds ``batch`` integer steps in [0, T)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"t must be a tensor of {batch} integer steps, got {type(t).__name__} "
+                         f"{t!r}: for one step for the whole batch, pass "
+                         f"torch.full(({batch},), t)")
     if t.shape != (batch,) or t.dtype.is_floating_point:
         raise ValueError(f"t must be an integer tensor of shape ({batch},), got {t.dtype} "
                          f"{tuple(t.shape)}")

@@ -61,6 +61,9 @@ def test_flower_split_on_the_course_photos_is_the_draw_the_list_keeps():
     held, train = flower_split(names)
     assert torch.equal(held, order[:430]) and torch.equal(train, order[430:])
     assert draw_flower_held_out(names) == FLOWER_HELD_OUT_LIST.read_text().split()
+    few = load_flowers(size=8, classes=FLOWER_CLASSES, flip=False, limit=400)   # 05's test profile
+    held, train = flower_split(few.names)
+    assert 20 <= len(held) <= 60 and len(held) + len(train) == 400
 
 
 def test_judges_reject_the_wrong_kind_of_image():

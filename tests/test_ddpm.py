@@ -329,6 +329,10 @@ def test_cfg_combines_conditional_and_unconditional():
             guided = ddpm.CFGDenoiser(model, w)(x, t, c=c)
             assert torch.allclose(guided, (1 + w) * cond - w * uncond, atol=1e-5)
         assert torch.allclose(uncond, model(x, t, None), atol=1e-6)
+        same = torch.tensor([5, 5])      # one step for the batch, as a 0-d or a 1-element tensor
+        want = ddpm.CFGDenoiser(model, 2.0)(x, same, c=c)
+        for one in (torch.tensor(5), torch.tensor([5])):
+            assert torch.allclose(ddpm.CFGDenoiser(model, 2.0)(x, one, c=c), want, atol=1e-6)
 
 
 def test_guidance_rescale_matches_the_conditional_spread():
@@ -496,6 +500,8 @@ def test_extract_shapes_and_errors():
     assert ddpm.extract(values, torch.tensor([2, 3]), torch.zeros(2, 5)).shape == (2, 1)
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         ddpm.extract(values, 10, like)
+    import numpy as np      # a step from numpy (np.linspace(...).astype(int)) is an int too
+    assert ddpm.extract(values, np.int64(7), like) == 7
 
 
 def test_scaled_linear_schedule_ends_at_pure_noise():

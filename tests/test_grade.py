@@ -8,6 +8,7 @@ only a well-formed report whose exit status matches its verdict. The adversarial
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,11 +100,48 @@ def test_snapshot_copies_regular_files_only(tmp_path):
     private.mkdir()
     copies = dict(grade.snapshot(sorted((tmp_path / "subs").glob("*.ipynb")), private))
     assert copies["alice"].read_bytes() == real.read_bytes()
-    for name in ("bob", "carol"):  # a link and a pipe become unreadable copies, without hanging
-        with pytest.raises(Rejected):
+    for name in ("bob", "carol"):  # a link and a pipe: not the notebook's fault, and said so
+        with pytest.raises(grade.CannotGrade, match=f"{name}.ipynb is a link or not a regular file"):
             grade.read_submission(copies[name])
     real.write_text("changed later")
     assert copies["alice"].read_text() != "changed later"
+
+
+def test_student_names_are_safe_and_never_merge_two_students():
+    names = [grade.student_name(Path(f"{n}.ipynb")) for n in ("alice", "O'Brien", "O_Brien",
+                                                               "-dash", "x" * 90, "x" * 89 + "y")]
+    assert names[0] == "alice" and names[2] == "O_Brien" and names[3] == "-dash"
+    assert names[1].startswith("O_Brien-") and len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[\w.-]+", n) and len(n) <= 80 for n in names), names
+    assert grade._parser().parse_args(["x.ipynb", f"--name={names[3]}"]).name == "-dash"
+
+
+def test_find_submissions_lists_what_it_leaves_out(tmp_path, capsys):
+    subs = tmp_path / "subs"
+    for name in ("alice.ipynb", "BOB.IPYNB", "._alice.ipynb", "notes.txt", "carol/carol.ipynb"):
+        (subs / name).parent.mkdir(parents=True, exist_ok=True)
+        (subs / name).write_text("{}")
+    assert [p.name for p in grade.find_submissions(subs)] == ["BOB.IPYNB", "alice.ipynb"]
+    err = capsys.readouterr().err
+    assert "carol/" in err and "notes.txt" in err and "._alice" not in err
+    assert grade.find_submissions(subs / "carol") == [subs / "carol" / "carol.ipynb"]
+    empty = tmp_path / "export"
+    (empty / "dave").mkdir(parents=True)
+    assert grade.find_submissions(empty) == []
+    assert "subfolder is not searched" in capsys.readouterr().err
+
+
+def test_snapshot_says_why_a_submission_is_too_big(tmp_path, monkeypatch):
+    monkeypatch.setattr(grade, "NOTEBOOK_CAP", 100)
+    big = _notebook(tmp_path / "subs" / "dave.ipynb", "x = 1\n" * 100)
+    private = tmp_path / "private"
+    private.mkdir()
+    copies = dict(grade.snapshot([big], private))
+    with pytest.raises(Rejected, match="over the 0 MiB limit") as rejected:
+        grade.read_submission(copies["dave"])
+    assert "clear large outputs" in rejected.value.reason
+    report = grade.grade_one(copies["dave"], grade.Options(use_sandbox=False), "dave")
+    assert report.status == grade.FAIL and "dave.ipynb is 0 MiB" in report.reason
 
 
 # --- hidden labels, the samples file, the judge's weights -------------------------------------

@@ -111,6 +111,9 @@ def test_sample_quality_needs_two_images():
 def test_sample_quality_checks_labels():
     with pytest.raises(ValueError, match="3 labels for 4 images"):
         sample_quality(torch.zeros(4, 1, 28, 28), "mnist", labels=torch.zeros(3, dtype=torch.long))
+    one_hot = torch.eye(10)[:4]       # the samplers' context, passed as labels by mistake
+    with pytest.raises(ValueError, match=r"labels.argmax\(1\)"):
+        sample_quality(torch.zeros(4, 1, 28, 28), "mnist", labels=one_hot)
     with pytest.raises(ValueError, match="unknown dataset"):
         sample_quality(torch.zeros(4, 1, 28, 28), "cifar")
 

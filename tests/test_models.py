@@ -81,6 +81,8 @@ def test_unets_reject_bad_shapes_and_times():
         model(x, torch.tensor([0, 150]))
     with pytest.raises(ValueError, match="integer"):
         model(x, torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"torch.full\(\(2,\), t\)"):
+        model(x, 10)                       # a plain int, not a tensor of steps
     with pytest.raises(ValueError, match="without a context"):
         OptimizedUNet()(x, torch.tensor([1, 2]), c=torch.zeros(2, 10))
 

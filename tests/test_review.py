@@ -3,6 +3,7 @@
 a look, escaped, script-free, and bounded whatever the notebook holds."""
 import json
 import re
+import shutil
 
 import matplotlib
 import nbformat
@@ -88,6 +89,9 @@ def test_the_page_orders_by_need_escapes_everything_and_runs_no_script(tmp_path)
     (out / "linked.png").symlink_to(outside)
     linked = Report("l", PASS, student="linked", grid=str(out / "linked.png"))
     assert review._grid(linked, out) == "" and review._grid(reports[0], out).startswith("data:")
+    moved = tmp_path / "copied_off_the_cluster"      # OUT copied elsewhere: its grids still show
+    shutil.copytree(out, moved, symlinks=True)
+    assert review._grid(reports[0], moved).startswith("data:") and not review._grid(linked, moved)
     assert "No code kept" in page                                # no report for "missing"
     assert "2 pass, 1 fail, 1 could not grade" in page
     assert review.read_first(reports) == ["gated: 4 marked lines, 0 checks close to the limit"]

@@ -643,6 +643,26 @@ def test_the_preflight_leaves_other_slots_running(sandboxed):
     assert results["step"].stdout.strip() == "survived", results["step"]
 
 
+def test_two_graders_never_share_a_slot(tmp_path, monkeypatch):
+    """A slot names the uid whose processes every step's end kills: a second grader on the same
+    machine (or a second Slurm array on one node) that asks for a held slot gets another one,
+    and a slot given back can be claimed again. Another process sees the same locks."""
+    monkeypatch.setattr(sandbox, "slot_lock_dir", lambda: tmp_path / "locks")
+    first = sandbox.claim_slot(3)
+    second = sandbox.claim_slot(3)
+    assert first == 3 and second not in (3, first)
+    other = subprocess.run([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from course_lib import sandbox; "
+        f"sandbox.slot_lock_dir = lambda: Path({str(tmp_path / 'locks')!r}); "
+        "print(sandbox.claim_slot(3))")], capture_output=True, text=True, check=True)
+    assert int(other.stdout) not in (3, second)
+    sandbox.release_slot(first)
+    assert sandbox.claim_slot(3) == 3
+    sandbox.release_slot(3)
+    sandbox.release_slot(second)
+    sandbox.release_slot(99)            # one never claimed: nothing to give back
+
+
 def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):

@@ -70,20 +70,72 @@ def test_sbatch_script_is_one_task_per_submission(tmp_path):
 
 
 def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path):
-    subs = tmp_path / "subs"
+    subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     for name in ("alice", "bob"):
         _notebook(subs / f"{name}.ipynb", "x = 1")
-    assert gradebook.main(["slurm", str(subs), "--out", str(tmp_path / "out"), "--dry-run",
+    out.mkdir()     # an earlier cohort's grades in the same folder: a dry run must keep them
+    (out / "alice.json").write_text('{"student": "alice"}')
+    (out / "roster.txt").write_text("alice\t/x\n")
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), "--dry-run",
                            "--profile", "test"]) == 0
-    roster = (tmp_path / "out" / "roster.txt").read_text().splitlines()
+    assert (out / "alice.json").read_text() == '{"student": "alice"}'
+    assert (out / "roster.txt").read_text() == "alice\t/x\n"
+    job = next(out.glob(".slurm-*"))
+    roster = (job / "roster.txt").read_text().splitlines()
     assert [r.split("\t")[0] for r in roster] == ["alice", "bob"]
     for line in roster:  # private copies, not the originals
         copy = Path(line.split("\t")[1])
         assert copy.is_file() and subs not in copy.parents
-    script = next((tmp_path / "out").glob(".slurm-*/grade.sbatch")).read_text()
+    script = (job / "grade.sbatch").read_text()
     assert "--array=0-1" in script and "--profile test" in script
+    assert str(job / "roster.txt") in script
     assert "--private-judge" in script          # the cohort's private judges, chosen here
+
+
+def test_slurm_without_sbatch_changes_nothing(tmp_path, monkeypatch, capsys):
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    _notebook(subs / "alice.ipynb", "x = 1")
+    out.mkdir()
+    (out / "alice.json").write_text('{"student": "alice"}')
+    monkeypatch.setattr(gradebook.shutil, "which", lambda name: None)
+    monkeypatch.setattr(gradebook, "ensure_private_judge", lambda: pytest.fail("trained judges"))
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), "--profile", "test"]) == 2
+    assert "sbatch not found" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["alice.json"]
+
+
+def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_path, monkeypatch):
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    for name in ("alice", "bob"):
+        _notebook(subs / f"{name}.ipynb", "x = 1")
+    out.mkdir()
+    (out / "alice.json").write_text('{"student": "alice"}')
+    (out / "carol.json").write_text('{"student": "carol"}')      # not in this cohort: untouched
+    (out / "roster.txt").write_text("alice\t/x\ncarol\t/z\n")
+    monkeypatch.setattr(gradebook.shutil, "which", lambda name: "/usr/bin/sbatch")
+    seen = {}
+
+    def sbatch(cmd, returncode, **kwargs):
+        seen["files"] = sorted(p.name for p in out.iterdir() if p.is_file())
+        seen["aside"] = sorted(str(p.relative_to(out)) for p in (out / "previous").rglob("*")
+                               if p.is_file())
+        return subprocess.CompletedProcess(cmd, returncode, "42", "no partition")
+
+    judge = ["--private-judge", str(tmp_path / "j.pt")]
+    monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 1))
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 2
+    assert seen["files"] == ["carol.json", "roster.txt"]           # alice's set aside meanwhile
+    assert [Path(p).name for p in seen["aside"]] == ["alice.json", "roster.txt"]
+    assert (out / "alice.json").is_file() and (out / "roster.txt").read_text() == "alice\t/x\ncarol\t/z\n"
+    monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 0))
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 0
+    assert not (out / "alice.json").exists() and (out / "carol.json").is_file()
+    kept = list((out / "previous").rglob("alice.json"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"student": "alice"}'
+    assert [ln.split("\t")[0] for ln in (out / "roster.txt").read_text().splitlines()] == ["alice", "bob"]
 
 
 @pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"]])
@@ -110,6 +162,7 @@ def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
     for r in reports:
         (out / f"{r.student}.json").write_text(json.dumps(asdict(r)))
     (out / "roster.txt").write_text("alice\t/x\nbob\t/y\ncarol\t/z\n")
+    (out / "cohort.json").write_text(json.dumps([asdict(r) for r in reports]))  # a --json list
     assert gradebook.collect(out) == 2  # carol's task left no report: could not grade
     rows = list(csv.DictReader((out / "gradebook.csv").open()))
     assert [(r["student"], r["status"], r["accuracy"]) for r in rows] == [
@@ -119,6 +172,21 @@ def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
     page = (out / "review.html").read_text()   # reports without code, and carol's none: listed
     assert all(f"<h2>{s}:" in page for s in ("alice", "bob", "carol"))
     assert page.count("No code kept") == 3
+
+
+def test_collect_says_whose_folder_it_cannot_write(tmp_path, monkeypatch, capsys):
+    """Graded as root, OUT is root's: collect without sudo gets one line, not a traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "alice.json").write_text(json.dumps({"submission": "a", "status": PASS,
+                                                "student": "alice"}))
+
+    def refuse(reports, path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(gradebook, "write_gradebook", refuse)
+    assert gradebook.collect(out) == 2
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "sudo" in err and "Traceback" not in err
 
 
 def test_gradebook_cells_are_safe_to_open_in_a_spreadsheet(tmp_path, capsys):

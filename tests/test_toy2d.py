@@ -167,6 +167,12 @@ def test_toy_denoiser_learns():
     assert after["floor"] <= after["loss"] < after["floor"] + 0.1
     with pytest.raises(ValueError, match="n_classes"):
         ToyDenoiser(150)(x[:2], torch.zeros(2, dtype=torch.long), c=one_hot(k[:2], 5))
+    t3, labels = torch.tensor([3, 60, 140]), torch.tensor([0, 2, 1])   # 3 points, 3 classes
+    with torch.no_grad():       # labels, as ExactDenoiser takes them, are the one-hot rows
+        assert torch.equal(net(x[:3], t3, c=labels, c_mask=torch.ones(3, 1)),
+                           net(x[:3], t3, c=one_hot(labels, 3), c_mask=torch.ones(3, 1)))
+    with pytest.raises(ValueError, match=r"one-hot rows \(3, 3\)"):
+        net(x[:3], t3, c=one_hot(labels, 4))
 
 
 def test_figures_build_with_labelled_axes():

@@ -97,9 +97,13 @@ def test_snapshots_keep_frozen_copies_of_the_ema_at_the_asked_epochs():
         train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=2, snapshot_epochs=(3,),
               progress=False)
     with pytest.warns(UserWarning, match=r"before the snapshots of epoch\(s\) \[3\]"):
-        early = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_steps=1,
-                      snapshot_epochs=(1, 3), progress=False)
+        early = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_steps=8,
+                      snapshot_epochs=(1, 3), progress=False)     # stops as epoch 1 ends
     assert sorted(early.snapshots) == [1]
+    with pytest.warns(UserWarning, match=r"before the snapshots of epoch\(s\) \[1, 3\]"):
+        cut = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_steps=5,
+                    snapshot_epochs=(1, 3), progress=False)       # epoch 1 cut short: no snapshot
+    assert cut.snapshots == {}
 
 
 def test_ema_update_is_the_warmup_equation_on_all_tensors_at_once(monkeypatch):
@@ -224,6 +228,29 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(path, nn.Linear(5, 1))
     with pytest.raises(CheckpointError, match="holds a Linear"):
         load_checkpoint(path, nn.Sequential(nn.Linear(4, 1)))
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_the_model_as_it_was(tmp_path):
+    """torch's load_state_dict copies every tensor that fits before it raises: the model must not
+    be left half old checkpoint, half fresh weights, for the retraining that follows."""
+    class Net(nn.Sequential):
+        pass
+    path = save_checkpoint(tmp_path / "m.pt", Net(nn.Linear(4, 8), nn.Linear(8, 1)))
+    model = Net(nn.Linear(4, 8), nn.Linear(8, 2))          # the first layer fits, the last not
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(path, model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_train_or_load_warns_that_a_loaded_model_has_no_snapshots(tmp_path):
+    path = tmp_path / "m.pt"
+    train_or_load(path, nn.Linear(4, 1), _regression_problem(), _mse, epochs=2, progress=False,
+                  snapshot_epochs=(1,))
+    with pytest.warns(UserWarning, match="no epoch snapshots"):
+        loaded = train_or_load(path, nn.Linear(4, 1), _regression_problem(), _mse, epochs=2,
+                               progress=False, snapshot_epochs=(1,), device="cpu")
+    assert loaded.snapshots == {} and len(loaded.losses) == 16
 
 
 def test_missing_checkpoint(tmp_path):
