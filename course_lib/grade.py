@@ -180,9 +180,11 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
     """
     copies, seen = [], set()
     for path in submissions:
-        name = student_name(path)
-        while name in seen:
-            name += "_"
+        name = base = student_name(path)
+        count = 1
+        while name in seen:   # two files, one name (A.ipynb, A.IPYNB): a number, within the cap
+            count += 1
+            name = f"{base[:76]}_{count}"
         seen.add(name)
         target = private / f"{name}.ipynb"
         data, why = b"", None
@@ -206,12 +208,15 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
 
 
 def find_submissions(folder: Path) -> list[Path]:
-    """The notebooks directly in ``folder`` (``*.ipynb``, any case), sorted; what else is there
-    is listed on stderr, so that no student is left out unseen. Hidden files (macOS's ``._x``)
-    are skipped."""
+    """The notebooks directly in ``folder`` (``*.ipynb``, any case, not hidden), sorted; what else
+    is there is listed on stderr, so that no student is left out unseen (macOS's ``._x`` files
+    and Jupyter's checkpoints excepted)."""
     notebooks, other = [], []
     for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("._") or entry.name in (".ipynb_checkpoints", ".DS_Store"):
+            continue    # macOS's and Jupyter's own files, never a student's
         if entry.name.startswith("."):
+            other.append(entry)    # a hidden notebook is listed, not graded
             continue
         (notebooks if entry.suffix.lower() == ".ipynb" and not entry.is_dir() else other).append(entry)
     if other:
@@ -750,6 +755,18 @@ def _grade_here(copy: tuple[str, Path], opts: Options, name: str | None, origin:
     return report
 
 
+def unreadable_report(copy: Path, name: str, origin: str, out: Path) -> Report | None:
+    """The report of a submission :func:`snapshot` could not copy (None for any other): its
+    reason lives beside this copy only, so it is graded here, by the process that copied it, and
+    never by a worker or a Slurm task, which would copy the empty copy again without it."""
+    if not unreadable_why(copy).is_file():
+        return None
+    report = grade_one(copy, Options(out=out, use_sandbox=False), name, origin)
+    report.sandbox = "none needed: the notebook was never run"
+    write_report(report, out)
+    return report
+
+
 def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
     """One worker process per submission, ``--jobs`` at a time, each in its own sandbox slot."""
     slots = list(range(args.jobs))
@@ -773,6 +790,10 @@ def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
 
     def work(copy):
         student, path = copy
+        unreadable = unreadable_report(path, student, origins[student], out)
+        if unreadable is not None:
+            print(unreadable.text() + "\n", flush=True)
+            return unreadable
         report_file = out / f"{safe_name(student)}.json"
         report_file.unlink(missing_ok=True)  # never read a stale report
         slot = slots.pop()

@@ -7,9 +7,11 @@
 writes ``grade.sbatch``, a job array with one task per submission, each running the same
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
 ``sbatch`` (``--dry-run`` only writes the script; ``--wait`` waits for the array, then collects).
-Each task writes ``OUT/<student>.json``. On submitting, the reports these students already had
-in ``OUT`` (and the old ``OUT/roster.txt``) move to ``OUT/previous/<job>/``, so that none stands
-in for a task that fails, and none is lost; if ``sbatch`` refuses, they move back. ``collect`` merges those reports into
+Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
+already had in ``OUT`` (and the old roster, gradebook and review page) move to
+``OUT/previous/<job>/`` (:func:`set_aside`), so that none stands in for a task that fails, and
+none is lost; if ``sbatch`` takes no job, they move back. A submission that could not be copied
+(a link, unreadable) gets no task: its report is written at once, with the reason. ``collect`` merges those reports into
 ``OUT/gradebook.csv`` (student, status, accuracy, reason) and ``OUT/review.html`` (each student's
 code beside its samples, ``course_lib/review.py``) and prints the summary table; a submission
 without a report is listed as "could not grade".
@@ -29,7 +31,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import ERROR, Report, find_submissions, snapshot, unreadable_why
+from .grade import (ERROR, Report, find_submissions, snapshot, unreadable_report,
+                    unreadable_why)
 from .grade_checks import ensure_private_judge, one_line, private_judge_path
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
@@ -152,10 +155,12 @@ exec {shlex.quote(python)} -m course_lib.grade "$copy" --name="$student" --origi
 
 
 def set_aside(out: Path, students: list[str], to: Path) -> list[Path]:
-    """Move ``OUT/roster.txt`` and these students' reports to folder ``to``: nothing is deleted.
-    Returns the paths moved, at their new place."""
+    """Move these students' reports and sample grids, and ``OUT``'s roster, gradebook and review
+    page, to folder ``to``: nothing is deleted. Returns the paths moved, at their new place."""
     moved = []
-    for name in ["roster.txt", *(f"{s}.json" for s in students)]:
+    for name in ["roster.txt", "gradebook.csv", "review.html",
+                 *(f"{s}{end}" for s in students for end in (".json", "_samples.png",
+                                                             "_samples.pt"))]:
         if (out / name).is_file():
             to.mkdir(parents=True, exist_ok=True)
             moved.append((out / name).replace(to / name))
@@ -183,40 +188,53 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     (job / "copies").mkdir()   # mkdtemp made the job folder private (0700) and unique
     (out / "logs").mkdir(exist_ok=True)
     copies = snapshot(notebooks, job / "copies")
-    for name, copy in copies:   # the task sees only an empty copy: say why here, where it shows
-        if unreadable_why(copy).is_file():
-            print(f"warning: {name}: {json.loads(unreadable_why(copy).read_text())['why']}; its "
-                  "task will report an unreadable notebook", file=sys.stderr)
+    origins = {name: str(path) for (name, _), path in zip(copies, notebooks)}
+    # a copy snapshot could not make is graded here, where its reason is: no task for it
+    unreadable = [(name, copy) for name, copy in copies if unreadable_why(copy).is_file()]
+    tasks = [c for c in copies if c not in unreadable]
     roster = job / "roster.txt"          # the script's; OUT/roster.txt only once it is submitted
-    roster.write_text("".join(f"{name}\t{path}\n" for name, path in copies))
+    roster.write_text("".join(f"{name}\t{path}\n" for name, path in tasks))
     folder = submissions if submissions.is_dir() else submissions.parent
     if not any(a == "--private-judge" or a.startswith("--private-judge=") for a in grader_args):
         # one set of private judges for the cohort, trained here
         judge = private_judge_path() if dry_run else ensure_private_judge()
         grader_args = [*grader_args, "--private-judge", str(judge)]
     script = job / "grade.sbatch"
-    script.write_text(sbatch_script(roster, out, len(copies), grader_args, cpus=cpus,
+    script.write_text(sbatch_script(roster, out, max(1, len(tasks)), grader_args, cpus=cpus,
                                     mem_gib=mem_gib, minutes=minutes, parallel=parallel,
                                     hide=[folder.resolve()]))
-    print(f"wrote {script} ({len(copies)} array tasks)")
+    print(f"wrote {script} ({len(tasks)} array tasks)")
+    for name, copy in unreadable:
+        print(f"not a task: {name}: {json.loads(unreadable_why(copy).read_text())['why']}",
+              file=sys.stderr)
     if dry_run:
         print(f"nothing else in {out} changed; `sbatch {script}` grades into it (each task "
               f"replaces its student's report), then: python -m course_lib.grade collect {out}")
         return 0
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
     aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
-    shutil.copyfile(roster, out / "roster.txt")     # what `collect` expects a report from
+    (out / "roster.txt").write_text("".join(f"{name}\t{copy}\n" for name, copy in copies))
+    for name, copy in unreadable:
+        unreadable_report(copy, name, origins[name], out)
+    if not tasks:
+        print("no notebook to run: every submission was unreadable")
+        return collect(out)
     cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(script)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 and not wait:
+    job_id = proc.stdout.strip().split(";")[0]
+    if not job_id:    # nothing was submitted (with --wait too): put everything back
+        for name, _ in unreadable:
+            (out / f"{name}.json").unlink(missing_ok=True)
         (out / "roster.txt").unlink()
         for path in aside:
             path.replace(out / path.name)
         print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
               "changed)", file=sys.stderr)
         return 2
-    print(f"submitted job {proc.stdout.strip().split(';')[0]}; when it ends: "
-          f"python -m course_lib.grade collect {out}")
+    if proc.returncode != 0 and not wait:
+        print(f"warning: sbatch took job {job_id} but said: {proc.stderr.strip()}; check it "
+              "with squeue", file=sys.stderr)
+    print(f"submitted job {job_id}; when it ends: python -m course_lib.grade collect {out}")
     return collect(out) if wait else 0
 
 

@@ -267,8 +267,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     if saved and saved != type(model).__name__:
         raise CheckpointError(f"{path} holds a {saved}, but the model given is a "
                               f"{type(model).__name__}; build a {saved} to load it.")
-    try:   # first into a copy: a failed load_state_dict leaves the tensors that fitted copied
-        copy.deepcopy(model).load_state_dict(state)
+    own = model.state_dict()   # checked first: a failed load_state_dict leaves what fitted copied
+    unfit = sorted(set(own) ^ set(state)) + [k for k in own if k in state and
+                                             tuple(own[k].shape) != tuple(state[k].shape)]
+    try:
+        if unfit:
+            raise RuntimeError(f"Error(s) in loading state_dict: {len(unfit)} entries differ, e.g. "
+                               + ", ".join(unfit[:3]) + ".")
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).splitlines()[:4]

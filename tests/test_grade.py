@@ -529,6 +529,7 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     completed = tmp_path / "subs" / "key.ipynb"
     assert answer_key.main([str(completed)]) == 0
     _notebook(tmp_path / "subs" / "broken.ipynb", "raise RuntimeError('x')")
+    (tmp_path / "subs" / "linked.ipynb").symlink_to(completed)   # graded here, not by a worker
     code, out = _run_grader(tmp_path / "subs", "--profile", "test", "--samples-per-digit", 1,
                             "--jobs", 2, "--out", tmp_path / "grades", "--json",
                             tmp_path / "all.json", *_sandbox_args())
@@ -539,7 +540,9 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     assert key["status"] == "pass" or any(
         w in key["reason"] for w in ("below", "do not look", "plain background")), key
     assert (tmp_path / "grades" / "key_samples.png").is_file()
-    assert code == 1 and "broken" in out and "student" in out  # summary table
+    linked = next(r for r in reports if r["student"] == "linked")
+    assert linked["status"] == grade.ERROR and "is a link" in linked["reason"], linked
+    assert code == 2 and "broken" in out and "student" in out  # summary table
 
 
 def test_readme_states_the_second_opinion_gap_of_the_code():

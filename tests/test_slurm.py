@@ -111,31 +111,43 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
     subs.mkdir()
     for name in ("alice", "bob"):
         _notebook(subs / f"{name}.ipynb", "x = 1")
+    (subs / "dave.ipynb").symlink_to(subs / "bob.ipynb")          # unreadable: no task, a report
     out.mkdir()
     (out / "alice.json").write_text('{"student": "alice"}')
+    (out / "alice_samples.png").write_bytes(b"old grid")
     (out / "carol.json").write_text('{"student": "carol"}')      # not in this cohort: untouched
     (out / "roster.txt").write_text("alice\t/x\ncarol\t/z\n")
     monkeypatch.setattr(gradebook.shutil, "which", lambda name: "/usr/bin/sbatch")
     seen = {}
 
-    def sbatch(cmd, returncode, **kwargs):
+    def sbatch(cmd, returncode, job_id, **kwargs):
         seen["files"] = sorted(p.name for p in out.iterdir() if p.is_file())
         seen["aside"] = sorted(str(p.relative_to(out)) for p in (out / "previous").rglob("*")
                                if p.is_file())
-        return subprocess.CompletedProcess(cmd, returncode, "42", "no partition")
+        seen["tasks"] = [ln.split("\t")[0] for ln in
+                         (Path(cmd[-1]).parent / "roster.txt").read_text().splitlines()]
+        return subprocess.CompletedProcess(cmd, returncode, job_id, "no partition")
 
     judge = ["--private-judge", str(tmp_path / "j.pt")]
-    monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 1))
-    assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 2
-    assert seen["files"] == ["carol.json", "roster.txt"]           # alice's set aside meanwhile
-    assert [Path(p).name for p in seen["aside"]] == ["alice.json", "roster.txt"]
-    assert (out / "alice.json").is_file() and (out / "roster.txt").read_text() == "alice\t/x\ncarol\t/z\n"
-    monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 0))
+    for wait in ([], ["--wait"]):       # no job id: nothing was submitted, waiting or not
+        monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 1, ""))
+        assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge, *wait]) == 2
+        assert seen["files"] == ["carol.json", "dave.json", "roster.txt"]   # alice's set aside
+        assert [Path(p).name for p in seen["aside"]] == ["alice.json", "alice_samples.png",
+                                                         "roster.txt"]
+        assert seen["tasks"] == ["alice", "bob"]                   # dave's link: no task
+        assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+            "alice.json", "alice_samples.png", "carol.json", "roster.txt"]   # all put back
+        assert (out / "roster.txt").read_text() == "alice\t/x\ncarol\t/z\n"
+    monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 0, "42"))
     assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 0
     assert not (out / "alice.json").exists() and (out / "carol.json").is_file()
     kept = list((out / "previous").rglob("alice.json"))
     assert len(kept) == 1 and kept[0].read_text() == '{"student": "alice"}'
-    assert [ln.split("\t")[0] for ln in (out / "roster.txt").read_text().splitlines()] == ["alice", "bob"]
+    assert [ln.split("\t")[0] for ln in (out / "roster.txt").read_text().splitlines()] == [
+        "alice", "bob", "dave"]
+    dave = json.loads((out / "dave.json").read_text())
+    assert dave["status"] == ERROR and "is a link" in dave["reason"]
 
 
 @pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"]])
