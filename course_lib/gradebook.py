@@ -11,10 +11,10 @@ Each task writes ``OUT/<student>.json``. On submitting, the reports and grids th
 already had in ``OUT`` (and the old roster, gradebook and review page) move to
 ``OUT/previous/<job>/`` (:func:`set_aside`), so that none stands in for a task that fails, and
 none is lost; if ``sbatch`` takes no job, they move back. A submission that could not be copied
-(a link, unreadable) gets no task: its report is written at once, with the reason. ``collect`` merges those reports into
-``OUT/gradebook.csv`` (student, status, accuracy, reason) and ``OUT/review.html`` (each student's
-code beside its samples, ``course_lib/review.py``) and prints the summary table; a submission
-without a report is listed as "could not grade".
+(a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
+merges those reports into ``OUT/gradebook.csv`` (student, status, accuracy, reason) and
+``OUT/review.html`` (each student's code beside its samples, ``course_lib/review.py``) and prints
+the summary table; a submission without a report is listed as "could not grade".
 """
 from __future__ import annotations
 
