@@ -92,6 +92,7 @@ class Report:
     grid: str | None = None
     code: dict | None = None   # what the student wrote, for the review page (submission_code)
     seed: int | None = None    # the hidden seed drawn for this grading: --seed reproduces it
+    threads: int | None = None   # CPU threads the notebook ran with: the same, to reproduce it
 
     @property
     def exit_code(self) -> int:
@@ -545,6 +546,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
                     threshold=opts.threshold)
     report.seed = secrets.randbits(62) if opts.seed is None else opts.seed
+    report.threads = opts.limits.threads
     rng = torch.Generator().manual_seed(report.seed)
     try:   # for the review page; kept even when the notebook then fails, and never grades
         report.code = for_report(copy)

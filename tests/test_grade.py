@@ -142,6 +142,7 @@ def test_snapshot_says_why_a_submission_is_too_big(tmp_path, monkeypatch):
     assert "clear large outputs" in rejected.value.reason
     report = grade.grade_one(copies["dave"], grade.Options(use_sandbox=False), "dave")
     assert report.status == grade.FAIL and "dave.ipynb is 0 MiB" in report.reason
+    assert report.seed is not None and report.threads == grade.Options().limits.threads
 
 
 # --- hidden labels, the samples file, the judge's weights -------------------------------------
