@@ -90,7 +90,7 @@ def flower_split(names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     4,307 photos that is exactly the order the list was drawn in (``tests/test_classifier.py``).
     """
     listed = set(FLOWER_HELD_OUT_LIST.read_text().split())
-    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(0)).tolist()
+    order = _flower_order(len(names)).tolist()
     held = [i for i in order if names[i] in listed]
     if not held:
         raise ValueError(f"none of these {len(names)} flower photos is one the flower judge never "
@@ -105,8 +105,13 @@ def flower_split(names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
 def draw_flower_held_out(names: Sequence[str]) -> list[str]:
     """The held-out names as they were first drawn: a fixed random 10% (seed 0) of ``names``
     (the course's 4,307 photos), sorted. Writes nothing; :data:`FLOWER_HELD_OUT_LIST` keeps them."""
-    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(0))
+    order = _flower_order(len(names))
     return sorted(names[i] for i in order[:int(len(names) * FLOWER_HELD_OUT)].tolist())
+
+
+def _flower_order(n: int) -> torch.Tensor:
+    """The fixed random order (seed 0) both the held-out draw and :func:`flower_split` follow."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
 
 
 def load_classifier(dataset: str = "mnist", device: torch.device | str = "cpu") -> DigitClassifier:

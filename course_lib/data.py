@@ -218,8 +218,8 @@ class ImageDataset(ImageContextDataset):
                  flip: bool = False, names: Sequence[str] | None = None):
         super().__init__(images, labels, flip)
         self.labels, self.classes = labels, list(classes)
+        # each image's file as "species/file.jpg" (flowers), or None (the idx datasets)
         self.names = None if names is None else list(names)
-        """Each image's file as "species/file.jpg" (flowers), or None (the idx datasets)."""
 
 
 def _subset(n: int, limit: int | None, seed: int = 0) -> torch.Tensor:

@@ -31,6 +31,7 @@ reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's gra
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import math
@@ -51,10 +52,11 @@ import torch
 
 from . import sandbox
 from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT,
-                           CannotGrade, Judge, NotPlain, Rejected, check_drawn, check_from_network,
-                           check_not_memorised, check_plain_background, check_realistic,
-                           check_samples, check_second_opinion, ensure_private_judge, load_judge,
-                           load_private_judge, plain_share, read_plain, read_samples)
+                           CannotGrade, Judge, NotPlain, Rejected, TooBig, check_drawn,
+                           check_from_network, check_not_memorised, check_plain_background,
+                           check_realistic, check_samples, check_second_opinion,
+                           ensure_private_judge, load_judge, load_private_judge, plain_share,
+                           read_plain, read_samples)
 from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -177,7 +179,7 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
 
     Each file is read once with :func:`~course_lib.grade_checks.read_plain` (no links, regular
     files under NOTEBOOK_CAP bytes); anything else becomes an empty copy, and why goes beside it
-    (:func:`unreadable_why`) for :func:`read_submission` to say. Nothing later reads the originals.
+    (:func:`why_unreadable`) for :func:`read_submission` to say. Nothing later reads the originals.
     """
     copies, seen = [], set()
     for path in submissions:
@@ -191,10 +193,10 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
         data, why = b"", None
         try:
             data = read_plain(path, NOTEBOOK_CAP)
-        except OSError as err:   # NotPlain included: read_plain opens no link, reads no pipe
-            if isinstance(err, NotPlain) and path.is_file() and not path.is_symlink():
-                why = {"too_big": True, "why": str(err)}      # a regular file: only its size
-            elif isinstance(err, NotPlain) or path.is_symlink():
+        except TooBig as err:    # a regular file: only its size is wrong, the student's to fix
+            why = {"too_big": True, "why": str(err)}
+        except OSError as err:   # read_plain opens no link (ELOOP) and reads no pipe (NotPlain)
+            if isinstance(err, NotPlain) or err.errno == errno.ELOOP:
                 why = {"too_big": False, "why": f"{path.name} is a link or not a regular file; "
                        "put the notebook file itself in the folder (e.g. cp -L), since the "
                        "grader never follows a link"}
@@ -203,7 +205,7 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
                        "make it readable by the grader"}
         target.write_bytes(data)
         if why is not None:   # beside the copy, in the grader's private folder: no student wrote it
-            unreadable_why(target).write_text(json.dumps(why))
+            _unreadable_note(target).write_text(json.dumps(why))
         copies.append((name, target))
     return copies
 
@@ -230,9 +232,16 @@ def find_submissions(folder: Path) -> list[Path]:
     return notebooks
 
 
-def unreadable_why(copy: Path) -> Path:
+def _unreadable_note(copy: Path) -> Path:
     """Where :func:`snapshot` notes why a submission could not be copied."""
     return copy.with_name(copy.name + ".unreadable")
+
+
+def why_unreadable(copy: Path) -> dict | None:
+    """What :func:`snapshot` noted beside ``copy`` ({"too_big": bool, "why": str}), or None when
+    the submission was copied."""
+    note = _unreadable_note(copy)
+    return json.loads(note.read_text()) if note.is_file() else None
 
 
 # --- 1. reading ---------------------------------------------------------------------------------
@@ -242,8 +251,8 @@ def read_submission(path: Path):
     :func:`snapshot` could not copy it through no fault of the notebook's: a link, unreadable)."""
     import nbformat
 
-    if unreadable_why(path).is_file():
-        why = json.loads(unreadable_why(path).read_text())
+    why = why_unreadable(path)
+    if why is not None:
         if why["too_big"]:
             raise Rejected(f"{why['why']}: submit the .ipynb file saved by Jupyter (clear large "
                            "outputs first)")
@@ -761,7 +770,7 @@ def unreadable_report(copy: Path, name: str, origin: str, out: Path) -> Report |
     """The report of a submission :func:`snapshot` could not copy (None for any other): its
     reason lives beside this copy only, so it is graded here, by the process that copied it, and
     never by a worker or a Slurm task, which would copy the empty copy again without it."""
-    if not unreadable_why(copy).is_file():
+    if why_unreadable(copy) is None:
         return None
     report = grade_one(copy, Options(out=out, use_sandbox=False), name, origin)
     report.sandbox = "none needed: the notebook was never run"

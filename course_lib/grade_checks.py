@@ -253,6 +253,10 @@ class NotPlain(OSError):
     """A file the sandbox left is not a regular file under its size cap."""
 
 
+class TooBig(NotPlain):
+    """A regular file, over its size cap."""
+
+
 def read_plain(path: Path, cap: int) -> bytes:
     """The bytes of a file that sandboxed code wrote, read safely on the grader's side: never
     through a link (a planted link to /dev/zero or a host file), never from a pipe or device,
@@ -263,7 +267,7 @@ def read_plain(path: Path, cap: int) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise NotPlain(f"{Path(path).name} is not a regular file")
         if info.st_size > cap:
-            raise NotPlain(f"{Path(path).name} is {info.st_size / 2**20:.0f} MiB, over the "
+            raise TooBig(f"{Path(path).name} is {info.st_size / 2**20:.0f} MiB, over the "
                            f"{cap / 2**20:.0f} MiB limit")
         return file.read(cap + 1)
 

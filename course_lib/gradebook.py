@@ -32,8 +32,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from .grade import (ERROR, Report, find_submissions, snapshot, unreadable_report,
-                    unreadable_why)
+                    why_unreadable)
 from .grade_checks import ensure_private_judge, one_line, private_judge_path
+from .sandbox import SLOTS
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
 
@@ -149,9 +150,14 @@ student=${{line%%$'\\t'*}}
 copy=${{line#*$'\\t'}}
 cd {shlex.quote(os.getcwd())}
 exec {shlex.quote(python)} -m course_lib.grade "$copy" --name="$student" --origin="$student" \\
-  --slot $((SLURM_ARRAY_TASK_ID % 1000)) --out {shlex.quote(str(out))} {hides} \\
+  --slot $((SLURM_ARRAY_TASK_ID % {SLOTS})) --out {shlex.quote(str(out))} {hides} \\
   --memory-gib {max(1, mem_gib - 1)} {" ".join(shlex.quote(a) for a in grader_args)}
 """
+
+
+def roster_text(copies: list[tuple[str, Path]]) -> str:
+    """A roster: one "student<TAB>private copy" line per submission (what tasks and collect read)."""
+    return "".join(f"{name}\t{path}\n" for name, path in copies)
 
 
 def set_aside(out: Path, students: list[str], to: Path) -> list[Path]:
@@ -190,10 +196,10 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     copies = snapshot(notebooks, job / "copies")
     origins = {name: str(path) for (name, _), path in zip(copies, notebooks)}
     # a copy snapshot could not make is graded here, where its reason is: no task for it
-    unreadable = [(name, copy) for name, copy in copies if unreadable_why(copy).is_file()]
+    unreadable = [(name, copy) for name, copy in copies if why_unreadable(copy) is not None]
     tasks = [c for c in copies if c not in unreadable]
     roster = job / "roster.txt"          # the script's; OUT/roster.txt only once it is submitted
-    roster.write_text("".join(f"{name}\t{path}\n" for name, path in tasks))
+    roster.write_text(roster_text(tasks))
     folder = submissions if submissions.is_dir() else submissions.parent
     if not any(a == "--private-judge" or a.startswith("--private-judge=") for a in grader_args):
         # one set of private judges for the cohort, trained here
@@ -205,15 +211,14 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
                                     hide=[folder.resolve()]))
     print(f"wrote {script} ({len(tasks)} array tasks)")
     for name, copy in unreadable:
-        print(f"not a task: {name}: {json.loads(unreadable_why(copy).read_text())['why']}",
-              file=sys.stderr)
+        print(f"not a task: {name}: {why_unreadable(copy)['why']}", file=sys.stderr)
     if dry_run:
         print(f"nothing else in {out} changed; `sbatch {script}` grades into it (each task "
               f"replaces its student's report), then: python -m course_lib.grade collect {out}")
         return 0
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
     aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
-    (out / "roster.txt").write_text("".join(f"{name}\t{copy}\n" for name, copy in copies))
+    (out / "roster.txt").write_text(roster_text(copies))
     for name, copy in unreadable:
         unreadable_report(copy, name, origins[name], out)
     if not tasks:

@@ -127,7 +127,8 @@ def real_split(dataset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
     The judges never trained on any of them. For the grey datasets the test set's first
     REAL_POOL images are the pool that real-image yardsticks draw from, and the rest is the
-    reference; the 430 held-out flower photos (flower_split) serve as both (flower distances are rough).
+    reference; the 430 held-out flower photos (flower_split) serve as both (flower distances are
+    rough).
     """
     _check_dataset(dataset)
     if dataset == "flowers":
