@@ -13,6 +13,22 @@ os.environ.setdefault("COURSE_GRADER_DIR", str(Path(__file__).resolve().parent.p
                                                / "checkpoints" / "grader"))
 
 
+def _required() -> bool:
+    """CI, or .ci/run's COURSE_REQUIRE_DATA: the datasets and pretrained weights must be there."""
+    return bool(os.environ.get("CI") or os.environ.get("COURSE_REQUIRE_DATA"))
+
+
+@pytest.fixture(scope="session")
+def absent():
+    """``absent(why)``: skip with ``why`` on a student's machine; fail under CI, which installs
+    every package ``pyproject.toml`` names (the pretrained towers' weights among them)."""
+    def stop(why: str):
+        if _required():
+            pytest.fail(f"CI must have it: {why}")
+        pytest.skip(why)
+    return stop
+
+
 @pytest.fixture(autouse=True)
 def _cpu_flags_decide_bfloat16(monkeypatch):
     """A maintainer's exported COURSE_BF16 (config.native_bf16) must not change what tests see."""
@@ -28,6 +44,6 @@ def data_available():
         for name in ("FashionMNIST", "MNIST", "flowers"):
             find_data_root(name, allow_download=False)
     except DataNotFoundError as err:
-        if os.environ.get("CI"):
+        if _required():
             pytest.fail(f"CI must have the offline datasets: {err}")
         pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")

@@ -142,7 +142,7 @@ def test_without_a_cpuset_the_memory_and_process_limits_still_hold(tmp_path, mon
     assert (group.dirs[""] / "memory.max").read_text() == str(2**30)
 
 
-def test_where_no_group_can_be_made_it_says_why_and_leaves_nothing(tmp_path):
+def test_where_no_group_can_be_made_it_says_why_and_leaves_nothing(tmp_path, monkeypatch):
     root = _fake_v1(tmp_path)
     only_memory = _without(_v1_mountinfo(root), "pids")
     assert cgroup_limits.create(0, 2**30, 64, mountinfo=only_memory, proc_cgroup=V1_CGROUP) is None
@@ -150,14 +150,17 @@ def test_where_no_group_can_be_made_it_says_why_and_leaves_nothing(tmp_path):
     assert list((root / "memory" / "process_api" / "abc").iterdir()) == []   # nothing half-made
     assert cgroup_limits.create(0, 2**30, 64, mountinfo="", proc_cgroup="") is None
     assert "no cgroup tree with a memory controller" in cgroup_limits.describe(None)
-    (root / "pids").chmod(0o500)
-    try:
-        if os.geteuid() != 0:   # root writes anyway
-            assert cgroup_limits.create(0, 2**30, 64, mountinfo=_v1_mountinfo(root),
-                                        proc_cgroup=V1_CGROUP) is None
-            assert "Permission denied" in cgroup_limits.unavailable()
-    finally:
-        (root / "pids").chmod(0o700)
+    real = cgroup_limits._write
+
+    def refuse_pids(path, value):   # a tree the grader may not write (root writes a chmod-ed one)
+        if path.name == "pids.max":
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, value)
+    monkeypatch.setattr(cgroup_limits, "_write", refuse_pids)
+    assert cgroup_limits.create(0, 2**30, 64, mountinfo=_v1_mountinfo(root),
+                                proc_cgroup=V1_CGROUP) is None
+    assert "Permission denied" in cgroup_limits.unavailable()
+    assert list((root / "pids").rglob(cgroup_limits.PREFIX + "*")) == []   # its empty group removed
 
 
 def test_groups_a_killed_grader_left_behind_are_removed(tmp_path):

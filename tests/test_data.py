@@ -186,16 +186,18 @@ def test_nbval_skips_the_notebooks_with_the_reason_when_data_cannot_be_had(monke
 
     monkeypatch.setenv("COURSE_NO_DOWNLOAD", "1")
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("COURSE_REQUIRE_DATA", raising=False)
     items = [Item(), Item()]
     conftest.pytest_collection_modifyitems(None, items)
     for item in items:
         (marker,) = item.markers
         assert marker.name == "skip" and "COURSE_DATA_DIR" in marker.kwargs["reason"]
         assert "FashionMNIST is in none of: /nowhere" in marker.kwargs["reason"]
-    monkeypatch.setenv("CI", "true")
-    items = [Item()]
-    conftest.pytest_collection_modifyitems(None, items)
-    assert items[0].markers == []
-    monkeypatch.delenv("CI")
+    for required in ("CI", "COURSE_REQUIRE_DATA"):   # CI, and .ci/run's own switch: no skips
+        monkeypatch.setenv(required, "1")
+        items = [Item()]
+        conftest.pytest_collection_modifyitems(None, items)
+        assert items[0].markers == []
+        monkeypatch.delenv(required)
     monkeypatch.setenv("COURSE_NO_DOWNLOAD", "0")
     assert conftest.missing_data() is None

@@ -211,19 +211,32 @@ def test_samplers_recover_the_single_training_image(schedule, sampler):
 
 
 def test_diffusion_loss_is_mse_against_the_noise(schedule):
-    g = torch.Generator().manual_seed(0)
+    """The network sees x_t = q_sample(x_0, t, eps) with the drawn t, and its answer is compared
+    with eps; min-SNR-γ weights each image's error by min(SNR_t, γ)/SNR_t (γ = ∞: no weight)."""
     x0 = torch.randn(16, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, schedule.T, (16,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    guess = torch.randn(x0.shape, generator=g)          # the network's fixed answer
     seen = {}
 
     def model(x, t):
-        seen["t"] = t
-        return torch.zeros_like(x)
-    loss = ddpm.diffusion_loss(model, x0, schedule, generator=g)
-    g = torch.Generator().manual_seed(0)
-    torch.randint(0, schedule.T, (16,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    assert loss.item() == pytest.approx((noise ** 2).mean().item())
-    assert seen["t"].min() >= 0 and seen["t"].max() < schedule.T
+        seen["x"], seen["t"] = x, t
+        return guess
+    loss = ddpm.diffusion_loss(model, x0, schedule, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen["t"], t)
+    assert torch.allclose(seen["x"], schedule.q_sample(x0, t, noise))
+    per_image = (guess - noise).square().flatten(1).mean(1)
+    assert loss.item() == pytest.approx(per_image.mean().item(), rel=1e-6)
+    ab = schedule.alpha_bars[t]
+    snr = ab / (1 - ab)
+    for gamma in (1.0, 5.0, float("inf")):
+        weighted = ddpm.diffusion_loss(model, x0, schedule, generator=torch.Generator().manual_seed(0),
+                                       min_snr_gamma=gamma)
+        expected = (snr.clamp(max=gamma) / snr * per_image).mean()
+        assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert torch.allclose(ddpm.min_snr_weight(snr, gamma), snr.clamp(max=gamma) / snr)
+    assert weighted.item() == pytest.approx(loss.item(), rel=1e-5)   # γ = ∞ weighs every image 1
 
 
 def _v_oracle(x0, schedule):

