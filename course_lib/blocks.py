@@ -64,8 +64,11 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if x.shape != skip.shape:
-            raise ValueError(f"UpBlock: input {tuple(x.shape)} and skip {tuple(skip.shape)} must "
-                             "match to be concatenated; check the image size is divisible by 4.")
+            what = ("channels" if x.shape[1] != skip.shape[1] else "height and width"
+                    if x.shape[2:] != skip.shape[2:] else "batch size")
+            raise ValueError(f"UpBlock: input {tuple(x.shape)} and skip {tuple(skip.shape)} differ "
+                             f"in {what}, so they cannot be concatenated: the skip must come from "
+                             "the down block of the same level (up1 with down2, up2 with down1)")
         return self.model(torch.cat((x, skip), dim=1))
 
 
@@ -125,7 +128,9 @@ class GELUUpBlock(UpBlock):
 
 
 class SinusoidalPositionEmbedBlock(nn.Module):
-    """Transformer position encoding of t (Vaswani et al. 2017, sec. 3.5): [sin(t·w_k), cos(t·w_k)].
+    """Sinusoidal embedding of t as DDPM builds it (Ho et al. 2020's ``get_timestep_embedding``,
+    after the Transformer's position encoding, Vaswani et al. 2017, sec. 3.5): [sin(t·w_k), cos(t·w_k)],
+    the sines and cosines concatenated rather than interleaved.
 
     Frequencies w_k = 10000^(-k/(d/2-1)), k = 0..d/2-1: periods from 2π steps to 2π·10⁴
     steps, so nearby t get similar vectors and distant t different ones.
@@ -148,7 +153,8 @@ class SelfAttentionBlock(nn.Module):
     """Self-attention over the pixels of a feature map, with a residual: x + Attn(GroupNorm(x)).
 
     Each of the H·W positions is a token of ``ch`` features (``nn.MultiheadAttention``, ``heads``
-    heads), as in the 16×16 and 8×8 levels of DDPM's UNet (Ho et al. 2020, appendix B).
+    heads), as at the 16×16 level of DDPM's UNet (Ho et al. 2020, appendix B); the course's
+    UNets put it at their lowest level (a quarter of the image size).
     """
 
     def __init__(self, ch: int, heads: int = 4, groups: int = 8):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import seed_everything
+from .config import evaluating, seed_everything
 from .data import FLOWER_CLASSES, LOADERS, load_flowers, make_loader
 from .train import adam, load_checkpoint, save_checkpoint, train
 
@@ -123,11 +123,12 @@ def load_classifier(dataset: str = "mnist", device: torch.device | str = "cpu") 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Softmax probabilities (N, classes) for images in [-1, 1]."""
-    model.eval()
+    """Softmax probabilities (N, classes) for images in [-1, 1], read in eval mode (the model's
+    own mode is restored after)."""
     device = next(model.parameters()).device
-    return torch.cat([F.softmax(model(b.to(device)), dim=1).cpu()
-                      for b in images.split(batch_size)])
+    with evaluating(model):
+        return torch.cat([F.softmax(model(b.to(device)), dim=1).cpu()
+                          for b in images.split(batch_size)])
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:

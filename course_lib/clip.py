@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from .config import downloads_allowed
+from .config import downloads_allowed, evaluating
 from .data import ImageContextDataset, to_display
 from .framing import close_ups
 from .image_tower import (LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, holds_lite0_weights, lite0_features,
@@ -221,20 +221,22 @@ class CourseClip:
     def embed_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Embeddings of many images, in batches, without gradients, on the CPU (a progress bar
         when there are more than four batches). Batches of 64 keep memory low: through the
-        EfficientNet tower at 128 px, batches of 256 held 1.5 GB more, and ran no faster."""
-        self.model.eval()
+        EfficientNet tower at 128 px, batches of 256 held 1.5 GB more, and ran no faster.
+        Read in eval mode; the model's own mode is restored after."""
         device = next(self.model.parameters()).device
-        if self.reads_lite0_features(images):   # Lite0's pooled features -> the projection
-            features = lite0_features(images, batch_size, device=device).to(device)
-            return torch.nn.functional.normalize(self.model.visual.head(features), dim=-1).cpu()
-        batches = images.split(batch_size)
-        return torch.cat([self.encode_images(b).cpu() for b in
-                          tqdm(batches, desc="CLIP image embeddings", disable=len(batches) <= 4)])
+        with evaluating(self.model):
+            if self.reads_lite0_features(images):   # Lite0's pooled features -> the projection
+                features = lite0_features(images, batch_size, device=device).to(device)
+                return torch.nn.functional.normalize(self.model.visual.head(features), dim=-1).cpu()
+            batches = images.split(batch_size)
+            return torch.cat([self.encode_images(b).cpu() for b in tqdm(
+                batches, desc="CLIP image embeddings", disable=len(batches) <= 4)])
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        self.model.eval()
-        return self.encode_text(texts).cpu()
+        """Embeddings of the texts, on the CPU, read in eval mode (the model's own is restored)."""
+        with evaluating(self.model):
+            return self.encode_text(texts).cpu()
 
 
 # --- 1. pretrained weights -----------------------------------------------------------------
@@ -390,8 +392,9 @@ def _minilm_states(clip: CourseClip, tokens: torch.Tensor):
 @torch.no_grad()
 def _locked_text_features(clip: CourseClip, captions: Sequence[str]) -> torch.Tensor:
     """Mean-pooled outputs of a locked text tower, before its trainable projection (N, width)."""
-    clip.model.text.eval()
-    return clip.model.text.pooler(*_minilm_states(clip, clip.tokenizer(list(captions))))
+    text = clip.model.text.eval()
+    tokens = clip.tokenizer(list(captions)).to(next(text.parameters()).device)
+    return text.pooler(*_minilm_states(clip, tokens))
 
 
 @torch.no_grad()

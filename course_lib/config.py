@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -123,6 +124,19 @@ def trains_fast(device: torch.device | str) -> bool:
     past its 12 minutes (section 18). An AMX CPU kept in float32 (``COURSE_BF16=0``) is slower still.
     """
     return speed(device) == "fast"
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """``model`` in eval mode inside the ``with``; afterwards every submodule is back in its own
+    mode (a model mid-training trains on, and a locked tower inside it stays in eval)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

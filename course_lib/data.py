@@ -65,12 +65,33 @@ def repo_data_dir() -> Path:
 
 
 def _has_dataset(root: Path, name: str) -> bool:
-    """True when ``root`` holds ``name`` in the layout torchvision reads."""
+    """True when ``root`` holds ``name`` in the layout torchvision reads (flowers: a folder for
+    every one of FLOWER_CLASSES)."""
     if name == "flowers":
-        folder = root / "flowers"
-        return folder.is_dir() and any((folder / c).is_dir() for c in FLOWER_CLASSES)
+        return (root / "flowers").is_dir() and not _flowers_lack(root / "flowers")
     raw = root / name / "raw"
     return all((raw / f).is_file() for f in IDX_FILES)
+
+
+def _flowers_lack(folder: Path) -> str:
+    """'' when ``folder`` holds a folder of photos per class; else which are missing, and the fix
+    when they are there under TensorFlow's plural names ("roses")."""
+    missing = [c for c in FLOWER_CLASSES if not (folder / c).is_dir()]
+    if not missing:
+        return ""
+    plural = [f"{c}s" for c in missing if (folder / f"{c}s").is_dir()]
+    fix = f" (rename {', '.join(plural)} to the singular)" if plural else ""
+    return f"lacks the class folder(s) {', '.join(missing)}{fix}"
+
+
+def _looked_at(root: Path, name: str) -> str:
+    """How a searched place reads in the not-found message: the place, and for a flowers folder
+    that is there but incomplete, what it lacks."""
+    if name == "flowers" and (root / "flowers").is_dir():
+        lack = _flowers_lack(root / "flowers")
+        if lack:
+            return f"{root} (its flowers/ {lack})"
+    return str(root)
 
 
 def _from_system_dir(sys_dir: Path, name: str, target: Path) -> bool:
@@ -94,13 +115,24 @@ def _download(name: str, target: Path) -> None:
     if name == "flowers":
         from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(FLOWERS_URL, download_root=str(target))
+        # Prepared in a folder of its own and moved into place last: an interrupted run leaves
+        # no half-made flowers/ for the next lookup to take.
+        partial = target / ".flowers-partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        archive = target / Path(FLOWERS_URL).name
+        try:
+            download_and_extract_archive(FLOWERS_URL, download_root=str(target),
+                                         extract_root=str(partial))
+        except Exception:
+            archive.unlink(missing_ok=True)   # a truncated archive would be reused next time
+            raise
         # The archive names its classes in the plural ("roses"); the course uses the singular.
-        (target / "flower_photos").rename(target / "flowers")
-        for plural in (target / "flowers").iterdir():
+        for plural in (partial / "flower_photos").iterdir():
             if plural.is_dir() and plural.name.endswith("s") and plural.name[:-1] in FLOWER_CLASSES:
                 plural.rename(plural.with_name(plural.name[:-1]))
-        shrink_photos(target / "flowers")
+        shrink_photos(partial / "flower_photos")
+        (partial / "flower_photos").rename(target / "flowers")
+        shutil.rmtree(partial, ignore_errors=True)
     else:
         getattr(torchvision.datasets, name)(str(target), train=True, download=True)
         getattr(torchvision.datasets, name)(str(target), train=False, download=True)
@@ -138,20 +170,21 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
     env = os.environ.get("COURSE_DATA_DIR")
     if env:
         root = Path(env).expanduser().resolve()
-        looked.append(f"$COURSE_DATA_DIR={root}")
+        looked.append(f"$COURSE_DATA_DIR={_looked_at(root, name)}")
         if _has_dataset(root, name):
             return root
     else:
         looked.append("$COURSE_DATA_DIR (not set)")
     local = repo_data_dir()
-    looked.append(str(local))
+    looked.append(_looked_at(local, name))
     if _has_dataset(local, name):
         return local
     for sys_dir in SYSTEM_DIRS:
-        looked.append(str(sys_dir))
+        looked.append(_looked_at(sys_dir, name))
         if sys_dir.is_dir() and _from_system_dir(sys_dir, name, local):
             return sys_dir if _has_dataset(sys_dir, name) else local
-    reason = "download disabled by COURSE_NO_DOWNLOAD=1"
+    reason = ("download disabled by COURSE_NO_DOWNLOAD=1" if not downloads_allowed() else
+              "downloads were not asked for (allow_download=False)")
     if allow_download:
         try:
             _download(name, local)
@@ -164,7 +197,8 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
     raise DataNotFoundError(
         f"Dataset {name!r} was not found. Looked in:\n  - {places}\nand {reason}.\n"
         f"Fix: set COURSE_DATA_DIR to a folder that holds {name}/ in torchvision's layout "
-        f"(e.g. export COURSE_DATA_DIR=/path/to/datasets), or put it in {local}, "
+        f"(e.g. export COURSE_DATA_DIR=/path/to/datasets before starting JupyterLab, or "
+        f"%env COURSE_DATA_DIR=/path/to/datasets in a notebook's first cell), or put it in {local}, "
         "or run once with internet access so it downloads."
     )
 

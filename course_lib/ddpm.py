@@ -210,8 +210,9 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     if min_snr_gamma is not None and not min_snr_gamma > 0:
         raise ValueError(f"min_snr_gamma must be > 0 (Hang et al. use 5; None: unweighted), got "
                          f"{min_snr_gamma}")
-    t = torch.randint(0, schedule.T, (len(x0),), device=x0.device, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    draw = generator.device if generator is not None else x0.device   # a generator draws at home
+    t = torch.randint(0, schedule.T, (len(x0),), device=draw, generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, device=draw, dtype=x0.dtype, generator=generator).to(x0.device)
     x_t = schedule.q_sample(x0, t, noise)
     if min_snr_gamma is None:
         return F.mse_loss(model(x_t, t, **model_kwargs), noise)
@@ -252,11 +253,13 @@ class VDenoiser:
         a v-target (Hang et al. 2023); ``lognormal=(P_mean, P_std)`` draws t by
         :func:`lognormal_timesteps` instead of uniformly.
         """
+        draw = generator.device if generator is not None else x0.device   # as diffusion_loss
         if lognormal is None:
-            t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device, generator=generator)
+            t = torch.randint(0, self.schedule.T, (len(x0),), device=draw, generator=generator)
         else:
-            t = lognormal_timesteps(self.schedule, len(x0), *lognormal, generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+            t = lognormal_timesteps(self.schedule, len(x0), *lognormal, generator=generator)
+        t = t.to(x0.device)
+        noise = torch.randn(x0.shape, device=draw, dtype=x0.dtype, generator=generator).to(x0.device)
         a, s = self._scales(t, x0)
         x_t = a * x0 + s * noise
         v = a * noise - s * x0
@@ -279,7 +282,8 @@ def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std:
         raise ValueError(f"lognormal timesteps need P_std > 0 (EDM: 1.2), got {p_std}")
     device = schedule.alpha_bars.device
     log_sigmas = (0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()).float()
-    drawn = p_mean + p_std * torch.randn(n, device=device, generator=generator)
+    draw = generator.device if generator is not None else device
+    drawn = (p_mean + p_std * torch.randn(n, device=draw, generator=generator)).to(device)
     return (drawn[:, None] - log_sigmas[None, :]).abs().argmin(dim=1)
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .classifier import JUDGED_SIZE, DigitClassifier, flower_split, load_classifier, to_judge_input
-from .config import checkpoint_path
+from .config import checkpoint_path, evaluating
 from .data import FLOWER_CLASSES, LOADERS, load_flowers
 from .storage import save_json_atomic
 
@@ -74,14 +74,15 @@ def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") ->
 def features_and_probs(classifier: DigitClassifier, images: torch.Tensor,
                        dataset: str = "fashion_mnist",
                        batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, 128, float64) and softmax probabilities (N, classes) of the images."""
-    classifier.eval()
+    """Penultimate features (N, 128, float64) and softmax probabilities (N, classes) of the
+    images, read in eval mode (the classifier's own mode is restored after)."""
     device = next(classifier.parameters()).device
     feats, probs = [], []
-    for batch in as_classifier_input(images, dataset).split(batch_size):
-        h = classifier.features(batch.to(device))
-        feats.append(h.double().cpu())
-        probs.append(F.softmax(classifier.head(h), dim=1).cpu())
+    with evaluating(classifier):
+        for batch in as_classifier_input(images, dataset).split(batch_size):
+            h = classifier.features(batch.to(device))
+            feats.append(h.double().cpu())
+            probs.append(F.softmax(classifier.head(h), dim=1).cpu())
     return torch.cat(feats), torch.cat(probs)
 
 

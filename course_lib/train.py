@@ -48,6 +48,9 @@ class History:
     @property
     def final_loss(self) -> float:
         """Mean loss over the last 10% of steps (at least one)."""
+        if not self.losses:
+            raise ValueError("no loss was recorded: this history has no training steps (a "
+                             "checkpoint saved without its losses, or a run that never stepped)")
         tail = self.losses[-max(1, len(self.losses) // 10):]
         return sum(tail) / len(tail)
 
@@ -149,7 +152,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     ``bf16`` computes the forward pass and the loss under bfloat16 autocast (weights, gradients
     and Adam stay float32); default (:func:`bf16_pays`): for a model with convolutions on a CPU
     that multiplies bfloat16 in hardware (AMX or AVX512-BF16). The progress bar then says "bf16".
-    Returns a :class:`History`; with ``ema_decay`` its ``ema`` holds the averaged copy
+    Returns a :class:`History` and leaves the model (and its EMA) in eval mode, ready to
+    sample; with ``ema_decay`` its ``ema`` holds the averaged copy
     (``AveragedModel``, with warm-up: :func:`ema_warmup_avg_fn`) whose ``.module`` is usually
     the better model to sample from.
     ``snapshot_epochs`` (1-based) keeps a frozen copy of the model to sample from (the EMA's
@@ -216,6 +220,12 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             if out_of_budget():
                 broke = True
                 break
+        if epoch_steps == 0:
+            bar.close()
+            raise ValueError("the loader gave no batch in an epoch: a dataset smaller than one "
+                             "batch gives none when its loader drops the last, short batch "
+                             "(make_loader does when it shuffles); use a smaller batch_size or "
+                             "more images")
         history.epoch_seconds.append(time.perf_counter() - start)
         whole = not broke if per_epoch is None else epoch_steps == per_epoch
         if epoch + 1 in snapshot_epochs and whole:   # an epoch cut short is no epoch's snapshot

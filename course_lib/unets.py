@@ -18,6 +18,7 @@ from torch import nn
 from .blocks import (DownBlock, EmbedBlock, GELUConvBlock, GELUDownBlock, GELUUpBlock,
                      ResidualConvBlock, SelfAttentionBlock, SinusoidalPositionEmbedBlock, UpBlock,
                      conv_bn_relu)
+from .config import evaluating
 
 
 def check_images(x: torch.Tensor, channels: int, size: int) -> None:
@@ -195,7 +196,7 @@ class OptimizedUNet(Encoder):
                              f"{tuple(c.shape)}")
         c = c.float()
         if c_mask is not None:
-            c = c * c_mask.reshape(batch, 1).to(c.dtype)
+            c = c * c_mask.reshape(batch, 1).to(c.device, c.dtype)
         return c
 
 
@@ -205,14 +206,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def layer_shapes(model: nn.Module, *inputs) -> list[tuple[str, tuple, int]]:
-    """(name, output shape, parameters) of each top-level child, in the order they run."""
+    """(name, output shape, parameters) of each top-level child, in the order they run (the
+    probe runs in eval mode, so a BatchNorm's running statistics never see it)."""
     rows, hooks = [], []
     for name, child in model.named_children():
         def hook(mod, args, out, name=name):
             rows.append((name, tuple(out.shape), count_parameters(mod)))
         hooks.append(child.register_forward_hook(hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             model(*inputs)
     finally:
         for h in hooks:

@@ -1,7 +1,8 @@
 """Pictures of the 2-D world (:mod:`course_lib.toy2d`): clouds, ε fields, paths, mode shares, guidance.
 
 Like :mod:`course_lib.viz`, every helper builds a ``matplotlib.figure.Figure`` without pyplot,
-labels every axis and gives every panel a title.
+labels every axis and gives every panel a title, and importing this module changes nothing in
+the kernel (notebook 02's first cell turns on inline figures with ``%matplotlib inline``).
 """
 from __future__ import annotations
 
@@ -14,18 +15,6 @@ from .ddpm import Schedule
 from .toy2d import ExactDenoiser, GaussianMixture, Grid, make_grid
 
 
-def _enable_inline_figures() -> None:
-    """In a Jupyter kernel, show returned Figures inline (what ``%matplotlib inline`` does)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
-        shell.run_line_magic("matplotlib", "inline")
-
-
-_enable_inline_figures()
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
 

@@ -98,3 +98,14 @@ def test_mnist_judge_reads_digits_on_a_grey_background():
     test = load_mnist(size=28, train=False, limit=2000)
     grey = -1 + (test.images + 1) * 0.7 + 0.4        # background -0.6, strokes 0.8
     assert accuracy(load_classifier("mnist"), grey, test.labels) >= 0.97
+
+
+def test_predict_reads_in_eval_mode_and_leaves_a_training_model_training():
+    from torch import nn
+    from course_lib.classifier import predict
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Dropout(0.9))
+    model.train()
+    x = torch.randn(5, 1, 2, 2)
+    first, second = predict(model, x), predict(model, x)
+    assert torch.equal(first, second)          # no dropout: eval mode inside
+    assert model.training and model[2].training

@@ -109,3 +109,18 @@ def test_course_bf16_that_is_not_a_yes_or_no_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("COURSE_BF16", "maybe")
     with pytest.raises(ValueError, match=r"COURSE_BF16='maybe'.*use 0 \(float32\)"):
         config.native_bf16("cpu")
+
+
+def test_evaluating_restores_each_submodules_own_mode():
+    """A helper that reads a model mid-training must not leave it in eval mode, nor wake a
+    locked submodule (kept in eval) into training mode."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Dropout(0.5))
+    model.train()
+    model[0].eval()                                  # a locked tower inside a training model
+    with config.evaluating(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert model.training and model[1].training and not model[0].training
+    with pytest.raises(RuntimeError):
+        with config.evaluating(model):
+            raise RuntimeError("a failing read")
+    assert model.training and not model[0].training   # restored on the way out of an error too

@@ -201,3 +201,42 @@ def test_nbval_skips_the_notebooks_with_the_reason_when_data_cannot_be_had(monke
         monkeypatch.delenv(required)
     monkeypatch.setenv("COURSE_NO_DOWNLOAD", "0")
     assert conftest.missing_data() is None
+
+
+def test_a_flowers_folder_missing_classes_is_not_taken_and_the_message_says_why(places):
+    """TensorFlow's archive unpacked by hand names its folders in the plural: 04 and 05 would
+    have trained on the one class spelt alike (none here), so the folder is refused, with the fix."""
+    env, repo, _ = places
+    for name in ("daisy", "dandelions", "roses", "sunflowers", "tulips"):
+        (env / "flowers" / name).mkdir(parents=True)
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.find_data_root("flowers", allow_download=False)
+    msg = str(info.value)
+    assert "lacks the class folder(s) dandelion, rose, sunflower, tulip" in msg, msg
+    assert "rename dandelions, roses, sunflowers, tulips to the singular" in msg, msg
+    assert "allow_download=False" in msg or "COURSE_NO_DOWNLOAD" in msg
+    for name in data.FLOWER_CLASSES:
+        (repo / "flowers" / name).mkdir(parents=True)
+    assert data.find_data_root("flowers", allow_download=False) == repo
+
+
+def test_an_interrupted_flower_download_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    """A truncated archive is deleted (torchvision would take any file of that name again) and
+    no half-made flowers/ is left for the next lookup."""
+    import torchvision.datasets.utils as tv_utils
+
+    def truncated(url, download_root, extract_root=None, **kwargs):
+        (Path(download_root) / Path(url).name).write_bytes(b"half an archive")
+        (Path(extract_root) / "flower_photos" / "roses").mkdir(parents=True)
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", truncated)
+    with pytest.raises(EOFError):
+        data._download("flowers", tmp_path)
+    assert not (tmp_path / "flower_photos.tgz").exists() and not (tmp_path / "flowers").exists()
+
+    def whole(url, download_root, extract_root=None, **kwargs):
+        for name in ("daisy", "dandelion", "roses", "sunflowers", "tulips"):
+            (Path(extract_root) / "flower_photos" / name).mkdir(parents=True)
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", whole)
+    data._download("flowers", tmp_path)
+    assert data._has_dataset(tmp_path, "flowers") and not (tmp_path / ".flowers-partial").exists()

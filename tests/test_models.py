@@ -14,7 +14,7 @@ def test_down_block_halves_size():
 def test_up_block_doubles_size_and_checks_skip():
     up = UpBlock(32, 16)
     assert up(torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4)).shape == (2, 16, 8, 8)
-    with pytest.raises(ValueError, match="must match"):
+    with pytest.raises(ValueError, match="cannot be concatenated"):
         up(torch.randn(2, 32, 4, 4), torch.randn(2, 32, 5, 5))
 
 
@@ -156,3 +156,26 @@ def test_parameter_counts_and_layer_table():
     assert shapes["down2"] == (1, 64, 4, 4)
     assert shapes["out"] == (1, 1, 16, 16)
     assert sum(p for *_, p in rows) == count_parameters(UNet())
+
+
+def test_layer_shapes_leaves_batchnorm_statistics_and_mode_alone():
+    """01's probe runs a fresh BatchNorm UNet: in train mode it would fold a batch of zeros
+    into the running statistics."""
+    from course_lib.unets import UNet, layer_shapes
+    model = UNet()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = layer_shapes(model, torch.zeros(2, 1, 16, 16))
+    assert rows and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_upblock_names_what_differs_between_input_and_skip():
+    """01's Exercise 2 and 06's UNet: a skip from the wrong level is the usual cause."""
+    from course_lib.blocks import UpBlock
+    up = UpBlock(8, 4)
+    with pytest.raises(ValueError, match="differ in channels.*up1 with down2"):
+        up(torch.zeros(1, 8, 4, 4), torch.zeros(1, 16, 4, 4))
+    with pytest.raises(ValueError, match="differ in height and width"):
+        up(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 8, 8))
+    assert up(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4)).shape == (1, 4, 8, 8)

@@ -333,3 +333,17 @@ def test_bf16_is_the_default_for_convolutions_on_a_native_bf16_cpu(monkeypatch):
     assert history.bf16 and seen == [torch.bfloat16]          # asked for: honoured anywhere
     weights = [*model.parameters(), *history.ema.parameters()]
     assert all(p.dtype == torch.float32 for p in weights)       # weights and EMA stay float32
+
+
+def test_a_loader_with_no_batch_is_a_clear_error_not_an_untrained_model():
+    """make_loader drops the last short batch when it shuffles: 20 images in batches of 64 give none."""
+    from course_lib.data import make_loader
+    from course_lib.train import History
+    data = torch.utils.data.TensorDataset(torch.randn(20, 4), torch.randn(20, 1))
+    loader = make_loader(data, 64)
+    assert len(loader) == 0
+    with pytest.raises(ValueError, match="smaller batch_size"):
+        train(nn.Linear(4, 1), loader, _mse, epochs=2, progress=False)
+    with pytest.raises(ValueError, match="no loss was recorded"):
+        History().final_loss
+    assert History(losses=[4.0, 2.0]).final_loss == 2.0
