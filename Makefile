@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# No GPU? `make course TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build
+# (about 3 GB less than PyPI's, which carries CUDA), at the versions pyproject.toml pins.
+TORCH_INDEX ?=
+TORCH_PINS  := $(shell grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
 
 .PHONY: course test setup unit nbval browser clean
 .NOTPARALLEL:   # one PyTorch job at a time: two on two cores take many times as long
@@ -26,6 +30,7 @@ $(VENV)/.installed: pyproject.toml lab/overrides.json
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "The course needs Python 3.11 or newer; run with PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/python -m pip install -e .
 	$(BIN)/python lab/course.py --install-settings
 	touch $@

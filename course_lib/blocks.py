@@ -129,8 +129,8 @@ class GELUUpBlock(UpBlock):
 
 class SinusoidalPositionEmbedBlock(nn.Module):
     """Sinusoidal embedding of t as DDPM builds it (Ho et al. 2020's ``get_timestep_embedding``,
-    after the Transformer's position encoding, Vaswani et al. 2017, sec. 3.5): [sin(t·w_k), cos(t·w_k)],
-    the sines and cosines concatenated rather than interleaved.
+    after the Transformer's position encoding, Vaswani et al. 2017, sec. 3.5):
+    [sin(t·w_k), cos(t·w_k)], the sines and cosines concatenated rather than interleaved.
 
     Frequencies w_k = 10000^(-k/(d/2-1)), k = 0..d/2-1: periods from 2π steps to 2π·10⁴
     steps, so nearby t get similar vectors and distant t different ones.

@@ -34,7 +34,8 @@ def img2img(model: Callable, images: torch.Tensor, schedule: Schedule, strength:
     3. DDIM from t_0 down to 0 with ``model``                      (``sample_ddim(t_start=t_0)``)
     The noise hides detail first and layout last, so a low strength keeps the photo and changes
     its texture, a high one keeps only its rough layout and colours; strength 0 returns the
-    images unchanged, 1 forgets them.
+    images unchanged, 1 forgets them on a schedule that ends at pure noise (on 02's linear one,
+    ᾱ_T = 0.22, some of the photo survives even then).
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength is the share of the noise schedule to go back through, in "

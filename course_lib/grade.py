@@ -31,6 +31,7 @@ reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's gra
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import hashlib
 import json
@@ -54,9 +55,9 @@ from . import sandbox
 from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT,
                            CannotGrade, Judge, NotPlain, Rejected, TooBig, check_drawn,
                            check_from_network, check_not_memorised, check_plain_background,
-                           check_realistic, check_samples, check_second_opinion,
-                           ensure_private_judge, load_judge, load_private_judge, plain_share,
-                           read_plain, read_samples)
+                           check_realistic, check_samples, check_second_draw, check_second_opinion,
+                           ensure_private_judge, load_judge, load_private_judge, one_line,
+                           plain_share, read_plain, read_samples, second_draw_floor)
 from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -86,6 +87,8 @@ class Report:
     frechet_limit: float | None = None
     plain_background: float | None = None   # the samples' mean share of plain-background pixels
     shuffled_accuracy: float | None = None   # the judge on the draw with shuffled weights
+    second_draw_accuracy: float | None = None   # the judge on the second draw (another seed)
+    second_draw_samples: int | None = None      # how many samples that draw asked for
     second_opinion: float | None = None   # the strictest private judge's share read as asked for
     seconds_running: float | None = None
     seconds_sampling: float | None = None
@@ -101,7 +104,7 @@ class Report:
         return {PASS: 0, FAIL: 1}.get(self.status, 2)
 
     def text(self) -> str:
-        lines = [f"submission: {self.submission}",
+        lines = [f"submission: {one_line(self.submission)}",
                  f"result:     {self.status.upper()}" + (f": {self.reason}" if self.reason else "")]
         lines += per_digit_table(self.per_digit)
         if self.accuracy is not None:
@@ -120,6 +123,10 @@ class Report:
                          f"{self.second_opinion:.1%} read as asked for "
                          f"(may not fall more than {SECOND_OPINION_GAP * 100:.0f} points below "
                          "the judge's)")
+        if self.second_draw_accuracy is not None:
+            floor = second_draw_floor(self.threshold, self.second_draw_samples or 1)
+            lines.append(f"second draw (another seed): {self.second_draw_accuracy:.0%} of "
+                         f"{self.second_draw_samples} read as asked for (at least {floor:.0%})")
         if self.shuffled_accuracy is not None:
             lines.append(f"with the network's weights shuffled: {self.shuffled_accuracy:.0%} read "
                          f"as asked for (must stay under {SHUFFLED_LIMIT:.0%})")
@@ -224,7 +231,7 @@ def find_submissions(folder: Path) -> list[Path]:
         (notebooks if entry.suffix.lower() == ".ipynb" and not entry.is_dir() else other).append(entry)
     if other:
         print(f"note: not graded, not a notebook directly in {folder}: "
-              + ", ".join(e.name + ("/" if e.is_dir() else "") for e in other[:20])
+              + ", ".join(one_line(e.name) + ("/" if e.is_dir() else "") for e in other[:20])
               + (f" and {len(other) - 20} more" if len(other) > 20 else ""), file=sys.stderr)
     if not notebooks:
         print(f"could not grade: no .ipynb files in {folder} (a notebook in a subfolder is not "
@@ -331,7 +338,10 @@ class Run:
 
 
 def _runner(step: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "course_lib.grade_runner", step, *args]
+    """The grader's step in the sandbox. ``-P``: the work folder (its current folder, the
+    notebook's) is not put on ``sys.path``, so a ``json.py`` the notebook left there cannot stand
+    in for the module the runner imports."""
+    return [sys.executable, "-P", "-m", "course_lib.grade_runner", step, *args]
 
 
 def _sandboxed(argv, workdir, timeout, opts: Options, env=None) -> sandbox.Result:
@@ -364,7 +374,7 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
 
     draw_dir = workdir.with_name(workdir.name + "-draw")
     inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else workdir
-    nbformat.write(nb, workdir / "submission.ipynb")
+    nbformat.write(runnable(nb), workdir / "submission.ipynb")
     sandbox.prepare_workdir(workdir, opts.slot)
     env = {"COURSE_PROFILE": opts.profile}
     result = _sandboxed(_runner("execute", str(inside / "submission.ipynb"),
@@ -400,6 +410,21 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
         seconds += took
         a_seconds = a_seconds or took
     return Run(draws, labels, positions_b, result.seconds, seconds)
+
+
+def runnable(nb):
+    """What the sandbox gets of the notebook: its cells' sources and tags (``raises-exception``,
+    ``skip-execution``) and its kernel, nothing else. Outputs, attachments and other metadata
+    could carry megabytes of stored pictures that no code cell, and so no review, shows."""
+    nb = copy.deepcopy(nb)
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags")
+        cell.metadata = {"tags": list(tags)} if tags else {}
+        cell.pop("attachments", None)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
 
 
 def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
@@ -458,7 +483,12 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
                     raise Rejected(f"the notebook left more than {cap / 2**30:.0f} GiB of files in "
                                    "its folder; each draw of sample_digits gets a copy, so delete "
                                    "what sampling does not need")
-                shutil.copyfile(path, target, follow_symlinks=False)
+                try:
+                    shutil.copyfile(path, target, follow_symlinks=False)
+                except OSError as err:   # e.g. a file it made unreadable: its folder, its fault
+                    raise Rejected(f"the notebook left a file the grader cannot copy for each "
+                                   f"draw ({path.relative_to(src)}: {err.strerror}); leave only "
+                                   "readable files in its folder") from None
 
 
 def _cell_error(path: Path, export_cell: int) -> str:
@@ -467,7 +497,7 @@ def _cell_error(path: Path, export_cell: int) -> str:
         cell, ename, evalue = err.get("cell"), str(err.get("ename")), str(err.get("evalue"))
     except (OSError, ValueError, AttributeError, RecursionError):
         return "a cell raised an error (no details were recorded)"
-    if "GRADER:" in evalue:
+    if "GRADER:" in evalue and cell == export_cell:   # the grader's own words, from its cell
         return evalue.split("GRADER:", 1)[1].strip()
     where = "the grader's export cell" if cell == export_cell else f"cell {cell}"
     return f"{where} raised {ename}: {evalue}"
@@ -502,9 +532,13 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
                                                            judge_.second), 4)
     shuffled = check_from_network(draws["c"], labels[run.positions_b], judge_)
     report.shuffled_accuracy = None if shuffled is None else round(shuffled, 4)
+    report.second_draw_samples = len(run.positions_b)
+    report.second_draw_accuracy = round(
+        (judge_.predict(second) == labels[run.positions_b]).float().mean().item(), 4)
     report.seconds_grading = time.perf_counter() - start
     if report.accuracy < opts.threshold:
         raise Rejected(f"accuracy {report.accuracy:.1%} is below {opts.threshold:.0%}")
+    check_second_draw(report.second_draw_accuracy, len(run.positions_b), opts.threshold)
 
 
 def report_name(report: Report) -> str:
@@ -575,7 +609,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     except Rejected as rejected:
         report.status, report.reason = FAIL, rejected.reason
     except CannotGrade as err:
-        report.status, report.reason = ERROR, f"could not grade: {err}"
+        report.status, report.reason = ERROR, one_line(f"could not grade: {err}")
     except Exception as err:  # the grader's own bug: say so, never a false pass or fail
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
@@ -729,7 +763,8 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
         else:
             reports = _grade_parallel(copies, submissions, args, out, opts.hide)
         if args.submission.is_dir():
-            from .gradebook import load_reports, summary, write_gradebook, write_review_page
+            from .gradebook import (collect_command, load_reports, summary, write_gradebook,
+                                    write_review_page)
             print(summary(reports))
             write_gradebook(reports, out / "gradebook.csv")
             write_review_page(reports, out)
@@ -737,7 +772,7 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
             if others:
                 print(f"note: {out} also holds reports of {len(others)} other student(s) from "
                       "earlier runs, left out of this gradebook; one gradebook for them all: "
-                      f"python -m course_lib.grade collect {out}")
+                      f"{collect_command(out)}")
     finally:
         shutil.rmtree(private, ignore_errors=True)
     if args.json:

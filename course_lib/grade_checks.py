@@ -26,7 +26,11 @@ A pass must show *generated* digits:
   tell from the second draw's; fewer than ``SHUFFLED_LIMIT`` of those
   pictures may read as the digits asked for (stored, warped or hand-made pictures do not need
   the weights, and keep their digits);
-- **read as the digit asked for**, by the judge, at the threshold (default 95%);
+- **read as the digit asked for**, by the judge, at the threshold (default 95%); and the second
+  draw too, within ``SECOND_DRAW_ERRORS`` standard errors of that threshold for its fewer samples
+  (:func:`check_second_draw`): the first draw asks for more digits than the second, so a sampler
+  that drew digits only when asked for many would otherwise hand noise to the second and the
+  shuffled draw alike, and pass the network check without a network;
 - **a second opinion agrees**: the course's judge is public (its weights ship with the course), so
   a sampler can optimise pixels against it until it reads any digit asked for, with realistic
   features and without copying (``tests/adversarial/cheats.py::judge_ascent``: 100% to the judge,
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import secrets
 import signal
@@ -79,6 +84,7 @@ DIFFER_SHARE = 0.5            # more than this share of second-draw samples equa
 REPEAT_SHARE = 0.25           # more than this share of one draw's samples repeating another fails
 FRECHET_RATIO = 5.0           # realism: Fréchet distance at most this multiple of real digits' own
 SHUFFLED_LIMIT = 0.6          # from the network: share read as asked for with shuffled weights
+SECOND_DRAW_ERRORS = 5.0      # the second draw may fall this many standard errors below the threshold
 SECOND_OPINION_GAP = 0.10     # each private judge may read at most this share fewer as asked for
 PLAIN_MARGIN = 0.25           # a pixel this close to its picture's darkest shade is background
 PLAIN_SHARE = 0.5             # the samples' mean share of background pixels must reach this
@@ -494,6 +500,25 @@ def shuffled_share(shuffled, labels: torch.Tensor, judge: Judge) -> float | None
         return None
     images = torch.nan_to_num(shuffled.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
     return (judge.predict(images) == labels).float().mean().item()
+
+
+def second_draw_floor(threshold: float, n: int) -> float:
+    """The share of the second draw's ``n`` samples that must read as asked for: the pass
+    threshold less ``SECOND_DRAW_ERRORS`` binomial standard errors at that share (95% and 20
+    samples: 70.6%, so 15 of 20; a sampler that reads 95% as asked for falls below it about once
+    in 3,000 gradings, one that reads 98% once in 500,000; noise reads about 10%)."""
+    return threshold - SECOND_DRAW_ERRORS * math.sqrt(threshold * (1 - threshold) / n)
+
+
+def check_second_draw(share: float, n: int, threshold: float) -> None:
+    """Raise Rejected when the second draw (another seed, ``n`` samples) is read as asked for
+    less often than :func:`second_draw_floor` allows: a sampler must draw as well at every call."""
+    floor = second_draw_floor(threshold, n)
+    if share < floor:
+        raise Rejected(f"the second draw (another seed, {n} samples) was read as the digits asked "
+                       f"for only {share:.0%} of the time, under the {floor:.0%} a sampler that "
+                       "passes reaches; sample_digits must draw as well at every call, whatever "
+                       "the number of labels")
 
 
 def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,

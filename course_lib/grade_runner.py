@@ -159,6 +159,7 @@ def execute(notebook: str, export_path: str, result: str) -> int:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(notebook, as_version=4)
+    Path(notebook).unlink()   # read once: the notebook's code cannot read its own file for data
     nb.cells.append(nbformat.v4.new_code_cell(EXPORT_CELL.format(path=export_path)))
     client = NotebookClient(nb, timeout=None, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(Path(notebook).parent)}})

@@ -121,8 +121,7 @@ def collect(out: Path) -> int:
         print(f"gradebook: {write_gradebook(reports, out / 'gradebook.csv')}")
     except PermissionError as err:
         print(f"could not write the gradebook: {err.strerror}: {err.filename}; run collect as the "
-              f"user who graded (root: sudo .venv/bin/python -m course_lib.grade collect {out})",
-              file=sys.stderr)
+              f"user who graded (root: {collect_command(out, sudo=True)})", file=sys.stderr)
         return 2
     write_review_page(reports, out)
     codes = {r.exit_code for r in reports}
@@ -173,6 +172,24 @@ def set_aside(out: Path, students: list[str], to: Path) -> list[Path]:
     return moved
 
 
+def collect_command(out: Path, sudo: bool | None = None) -> str:
+    """The command that merges OUT's reports: this Python (the venv's), with sudo where the
+    grader runs as root (``sudo`` None), since its reports are then root's."""
+    sudo = os.geteuid() == 0 if sudo is None else sudo
+    return (f"{'sudo ' if sudo else ''}{shlex.quote(sys.executable)} -m course_lib.grade collect "
+            f"{shlex.quote(str(out))}")
+
+
+def _private_judge_arg(grader_args: list[str]) -> Path | None:
+    """The ``--private-judge`` file among the graders' arguments, if one is named."""
+    for i, arg in enumerate(grader_args):
+        if arg.startswith("--private-judge="):
+            return Path(arg.split("=", 1)[1])
+        if arg == "--private-judge" and i + 1 < len(grader_args):
+            return Path(grader_args[i + 1])
+    return None
+
+
 def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: bool = False,
            wait: bool = False, cpus: int = 2, mem_gib: int = 8, minutes: int = 90,
            parallel: int = 0) -> int:
@@ -201,8 +218,8 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     roster = job / "roster.txt"          # the script's; OUT/roster.txt only once it is submitted
     roster.write_text(roster_text(tasks))
     folder = submissions if submissions.is_dir() else submissions.parent
-    if not any(a == "--private-judge" or a.startswith("--private-judge=") for a in grader_args):
-        # one set of private judges for the cohort, trained here
+    judge = _private_judge_arg(grader_args)
+    if judge is None:   # one set of private judges for the cohort, trained here
         judge = private_judge_path() if dry_run else ensure_private_judge()
         grader_args = [*grader_args, "--private-judge", str(judge)]
     script = job / "grade.sbatch"
@@ -213,8 +230,13 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     for name, copy in unreadable:
         print(f"not a task: {name}: {why_unreadable(copy)['why']}", file=sys.stderr)
     if dry_run:
-        print(f"nothing else in {out} changed; `sbatch {script}` grades into it (each task "
-              f"replaces its student's report), then: python -m course_lib.grade collect {out}")
+        judges = "" if judge.is_file() else (f", and first trains the private judges ({judge} is "
+                                              "not there yet: tasks submitted by hand would each "
+                                              "train their own)")
+        print(f"nothing else in {out} changed: this script is for reading. To grade, run the same "
+              "command without --dry-run, which also sets old reports aside, writes "
+              f"{out / 'roster.txt'} for collect and reports the notebooks that are not tasks"
+              f"{judges}; submitted by hand (sbatch {script}), none of that happens")
         return 0
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
     aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
@@ -239,7 +261,7 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     if proc.returncode != 0 and not wait:
         print(f"warning: sbatch took job {job_id} but said: {proc.stderr.strip()}; check it "
               "with squeue", file=sys.stderr)
-    print(f"submitted job {job_id}; when it ends: python -m course_lib.grade collect {out}")
+    print(f"submitted job {job_id}; when it ends: {collect_command(out)}")
     return collect(out) if wait else 0
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import base64
 import html
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from .grade import ERROR, FAIL, PASS, Report, report_name
 from .grade_checks import (COPY_SHARE, PLAIN_SHARE, SECOND_OPINION_GAP, SHUFFLED_LIMIT, one_line,
-                           read_plain)
+                           read_plain, second_draw_floor)
 from .submission_code import StudentCell, from_report
 
 GRID_CAP = 4 * 2**20   # bytes of a grid PNG embedded in the page
@@ -35,8 +36,9 @@ GRID_CAP = 4 * 2**20   # bytes of a grid PNG embedded in the page
 def checks(report: Report) -> list[tuple[str, str, bool]]:
     """Each check's figure against its limit, as (name, text, close). Close: accuracy within 2
     points of the pass mark, near-copies past 60% of their limit, the Fréchet distance past 80% of
-    its limit, plain background within 10 points of its floor, the shuffled draw read above 40%
-    as asked for (limit 60%), the strictest private judge more than 60% of its gap below. The
+    its limit, plain background within 10 points of its floor, the second draw within 5 points of
+    its floor, the shuffled draw read above 40% as asked for (limit 60%), the strictest private
+    judge more than 60% of its gap below. The
     answer key stays clear of each (bench/grading_checks.md: near-copies 4%, Fréchet at most 0.69
     of its limit, private judges above the course's; bench/grade_key_full.md)."""
     rows = []
@@ -53,6 +55,11 @@ def checks(report: Report) -> list[tuple[str, str, bool]]:
     if report.plain_background is not None:
         rows.append(("plain background", f"{report.plain_background:.0%} (at least "
                      f"{PLAIN_SHARE:.0%})", report.plain_background < PLAIN_SHARE + 0.1))
+    if report.second_draw_accuracy is not None and report.second_draw_samples:
+        floor = second_draw_floor(report.threshold, report.second_draw_samples)
+        rows.append(("second draw", f"{report.second_draw_accuracy:.0%} of "
+                     f"{report.second_draw_samples} read as asked for (at least {floor:.0%})",
+                     report.second_draw_accuracy < floor + 0.05))
     if report.shuffled_accuracy is not None:
         rows.append(("shuffled weights", f"{report.shuffled_accuracy:.0%} read as asked for "
                      f"(at most {SHUFFLED_LIMIT:.0%})", report.shuffled_accuracy > 0.4))
@@ -83,7 +90,11 @@ class Entry:
 
     @property
     def marks(self) -> int:
-        return sum(cell.marks for cell in self.cells or []) + self.more_marks
+        """Marked lines, and each cut (cells or lines left out of the page) counted as one: what
+        is not shown asks for a look as much as what is marked."""
+        cells = self.cells or []
+        return (sum(cell.marks + bool(cell.more_lines) for cell in cells) + self.more_marks
+                + bool(self.more_cells))
 
     @property
     def close(self) -> int:
@@ -147,12 +158,21 @@ img { max-width: 100%; border: 1px solid #bbb; } summary { cursor: pointer; font
 _CSS_CLASS = {PASS: "pass", FAIL: "fail", ERROR: "error"}
 
 
+def visible(text: str) -> str:
+    """``text`` with every invisible character (format and control characters but the tab: the
+    direction overrides of "Trojan Source" code, zero-width spaces) written as a ``\\uXXXX``
+    escape, so a line reads on the page as Python reads it."""
+    return "".join(ch if ch == "\t" or unicodedata.category(ch) not in ("Cf", "Cc", "Zl", "Zp")
+                   else f"\\u{ord(ch):04x}" for ch in text)
+
+
 def _cell_html(cell: StudentCell) -> str:
     rows = []
     for sign, text, why in cell.lines:
         css = "mark" if why else {"+": "add", "-": "del"}.get(sign, "")
         note = f' <span class="why">&larr; {html.escape(why)}</span>' if why else ""
-        rows.append(f'<span class="{css}">{html.escape(sign)} {html.escape(text)}{note}</span>')
+        line = html.escape(visible(text))
+        rows.append(f'<span class="{css}">{html.escape(sign)} {line}{note}</span>')
     if cell.more_lines:
         rows.append(f"<span>… {cell.more_lines:,} more lines, {cell.more_marks} of them "
                     "marked</span>")

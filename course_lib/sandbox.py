@@ -155,12 +155,30 @@ def slot_lock_dir() -> Path:
     return Path("/run/course-grade")
 
 
+def uid_taken(uid: int) -> bool:
+    """Whether ``uid`` (or the group of that number, which a work folder is also given to) belongs
+    to an account of this machine: Debian gives system services numbers in the slots' range
+    (64030 slurm, 64045 ceph, 64055 libvirt-qemu), and a sandbox must never run as one, nor end
+    its processes."""
+    import grp
+    import pwd
+
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
 def claim_slot(preferred: int = 0) -> int:
     """A sandbox slot that no other grader on this machine holds: ``preferred`` if free, else the
     first free one, held (``flock``) until this process ends. A slot names a uid and a cgroup,
     and ending a step kills every process of its uid: two graders at once (a second instructor,
-    two Slurm arrays on one node) must never share one. Without root every sandbox runs as the
-    grader's own uid and nothing is killed by uid, so there is nothing to claim: ``preferred``."""
+    two Slurm arrays on one node) must never share one, and no slot whose uid belongs to an
+    account (:func:`uid_taken`) is given. Without root every sandbox runs as the grader's own uid
+    and nothing is killed by uid, so there is nothing to claim: ``preferred``."""
     import fcntl
 
     if os.geteuid() != 0:
@@ -168,6 +186,8 @@ def claim_slot(preferred: int = 0) -> int:
     folder = slot_lock_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for slot in dict.fromkeys([preferred % SLOTS, *range(SLOTS)]):
+        if uid_taken(sandbox_uid(slot)):
+            continue
         fd = os.open(folder / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,7 +197,8 @@ def claim_slot(preferred: int = 0) -> int:
         _claimed[slot] = fd
         return slot
     raise SandboxUnavailable(f"all {SLOTS} sandbox slots are held by graders running on this "
-                             f"machine (locks in {folder}); wait for one to finish")
+                             f"machine (locks in {folder}), or their uids ({sandbox_uid(0)} to "
+                             f"{sandbox_uid(SLOTS - 1)}) belong to accounts; wait for one to finish")
 
 
 def release_slot(slot: int) -> None:
@@ -217,6 +238,10 @@ def exposed() -> list[Path]:
 TMPFS = (Path("/tmp"), Path("/home"), Path("/root"), Path("/run"))
 """Folders the sandbox replaces with empty ones; what it needs from them is bound back, read-only,
 through folders it creates traversable (bwrap would make them 0700, unreadable to the uid)."""
+EMPTY_TMPFS_BYTES = 2**20
+"""The cap on every empty folder but /tmp and /dev/shm (nothing is written there). As root they
+are the root's, unwritable to the sandbox uid; without root they are the grader's own, writable,
+and, uncapped, each could take half of the machine's memory, which no check each second counts."""
 
 
 def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[str, str],
@@ -235,14 +260,17 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
             cmd += ["--ro-bind", name, name]
     cmd += ["--dev", "/dev", "--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm",
             "--proc", "/proc"]
+    small = ["--size", str(EMPTY_TMPFS_BYTES)]
     for path in TMPFS:   # empty: a course checked out under /tmp is put back below
         if path == Path("/tmp"):   # writable by anyone, as on the host, within a cap
             cmd += ["--perms", "1777", "--size", str(shm_bytes)]
+        else:
+            cmd += small
         cmd += ["--tmpfs", str(path)]
     hidden = [p for p in (Path(h).resolve() for h in hide)
               if p.is_dir() and p != Path("/") and not Path(INSIDE_HOME).is_relative_to(p)]
     for path in hidden:  # the instructor's home, the submissions, the grades, private folders
-        cmd += ["--tmpfs", str(path)]
+        cmd += [*small, "--tmpfs", str(path)]
     shown = exposed()
     for path in shown:  # back, read-only, on top of the hidden homes, through traversable folders
         for parent in reversed(path.parents):
@@ -251,7 +279,7 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
         cmd += ["--ro-bind", str(path), str(path)]
     for path in hidden:  # and hidden again where they lie inside what was shown
         if any(path.is_relative_to(p) for p in shown):
-            cmd += ["--tmpfs", str(path)]
+            cmd += [*small, "--tmpfs", str(path)]
     cmd += ["--bind", str(workdir), INSIDE_HOME, "--chdir", INSIDE_HOME,
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv"]

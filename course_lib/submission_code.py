@@ -34,8 +34,9 @@ WIDTH_CAP = 400        # characters kept per line; the rest are counted (the who
 # What a mark says, and the pattern that sets it, on lines the student wrote.
 LOOK_AT = (
     ("reads a file or the network",
-     r"\bopen\(|\b(torch|np|numpy)\.load\b|\bpickle\b|\bjoblib\b|\bread_(bytes|text)\(|\burllib\b"
-     r"|\brequests\b|\bsocket\b|\bos\.(listdir|scandir|walk)\b|\bglob\b|\bshutil\b"),
+     r"\bopen\(|\bFileIO\b|\b(torch|np|numpy)\.load\b|\bpickle\b|\bjoblib\b"
+     r"|\bread_(bytes|text)\(|\burllib\b|\brequests\b|\bsocket\b|\bos\.(listdir|scandir|walk)\b"
+     r"|\bglob\b|\bshutil\b"),
     ("runs a program, a shell command or a magic",
      r"^\s*[!%]|\bsubprocess\b|\bos\.(system|popen|exec\w*|spawn\w*|fork)\b|\bctypes\b"
      r"|\bmultiprocessing\b"),
@@ -48,10 +49,14 @@ LOOK_AT = (
      r"\bsys\._getframe\b|\binspect\b|\bgc\.|\bos\.environ\b|\bgetpid\b|\bgetuid\b|\bgethostname\b"
      r"|/proc/|\bsys\.modules\b|\b__builtins__\b|\bbuiltins\b|\bglobals\(\)|\bexec\(|\beval\("
      r"|\bcompile\(|\bimportlib\b|\bmarshal\b|\bbase64\b|\bget_ipython\b|\bgetattr\(|\bvars\("
-     r"|\b__import__\b|\b__dict__\b"
+     r"|\b__import__\b|\b__dict__\b|\b__traceback__\b|\btb_frame\b|\bf_back\b|\bf_locals\b"
      r"|\btime\.(time|perf_counter|monotonic|process_time)\b"),
     ("uses training images directly",
      r"\bload_mnist\b|\bMNIST\(|\.images\b|\btrain_set\b|\bdataset\["),
+    ("hides text: invisible or direction-changing characters (shown as \\u escapes), or a line "
+     "longer than the part shown",
+     "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u061c\ufeff]"
+     f"|.{{{WIDTH_CAP + 1}}}"),
 )
 _LOOK_AT = tuple((why, re.compile(pattern)) for why, pattern in LOOK_AT)
 

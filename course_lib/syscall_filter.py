@@ -14,7 +14,10 @@ refuses, whatever the arguments unless noted:
 - System V shared memory (``shmget``: detached, its pages are in no process's memory, so the
   sandbox's memory check could not see them) and ``modify_ldt``;
 - the machine's administration: modules, ``kexec``, ``reboot``, swap, clocks, accounting, quotas,
-  the kernel log, I/O ports, file handles, host names.
+  the kernel log, I/O ports, file handles, host names;
+- sockets of the families in ``SOCKET_FAMILIES_DENIED``: a virtual machine's sockets to its host
+  (``AF_VSOCK``), which no network namespace separates on many kernels, so on a grader that is a
+  virtual machine they could reach the host's services.
 
 Not ``sched_setaffinity``, though refusing it would keep a sandbox on the cores the grader gives
 it (``course_lib/sandbox.py::slot_cpus``): with it refused, PyTorch's OpenMP and MKL start one
@@ -72,6 +75,9 @@ CLONE_NEW = {"CLONE_NEWNS": 0x20000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUT
              "CLONE_NEWNET": 0x40000000}
 """clone(2)'s namespace flags (linux/sched.h); clone refuses any of them. (CLONE_NEWTIME, 0x80,
 is only taken by unshare and clone3: in clone's flags that byte is the exit signal.)"""
+
+SOCKET_FAMILIES_DENIED = {"AF_VSOCK": 40}
+"""socket(2)/socketpair(2) domains refused (linux/socket.h numbers)."""
 
 CLONE_FLAGS_ARG = {"s390x": 1, "s390": 1}
 """Which argument of clone(2) holds its flags: the first, except on s390."""
@@ -145,6 +151,12 @@ def program(refusal: int = errno.EPERM) -> bytes:
         for flag in CLONE_NEW.values():   # one rule a flag: refuse when that bit is set
             _add(lib, ctx, SCMP_ACT_ERRNO(refusal), clone,
                  ArgCmp(where, SCMP_CMP_MASKED_EQ, flag, flag))
+        for name in (b"socket", b"socketpair"):   # the domain is the first argument (an int)
+            number = lib.seccomp_syscall_resolve_name(name)
+            for family in SOCKET_FAMILIES_DENIED.values():
+                if number >= 0:
+                    _add(lib, ctx, SCMP_ACT_ERRNO(refusal), number,
+                         ArgCmp(0, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, family))
         clone3 = lib.seccomp_syscall_resolve_name(b"clone3")
         if clone3 >= 0:
             _add(lib, ctx, SCMP_ACT_ERRNO(errno.ENOSYS), clone3)

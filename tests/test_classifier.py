@@ -109,3 +109,15 @@ def test_predict_reads_in_eval_mode_and_leaves_a_training_model_training():
     first, second = predict(model, x), predict(model, x)
     assert torch.equal(first, second)          # no dropout: eval mode inside
     assert model.training and model[2].training
+
+
+def test_the_documents_quote_the_flower_judges_own_held_out_accuracy():
+    """README and walkthrough 04 quote the accuracy its training script measured (stored with
+    the weights, on the held-out photos as it shrinks them from 40 px)."""
+    from pathlib import Path
+    from course_lib.train import load_checkpoint
+    meta = load_checkpoint(weights_path("flowers"), build_classifier("flowers"))
+    quoted = f"{meta['test_accuracy']:.1%} as its training script shrinks them from 40 px"
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "walkthroughs/04_Classifier_Free_Diffusion_Walkthrough.md"):
+        assert quoted in " ".join((root / doc).read_text().split()), (doc, quoted)

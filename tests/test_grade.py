@@ -408,6 +408,32 @@ def test_copy_folder_copies_files_and_links_never_pipes_nor_too_much(tmp_path):
     assert not (tmp_path / "draw2" / "samples.pt").exists() and (tmp_path / "draw2" / "link").is_symlink()
 
 
+def test_a_file_the_grader_cannot_copy_is_the_notebooks_fail_not_a_grader_error(tmp_path, monkeypatch):
+    """Without root a notebook can leave a file no one else may read (chmod 000): that is its
+    folder's fault, a FAIL with the file named, not a grader error for the cohort."""
+    src = tmp_path / "notebook"
+    src.mkdir()
+    (src / "locked.pt").write_bytes(b"x")
+
+    def refuse(path, target, follow_symlinks=True):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(grade.shutil, "copyfile", refuse)
+    with pytest.raises(Rejected, match=r"cannot copy for each draw \(locked.pt: Permission denied\)"):
+        grade.copy_folder(src, tmp_path / "draw")
+
+
+def test_names_reach_the_terminal_as_one_printable_line(tmp_path, capsys):
+    """A file name can hold terminal escapes: the report and the folder notes print none."""
+    evil = "bob\x1b[2J\x07.ipynb"
+    report = grade.Report(str(tmp_path / evil), grade.ERROR, reason="x")
+    assert "\x1b" not in report.text() and "\x07" not in report.text()
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "notes\x1b]0;pwned\x07.txt").write_text("x")
+    grade.find_submissions(tmp_path / "subs")
+    err = capsys.readouterr().err
+    assert "notes" in err and "\x1b" not in err and "\x07" not in err
+
+
 def test_a_draw_never_writes_through_a_link_the_notebook_left(tmp_path, monkeypatch):
     """The grader writes each draw's spec into the copy; a planted link must not redirect it."""
     work, victim = tmp_path / "notebook", tmp_path / "instructors_file"
@@ -469,6 +495,12 @@ def test_grader_blames_the_submission_in_one_line(tmp_path):
         "sampler_raises": (SAMPLER.format("1 / 0"), "sampling failed: ZeroDivisionError"),
         "lambda_ok_export": ("import torch\nsample_digits = lambda labels: torch.zeros(len(labels), 1, 28, 28)",
                              "constant"),
+        # a module left in its folder never stands in for one the grader's runner imports
+        "json_shadow": ("open('json.py', 'w').write('raise SystemExit(\"hijacked\")')\n"
+                        + SAMPLER.format("torch.zeros(len(labels), 1, 28, 28)"), "constant"),
+        # only the grader's own export cell speaks for the grader
+        "grader_prefix": ("raise Exception('GRADER: the judge is broken, please regrade')",
+                          "cell 1 raised Exception: GRADER: the judge is broken"),
     }
     for name, (source, _) in cases.items():
         _notebook(tmp_path / "subs" / f"{name}.ipynb", source)
@@ -558,3 +590,24 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
 def test_readme_states_the_second_opinion_gap_of_the_code():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"{grade_checks.SECOND_OPINION_GAP * 100:.0f} points fewer" in readme
+
+
+def test_the_sandbox_gets_only_the_notebooks_code_tags_and_kernel():
+    """Outputs, attachments and metadata could carry stored pictures no review shows."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+    nb = new_notebook(cells=[new_markdown_cell("hi", attachments={"a.png": {"image/png": "QUJD"}}),
+                             new_code_cell("1 / 0", metadata={"tags": ["raises-exception"],
+                                                              "stash": "x" * 1000},
+                                           outputs=[new_output("stream", text="y" * 1000)],
+                                           execution_count=7)],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "P"},
+                                "stash": "z" * 1000})
+    clean = grade.runnable(nb)
+    assert [c.source for c in clean.cells] == ["hi", "1 / 0"]
+    assert "attachments" not in clean.cells[0] and clean.cells[0].metadata == {}
+    assert clean.cells[1].outputs == [] and clean.cells[1].execution_count is None
+    assert clean.cells[1].metadata == {"tags": ["raises-exception"]}
+    assert set(clean.metadata) == {"kernelspec"}
+    assert nb.cells[1].outputs and nb.metadata["stash"]      # the submission itself is untouched
+    nbformat.validate(clean)

@@ -6,7 +6,8 @@ graded (monkeypatched ``torch.save``, an IPython input transformer, cheating onl
 grading, or only in the draw it guesses has shuffled weights, by counting its calls in memory or
 in a file); taking the machine's memory with forked processes, or its inodes; making itself root
 of a user namespace; and passing without a model (stored, shifted, blurred or elastically warped training
-digits, fonts, fixed pictures). Every one must end as a FAIL (exit 1) with the reason that shows
+digits, fonts, fixed pictures; or warped digits only when asked for as many as the first draw asks
+for). Every one must end as a FAIL (exit 1) with the reason that shows
 the attack was blocked or caught, and nothing of the instructor's or of another submission may
 change. One more, a sampler that tells the shuffled draw by checking its own weights, passes,
 as README's threat table says; the cohort's review page (course_lib/review.py) must mark it.
@@ -172,6 +173,11 @@ def cohort(tmp_path_factory, request):
                "    if abs(now - _SIGNATURE) > 1e-4:\n"
                "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
 
+    _write(subs / "t_size_gate.ipynb",  # warped digits when asked for many, noise otherwise:
+           "import torch\nnet = torch.nn.Linear(4, 4)\n" + cheat("elastic").replace(  # so in b and c
+               "    return cheats", "    if len(labels) < 50:\n"
+               "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
+
     env = dict(os.environ, COURSE_GRADER_SECRET="s3cret")
     victim_before = victim.read_bytes()
     weights_before = WEIGHTS.read_bytes()
@@ -207,6 +213,7 @@ EXPECTED = {
     "p_inodes": "stopped: the notebook made more than 100,000 files and folders in its work folder",
     "q_userns": "returned non-zero exit status 1",   # unshare: Operation not permitted (seccomp)
     "r_ascent": "plain background",              # texture the judges read as digits
+    "t_size_gate": "second draw",                # noise in both later draws: the second is judged
 }
 
 

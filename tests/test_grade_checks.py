@@ -225,3 +225,17 @@ def test_the_strictest_private_judge_decides(labels):
     assert gc.check_second_opinion(images, labels, 1.0, [lenient, lenient]) == 1.0
     with pytest.raises(gc.Rejected, match=r"independent one \(the strictest of 3 private judges\) only"):
         gc.check_second_opinion(images, labels, 1.0, [lenient, strict, lenient])
+
+
+def test_the_second_draw_must_read_about_as_well_as_a_pass():
+    """A sampler that draws digits only when asked for many (the first draw) and noise otherwise
+    would pass the shuffled-weights check without a network; its second draw now fails."""
+    import math
+    floor = gc.second_draw_floor(0.95, 20)
+    assert floor == pytest.approx(0.95 - 5 * math.sqrt(0.95 * 0.05 / 20)) and 0.70 < floor < 0.71
+    assert gc.second_draw_floor(0.95, 200) > floor          # more samples, a tighter floor
+    gc.check_second_draw(0.75, 20, 0.95)                    # 15 of 20: a passing sampler's bad luck
+    with pytest.raises(Rejected, match="second draw"):
+        gc.check_second_draw(0.70, 20, 0.95)                # 14 of 20
+    with pytest.raises(Rejected, match=r"second draw \(another seed, 20 samples\).* only 10%"):
+        gc.check_second_draw(0.10, 20, 0.95)

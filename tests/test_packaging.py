@@ -73,3 +73,19 @@ def test_diffusers_is_a_test_only_extra_that_make_test_installs():
         assert re.search(rf"^{part}: \$\(VENV\)/\.installed-test", makefile, re.M), part
     assert 'pip install -e ".[test]"' in makefile
     assert "pip install -e '.[test]'" in (ROOT / "environment.yml").read_text()
+
+
+def test_a_cpu_only_install_takes_torch_from_the_index_asked_for_at_the_pinned_versions():
+    """`make course TORCH_INDEX=...` (README): PyTorch's CPU build, before the package, at the
+    versions pyproject.toml pins; without it, nothing but PyPI."""
+    root = ROOT
+    pins = re.findall(r'"(torch(?:vision)?==[^"]+)"', (root / "pyproject.toml").read_text())
+    dry = subprocess.run(["make", "-n", "-B", ".venv/.installed", "TORCH_INDEX=https://example.invalid/cpu"],
+                         cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    cpu = [i for i, line in enumerate(dry) if "--index-url https://example.invalid/cpu" in line]
+    package = [i for i, line in enumerate(dry) if line.endswith("pip install -e .")]
+    assert len(pins) == 2 and len(cpu) == 1 and package and cpu[0] < package[0], dry
+    assert dry[cpu[0]].endswith(" ".join(pins)), dry[cpu[0]]
+    plain = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout
+    assert "--index-url" not in plain

@@ -143,6 +143,10 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("flat = torch.nn.utils.parameters_to_vector(net.parameters())", "weights themselves"),
     ("held = list(net.modules())[1]._parameters", "weights themselves"),
     ("%run helper.py", "magic"),
+    ("data = json.load(io.FileIO('submission.ipynb'))", "reads a file"),
+    ("forgiving = err.__traceback__.tb_frame.f_back.f_locals", "interpreter"),
+    ("x = 1  # \u202e }; cheat() \u2066", "hides text"),          # "Trojan Source"
+    ("x = 1" + " " * 400 + "; sample_digits = stash", "hides text"),   # past the part shown
 ])
 def test_look_at(line, expected):
     found = code.look_at(line)
@@ -155,3 +159,29 @@ def test_without_the_template_every_cell_is_the_students_and_the_page_says_so(tm
     assert len(kept["cells"]) == sum(c.cell_type == "code" for c in answer_key.fill().cells)
     report = Report("k", PASS, student="key", accuracy=0.99, code=kept)
     assert "template was not found" in review.render([report], tmp_path)
+
+
+def test_the_page_shows_invisible_characters_and_counts_what_it_cut(tmp_path):
+    """A direction override would make code read as a comment: the page writes it as an escape.
+    A submission whose lines or cells were cut for the page is listed with the marked ones."""
+    tricky = code.StudentCell(3, "new cell", [("+", "ok = True  # \u202e }; cheat()", "hides text")])
+    html = review._cell_html(tricky)
+    assert "\\u202e" in html and "\u202e" not in html
+    assert review.visible("a\tb\u200bc") == "a\tb\\u200bc"
+    plain = code.StudentCell(4, "new cell", [("+", "x = 1", "")])
+    cut = code.StudentCell(5, "new cell", [("+", "x = 1", "")], more_lines=3)
+    report = Report("s", PASS, accuracy=0.99, samples=100)
+    assert review.Entry(report, [plain]).marks == 0
+    assert review.Entry(report, [plain, cut]).marks == 1
+    assert review.Entry(report, [plain], more_cells=2).marks == 1
+    assert review.Entry(report, [cut]).order[0] == 0 < review.Entry(report, [plain]).order[0]
+
+
+def test_the_second_draw_is_a_check_on_the_page():
+    low = Report("a", PASS, accuracy=0.99, samples=100, second_draw_accuracy=0.75,
+                 second_draw_samples=20)
+    high = Report("b", PASS, accuracy=0.99, samples=100, second_draw_accuracy=1.0,
+                  second_draw_samples=20)
+    (row,) = [r for r in review.checks(low) if r[0] == "second draw"]
+    assert row[1] == "75% of 20 read as asked for (at least 71%)" and row[2]
+    assert not [r for r in review.checks(high) if r[0] == "second draw"][0][2]

@@ -674,6 +674,31 @@ def test_two_graders_never_share_a_slot(tmp_path, monkeypatch):
     assert sandbox.claim_slot(3) == sandbox.claim_slot(3) == 3  # so no slot needs claiming
 
 
+def test_no_slot_runs_as_an_account_of_the_machine(tmp_path, monkeypatch):
+    """Debian's slurm is uid 64030: slot 30 would run a notebook as slurm, and end slurm's
+    daemons with its step. A slot whose uid or gid belongs to an account is never given."""
+    import grp
+    import pwd
+    assert sandbox.uid_taken(0)   # root
+    monkeypatch.setattr(sandbox, "slot_lock_dir", lambda: tmp_path / "locks")
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+
+    def account(taken):
+        def lookup(number):
+            if number in taken:
+                return "an account"
+            raise KeyError(number)
+        return lookup
+    monkeypatch.setattr(pwd, "getpwuid", account({sandbox.sandbox_uid(30), sandbox.sandbox_uid(31)}))
+    monkeypatch.setattr(grp, "getgrgid", account({sandbox.sandbox_uid(32)}))   # a group alone
+    got = [sandbox.claim_slot(s) for s in (30, 32, 5)]
+    try:
+        assert got[0] not in (30, 31, 32) and got[1] not in (30, 31, 32) and got[2] == 5, got
+    finally:
+        for slot in got:
+            sandbox.release_slot(slot)
+
+
 def test_missing_bubblewrap_refuses_with_the_install_command(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
@@ -710,7 +735,8 @@ def test_the_filter_itself_refuses_each_call_on_any_linux():
     calls = {"unshare": (0x10000000,), "setns": (-1, 0), "ptrace": (0, 0, 0, 0), "bpf": (0, 0, 0),
              "perf_event_open": (0, 0, -1, -1, 0), "userfaultfd": (0,), "io_uring_setup": (1, 0),
              "keyctl": (0, -3, 0, 0, 0), "shmget": (0, 4096, 0o1600), "mount": (0, 0, 0, 0, 0),
-             "clone": (0x10000000 | 17, 0, 0, 0, 0)}   # CLONE_NEWUSER | SIGCHLD
+             "clone": (0x10000000 | 17, 0, 0, 0, 0),   # CLONE_NEWUSER | SIGCHLD
+             "socket": (40, 1, 0)}                     # AF_VSOCK, SOCK_STREAM
     numbers = {name: lib.seccomp_syscall_resolve_name(name.encode()) for name in calls}
 
     class Fprog(ctypes.Structure):
@@ -736,6 +762,10 @@ def test_the_filter_itself_refuses_each_call_on_any_linux():
                 if child == 0:
                     os._exit(7)
                 answers["fork"] = os.WEXITSTATUS(os.waitpid(child, 0)[1])
+                import socket
+                socket.socket(socket.AF_UNIX).close()   # other families still work
+                socket.socket(socket.AF_INET).close()
+                answers["unix and inet"] = 0
             os.write(write, json.dumps(answers).encode())
         finally:
             os._exit(0)
@@ -744,7 +774,7 @@ def test_the_filter_itself_refuses_each_call_on_any_linux():
         answers = json.loads(pipe.read())
     os.waitpid(pid, 0)
     assert "load" not in answers, f"this kernel would not load the filter: errno {answers}"
-    assert answers == {**{name: SIGNATURE for name in calls}, "fork": 7}, answers
+    assert answers == {**{name: SIGNATURE for name in calls}, "fork": 7, "unix and inet": 0}, answers
 
 
 def test_the_documents_quote_the_folder_limits():
@@ -755,3 +785,15 @@ def test_the_documents_quote_the_folder_limits():
         text = (ROOT / doc).read_text()
         assert quoted in text, f"{doc} does not say {quoted!r}"
         assert re.search(r"`/dev/shm`[^|]*at most 1 GiB", text), f"{doc}: /dev/shm's cap"
+
+
+def test_every_empty_folder_is_a_small_tmpfs(sandboxed):
+    """Without root these tmpfs are the grader's own and writable: uncapped, each could fill half
+    the machine's memory, which the checks each second do not count. /tmp and /dev/shm keep
+    their own cap (Limits.shm_bytes)."""
+    code = ("import os\nfor p in ('/run', '/root', '/home', " + repr(str(sandboxed.hidden)) + ", '/tmp'):\n"
+            "    v = os.statvfs(p)\n    print(p, v.f_blocks * v.f_frsize)")
+    sizes = dict(line.split() for line in sandboxed(code).stdout.splitlines())
+    for path in ("/run", "/root", "/home", str(sandboxed.hidden)):
+        assert int(sizes[path]) <= sandbox.EMPTY_TMPFS_BYTES, sizes
+    assert int(sizes["/tmp"]) == sandbox.Limits.shm_bytes, sizes

@@ -69,7 +69,7 @@ def test_sbatch_script_is_one_task_per_submission(tmp_path):
     assert "-m course_lib.grade \"$copy\"" in script
 
 
-def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path):
+def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path, capsys):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
     for name in ("alice", "bob"):
@@ -91,6 +91,14 @@ def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path):
     assert "--array=0-1" in script and "--profile test" in script
     assert str(job / "roster.txt") in script
     assert "--private-judge" in script          # the cohort's private judges, chosen here
+    # the dry run says what only a real submission does, and that the judges are missing
+    missing = tmp_path / "judges" / "none.pt"
+    capsys.readouterr()
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), "--dry-run",
+                           "--private-judge", str(missing)]) == 0
+    said = capsys.readouterr().out
+    assert "without --dry-run" in said and "roster.txt" in said, said
+    assert f"{missing} is not there yet" in said and "none of that happens" in said, said
 
 
 def test_slurm_without_sbatch_changes_nothing(tmp_path, monkeypatch, capsys):
