@@ -1,6 +1,8 @@
 """course_lib: the tested building blocks behind the diffusion-model notebooks.
 
-Data flows one way through the modules (each imports only from the ones before it):
+Data flows one way through the modules (each imports only from the ones before it; the one
+exception is the grader's command line, where grade hands its ``slurm`` and ``collect``
+commands to gradebook):
 
 - config, storage -> data -> blocks, conditioning -> unets -> ddpm (schedules, samplers,
   guidance) -> editing, toy2d (the 2-D world, on ddpm's schedule) -> train -> classifier ->

@@ -64,11 +64,14 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if x.shape != skip.shape:
-            what = ("channels" if x.shape[1] != skip.shape[1] else "height and width"
-                    if x.shape[2:] != skip.shape[2:] else "batch size")
+            if x.shape[0] != skip.shape[0]:
+                why = "batch size: both must be computed from the same batch"
+            else:
+                why = ("channels" if x.shape[1] != skip.shape[1] else "height and width") + \
+                    ": the skip must come from the down block of the same level (up1 with down2, " \
+                    "up2 with down1)"
             raise ValueError(f"UpBlock: input {tuple(x.shape)} and skip {tuple(skip.shape)} differ "
-                             f"in {what}, so they cannot be concatenated: the skip must come from "
-                             "the down block of the same level (up1 with down2, up2 with down1)")
+                             f"in {why}, so they cannot be concatenated")
         return self.model(torch.cat((x, skip), dim=1))
 
 

@@ -115,24 +115,30 @@ def _download(name: str, target: Path) -> None:
     if name == "flowers":
         from torchvision.datasets.utils import download_and_extract_archive
 
+        if (target / "flowers").exists():   # never download over a folder someone made
+            raise FileExistsError(f"{target / 'flowers'} is there but "
+                                  f"{_flowers_lack(target / 'flowers') or 'is not a folder'}; "
+                                  "complete it, or remove it to download the photos again")
         # Prepared in a folder of its own and moved into place last: an interrupted run leaves
         # no half-made flowers/ for the next lookup to take.
         partial = target / ".flowers-partial"
         shutil.rmtree(partial, ignore_errors=True)
         archive = target / Path(FLOWERS_URL).name
         try:
-            download_and_extract_archive(FLOWERS_URL, download_root=str(target),
-                                         extract_root=str(partial))
-        except Exception:
-            archive.unlink(missing_ok=True)   # a truncated archive would be reused next time
-            raise
-        # The archive names its classes in the plural ("roses"); the course uses the singular.
-        for plural in (partial / "flower_photos").iterdir():
-            if plural.is_dir() and plural.name.endswith("s") and plural.name[:-1] in FLOWER_CLASSES:
-                plural.rename(plural.with_name(plural.name[:-1]))
-        shrink_photos(partial / "flower_photos")
-        (partial / "flower_photos").rename(target / "flowers")
-        shutil.rmtree(partial, ignore_errors=True)
+            try:
+                download_and_extract_archive(FLOWERS_URL, download_root=str(target),
+                                             extract_root=str(partial))
+            except Exception:
+                archive.unlink(missing_ok=True)   # a truncated archive would be reused next time
+                raise
+            # The archive names its classes in the plural ("roses"); the course uses the singular.
+            for plural in (partial / "flower_photos").iterdir():
+                if plural.is_dir() and plural.name.endswith("s") and plural.name[:-1] in FLOWER_CLASSES:
+                    plural.rename(plural.with_name(plural.name[:-1]))
+            shrink_photos(partial / "flower_photos")
+            (partial / "flower_photos").rename(target / "flowers")
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     else:
         getattr(torchvision.datasets, name)(str(target), train=True, download=True)
         getattr(torchvision.datasets, name)(str(target), train=False, download=True)

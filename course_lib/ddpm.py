@@ -205,14 +205,15 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the eps
     error is the picture's error times SNR_t, so the nearly clean steps, whose picture is all but
     known, stop dominating the gradient. ``model_kwargs`` (e.g. ``c=..., c_mask=...``) are passed
-    to the model by keyword, exactly as the samplers pass their ``extra_args``.
+    to the model by keyword, exactly as the samplers pass their ``extra_args``. A ``generator``
+    must be on ``x0``'s device (notebook 02 prints this function as the equation's code, so it
+    stays plain; :meth:`VDenoiser.loss` takes one from any device).
     """
     if min_snr_gamma is not None and not min_snr_gamma > 0:
         raise ValueError(f"min_snr_gamma must be > 0 (Hang et al. use 5; None: unweighted), got "
                          f"{min_snr_gamma}")
-    draw = generator.device if generator is not None else x0.device   # a generator draws at home
-    t = torch.randint(0, schedule.T, (len(x0),), device=draw, generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, device=draw, dtype=x0.dtype, generator=generator).to(x0.device)
+    t = torch.randint(0, schedule.T, (len(x0),), device=x0.device, generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = schedule.q_sample(x0, t, noise)
     if min_snr_gamma is None:
         return F.mse_loss(model(x_t, t, **model_kwargs), noise)
@@ -253,7 +254,7 @@ class VDenoiser:
         a v-target (Hang et al. 2023); ``lognormal=(P_mean, P_std)`` draws t by
         :func:`lognormal_timesteps` instead of uniformly.
         """
-        draw = generator.device if generator is not None else x0.device   # as diffusion_loss
+        draw = generator.device if generator is not None else x0.device   # the generator's own
         if lognormal is None:
             t = torch.randint(0, self.schedule.T, (len(x0),), device=draw, generator=generator)
         else:

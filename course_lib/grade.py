@@ -17,8 +17,9 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
    verified judge (``course_lib/grade_checks.py``), that the samples are well formed, drawn
    afresh, not memorised, realistic (to the judge's features, and as ink on a plain background
    in pixels), drawn from the notebook's network (none left once its
-   weights are shuffled), read as the digits asked for (>= ``--threshold``), and read about as
-   well by each of the grader's private judges (pixels tuned to the public judge are not).
+   weights are shuffled), read as the digits asked for (>= ``--threshold``, and the second draw
+   within five standard errors of it), and read about as well by each of the grader's private
+   judges (pixels tuned to the public judge are not).
 
 Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could not grade (the
 grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
@@ -340,7 +341,8 @@ class Run:
 def _runner(step: str, *args: str) -> list[str]:
     """The grader's step in the sandbox. ``-P``: the work folder (its current folder, the
     notebook's) is not put on ``sys.path``, so a ``json.py`` the notebook left there cannot stand
-    in for the module the runner imports."""
+    in for a module the runner imports (``grade_runner.sample`` appends it, last, once they are
+    loaded, for modules of the notebook's own)."""
     return [sys.executable, "-P", "-m", "course_lib.grade_runner", step, *args]
 
 
@@ -485,7 +487,8 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
                                    "what sampling does not need")
                 try:
                     shutil.copyfile(path, target, follow_symlinks=False)
-                except OSError as err:   # e.g. a file it made unreadable: its folder, its fault
+                except PermissionError as err:   # a file it made unreadable: its folder, its fault
+                    # (a full disk or an I/O error is the grader's, and stays a grader error)
                     raise Rejected(f"the notebook left a file the grader cannot copy for each "
                                    f"draw ({path.relative_to(src)}: {err.strerror}); leave only "
                                    "readable files in its folder") from None

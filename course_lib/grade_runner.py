@@ -197,6 +197,9 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
     def shuffle() -> None:
         shuffle_weights(generator, keep=keep)
 
+    # The grader's modules are loaded (the runner starts with -P, so none came from this folder);
+    # now the notebook's own modules may: one it wrote here and its functions use is found last.
+    sys.path.append(str(Path(export_path).parent))
     with open(export_path, "rb") as file:
         sample_digits = pickle.load(file)
     shuffle()

@@ -219,9 +219,11 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     roster.write_text(roster_text(tasks))
     folder = submissions if submissions.is_dir() else submissions.parent
     judge = _private_judge_arg(grader_args)
-    if judge is None:   # one set of private judges for the cohort, trained here
-        judge = private_judge_path() if dry_run else ensure_private_judge()
+    if judge is None:
+        judge = private_judge_path()
         grader_args = [*grader_args, "--private-judge", str(judge)]
+    if not dry_run:   # one set of private judges for the cohort, trained here, not in each task
+        ensure_private_judge(judge)
     script = job / "grade.sbatch"
     script.write_text(sbatch_script(roster, out, max(1, len(tasks)), grader_args, cpus=cpus,
                                     mem_gib=mem_gib, minutes=minutes, parallel=parallel,

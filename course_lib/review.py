@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import base64
 import html
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from .grade import ERROR, FAIL, PASS, Report, report_name
 from .grade_checks import (COPY_SHARE, PLAIN_SHARE, SECOND_OPINION_GAP, SHUFFLED_LIMIT, one_line,
                            read_plain, second_draw_floor)
-from .submission_code import StudentCell, from_report
+from .submission_code import StudentCell, from_report, invisible
 
 GRID_CAP = 4 * 2**20   # bytes of a grid PNG embedded in the page
 
@@ -90,11 +89,13 @@ class Entry:
 
     @property
     def marks(self) -> int:
-        """Marked lines, and each cut (cells or lines left out of the page) counted as one: what
-        is not shown asks for a look as much as what is marked."""
-        cells = self.cells or []
-        return (sum(cell.marks + bool(cell.more_lines) for cell in cells) + self.more_marks
-                + bool(self.more_cells))
+        return sum(cell.marks for cell in self.cells or []) + self.more_marks
+
+    @property
+    def cuts(self) -> int:
+        """Cells with lines left out of the page, and one more if cells were: what is not shown
+        asks for a look as much as what is marked."""
+        return sum(bool(cell.more_lines) for cell in self.cells or []) + bool(self.more_cells)
 
     @property
     def close(self) -> int:
@@ -103,9 +104,9 @@ class Entry:
     @property
     def order(self) -> tuple:
         status = self.report.status
-        first = (0 if status == PASS and (self.marks or self.close) else
+        first = (0 if status == PASS and (self.marks or self.cuts or self.close) else
                  1 if status == ERROR else 2 if status == FAIL else 3)
-        return first, -(self.marks + self.close), self.report.student
+        return first, -(self.marks + self.cuts + self.close), self.report.student
 
 
 def in_order(reports: list[Report]) -> list[Entry]:
@@ -118,7 +119,8 @@ def read_first(reports: list[Report]) -> list[str]:
     close to its limit (the top of the page), most marks and close checks first."""
     entries = in_order(reports)
     return [f"{one_line(e.report.student)}: {e.marks} marked line{'s' * (e.marks != 1)}, "
-            f"{e.close} check{'s' * (e.close != 1)} close to the limit"
+            + (f"{e.cuts} cut from the page, " if e.cuts else "")
+            + f"{e.close} check{'s' * (e.close != 1)} close to the limit"
             for e in entries if e.order[0] == 0]
 
 
@@ -159,11 +161,11 @@ _CSS_CLASS = {PASS: "pass", FAIL: "fail", ERROR: "error"}
 
 
 def visible(text: str) -> str:
-    """``text`` with every invisible character (format and control characters but the tab: the
-    direction overrides of "Trojan Source" code, zero-width spaces) written as a ``\\uXXXX``
-    escape, so a line reads on the page as Python reads it."""
-    return "".join(ch if ch == "\t" or unicodedata.category(ch) not in ("Cf", "Cc", "Zl", "Zp")
-                   else f"\\u{ord(ch):04x}" for ch in text)
+    """``text`` with every invisible character (:func:`course_lib.submission_code.invisible`)
+    written as its escape (``\\u202e``, ``\\U000e0041``), so a line reads on the page as Python
+    reads it."""
+    return "".join((f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+                   if invisible(ch) else ch for ch in text)
 
 
 def _cell_html(cell: StudentCell) -> str:
@@ -212,7 +214,8 @@ def render(reports: list[Report], out: Path) -> str:
                               for name, text, close in checks(r)) or "-"
         table.append(f'<tr><td><a href="#s{i}">{_e(r.student or report_name(r))}</a></td>'
                      f'<td class="{css}">{_e(r.status)}</td><td>{figures}</td>'
-                     f"<td>{entry.marks if entry.cells is not None else '-'}</td></tr>")
+                     f"<td>{entry.marks if entry.cells is not None else '-'}"
+                     f"{f' ({entry.cuts} cut)' if entry.cuts else ''}</td></tr>")
         body = [f'<section id="s{i}"><h2>{_e(r.student or report_name(r))}: '
                 f'<span class="{css}">{_e(r.status)}</span></h2>']
         if r.reason:

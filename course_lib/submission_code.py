@@ -6,7 +6,8 @@ Each cell is diffed against the template cell it replaces: an exercise cell agai
 exercise (``# EXERCISE: name``), another against the most alike template cell, the rest shown as
 new. Lines the student wrote that read files or the network, run programs or shell commands,
 fingerprint data, look at the network's weights themselves, look at the interpreter or the
-process, or use training images are marked with why (:data:`LOOK_AT`). A mark asks for a look; it
+process, use training images, use the library's version of an assessed part or hide text are
+marked with why (:data:`LOOK_AT`). A mark asks for a look; it
 is no verdict (``next(model.parameters())`` is marked too), and code written to dodge the
 patterns is kept in full all the same. What is kept is bounded (cells, lines, characters), and
 what is left out is counted, marks included, since every line is searched.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,12 +55,25 @@ LOOK_AT = (
      r"|\btime\.(time|perf_counter|monotonic|process_time)\b"),
     ("uses training images directly",
      r"\bload_mnist\b|\bMNIST\(|\.images\b|\btrain_set\b|\bdataset\["),
-    ("hides text: invisible or direction-changing characters (shown as \\u escapes), or a line "
-     "longer than the part shown",
-     "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\u061c\ufeff]"
-     f"|.{{{WIDTH_CAP + 1}}}"),
+    ("uses the course library's version of an assessed part (the schedule, UNet, loss, reverse "
+     "step and guided sampling must be the student's own)",
+     r"\bcourse_lib\.(ddpm|unets|editing|check|answer_key|toy2d)\b"
+     r"|\bfrom\s+course_lib\s+import\b.*\b(ddpm|unets|editing|check|answer_key)\b"
+     r"|\b(ddpm_step|ddim_step|diffusion_loss|CFGDenoiser|VDenoiser|sample_ddpm|sample_ddim"
+     r"|sample_guided|linear_schedule|cosine_schedule|scaled_linear_schedule|OptimizedUNet"
+     r"|TimeUNet)\b"),
 )
 _LOOK_AT = tuple((why, re.compile(pattern)) for why, pattern in LOOK_AT)
+HIDES_TEXT = ("hides text: invisible characters (direction overrides, zero-width or tag "
+              "characters, shown as \\u escapes), or a line longer than the part shown")
+"""The mark of a line that does not read as Python reads it (:func:`invisible`, ``WIDTH_CAP``)."""
+
+
+def invisible(ch: str) -> bool:
+    """Whether ``ch`` shows nothing where it stands: a format or control character (the direction
+    overrides of "Trojan Source" code, zero-width spaces, Unicode's tag characters) or a line or
+    paragraph separator; not the tab."""
+    return ch != "\t" and unicodedata.category(ch) in ("Cf", "Cc", "Zl", "Zp")
 
 
 @dataclass
@@ -91,7 +106,10 @@ def look_at(line: str) -> str:
     """Why a line the student wrote deserves a look ('' if it does not): see :data:`LOOK_AT`.
     Comments are searched too (cutting them off at '#' would miss code after a '#' in a string);
     code written to dodge the patterns is still shown in full."""
-    return "; ".join(why for why, pattern in _LOOK_AT if pattern.search(line))
+    found = [why for why, pattern in _LOOK_AT if pattern.search(line)]
+    if len(line) > WIDTH_CAP or any(map(invisible, line)):
+        found.append(HIDES_TEXT)
+    return "; ".join(found)
 
 
 def _code_cells(path: Path) -> list[tuple[int, str]] | None:

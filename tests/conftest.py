@@ -35,7 +35,7 @@ def _cpu_flags_decide_bfloat16(monkeypatch):
     monkeypatch.delenv("COURSE_BF16", raising=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")   # session: module-scoped fixtures (a judge, a cohort) use it too
 def data_available():
     """Skip (or, under CI, fail) when the offline datasets are not reachable."""
     from course_lib.data import DataNotFoundError, find_data_root

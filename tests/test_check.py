@@ -16,8 +16,38 @@ def verdict(capsys, fn, *answer):
     return ok, capsys.readouterr().out
 
 
+def _own_add_noise(x, amount, noise):
+    amount = torch.as_tensor(amount).reshape(-1, 1, 1, 1)
+    return (1 - amount) * x + amount * noise
+
+
+class OwnDown(nn.Sequential):          # 01's Exercise 1, written out
+    def __init__(self, i, o):
+        super().__init__(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                         nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                         nn.MaxPool2d(2))
+
+
+class OwnUp(UpBlock):                   # 01's Exercise 2: the template's class, forward written
+    def forward(self, x, skip):
+        return self.model(torch.cat((x, skip), dim=1))
+
+
+class OwnResidual(ResidualConvBlock):   # 03's Exercise 3
+    def forward(self, x):
+        x1 = self.conv1(x)
+        return x1 + self.conv2(x1)
+
+
+def _own_clip_loss(img, txt, scale):    # 05's Exercise 1
+    logits = scale * img @ txt.T
+    target = torch.arange(len(img))
+    return (nn.functional.cross_entropy(logits, target)
+            + nn.functional.cross_entropy(logits.T, target)) / 2
+
+
 def test_add_noise(capsys):
-    assert verdict(capsys, check.check_add_noise, add_noise)[0]
+    assert verdict(capsys, check.check_add_noise, _own_add_noise)[0]
     ok, out = verdict(capsys, check.check_add_noise, lambda x, a, n: (1 - a) * x + a * n * 0.5)
     assert not ok and "amount=0.5" in out
     per_image = lambda x, a, n: (1 - torch.as_tensor(a).reshape(-1, 1, 1, 1)) * x \
@@ -28,8 +58,8 @@ def test_add_noise(capsys):
 
 
 def test_down_and_up_blocks(capsys):
-    assert verdict(capsys, check.check_down_block, DownBlock)[0]
-    assert verdict(capsys, check.check_up_block, UpBlock)[0]
+    assert verdict(capsys, check.check_down_block, OwnDown)[0]
+    assert verdict(capsys, check.check_up_block, OwnUp)[0]
 
     class SkipFirst(UpBlock):            # concatenates in the wrong order
         def forward(self, x, skip):
@@ -44,6 +74,24 @@ def test_down_and_up_blocks(capsys):
 
     ok, out = verdict(capsys, check.check_down_block, NoPool)
     assert not ok and "shape" in out
+
+    class NoBias(nn.Sequential):          # bias=False before BatchNorm: one weight missing each
+        def __init__(self, i, o):
+            super().__init__(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(),
+                             nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(),
+                             nn.MaxPool2d(2))
+
+    ok, out = verdict(capsys, check.check_down_block, NoBias)
+    assert not ok and "layers differ from the reference (missing: 0.bias, 3.bias)" in out, out
+
+    class WideSecond(nn.Sequential):      # the second convolution takes the input's channels
+        def __init__(self, i, o):
+            super().__init__(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                             nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                             nn.MaxPool2d(2))
+
+    ok, out = verdict(capsys, check.check_down_block, WideSecond)
+    assert not ok and "of another shape: 3.weight (8, 3, 3, 3) instead of (8, 8, 3, 3)" in out, out
 
 
 def test_q_sample(capsys):
@@ -79,6 +127,11 @@ def test_reverse_step_explains_the_usual_mistakes(capsys):
     assert not ok and "noise term" in out
     ok, out = verdict(capsys, check.check_reverse_step, lambda x_t, t, eps, s, z: FIXME)  # noqa
     assert not ok and "not done yet" in out
+
+    def fresh_noise(x_t, t, eps, s, z):    # Algorithm 2's z ~ N(0, I), drawn here, not the one given
+        return _mean(x_t, t, eps, s) + (s.betas[t].sqrt() * torch.randn_like(z) if t > 0 else 0)
+    ok, out = verdict(capsys, check.check_reverse_step, fresh_noise)
+    assert not ok and "not the z passed in" in out, out
 
 
 def test_reverse_step_names_the_noise_scale_and_the_step_numbering(capsys):
@@ -129,6 +182,19 @@ def test_sinusoidal_and_rearrange(capsys):
         angles = t.float()[:, None] * 10_000 ** (-torch.arange(half) / (half - 1))
         return torch.cat((angles.sin(), angles.cos()), dim=1)
 
+    def by_exp(t, dim):                    # the same frequencies written with exp and log
+        half = dim // 2
+        freqs = torch.exp(-torch.log(torch.tensor(10_000.0)) * torch.arange(half) / (half - 1))
+        angles = t.float()[:, None] * freqs
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
+
+    def half_not_half_minus_one(t, dim):   # the Transformer's spacing, not DDPM's
+        half = dim // 2
+        angles = t.float()[:, None] * 10_000 ** (-torch.arange(half) / half)
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
+    assert verdict(capsys, check.check_sinusoidal, by_exp)[0]
+    assert not verdict(capsys, check.check_sinusoidal, half_not_half_minus_one)[0]
+
     def swapped(t, dim):
         e = SinusoidalPositionEmbedBlock(dim)(t)
         return torch.cat((e[:, dim // 2:], e[:, :dim // 2]), dim=1)
@@ -146,7 +212,7 @@ def test_sinusoidal_and_rearrange(capsys):
 
 
 def test_residual_block(capsys):
-    assert verdict(capsys, check.check_residual_block, ResidualConvBlock)[0]
+    assert verdict(capsys, check.check_residual_block, OwnResidual)[0]
 
     class NoSkip(ResidualConvBlock):
         def forward(self, x):
@@ -213,7 +279,7 @@ def test_context_drop(capsys):
 
 
 def test_clip_loss_and_zero_shot(capsys):
-    assert verdict(capsys, check.check_clip_loss, open_clip.ClipLoss())[0]
+    assert verdict(capsys, check.check_clip_loss, _own_clip_loss)[0]
 
     def one_direction(img, txt, scale):
         logits = scale * img @ txt.T
@@ -275,6 +341,55 @@ def _shortcuts():
         (check.check_context_drop, lambda y, n, p: one_hot(y, n) * keep_mask(len(y), p), "keep_mask"),
         (check.check_clip_loss, lambda i, t, s: open_clip.ClipLoss()(i, t, s), "ClipLoss"),
     ]
+
+
+_STEP = ddpm_step   # an alias made in a cell above the exercise
+
+
+def _helper(x, t, e, s, z):
+    return ddpm_step(x, t, e, s, noise=z).x_prev
+
+
+def _dodges():
+    """(checker, an answer that hands in the library's own code without naming it, what is said)."""
+    class Inherited(DownBlock):
+        pass
+
+    class Bare(UpBlock):          # 01's template class with its forward deleted
+        pass
+
+    class Assigned(UpBlock):
+        forward = UpBlock.forward
+
+    class InheritedResidual(ResidualConvBlock):
+        pass
+
+    def with_default(x, t, e, s, z, step=ddpm_step):
+        return step(x, t, e, s, noise=z).x_prev
+
+    return [
+        (check.check_add_noise, (add_noise,), "`add_noise` itself"),
+        (check.check_down_block, (Inherited,), "DownBlock.__init__"),
+        (check.check_up_block, (Bare,), "UpBlock.forward"),
+        (check.check_up_block, (Assigned,), "UpBlock.forward"),
+        (check.check_up_block, (UpBlock,), "`UpBlock` itself"),
+        (check.check_residual_block, (InheritedResidual,), "ResidualConvBlock.forward"),
+        (check.check_reverse_step, (lambda x, t, e, s, z: _STEP(x, t, e, s, noise=z).x_prev,),
+         "the library's `ddpm_step`"),
+        (check.check_reverse_step, (with_default,), "the library's `ddpm_step`"),
+        (check.check_reverse_step, (lambda x, t, e, s, z: _helper(x, t, e, s, z),), "`ddpm_step`"),
+        (check.check_clip_loss, (open_clip.ClipLoss(),), "`ClipLoss` itself"),
+        (check.check_rearrange_pool, (lambda x: nn.PixelUnshuffle(2)(x),), "PixelUnshuffle"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_the_librarys_code_under_another_name_is_not_done_either(capsys, case):
+    """Aliases, defaults, helpers, inherited or assigned methods, and the library's object itself:
+    each matches the reference by construction, so each is refused, naming what it used."""
+    fn, answer, said = _dodges()[case]
+    ok, out = verdict(capsys, fn, *answer)
+    assert not ok and said in out and "write the computation yourself" in out, out
 
 
 @pytest.mark.parametrize("case", range(12))

@@ -1,5 +1,6 @@
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,9 @@ def test_an_interrupted_flower_download_leaves_nothing_to_reuse(tmp_path, monkey
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", whole)
     data._download("flowers", tmp_path)
     assert data._has_dataset(tmp_path, "flowers") and not (tmp_path / ".flowers-partial").exists()
+    # a flowers/ someone made, incomplete: named, never downloaded over
+    shutil.rmtree(tmp_path / "flowers" / "tulip")
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive",
+                        lambda *a, **k: pytest.fail("downloaded over an existing flowers/"))
+    with pytest.raises(FileExistsError, match="lacks the class folder.s. tulip; complete it, or remove it"):
+        data._download("flowers", tmp_path)

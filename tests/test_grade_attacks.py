@@ -30,17 +30,6 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from course_lib import sandbox
 
-def _need_mnist():
-    """Module-scoped fixtures cannot use conftest's data_available: the same rule, here."""
-    from course_lib.data import DataNotFoundError, find_data_root
-    try:
-        find_data_root("MNIST", allow_download=False)
-    except DataNotFoundError as err:
-        if os.environ.get("CI") or os.environ.get("COURSE_REQUIRE_DATA"):
-            pytest.fail(f"CI must have the offline datasets: {err}")
-        pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
-
-
 
 def _required() -> bool:
     """CI (.ci/run) sets COURSE_REQUIRE_SANDBOX: there a missing sandbox or Slurm is a failure."""
@@ -81,13 +70,12 @@ def _embedded_digits() -> str:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory, request):
+def cohort(tmp_path_factory, request, data_available):
     if sandbox.bwrap_path() is None or os.geteuid() != 0:
         why = "the attack tests need bubblewrap (sudo apt-get install bubblewrap) and root"
         if _required():
             pytest.fail(f"CI must run them: {why}")
         pytest.skip(why)
-    _need_mnist()
     tmp = tmp_path_factory.mktemp("cohort")
     subs, out = tmp / "subs", tmp / "grades"
     subs.mkdir()

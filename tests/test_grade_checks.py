@@ -5,7 +5,6 @@ references so that they can play a student's unseen, real digits. Catch and fals
 over many sets are measured by that bench (``bench/grading_checks.md``); here one set each.
 """
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ from course_lib import grade, grade_checks as gc
 from course_lib.grade_checks import Rejected
 
 ROOT = Path(__file__).resolve().parent.parent
-
-def _need_mnist():
-    """Module-scoped fixtures cannot use conftest's data_available: the same rule, here."""
-    from course_lib.data import DataNotFoundError, find_data_root
-    try:
-        find_data_root("MNIST", allow_download=False)
-    except DataNotFoundError as err:
-        if os.environ.get("CI") or os.environ.get("COURSE_REQUIRE_DATA"):
-            pytest.fail(f"CI must have the offline datasets: {err}")
-        pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
-
 
 
 def _cheats():
@@ -39,8 +27,7 @@ cheats = _cheats()
 
 
 @pytest.fixture(scope="module")
-def judge(request):
-    _need_mnist()
+def judge(request, data_available):
     return gc.load_judge(hold_out=gc.HOLD_OUT)
 
 
@@ -119,10 +106,9 @@ def test_samples_that_keep_their_digits_without_the_network_are_caught(judge, la
 
 
 @pytest.fixture(scope="module")
-def second_judge():
+def second_judge(data_available):
     """A private judge as the grader trains one, on a tenth of MNIST to keep the test short
     (the grader's: all of it, one epoch, from a secret seed)."""
-    _need_mnist()
     from course_lib.classifier import train_classifier
     model, _ = train_classifier("mnist", epochs=1, seed=12345, limit=6000, progress=False)
     return model.eval()

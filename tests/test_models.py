@@ -178,4 +178,6 @@ def test_upblock_names_what_differs_between_input_and_skip():
         up(torch.zeros(1, 8, 4, 4), torch.zeros(1, 16, 4, 4))
     with pytest.raises(ValueError, match="differ in height and width"):
         up(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 8, 8))
+    with pytest.raises(ValueError, match="differ in batch size: both must be computed from the same"):
+        up(torch.zeros(1, 8, 4, 4), torch.zeros(2, 8, 4, 4))
     assert up(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4)).shape == (1, 4, 8, 8)

@@ -147,6 +147,11 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("forgiving = err.__traceback__.tb_frame.f_back.f_locals", "interpreter"),
     ("x = 1  # \u202e }; cheat() \u2066", "hides text"),          # "Trojan Source"
     ("x = 1" + " " * 400 + "; sample_digits = stash", "hides text"),   # past the part shown
+    ("from course_lib.ddpm import ddpm_step, CFGDenoiser", "assessed part"),   # 06's Parts 4, 5
+    ("from course_lib import unets", "assessed part"),
+    ("loss = diffusion_loss(model, x0, schedule)", "assessed part"),
+    ("from course_lib.viz import show_images", ""),                   # what 06 itself imports
+    ("from course_lib.blocks import GELUConvBlock", ""),
 ])
 def test_look_at(line, expected):
     found = code.look_at(line)
@@ -171,10 +176,13 @@ def test_the_page_shows_invisible_characters_and_counts_what_it_cut(tmp_path):
     plain = code.StudentCell(4, "new cell", [("+", "x = 1", "")])
     cut = code.StudentCell(5, "new cell", [("+", "x = 1", "")], more_lines=3)
     report = Report("s", PASS, accuracy=0.99, samples=100)
-    assert review.Entry(report, [plain]).marks == 0
-    assert review.Entry(report, [plain, cut]).marks == 1
-    assert review.Entry(report, [plain], more_cells=2).marks == 1
+    assert review.Entry(report, [plain]).cuts == 0
+    assert review.Entry(report, [plain, cut]).cuts == 1 and review.Entry(report, [cut]).marks == 0
+    assert review.Entry(report, [plain], more_cells=2).cuts == 1
     assert review.Entry(report, [cut]).order[0] == 0 < review.Entry(report, [plain]).order[0]
+    assert "1 cut from the page" in review.read_first([Report("s", PASS, accuracy=0.99, samples=100,
+                                                               code={"cells": [], "more_cells": 3})])[0]
+    assert code.look_at("x = 1  # \U000e0041\U000e0042") and review.visible("\U000e0041") == "\\U000e0041"
 
 
 def test_the_second_draw_is_a_check_on_the_page():

@@ -108,7 +108,7 @@ def test_slurm_without_sbatch_changes_nothing(tmp_path, monkeypatch, capsys):
     out.mkdir()
     (out / "alice.json").write_text('{"student": "alice"}')
     monkeypatch.setattr(gradebook.shutil, "which", lambda name: None)
-    monkeypatch.setattr(gradebook, "ensure_private_judge", lambda: pytest.fail("trained judges"))
+    monkeypatch.setattr(gradebook, "ensure_private_judge", lambda *a: pytest.fail("trained judges"))
     assert gradebook.main(["slurm", str(subs), "--out", str(out), "--profile", "test"]) == 2
     assert "sbatch not found" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["alice.json"]
@@ -137,6 +137,8 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
         return subprocess.CompletedProcess(cmd, returncode, job_id, "no partition")
 
     judge = ["--private-judge", str(tmp_path / "j.pt")]
+    trained = []    # the judges named are trained once, here, before any task (not in each task)
+    monkeypatch.setattr(gradebook, "ensure_private_judge", lambda path=None: trained.append(path))
     for wait in ([], ["--wait"]):       # no job id: nothing was submitted, waiting or not
         monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 1, ""))
         assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge, *wait]) == 2
@@ -156,6 +158,7 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
         "alice", "bob", "dave"]
     dave = json.loads((out / "dave.json").read_text())
     assert dave["status"] == ERROR and "is a link" in dave["reason"]
+    assert trained == [tmp_path / "j.pt"] * 3
 
 
 @pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"]])

@@ -344,6 +344,9 @@ def test_a_loader_with_no_batch_is_a_clear_error_not_an_untrained_model():
     assert len(loader) == 0
     with pytest.raises(ValueError, match="smaller batch_size"):
         train(nn.Linear(4, 1), loader, _mse, epochs=2, progress=False)
+    once = iter(_regression_problem())                # used up after the first epoch
+    with pytest.raises(ValueError, match="no batch in epoch 2: an iterator without a length"):
+        train(nn.Linear(4, 1), once, _mse, epochs=2, progress=False)
     with pytest.raises(ValueError, match="no loss was recorded"):
         History().final_loss
     assert History(losses=[4.0, 2.0]).final_loss == 2.0
