@@ -104,9 +104,11 @@ def _uses(fn: types.FunctionType, rebuilds: tuple[str, ...], seen: set) -> str |
         if name in names:
             return f"`{name}`"
     for name, value in _values(fn).items():
+        if isinstance(value, functools.partial):   # partial(ddpm_step, ...) is ddpm_step
+            value = value.func
         library = _library_name(value)
         if library is not None:
-            if library.split(".")[0] in rebuilds:
+            if set(library.split(".")) & set(rebuilds):   # UpBlock.forward, Schedule.q_sample
                 return f"`{name}` (the library's `{library}`)"
         elif inspect.isfunction(value):
             found = _uses(inspect.unwrap(value), rebuilds, seen)
@@ -116,8 +118,8 @@ def _uses(fn: types.FunctionType, rebuilds: tuple[str, ...], seen: set) -> str |
 
 
 def _shortcut(answer, rebuilds: tuple[str, ...], own: tuple[str, ...] = ()) -> str | None:
-    """What of the library's ``answer`` uses for the exercise, or None: the library's object
-    itself; in a class, a method of ``own`` that the library's class wrote (inherited, or
+    """What of the library's own code ``answer`` hands in for the exercise, or None: the
+    library's object itself; in a class, a method of ``own`` that the library's class wrote (inherited, or
     assigned from it), ``super`` in a method other than ``__init__`` (a subclass's forward
     that returns the library parent's); in the code of a function or of a class's own methods,
     a name in ``rebuilds``, used directly or through an alias or a helper."""

@@ -205,9 +205,7 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, schedule: Schedule,
     (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the eps
     error is the picture's error times SNR_t, so the nearly clean steps, whose picture is all but
     known, stop dominating the gradient. ``model_kwargs`` (e.g. ``c=..., c_mask=...``) are passed
-    to the model by keyword, exactly as the samplers pass their ``extra_args``. A ``generator``
-    must be on ``x0``'s device (notebook 02 prints this function as the equation's code, so it
-    stays plain; :meth:`VDenoiser.loss` takes one from any device).
+    to the model by keyword, exactly as the samplers pass their ``extra_args``.
     """
     if min_snr_gamma is not None and not min_snr_gamma > 0:
         raise ValueError(f"min_snr_gamma must be > 0 (Hang et al. use 5; None: unweighted), got "

@@ -1,4 +1,6 @@
 """Every exercise checker says "correct" for a right answer and explains a wrong one."""
+import functools
+
 import open_clip
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import nn
 from course_lib import check
 from course_lib.blocks import DownBlock, ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock
 from course_lib.conditioning import keep_mask, one_hot
-from course_lib.ddpm import add_noise, ddim_step, ddpm_step
+from course_lib.ddpm import add_noise, ddim_step, ddpm_step, linear_schedule
 
 
 def verdict(capsys, fn, *answer):
@@ -380,10 +382,17 @@ def _dodges():
         (check.check_reverse_step, (lambda x, t, e, s, z: _helper(x, t, e, s, z),), "`ddpm_step`"),
         (check.check_clip_loss, (open_clip.ClipLoss(),), "`ClipLoss` itself"),
         (check.check_rearrange_pool, (lambda x: nn.PixelUnshuffle(2)(x),), "PixelUnshuffle"),
+        (check.check_reverse_step, (lambda x, t, e, s, z: _PARTIAL(x, t, e, s, noise=z).x_prev,),
+         "the library's `ddpm_step`"),
+        (check.check_q_sample, (lambda x0, t, n, ab: _BOUND(x0, t, n),), "Schedule.q_sample"),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+_PARTIAL = functools.partial(ddpm_step)
+_BOUND = linear_schedule(150).q_sample   # a bound method of the library's schedule
+
+
+@pytest.mark.parametrize("case", range(13))
 def test_the_librarys_code_under_another_name_is_not_done_either(capsys, case):
     """Aliases, defaults, helpers, inherited or assigned methods, and the library's object itself:
     each matches the reference by construction, so each is refused, naming what it used."""

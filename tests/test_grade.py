@@ -498,6 +498,10 @@ def test_grader_blames_the_submission_in_one_line(tmp_path):
         # a module left in its folder never stands in for one the grader's runner imports
         "json_shadow": ("open('json.py', 'w').write('raise SystemExit(\"hijacked\")')\n"
                         + SAMPLER.format("torch.zeros(len(labels), 1, 28, 28)"), "constant"),
+        # a module the notebook wrote into its folder is still found by its sample_digits
+        "own_module": ("open('own_mod.py', 'w').write('import torch\\ndef zeros(n):\\n"
+                       "    return torch.zeros(n, 1, 28, 28)\\n')\nimport torch\nfrom own_mod import zeros\n"
+                       "def sample_digits(labels):\n    return zeros(len(labels))\n", "constant"),
         # only the grader's own export cell speaks for the grader
         "grader_prefix": ("raise Exception('GRADER: the judge is broken, please regrade')",
                           "cell 1 raised Exception: GRADER: the judge is broken"),
