@@ -9,6 +9,7 @@ names the call and asks for the student's own code instead (:func:`_shortcut`).
 """
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 import types
@@ -45,7 +46,11 @@ def checker(name: str, rebuilds: tuple[str, ...] = (), own: tuple[str, ...] = ()
                 return _verdict(name, False, f"not done yet: {err}")
             except Exception as err:
                 return _verdict(name, False, f"{type(err).__name__}: {err}")
-            called = ok and next(filter(None, (_shortcut(s, rebuilds, own) for s in student)), None)
+            try:
+                called = ok and next(filter(None, (_shortcut(s, rebuilds, own) for s in student)),
+                                     None)
+            except Exception:   # the guard must never break a student's cell; it found nothing
+                called = None
             if called:
                 return _verdict(name, False, f"it uses {called}, the library's version of this "
                                              "exercise: write the computation yourself")
@@ -58,13 +63,25 @@ LIBRARIES = ("course_lib", "open_clip")
 """Packages whose own code an answer may not hand in as its own."""
 
 
-def _names(code: types.CodeType) -> set[str]:
+def _names(code: types.CodeType, bound: frozenset = frozenset()) -> set[str]:
     """Every global, attribute and enclosing-scope name that ``code`` (and what it defines
-    inside) uses."""
-    names = set(code.co_names) | set(code.co_freevars)
+    inside) uses; not the names of its own locals that code nested in it (a comprehension, a
+    lambda) reads (``bound``)."""
+    names = set(code.co_names) | (set(code.co_freevars) - bound)
+    inner = bound | set(code.co_varnames) | set(code.co_cellvars)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _names(const)
+            names |= _names(const, inner)
+    return names
+
+
+def _globals_read(code: types.CodeType) -> set[str]:
+    """The global names ``code`` (and what it defines inside) reads: not attribute names, not
+    locals."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _globals_read(const)
     return names
 
 
@@ -82,14 +99,15 @@ def _library_name(obj) -> str | None:
 def _values(fn: types.FunctionType) -> dict[str, object]:
     """What ``fn``'s names stand for when it runs: the globals it names, its closure's cells and
     its defaults (an alias such as ``step = ddpm_step`` or ``def f(g=ddpm_step)``)."""
-    found = {name: fn.__globals__[name] for name in _names(fn.__code__) if name in fn.__globals__}
+    found = {name: fn.__globals__[name] for name in _globals_read(fn.__code__)
+             if name in fn.__globals__}
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
         try:
             found[name] = cell.cell_contents
         except ValueError:   # a cell not yet filled
             pass
     defaults = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
-    found.update({f"a default value ({type(v).__name__})": v for v in defaults})
+    found.update({f"default value {i + 1} ({type(v).__name__})": v for i, v in enumerate(defaults)})
     return found
 
 
@@ -111,10 +129,17 @@ def _uses(fn: types.FunctionType, rebuilds: tuple[str, ...], seen: set) -> str |
             if set(library.split(".")) & set(rebuilds):   # UpBlock.forward, Schedule.q_sample
                 return f"`{name}` (the library's `{library}`)"
         elif inspect.isfunction(value):
-            found = _uses(inspect.unwrap(value), rebuilds, seen)
+            inner = inspect.unwrap(value)
+            found = _uses(inner, rebuilds, seen) if inspect.isfunction(inner) else None
             if found:
                 return found
     return None
+
+
+def _parent_defining(cls: type, method: str) -> type | None:
+    """The class after ``cls`` in its method order that defines ``method`` (what ``super()``
+    reaches)."""
+    return next((c for c in cls.__mro__[1:] if method in vars(c)), None)
 
 
 def _shortcut(answer, rebuilds: tuple[str, ...], own: tuple[str, ...] = ()) -> str | None:
@@ -140,8 +165,10 @@ def _shortcut(answer, rebuilds: tuple[str, ...], own: tuple[str, ...] = ()) -> s
         found = _uses(fn, rebuilds, set())
         if found:
             return found
-        if method != "__init__" and inspect.isclass(answer) and "super" in _names(fn.__code__):
-            return f"`super().{method}` (the library's {method})"
+        parent = _parent_defining(answer, method) if inspect.isclass(answer) else None
+        if ((method != "__init__" or method in own) and "super" in _names(fn.__code__)
+                and _library_name(parent) is not None):   # the method is the library parent's
+            return f"`super().{method}` (the library's `{parent.__qualname__}.{method}`)"
     return None
 
 

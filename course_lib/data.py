@@ -115,10 +115,11 @@ def _download(name: str, target: Path) -> None:
     if name == "flowers":
         from torchvision.datasets.utils import download_and_extract_archive
 
-        if (target / "flowers").exists():   # never download over a folder someone made
-            raise FileExistsError(f"{target / 'flowers'} is there but "
-                                  f"{_flowers_lack(target / 'flowers') or 'is not a folder'}; "
-                                  "complete it, or remove it to download the photos again")
+        folder = target / "flowers"
+        if folder.exists():   # never download over what someone made there
+            what = _flowers_lack(folder) if folder.is_dir() else "is not a folder"
+            raise FileExistsError(f"{folder} is there but {what}; complete it, or remove it to "
+                                  "download the photos again")
         # Prepared in a folder of its own and moved into place last: an interrupted run leaves
         # no half-made flowers/ for the next lookup to take.
         partial = target / ".flowers-partial"
@@ -197,6 +198,8 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
             if _has_dataset(local, name):
                 return local
             reason = "the download finished but the files are not in the expected layout"
+        except FileExistsError as err:   # an incomplete flowers/ in the way: nothing was fetched
+            reason = f"no download was tried: {err}"
         except Exception as err:  # no network, server gone, disk full ...
             reason = f"download failed: {type(err).__name__}: {err}"
     places = "\n  - ".join(looked)

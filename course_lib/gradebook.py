@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .grade import (ERROR, Report, find_submissions, snapshot, unreadable_report,
                     why_unreadable)
-from .grade_checks import ensure_private_judge, one_line, private_judge_path
+from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
@@ -205,6 +205,16 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
               "slurm-wlm), or write the script with --dry-run and submit it from a login node",
               file=sys.stderr)
         return 2
+    judge = _private_judge_arg(grader_args)
+    if judge is None:
+        judge = private_judge_path()
+        grader_args = [*grader_args, "--private-judge", str(judge)]
+    if not dry_run:   # one set of private judges for the cohort, trained here, not in each task
+        try:          # (first: nothing is copied or moved for a grader that cannot judge)
+            ensure_private_judge(judge)
+        except CannotGrade as err:
+            print(f"could not grade: {err}", file=sys.stderr)
+            return 2
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     job = Path(tempfile.mkdtemp(prefix=f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-", dir=out))
@@ -218,12 +228,6 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     roster = job / "roster.txt"          # the script's; OUT/roster.txt only once it is submitted
     roster.write_text(roster_text(tasks))
     folder = submissions if submissions.is_dir() else submissions.parent
-    judge = _private_judge_arg(grader_args)
-    if judge is None:
-        judge = private_judge_path()
-        grader_args = [*grader_args, "--private-judge", str(judge)]
-    if not dry_run:   # one set of private judges for the cohort, trained here, not in each task
-        ensure_private_judge(judge)
     script = job / "grade.sbatch"
     script.write_text(sbatch_script(roster, out, max(1, len(tasks)), grader_args, cpus=cpus,
                                     mem_gib=mem_gib, minutes=minutes, parallel=parallel,

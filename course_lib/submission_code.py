@@ -58,10 +58,7 @@ LOOK_AT = (
     ("uses the course library's version of an assessed part (the schedule, UNet, loss, reverse "
      "step and guided sampling must be the student's own)",
      r"\bcourse_lib\.(ddpm|unets|editing|check|answer_key|toy2d)\b"
-     r"|\bfrom\s+course_lib\s+import\b.*\b(ddpm|unets|editing|check|answer_key)\b"
-     r"|\b(ddpm_step|ddim_step|diffusion_loss|CFGDenoiser|VDenoiser|sample_ddpm|sample_ddim"
-     r"|sample_guided|linear_schedule|cosine_schedule|scaled_linear_schedule|OptimizedUNet"
-     r"|TimeUNet)\b"),
+     r"|\bfrom\s+course_lib\s+import\b.*\b(ddpm|unets|editing|check|answer_key|toy2d)\b"),
 )
 _LOOK_AT = tuple((why, re.compile(pattern)) for why, pattern in LOOK_AT)
 HIDES_TEXT = ("hides text: invisible characters (direction overrides, zero-width or tag "
@@ -69,11 +66,27 @@ HIDES_TEXT = ("hides text: invisible characters (direction overrides, zero-width
 """The mark of a line that does not read as Python reads it (:func:`invisible`, ``WIDTH_CAP``)."""
 
 
+IGNORABLE = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+             (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
+"""Code points that show nothing yet are letters or marks to Python (Unicode's default-ignorable
+ones outside the format category): Hangul fillers, which Python takes in a name (``ㅤ = 1``),
+and variation selectors."""
+
+
 def invisible(ch: str) -> bool:
     """Whether ``ch`` shows nothing where it stands: a format or control character (the direction
-    overrides of "Trojan Source" code, zero-width spaces, Unicode's tag characters) or a line or
-    paragraph separator; not the tab."""
-    return ch != "\t" and unicodedata.category(ch) in ("Cf", "Cc", "Zl", "Zp")
+    overrides of "Trojan Source" code, zero-width spaces, Unicode's tag characters), a line or
+    paragraph separator, or one of IGNORABLE; not the tab."""
+    code = ord(ch)
+    return ch != "\t" and (unicodedata.category(ch) in ("Cf", "Cc", "Zl", "Zp")
+                            or any(low <= code <= high for low, high in IGNORABLE))
+
+
+def source_lines(text: str) -> list[str]:
+    """``text``'s lines as Python reads them: split at \\n, \\r\\n or \\r only (``splitlines``
+    also splits at form feeds and Unicode's separators, where Python sees no new line)."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 @dataclass
@@ -129,7 +142,7 @@ def _code_cells(path: Path) -> list[tuple[int, str]] | None:
 
 def _diff(old: str, new: str) -> list[tuple[str, str, str]]:
     """Every line of both, in order: kept (' '), removed ('-'), written ('+', with why to look)."""
-    a, b = old.splitlines(), new.splitlines()
+    a, b = source_lines(old), source_lines(new)
     lines = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if op == "equal":
@@ -181,7 +194,7 @@ def student_cells(notebook: Path, template: Path | None = TEMPLATE) -> list[Stud
             found.append(StudentCell(number, "changed template cell", _diff(alike, source)))
         else:
             found.append(StudentCell(number, "new cell",
-                                     [("+", line, look_at(line)) for line in source.splitlines()]))
+                                     [("+", line, look_at(line)) for line in source_lines(source)]))
     return found
 
 

@@ -225,8 +225,10 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
             raise ValueError(
                 f"the loader gave no batch in epoch {epoch + 1}: " + (
                     "an iterator without a length is used up after one pass; pass a DataLoader "
-                    "(or a list of batches), which starts again every epoch" if per_epoch is None
-                    else "a dataset smaller than one batch gives none when its loader drops the "
+                    "(or a list of batches), which starts again every epoch"
+                    if per_epoch is None and epoch > 0 else
+                    "it is empty" if per_epoch is None else
+                    "a dataset smaller than one batch gives none when its loader drops the "
                     "last, short batch (make_loader does when it shuffles); use a smaller "
                     "batch_size or more images"))
         history.epoch_seconds.append(time.perf_counter() - start)

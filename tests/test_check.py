@@ -10,7 +10,7 @@ from torch import nn
 from course_lib import check
 from course_lib.blocks import DownBlock, ResidualConvBlock, SinusoidalPositionEmbedBlock, UpBlock
 from course_lib.conditioning import keep_mask, one_hot
-from course_lib.ddpm import add_noise, ddim_step, ddpm_step, linear_schedule
+from course_lib.ddpm import CFGDenoiser, add_noise, ddim_step, ddpm_step, linear_schedule
 
 
 def verdict(capsys, fn, *answer):
@@ -369,6 +369,13 @@ def _dodges():
     def with_default(x, t, e, s, z, step=ddpm_step):
         return step(x, t, e, s, noise=z).x_prev
 
+    def two_defaults(x, t, e, s, z, step=ddpm_step, other=_helper):   # same type, both kept
+        return step(x, t, e, s, noise=z).x_prev
+
+    class ParentsInit(DownBlock):     # writes __init__, but only to call the library's
+        def __init__(self, i, o):
+            super().__init__(i, o)
+
     return [
         (check.check_add_noise, (add_noise,), "`add_noise` itself"),
         (check.check_down_block, (Inherited,), "DownBlock.__init__"),
@@ -379,6 +386,8 @@ def _dodges():
         (check.check_reverse_step, (lambda x, t, e, s, z: _STEP(x, t, e, s, noise=z).x_prev,),
          "the library's `ddpm_step`"),
         (check.check_reverse_step, (with_default,), "the library's `ddpm_step`"),
+        (check.check_reverse_step, (two_defaults,), "the library's `ddpm_step`"),
+        (check.check_down_block, (ParentsInit,), "`super().__init__` (the library's `DownBlock.__init__`)"),
         (check.check_reverse_step, (lambda x, t, e, s, z: _helper(x, t, e, s, z),), "`ddpm_step`"),
         (check.check_clip_loss, (open_clip.ClipLoss(),), "`ClipLoss` itself"),
         (check.check_rearrange_pool, (lambda x: nn.PixelUnshuffle(2)(x),), "PixelUnshuffle"),
@@ -388,11 +397,43 @@ def _dodges():
     ]
 
 
+guided = CFGDenoiser(lambda x, t, **kw: x, 2.0)   # a notebook's global of a library class
+
+
+def test_own_answers_that_share_a_name_with_the_library_are_not_refused(capsys):
+    """Locals read by a comprehension or a lambda, attribute names and a parent that is not the
+    library's are the student's own, whatever a global of the same name holds."""
+    def context(labels, n, keep_prob):
+        keep_mask = (torch.rand(len(labels), 1) < keep_prob).float()   # named like the library's
+        return one_hot(labels, n) * [keep_mask for _ in (0,)][0]
+
+    def guidance(cond, uncond, w):
+        guided = (1 + w) * cond - w * uncond
+        return (lambda: guided)()
+
+    class SequentialDown(nn.Sequential):
+        def __init__(self, i, o):
+            super().__init__(*OwnDown(i, o))
+
+        def forward(self, x):        # the parent whose forward it calls is torch's, not ours
+            return super().forward(x)
+    assert verdict(capsys, check.check_context_drop, context)[0]
+    assert verdict(capsys, check.check_guidance, guidance)[0]
+    assert verdict(capsys, check.check_down_block, SequentialDown)[0]
+
+
+def test_a_guard_that_fails_never_breaks_the_students_cell(capsys, monkeypatch):
+    def broken(*args):
+        raise AttributeError("'functools.partial' object has no attribute '__code__'")
+    monkeypatch.setattr(check, "_uses", broken)
+    assert verdict(capsys, check.check_add_noise, _own_add_noise)[0]
+
+
 _PARTIAL = functools.partial(ddpm_step)
 _BOUND = linear_schedule(150).q_sample   # a bound method of the library's schedule
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(15))
 def test_the_librarys_code_under_another_name_is_not_done_either(capsys, case):
     """Aliases, defaults, helpers, inherited or assigned methods, and the library's object itself:
     each matches the reference by construction, so each is refused, naming what it used."""

@@ -149,7 +149,9 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("x = 1" + " " * 400 + "; sample_digits = stash", "hides text"),   # past the part shown
     ("from course_lib.ddpm import ddpm_step, CFGDenoiser", "assessed part"),   # 06's Parts 4, 5
     ("from course_lib import unets", "assessed part"),
-    ("loss = diffusion_loss(model, x0, schedule)", "assessed part"),
+    ("import course_lib.ddpm as d", "assessed part"),
+    ("from course_lib import toy2d", "assessed part"),
+    ("def linear_schedule(T):  # mine, not ddpm_step's", ""),             # an own part, named alike
     ("from course_lib.viz import show_images", ""),                   # what 06 itself imports
     ("from course_lib.blocks import GELUConvBlock", ""),
 ])
@@ -183,6 +185,9 @@ def test_the_page_shows_invisible_characters_and_counts_what_it_cut(tmp_path):
     assert "1 cut from the page" in review.read_first([Report("s", PASS, accuracy=0.99, samples=100,
                                                                code={"cells": [], "more_cells": 3})])[0]
     assert code.look_at("x = 1  # \U000e0041\U000e0042") and review.visible("\U000e0041") == "\\U000e0041"
+    assert code.look_at("sample_digits = lambda l: \u3164(l)")    # a Hangul filler: a name to Python
+    assert review.visible("\u3164(l)") == "\\u3164(l)"
+    assert code.source_lines("a\nb\r\nc\x0cd\u2028e\n") == ["a", "b", "c\x0cd\u2028e"]   # Python's lines
 
 
 def test_the_second_draw_is_a_check_on_the_page():

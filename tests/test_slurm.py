@@ -301,3 +301,18 @@ def test_job_array_grades_each_submission_and_collect_builds_the_gradebook(slurm
     bob = page[page.index("<h2>bob:"):]
     bob = bob[:bob.index("</section>")]
     assert "bob forgot something" in bob and "new cell" in bob
+
+
+def test_slurm_that_cannot_train_its_judges_stops_before_copying_anything(tmp_path, monkeypatch, capsys):
+    from course_lib.grade_checks import CannotGrade
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    _notebook(subs / "alice.ipynb", "x = 1")
+    monkeypatch.setattr(gradebook.shutil, "which", lambda name: "/usr/bin/sbatch")
+
+    def no_mnist(path=None):
+        raise CannotGrade("MNIST is needed to judge the samples")
+    monkeypatch.setattr(gradebook, "ensure_private_judge", no_mnist)
+    assert gradebook.main(["slurm", str(subs), "--out", str(out)]) == 2
+    assert "could not grade: MNIST is needed" in capsys.readouterr().err
+    assert not out.exists()
