@@ -325,7 +325,22 @@ def check_ddim_step(fn):
 @checker("sinusoidal embedding (03)", rebuilds=("SinusoidalPositionEmbedBlock",))
 def check_sinusoidal(fn):
     t = torch.tensor([0, 1, 7, 149])   # float32 rounding alone: up to ~2e-5 at t = 149
-    return _close(fn(t, 32), SinusoidalPositionEmbedBlock(32)(t), 1e-4)
+    want = SinusoidalPositionEmbedBlock(32)(t)
+    got = fn(t, 32)
+    ok, detail = _close(got, want, 1e-4)
+    if ok or not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return ok, detail
+    sin, cos = want[:, :16], want[:, 16:]
+    if _close(got, torch.cat((cos, sin), dim=1), 1e-4)[0]:
+        return False, f"{detail}: the cosines come first; the sines go first, then the cosines"
+    if _close(got, torch.stack((sin, cos), dim=2).flatten(1), 1e-4)[0]:
+        return False, (f"{detail}: sines and cosines are interleaved (the Transformer's layout); "
+                       "here all the sines come first, then all the cosines")
+    angles = t.float()[:, None] * 10_000 ** (-torch.arange(16) / 16)
+    if _close(got, torch.cat((angles.sin(), angles.cos()), dim=1), 1e-4)[0]:
+        return False, (f"{detail}: the exponents are k/(d/2); DDPM's run k/(d/2 − 1), so the last "
+                       "frequency is exactly 10⁻⁴")
+    return False, detail
 
 
 @checker("Rearrange pooling (03)", rebuilds=("RearrangePoolBlock", "PixelUnshuffle", "PixelShuffle",
@@ -364,8 +379,13 @@ def check_residual_block(cls):
 def check_guidance(fn):
     cond, uncond = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     for w in (-1.0, 0.0, 0.5, 2.0):
-        ok, detail = _close(fn(cond, uncond, w), (1 + w) * cond - w * uncond)
+        got = fn(cond, uncond, w)
+        ok, detail = _close(got, (1 + w) * cond - w * uncond)
         if not ok:
+            if _close(got, uncond + w * (cond - uncond))[0]:
+                return False, (f"w={w}: that is the other convention, ε_u + w·(ε_c − ε_u), where "
+                               "w = 1 is the conditional model; this course's w = 0 is, so "
+                               "ε = (1 + w)·ε_c − w·ε_u")
             return False, f"w={w}: {detail}"
     return True, "matches for w = -1, 0, 0.5 and 2"
 
@@ -435,7 +455,20 @@ def check_clip_loss(fn):
     img = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
     scale = torch.tensor(10.0)
-    return _close(fn(img, txt, scale), open_clip.ClipLoss()(img, txt, scale), 1e-5)
+    got = fn(img, txt, scale)
+    ok, detail = _close(got, open_clip.ClipLoss()(img, txt, scale), 1e-5)
+    if ok or not isinstance(got, torch.Tensor):
+        return ok, detail
+    logits, target = scale * img @ txt.T, torch.arange(len(img))
+    one_way = {"images to captions": torch.nn.functional.cross_entropy(logits, target),
+               "captions to images": torch.nn.functional.cross_entropy(logits.T, target)}
+    for way, loss in one_way.items():
+        if _close(got, loss, 1e-5)[0]:
+            return False, (f"{detail}: only {way} is scored; CLIP's loss is the mean of both "
+                           "directions' cross-entropies")
+    if _close(got, sum(one_way.values()), 1e-5)[0]:
+        return False, f"{detail}: both directions summed; CLIP's loss is their mean"
+    return False, detail
 
 
 @checker("zero-shot classification (05)", rebuilds=("zero_shot",))

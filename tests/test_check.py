@@ -195,13 +195,21 @@ def test_sinusoidal_and_rearrange(capsys):
         angles = t.float()[:, None] * 10_000 ** (-torch.arange(half) / half)
         return torch.cat((angles.sin(), angles.cos()), dim=1)
     assert verdict(capsys, check.check_sinusoidal, by_exp)[0]
-    assert not verdict(capsys, check.check_sinusoidal, half_not_half_minus_one)[0]
+    ok, out = verdict(capsys, check.check_sinusoidal, half_not_half_minus_one)
+    assert not ok and "k/(d/2 − 1)" in out, out
+
+    def interleaved(t, dim):               # sin, cos, sin, cos, ... as the Transformer lays them out
+        e = right(t, dim)
+        return torch.stack((e[:, :dim // 2], e[:, dim // 2:]), dim=2).flatten(1)
+    ok, out = verdict(capsys, check.check_sinusoidal, interleaved)
+    assert not ok and "interleaved" in out, out
 
     def swapped(t, dim):
         e = SinusoidalPositionEmbedBlock(dim)(t)
         return torch.cat((e[:, dim // 2:], e[:, :dim // 2]), dim=1)
     assert verdict(capsys, check.check_sinusoidal, right)[0]
-    assert not verdict(capsys, check.check_sinusoidal, swapped)[0]
+    ok, out = verdict(capsys, check.check_sinusoidal, swapped)
+    assert not ok and "the cosines come first" in out, out
     good = lambda x: rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)  # noqa
     bad = lambda x: rearrange(x, "b c (h p1) (w p2) -> b (p1 p2 c) h w", p1=2, p2=2)  # noqa
     assert verdict(capsys, check.check_rearrange_pool, good)[0]
@@ -227,6 +235,8 @@ def test_residual_block(capsys):
 def test_guidance_and_guided_eps(capsys):
     assert verdict(capsys, check.check_guidance, lambda c, u, w: (1 + w) * c - w * u)[0]
     assert not verdict(capsys, check.check_guidance, lambda c, u, w: c + w * (c - u) * 0.5)[0]
+    ok, out = verdict(capsys, check.check_guidance, lambda c, u, w: u + w * (c - u))
+    assert not ok and "the other convention" in out and "w = 1 is the conditional" in out, out
 
     def one_pass(model, x, t, c, w):
         mask = torch.cat((torch.ones(len(x), 1), torch.zeros(len(x), 1)))
@@ -286,7 +296,15 @@ def test_clip_loss_and_zero_shot(capsys):
     def one_direction(img, txt, scale):
         logits = scale * img @ txt.T
         return nn.functional.cross_entropy(logits, torch.arange(len(img)))
-    assert not verdict(capsys, check.check_clip_loss, one_direction)[0]
+    ok, out = verdict(capsys, check.check_clip_loss, one_direction)
+    assert not ok and "only images to captions is scored" in out, out
+
+    def summed(img, txt, scale):
+        logits, target = scale * img @ txt.T, torch.arange(len(img))
+        return (nn.functional.cross_entropy(logits, target)
+                + nn.functional.cross_entropy(logits.T, target))
+    ok, out = verdict(capsys, check.check_clip_loss, summed)
+    assert not ok and "summed" in out, out
 
     def right(img, txt):
         img, txt = nn.functional.normalize(img, dim=1), nn.functional.normalize(txt, dim=1)
