@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import draw_device
+
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Integer labels (B,) -> float one-hot vectors (B, n_classes)."""
@@ -24,8 +26,7 @@ def keep_mask(batch: int, keep_prob: float = 0.9, device=None,
     """Bernoulli(keep_prob) mask of shape (B, 1): 1 keeps the context, 0 drops it."""
     if not 0.0 <= keep_prob <= 1.0:
         raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
-    draw = generator.device if generator is not None else device   # a generator draws at home
-    probs = torch.full((batch, 1), keep_prob, device=draw)
+    probs = torch.full((batch, 1), keep_prob, device=draw_device(generator, device))
     return torch.bernoulli(probs, generator=generator).to(device)
 
 
@@ -44,6 +45,7 @@ def mix_contexts(image_c: torch.Tensor, text_c: torch.Tensor, p_text: float,
                          f"{tuple(image_c.shape)} and {tuple(text_c.shape)}")
     if not 0.0 <= p_text <= 1.0:
         raise ValueError(f"p_text must be in [0, 1], got {p_text}")
-    draw = generator.device if generator is not None else image_c.device
-    use_text = (torch.rand(len(image_c), 1, device=draw, generator=generator) < p_text).to(image_c.device)
+    use_text = torch.rand(len(image_c), 1, device=draw_device(generator, image_c.device),
+                          generator=generator) < p_text
+    use_text = use_text.to(image_c.device)
     return torch.where(use_text, text_c, image_c)

@@ -126,6 +126,12 @@ def trains_fast(device: torch.device | str) -> bool:
     return speed(device) == "fast"
 
 
+def draw_device(generator: torch.Generator | None, device) -> torch.device:
+    """Where to draw random numbers: on ``generator``'s own device when one is given (a generator
+    draws only there), else on ``device``; the caller moves the draw to its data."""
+    return generator.device if generator is not None else torch.device(device or "cpu")
+
+
 @contextmanager
 def evaluating(model: torch.nn.Module):
     """``model`` in eval mode inside the ``with``; afterwards every submodule is back in its own

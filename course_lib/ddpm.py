@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import native_bf16
+from .config import draw_device, native_bf16
 
 Denoiser = Callable[..., torch.Tensor]   # model(x_t, t, **extra_args) -> eps
 
@@ -252,7 +252,7 @@ class VDenoiser:
         a v-target (Hang et al. 2023); ``lognormal=(P_mean, P_std)`` draws t by
         :func:`lognormal_timesteps` instead of uniformly.
         """
-        draw = generator.device if generator is not None else x0.device   # the generator's own
+        draw = draw_device(generator, x0.device)
         if lognormal is None:
             t = torch.randint(0, self.schedule.T, (len(x0),), device=draw, generator=generator)
         else:
@@ -281,8 +281,8 @@ def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std:
         raise ValueError(f"lognormal timesteps need P_std > 0 (EDM: 1.2), got {p_std}")
     device = schedule.alpha_bars.device
     log_sigmas = (0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()).float()
-    draw = generator.device if generator is not None else device
-    drawn = (p_mean + p_std * torch.randn(n, device=draw, generator=generator)).to(device)
+    drawn = p_mean + p_std * torch.randn(n, device=draw_device(generator, device), generator=generator)
+    drawn = drawn.to(device)
     return (drawn[:, None] - log_sigmas[None, :]).abs().argmin(dim=1)
 
 
