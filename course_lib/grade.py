@@ -660,7 +660,7 @@ def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limit
     return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m course_lib.grade",
         description="Grade 06_Assessment submissions, each in a sandbox: run it in a fresh kernel, "
@@ -706,7 +706,7 @@ def main(argv=None) -> int:
     if argv[:1] in (["collect"], ["slurm"]):
         from . import gradebook
         return gradebook.main(argv)
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
         parser.error("--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]")

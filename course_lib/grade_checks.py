@@ -7,7 +7,9 @@ not the pinned ones, no MNIST) raise :class:`CannotGrade`.
 A pass must show *generated* digits:
 
 - **read safely**: the samples file is opened with O_NOFOLLOW, must be a regular file under
-  ``SAMPLES_CAP`` bytes, and is loaded with ``weights_only=True`` under a time limit;
+  ``SAMPLES_CAP`` bytes whose archive records are stored uncompressed and add up to no more
+  (:func:`stored_records`: a compressed record could inflate a thousandfold in the grader's
+  memory), and is loaded with ``weights_only=True`` under a time limit;
 - **well formed**: a float tensor of the right shape, finite, in [-1, 1];
 - **drawn, not stored**: the second draw (another seed) differs from the first (at most
   ``DIFFER_SHARE`` the same), and one draw does not repeat itself (at most ``REPEAT_SHARE`` of its
@@ -60,6 +62,7 @@ import secrets
 import signal
 import stat
 import sys
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,6 +281,27 @@ def read_plain(path: Path, cap: int) -> bytes:
         return file.read(cap + 1)
 
 
+def stored_records(data: bytes, cap: int) -> None:
+    """Raise Rejected unless ``data`` is a zip archive (what ``torch.save`` writes) whose records
+    are all stored, not compressed, and hold at most ``cap`` bytes together. ``torch.load``
+    inflates compressed records too: 64 MiB of DEFLATE-compressed zeros would become ~60 GiB in
+    the grader's process, which the size cap on the file alone does not stop; and records whose
+    data overlap (each pointing into the same bytes) could add up to far more than the file."""
+    try:
+        records = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        raise Rejected("the samples file is not the archive torch.save writes; it must be the "
+                       "file the grader's sampling step saved") from None
+    packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise Rejected(f"the samples file holds {len(packed)} compressed record(s) "
+                       f"({one_line(packed[0])[:60]}); torch.save stores its records uncompressed")
+    size = sum(r.file_size for r in records)
+    if size > cap:
+        raise Rejected(f"the samples file's records hold {size / 2**20:.0f} MiB, over the "
+                       f"{cap / 2**20:.0f} MiB limit")
+
+
 def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS):
     """One draw's pictures, saved in the sandbox: no links, no pipes, nothing huge, no code."""
     try:
@@ -289,6 +313,7 @@ def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECON
     except OSError as err:
         raise Rejected(f"the samples file cannot be opened ({err.strerror}); it must be a plain "
                        "file written by the grader's sampling step") from None
+    stored_records(data, cap)
     with time_limit(seconds, "reading the samples"):
         try:
             draws = torch.load(io.BytesIO(data), weights_only=True)

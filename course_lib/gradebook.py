@@ -31,8 +31,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (ERROR, Report, find_submissions, snapshot, unreadable_report,
-                    why_unreadable)
+from .grade import (ERROR, Report, build_parser, find_submissions, snapshot,
+                    unreadable_report, why_unreadable)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
@@ -180,14 +180,19 @@ def collect_command(out: Path, sudo: bool | None = None) -> str:
             f"{shlex.quote(str(out))}")
 
 
-def _private_judge_arg(grader_args: list[str]) -> Path | None:
-    """The ``--private-judge`` file among the graders' arguments, if one is named."""
-    for i, arg in enumerate(grader_args):
-        if arg.startswith("--private-judge="):
-            return Path(arg.split("=", 1)[1])
-        if arg == "--private-judge" and i + 1 < len(grader_args):
-            return Path(grader_args[i + 1])
-    return None
+def grader_options(grader_args: list[str]) -> argparse.Namespace:
+    """The options every task's grader will get, read now by the grader's own parser, as each
+    task will read them: a typo fails here, once, not in every task of the array, and an
+    abbreviation (``--private-j FILE``) names the same judges here as there. Raises ValueError."""
+    parser = build_parser()
+    parser.exit_on_error = False
+    try:
+        options, unknown = parser.parse_known_args(["SUBMISSIONS", *grader_args])
+    except argparse.ArgumentError as err:
+        raise ValueError(str(err)) from None
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    return options
 
 
 def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: bool = False,
@@ -197,6 +202,12 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     if not submissions.exists():
         print(f"could not grade: {submissions} does not exist", file=sys.stderr)
         return 2
+    try:
+        options = grader_options(grader_args)
+    except ValueError as err:
+        print(f"could not grade: {one_line(err)}; the grader's options are listed by "
+              "python -m course_lib.grade --help (nothing was copied or submitted)", file=sys.stderr)
+        return 2
     notebooks = find_submissions(submissions) if submissions.is_dir() else [submissions]
     if not notebooks:
         return 2
@@ -205,7 +216,7 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
               "slurm-wlm), or write the script with --dry-run and submit it from a login node",
               file=sys.stderr)
         return 2
-    judge = _private_judge_arg(grader_args)
+    judge = options.private_judge
     if judge is None:
         judge = private_judge_path()
         grader_args = [*grader_args, "--private-judge", str(judge)]

@@ -35,15 +35,26 @@ def _cpu_flags_decide_bfloat16(monkeypatch):
     monkeypatch.delenv("COURSE_BF16", raising=False)
 
 
-@pytest.fixture(scope="session")   # session: module-scoped fixtures (a judge, a cohort) use it too
-def data_available():
-    """Skip (or, under CI, fail) when the offline datasets are not reachable."""
+def _need(*names: str) -> None:
+    """Skip (or, under CI, fail) unless each named offline dataset is reachable."""
     from course_lib.data import DataNotFoundError, find_data_root
 
     try:
-        for name in ("FashionMNIST", "MNIST", "flowers"):
+        for name in names:
             find_data_root(name, allow_download=False)
     except DataNotFoundError as err:
         if _required():
             pytest.fail(f"CI must have the offline datasets: {err}")
         pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
+
+
+@pytest.fixture(scope="session")   # session: module-scoped fixtures (a judge, a cohort) use it too
+def data_available():
+    """All three offline datasets (FashionMNIST, MNIST, flowers)."""
+    _need("FashionMNIST", "MNIST", "flowers")
+
+
+@pytest.fixture(scope="session")
+def mnist_available():
+    """MNIST alone: all the grader needs (its judges and references are MNIST's)."""
+    _need("MNIST")

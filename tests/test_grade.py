@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -113,7 +114,7 @@ def test_student_names_are_safe_and_never_merge_two_students():
     assert names[0] == "alice" and names[2] == "O_Brien" and names[3] == "-dash"
     assert names[1].startswith("O_Brien-") and len(set(names)) == len(names)
     assert all(re.fullmatch(r"[\w.-]+", n) and len(n) <= 80 for n in names), names
-    assert grade._parser().parse_args(["x.ipynb", f"--name={names[3]}"]).name == "-dash"
+    assert grade.build_parser().parse_args(["x.ipynb", f"--name={names[3]}"]).name == "-dash"
 
 
 def test_find_submissions_lists_what_it_leaves_out(tmp_path, capsys):
@@ -186,6 +187,28 @@ def test_read_samples_refuses_links_pipes_big_files_and_code(tmp_path):
     assert "weights_only=False" not in err.value.reason and not pwned.exists()
     with pytest.raises(Rejected, match="no samples were saved"):
         grade_checks.read_samples(tmp_path / "missing.pt")
+
+
+def test_read_samples_refuses_compressed_records_that_would_inflate_past_the_cap(tmp_path):
+    """A zip bomb: torch.load inflates DEFLATE records, so a file under the cap could fill the
+    grader's memory. The same draw, recompressed, is refused before it is loaded."""
+    good = _save(tmp_path / "good.pt", {"images": torch.zeros(64, 1, 28, 28)})
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(packed, "w") as dst:
+        for record in src.infolist():
+            dst.writestr(record.filename, src.read(record), compress_type=zipfile.ZIP_DEFLATED)
+    assert packed.stat().st_size < good.stat().st_size // 20          # it did compress
+    assert torch.load(packed, weights_only=True)["images"].shape == (64, 1, 28, 28)  # torch would read it
+    with pytest.raises(Rejected, match="compressed record"):
+        grade_checks.read_samples(packed)
+    assert grade_checks.read_samples(good).shape == (64, 1, 28, 28)
+    cap = good.stat().st_size                        # records that claim more than the cap
+    with pytest.raises(Rejected, match="records hold"):
+        grade_checks.stored_records(good.read_bytes(), cap // 2)
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(b"\x80\x04K\x01.")           # a bare pickle, not torch.save's archive
+    with pytest.raises(Rejected, match="not the archive torch.save writes"):
+        grade_checks.read_samples(plain)
 
 
 def test_check_samples_reasons():
@@ -478,7 +501,7 @@ def test_a_step_stopped_for_filling_its_folder_is_a_fail_that_says_so(tmp_path, 
 SAMPLER = "import torch\ndef sample_digits(labels):\n    return {}\n"
 
 
-@pytest.mark.usefixtures("data_available")
+@pytest.mark.usefixtures("mnist_available")
 def test_grader_blames_the_submission_in_one_line(tmp_path):
     """Each broken notebook is a FAIL (exit 1) with its own one-line reason; one folder run."""
     cases = {
@@ -522,20 +545,20 @@ def test_grader_blames_the_submission_in_one_line(tmp_path):
     assert "No code kept" not in page and "new cell" in page   # each report keeps its code
 
 
-@pytest.mark.usefixtures("data_available")   # the grader trains its private judges on MNIST first
+@pytest.mark.usefixtures("mnist_available")   # the grader trains its private judges on MNIST first
 def test_grader_refuses_fixme_without_running(tmp_path):
     code, out = _run_grader(answer_key.TEMPLATE, "--out", tmp_path, *_sandbox_args())
     assert code == 1 and "FIXMEs left" in out
 
 
-@pytest.mark.usefixtures("data_available")   # the grader trains its private judges on MNIST first
+@pytest.mark.usefixtures("mnist_available")   # the grader trains its private judges on MNIST first
 def test_grader_time_limit(tmp_path):
     sub = _notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(120)")
     code, out = _run_grader(sub, "--timeout", 8, "--out", tmp_path, *_sandbox_args())
     assert code == 1 and "time-out" in out, out
 
 
-@pytest.mark.usefixtures("data_available")   # the grader trains its private judges on MNIST first
+@pytest.mark.usefixtures("mnist_available")   # the grader trains its private judges on MNIST first
 def test_grader_could_not_grade(tmp_path):
     code, out = _run_grader(tmp_path / "missing.ipynb")
     assert code == 2 and "does not exist" in out
@@ -569,7 +592,7 @@ def test_grader_refuses_without_libseccomp_before_any_submission_runs(tmp_path, 
     assert not (tmp_path / "g").exists(), "nothing is graded or written"
 
 
-@pytest.mark.usefixtures("data_available")
+@pytest.mark.usefixtures("mnist_available")
 def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     """Fast: one epoch on 512 images, so no accuracy is asserted; the report must be well formed."""
     completed = tmp_path / "subs" / "key.ipynb"

@@ -70,7 +70,7 @@ def _embedded_digits() -> str:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory, request, data_available):
+def cohort(tmp_path_factory, request, mnist_available):
     if sandbox.bwrap_path() is None or os.geteuid() != 0:
         why = "the attack tests need bubblewrap (sudo apt-get install bubblewrap) and root"
         if _required():

@@ -27,7 +27,7 @@ cheats = _cheats()
 
 
 @pytest.fixture(scope="module")
-def judge(request, data_available):
+def judge(request, mnist_available):
     return gc.load_judge(hold_out=gc.HOLD_OUT)
 
 
@@ -106,7 +106,7 @@ def test_samples_that_keep_their_digits_without_the_network_are_caught(judge, la
 
 
 @pytest.fixture(scope="module")
-def second_judge(data_available):
+def second_judge(mnist_available):
     """A private judge as the grader trains one, on a tenth of MNIST to keep the test short
     (the grader's: all of it, one epoch, from a secret seed)."""
     from course_lib.classifier import train_classifier

@@ -161,10 +161,12 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
     assert trained == [tmp_path / "j.pt"] * 3
 
 
-@pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"]])
-def test_slurm_keeps_the_instructors_private_judge_in_either_spelling(tmp_path, form):
+@pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"],
+                                  ["--private-j", "{p}"]])
+def test_slurm_keeps_the_instructors_private_judge_in_any_spelling(tmp_path, form):
     """argparse keeps the last --private-judge: a default appended after the instructor's own
-    (given as "--private-judge=PATH") would silently replace it."""
+    (given as "--private-judge=PATH", or abbreviated as the grader's parser allows) would
+    silently replace it."""
     subs = tmp_path / "subs"
     subs.mkdir()
     _notebook(subs / "alice.ipynb", "x = 1")
@@ -173,7 +175,21 @@ def test_slurm_keeps_the_instructors_private_judge_in_either_spelling(tmp_path, 
     assert gradebook.main(["slurm", str(subs), "--out", str(tmp_path / "out"), "--dry-run",
                            "--profile", "test", *args]) == 0
     script = next((tmp_path / "out").glob(".slurm-*/grade.sbatch")).read_text()
-    assert str(mine) in script and script.count("--private-judge") == 1, script
+    assert str(mine) in script and script.count("--private-j") == 1, script
+
+
+@pytest.mark.parametrize("wrong,said", [(["--threshhold", "0.9"], "unrecognized arguments: --threshhold"),
+                                        (["--threshold", "high"], "invalid float value: 'high'"),
+                                        (["--profile", "fast"], "invalid choice: 'fast'")])
+def test_slurm_reads_the_graders_options_before_anything_is_copied(tmp_path, capsys, wrong, said):
+    """Each task's grader would refuse the option: a typo fails once, here, not in every task."""
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    _notebook(subs / "alice.ipynb", "x = 1")
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), "--dry-run", *wrong]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "course_lib.grade --help" in err and "\n" not in err.strip(), err
+    assert not out.exists()
 
 
 def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
@@ -276,7 +292,7 @@ def slurm(tmp_path_factory):
             pass
 
 
-@pytest.mark.usefixtures("data_available")
+@pytest.mark.usefixtures("mnist_available")
 def test_job_array_grades_each_submission_and_collect_builds_the_gradebook(slurm, tmp_path):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()

@@ -13,7 +13,6 @@ import os
 import site
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
