@@ -101,7 +101,8 @@ class Schedule:
         device = torch.as_tensor(betas).device
         f = lambda v: v.to(device, dtype)  # noqa: E731
         # Eq. 7: beta~_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t)·beta_t, and the two weights of the posterior
-        # mean. All in float64: 1 - ᾱ_t cancels in float32 near t = 0.
+        # mean, built in float64, where 1 - ᾱ_t does not cancel near t = 0. (q_sample and the
+        # steps take 1 - ᾱ_t from the stored float32 ᾱ: off by 2e-4 of itself at worst, at t = 0.)
         return cls(
             betas=f(b), alphas=f(alphas), alpha_bars=f(alpha_bars),
             alpha_bars_prev=f(alpha_bars_prev),
@@ -541,10 +542,24 @@ class CFGDenoiser:
             eps_uncond = self.uncond(x, t, c=c, c_mask=torch.zeros_like(keep)).to(x.dtype)
         guided = (1 + self.w) * eps_cond - self.w * eps_uncond
         if self.rescale:
-            guided = rescale_guidance(guided, eps_cond, self.rescale)
+            guided = self._rescaled(guided, eps_cond, x, t)
         if rows.all():
             return guided
         return torch.where(rows.reshape(-1, *[1] * (x.ndim - 1)), guided, eps_cond)
+
+
+    def _rescaled(self, guided: torch.Tensor, cond: torch.Tensor, x: torch.Tensor,
+                  t: torch.Tensor) -> torch.Tensor:
+        """:func:`rescale_guidance` of what the network predicts: v for a :class:`VDenoiser`
+        (Lin et al. 2024 rescale a v-network's v, as diffusers rescales a pipeline's raw
+        output). Its ε = √ᾱ·v + √(1−ᾱ)·x_t shares the term √(1−ᾱ)·x_t between the guided and the
+        conditional prediction, which dominates both spreads where ᾱ ≈ 0: rescaled as ε, the
+        noisy steps would hardly change."""
+        if not isinstance(self.model, VDenoiser):
+            return rescale_guidance(guided, cond, self.rescale)
+        a, s = self.model._scales(t, x)
+        v = rescale_guidance((guided - s * x) / a, (cond - s * x) / a, self.rescale)
+        return a * v + s * x
 
 
 class ProjectedGuidance:
@@ -645,9 +660,11 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     σ is each sample's standard deviation over all its pixels. Large w inflates the guided
     prediction's spread, which shows as burnt, over-saturated colours; scaling it back to the
     conditional prediction's spread fixes that, and the blend with φ < 1 keeps some of the
-    contrast guidance adds. The same sum as diffusers' ``rescale_noise_cfg``. On the course's
-    ε-prediction flower models it changes nothing measurable (bench/flower_sampler.md), so the
-    notebooks sample without it; it is here to try on larger w or other models.
+    contrast guidance adds. The same sum as diffusers' ``rescale_noise_cfg``, on the network's
+    own prediction (:class:`CFGDenoiser` turns a :class:`VDenoiser`'s ε back into v first). On
+    the course's ε-prediction models it changed nothing measurable (bench/flower_sampler.md,
+    bench/fashion_guidance.md), so the notebooks sample without it; it is here to try on larger w
+    or other models.
     """
     dims = list(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)

@@ -169,6 +169,12 @@ class GaussianMixture:
         r = self.responsibilities(x, alpha_bar)
         return torch.zeros(len(r), self.n_classes, dtype=r.dtype).index_add_(1, self.classes, r)
 
+    def log_class_prob(self, x: torch.Tensor, c: int, alpha_bar=1.0) -> torch.Tensor:
+        """log p_t(c | x) (eq. 6) with logsumexp: over c's terms of eq. (1) minus over all, (N,).
+        Finite where p_t(c | x) itself underflows to 0 far from class c's components."""
+        log_joint, _, _ = self._terms(x, alpha_bar)
+        return log_joint[:, self.classes == c].logsumexp(-1) - log_joint.logsumexp(-1)
+
     def cfg_eps(self, x: torch.Tensor, alpha_bar, c, w: float) -> torch.Tensor:
         """Guided ε (eq. 7): (1 + w)·ε*(x, t, c) - w·ε*(x, t)."""
         return (1 + w) * self.eps(x, alpha_bar, c) - w * self.eps(x, alpha_bar)
@@ -195,7 +201,7 @@ class GaussianMixture:
 
         w = 0 gives p(x, c) ∝ p(x | c); w = -1 gives p(x). Returns (ny, nx) float64.
         """
-        log_p = self.log_prob(grid.points) + (1 + w) * self.class_probs(grid.points)[:, c].log()
+        log_p = self.log_prob(grid.points) + (1 + w) * self.log_class_prob(grid.points, c)
         p = (log_p - log_p.max()).exp()
         return (p / (p.sum() * grid.cell_area)).reshape(grid.shape)
 
@@ -289,7 +295,7 @@ class ExactDenoiser:
 
 
 class ToyDenoiser(nn.Module):
-    """ε_θ(x_t, t, c): an MLP on [x_t, sinusoidal embedding of t, c·c_mask] (a few thousand weights).
+    """ε_θ(x_t, t, c): an MLP on [x_t, sinusoidal embedding of t, c·c_mask] (about ten thousand weights).
 
     Same call as the course's UNets: ``forward(x, t, c=None, c_mask=None)`` with t a LongTensor
     (N,) of steps in [0, T), c one-hot (N, n_classes) and c_mask (N, 1) 1 to keep the context.

@@ -231,6 +231,13 @@ def test_residual_block(capsys):
     ok, out = verdict(capsys, check.check_residual_block, NoSkip)
     assert not ok and "residual sum is missing" in out
 
+    class InputSkip(ResidualConvBlock):     # ResNet's identity shortcut: in_ch ≠ out_ch here
+        def forward(self, x):
+            return x + self.conv2(self.conv1(x))
+
+    ok, out = verdict(capsys, check.check_residual_block, InputSkip)
+    assert not ok and "differ in shape" in out and "out_ch channels" in out, out
+
 
 def test_guidance_and_guided_eps(capsys):
     assert verdict(capsys, check.check_guidance, lambda c, u, w: (1 + w) * c - w * u)[0]
@@ -272,11 +279,25 @@ def test_paste_back(capsys):
     def clean_photo(x, photo, keep, t_prev, schedule, noise):       # pastes the photo unnoised
         return keep * photo + (1 - keep) * x
 
+    def level_before(x, photo, keep, t_prev, schedule, noise):      # the noise level of step t
+        ab = schedule.alpha_bars[t_prev + 1]
+        return keep * (ab.sqrt() * photo + (1 - ab).sqrt() * noise) + (1 - keep) * x
+
+    def pastes_everywhere(x, photo, keep, t_prev, schedule, noise):  # keep ignored
+        return right(x, photo, torch.ones_like(keep), t_prev, schedule, noise)
+
     assert verdict(capsys, check.check_paste_back, right)[0]
     ok, out = verdict(capsys, check.check_paste_back, always_noised)
     assert not ok and "t_prev=-1" in out and "no noise is left" in out
     ok, out = verdict(capsys, check.check_paste_back, clean_photo)
-    assert not ok and "t_prev=12" in out and "alpha_bars[t_prev]" in out
+    assert not ok and "t_prev=12" in out and "clean photo" in out and "noise level" in out
+    ok, out = verdict(capsys, check.check_paste_back, level_before)
+    assert not ok and "t_prev=12" in out and "step 13's noise level" in out
+    ok, out = verdict(capsys, check.check_paste_back, pastes_everywhere)
+    assert not ok and "keep = 0" in out and "stay as it is" in out
+    for said in (out for _, out in (verdict(capsys, check.check_paste_back, wrong)
+                                    for wrong in (always_noised, clean_photo, level_before))):
+        assert "alpha_bars" not in said and "paste the photo itself" not in said, said   # no line handed over
 
 
 def test_context_drop(capsys):

@@ -361,6 +361,30 @@ def test_guidance_rescale_matches_the_conditional_spread():
     assert (half.std(dim=(1, 2, 3)) < guided.std(dim=(1, 2, 3))).all()
 
 
+def test_guidance_rescale_of_a_v_network_rescales_v():
+    """Lin et al. rescale what the network predicts: for a VDenoiser, v. Rescaled as ε, the
+    shared √(1−ᾱ)·x_t term would make both spreads alike at the noisy end, and change little."""
+    schedule = ddpm.cosine_schedule(150)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    v_of = {1.0: torch.randn(2, 3, 8, 8, generator=g), 0.0: 0.3 * torch.randn(2, 3, 8, 8, generator=g)}
+
+    def v_net(x_t, t, c, c_mask):              # v(c) where the context is kept, v(∅) where dropped
+        return torch.where(c_mask.reshape(-1, 1, 1, 1) > 0, v_of[1.0].repeat(2, 1, 1, 1)[:len(x_t)],
+                           v_of[0.0].repeat(2, 1, 1, 1)[:len(x_t)])
+
+    t = torch.full((2,), 140)
+    w, phi = 3.0, 1.0
+    got = ddpm.CFGDenoiser(ddpm.VDenoiser(v_net, schedule), w, rescale=phi)(x, t, c=torch.ones(2, 1))
+    v_guided = (1 + w) * v_of[1.0] - w * v_of[0.0]
+    ab = schedule.alpha_bars[140]
+    want = ab.sqrt() * ddpm.rescale_guidance(v_guided, v_of[1.0], phi) + (1 - ab).sqrt() * x
+    assert torch.allclose(got, want, atol=1e-4)
+    eps_space = ddpm.rescale_guidance(ab.sqrt() * v_guided + (1 - ab).sqrt() * x,
+                                      ab.sqrt() * v_of[1.0] + (1 - ab).sqrt() * x, phi)
+    assert (got - eps_space).abs().max() > 100 * (got - want).abs().max()   # not rescaled as ε
+
+
 def _small_cfg_model(t):
     """A tiny conditional UNet (seed 7), three noisy images at timesteps ``t``, three one-hot
     contexts and the model's conditional prediction for them."""

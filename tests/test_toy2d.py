@@ -129,6 +129,19 @@ def test_tilted_density_at_w0_is_p_x_given_c():
     assert shares[0] < shares[1] < shares[2]
 
 
+def test_tilted_density_stays_finite_where_p_c_given_x_underflows():
+    """Far from class c, p(c|x) is 0 in float64; w = -1 must still give p(x), and w < -1 a
+    density, not NaN (log p(c|x) by logsumexp, not the log of the probability)."""
+    grid = make_grid(40.0, 80)
+    assert (MIX.class_probs(grid.points)[:, 0] == 0).any()          # the underflow is there
+    p_x = MIX.log_prob(grid.points).exp()
+    assert torch.allclose(MIX.tilted_density(grid, 0, -1.0).flatten(),
+                          p_x / (p_x.sum() * grid.cell_area), atol=1e-12)
+    assert torch.isfinite(MIX.tilted_density(grid, 0, -2.0)).all()
+    near = make_grid(5.0, 60).points
+    assert torch.allclose(MIX.log_class_prob(near, 1), MIX.class_probs(near)[:, 1].log(), atol=1e-9)
+
+
 def test_guidance_raises_the_share_of_the_requested_class():
     schedule = scaled_linear_schedule(150)
     model = ExactDenoiser(MIX, schedule)
