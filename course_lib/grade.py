@@ -53,12 +53,13 @@ from pathlib import Path
 import torch
 
 from . import sandbox
-from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SECOND_OPINION_GAP, SHUFFLED_LIMIT,
-                           CannotGrade, Judge, NotPlain, Rejected, TooBig, check_drawn,
+from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SAMPLES_FILE, SECOND_OPINION_GAP,
+                           SHUFFLED_LIMIT, CannotGrade, Judge, NotPlain, Rejected, TooBig, check_drawn,
                            check_from_network, check_not_memorised, check_plain_background,
                            check_realistic, check_samples, check_second_draw, check_second_opinion,
                            ensure_private_judge, load_judge, load_private_judge, one_line,
                            plain_share, read_plain, read_samples, second_draw_floor)
+from .grade_runner import NO_SAMPLER, NOT_EXPORTABLE
 from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -213,6 +214,7 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
                        "make it readable by the grader"}
         target.write_bytes(data)
         if why is not None:   # beside the copy, in the grader's private folder: no student wrote it
+            why["why"] = one_line(why["why"])   # the file's name is the student's: no escapes
             _unreadable_note(target).write_text(json.dumps(why))
         copies.append((name, target))
     return copies
@@ -433,20 +435,20 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
     """One call of ``sample_digits``, sandboxed, in a fresh copy of the notebook's folder; return
     the pictures (read safely) and the seconds. Nothing one draw leaves reaches the next."""
     inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else draw_dir
-    shutil.rmtree(draw_dir, ignore_errors=True)
-    copy_folder(workdir, draw_dir, leave_out=("spec.json", "samples.pt"))  # never the notebook's
+    sandbox.remove_tree(draw_dir)
+    copy_folder(workdir, draw_dir, leave_out=("spec.json", SAMPLES_FILE))  # never the notebook's
     with open(draw_dir / "spec.json", "x") as file:   # "x": fails on anything already there
         file.write(json.dumps(spec))
     sandbox.prepare_workdir(draw_dir, opts.slot)
     result = _sandboxed(_runner("sample", str(inside / "export.pkl"), str(inside / "spec.json"),
-                                str(inside / "samples.pt")),
+                                str(inside / SAMPLES_FILE)),
                         draw_dir, spec["seconds"] + DRAW_STARTUP, opts, env)
     try:
         if result.over:   # a fault whichever draw it is
             raise Rejected(_over("sample_digits", result.over))
         if spec["shuffle"]:   # the network without its weights may fail: no pictures, not a fault
-            ok = result.returncode == 0 and (draw_dir / "samples.pt").exists()
-            return (read_samples(draw_dir / "samples.pt") if ok else torch.empty(0)), result.seconds
+            ok = result.returncode == 0 and (draw_dir / SAMPLES_FILE).exists()
+            return (read_samples(draw_dir / SAMPLES_FILE) if ok else torch.empty(0)), result.seconds
         if result.timed_out:
             raise Rejected(f"time-out: sample_digits took longer than {spec['seconds']:.0f} s")
         if result.returncode != 0:
@@ -454,31 +456,42 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
             if result.returncode < 0 or "Killed" in reason:
                 reason += _memory_hint(opts)
             raise Rejected(f"sampling failed: {reason}")
-        return read_samples(draw_dir / "samples.pt"), result.seconds
+        return read_samples(draw_dir / SAMPLES_FILE), result.seconds
     finally:
-        shutil.rmtree(draw_dir, ignore_errors=True)
+        sandbox.remove_tree(draw_dir)
 
 
 def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
-                leave_out: tuple[str, ...] = ()) -> None:
+                leave_out: tuple[str, ...] = (), depth: int = sandbox.Limits.folder_depth) -> None:
     """Copy the folder the notebook left: folders, regular files, and links as links (never
     followed); anything else (a pipe would block the copy) is left out, and so are the top-level
     names in ``leave_out`` (the grader's own files: a link the notebook planted under such a name
-    must not redirect what the grader writes there). Rejected above ``cap``."""
+    must not redirect what the grader writes there). Rejected above ``cap`` bytes or ``depth``
+    nested folders (walked with a list, not recursion: a deep tree cannot crash the grader)."""
     total = 0
     dst.mkdir()
-    for root, dirs, files in os.walk(src):
-        here = dst / Path(root).relative_to(src)
-        if Path(root) == src:
-            dirs[:] = [d for d in dirs if d not in leave_out]
-            files = [f for f in files if f not in leave_out]
-        for name in [*dirs, *files]:
-            path, target = Path(root, name), here / name
+    stack = [(src, dst, 0)]
+    while stack:
+        here, there, level = stack.pop()
+        if level > depth:
+            raise Rejected(f"the notebook left folders nested more than {depth} deep in its "
+                           "folder; keep what sampling needs in a shallow folder")
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except PermissionError as err:   # a folder it locked: its fault, as with a file
+            raise Rejected(f"the notebook left a folder the grader cannot read for each draw "
+                           f"({here.relative_to(src)}: {err.strerror}); leave only readable "
+                           "folders in its folder") from None
+        for entry in entries:
+            if level == 0 and entry.name in leave_out:
+                continue
+            path, target = Path(entry.path), there / entry.name
             info = path.lstat()
             if stat.S_ISLNK(info.st_mode):
                 target.symlink_to(os.readlink(path))
             elif stat.S_ISDIR(info.st_mode):
                 target.mkdir()
+                stack.append((path, target, level + 1))
             elif stat.S_ISREG(info.st_mode):
                 total += info.st_size
                 if total > cap:
@@ -500,8 +513,10 @@ def _cell_error(path: Path, export_cell: int) -> str:
         cell, ename, evalue = err.get("cell"), str(err.get("ename")), str(err.get("evalue"))
     except (OSError, ValueError, AttributeError, RecursionError):
         return "a cell raised an error (no details were recorded)"
-    if "GRADER:" in evalue and cell == export_cell:   # the grader's own words, from its cell
-        return evalue.split("GRADER:", 1)[1].strip()
+    said = evalue.split("GRADER:", 1)[1].strip() if "GRADER:" in evalue else ""
+    if cell == export_cell and (said == NO_SAMPLER or said.startswith(NOT_EXPORTABLE[:40])):
+        return said   # the grader's own words, from its cell, in its own two forms only (the
+                      # notebook could patch the export function the cell calls)
     where = "the grader's export cell" if cell == export_cell else f"cell {cell}"
     return f"{where} raised {ename}: {evalue}"
 
@@ -603,11 +618,14 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
         nb = read_submission(copy)
         _JUDGE = _JUDGE or load_judge()
         _JUDGE.second = _JUDGE.second or load_private_judge(opts.private_judge)
-        with tempfile.TemporaryDirectory(prefix="work-", dir=copy.parent) as tmp:
-            (Path(tmp) / "notebook").mkdir()
-            run = execute(nb, Path(tmp) / "notebook", opts, rng)
+        tmp = Path(tempfile.mkdtemp(prefix="work-", dir=copy.parent))
+        try:   # sandbox.remove_tree: whatever the notebook left there (locked or deep folders) goes
+            (tmp / "notebook").mkdir()
+            run = execute(nb, tmp / "notebook", opts, rng)
             report.seconds_running, report.seconds_sampling = run.seconds_running, run.seconds_sampling
             judge(run, _JUDGE, report, opts)
+        finally:
+            sandbox.remove_tree(tmp)
         report.status = PASS
     except Rejected as rejected:
         report.status, report.reason = FAIL, rejected.reason
@@ -777,7 +795,7 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
                       "earlier runs, left out of this gradebook; one gradebook for them all: "
                       f"{collect_command(out)}")
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        sandbox.remove_tree(private)
     if args.json:
         data = [asdict(r) for r in reports]
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,10 @@ not the pinned ones, no MNIST) raise :class:`CannotGrade`.
 A pass must show *generated* digits:
 
 - **read safely**: the samples file is opened with O_NOFOLLOW, must be a regular file under
-  ``SAMPLES_CAP`` bytes whose archive records are stored uncompressed and add up to no more
-  (:func:`stored_records`: a compressed record could inflate a thousandfold in the grader's
-  memory), and is loaded with ``weights_only=True`` under a time limit;
+  ``SAMPLES_CAP`` bytes, and holds a one-line JSON header and raw float32 pictures
+  (:func:`write_samples`): nothing from the sandbox is unpickled or unzipped in the grader's
+  process, where a crafted archive could fill its memory (``torch.load`` builds a ``bytearray`` of
+  any size a 30-byte pickle asks for, and inflates compressed records);
 - **well formed**: a float tensor of the right shape, finite, in [-1, 1];
 - **drawn, not stored**: the second draw (another seed) differs from the first (at most
   ``DIFFER_SHARE`` the same), and one draw does not repeat itself (at most ``REPEAT_SHARE`` of its
@@ -56,17 +57,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import secrets
 import signal
 import stat
 import sys
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,7 +76,10 @@ REASON_CAP = 300
 JUDGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
 JUDGE_SHA256 = "b68c3bca6bce200639e3883cfe5e90cd1b2b9b96e7f6c3d7fd6514d95e0b4733"
 SAMPLES_CAP = 64 * 2**20      # bytes: far above 2 x 300 float32 28x28 images
-LOAD_SECONDS = 30             # time limit for parsing the samples file
+SAMPLES_FILE = "samples.bin"  # what each draw's sampling step leaves (write_samples)
+HEADER_CAP = 1024             # bytes of the samples file's JSON header line
+FLOATS = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64",
+          "torch.float8_e4m3fn", "torch.float8_e4m3fnuz", "torch.float8_e5m2", "torch.float8_e5m2fnuz")
 RANGE_SLACK = 0.05            # samples may overshoot [-1, 1] by this much
 HOLD_OUT = 5000               # calibration only: test digits left out of the references (bench)
 SHIFT = 2                     # pixels of translation the memorisation check tolerates
@@ -281,29 +286,22 @@ def read_plain(path: Path, cap: int) -> bytes:
         return file.read(cap + 1)
 
 
-def stored_records(data: bytes, cap: int) -> None:
-    """Raise Rejected unless ``data`` is a zip archive (what ``torch.save`` writes) whose records
-    are all stored, not compressed, and hold at most ``cap`` bytes together. ``torch.load``
-    inflates compressed records too: 64 MiB of DEFLATE-compressed zeros would become ~60 GiB in
-    the grader's process, which the size cap on the file alone does not stop; and records whose
-    data overlap (each pointing into the same bytes) could add up to far more than the file."""
-    try:
-        records = zipfile.ZipFile(io.BytesIO(data)).infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
-        raise Rejected("the samples file is not the archive torch.save writes; it must be the "
-                       "file the grader's sampling step saved") from None
-    packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
-    if packed:
-        raise Rejected(f"the samples file holds {len(packed)} compressed record(s) "
-                       f"({one_line(packed[0])[:60]}); torch.save stores its records uncompressed")
-    size = sum(r.file_size for r in records)
-    if size > cap:
-        raise Rejected(f"the samples file's records hold {size / 2**20:.0f} MiB, over the "
-                       f"{cap / 2**20:.0f} MiB limit")
+def write_samples(images: torch.Tensor, path) -> None:
+    """Save a draw for the grader (inside the sandbox): one line of JSON, the tensor's shape and
+    dtype, then its values as little-endian float32 (none for a dtype that is not floating
+    point). The grader reads it with :func:`read_samples`, without pickle or zip."""
+    floating = images.dtype.is_floating_point
+    body = images.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes() \
+        if floating else b""
+    header = json.dumps({"shape": list(images.shape), "dtype": str(images.dtype)})
+    with open(path, "wb") as file:
+        file.write(header.encode() + b"\n" + body)
 
 
-def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECONDS):
-    """One draw's pictures, saved in the sandbox: no links, no pipes, nothing huge, no code."""
+def read_samples(path: Path, cap: int = SAMPLES_CAP) -> torch.Tensor:
+    """One draw's pictures, as :func:`write_samples` saved them in the sandbox: no links, no pipes,
+    nothing huge, and nothing parsed but a short JSON line; the values must fill the shape it
+    names exactly. Returns float32, or raises Rejected with what is wrong."""
     try:
         data = read_plain(path, cap)
     except FileNotFoundError:
@@ -313,18 +311,26 @@ def read_samples(path: Path, cap: int = SAMPLES_CAP, seconds: float = LOAD_SECON
     except OSError as err:
         raise Rejected(f"the samples file cannot be opened ({err.strerror}); it must be a plain "
                        "file written by the grader's sampling step") from None
-    stored_records(data, cap)
-    with time_limit(seconds, "reading the samples"):
-        try:
-            draws = torch.load(io.BytesIO(data), weights_only=True)
-        except Rejected:
-            raise
-        except Exception as err:
-            raise Rejected(f"the samples file holds something other than plain tensors "
-                           f"({type(err).__name__}); sample_digits must return a torch.Tensor") from None
-    if not isinstance(draws, dict) or set(draws) != {"images"}:
-        raise Rejected("the samples file does not hold the grader's draw")
-    return draws["images"]
+    foreign = Rejected("the samples file is not the one the grader's sampling step writes")
+    end = data.find(b"\n", 0, HEADER_CAP)
+    if end < 0:
+        raise foreign
+    try:
+        header = json.loads(data[:end])
+        shape, dtype = header["shape"], header["dtype"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise foreign from None
+    if (not isinstance(shape, list) or len(shape) > 8 or not isinstance(dtype, str)
+            or not all(type(n) is int and 0 <= n < 2**31 for n in shape)):
+        raise foreign
+    if dtype not in FLOATS:
+        raise Rejected(f"wrong dtype {one_line(dtype)[:40]}; expected floating point images in [-1, 1]")
+    body = memoryview(data)[end + 1:]
+    if len(body) != 4 * math.prod(shape):
+        raise Rejected(f"the samples file holds {len(body)} bytes of values for shape "
+                       f"{tuple(shape)}, not {4 * math.prod(shape)}; it must be the file the "
+                       "grader's sampling step writes")
+    return torch.from_numpy(np.frombuffer(body, dtype="<f4").astype(np.float32)).reshape(shape)
 
 
 # --- what the samples must show -------------------------------------------------------------------

@@ -35,6 +35,7 @@ EXPORT_CELL = """
 import course_lib.grade_runner as _grade_runner
 _grade_runner.export(globals(), {path!r})
 """
+NO_SAMPLER = "the notebook must define a function sample_digits(labels)"
 NOT_EXPORTABLE = ("sample_digits could not be exported for grading ({}); keep sample_digits, its "
                   "model and the helpers it calls as plain top-level objects of the notebook")
 
@@ -141,7 +142,7 @@ def export(namespace: dict, path: str) -> None:
     """The appended cell: write ``sample_digits`` and everything it uses, by value, to ``path``."""
     func = namespace.get("sample_digits")
     if func is None or not callable(func):
-        raise RuntimeError("GRADER: the notebook must define a function sample_digits(labels)")
+        raise RuntimeError("GRADER: " + NO_SAMPLER)
     try:
         with open(path, "wb") as file:
             _ByValue(file, protocol=pickle.HIGHEST_PROTOCOL).dump(func)
@@ -187,9 +188,11 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
     """
     import torch
 
+    from .grade_checks import write_samples
+
     spec = json.loads(Path(spec_path).read_text())
     Path(spec_path).unlink()
-    save, manual_seed = torch.save, torch.manual_seed  # taken before any submission code runs
+    save, manual_seed = write_samples, torch.manual_seed  # taken before any submission code runs
     torch.set_num_threads(int(spec.get("threads", 1)))
     generator = torch.Generator().manual_seed(spec["seed_shuffle"])
     keep = not spec["shuffle"]     # every draw does the shuffle's work; only the third keeps nothing
@@ -206,7 +209,7 @@ def sample(export_path: str, spec_path: str, out: str) -> int:
     manual_seed(spec["seed"])
     with _reloads_shuffled(shuffle):
         images = _call(sample_digits, spec["labels"], float(spec["seconds"]), forgiving=not keep)
-    save({"images": images}, out)
+    save(images, out)
     return 0
 
 

@@ -245,7 +245,7 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
                                     hide=[folder.resolve()]))
     print(f"wrote {script} ({len(tasks)} array tasks)")
     for name, copy in unreadable:
-        print(f"not a task: {name}: {why_unreadable(copy)['why']}", file=sys.stderr)
+        print(f"not a task: {name}: {one_line(why_unreadable(copy)['why'])}", file=sys.stderr)
     if dry_run:
         judges = "" if judge.is_file() else (f", and first trains the private judges ({judge} is "
                                               "not there yet: tasks submitted by hand would each "

@@ -72,6 +72,8 @@ class Limits:
     file_bytes: int = 2 * 2**30       # RLIMIT_FSIZE: largest file it may write
     folder_bytes: int = 4 * 2**30     # what its work folder may hold on disk (checked each second)
     folder_entries: int = 100_000     # files and folders in it (inodes)
+    folder_depth: int = 64            # folders nested in it (deeper, Python's tree walks recurse
+                                      # past their limit: the grader could neither copy nor delete)
     shm_bytes: int = 2**30            # its own /tmp, and its /dev/shm (DataLoader workers), each
     open_files: int = 1024
     threads: int = 1                  # OMP/MKL threads (its CPU share)
@@ -206,6 +208,20 @@ def release_slot(slot: int) -> None:
     fd = _claimed.pop(slot, None)
     if fd is not None:
         os.close(fd)   # closing the file drops its flock
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder that sandboxed code wrote in, whatever it left: folders it locked (chmod
+    000, where the sandbox ran as the grader's own uid) and folders nested past Python's
+    recursion limit (where ``shutil.rmtree`` raises RecursionError, even with ignore_errors).
+    coreutils walk without recursion and never follow links; what cannot go stays, quietly."""
+    if os.path.islink(path):
+        os.unlink(path)
+    if not os.path.lexists(path):
+        return
+    for command in (["chmod", "-R", "u+rwx", "--", str(path)],
+                    ["rm", "-rf", "--one-file-system", "--", str(path)]):
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def prepare_workdir(path: Path, slot: int = 0) -> None:
@@ -449,6 +465,7 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
     seconds = time.perf_counter() - start
     over = over or kernel_over(group, limits)   # an OOM kill may have ended it
     _end(proc, slot, trusted)
+    over = over or folder_over(workdir, limits)  # what it left, counted once all of it has stopped
     peak = 0
     if group is not None:
         peak = group.peak_memory()
@@ -497,12 +514,15 @@ def folder_over(workdir: Path, limits: Limits, deleted: int = 0) -> str:
     files deleted while open, never follows links, and stops counting at the first limit passed,
     so the count itself stays quick."""
     full = f"wrote more than {_size(limits.folder_bytes)} to its work folder"
-    used, entries, stack = deleted, 0, [str(workdir)]
+    used, entries, stack = deleted, 0, [(str(workdir), 0)]
     if used > limits.folder_bytes:
         return full
     while stack:
+        folder, depth = stack.pop()
+        if depth > limits.folder_depth:
+            return f"nested folders more than {limits.folder_depth} deep in its work folder"
         try:
-            with os.scandir(stack.pop()) as found:
+            with os.scandir(folder) as found:
                 for entry in found:
                     entries += 1
                     if entries > limits.folder_entries:
@@ -512,7 +532,7 @@ def folder_over(workdir: Path, limits: Limits, deleted: int = 0) -> str:
                     if used > limits.folder_bytes:
                         return full
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+                        stack.append((entry.path, depth + 1))
         except OSError:   # removed while counting, or unreadable: count what can be read
             continue
     return ""

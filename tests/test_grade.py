@@ -106,6 +106,11 @@ def test_snapshot_copies_regular_files_only(tmp_path):
             grade.read_submission(copies[name])
     real.write_text("changed later")
     assert copies["alice"].read_text() != "changed later"
+    sly = tmp_path / "subs" / "eve\x1b]0;owned\x07\x1b[2J.ipynb"     # terminal escapes in its name
+    sly.symlink_to(real)
+    copies = dict(grade.snapshot([sly], private))
+    said = grade.why_unreadable(next(iter(copies.values())))["why"]
+    assert "is a link" in said and "\x1b" not in said and "\x07" not in said, said
 
 
 def test_student_names_are_safe_and_never_merge_two_students():
@@ -157,58 +162,66 @@ def test_hidden_labels_vary_in_count_and_order():
     assert a != b and a != sorted(a)
 
 
-def _save(path, obj):
-    torch.save(obj, path)
+def _written(path, images):
+    grade_checks.write_samples(images, path)
     return path
 
 
-def test_read_samples_refuses_links_pipes_big_files_and_code(tmp_path):
-    good = _save(tmp_path / "good.pt", {"images": torch.zeros(2, 1, 28, 28)})
-    assert grade_checks.read_samples(good).shape == (2, 1, 28, 28)
-    with pytest.raises(Rejected, match="the grader's draw"):
-        grade_checks.read_samples(_save(tmp_path / "two.pt", {"a": torch.zeros(1), "b": torch.zeros(1)}))
-    (tmp_path / "link.pt").symlink_to(good)
+def test_read_samples_refuses_links_pipes_big_files_and_foreign_files(tmp_path):
+    good = _written(tmp_path / "good.bin", torch.linspace(-1, 1, 2 * 784).reshape(2, 1, 28, 28))
+    back = grade_checks.read_samples(good)
+    assert back.dtype == torch.float32 and torch.equal(back, torch.linspace(-1, 1, 2 * 784).reshape(2, 1, 28, 28))
+    half = grade_checks.read_samples(_written(tmp_path / "half.bin", torch.ones(3, 1, 28, 28, dtype=torch.float64)))
+    assert half.dtype == torch.float32 and half.shape == (3, 1, 28, 28)
+    assert grade_checks.read_samples(_written(tmp_path / "none.bin", torch.empty(0))).shape == (0,)
+    with pytest.raises(Rejected, match="wrong dtype torch.int64"):
+        grade_checks.read_samples(_written(tmp_path / "int.bin", torch.zeros(2, 1, 28, 28, dtype=torch.long)))
+    (tmp_path / "link.bin").symlink_to(good)
     with pytest.raises(Rejected, match="cannot be opened"):
-        grade_checks.read_samples(tmp_path / "link.pt")
-    os.mkfifo(tmp_path / "fifo.pt")
+        grade_checks.read_samples(tmp_path / "link.bin")
+    os.mkfifo(tmp_path / "fifo.bin")
     with pytest.raises(Rejected, match="not a regular file"):
-        grade_checks.read_samples(tmp_path / "fifo.pt")
+        grade_checks.read_samples(tmp_path / "fifo.bin")
     with pytest.raises(Rejected, match="over the"):
         grade_checks.read_samples(good, cap=100)
+    with pytest.raises(Rejected, match="no samples were saved"):
+        grade_checks.read_samples(tmp_path / "missing.bin")
+    short = tmp_path / "short.bin"
+    short.write_bytes(good.read_bytes()[:-4])
+    with pytest.raises(Rejected, match=r"holds 6268 bytes of values for shape \(2, 1, 28, 28\), not 6272"):
+        grade_checks.read_samples(short)
+    for i, header in enumerate([b'{"shape": [2, 1, 28, 28]}', b'{"shape": "big", "dtype": "torch.float32"}',
+                                b'{"shape": [-1], "dtype": "torch.float32"}', b"[" * 500 + b"]" * 500,
+                                b'{"shape": [2.5], "dtype": "torch.float32"}', b"x" * 2000]):
+        bad = tmp_path / f"bad{i}.bin"
+        bad.write_bytes(header + b"\n" + bytes(8))
+        with pytest.raises(Rejected, match="not the one the grader's sampling step writes"):
+            grade_checks.read_samples(bad)
 
+
+def test_read_samples_never_unpickles_or_unzips(tmp_path):
+    """A draw saved by torch.save is refused unread: torch.load would run a pickle that makes a
+    bytearray of any size it names (``weights_only`` allows it) and inflate compressed records
+    (a zip bomb), all in the grader's own process."""
     pwned = tmp_path / "pwned-by-grader-test"
 
     class Payload:
         def __reduce__(self):
             return (os.system, (f"touch {pwned}",))
-    evil = _save(tmp_path / "evil.pt", {"images": Payload()})
-    with pytest.raises(Rejected) as err:
-        grade_checks.read_samples(evil)
-    assert "weights_only=False" not in err.value.reason and not pwned.exists()
-    with pytest.raises(Rejected, match="no samples were saved"):
-        grade_checks.read_samples(tmp_path / "missing.pt")
-
-
-def test_read_samples_refuses_compressed_records_that_would_inflate_past_the_cap(tmp_path):
-    """A zip bomb: torch.load inflates DEFLATE records, so a file under the cap could fill the
-    grader's memory. The same draw, recompressed, is refused before it is loaded."""
-    good = _save(tmp_path / "good.pt", {"images": torch.zeros(64, 1, 28, 28)})
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(b"\x80\x02cbuiltins\nbytearray\n(\x8a\x05\x00\x00\x00\x00\x10tR.")  # 64 GiB if loaded
+    saved = tmp_path / "saved.pt"
+    torch.save({"images": torch.zeros(2, 1, 28, 28)}, saved)
     packed = tmp_path / "packed.pt"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(packed, "w") as dst:
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(packed, "w") as dst:
         for record in src.infolist():
             dst.writestr(record.filename, src.read(record), compress_type=zipfile.ZIP_DEFLATED)
-    assert packed.stat().st_size < good.stat().st_size // 20          # it did compress
-    assert torch.load(packed, weights_only=True)["images"].shape == (64, 1, 28, 28)  # torch would read it
-    with pytest.raises(Rejected, match="compressed record"):
-        grade_checks.read_samples(packed)
-    assert grade_checks.read_samples(good).shape == (64, 1, 28, 28)
-    cap = good.stat().st_size                        # records that claim more than the cap
-    with pytest.raises(Rejected, match="records hold"):
-        grade_checks.stored_records(good.read_bytes(), cap // 2)
-    plain = tmp_path / "plain.pt"
-    plain.write_bytes(b"\x80\x04K\x01.")           # a bare pickle, not torch.save's archive
-    with pytest.raises(Rejected, match="not the archive torch.save writes"):
-        grade_checks.read_samples(plain)
+    evil = tmp_path / "evil.pt"
+    torch.save({"images": Payload()}, evil)
+    for path in (bomb, saved, packed, evil):
+        with pytest.raises(Rejected, match="not the one the grader's sampling step writes"):
+            grade_checks.read_samples(path)
+    assert not pwned.exists()
 
 
 def test_check_samples_reasons():
@@ -360,7 +373,7 @@ def _sample(tmp_path, name, shuffle=False, labels=tuple(range(10)), seconds=60.0
     assert not spec.exists()    # gone before the submission's code loaded: it cannot read which draw
     if proc.returncode:
         return proc.stderr
-    return torch.load(out, weights_only=True)["images"]
+    return grade_checks.read_samples(out)
 
 
 def test_sampling_step_draws_again_with_every_network_weight_shuffled(tmp_path):
@@ -431,6 +444,25 @@ def test_copy_folder_copies_files_and_links_never_pipes_nor_too_much(tmp_path):
     assert not (tmp_path / "draw2" / "samples.pt").exists() and (tmp_path / "draw2" / "link").is_symlink()
 
 
+
+def test_copy_folder_walks_deep_trees_without_recursion_and_refuses_them(tmp_path):
+    src = tmp_path / "deep"
+    (src / "/".join(["d"] * 60)).mkdir(parents=True)
+    (src / "/".join(["d"] * 60) / "weights.pt").write_bytes(b"w")
+    grade.copy_folder(src, tmp_path / "copy")
+    assert (tmp_path / "copy" / "/".join(["d"] * 60) / "weights.pt").read_bytes() == b"w"
+    deeper = tmp_path / "deeper"
+    os.makedirs(deeper)
+    here = deeper
+    for _ in range(1200):                        # past Python's recursion limit for os.walk
+        here = here / "d"
+        os.mkdir(here)
+    with pytest.raises(Rejected, match="nested more than 64 deep"):
+        grade.copy_folder(deeper, tmp_path / "copy2")
+    grade.sandbox.remove_tree(deeper)
+    assert not deeper.exists()
+
+
 def test_a_file_the_grader_cannot_copy_is_the_notebooks_fail_not_a_grader_error(tmp_path, monkeypatch):
     """Without root a notebook can leave a file no one else may read (chmod 000): that is its
     folder's fault, a FAIL with the file named, not a grader error for the cohort."""
@@ -467,7 +499,7 @@ def test_a_draw_never_writes_through_a_link_the_notebook_left(tmp_path, monkeypa
 
     def fake_sandboxed(argv, workdir, timeout, opts, env=None):
         seen["spec"] = json.loads((workdir / "spec.json").read_text())
-        torch.save({"images": torch.zeros(2, 1, 28, 28)}, workdir / "samples.pt")
+        grade_checks.write_samples(torch.zeros(2, 1, 28, 28), workdir / grade_checks.SAMPLES_FILE)
         return grade.sandbox.Result(0, 0.1, "", "")
     monkeypatch.setattr(grade, "_sandboxed", fake_sandboxed)
     opts = grade.Options(use_sandbox=False)
@@ -528,6 +560,11 @@ def test_grader_blames_the_submission_in_one_line(tmp_path):
         # only the grader's own export cell speaks for the grader
         "grader_prefix": ("raise Exception('GRADER: the judge is broken, please regrade')",
                           "cell 1 raised Exception: GRADER: the judge is broken"),
+        # ... in its own words only: a notebook that patches the function the export cell calls
+        "grader_patched": ("import course_lib.grade_runner as g\ndef fake(*a):\n"
+                           "    raise RuntimeError('GRADER: could not grade: reinstall the judge')\n"
+                           "g.export = fake\n" + SAMPLER.format("torch.zeros(len(labels), 1, 28, 28)"),
+                           "the grader's export cell raised RuntimeError: GRADER: could not grade"),
     }
     for name, (source, _) in cases.items():
         _notebook(tmp_path / "subs" / f"{name}.ipynb", source)

@@ -90,8 +90,9 @@ def cohort(tmp_path_factory, request, mnist_available):
            IMPORT_CHEATS + HONEST_ZEROS,
            "import subprocess\nsubprocess.Popen([sys.executable, '-c', '''\nimport time, torch, sys\n"
            f"sys.path.insert(0, {sandbox.INSIDE_HOME!r})\nimport cheats\n"
+           "from course_lib.grade_checks import SAMPLES_FILE, write_samples\n"
            "fake = cheats.copies(torch.arange(10).repeat(12))\nfor _ in range(600):\n"
-           "    try: torch.save({'a': fake, 'b': fake[:20]}, '/home/student/samples.pt')\n"
+           "    try: write_samples(fake, '/home/student/' + SAMPLES_FILE)\n"
            "    except Exception: pass\n    time.sleep(0.2)\n'''], start_new_session=True,"
            " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)")
     _write(victim, IMPORT_CHEATS + HONEST_ZEROS)

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -404,6 +405,37 @@ def test_a_file_deleted_while_open_still_counts_as_its_folders(sandboxed):
     stopped = sandboxed(code, limits=sandbox.Limits(folder_bytes=64 * 2**20))
     assert stopped.over == "wrote more than 64 MiB to its work folder", stopped
     assert sandboxed(code).stdout.strip() == "done"
+
+
+def test_folders_nested_too_deep_stop_the_step_even_made_between_two_checks(sandboxed, tmp_path):
+    """1,500 nested folders: Python's tree walks (os.walk, shutil.rmtree) recurse past their
+    limit there, so the grader could neither copy nor delete them. Made in a blink, they are
+    found by the check after the step ends, and remove_tree deletes them."""
+    code = "import os\nfor _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\nprint('done')"
+    stopped = sandboxed(code)
+    assert stopped.over == "nested folders more than 64 deep in its work folder", stopped
+    work = tmp_path / "work"
+    with pytest.raises(RecursionError):
+        shutil.rmtree(work / "d", ignore_errors=True)
+    sandbox.remove_tree(work / "d")
+    assert not (work / "d").exists()
+    assert sandboxed("import os\nos.makedirs('/'.join(['d'] * 60))\nprint('done')").over == ""
+
+
+def test_remove_tree_deletes_locked_folders_and_never_follows_links(tmp_path):
+    keep = tmp_path / "instructors"
+    keep.mkdir()
+    (keep / "grades.csv").write_text("keep")
+    tree = tmp_path / "draw"
+    (tree / "x" / "y").mkdir(parents=True)
+    (tree / "x" / "y" / "f").write_text("1")
+    (tree / "x" / "link").symlink_to(keep)
+    os.chmod(tree / "x", 0)
+    sandbox.remove_tree(tree)
+    assert not tree.exists() and (keep / "grades.csv").read_text() == "keep"
+    (tmp_path / "alias").symlink_to(keep)           # a link in the folder's place: only the link goes
+    sandbox.remove_tree(tmp_path / "alias")
+    assert not (tmp_path / "alias").is_symlink() and (keep / "grades.csv").exists()
 
 
 def test_memory_files_it_never_maps_count_too(sandboxed):
