@@ -5,6 +5,7 @@
     python bench/recipe.py --budget 150 --only N3,V --append --report recipe_flower_loss
     python bench/recipe.py --budget 150 --only N4,W,X --report recipe_lr   # D's schedule taken away
     python bench/recipe.py --budget 20 --judged 64    # a quick look
+    python bench/recipe.py --only F.,H.,N. --seeds 0,1,2 --report recipe_seeds   # seed spread
 
 Every row trains 03's OptimizedUNet (channels 32, 64, 128 unless the row says otherwise; rows
 L-V start from row H's 16, 32, 64; FashionMNIST 16×16, T = 150) from the same seed for the same
@@ -14,7 +15,11 @@ and the smallest and largest class share (real data: 10% each).
 Rows add one change to the row named in "on top of". Writes bench/recipe.md and bench/recipe.json,
 which notebook 03 draws; rows N3 and V (04's flower loss on 03's recipe, eighteenth session) went
 to bench/recipe_flower_loss.md and .json instead, and rows N4, W and X (row D's learning-rate
-schedule taken away again, thirty-fifth session) to bench/recipe_lr.md and .json.
+schedule taken away again, thirty-fifth session) to bench/recipe_lr.md and .json. With
+``--seeds``, each chosen row is trained once per seed (the training seed: weights, batches, steps'
+noise; the judged starting noises stay the same) on one machine, into bench/recipe_seeds.md and
+.json with the mean and spread of each row (thirty-seventh session: rows F, H and N, on which 03's
+network rests, each decided on one training seed).
 """
 from __future__ import annotations
 
@@ -157,7 +162,7 @@ def network(recipe: Recipe) -> OptimizedUNet:
                 bottleneck=recipe.bottleneck, attention=recipe.attention)
 
 
-def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
+def run(recipe: Recipe, data, budget: float, judged: int, seed: int = 0) -> dict:
     schedule = SCHEDULES[recipe.schedule](150)
     budget = budget * recipe.budget_scale
     scheduler = None
@@ -165,7 +170,7 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
         total = int(budget * steps_per_second(
             lambda: network(recipe), make_loader(data, recipe.batch),
             lambda m, batch: ddpm.diffusion_loss(m, batch[0], schedule), recipe.lr))
-    config.seed_everything(0)
+    config.seed_everything(seed)
     model = network(recipe)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
     if recipe.lr_schedule:
@@ -187,7 +192,7 @@ def run(recipe: Recipe, data, budget: float, judged: int) -> dict:
     noise = torch.randn(judged, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     samples = ddpm.sample_ddim(sampler, noise, schedule, steps=50, eta=1.0,
                                generator=torch.Generator().manual_seed(6))
-    return {"name": recipe.name, "base": recipe.base, "steps": len(history.losses),
+    return {"name": recipe.name, "base": recipe.base, "seed": seed, "steps": len(history.losses),
             "train_s": round(seconds, 1), "final_loss": round(history.final_loss, 4),
             **judged_figures(samples)}
 
@@ -203,11 +208,25 @@ def main(argv=None) -> int:
     parser.add_argument("--report", default="recipe",
                         help="name of the .md/.json written (rows N3 and V: recipe_flower_loss; "
                         "N4, W and X: recipe_lr)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated training seeds: each chosen row once per seed, into "
+                             "a table with each row's mean and spread (use with --only, --report)")
     args = parser.parse_args(argv)
     data = load_fashion_mnist(size=16, flip=True)
     real = real_quality("fashion_mnist", 16, n=args.judged)
     stored = HERE / f"{args.report}.json"
     rows = json.loads(stored.read_text())["rows"] if args.append and stored.exists() else []
+    if args.seeds is not None:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        done = {(r["name"], r.get("seed", 0)) for r in rows}
+        for seed in seeds:          # one seed of every row, then the next: machine drift spreads evenly
+            for recipe in pending(recipes(), [], args.only):
+                if (recipe.name, seed) not in done:
+                    rows.append(run(recipe, data, args.budget, args.judged, seed))
+                    print(rows[-1], flush=True)
+                    report(args.report, rows, args.budget, args.judged, real.recognisable,
+                           real.frechet, seeded=True)
+        return 0
     for recipe in pending(recipes(), rows, args.only):
         rows.append(run(recipe, data, args.budget, args.judged))
         print(rows[-1], flush=True)
@@ -216,20 +235,33 @@ def main(argv=None) -> int:
 
 
 def report(name: str, rows: list[dict], budget: float, judged: int, real_recognised: float,
-           real_frechet: float) -> None:
-    """The rows as bench/<name>.md (a table) and .json."""
+           real_frechet: float, seeded: bool = False) -> None:
+    """The rows as bench/<name>.md (a table) and .json; ``seeded``: rows trained from several
+    seeds, with a seed column and each recipe's mean and range below."""
     head = (f"Recipe rows for 03 (2 CPU cores, {platform.machine()}, torch {torch.__version__}): "
-            f"{budget:.0f} s of training each, {judged} samples (DDIM-50, η = 1, same "
+            f"{budget:.0f} s of training each{', from the training seed in the seed column' if seeded else ''}, "
+            f"{judged} samples (DDIM-50, η = 1, same "
             f"noise), judged by the 16×16 FashionMNIST judge. Real 16×16 test images: "
             f"{real_recognised:.0%} recognised, Fréchet distance {real_frechet:.1f}.")
-    lines = [head, "", "| recipe | on top of | seconds | steps | final loss | recognised "
+    seed_head, seed_rule = ("| seed ", "|---") if seeded else ("", "")
+    lines = [head, "", f"| recipe {seed_head}| on top of | seconds | steps | final loss | recognised "
              "| Fréchet distance | smallest class | largest class |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"|---{seed_rule}|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['base'] or '-'} | {r['train_s']:.0f} | {r['steps']} "
+        seed = f"| {r['seed']} " if seeded else ""
+        lines.append(f"| {r['name']} {seed}| {r['base'] or '-'} | {r['train_s']:.0f} | {r['steps']} "
                      f"| {r['final_loss']:.4f} "
                      f"| {r['recognised']:.0%} | {r['frechet']:.1f} | {r['min_class_share']:.0%} "
                      f"| {r['max_class_share']:.0%} |")
+    if seeded:
+        lines += ["", "| recipe | seeds | recognised: mean (range) | Fréchet distance: mean (range) |",
+                  "|---|---|---|---|"]
+        for recipe in dict.fromkeys(r["name"] for r in rows):
+            rec = [r["recognised"] for r in rows if r["name"] == recipe]
+            fd = [r["frechet"] for r in rows if r["name"] == recipe]
+            lines.append(f"| {recipe} | {len(rec)} | {sum(rec) / len(rec):.0%} "
+                         f"({min(rec):.0%}–{max(rec):.0%}) | {sum(fd) / len(fd):.1f} "
+                         f"({min(fd):.1f}–{max(fd):.1f}) |")
     write_report(name, lines, {
         "budget_s": budget, "judged": judged, "real_recognised": real_recognised,
         "real_frechet": real_frechet, "rows": rows})

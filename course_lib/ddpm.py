@@ -557,9 +557,8 @@ class CFGDenoiser:
         noisy steps would hardly change."""
         if not isinstance(self.model, VDenoiser):
             return rescale_guidance(guided, cond, self.rescale)
-        a, s = self.model._scales(t, x)
-        v = rescale_guidance((guided - s * x) / a, (cond - s * x) / a, self.rescale)
-        return a * v + s * x
+        _, s = self.model._scales(t, x)   # ε - √(1−ᾱ)·x_t = √ᾱ·v, and the rescale ignores the
+        return s * x + rescale_guidance(guided - s * x, cond - s * x, self.rescale)  # factor √ᾱ
 
 
 class ProjectedGuidance:

@@ -478,15 +478,16 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
                            "folder; keep what sampling needs in a shallow folder")
         try:
             entries = sorted(os.scandir(here), key=lambda e: e.name)
-        except PermissionError as err:   # a folder it locked: its fault, as with a file
-            raise Rejected(f"the notebook left a folder the grader cannot read for each draw "
-                           f"({here.relative_to(src)}: {err.strerror}); leave only readable "
-                           "folders in its folder") from None
+        except OSError as err:   # a folder it locked, or a path it made too long: its fault
+            raise _unreadable(err, here, src) from None
         for entry in entries:
             if level == 0 and entry.name in leave_out:
                 continue
             path, target = Path(entry.path), there / entry.name
-            info = path.lstat()
+            try:
+                info = path.lstat()
+            except OSError as err:
+                raise _unreadable(err, path, src) from None
             if stat.S_ISLNK(info.st_mode):
                 target.symlink_to(os.readlink(path))
             elif stat.S_ISDIR(info.st_mode):
@@ -507,6 +508,17 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
                                    "readable files in its folder") from None
 
 
+def _unreadable(err: OSError, path: Path, src: Path) -> Exception:
+    """A folder the notebook left that the grader cannot walk: locked (read but no search
+    permission, or none), or a path past the system's length limit, is the notebook's doing
+    (Rejected); any other error (a full disk, an I/O error) is the grader's, and is raised."""
+    if err.errno not in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP):
+        return err
+    return Rejected(f"the notebook left a folder the grader cannot read for each draw "
+                    f"({one_line(path.relative_to(src))[:80]}: {err.strerror}); leave only "
+                    "readable folders, with short paths, in its folder")
+
+
 def _cell_error(path: Path, export_cell: int) -> str:
     try:   # read_plain: the notebook may have planted a link or a pipe under this name
         err = json.loads(read_plain(path, ERROR_CAP))
@@ -514,7 +526,8 @@ def _cell_error(path: Path, export_cell: int) -> str:
     except (OSError, ValueError, AttributeError, RecursionError):
         return "a cell raised an error (no details were recorded)"
     said = evalue.split("GRADER:", 1)[1].strip() if "GRADER:" in evalue else ""
-    if cell == export_cell and (said == NO_SAMPLER or said.startswith(NOT_EXPORTABLE[:40])):
+    head, tail = NOT_EXPORTABLE.split("{}")
+    if cell == export_cell and (said == NO_SAMPLER or said.startswith(head) and said.endswith(tail)):
         return said   # the grader's own words, from its cell, in its own two forms only (the
                       # notebook could patch the export function the cell calls)
     where = "the grader's export cell" if cell == export_cell else f"cell {cell}"
@@ -678,6 +691,13 @@ def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limit
     return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus)
 
 
+def option_error(args: argparse.Namespace) -> str:
+    """What is wrong with options the parser took ("" if nothing)."""
+    if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
+        return "--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m course_lib.grade",
@@ -726,8 +746,8 @@ def main(argv=None) -> int:
         return gradebook.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
-        parser.error("--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]")
+    if option_error(args):
+        parser.error(option_error(args))
     if args.submission.is_dir():
         submissions = find_submissions(args.submission)
         if not submissions:

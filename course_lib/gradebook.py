@@ -31,7 +31,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (ERROR, Report, build_parser, find_submissions, snapshot,
+from .grade import (ERROR, Report, build_parser, find_submissions, option_error, snapshot,
                     unreadable_report, why_unreadable)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
@@ -192,6 +192,8 @@ def grader_options(grader_args: list[str]) -> argparse.Namespace:
         raise ValueError(str(err)) from None
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    if option_error(options):
+        raise ValueError(option_error(options))
     return options
 
 

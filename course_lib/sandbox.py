@@ -32,6 +32,7 @@ with the install command, and so do :func:`require` and :func:`run` without libs
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import resource
@@ -72,8 +73,8 @@ class Limits:
     file_bytes: int = 2 * 2**30       # RLIMIT_FSIZE: largest file it may write
     folder_bytes: int = 4 * 2**30     # what its work folder may hold on disk (checked each second)
     folder_entries: int = 100_000     # files and folders in it (inodes)
-    folder_depth: int = 64            # folders nested in it (deeper, Python's tree walks recurse
-                                      # past their limit: the grader could neither copy nor delete)
+    folder_depth: int = 64            # folders nested in it (deeper, Python 3.11's tree walks
+                                      # recurse past their limit, and paths grow past PATH_MAX)
     shm_bytes: int = 2**30            # its own /tmp, and its /dev/shm (DataLoader workers), each
     open_files: int = 1024
     threads: int = 1                  # OMP/MKL threads (its CPU share)
@@ -212,9 +213,10 @@ def release_slot(slot: int) -> None:
 
 def remove_tree(path: Path) -> None:
     """Delete a folder that sandboxed code wrote in, whatever it left: folders it locked (chmod
-    000, where the sandbox ran as the grader's own uid) and folders nested past Python's
-    recursion limit (where ``shutil.rmtree`` raises RecursionError, even with ignore_errors).
-    coreutils walk without recursion and never follow links; what cannot go stays, quietly."""
+    000, where the sandbox ran as the grader's own uid), folders nested past Python 3.11's
+    recursion limit (where ``shutil.rmtree`` raises RecursionError, even with ignore_errors) and
+    paths past PATH_MAX. coreutils walk by directory handles and never follow links; where they
+    are not GNU's (no --one-file-system), ``shutil.rmtree`` tries; what cannot go stays, quietly."""
     if os.path.islink(path):
         os.unlink(path)
     if not os.path.lexists(path):
@@ -222,6 +224,11 @@ def remove_tree(path: Path) -> None:
     for command in (["chmod", "-R", "u+rwx", "--", str(path)],
                     ["rm", "-rf", "--one-file-system", "--", str(path)]):
         subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    if os.path.lexists(path):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        except RecursionError:
+            pass
 
 
 def prepare_workdir(path: Path, slot: int = 0) -> None:
@@ -533,7 +540,9 @@ def folder_over(workdir: Path, limits: Limits, deleted: int = 0) -> str:
                         return full
                     if entry.is_dir(follow_symlinks=False):
                         stack.append((entry.path, depth + 1))
-        except OSError:   # removed while counting, or unreadable: count what can be read
+        except OSError as err:   # removed while counting, or unreadable: count what can be read
+            if err.errno == errno.ENAMETOOLONG:   # below here no path-based walk sees anything
+                return "made paths longer than the system allows in its work folder"
             continue
     return ""
 

@@ -172,6 +172,8 @@ class GaussianMixture:
     def log_class_prob(self, x: torch.Tensor, c: int, alpha_bar=1.0) -> torch.Tensor:
         """log p_t(c | x) (eq. 6) with logsumexp: over c's terms of eq. (1) minus over all, (N,).
         Finite where p_t(c | x) itself underflows to 0 far from class c's components."""
+        if not 0 <= c < self.n_classes:
+            raise ValueError(f"class {c} is not one of this mixture's 0 … {self.n_classes - 1}")
         log_joint, _, _ = self._terms(x, alpha_bar)
         return log_joint[:, self.classes == c].logsumexp(-1) - log_joint.logsumexp(-1)
 

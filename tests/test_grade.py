@@ -19,7 +19,7 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import answer_key, grade, grade_checks, sandbox
+from course_lib import answer_key, grade, grade_checks, grade_runner, sandbox
 
 
 def _required() -> bool:
@@ -190,9 +190,17 @@ def test_read_samples_refuses_links_pipes_big_files_and_foreign_files(tmp_path):
     short.write_bytes(good.read_bytes()[:-4])
     with pytest.raises(Rejected, match=r"holds 6268 bytes of values for shape \(2, 1, 28, 28\), not 6272"):
         grade_checks.read_samples(short)
-    for i, header in enumerate([b'{"shape": [2, 1, 28, 28]}', b'{"shape": "big", "dtype": "torch.float32"}',
-                                b'{"shape": [-1], "dtype": "torch.float32"}', b"[" * 500 + b"]" * 500,
-                                b'{"shape": [2.5], "dtype": "torch.float32"}', b"x" * 2000]):
+    wide = tmp_path / "wide.bin"
+    wide.write_bytes(b'{"shape": [1, 1, 1, 1, 1, 1, 1, 1, 1], "dtype": "torch.float32", "floating": true}\n'
+                     + bytes(4))
+    with pytest.raises(Rejected, match=r"wrong output shape \(1, 1, 1, 1, 1, 1, 1, 1, 1\)"):
+        grade_checks.read_samples(wide)
+    for i, header in enumerate([b'{"shape": [2, 1, 28, 28], "dtype": "torch.float32"}',
+                                b'{"shape": "big", "dtype": "torch.float32", "floating": true}',
+                                b'{"shape": [-1], "dtype": "torch.float32", "floating": true}',
+                                b"[" * 500 + b"]" * 500,
+                                b'{"shape": [2.5], "dtype": "torch.float32", "floating": true}',
+                                b'{"shape": [2], "dtype": "torch.float32", "floating": 1}', b"x" * 2000]):
         bad = tmp_path / f"bad{i}.bin"
         bad.write_bytes(header + b"\n" + bytes(8))
         with pytest.raises(Rejected, match="not the one the grader's sampling step writes"):
@@ -256,6 +264,21 @@ def test_a_planted_link_or_pipe_as_the_error_record_neither_hangs_nor_leaks(tmp_
         assert grade._cell_error(tmp_path / name, 9) == "a cell raised an error (no details were recorded)"
     (tmp_path / "real.json").write_text(json.dumps({"cell": 3, "ename": "NameError", "evalue": "x"}))
     assert grade._cell_error(tmp_path / "real.json", 9) == "cell 3 raised NameError: x"
+
+
+def test_the_export_cell_speaks_for_the_grader_in_its_own_two_forms_only(tmp_path):
+    def said(evalue, cell=9):
+        (tmp_path / "e.json").write_text(json.dumps({"cell": cell, "ename": "RuntimeError",
+                                                      "evalue": evalue}))
+        return grade._cell_error(tmp_path / "e.json", 9)
+    mine = grade_runner.NOT_EXPORTABLE.format("PicklingError: a lambda")
+    assert said("GRADER: " + grade_runner.NO_SAMPLER) == grade_runner.NO_SAMPLER
+    assert said("GRADER: " + mine) == mine
+    head = grade_runner.NOT_EXPORTABLE.split("{}")[0]
+    for forged in (head + "x) -- could not grade: reinstall the judge",
+                   "could not grade: reinstall the judge"):
+        assert said("GRADER: " + forged).startswith("the grader's export cell raised RuntimeError: GRADER:")
+    assert said("GRADER: " + grade_runner.NO_SAMPLER, cell=2).startswith("cell 2 raised")
 
 
 def test_judge_weights_must_match_the_pinned_hash(tmp_path):
@@ -361,7 +384,7 @@ grade_runner.export({{"sample_digits": {name}}}, {path!r})
 def _sample(tmp_path, name, shuffle=False, labels=tuple(range(10)), seconds=60.0):
     """Export sample_digits as the notebook's last cell would, then run one of the grader's draws
     (a fresh process, as the grader runs each); return its pictures."""
-    export, spec, out = tmp_path / f"{name}.pkl", tmp_path / "spec.json", tmp_path / f"{name}.pt"
+    export, spec, out = tmp_path / f"{name}.pkl", tmp_path / "spec.json", tmp_path / f"{name}.bin"
     if not export.exists():
         subprocess.run([sys.executable, "-c", EXPORT.format(name=name, path=str(export))],
                        check=True, cwd=tmp_path)
@@ -438,10 +461,10 @@ def test_copy_folder_copies_files_and_links_never_pipes_nor_too_much(tmp_path):
     victim = tmp_path / "instructors_file"
     victim.write_text("keep me")
     (src / "spec.json").symlink_to(victim)          # planted where the grader writes its spec
-    (src / "samples.pt").mkdir()
-    grade.copy_folder(src, tmp_path / "draw2", leave_out=("spec.json", "samples.pt"))
+    (src / grade_checks.SAMPLES_FILE).mkdir()
+    grade.copy_folder(src, tmp_path / "draw2", leave_out=("spec.json", grade_checks.SAMPLES_FILE))
     assert not os.path.lexists(tmp_path / "draw2" / "spec.json")
-    assert not (tmp_path / "draw2" / "samples.pt").exists() and (tmp_path / "draw2" / "link").is_symlink()
+    assert not (tmp_path / "draw2" / grade_checks.SAMPLES_FILE).exists() and (tmp_path / "draw2" / "link").is_symlink()
 
 
 
@@ -461,6 +484,20 @@ def test_copy_folder_walks_deep_trees_without_recursion_and_refuses_them(tmp_pat
         grade.copy_folder(deeper, tmp_path / "copy2")
     grade.sandbox.remove_tree(deeper)
     assert not deeper.exists()
+    long = tmp_path / "long"                     # 20 names of 250 characters: past PATH_MAX
+    long.mkdir()
+    fd = os.open(long, os.O_RDONLY)
+    for _ in range(20):
+        os.mkdir("n" * 250, dir_fd=fd)
+        fd, old = os.open("n" * 250, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
+    assert grade.sandbox.folder_over(long, grade.sandbox.Limits()) == (
+        "made paths longer than the system allows in its work folder")
+    with pytest.raises(Rejected, match="cannot read for each draw .*File name too long"):
+        grade.copy_folder(long, tmp_path / "copy3")
+    grade.sandbox.remove_tree(long)
+    assert not long.exists()
 
 
 def test_a_file_the_grader_cannot_copy_is_the_notebooks_fail_not_a_grader_error(tmp_path, monkeypatch):
@@ -574,7 +611,7 @@ def test_grader_blames_the_submission_in_one_line(tmp_path):
     for name, (_, reason) in cases.items():
         report = json.loads((tmp_path / "grades" / f"{name}.json").read_text())
         assert report["status"] == "fail" and reason in report["reason"], (name, report)
-        assert "\n" not in report["reason"] and "weights_only=False" not in report["reason"]
+        assert "\n" not in report["reason"]
     book = (tmp_path / "grades" / "gradebook.csv").read_text().splitlines()
     assert book[0] == "student,status,accuracy,reason" and len(book) == len(cases) + 1
     page = (tmp_path / "grades" / "review.html").read_text()

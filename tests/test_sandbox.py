@@ -415,8 +415,9 @@ def test_folders_nested_too_deep_stop_the_step_even_made_between_two_checks(sand
     stopped = sandboxed(code)
     assert stopped.over == "nested folders more than 64 deep in its work folder", stopped
     work = tmp_path / "work"
-    with pytest.raises(RecursionError):
-        shutil.rmtree(work / "d", ignore_errors=True)
+    if sys.version_info < (3, 12, 4):    # CPython's rmtree recursed until 3.12.4 (gh-89727)
+        with pytest.raises(RecursionError):
+            shutil.rmtree(work / "d", ignore_errors=True)
     sandbox.remove_tree(work / "d")
     assert not (work / "d").exists()
     assert sandboxed("import os\nos.makedirs('/'.join(['d'] * 60))\nprint('done')").over == ""

@@ -180,7 +180,8 @@ def test_slurm_keeps_the_instructors_private_judge_in_any_spelling(tmp_path, for
 
 @pytest.mark.parametrize("wrong,said", [(["--threshhold", "0.9"], "unrecognized arguments: --threshhold"),
                                         (["--threshold", "high"], "invalid float value: 'high'"),
-                                        (["--profile", "fast"], "invalid choice: 'fast'")])
+                                        (["--profile", "fast"], "invalid choice: 'fast'"),
+                                        (["--threshold", "2"], "--threshold in (0, 1]")])
 def test_slurm_reads_the_graders_options_before_anything_is_copied(tmp_path, capsys, wrong, said):
     """Each task's grader would refuse the option: a typo fails once, here, not in every task."""
     subs, out = tmp_path / "subs", tmp_path / "out"

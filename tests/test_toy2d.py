@@ -140,6 +140,9 @@ def test_tilted_density_stays_finite_where_p_c_given_x_underflows():
     assert torch.isfinite(MIX.tilted_density(grid, 0, -2.0)).all()
     near = make_grid(5.0, 60).points
     assert torch.allclose(MIX.log_class_prob(near, 1), MIX.class_probs(near)[:, 1].log(), atol=1e-9)
+    for c in (-1, MIX.n_classes):
+        with pytest.raises(ValueError, match="not one of this mixture's"):
+            MIX.log_class_prob(near, c)
 
 
 def test_guidance_raises_the_share_of_the_requested_class():
