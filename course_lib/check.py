@@ -385,14 +385,20 @@ def check_residual_block(cls):
 def check_guidance(fn):
     cond, uncond = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     for w in (-1.0, 0.0, 0.5, 2.0):
-        got = fn(cond, uncond, w)
+        got = fn(cond.clone(), uncond.clone(), w)   # clones: an in-place slip changes no reference
         ok, detail = _close(got, (1 + w) * cond - w * uncond)
         if not ok:
+            if not isinstance(got, torch.Tensor) or got.shape != cond.shape:
+                return False, f"w={w}: {detail}"
             if _close(got, uncond + w * (cond - uncond))[0]:
                 return False, (f"w={w}: that is the other convention, ε_u + w·(ε_c − ε_u), where "
-                               "w = 1 is the conditional model; this course's w = 0 is, so "
-                               "ε = (1 + w)·ε_c − w·ε_u")
-            return False, f"w={w}: {detail}"
+                               "w = 1 is the conditional model; this course's w = 0 is the "
+                               "conditional model")
+            point = {-1.0: "at w = -1 the guided noise must be ε_uncond itself (the unconditional "
+                           "model alone)",
+                     0.0: "at w = 0 it must be ε_cond itself (no guidance)"}.get(
+                w, "right at w = -1 and w = 0, but not a straight line in w through those two points")
+            return False, f"w={w}: {detail}; {point}"
     return True, "matches for w = -1, 0, 0.5 and 2"
 
 

@@ -557,8 +557,8 @@ class CFGDenoiser:
         noisy steps would hardly change."""
         if not isinstance(self.model, VDenoiser):
             return rescale_guidance(guided, cond, self.rescale)
-        _, s = self.model._scales(t, x)   # ε - √(1−ᾱ)·x_t = √ᾱ·v, and the rescale ignores the
-        return s * x + rescale_guidance(guided - s * x, cond - s * x, self.rescale)  # factor √ᾱ
+        _, s = self.model._scales(t, x)   # ε - √(1−ᾱ)·x_t = √ᾱ·v, and the rescale commutes with
+        return s * x + rescale_guidance(guided - s * x, cond - s * x, self.rescale)  # the factor √ᾱ
 
 
 class ProjectedGuidance:
@@ -660,7 +660,7 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     prediction's spread, which shows as burnt, over-saturated colours; scaling it back to the
     conditional prediction's spread fixes that, and the blend with φ < 1 keeps some of the
     contrast guidance adds. The same sum as diffusers' ``rescale_noise_cfg``, on the network's
-    own prediction (:class:`CFGDenoiser` turns a :class:`VDenoiser`'s ε back into v first). On
+    own prediction (:class:`CFGDenoiser` rescales a :class:`VDenoiser`'s v, not the ε it returns). On
     the course's ε-prediction models it changed nothing measurable (bench/flower_sampler.md,
     bench/fashion_guidance.md), so the notebooks sample without it; it is here to try on larger w
     or other models.

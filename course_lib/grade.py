@@ -486,37 +486,34 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
             path, target = Path(entry.path), there / entry.name
             try:
                 info = path.lstat()
-            except OSError as err:
-                raise _unreadable(err, path, src) from None
-            if stat.S_ISLNK(info.st_mode):
-                target.symlink_to(os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                target.mkdir()
-                stack.append((path, target, level + 1))
-            elif stat.S_ISREG(info.st_mode):
-                total += info.st_size
-                if total > cap:
-                    raise Rejected(f"the notebook left more than {cap / 2**30:.0f} GiB of files in "
-                                   "its folder; each draw of sample_digits gets a copy, so delete "
-                                   "what sampling does not need")
-                try:
+            except OSError as err:   # a folder it can list but not search: name that folder
+                raise _unreadable(err, here, src) from None
+            try:   # the copy's paths are a few characters longer: they may pass PATH_MAX first
+                if stat.S_ISLNK(info.st_mode):
+                    target.symlink_to(os.readlink(path))
+                elif stat.S_ISDIR(info.st_mode):
+                    target.mkdir()
+                    stack.append((path, target, level + 1))
+                elif stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+                    if total > cap:
+                        raise Rejected(f"the notebook left more than {cap / 2**30:.0f} GiB of files "
+                                       "in its folder; each draw of sample_digits gets a copy, so "
+                                       "delete what sampling does not need")
                     shutil.copyfile(path, target, follow_symlinks=False)
-                except PermissionError as err:   # a file it made unreadable: its folder, its fault
-                    # (a full disk or an I/O error is the grader's, and stays a grader error)
-                    raise Rejected(f"the notebook left a file the grader cannot copy for each "
-                                   f"draw ({path.relative_to(src)}: {err.strerror}); leave only "
-                                   "readable files in its folder") from None
+            except OSError as err:   # a file it made unreadable is its fault; a full disk or an
+                raise _unreadable(err, path, src) from None   # I/O error stays the grader's
 
 
 def _unreadable(err: OSError, path: Path, src: Path) -> Exception:
-    """A folder the notebook left that the grader cannot walk: locked (read but no search
-    permission, or none), or a path past the system's length limit, is the notebook's doing
+    """What the notebook left that the grader cannot copy: a locked file or folder (no read or
+    search permission), or a path past the system's length limit, is the notebook's doing
     (Rejected); any other error (a full disk, an I/O error) is the grader's, and is raised."""
     if err.errno not in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP):
         return err
-    return Rejected(f"the notebook left a folder the grader cannot read for each draw "
+    return Rejected(f"the notebook left what the grader cannot copy for each draw "
                     f"({one_line(path.relative_to(src))[:80]}: {err.strerror}); leave only "
-                    "readable folders, with short paths, in its folder")
+                    "readable files and folders, with short paths, in its folder")
 
 
 def _cell_error(path: Path, export_cell: int) -> str:

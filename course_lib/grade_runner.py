@@ -147,7 +147,8 @@ def export(namespace: dict, path: str) -> None:
         with open(path, "wb") as file:
             _ByValue(file, protocol=pickle.HIGHEST_PROTOCOL).dump(func)
     except Exception as err:
-        raise RuntimeError("GRADER: " + NOT_EXPORTABLE.format(f"{type(err).__name__}: {err}")) \
+        why = f"{type(err).__name__}: {err}"[:300]   # whole, with its tail, in the error record
+        raise RuntimeError("GRADER: " + NOT_EXPORTABLE.format(why)) \
             from None
 
 

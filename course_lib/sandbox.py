@@ -216,7 +216,9 @@ def remove_tree(path: Path) -> None:
     000, where the sandbox ran as the grader's own uid), folders nested past Python 3.11's
     recursion limit (where ``shutil.rmtree`` raises RecursionError, even with ignore_errors) and
     paths past PATH_MAX. coreutils walk by directory handles and never follow links; where they
-    are not GNU's (no --one-file-system), ``shutil.rmtree`` tries; what cannot go stays, quietly."""
+    are not GNU's (no --one-file-system), ``shutil.rmtree`` tries, which never follows links
+    either (and no mount lies inside: a sandbox's mounts end with its namespace); what cannot go
+    stays, quietly."""
     if os.path.islink(path):
         os.unlink(path)
     if not os.path.lexists(path):

@@ -244,6 +244,10 @@ def test_guidance_and_guided_eps(capsys):
     assert not verdict(capsys, check.check_guidance, lambda c, u, w: c + w * (c - u) * 0.5)[0]
     ok, out = verdict(capsys, check.check_guidance, lambda c, u, w: u + w * (c - u))
     assert not ok and "the other convention" in out and "w = 1 is the conditional" in out, out
+    ok, out = verdict(capsys, check.check_guidance, lambda c, u, w: (1 + w) * u - w * c)   # swapped
+    assert not ok and "w=-1.0" in out and "must be ε_uncond itself" in out, out
+    ok, out = verdict(capsys, check.check_guidance, lambda c, u, w: c + w * abs(w) * (c - u))  # not linear
+    assert not ok and "w=0.5" in out and "not a straight line in w" in out, out
 
     def one_pass(model, x, t, c, w):
         mask = torch.cat((torch.ones(len(x), 1), torch.zeros(len(x), 1)))

@@ -373,13 +373,14 @@ def test_guidance_rescale_of_a_v_network_rescales_v():
         return torch.where(c_mask.reshape(-1, 1, 1, 1) > 0, v_of[1.0].repeat(2, 1, 1, 1)[:len(x_t)],
                            v_of[0.0].repeat(2, 1, 1, 1)[:len(x_t)])
 
-    t = torch.full((2,), 140)
-    w, phi = 3.0, 1.0
-    got = ddpm.CFGDenoiser(ddpm.VDenoiser(v_net, schedule), w, rescale=phi)(x, t, c=torch.ones(2, 1))
+    t = torch.tensor([140, 60])                 # a step of its own for each sample
+    ab = schedule.alpha_bars[t].reshape(-1, 1, 1, 1)
+    w = 3.0
     v_guided = (1 + w) * v_of[1.0] - w * v_of[0.0]
-    ab = schedule.alpha_bars[140]
-    want = ab.sqrt() * ddpm.rescale_guidance(v_guided, v_of[1.0], phi) + (1 - ab).sqrt() * x
-    assert torch.allclose(got, want, atol=1e-4)
+    for phi in (1.0, 0.7):
+        got = ddpm.CFGDenoiser(ddpm.VDenoiser(v_net, schedule), w, rescale=phi)(x, t, c=torch.ones(2, 1))
+        want = ab.sqrt() * ddpm.rescale_guidance(v_guided, v_of[1.0], phi) + (1 - ab).sqrt() * x
+        assert torch.allclose(got, want, atol=1e-4), phi
     eps_space = ddpm.rescale_guidance(ab.sqrt() * v_guided + (1 - ab).sqrt() * x,
                                       ab.sqrt() * v_of[1.0] + (1 - ab).sqrt() * x, phi)
     assert (got - eps_space).abs().max() > 100 * (got - want).abs().max()   # not rescaled as ε

@@ -494,10 +494,24 @@ def test_copy_folder_walks_deep_trees_without_recursion_and_refuses_them(tmp_pat
     os.close(fd)
     assert grade.sandbox.folder_over(long, grade.sandbox.Limits()) == (
         "made paths longer than the system allows in its work folder")
-    with pytest.raises(Rejected, match="cannot read for each draw .*File name too long"):
+    with pytest.raises(Rejected, match="cannot copy for each draw .*File name too long"):
         grade.copy_folder(long, tmp_path / "copy3")
     grade.sandbox.remove_tree(long)
     assert not long.exists()
+    near = tmp_path / "s"                        # paths that fit, whose copies do not
+    near.mkdir()
+    fd, length = os.open(near, os.O_RDONLY), len(str(near))
+    while length < 4060:                         # ends between 4,060 and 4,080 characters
+        name = "n" * min(200, 4080 - length - 1)
+        os.mkdir(name, dir_fd=fd)
+        fd, old = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+        length += 1 + len(name)
+    os.close(fd)
+    assert grade.sandbox.folder_over(near, grade.sandbox.Limits()) == ""
+    with pytest.raises(Rejected, match="cannot copy for each draw .*File name too long"):
+        grade.copy_folder(near, tmp_path / ("s" + "x" * 40))
+    grade.sandbox.remove_tree(near)
 
 
 def test_a_file_the_grader_cannot_copy_is_the_notebooks_fail_not_a_grader_error(tmp_path, monkeypatch):
