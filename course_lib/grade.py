@@ -501,8 +501,13 @@ def copy_folder(src: Path, dst: Path, cap: int = FOLDER_CAP,
                                        "in its folder; each draw of sample_digits gets a copy, so "
                                        "delete what sampling does not need")
                     shutil.copyfile(path, target, follow_symlinks=False)
-            except OSError as err:   # a file it made unreadable is its fault; a full disk or an
-                raise _unreadable(err, path, src) from None   # I/O error stays the grader's
+            except OSError as err:
+                # a file it made unreadable, or a path too long to copy, is the notebook's fault;
+                # the grader's own copy refusing a write (a full disk, an I/O error) is not
+                copying = str(target) in (str(err.filename), str(err.filename2))
+                if copying and err.errno != errno.ENAMETOOLONG:
+                    raise
+                raise _unreadable(err, path, src) from None
 
 
 def _unreadable(err: OSError, path: Path, src: Path) -> Exception:

@@ -147,7 +147,9 @@ def export(namespace: dict, path: str) -> None:
         with open(path, "wb") as file:
             _ByValue(file, protocol=pickle.HIGHEST_PROTOCOL).dump(func)
     except Exception as err:
-        why = f"{type(err).__name__}: {err}"[:300]   # whole, with its tail, in the error record
+        from .grade_checks import REASON_CAP   # the report keeps this many characters: the
+        room = REASON_CAP - len(NOT_EXPORTABLE.format(""))   # advice after the detail must fit
+        why = f"{type(err).__name__}: {err}"[:room]
         raise RuntimeError("GRADER: " + NOT_EXPORTABLE.format(why)) \
             from None
 

@@ -279,6 +279,15 @@ def test_the_export_cell_speaks_for_the_grader_in_its_own_two_forms_only(tmp_pat
                    "could not grade: reinstall the judge"):
         assert said("GRADER: " + forged).startswith("the grader's export cell raised RuntimeError: GRADER:")
     assert said("GRADER: " + grade_runner.NO_SAMPLER, cell=2).startswith("cell 2 raised")
+    tail = grade_runner.NOT_EXPORTABLE.split("{}")[1]
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("x" * 5000)      # a long reason: the advice after it must survive
+    with pytest.raises(RuntimeError) as err:
+        grade_runner.export({"sample_digits": lambda labels, m=Unpicklable(): m}, str(tmp_path / "e.pkl"))
+    words = said(str(err.value))
+    assert Rejected(words).reason.endswith(tail) and "TypeError: xxx" in words, words
 
 
 def test_judge_weights_must_match_the_pinned_hash(tmp_path):
