@@ -409,19 +409,17 @@ def _paste_back_slip(got, x, photo, keep, t_prev, schedule, noise) -> str:
     free = (keep == 0).expand_as(x)
     if not _close(got[free], x[free])[0]:
         return "where keep = 0 the sampler's x must stay as it is"
-    known = keep.bool().expand_as(x)
     if t_prev < 0:
         return ("after the last step no noise is left in the sampler's x: what should the known "
                 "pixels be then?")
-    if _close(got[known], photo[known])[0]:
+    if _close(got, paste_back(x, photo, keep, -1, schedule, noise))[0]:   # the last step's paste
         return ("the pasted pixels are the clean photo, but the sampler's x at t_prev is still "
                 "noisy: the known pixels need the same noise level (02's forward process)")
     for other in (t_prev + 1, t_prev - 1):
-        if 0 <= other < len(schedule.alpha_bars):
-            ab = schedule.alpha_bars[other]
-            if _close(got[known], (ab.sqrt() * photo + (1 - ab).sqrt() * noise)[known])[0]:
-                return (f"the pasted pixels carry step {other}'s noise level; the sampler has just "
-                        "stepped to t_prev")
+        if 0 <= other < len(schedule.alpha_bars) and _close(
+                got, paste_back(x, photo, keep, other, schedule, noise))[0]:
+            return (f"the pasted pixels carry step {other}'s noise level; the sampler has just "
+                    "stepped to t_prev")
     return "where keep = 1: the photo noised to t_prev's level with the noise given"
 
 

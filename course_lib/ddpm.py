@@ -282,8 +282,8 @@ def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std:
         raise ValueError(f"lognormal timesteps need P_std > 0 (EDM: 1.2), got {p_std}")
     device = schedule.alpha_bars.device
     log_sigmas = (0.5 * ((1 - schedule.alpha_bars) / schedule.alpha_bars).log()).float()
-    drawn = p_mean + p_std * torch.randn(n, device=draw_device(generator, device), generator=generator)
-    drawn = drawn.to(device)
+    noise = torch.randn(n, device=draw_device(generator, device), generator=generator)
+    drawn = (p_mean + p_std * noise).to(device)
     return (drawn[:, None] - log_sigmas[None, :]).abs().argmin(dim=1)
 
 
@@ -546,7 +546,6 @@ class CFGDenoiser:
         if rows.all():
             return guided
         return torch.where(rows.reshape(-1, *[1] * (x.ndim - 1)), guided, eps_cond)
-
 
     def _rescaled(self, guided: torch.Tensor, cond: torch.Tensor, x: torch.Tensor,
                   t: torch.Tensor) -> torch.Tensor:

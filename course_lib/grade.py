@@ -435,6 +435,7 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
     """One call of ``sample_digits``, sandboxed, in a fresh copy of the notebook's folder; return
     the pictures (read safely) and the seconds. Nothing one draw leaves reaches the next."""
     inside = Path(sandbox.INSIDE_HOME) if opts.use_sandbox else draw_dir
+    samples = draw_dir / SAMPLES_FILE
     sandbox.remove_tree(draw_dir)
     copy_folder(workdir, draw_dir, leave_out=("spec.json", SAMPLES_FILE))  # never the notebook's
     with open(draw_dir / "spec.json", "x") as file:   # "x": fails on anything already there
@@ -447,8 +448,8 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
         if result.over:   # a fault whichever draw it is
             raise Rejected(_over("sample_digits", result.over))
         if spec["shuffle"]:   # the network without its weights may fail: no pictures, not a fault
-            ok = result.returncode == 0 and (draw_dir / SAMPLES_FILE).exists()
-            return (read_samples(draw_dir / SAMPLES_FILE) if ok else torch.empty(0)), result.seconds
+            ok = result.returncode == 0 and samples.exists()
+            return (read_samples(samples) if ok else torch.empty(0)), result.seconds
         if result.timed_out:
             raise Rejected(f"time-out: sample_digits took longer than {spec['seconds']:.0f} s")
         if result.returncode != 0:
@@ -456,7 +457,7 @@ def _draw(workdir: Path, draw_dir: Path, spec: dict, opts: Options, env: dict):
             if result.returncode < 0 or "Killed" in reason:
                 reason += _memory_hint(opts)
             raise Rejected(f"sampling failed: {reason}")
-        return read_samples(draw_dir / SAMPLES_FILE), result.seconds
+        return read_samples(samples), result.seconds
     finally:
         sandbox.remove_tree(draw_dir)
 
@@ -748,8 +749,9 @@ def main(argv=None) -> int:
         return gradebook.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if option_error(args):
-        parser.error(option_error(args))
+    problem = option_error(args)
+    if problem:
+        parser.error(problem)
     if args.submission.is_dir():
         submissions = find_submissions(args.submission)
         if not submissions:

@@ -326,11 +326,11 @@ def read_samples(path: Path, cap: int = SAMPLES_CAP) -> torch.Tensor:
         raise Rejected(f"wrong dtype {one_line(dtype)[:40]}; expected floating point images in [-1, 1]")
     if len(shape) > 8 or max(shape, default=0) >= 2**31:   # what no picture batch is
         raise Rejected(f"wrong output shape {one_line(tuple(shape))[:80]}; expected (N, 1, 28, 28)")
-    body = memoryview(data)[end + 1:]
-    if len(body) != 4 * math.prod(shape):
+    body, size = memoryview(data)[end + 1:], 4 * math.prod(shape)
+    if len(body) != size:
         raise Rejected(f"the samples file holds {len(body)} bytes of values for shape "
-                       f"{tuple(shape)}, not {4 * math.prod(shape)}; it must be the file the "
-                       "grader's sampling step writes")
+                       f"{tuple(shape)}, not {size}; it must be the file the grader's sampling "
+                       "step writes")
     return torch.from_numpy(np.frombuffer(body, dtype="<f4").astype(np.float32)).reshape(shape)
 
 

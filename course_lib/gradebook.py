@@ -192,8 +192,9 @@ def grader_options(grader_args: list[str]) -> argparse.Namespace:
         raise ValueError(str(err)) from None
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
-    if option_error(options):
-        raise ValueError(option_error(options))
+    problem = option_error(options)
+    if problem:
+        raise ValueError(problem)
     return options
 
 

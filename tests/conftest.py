@@ -18,15 +18,18 @@ def _required() -> bool:
     return bool(os.environ.get("CI") or os.environ.get("COURSE_REQUIRE_DATA"))
 
 
+def _stop(why: str) -> None:
+    """Skip with ``why`` on a student's machine; fail under CI, which must have it."""
+    if _required():
+        pytest.fail(f"CI must have it: {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def absent():
-    """``absent(why)``: skip with ``why`` on a student's machine; fail under CI, which installs
-    every package ``pyproject.toml`` names (the pretrained towers' weights among them)."""
-    def stop(why: str):
-        if _required():
-            pytest.fail(f"CI must have it: {why}")
-        pytest.skip(why)
-    return stop
+    """``absent(why)``: :func:`_stop` for what CI installs, every package ``pyproject.toml``
+    names (the pretrained towers' weights among them)."""
+    return _stop
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +46,7 @@ def _need(*names: str) -> None:
         for name in names:
             find_data_root(name, allow_download=False)
     except DataNotFoundError as err:
-        if _required():
-            pytest.fail(f"CI must have the offline datasets: {err}")
-        pytest.skip(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
+        _stop(f"offline datasets not found (set COURSE_DATA_DIR): {err}")
 
 
 @pytest.fixture(scope="session")   # session: module-scoped fixtures (a judge, a cohort) use it too
