@@ -32,6 +32,7 @@ reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's gra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import errno
 import hashlib
@@ -41,6 +42,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -66,8 +68,9 @@ PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
-SAMPLE_TIMEOUT = 1050.0            # seconds for the three draws (b and c: 1.5x a's time each, at most)
+SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time, at most half of what a left
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
+MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at least
 ERROR_CAP = 2**16                  # bytes of a cell's recorded error that the grader reads
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
 
@@ -225,7 +228,13 @@ def find_submissions(folder: Path) -> list[Path]:
     is there is listed on stderr, so that no student is left out unseen (macOS's ``._x`` files
     and Jupyter's checkpoints excepted)."""
     notebooks, other = [], []
-    for entry in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        print(f"could not grade: cannot list {folder} ({err.strerror}); make it readable by the "
+              "grader", file=sys.stderr)
+        return []
+    for entry in entries:
         if entry.name.startswith("._") or entry.name in (".ipynb_checkpoints", ".DS_Store"):
             continue    # macOS's and Jupyter's own files, never a student's
         if entry.name.startswith("."):
@@ -650,7 +659,8 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     except Exception as err:  # the grader's own bug: say so, never a false pass or fail
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
-    report.sandbox = sandbox_label(opts.use_sandbox, opts.slot)   # after the steps: one may lose its group
+    report.sandbox = ("none needed: the notebook was never run" if why_unreadable(copy) else
+                      sandbox_label(opts.use_sandbox, opts.slot))   # after the steps: one may lose its group
     return report
 
 
@@ -675,10 +685,57 @@ NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid in
 
 
 def write_report(report: Report, out: Path) -> Path:
+    """``OUT/<student>.json``: what ``collect`` merges into the gradebook."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{report_name(report)}.json"
     path.write_text(json.dumps(asdict(report), indent=2))
     return path
+
+
+def set_aside(out: Path, students: list[str], to: Path, books: bool = True) -> list[Path]:
+    """Move these students' reports and sample grids to folder ``to``, and with ``books`` also
+    ``OUT``'s roster, gradebook, review page and Slurm logs: nothing is deleted, and no earlier
+    report can stand in for a grading that fails. Returns the paths moved, at their new place."""
+    names = [f"{s}{end}" for s in students for end in (".json", "_samples.png", "_samples.pt")]
+    if books:
+        names = ["roster.txt", "gradebook.csv", "review.html", "logs", *names]
+    moved = []
+    try:
+        for name in names:
+            if (out / name).is_file() or (name == "logs" and (out / name).is_dir()):
+                to.mkdir(parents=True, exist_ok=True)
+                if os.path.lexists(to / name):   # never over an earlier grade set aside there
+                    raise FileExistsError(errno.EEXIST, "already set aside", str(to / name))
+                moved.append((out / name).replace(to / name))
+    except OSError:
+        put_back(moved, out)   # all or nothing: a half-moved OUT would lose track of them
+        raise
+    return moved
+
+
+def put_back(moved: list[Path], out: Path) -> None:
+    """Undo :func:`set_aside`: each path it moved goes back to ``out``."""
+    for path in moved:
+        path.replace(out / path.name)
+
+
+def writable_error(out: Path) -> str:
+    """Why reports cannot be written to ``out`` or set aside in ``out/previous`` ("" if they
+    can), found before hours of grading; nothing is created (a folder not there yet is tried in
+    the nearest one that is)."""
+    for folder in (out, out / "previous"):
+        there = next(p for p in (folder, *folder.parents) if os.path.exists(p))  # False: EACCES too
+        try:
+            if there == folder and not os.path.isdir(folder):
+                return f"{folder} is a file, not a folder; choose another --out"
+            tempfile.TemporaryFile(dir=there).close()
+        except OSError as err:
+            fix = ("choose another --out" if err.errno == errno.EROFS else "choose another --out, "
+                   "or grade as the user who owns it (sudo, if it was graded with sudo)")
+            return f"cannot write to {folder} ({err.strerror or err}); {fix}"
+        if there != folder:   # not there yet: what is above it decides
+            break
+    return ""
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -698,7 +755,19 @@ def option_error(args: argparse.Namespace) -> str:
     """What is wrong with options the parser took ("" if nothing)."""
     if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
         return "--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]"
+    if not all(0 < v < math.inf for v in (args.timeout, args.sample_timeout)):
+        return "--timeout and --sample-timeout are seconds, and must be > 0 (and finite)"
+    if args.memory_gib is not None and not MIN_MEMORY_GIB <= args.memory_gib < math.inf:
+        return (f"--memory-gib must be at least {MIN_MEMORY_GIB} (notebook 06 promises students "
+                f"{MIN_MEMORY_GIB} GiB); leave it out for 80% of RAM / jobs")
     return ""
+
+
+def worst_case_seconds(timeout: float, sample_timeout: float) -> float:
+    """The longest one submission's grading may take: the notebook, then the three draws (a up to
+    ``sample_timeout``; b and c each at most half of what a left, and at least a minute), each
+    draw with its process's start-up."""
+    return timeout + sample_timeout + 2 * 60.0 + 3 * DRAW_STARTUP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -709,16 +778,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "2 could not grade. Also: `grade slurm FOLDER` and `grade collect OUT`.")
     parser.add_argument("submission", type=Path, help="a notebook, or a folder of notebooks")
     parser.add_argument("--samples-per-digit", "-n", type=int, default=10,
-                        help="about this many samples of each digit (a hidden count within ±20%%)")
-    parser.add_argument("--threshold", type=float, default=0.95, help="accuracy needed to pass")
+                        help="about this many samples of each digit (a hidden count within ±20%%; "
+                             "default %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.95, help="accuracy needed to pass (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds the notebook may run (default 3600: generous for a CPU)")
     parser.add_argument("--sample-timeout", type=float, default=SAMPLE_TIMEOUT,
-                        help="seconds the grader's three calls of sample_digits may take")
+                        help="seconds the first call of sample_digits may take; the other two get 1.5 "
+                             "times what it took, at most half of what it left and at least 60 s "
+                             "each (default %(default)s)")
     parser.add_argument("--jobs", "-j", type=int, default=1,
-                        help="submissions graded at once, each with its share of CPUs and memory")
+                        help="submissions graded at once, each with its share of CPUs and memory "
+                             "(default %(default)s)")
     parser.add_argument("--memory-gib", type=float, default=None,
-                        help="memory limit per submission (default: 80%% of RAM / jobs, 2-8 GiB)")
+                        help=f"memory limit per submission, at least {MIN_MEMORY_GIB} (default: 80%% of RAM / "
+                             "jobs, 2-8 GiB)")
     parser.add_argument("--seed", type=int, default=None,
                         help="fix the hidden seeds, e.g. a report's \"seed\" to reproduce its "
                              "grade (same --jobs, same private judges); default: a secret one each")
@@ -757,6 +831,10 @@ def main(argv=None) -> int:
         if not submissions:
             return 2
     elif args.submission.exists():
+        if args.submission.suffix.lower() != ".ipynb":
+            print(f"could not grade: {args.submission} is not a .ipynb notebook; give a student's "
+                  "notebook, or a folder of them", file=sys.stderr)
+            return 2
         submissions = [args.submission]
     else:
         print(f"could not grade: {args.submission} does not exist", file=sys.stderr)
@@ -786,6 +864,10 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
         if os.geteuid() != 0:
             print(NOT_ROOT, file=sys.stderr)
     out = args.out.resolve()
+    problem = writable_error(out)
+    if problem:
+        print(f"could not grade: {problem}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     try:   # before any worker starts: they all read the one file
         judge_file = ensure_private_judge(args.private_judge).resolve()
@@ -795,6 +877,14 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
     private = Path(tempfile.mkdtemp(prefix="course-grade-"))
     try:
         copies = snapshot(submissions, private)
+        if args.slot is None:   # the instructor's command (a worker's or a task's was set aside for it)
+            try:
+                _keep_earlier(out, [safe_name(args.name)] if args.name and len(copies) == 1 else
+                              [name for name, _ in copies], books=args.submission.is_dir())
+            except OSError as err:
+                print(f"could not grade: cannot set the earlier reports in {out} aside "
+                      f"({one_line(err)}); nothing was moved or graded", file=sys.stderr)
+                return 2
         opts = Options(args.samples_per_digit, args.threshold, args.timeout, args.sample_timeout,
                        args.profile, out, not args.no_sandbox, slot,
                        _limits(args.jobs, args.memory_gib, index),
@@ -806,7 +896,7 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
             reports = [_grade_here(c, opts, args.name if len(copies) == 1 else None,
                                    args.origin or origins[c[0]]) for c in copies]
         else:
-            reports = _grade_parallel(copies, submissions, args, out, opts.hide)
+            reports = _grade_parallel(copies, submissions, args, out, opts)
         if args.submission.is_dir():
             from .gradebook import (collect_command, load_reports, summary, write_gradebook,
                                     write_review_page)
@@ -820,12 +910,31 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
                       f"{collect_command(out)}")
     finally:
         sandbox.remove_tree(private)
-    if args.json:
+    if args.json:   # a folder's reports as a list (one student or many), a notebook's as one
         data = [asdict(r) for r in reports]
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        args.json.write_text(json.dumps(data if args.submission.is_dir() else data[0], indent=2))
     codes = {r.exit_code for r in reports}
     return 2 if 2 in codes else 1 if 1 in codes else 0
+
+
+def _keep_earlier(out: Path, students: list[str], books: bool) -> None:
+    """Before a (re)grade: these students' earlier reports and grids, and for a folder the earlier
+    gradebook, review page, roster and Slurm logs, move to a new ``OUT/previous/grade-<time>-...``
+    (:func:`set_aside`), where an appeal can still read them; a grading that then fails leaves no
+    stale report in their place. Raises OSError (nothing moved) if they cannot be moved."""
+    previous = out / "previous"
+    previous.mkdir(exist_ok=True)
+    to = Path(tempfile.mkdtemp(prefix=f"grade-{time.strftime('%Y%m%d-%H%M%S')}-", dir=previous))
+    try:
+        moved = set_aside(out, students, to, books=books)
+    finally:
+        if not any(to.iterdir()):
+            to.rmdir()
+            with contextlib.suppress(OSError):   # and previous/ itself, if this made it for nothing
+                previous.rmdir()
+    if moved:
+        print(f"note: {len(moved)} earlier file(s) of this grading moved to {to}", file=sys.stderr)
 
 
 def _hidden(submission: Path, out: Path, private: Path, more=()) -> tuple:
@@ -846,19 +955,19 @@ def _grade_here(copy: tuple[str, Path], opts: Options, name: str | None, origin:
     return report
 
 
-def unreadable_report(copy: Path, name: str, origin: str, out: Path) -> Report | None:
+def unreadable_report(copy: Path, name: str, origin: str, out: Path,
+                      threshold: float = 0.95) -> Report | None:
     """The report of a submission :func:`snapshot` could not copy (None for any other): its
     reason lives beside this copy only, so it is graded here, by the process that copied it, and
     never by a worker or a Slurm task, which would copy the empty copy again without it."""
     if why_unreadable(copy) is None:
         return None
-    report = grade_one(copy, Options(out=out, use_sandbox=False), name, origin)
-    report.sandbox = "none needed: the notebook was never run"
+    report = grade_one(copy, Options(threshold=threshold, out=out, use_sandbox=False), name, origin)
     write_report(report, out)
     return report
 
 
-def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
+def _grade_parallel(copies, submissions, args, out: Path, opts: Options) -> list[Report]:
     """One worker process per submission, ``--jobs`` at a time, each in its own sandbox slot."""
     slots = list(range(args.jobs))
     forwarded = ["--samples-per-digit", str(args.samples_per_digit), "--threshold",
@@ -875,35 +984,44 @@ def _grade_parallel(copies, submissions, args, out: Path, hide) -> list[Report]:
         forwarded.append("--keep-samples")
     if args.private_judge:
         forwarded += ["--private-judge", str(args.private_judge)]
-    for path in hide:
+    for path in opts.hide:
         forwarded += ["--hide", str(path)]
     origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
 
     def work(copy):
         student, path = copy
-        unreadable = unreadable_report(path, student, origins[student], out)
+        unreadable = unreadable_report(path, student, origins[student], out, args.threshold)
         if unreadable is not None:
             print(unreadable.text() + "\n", flush=True)
             return unreadable
-        report_file = out / f"{safe_name(student)}.json"
-        report_file.unlink(missing_ok=True)  # never read a stale report
-        slot = slots.pop()
+        report_file = out / f"{safe_name(student)}.json"   # none now: _keep_earlier moved it
+        slot, limit = slots.pop(), worst_case_seconds(args.timeout, args.sample_timeout) + 600
         try:
             proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),
                                    *forwarded, "--slot", str(slot), f"--name={student}",
                                    f"--origin={origins[student]}"],   # "=": a name may start with -
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=args.timeout + args.sample_timeout + 900)
+                                  timeout=limit)
             print(proc.stdout[-4000:], flush=True)
+            said = _last_line("\n".join(ln for ln in proc.stdout.splitlines()
+                                        if not ln.startswith("note:")))[:200]   # not the grader's notes
+            ended = (f"was killed by signal {-proc.returncode} (SIGKILL: often out of memory)"
+                     if proc.returncode == -signal.SIGKILL else
+                     f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else
+                     f"exited with code {proc.returncode} ({said})")
         except subprocess.TimeoutExpired:
-            pass
+            ended = f"was stopped after {limit:.0f} s"
         finally:
             slots.append(slot)
         try:
             return Report(**json.loads(report_file.read_text()))
-        except (OSError, ValueError, TypeError):
-            return Report(origins[student], ERROR, student=student,
-                          reason="could not grade: the worker wrote no report")
+        except (OSError, ValueError, TypeError):   # kept, so that collect lists this student too
+            report = Report(origins[student], ERROR, student=student, threshold=args.threshold,
+                            sandbox=sandbox_label(opts.use_sandbox, slot),
+                            reason=one_line(f"could not grade: the grading worker {ended} and "
+                                            "wrote no report; grade this notebook alone to see why"))
+            write_report(report, out)
+            return report
 
     with ThreadPoolExecutor(args.jobs) as pool:
         return list(pool.map(work, copies))

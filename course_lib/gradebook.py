@@ -8,9 +8,9 @@ writes ``grade.sbatch``, a job array with one task per submission, each running 
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
 ``sbatch`` (``--dry-run`` only writes the script; ``--wait`` waits for the array, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
-already had in ``OUT`` (and the old roster, gradebook and review page) move to
-``OUT/previous/<job>/`` (:func:`set_aside`), so that none stands in for a task that fails, and
-none is lost; if ``sbatch`` takes no job, they move back. A submission that could not be copied
+already had in ``OUT`` (and the old roster, gradebook, review page and task logs) move to
+``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
+that fails, and none is lost; if ``sbatch`` takes no job, they move back. A submission that could not be copied
 (a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
 merges those reports into ``OUT/gradebook.csv`` (student, status, accuracy, reason) and
 ``OUT/review.html`` (each student's code beside its samples, ``course_lib/review.py``) and prints
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shlex
 import shutil
@@ -31,12 +32,15 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (ERROR, Report, build_parser, find_submissions, option_error, snapshot,
-                    unreadable_report, why_unreadable)
+from .grade import (ERROR, MIN_MEMORY_GIB, Report, build_parser, find_submissions, option_error,
+                    put_back, set_aside, snapshot, unreadable_report, why_unreadable,
+                    worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
+TASK_OVERHEAD_GIB = 4   # a task's memory beyond its notebook's: /tmp and /dev/shm (1 GiB each,
+                        # sandbox.Limits.shm_bytes) and the grader (torch, MNIST, the judges)
 
 
 def summary(reports: list[Report]) -> str:
@@ -100,15 +104,21 @@ def load_reports(out: Path, expected: list[str] | None = None) -> list[Report]:
             continue
         if report.student:
             reports[report.student] = report
-    for student in expected or []:
+    for task, student in enumerate(expected or []):
         if student not in reports:
             reports[student] = Report(student, ERROR, student=student,
                                       reason="could not grade: no report (the task did not finish; "
-                                             "see its log)")
+                                             f"see {out / 'logs' / f'task-{task}.log'})")
     return sorted(reports.values(), key=lambda r: r.student)
 
 
 def collect(out: Path) -> int:
+    """Merge ``OUT``'s reports into its gradebook and review page, print the summary; exit 0 all
+    passed, 1 any failed, 2 any could not be graded (as ``grade`` itself)."""
+    if not os.path.isdir(out):
+        print(f"could not collect: {out} is not a folder; give the --out folder the grader wrote "
+              "its reports to", file=sys.stderr)
+        return 2
     roster = out / "roster.txt"
     expected = [ln.split("\t")[0] for ln in roster.read_text().splitlines() if ln.strip()] \
         if roster.is_file() else None
@@ -129,7 +139,7 @@ def collect(out: Path) -> int:
 
 
 def sbatch_script(roster: Path, out: Path, n_tasks: int, grader_args: list[str], *,
-                  cpus: int = 2, mem_gib: int = 8, minutes: int = 90, parallel: int = 0,
+                  cpus: int = 2, mem_gib: int = 12, minutes: int = 96, parallel: int = 0,
                   python: str = sys.executable, hide: list[Path] = ()) -> str:
     """The job array: task i grades line i+1 of the roster (student<TAB>private copy)."""
     array = f"0-{n_tasks - 1}" + (f"%{parallel}" if parallel else "")
@@ -150,26 +160,13 @@ copy=${{line#*$'\\t'}}
 cd {shlex.quote(os.getcwd())}
 exec {shlex.quote(python)} -m course_lib.grade "$copy" --name="$student" --origin="$student" \\
   --slot $((SLURM_ARRAY_TASK_ID % {SLOTS})) --out {shlex.quote(str(out))} {hides} \\
-  --memory-gib {max(1, mem_gib - 1)} {" ".join(shlex.quote(a) for a in grader_args)}
+  --memory-gib {mem_gib - TASK_OVERHEAD_GIB} {" ".join(shlex.quote(a) for a in grader_args)}
 """
 
 
 def roster_text(copies: list[tuple[str, Path]]) -> str:
     """A roster: one "student<TAB>private copy" line per submission (what tasks and collect read)."""
     return "".join(f"{name}\t{path}\n" for name, path in copies)
-
-
-def set_aside(out: Path, students: list[str], to: Path) -> list[Path]:
-    """Move these students' reports and sample grids, and ``OUT``'s roster, gradebook and review
-    page, to folder ``to``: nothing is deleted. Returns the paths moved, at their new place."""
-    moved = []
-    for name in ["roster.txt", "gradebook.csv", "review.html",
-                 *(f"{s}{end}" for s in students for end in (".json", "_samples.png",
-                                                             "_samples.pt"))]:
-        if (out / name).is_file():
-            to.mkdir(parents=True, exist_ok=True)
-            moved.append((out / name).replace(to / name))
-    return moved
 
 
 def collect_command(out: Path, sudo: bool | None = None) -> str:
@@ -198,18 +195,63 @@ def grader_options(grader_args: list[str]) -> argparse.Namespace:
     return options
 
 
+TASK_MARGIN_S = 600.0   # a task's seconds beyond the grader's limits: Python, MNIST and the judges
+
+
+def task_minutes(options: argparse.Namespace) -> int:
+    """The minutes a task needs: the grader's worst case for one submission, and a margin."""
+    return math.ceil((worst_case_seconds(options.timeout, options.sample_timeout)
+                      + TASK_MARGIN_S) / 60)
+
+
+def task_problem(options: argparse.Namespace, cpus: int, mem_gib: int, minutes: int,
+                 parallel: int) -> str:
+    """What is wrong with the Slurm options for these grader options ("" if nothing)."""
+    if cpus < 1 or parallel < 0:
+        return "--cpus must be >= 1 and --parallel >= 0 (0: no limit)"
+    if mem_gib - TASK_OVERHEAD_GIB < MIN_MEMORY_GIB:
+        return (f"--mem-gib must be at least {MIN_MEMORY_GIB + TASK_OVERHEAD_GIB}: the notebook gets "
+                f"{TASK_OVERHEAD_GIB} GiB less (its /tmp and /dev/shm live in memory, and the "
+                f"grader itself runs in the task), and 06 promises it {MIN_MEMORY_GIB} GiB")
+    share = mem_gib - TASK_OVERHEAD_GIB
+    if options.memory_gib is not None and options.memory_gib > share:
+        return (f"--memory-gib {options.memory_gib:g} is more than a task of --mem-gib {mem_gib} "
+                f"leaves its notebook ({share} GiB): raise --mem-gib to "
+                f"{math.ceil(options.memory_gib) + TASK_OVERHEAD_GIB}, or leave --memory-gib out")
+    needed = task_minutes(options)
+    if minutes < needed:
+        return (f"--minutes {minutes} is shorter than a submission may take with --timeout "
+                f"{options.timeout:.0f} and --sample-timeout {options.sample_timeout:.0f}: at "
+                f"least {needed} (leave --minutes out to get that)")
+    return ""
+
+
 def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: bool = False,
-           wait: bool = False, cpus: int = 2, mem_gib: int = 8, minutes: int = 90,
+           wait: bool = False, cpus: int = 2, mem_gib: int = 12, minutes: int | None = None,
            parallel: int = 0) -> int:
-    """Snapshot the cohort, write the array script, and submit it (or only write it)."""
+    """Snapshot the cohort, write the array script, and submit it (or only write it).
+    ``minutes`` None: what the grader's time limits need (:func:`task_minutes`)."""
     if not submissions.exists():
         print(f"could not grade: {submissions} does not exist", file=sys.stderr)
+        return 2
+    if not submissions.is_dir() and submissions.suffix.lower() != ".ipynb":
+        print(f"could not grade: {submissions} is not a .ipynb notebook; give a folder of "
+              "notebooks (or one)", file=sys.stderr)
         return 2
     try:
         options = grader_options(grader_args)
     except ValueError as err:
         print(f"could not grade: {one_line(err)}; the grader's options are listed by "
               "python -m course_lib.grade --help (nothing was copied or submitted)", file=sys.stderr)
+        return 2
+    minutes = task_minutes(options) if minutes is None else minutes
+    problem = task_problem(options, cpus, mem_gib, minutes, parallel)
+    if problem:
+        print(f"could not grade: {problem} (nothing was copied or submitted)", file=sys.stderr)
+        return 2
+    problem = writable_error(out.resolve())
+    if problem:
+        print(f"could not grade: {problem}", file=sys.stderr)
         return 2
     notebooks = find_submissions(submissions) if submissions.is_dir() else [submissions]
     if not notebooks:
@@ -233,7 +275,6 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     out.mkdir(parents=True, exist_ok=True)
     job = Path(tempfile.mkdtemp(prefix=f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-", dir=out))
     (job / "copies").mkdir()   # mkdtemp made the job folder private (0700) and unique
-    (out / "logs").mkdir(exist_ok=True)
     copies = snapshot(notebooks, job / "copies")
     origins = {name: str(path) for (name, _), path in zip(copies, notebooks)}
     # a copy snapshot could not make is graded here, where its reason is: no task for it
@@ -253,16 +294,24 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
         judges = "" if judge.is_file() else (f", and first trains the private judges ({judge} is "
                                               "not there yet: tasks submitted by hand would each "
                                               "train their own)")
-        print(f"nothing else in {out} changed: this script is for reading. To grade, run the same "
-              "command without --dry-run, which also sets old reports aside, writes "
+        (out / "logs").mkdir(exist_ok=True)   # where the script's tasks write their logs
+        print(f"the reports in {out} are untouched: this script, and the private copies of the "
+              f"notebooks beside it in {job}, are for reading. To grade, run the same command "
+              "without --dry-run, which also sets old reports aside, writes "
               f"{out / 'roster.txt'} for collect and reports the notebooks that are not tasks"
               f"{judges}; submitted by hand (sbatch {script}), none of that happens")
         return 0
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
-    aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
-    (out / "roster.txt").write_text(roster_text(copies))
+    try:
+        aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
+    except OSError as err:
+        print(f"could not grade: cannot set the earlier reports in {out} aside ({one_line(err)}); "
+              "nothing was moved or submitted", file=sys.stderr)
+        return 2
+    (out / "logs").mkdir()   # the old logs went with the old reports: task i's is logs/task-i.log
+    (out / "roster.txt").write_text(roster_text(tasks + unreadable))   # line i+1: task i's student
     for name, copy in unreadable:
-        unreadable_report(copy, name, origins[name], out)
+        unreadable_report(copy, name, origins[name], out, options.threshold)
     if not tasks:
         print("no notebook to run: every submission was unreadable")
         return collect(out)
@@ -273,8 +322,9 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
         for name, _ in unreadable:
             (out / f"{name}.json").unlink(missing_ok=True)
         (out / "roster.txt").unlink()
-        for path in aside:
-            path.replace(out / path.name)
+        if not any((out / "logs").iterdir()):
+            (out / "logs").rmdir()   # the one made for this job, so that the old one comes back
+        put_back(aside, out)
         print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
               "changed)", file=sys.stderr)
         return 2
@@ -299,10 +349,17 @@ def main(argv: list[str]) -> int:
                     "are passed to every task's grader.")
     parser.add_argument("submissions", type=Path)
     parser.add_argument("--out", type=Path, default=Path("grades"))
-    parser.add_argument("--cpus", type=int, default=2, help="CPUs per task")
-    parser.add_argument("--mem-gib", type=int, default=8, help="memory per task")
-    parser.add_argument("--minutes", type=int, default=90, help="time limit per task")
-    parser.add_argument("--parallel", type=int, default=0, help="at most this many tasks at once")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs per task (default %(default)s)")
+    parser.add_argument("--mem-gib", type=int, default=12,
+                        help=f"memory per task (default %(default)s); its notebook gets "
+                             f"{TASK_OVERHEAD_GIB} GiB less, as much as the grader's own default gives")
+    parser.add_argument("--minutes", type=int, default=None,
+                        help="time limit per task (default: what --timeout and --sample-timeout "
+                             "need, with a margin: "
+                             f"{task_minutes(build_parser().parse_args(['SUBMISSIONS']))} with the "
+                             "grader's defaults)")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="at most this many tasks at once (default 0: no limit)")
     parser.add_argument("--dry-run", action="store_true", help="write the script, do not submit")
     parser.add_argument("--wait", action="store_true", help="wait for the array, then collect")
     args, grader_args = parser.parse_known_args(rest)

@@ -45,9 +45,9 @@ def checks(report: Report) -> list[tuple[str, str, bool]]:
         rows.append(("accuracy", f"{report.accuracy:.1%} (pass at {report.threshold:.0%})",
                      report.accuracy < report.threshold + 0.02))
     if report.near_copies is not None:
+        drawn = (report.samples or 0) + (report.second_draw_samples or 0)   # what the check counts
         rows.append(("near-copies", f"{report.near_copies} (fails above {COPY_SHARE:.0%} of "
-                     "the two draws)",
-                     report.near_copies > 0.6 * COPY_SHARE * (report.samples or 0)))
+                     "the two draws)", report.near_copies > 0.6 * COPY_SHARE * drawn))
     if report.frechet is not None and report.frechet_limit:
         rows.append(("Fréchet", f"{report.frechet:.1f} (limit {report.frechet_limit:.1f})",
                      report.frechet > 0.8 * report.frechet_limit))

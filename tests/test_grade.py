@@ -696,6 +696,10 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     assert answer_key.main([str(completed)]) == 0
     _notebook(tmp_path / "subs" / "broken.ipynb", "raise RuntimeError('x')")
     (tmp_path / "subs" / "linked.ipynb").symlink_to(completed)   # graded here, not by a worker
+    earlier = tmp_path / "grades"
+    earlier.mkdir()
+    for name in ("broken.json", "gradebook.csv", "carol.json"):   # carol: not in this folder
+        (earlier / name).write_text(f"earlier {name}")
     code, out = _run_grader(tmp_path / "subs", "--profile", "test", "--samples-per-digit", 1,
                             "--jobs", 2, "--out", tmp_path / "grades", "--json",
                             tmp_path / "all.json", *_sandbox_args())
@@ -709,6 +713,82 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     linked = next(r for r in reports if r["student"] == "linked")
     assert linked["status"] == grade.ERROR and "is a link" in linked["reason"], linked
     assert code == 2 and "broken" in out and "student" in out  # summary table
+    kept = {p.name: p.read_text() for p in (earlier / "previous").glob("grade-*/*")}
+    assert kept == {"broken.json": "earlier broken.json", "gradebook.csv": "earlier gradebook.csv"}
+    assert (earlier / "carol.json").read_text() == "earlier carol.json"
+    assert json.loads((earlier / "broken.json").read_text())["student"] == "broken"   # regraded
+
+
+def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatch):
+    """A worker killed or crashed: its student keeps a report (collect lists them), with the cause."""
+    out = tmp_path / "grades"
+    copies = [(name, _notebook(tmp_path / f"{name}.ipynb", "x = 1")) for name in ("alice", "bob", "carol")]
+    args = grade.build_parser().parse_args([str(tmp_path), "--jobs", "3", "--threshold", "0.9"])
+    opts = grade.Options(threshold=0.9, out=out, use_sandbox=False)
+
+    def worker(cmd, timeout, **kwargs):
+        if "--name=bob" in cmd:
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        if "--name=carol" in cmd:
+            return subprocess.CompletedProcess(cmd, -9, f"{grade.NOT_ROOT}\n")
+        return subprocess.CompletedProcess(cmd, 1, "Traceback (most recent call last):\nMemoryError\n")
+    monkeypatch.setattr(grade.subprocess, "run", worker)
+    reports = grade._grade_parallel(copies, [p for _, p in copies], args, out, opts)
+    alice, bob, carol = reports
+    assert alice.status == bob.status == carol.status == grade.ERROR and alice.threshold == 0.9
+    assert "worker was killed by signal 9 (SIGKILL: often out of memory)" in carol.reason
+    assert "worker exited with code 1 (MemoryError)" in alice.reason, alice.reason
+    limit = grade.worst_case_seconds(args.timeout, args.sample_timeout) + 600
+    assert f"worker was stopped after {limit:.0f} s" in bob.reason, bob.reason
+    for r in reports:
+        assert json.loads((out / f"{r.student}.json").read_text())["reason"] == r.reason
+
+
+def test_grader_refuses_what_it_cannot_grade_before_anything_runs(tmp_path, capsys):
+    """A file that is no notebook, a --out it cannot write to: one line each, exit 2, no report."""
+    archive = tmp_path / "submissions.zip"
+    archive.write_bytes(b"PK")
+    assert grade.main([str(archive), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a .ipynb notebook" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "g").exists()
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the grades' folder should be")
+    sub = _notebook(tmp_path / "x.ipynb", "x = 1")
+    assert grade.main([str(sub), "--out", str(taken), "--no-sandbox"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"could not grade: {taken} is a file, not a folder") and "--out" in err, err
+    deep = tmp_path / "new" / "grades"
+    assert grade.writable_error(deep) == "" and not (tmp_path / "new").exists()   # creates nothing
+
+
+def test_set_aside_moves_all_or_nothing_and_never_over_an_earlier_one(tmp_path):
+    out, to = tmp_path / "grades", tmp_path / "grades" / "previous" / "run"
+    out.mkdir()
+    for name in ("alice.json", "alice_samples.png", "bob.json", "gradebook.csv"):
+        (out / name).write_text(f"earlier {name}")
+    to.mkdir(parents=True)
+    (to / "bob.json").write_text("set aside before")
+    with pytest.raises(FileExistsError):
+        grade.set_aside(out, ["alice", "bob"], to)
+    assert sorted(p.name for p in out.glob("*.*")) == ["alice.json", "alice_samples.png",
+                                                        "bob.json", "gradebook.csv"]
+    assert (to / "bob.json").read_text() == "set aside before" and len(list(to.iterdir())) == 1
+    moved = grade.set_aside(out, ["alice"], to, books=False)     # a regrade keeps the gradebook
+    assert sorted(p.name for p in moved) == ["alice.json", "alice_samples.png"]
+    assert (out / "gradebook.csv").is_file() and not (out / "alice.json").exists()
+
+
+@pytest.mark.parametrize("wrong,said", [(["--timeout", "0"], "--timeout and --sample-timeout"),
+                                        (["--timeout", "inf"], "--timeout and --sample-timeout"),
+                                        (["--sample-timeout", "-5"], "--timeout and --sample-timeout"),
+                                        (["--memory-gib", "1.5"], "--memory-gib must be at least 2"),
+                                        (["--memory-gib", "0"], "--memory-gib must be at least 2")])
+def test_options_that_would_fail_every_student_are_refused(tmp_path, capsys, wrong, said):
+    sub = _notebook(tmp_path / "x.ipynb", "x = 1")
+    with pytest.raises(SystemExit) as stop:
+        grade.main([str(sub), "--out", str(tmp_path / "g"), *wrong])
+    assert stop.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_readme_states_the_second_opinion_gap_of_the_code():

@@ -107,6 +107,11 @@ def test_checks_close_to_their_limits_are_flagged():
     assert [close for _, _, close in review.checks(far)] == [False] * 6
     assert [close for _, _, close in review.checks(near)] == [True] * 6
     assert review.Entry(near, []).order < review.Entry(far, []).order
+    # the near-copy check counts both draws (100 + 20), limit 30: flagged above 60% of it (18)
+    both = Report("c", PASS, samples=100, second_draw_samples=20, near_copies=16)
+    assert {name: close for name, _, close in review.checks(both)}["near-copies"] is False
+    assert {name: close for name, _, close in review.checks(
+        Report("d", PASS, samples=100, second_draw_samples=20, near_copies=19))}["near-copies"]
 
 
 def test_large_or_broken_notebooks_are_bounded(tmp_path):

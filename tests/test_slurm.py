@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import gradebook, sandbox
+from course_lib import grade, gradebook, sandbox
 
 
 def _required() -> bool:
@@ -46,7 +46,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName=grade Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -65,6 +65,7 @@ def test_sbatch_script_is_one_task_per_submission(tmp_path):
                                      hide=[tmp_path / "subs"])
     assert "#SBATCH --array=0-6%3" in script and "#SBATCH --cpus-per-task=4" in script
     assert "#SBATCH --mem=6G" in script and "--profile test" in script
+    assert f"--memory-gib {6 - gradebook.TASK_OVERHEAD_GIB} " in script   # the notebook's share
     assert f"--hide {tmp_path / 'subs'}" in script and "SLURM_ARRAY_TASK_ID" in script
     assert "-m course_lib.grade \"$copy\"" in script
 
@@ -125,6 +126,8 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
     (out / "alice_samples.png").write_bytes(b"old grid")
     (out / "carol.json").write_text('{"student": "carol"}')      # not in this cohort: untouched
     (out / "roster.txt").write_text("alice\t/x\ncarol\t/z\n")
+    (out / "logs").mkdir()
+    (out / "logs" / "task-0.log").write_text("alice's earlier task")   # task 0 is another's now
     monkeypatch.setattr(gradebook.shutil, "which", lambda name: "/usr/bin/sbatch")
     seen = {}
 
@@ -144,16 +147,18 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
         assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge, *wait]) == 2
         assert seen["files"] == ["carol.json", "dave.json", "roster.txt"]   # alice's set aside
         assert [Path(p).name for p in seen["aside"]] == ["alice.json", "alice_samples.png",
-                                                         "roster.txt"]
+                                                         "task-0.log", "roster.txt"]
         assert seen["tasks"] == ["alice", "bob"]                   # dave's link: no task
         assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
             "alice.json", "alice_samples.png", "carol.json", "roster.txt"]   # all put back
         assert (out / "roster.txt").read_text() == "alice\t/x\ncarol\t/z\n"
+        assert (out / "logs" / "task-0.log").read_text() == "alice's earlier task"
     monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 0, "42"))
     assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 0
     assert not (out / "alice.json").exists() and (out / "carol.json").is_file()
     kept = list((out / "previous").rglob("alice.json"))
     assert len(kept) == 1 and kept[0].read_text() == '{"student": "alice"}'
+    assert (kept[0].parent / "logs" / "task-0.log").is_file() and not any((out / "logs").iterdir())
     assert [ln.split("\t")[0] for ln in (out / "roster.txt").read_text().splitlines()] == [
         "alice", "bob", "dave"]
     dave = json.loads((out / "dave.json").read_text())
@@ -207,11 +212,43 @@ def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
     rows = list(csv.DictReader((out / "gradebook.csv").open()))
     assert [(r["student"], r["status"], r["accuracy"]) for r in rows] == [
         ("alice", PASS, "0.9900"), ("bob", FAIL, "0.5000"), ("carol", ERROR, "")]
+    assert str(out / "logs" / "task-2.log") in rows[2]["reason"]   # roster line 3: task 2
     printed = capsys.readouterr().out
     assert "3 submissions: 1 pass, 1 fail, 1 could not grade" in printed
     page = (out / "review.html").read_text()   # reports without code, and carol's none: listed
     assert all(f"<h2>{s}:" in page for s in ("alice", "bob", "carol"))
     assert page.count("No code kept") == 3
+
+
+def test_collect_of_a_folder_that_is_not_there_says_so(tmp_path, capsys):
+    assert gradebook.main(["collect", str(tmp_path / "grdes")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'grdes'} is not a folder" in err and "--out" in err, err
+
+
+def test_task_time_and_memory_follow_the_graders_limits(tmp_path, capsys):
+    """A task killed by Slurm leaves no report: its limits must cover the grader's own, the
+    notebook's memory and what the task spends besides (/tmp, /dev/shm, the grader)."""
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    subs.mkdir()
+    _notebook(subs / "alice.ipynb", "x = 1")
+    options = gradebook.grader_options(["--timeout", "1800"])
+    needed = gradebook.task_minutes(options)
+    assert needed * 60 >= grade.worst_case_seconds(1800, grade.SAMPLE_TIMEOUT) + 300
+    assert gradebook.main(["slurm", str(subs), "--out", str(out), "--dry-run", "--timeout",
+                           "1800"]) == 0
+    script = next(out.glob(".slurm-*/grade.sbatch")).read_text()
+    assert f"#SBATCH --time={needed}\n" in script and "#SBATCH --mem=12G\n" in script, script
+    assert f"--memory-gib {12 - gradebook.TASK_OVERHEAD_GIB} " in script   # the local default's 8
+    for wrong, said in ((["--minutes", str(needed - 1)], f"at least {needed}"),
+                        (["--mem-gib", str(TASK_MEM_GIB - 1)], f"at least {TASK_MEM_GIB}"),
+                        (["--cpus", "0"], "--cpus must be >= 1"),
+                        (["--mem-gib", "8", "--memory-gib", "6"], "raise --mem-gib to 10")):
+        assert gradebook.main(["slurm", str(subs), "--out", str(tmp_path / "o2"), "--dry-run",
+                               "--timeout", "1800", *wrong]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "nothing was copied" in err, err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_collect_says_whose_folder_it_cannot_write(tmp_path, monkeypatch, capsys):
@@ -254,6 +291,9 @@ def _need(condition, why):
     pytest.skip(why)
 
 
+TASK_MEM_GIB = grade.MIN_MEMORY_GIB + gradebook.TASK_OVERHEAD_GIB   # the least a task may ask for
+
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     _need(all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")),
@@ -265,7 +305,10 @@ def slurm(tmp_path_factory):
         (folder / sub).mkdir()
     conf = folder / "slurm.conf"
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
-    conf.write_text(SLURM_CONF.format(host=host, dir=folder, cpus=os.cpu_count() or 1))
+    mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.9) // 2**20
+    _need(mem_mb >= TASK_MEM_GIB * 1024, f"a task takes {TASK_MEM_GIB} GiB (a notebook's 2 and the "
+          "grader's own): this machine has too little memory for the live Slurm test")
+    conf.write_text(SLURM_CONF.format(host=host, dir=folder, cpus=os.cpu_count() or 1, mem_mb=mem_mb))
     started = []
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -302,7 +345,7 @@ def test_job_array_grades_each_submission_and_collect_builds_the_gradebook(slurm
     _notebook(subs / "bob.ipynb", "raise ValueError('bob forgot something')")
     _notebook(subs / "carol.ipynb", "x = FIXME")
     proc = subprocess.run([sys.executable, "-m", "course_lib.grade", "slurm", str(subs), "--out",
-                           str(out), "--wait", "--cpus", "1", "--mem-gib", "3", "--minutes", "10",
+                           str(out), "--wait", "--cpus", "1", "--mem-gib", str(TASK_MEM_GIB), "--timeout", "300",
                            "--samples-per-digit", "1", "--profile", "test"],
                           capture_output=True, text=True, timeout=900, env=slurm)
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
