@@ -35,7 +35,8 @@ FLOWER_HELD_OUT_LIST = WEIGHTS_DIR / "flowers_held_out.txt"
 
 
 class DigitClassifier(nn.Module):
-    """Two conv blocks (32, 64 channels, BatchNorm, max-pool) and a two-layer head; logits for 10 classes."""
+    """Two conv blocks (32, 64 channels, BatchNorm, max-pool) and a two-layer head; logits for
+    ``n_classes`` classes (10 digits or garments, 5 flower species)."""
 
     def __init__(self, n_classes: int = 10, channels: int = 1, size: int = 28):
         super().__init__()

@@ -226,6 +226,9 @@ def image_transform(size: int, channels: int) -> v2.Compose:
 
 def to_display(x: torch.Tensor) -> torch.Tensor:
     """Inverse of the course transform: [-1, 1] -> [0, 1], clamped, for plotting."""
+    if not x.is_floating_point():
+        raise ValueError(f"images of {x.dtype} cannot be shown as the course's [-1, 1] floats; "
+                         "from [0, 255] pixels: x.float() / 127.5 - 1")
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
 

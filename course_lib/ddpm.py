@@ -54,6 +54,15 @@ def add_noise(x: torch.Tensor, amount: float | torch.Tensor = 0.5,
 
 # --- 02: schedules and the forward process -----------------------------------------------------
 
+def same_shape(name: str, value: torch.Tensor, like_name: str, like: torch.Tensor) -> None:
+    """Refuse a tensor that would broadcast silently against another it must match (a model
+    returning one channel for RGB images, one noise for a whole batch)."""
+    if value.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(value.shape)} but must have {like_name}'s shape "
+                         f"{tuple(like.shape)}: does the model return img_ch channels, and is there "
+                         "one noise per image?")
+
+
 def extract(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """``values[t]`` shaped to broadcast over ``like``: (B, 1, 1, 1) for a (B,) tensor ``t``.
 
@@ -66,6 +75,9 @@ def extract(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> 
         if not 0 <= t < T:
             raise ValueError(f"t={t} is outside [0, {T - 1}]")
         return values[t].to(like.dtype).to(like.device)
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"t must be an integer step or a tensor of integer steps (torch.long), "
+                        f"got {t!r}")
     if t.numel() and (t.min() < 0 or t.max() >= T):
         raise ValueError(f"t must lie in [0, {T - 1}], got [{t.min()}, {t.max()}]")
     # indexed where the schedule lives, cast, then moved: MPS has no float64
@@ -126,11 +138,13 @@ class Schedule:
     # Eq. 4: q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I)
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0) in one step: sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·eps (eq. 4)."""
+        same_shape("noise", noise, "x0", x0)
         ab = extract(self.alpha_bars, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def predict_x0(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4 for x_0 given the noise: (x_t - sqrt(1 - ᾱ_t)·eps) / sqrt(ᾱ_t)."""
+        same_shape("eps", eps, "x_t", x_t)
         ab = extract(self.alpha_bars, t, x_t)
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 

@@ -441,12 +441,10 @@ def check_drawn(first: torch.Tensor, second: torch.Tensor, positions: list[int])
 
 def frechet(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
     """Squared Fréchet distance between Gaussians fitted to ``features`` and (mean, cov)."""
+    from .metrics import frechet_from_stats   # here: the sandbox's runner imports this module
+
     f = features.double()
-    mu, sigma = f.mean(0), torch.cov(f.T)
-    vals, vecs = torch.linalg.eigh(sigma)
-    root = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
-    cross = torch.linalg.eigvalsh(root @ cov @ root).clamp(min=0).sqrt().sum()
-    return float((mu - mean).square().sum() + sigma.trace() + cov.trace() - 2 * cross)
+    return frechet_from_stats(f.mean(0), torch.cov(f.T), mean.double(), cov.double())
 
 
 def real_frechet(judge: Judge, labels: torch.Tensor, draws: int = 3, seed: int = 0) -> float:

@@ -64,6 +64,9 @@ def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") ->
         raise ValueError(f"the {dataset} quality measures take {kind}, got {tuple(images.shape)}")
     if len(images) == 0:
         raise ValueError("the judge needs at least one image, got an empty batch")
+    if not images.is_floating_point():
+        raise ValueError(f"the samples are {images.dtype}; the quality measures take floats in "
+                         "[-1, 1] (from [0, 255]: x.float() / 127.5 - 1)")
     if not torch.isfinite(images).all():
         raise ValueError("the samples contain NaN or inf: the sampler diverged; check the "
                          "reverse step before measuring quality")
@@ -104,8 +107,13 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError("a covariance needs at least 2 rows in each set")
     a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    return frechet_from_stats(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+
+
+def frechet_from_stats(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor,
+                       cov_b: torch.Tensor) -> float:
+    """:func:`frechet_distance` of two Gaussians given by their means and covariances (what the
+    grader keeps of real digits)."""
     root_a = _sqrtm_psd(cov_a)
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
     d2 = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross

@@ -177,10 +177,6 @@ class GaussianMixture:
         log_joint, _, _ = self._terms(x, alpha_bar)
         return log_joint[:, self.classes == c].logsumexp(-1) - log_joint.logsumexp(-1)
 
-    def cfg_eps(self, x: torch.Tensor, alpha_bar, c, w: float) -> torch.Tensor:
-        """Guided ε (eq. 7): (1 + w)·ε*(x, t, c) - w·ε*(x, t)."""
-        return (1 + w) * self.eps(x, alpha_bar, c) - w * self.eps(x, alpha_bar)
-
     # --- which mode, which class ---------------------------------------------------------------
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:

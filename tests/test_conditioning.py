@@ -58,7 +58,12 @@ def test_masked_context_is_exactly_unconditional(model):
 def test_vector_context_works_like_a_clip_embedding():
     net = OptimizedUNet(3, 8, channels=(8, 8, 16), T=20, c_dim=16).eval()
     emb = torch.nn.functional.normalize(torch.randn(2, 16), dim=1)
-    assert net(torch.randn(2, 3, 8, 8), torch.tensor([0, 19]), emb, torch.ones(2, 1)).shape == (2, 3, 8, 8)
+    x, t, keep, drop = torch.randn(2, 3, 8, 8), torch.tensor([0, 19]), torch.ones(2, 1), torch.zeros(2, 1)
+    assert net(x, t, emb, keep).shape == (2, 3, 8, 8)
+    other = torch.nn.functional.normalize(torch.randn(2, 16), dim=1)
+    with torch.no_grad():   # the embedding steers the output, and a dropped one does not
+        assert not torch.allclose(net(x, t, emb, keep), net(x, t, other, keep), atol=1e-4)
+        assert torch.allclose(net(x, t, emb, drop), net(x, t, other, drop))
     with pytest.raises(ValueError, match=r"\(2, 16\)"):
         net(torch.randn(2, 3, 8, 8), torch.tensor([0, 19]), torch.zeros(2, 10))
 

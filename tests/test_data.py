@@ -82,6 +82,8 @@ def test_transform_and_inverse_round_trip():
     assert x.min() >= -1 and x.max() <= 1
     assert torch.allclose(data.to_display(x), img.float() / 255, atol=1e-6)
     assert data.to_display(torch.tensor([-3.0, 3.0])).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"x.float\(\) / 127.5 - 1"):   # pixels, not the course's floats
+        data.to_display(img)
 
 
 def test_flip_flips_only_width():

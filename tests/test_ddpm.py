@@ -540,6 +540,21 @@ def test_extract_shapes_and_errors():
         ddpm.extract(values, 10, like)
     import numpy as np      # a step from numpy (np.linspace(...).astype(int)) is an int too
     assert ddpm.extract(values, np.int64(7), like) == 7
+    for wrong in (4.0, torch.tensor([1.0, 2.0, 3.0]), [1, 2, 3]):   # a step is a whole number
+        with pytest.raises(TypeError, match="integer step"):
+            ddpm.extract(values, wrong, like)
+
+
+def test_shapes_that_would_broadcast_silently_are_refused(schedule):
+    """A model that returns one channel for RGB images, one noise for a whole batch."""
+    x = torch.zeros(2, 3, 4, 4)
+    t = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=r"noise has shape \(1, 3, 4, 4\).*\(2, 3, 4, 4\)"):
+        schedule.q_sample(x, t, torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"eps has shape \(2, 1, 4, 4\)"):
+        schedule.predict_x0(x, t, torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="eps has shape"):
+        ddpm.ddpm_step(x, 5, torch.zeros(2, 1, 4, 4), schedule)
 
 
 def test_scaled_linear_schedule_ends_at_pure_noise():

@@ -57,7 +57,8 @@ def test_classifier_input_is_upsampled_and_clamped():
 @pytest.mark.parametrize("bad,match", [(torch.zeros(4, 3, 16, 16), "grey images"),
                                        ((torch.zeros(4, 3, 64, 64), "flowers"), r"\(B, 3, 32, 32\)"),
                                        (torch.zeros(0, 1, 28, 28), "empty batch"),
-                                       (torch.full((4, 1, 28, 28), float("nan")), "NaN")])
+                                       (torch.full((4, 1, 28, 28), float("nan")), "NaN"),
+                                       (torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "uint8")])
 def test_classifier_input_rejects_bad_batches(bad, match):
     images, dataset = bad if isinstance(bad, tuple) else (bad, "fashion_mnist")
     with pytest.raises(ValueError, match=match):

@@ -27,8 +27,17 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_torch_and_torchvision_are_pinned_as_a_pair():
+    """Exact pins, of a pair built together (torchvision 0.(m+15).p goes with torch 2.m.p), and the
+    pair installed here: what the stored outputs and figures were measured with."""
+    import importlib.metadata
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+    pins = dict(re.fullmatch(r"(torch|torchvision)==(\S+)", d).groups() for d in deps
+                if re.match(r"torch(vision)?==", d))
+    (major, minor, patch), (v_major, v_minor, v_patch) = (
+        map(int, pins[name].split(".")) for name in ("torch", "torchvision"))
+    assert (major, v_major, v_minor, v_patch) == (2, 0, minor + 15, patch), pins
+    installed = {name: importlib.metadata.version(name).split("+")[0] for name in pins}   # 2.14.1+cpu
+    assert installed == pins
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():

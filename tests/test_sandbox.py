@@ -208,16 +208,19 @@ def _keyring_calls():
                 add_key, b"user", desc.encode(), b"secret", 6, ring))
 
 
-def test_keys_of_the_graders_session_are_out_of_reach(sandboxed):
-    """Kernel keyrings ignore namespaces: without a fresh session keyring the sandbox possesses,
-    finds and reads the keys of the grader's session (a Kerberos ticket, say)."""
+REAL_FRESH_KEYRINGS = sandbox.fresh_keyrings
+
+
+def _session_key_read(sandboxed) -> str:
+    """Put a key in a fresh session keyring, then let sandboxed code search for it and read it:
+    "hidden", "leaked" (it read the key) or "no keyrings" (this machine has none)."""
     add = _keyring_calls()
     _need(add is not None, "add_key's system call number is only known here for x86_64 and aarch64")
     pid = os.fork()
     if pid == 0:   # a child, so that the test's own session keyring is left alone
         status = 1
         try:
-            sandbox.fresh_keyrings()
+            REAL_FRESH_KEYRINGS()   # the real one, whatever a test patched for the sandbox
             if add("course-grader-session-secret", -3) < 0:   # -3: this session's keyring
                 os._exit(2)
             # KEYCTL_SEARCH (10) of the session keyring (-3), then KEYCTL_READ (11) of what it found
@@ -226,12 +229,25 @@ def test_keys_of_the_graders_session_are_out_of_reach(sandboxed):
                             "key = libc.syscall(n, 10, -3, b'user', b'course-grader-session-secret', 0)\n"
                             "buf = ctypes.create_string_buffer(64)\n"
                             "print('read', libc.syscall(n, 11, key, buf, 64) if key > 0 else -1, buf.value)").stdout
-            status = 0 if out.startswith("read -1 ") else 1   # leaked: "read 6 b'secret'"
+            status = 0 if out.startswith("read -1 ") else 3 if out.startswith("read 6 b'secret'") else 1
         finally:
             os._exit(status)
     _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) != 2, "this machine has no keyrings to test"
-    assert os.WEXITSTATUS(status) == 0, "sandboxed code saw a key of the grader's session"
+    return {0: "hidden", 2: "no keyrings", 3: "leaked"}.get(os.WEXITSTATUS(status), "unexpected output")
+
+
+def test_keys_of_the_graders_session_are_out_of_reach(sandboxed, monkeypatch):
+    """Kernel keyrings ignore namespaces: without a fresh session keyring the sandbox possesses,
+    finds and reads the keys of the grader's session (a Kerberos ticket, say). Tested without the
+    seccomp filter (which refuses every keyring call anyway), so that the fresh keyring alone must
+    hide the key; the control, without it too, reads the key."""
+    with monkeypatch.context() as m:
+        _unfiltered(m)
+        seen = _session_key_read(sandboxed)
+        assert seen != "no keyrings", "this machine has no keyrings to test"
+        assert seen == "hidden", f"sandboxed code saw a key of the grader's session ({seen})"
+        m.setattr(sandbox, "fresh_keyrings", lambda keyctl=None: True)
+        assert _session_key_read(sandboxed) == "leaked", "the control could not read the key either"
 
 
 def _unfiltered(monkeypatch):
@@ -451,11 +467,31 @@ def test_memory_files_it_never_maps_count_too(sandboxed):
     assert control.returncode == 0 and "done" in control.stdout and control.over == "", control
 
 
+def _cgroup_writable() -> bool:
+    """The library's own finding checked without the library: a memory cgroup tree (v1's memory
+    hierarchy, or v2's unified one) in which a group can be made here and removed."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        kind, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        if kind == "cgroup2" or (kind == "cgroup" and "memory" in options):
+            probe = Path(fields[4]) / f"course-test-probe-{os.getpid()}"
+            try:
+                probe.mkdir()
+                probe.rmdir()
+                return True
+            except OSError:
+                continue
+    return False
+
+
 def _need_cgroups(cores: bool = False):
     """Kernel limits need a cgroup tree the grader may write (root, or a delegated one); without
-    one the sandbox keeps to its checks each second, so these tests skip, even under CI."""
+    one the sandbox keeps to its checks each second, so these tests skip, even under CI, unless
+    CI can make a group here after all (then the library's finding is wrong: a failure)."""
     found = sandbox.kernel_limits()
     if not found.startswith("cgroup"):
+        if _required() and _cgroup_writable():
+            pytest.fail(f"a memory cgroup can be made here, yet the sandbox finds: {found}")
         pytest.skip(f"no cgroup can be made here, so the kernel limits are not tested: {found}")
     if cores and "no cpuset" in found:
         pytest.skip(f"cgroups here hold no cores ({found})")
@@ -620,6 +656,9 @@ def test_time_limit_kills_the_whole_tree(sandboxed):
     start = time.perf_counter()
     result = sandboxed("import subprocess; subprocess.run(['sleep', '300'])", timeout=3)
     assert result.timed_out and time.perf_counter() - start < 20
+    left = subprocess.run(["pgrep", "-u", str(sandbox.sandbox_uid(0))], capture_output=True,
+                          text=True).stdout
+    assert left.strip() == "", f"the child outlived the time-out: {left}"
 
 
 def test_dataloader_workers_multiprocessing_and_tmp_work_bounded(sandboxed):
