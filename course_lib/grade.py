@@ -32,7 +32,6 @@ reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's gra
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import errno
 import hashlib
@@ -680,8 +679,9 @@ def sandbox_label(use_sandbox: bool, slot: int = 0) -> str:
 
 NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid inside the sandbox "
             "(read-only files, no network, homes hidden) instead of a separate unprivileged uid: "
-            "the process limit then counts your own processes too, and leftovers are killed only "
-            "through the sandbox's PID namespace. Grade with sudo for the full isolation.")
+            "the process limit then comes on top of what your own processes use, and leftovers "
+            "are killed only through the sandbox's PID namespace. Grade with sudo for the full "
+            "isolation.")
 
 
 def write_report(report: Report, out: Path) -> Path:
@@ -707,31 +707,39 @@ def set_aside(out: Path, students: list[str], to: Path, books: bool = True) -> l
                 if os.path.lexists(to / name):   # never over an earlier grade set aside there
                     raise FileExistsError(errno.EEXIST, "already set aside", str(to / name))
                 moved.append((out / name).replace(to / name))
-    except OSError:
-        put_back(moved, out)   # all or nothing: a half-moved OUT would lose track of them
+    except BaseException:   # an error or Ctrl-C: all or nothing, a half-moved OUT loses track
+        put_back(moved, out)
         raise
     return moved
 
 
 def put_back(moved: list[Path], out: Path) -> None:
-    """Undo :func:`set_aside`: each path it moved goes back to ``out``."""
+    """Undo :func:`set_aside`: each path it moved goes back to ``out``, every one tried; an
+    OSError at the end names those left where they were moved to."""
+    left = []
     for path in moved:
-        path.replace(out / path.name)
+        try:
+            path.replace(out / path.name)
+        except OSError:
+            left.append(str(path))
+    if left:
+        raise OSError(f"could not move back to {out}: {', '.join(left)}")
 
 
-def writable_error(out: Path) -> str:
+def writable_error(out: Path, option: str = "--out") -> str:
     """Why reports cannot be written to ``out`` or set aside in ``out/previous`` ("" if they
     can), found before hours of grading; nothing is created (a folder not there yet is tried in
-    the nearest one that is)."""
-    for folder in (out, out / "previous"):
+    the nearest one that is). ``option``: the command-line option that named ``out``."""
+    for folder in (out, out / "previous") if option == "--out" else (out,):
         there = next(p for p in (folder, *folder.parents) if os.path.exists(p))  # False: EACCES too
         try:
             if there == folder and not os.path.isdir(folder):
-                return f"{folder} is a file, not a folder; choose another --out"
+                return f"{folder} is a file, not a folder; choose another {option}"
             tempfile.TemporaryFile(dir=there).close()
         except OSError as err:
-            fix = ("choose another --out" if err.errno == errno.EROFS else "choose another --out, "
-                   "or grade as the user who owns it (sudo, if it was graded with sudo)")
+            fix = (f"choose another {option}" if err.errno in (errno.EROFS, errno.ENOTDIR) else
+                   f"choose another {option}, or grade as the user who owns it (sudo, if it was "
+                   "graded with sudo)")
             return f"cannot write to {folder} ({err.strerror or err}); {fix}"
         if there != folder:   # not there yet: what is above it decides
             break
@@ -839,6 +847,10 @@ def main(argv=None) -> int:
     else:
         print(f"could not grade: {args.submission} does not exist", file=sys.stderr)
         return 2
+    problem = args.json and writable_error(args.json.resolve().parent, "--json")
+    if problem:
+        print(f"could not grade: {problem}", file=sys.stderr)
+        return 2
     index = args.slot or 0   # this worker's share of the cores; its sandbox slot is claimed:
     slot = index             # another grader on this machine may hold that one
     if not args.no_sandbox:
@@ -896,7 +908,7 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
             reports = [_grade_here(c, opts, args.name if len(copies) == 1 else None,
                                    args.origin or origins[c[0]]) for c in copies]
         else:
-            reports = _grade_parallel(copies, submissions, args, out, opts)
+            reports = _grade_parallel(copies, submissions, args, out, opts, private)
         if args.submission.is_dir():
             from .gradebook import (collect_command, load_reports, summary, write_gradebook,
                                     write_review_page)
@@ -930,9 +942,7 @@ def _keep_earlier(out: Path, students: list[str], books: bool) -> None:
         moved = set_aside(out, students, to, books=books)
     finally:
         if not any(to.iterdir()):
-            to.rmdir()
-            with contextlib.suppress(OSError):   # and previous/ itself, if this made it for nothing
-                previous.rmdir()
+            to.rmdir()   # previous/ stays: another grader may be making its folder there now
     if moved:
         print(f"note: {len(moved)} earlier file(s) of this grading moved to {to}", file=sys.stderr)
 
@@ -967,8 +977,11 @@ def unreadable_report(copy: Path, name: str, origin: str, out: Path,
     return report
 
 
-def _grade_parallel(copies, submissions, args, out: Path, opts: Options) -> list[Report]:
-    """One worker process per submission, ``--jobs`` at a time, each in its own sandbox slot."""
+def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
+                    scratch: Path) -> list[Report]:
+    """One worker process per submission, ``--jobs`` at a time, each in its own sandbox slot,
+    with its temporary files under ``scratch`` (removed by the caller, even after a worker that
+    was killed and could not remove its own)."""
     slots = list(range(args.jobs))
     forwarded = ["--samples-per-digit", str(args.samples_per_digit), "--threshold",
                  str(args.threshold), "--timeout", str(args.timeout), "--sample-timeout",
@@ -996,12 +1009,13 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options) -> list
             return unreadable
         report_file = out / f"{safe_name(student)}.json"   # none now: _keep_earlier moved it
         slot, limit = slots.pop(), worst_case_seconds(args.timeout, args.sample_timeout) + 600
+        tmp = Path(tempfile.mkdtemp(prefix=f"worker-{slot}-", dir=scratch))
         try:
             proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),
                                    *forwarded, "--slot", str(slot), f"--name={student}",
                                    f"--origin={origins[student]}"],   # "=": a name may start with -
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=limit)
+                                  timeout=limit, env=dict(os.environ, TMPDIR=str(tmp)))
             print(proc.stdout[-4000:], flush=True)
             said = _last_line("\n".join(ln for ln in proc.stdout.splitlines()
                                         if not ln.startswith("note:")))[:200]   # not the grader's notes

@@ -6,7 +6,7 @@
 ``slurm`` copies every notebook into a private folder under ``OUT`` (the sandboxes never see it),
 writes ``grade.sbatch``, a job array with one task per submission, each running the same
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
-``sbatch`` (``--dry-run`` only writes the script; ``--wait`` waits for the array, then collects).
+``sbatch`` (``--dry-run`` only writes the script and the private copies, and leaves the reports alone; ``--wait`` waits for the array, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
 already had in ``OUT`` (and the old roster, gradebook, review page and task logs) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
@@ -100,7 +100,9 @@ def load_reports(out: Path, expected: list[str] | None = None) -> list[Report]:
             if not isinstance(data, dict):   # e.g. a folder run's --json list, saved in OUT
                 continue
             report = Report(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError):
+        except (OSError, ValueError, TypeError) as err:   # unreadable, a folder, not a report
+            if not isinstance(err, (ValueError, TypeError)):
+                print(f"note: {path} left out: {one_line(err)}", file=sys.stderr)
             continue
         if report.student:
             reports[report.student] = report
@@ -302,13 +304,18 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
               f"{judges}; submitted by hand (sbatch {script}), none of that happens")
         return 0
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
+    to = out / "previous" / job.name[1:]
     try:
-        aside = set_aside(out, [name for name, _ in copies], out / "previous" / job.name[1:])
+        aside = set_aside(out, [name for name, _ in copies], to)
+        try:   # the old logs went with the old reports: task i's is logs/task-i.log
+            (out / "logs").mkdir(exist_ok=True)
+        except OSError:
+            put_back(aside, out)
+            raise
     except OSError as err:
         print(f"could not grade: cannot set the earlier reports in {out} aside ({one_line(err)}); "
-              "nothing was moved or submitted", file=sys.stderr)
+              "nothing was submitted", file=sys.stderr)
         return 2
-    (out / "logs").mkdir()   # the old logs went with the old reports: task i's is logs/task-i.log
     (out / "roster.txt").write_text(roster_text(tasks + unreadable))   # line i+1: task i's student
     for name, copy in unreadable:
         unreadable_report(copy, name, origins[name], out, options.threshold)
@@ -325,6 +332,8 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
         if not any((out / "logs").iterdir()):
             (out / "logs").rmdir()   # the one made for this job, so that the old one comes back
         put_back(aside, out)
+        if to.is_dir() and not any(to.iterdir()):
+            to.rmdir()
         print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
               "changed)", file=sys.stderr)
         return 2

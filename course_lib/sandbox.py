@@ -364,8 +364,23 @@ def fresh_keyrings(keyctl=None) -> bool:
     return keyctl(JOIN_SESSION_KEYRING, None) >= 0
 
 
+def own_tasks() -> int:
+    """The processes and threads this uid already runs: what RLIMIT_NPROC counts against a step
+    that runs as the grader's own uid (not root: no sandbox uid of its own)."""
+    import psutil
+
+    uid, count = os.getuid(), 0
+    for proc in psutil.process_iter(["uids", "num_threads"]):
+        if proc.info["uids"] and proc.info["uids"].real == uid:
+            count += proc.info["num_threads"] or 1
+    return count
+
+
 def _limit(limits: Limits, group: cgroup_limits.Group | None = None):
     keyctl = _keyctl()   # here, in the parent: the child only calls it
+    # as root the step runs as a sandbox uid of its own; otherwise as ours, whose desktop
+    # (a browser's threads) would use up the limit before the notebook starts
+    processes = limits.processes + (own_tasks() if os.geteuid() != 0 else 0)
 
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
         if group is not None:   # first: all it starts is counted by the kernel from here on
@@ -377,7 +392,7 @@ def _limit(limits: Limits, group: cgroup_limits.Group | None = None):
         for what, value in ((resource.RLIMIT_DATA, limits.memory_bytes),
                             (resource.RLIMIT_AS, limits.address_bytes),
                             (resource.RLIMIT_CPU, limits.cpu_seconds),
-                            (resource.RLIMIT_NPROC, limits.processes),
+                            (resource.RLIMIT_NPROC, processes),
                             (resource.RLIMIT_FSIZE, limits.file_bytes),
                             (resource.RLIMIT_NOFILE, limits.open_files),
                             (resource.RLIMIT_CORE, 0)):

@@ -726,14 +726,18 @@ def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatc
     args = grade.build_parser().parse_args([str(tmp_path), "--jobs", "3", "--threshold", "0.9"])
     opts = grade.Options(threshold=0.9, out=out, use_sandbox=False)
 
-    def worker(cmd, timeout, **kwargs):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def worker(cmd, timeout, env, **kwargs):   # its temporary files where the caller removes them
+        assert Path(env["TMPDIR"]).parent == scratch and Path(env["TMPDIR"]).is_dir()
         if "--name=bob" in cmd:
             raise subprocess.TimeoutExpired(cmd, timeout)
         if "--name=carol" in cmd:
             return subprocess.CompletedProcess(cmd, -9, f"{grade.NOT_ROOT}\n")
         return subprocess.CompletedProcess(cmd, 1, "Traceback (most recent call last):\nMemoryError\n")
     monkeypatch.setattr(grade.subprocess, "run", worker)
-    reports = grade._grade_parallel(copies, [p for _, p in copies], args, out, opts)
+    reports = grade._grade_parallel(copies, [p for _, p in copies], args, out, opts, scratch)
     alice, bob, carol = reports
     assert alice.status == bob.status == carol.status == grade.ERROR and alice.threshold == 0.9
     assert "worker was killed by signal 9 (SIGKILL: often out of memory)" in carol.reason
@@ -758,6 +762,9 @@ def test_grader_refuses_what_it_cannot_grade_before_anything_runs(tmp_path, caps
     assert grade.main([str(sub), "--out", str(taken), "--no-sandbox"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"could not grade: {taken} is a file, not a folder") and "--out" in err, err
+    assert grade.main([str(sub), "--json", str(taken / "all.json"), "--no-sandbox"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"could not grade: {taken} is a file") and "another --json" in err, err
     deep = tmp_path / "new" / "grades"
     assert grade.writable_error(deep) == "" and not (tmp_path / "new").exists()   # creates nothing
 

@@ -652,6 +652,35 @@ def test_detached_process_is_killed_and_cannot_stall_the_grader(sandboxed):
     assert left.strip() == "", f"processes of the sandbox uid survived: {left}"
 
 
+def test_the_process_limit_of_a_step_as_our_own_uid_comes_on_top_of_our_processes(monkeypatch):
+    """Not root, a step runs as the grader's uid, whose desktop may already run hundreds of
+    threads: RLIMIT_NPROC counts them all, so the step gets its 256 on top of them."""
+    import resource
+    set_to = {}
+    monkeypatch.setattr(sandbox, "_keyctl", lambda: None)
+    monkeypatch.setattr(sandbox, "own_tasks", lambda: 900)
+    monkeypatch.setattr(resource, "setrlimit", lambda what, values: set_to.update({what: values}))
+    for euid, expected in ((1000, 900 + 256), (0, 256)):
+        monkeypatch.setattr(sandbox.os, "geteuid", lambda: euid)
+        sandbox._limit(sandbox.Limits(processes=256))()
+        assert set_to[resource.RLIMIT_NPROC] == (expected, expected)
+
+
+def test_own_tasks_counts_this_process_threads():
+    import threading
+    before = sandbox.own_tasks()
+    stop = threading.Event()
+    extra = [threading.Thread(target=stop.wait) for _ in range(5)]
+    for t in extra:
+        t.start()
+    try:
+        assert sandbox.own_tasks() >= before + 5 - 2   # other processes of ours may come and go
+    finally:
+        stop.set()
+        for t in extra:
+            t.join()
+
+
 def test_time_limit_kills_the_whole_tree(sandboxed):
     start = time.perf_counter()
     result = sandboxed("import subprocess; subprocess.run(['sleep', '300'])", timeout=3)

@@ -208,13 +208,16 @@ def test_collect_merges_reports_into_a_gradebook(tmp_path, capsys):
         (out / f"{r.student}.json").write_text(json.dumps(asdict(r)))
     (out / "roster.txt").write_text("alice\t/x\nbob\t/y\ncarol\t/z\n")
     (out / "cohort.json").write_text(json.dumps([asdict(r) for r in reports]))  # a --json list
+    (out / "notes.json").mkdir()                                     # no report: left out, said
     assert gradebook.collect(out) == 2  # carol's task left no report: could not grade
     rows = list(csv.DictReader((out / "gradebook.csv").open()))
     assert [(r["student"], r["status"], r["accuracy"]) for r in rows] == [
         ("alice", PASS, "0.9900"), ("bob", FAIL, "0.5000"), ("carol", ERROR, "")]
     assert str(out / "logs" / "task-2.log") in rows[2]["reason"]   # roster line 3: task 2
-    printed = capsys.readouterr().out
+    said = capsys.readouterr()
+    printed = said.out
     assert "3 submissions: 1 pass, 1 fail, 1 could not grade" in printed
+    assert f"note: {out / 'notes.json'} left out" in said.err
     page = (out / "review.html").read_text()   # reports without code, and carol's none: listed
     assert all(f"<h2>{s}:" in page for s in ("alice", "bob", "carol"))
     assert page.count("No code kept") == 3
