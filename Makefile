@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_INDEX ?=
 TORCH_PINS  := $(shell grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
 
-.PHONY: course test setup unit nbval browser clean
+.PHONY: course test setup unit nbval browser clean help
 .NOTPARALLEL:   # one PyTorch job at a time: two on two cores take many times as long
 
 course: setup  ## set everything up (first time only) and start JupyterLab, opened on notebook 00
@@ -41,3 +41,6 @@ $(VENV)/.installed-test: $(VENV)/.installed  ## + the test-only extra (diffusers
 
 clean:  ## remove the virtual environment and trained checkpoints
 	rm -rf $(VENV) checkpoints
+
+help:  ## this list of targets
+	@grep -E '^[a-z.-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/'

@@ -38,14 +38,32 @@ def pick(full, test):
     return full if profile() == "full" else test
 
 
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def _available(kind: str) -> bool:
+    """Whether this machine's PyTorch has a ``kind`` device."""
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return True
+
+
 def get_device(verbose: bool = False) -> torch.device:
-    """CUDA if present, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        device = torch.device("mps")
+    """CUDA if present, else Apple's MPS, else the CPU; ``COURSE_DEVICE`` (cpu, cuda or mps)
+    chooses instead, e.g. the CPU on a Mac whose MPS lacks an operation or runs slower."""
+    chosen = os.environ.get("COURSE_DEVICE", "").strip().lower()
+    if chosen:
+        if chosen not in DEVICES:
+            raise ValueError(f"COURSE_DEVICE={chosen!r} is not one of {', '.join(DEVICES)}; "
+                             "unset it to let the course choose")
+        if not _available(chosen):
+            raise ValueError(f"COURSE_DEVICE={chosen} but this machine's PyTorch has no {chosen} "
+                             "device; unset it to let the course choose")
+        device = torch.device(chosen)
     else:
-        device = torch.device("cpu")
+        device = torch.device(next(kind for kind in ("cuda", "mps", "cpu") if _available(kind)))
     if verbose:
         extra = f" ({torch.get_num_threads()} CPU threads)" if device.type == "cpu" else ""
         print(f"device: {device}{extra}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,6 +41,7 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 FLOWER_CLASSES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
+DOWNLOAD_TIMEOUT = 60.0   # seconds a download may wait for the network at a time
 DEFAULT_FLOWERS = ("daisy", "rose", "sunflower")
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -140,6 +142,7 @@ def _download(name: str, target: Path) -> None:
             (partial / "flower_photos").rename(target / "flowers")
         finally:
             shutil.rmtree(partial, ignore_errors=True)
+            archive.unlink(missing_ok=True)   # 218 MiB, of no use once extracted
     else:
         getattr(torchvision.datasets, name)(str(target), train=True, download=True)
         getattr(torchvision.datasets, name)(str(target), train=False, download=True)
@@ -193,6 +196,8 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
     reason = ("download disabled by COURSE_NO_DOWNLOAD=1" if not downloads_allowed() else
               "downloads were not asked for (allow_download=False)")
     if allow_download:
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)   # a network that drops packets fails, not hangs
         try:
             _download(name, local)
             if _has_dataset(local, name):
@@ -202,13 +207,19 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
             reason = f"no download was tried: {err}"
         except Exception as err:  # no network, server gone, disk full ...
             reason = f"download failed: {type(err).__name__}: {err}"
+        finally:
+            socket.setdefaulttimeout(timeout)
     places = "\n  - ".join(looked)
+    layout = ("flowers/ with a folder per species (" + ", ".join(FLOWER_CLASSES) + ")"
+              if name == "flowers" else f"{name}/raw/ with its four idx files (torchvision's layout)")
+    online = ("unset COURSE_NO_DOWNLOAD and run once with internet access" if not downloads_allowed()
+              else "run once with internet access so it downloads")
     raise DataNotFoundError(
         f"Dataset {name!r} was not found. Looked in:\n  - {places}\nand {reason}.\n"
-        f"Fix: set COURSE_DATA_DIR to a folder that holds {name}/ in torchvision's layout "
+        f"Fix: set COURSE_DATA_DIR to a folder that holds {layout} "
         f"(e.g. export COURSE_DATA_DIR=/path/to/datasets before starting JupyterLab, or "
         f"%env COURSE_DATA_DIR=/path/to/datasets in a notebook's first cell), or put it in {local}, "
-        "or run once with internet access so it downloads."
+        f"or {online}; data/README.md has the details."
     )
 
 

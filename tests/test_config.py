@@ -35,8 +35,22 @@ def test_seed_everything_reproduces_draws():
 def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch, capsys, cuda, mps, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
     assert config.get_device(verbose=True).type == expected
     assert f"device: {expected}" in capsys.readouterr().out
+
+
+def test_course_device_chooses_and_refuses_what_is_not_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setenv("COURSE_DEVICE", " CPU ")     # a Mac's MPS passed over for the CPU
+    assert config.get_device().type == "cpu"
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")
+    with pytest.raises(ValueError, match="COURSE_DEVICE=cuda but this machine's PyTorch has no cuda"):
+        config.get_device()
+    monkeypatch.setenv("COURSE_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="not one of cpu, cuda, mps"):
+        config.get_device()
 
 
 @pytest.mark.parametrize("value, allowed", [(None, True), ("1", False), ("true", False),

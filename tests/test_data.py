@@ -60,15 +60,27 @@ def test_not_found_lists_every_place_and_the_fix(places):
     msg = str(info.value)
     for place in (env.resolve(), repo, system):
         assert str(place) in msg
-    assert "COURSE_DATA_DIR" in msg and "Fix" in msg
+    assert "COURSE_DATA_DIR" in msg and "Fix" in msg and "data/README.md" in msg
+    assert "flowers/ with a folder per species (daisy, dandelion, rose, sunflower, tulip)" in msg
 
 
 def test_failed_download_is_reported_not_raised_raw(places, monkeypatch):
+    import socket
+    seen = []
+
     def offline(name, target):
+        seen.append(socket.getdefaulttimeout())
         raise OSError("network unreachable")
     monkeypatch.setattr(data, "_download", offline)
-    with pytest.raises(data.DataNotFoundError, match="download failed: OSError: network unreachable"):
+    monkeypatch.setenv("COURSE_NO_DOWNLOAD", "0")
+    with pytest.raises(data.DataNotFoundError, match="download failed: OSError: network unreachable") as info:
         data.find_data_root("MNIST", allow_download=True)
+    assert "MNIST/raw/ with its four idx files" in str(info.value)
+    assert "run once with internet access so it downloads" in str(info.value)
+    assert seen == [data.DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() is None   # restored
+    monkeypatch.setenv("COURSE_NO_DOWNLOAD", "1")    # the reason to say: the switch, not the network
+    with pytest.raises(data.DataNotFoundError, match="unset COURSE_NO_DOWNLOAD"):
+        data.find_data_root("MNIST")
 
 
 def test_unknown_dataset_name():
