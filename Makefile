@@ -43,4 +43,4 @@ clean:  ## remove the virtual environment and trained checkpoints
 	rm -rf $(VENV) checkpoints
 
 help:  ## this list of targets
-	@grep -E '^[a-z.-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/'
+	@awk -F':.*## ' '/^[a-z.-]+:.*## /{printf "%-8s %s\n", $$1, $$2}' Makefile

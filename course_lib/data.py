@@ -128,12 +128,8 @@ def _download(name: str, target: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         archive = target / Path(FLOWERS_URL).name
         try:
-            try:
-                download_and_extract_archive(FLOWERS_URL, download_root=str(target),
-                                             extract_root=str(partial))
-            except Exception:
-                archive.unlink(missing_ok=True)   # a truncated archive would be reused next time
-                raise
+            download_and_extract_archive(FLOWERS_URL, download_root=str(target),
+                                         extract_root=str(partial))
             # The archive names its classes in the plural ("roses"); the course uses the singular.
             for plural in (partial / "flower_photos").iterdir():
                 if plural.is_dir() and plural.name.endswith("s") and plural.name[:-1] in FLOWER_CLASSES:
@@ -142,7 +138,7 @@ def _download(name: str, target: Path) -> None:
             (partial / "flower_photos").rename(target / "flowers")
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-            archive.unlink(missing_ok=True)   # 218 MiB, of no use once extracted
+            archive.unlink(missing_ok=True)   # 218 MiB once extracted; truncated, reused next time
     else:
         getattr(torchvision.datasets, name)(str(target), train=True, download=True)
         getattr(torchvision.datasets, name)(str(target), train=False, download=True)
@@ -213,7 +209,8 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
     layout = ("flowers/ with a folder per species (" + ", ".join(FLOWER_CLASSES) + ")"
               if name == "flowers" else f"{name}/raw/ with its four idx files (torchvision's layout)")
     online = ("unset COURSE_NO_DOWNLOAD and run once with internet access" if not downloads_allowed()
-              else "run once with internet access so it downloads")
+              else "run once with internet access so it downloads" if allow_download
+              else "call it with allow_download=True (or run notebook 00) with internet access")
     raise DataNotFoundError(
         f"Dataset {name!r} was not found. Looked in:\n  - {places}\nand {reason}.\n"
         f"Fix: set COURSE_DATA_DIR to a folder that holds {layout} "

@@ -69,6 +69,9 @@ FIXME = re.compile(r"\bFIXME\b")
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
 SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time, at most half of what a left
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
+MIN_DRAW_SECONDS = 60.0            # draws b and c get at least this, whatever a took
+MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the grader's limits:
+                                   # Python, MNIST and the judges loaded, the folder copied
 MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at least
 ERROR_CAP = 2**16                  # bytes of a cell's recorded error that the grader reads
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
@@ -415,7 +418,7 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
                                        ("c", seeds[1], labels_b, True)):
         # b and c get the same time, so that the sampler cannot tell them apart by it either
         limit = (opts.sample_timeout if name == "a" else
-                 max(60.0, min(1.5 * a_seconds, (opts.sample_timeout - a_seconds) / 2)))
+                 max(MIN_DRAW_SECONDS, min(1.5 * a_seconds, (opts.sample_timeout - a_seconds) / 2)))
         spec = {"seed": seed, "labels": asked, "shuffle": shuffle, "seed_shuffle": seeds[2],
                 "seconds": limit, "threads": opts.limits.threads}
         draws[name], took = _draw(workdir, draw_dir, spec, opts, env)
@@ -555,7 +558,7 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
     check_samples(draws["a"], len(labels))
     check_samples(draws["b"], len(run.positions_b))
     first, second = draws["a"].float(), draws["b"].float()
-    report.samples = len(labels)
+    report.samples, report.second_draw_samples = len(labels), len(run.positions_b)
     check_drawn(first, second, run.positions_b)
     report.near_copies = check_not_memorised(torch.cat([first, second]), judge_)
     predicted = judge_.predict(first)
@@ -574,7 +577,6 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
                                                            judge_.second), 4)
     shuffled = check_from_network(draws["c"], labels[run.positions_b], judge_)
     report.shuffled_accuracy = None if shuffled is None else round(shuffled, 4)
-    report.second_draw_samples = len(run.positions_b)
     report.second_draw_accuracy = round(
         (judge_.predict(second) == labels[run.positions_b]).float().mean().item(), 4)
     report.seconds_grading = time.perf_counter() - start
@@ -726,11 +728,11 @@ def put_back(moved: list[Path], out: Path) -> None:
         raise OSError(f"could not move back to {out}: {', '.join(left)}")
 
 
-def writable_error(out: Path, option: str = "--out") -> str:
-    """Why reports cannot be written to ``out`` or set aside in ``out/previous`` ("" if they
-    can), found before hours of grading; nothing is created (a folder not there yet is tried in
-    the nearest one that is). ``option``: the command-line option that named ``out``."""
-    for folder in (out, out / "previous") if option == "--out" else (out,):
+def writable_error(out: Path, option: str = "--out", also: tuple[str, ...] = ("previous",)) -> str:
+    """Why files cannot be written to ``out`` or its subfolders ``also`` (where earlier reports
+    are set aside) ("" if they can), found before hours of grading; nothing is created (a folder
+    not there yet is tried in the nearest one that is). ``option`` named ``out``."""
+    for folder in (out, *(out / name for name in also)):
         there = next(p for p in (folder, *folder.parents) if os.path.exists(p))  # False: EACCES too
         try:
             if there == folder and not os.path.isdir(folder):
@@ -738,8 +740,8 @@ def writable_error(out: Path, option: str = "--out") -> str:
             tempfile.TemporaryFile(dir=there).close()
         except OSError as err:
             fix = (f"choose another {option}" if err.errno in (errno.EROFS, errno.ENOTDIR) else
-                   f"choose another {option}, or grade as the user who owns it (sudo, if it was "
-                   "graded with sudo)")
+                   f"choose another {option}, or grade as the user who owns {there} (sudo, if "
+                   "it was made by a grading with sudo)")
             return f"cannot write to {folder} ({err.strerror or err}); {fix}"
         if there != folder:   # not there yet: what is above it decides
             break
@@ -775,7 +777,7 @@ def worst_case_seconds(timeout: float, sample_timeout: float) -> float:
     """The longest one submission's grading may take: the notebook, then the three draws (a up to
     ``sample_timeout``; b and c each at most half of what a left, and at least a minute), each
     draw with its process's start-up."""
-    return timeout + sample_timeout + 2 * 60.0 + 3 * DRAW_STARTUP
+    return timeout + sample_timeout + 2 * MIN_DRAW_SECONDS + 3 * DRAW_STARTUP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -847,7 +849,7 @@ def main(argv=None) -> int:
     else:
         print(f"could not grade: {args.submission} does not exist", file=sys.stderr)
         return 2
-    problem = args.json and writable_error(args.json.resolve().parent, "--json")
+    problem = args.json and writable_error(args.json.resolve().parent, "--json", also=())
     if problem:
         print(f"could not grade: {problem}", file=sys.stderr)
         return 2
@@ -1008,7 +1010,7 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
             print(unreadable.text() + "\n", flush=True)
             return unreadable
         report_file = out / f"{safe_name(student)}.json"   # none now: _keep_earlier moved it
-        slot, limit = slots.pop(), worst_case_seconds(args.timeout, args.sample_timeout) + 600
+        slot, limit = slots.pop(), worst_case_seconds(args.timeout, args.sample_timeout) + MARGIN_SECONDS
         tmp = Path(tempfile.mkdtemp(prefix=f"worker-{slot}-", dir=scratch))
         try:
             proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),

@@ -32,7 +32,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (ERROR, MIN_MEMORY_GIB, Report, build_parser, find_submissions, option_error,
+from .grade import (ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, Report, build_parser, find_submissions, option_error,
                     put_back, set_aside, snapshot, unreadable_report, why_unreadable,
                     worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
@@ -100,9 +100,10 @@ def load_reports(out: Path, expected: list[str] | None = None) -> list[Report]:
             if not isinstance(data, dict):   # e.g. a folder run's --json list, saved in OUT
                 continue
             report = Report(**{k: v for k, v in data.items() if k in known})
-        except (OSError, ValueError, TypeError) as err:   # unreadable, a folder, not a report
-            if not isinstance(err, (ValueError, TypeError)):
-                print(f"note: {path} left out: {one_line(err)}", file=sys.stderr)
+        except OSError as err:   # unreadable, a folder named x.json
+            print(f"note: {path} left out: {one_line(err)}", file=sys.stderr)
+            continue
+        except (ValueError, TypeError):   # not a report (a --json list, other JSON)
             continue
         if report.student:
             reports[report.student] = report
@@ -197,13 +198,10 @@ def grader_options(grader_args: list[str]) -> argparse.Namespace:
     return options
 
 
-TASK_MARGIN_S = 600.0   # a task's seconds beyond the grader's limits: Python, MNIST and the judges
-
-
 def task_minutes(options: argparse.Namespace) -> int:
     """The minutes a task needs: the grader's worst case for one submission, and a margin."""
     return math.ceil((worst_case_seconds(options.timeout, options.sample_timeout)
-                      + TASK_MARGIN_S) / 60)
+                      + MARGIN_SECONDS) / 60)
 
 
 def task_problem(options: argparse.Namespace, cpus: int, mem_gib: int, minutes: int,

@@ -381,6 +381,9 @@ def _limit(limits: Limits, group: cgroup_limits.Group | None = None):
     # as root the step runs as a sandbox uid of its own; otherwise as ours, whose desktop
     # (a browser's threads) would use up the limit before the notebook starts
     processes = limits.processes + (own_tasks() if os.geteuid() != 0 else 0)
+    _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if hard != resource.RLIM_INFINITY:   # not root, it cannot be raised past the hard limit
+        processes = min(processes, hard)
 
     def apply() -> None:  # runs in the child between fork and exec; inherited through bwrap
         if group is not None:   # first: all it starts is counted by the kernel from here on

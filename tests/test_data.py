@@ -66,7 +66,7 @@ def test_not_found_lists_every_place_and_the_fix(places):
 
 def test_failed_download_is_reported_not_raised_raw(places, monkeypatch):
     import socket
-    seen = []
+    seen, before = [], socket.getdefaulttimeout()
 
     def offline(name, target):
         seen.append(socket.getdefaulttimeout())
@@ -77,7 +77,7 @@ def test_failed_download_is_reported_not_raised_raw(places, monkeypatch):
         data.find_data_root("MNIST", allow_download=True)
     assert "MNIST/raw/ with its four idx files" in str(info.value)
     assert "run once with internet access so it downloads" in str(info.value)
-    assert seen == [data.DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() is None   # restored
+    assert seen == [data.DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() == before   # restored
     monkeypatch.setenv("COURSE_NO_DOWNLOAD", "1")    # the reason to say: the switch, not the network
     with pytest.raises(data.DataNotFoundError, match="unset COURSE_NO_DOWNLOAD"):
         data.find_data_root("MNIST")
