@@ -46,7 +46,8 @@ def _available(kind: str) -> bool:
     if kind == "cuda":
         return torch.cuda.is_available()
     if kind == "mps":
-        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        mps = getattr(torch.backends, "mps", None)
+        return mps is not None and mps.is_available()
     return True
 
 

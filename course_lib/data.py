@@ -207,10 +207,12 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
             socket.setdefaulttimeout(timeout)
     places = "\n  - ".join(looked)
     layout = ("flowers/ with a folder per species (" + ", ".join(FLOWER_CLASSES) + ")"
-              if name == "flowers" else f"{name}/raw/ with its four idx files (torchvision's layout)")
-    online = ("unset COURSE_NO_DOWNLOAD and run once with internet access" if not downloads_allowed()
-              else "run once with internet access so it downloads" if allow_download
-              else "call it with allow_download=True (or run notebook 00) with internet access")
+              if name == "flowers" else
+              f"{name}/raw/ with its four idx files (torchvision's layout)")
+    online = ("unset COURSE_NO_DOWNLOAD and run once with internet access"
+              if not downloads_allowed() else
+              "run once with internet access so it downloads" if allow_download else
+              "call it with allow_download=True (or run notebook 00) with internet access")
     raise DataNotFoundError(
         f"Dataset {name!r} was not found. Looked in:\n  - {places}\nand {reason}.\n"
         f"Fix: set COURSE_DATA_DIR to a folder that holds {layout} "

@@ -58,9 +58,9 @@ def same_shape(name: str, value: torch.Tensor, like_name: str, like: torch.Tenso
     """Refuse a tensor that would broadcast silently against another it must match (a model
     returning one channel for RGB images, one noise for a whole batch)."""
     if value.shape != like.shape:
-        raise ValueError(f"{name} has shape {tuple(value.shape)} but must have {like_name}'s shape "
-                         f"{tuple(like.shape)}: does the model return img_ch channels, and is there "
-                         "one noise per image?")
+        raise ValueError(f"{name} has shape {tuple(value.shape)} but must have {like_name}'s "
+                         f"shape {tuple(like.shape)}: does the model return img_ch channels, and "
+                         "is there one noise per image?")
 
 
 def extract(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

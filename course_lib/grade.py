@@ -67,7 +67,8 @@ PASS, FAIL, ERROR = "pass", "fail", "could not grade"
 SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
 FIXME = re.compile(r"\bFIXME\b")
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
-SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time, at most half of what a left
+SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time, at most half of
+                                   # what a left (and MIN_DRAW_SECONDS at least)
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
 MIN_DRAW_SECONDS = 60.0            # draws b and c get at least this, whatever a took
 MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the grader's limits:
@@ -660,8 +661,9 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
     except Exception as err:  # the grader's own bug: say so, never a false pass or fail
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
+    # after the steps: one may lose its group
     report.sandbox = ("none needed: the notebook was never run" if why_unreadable(copy) else
-                      sandbox_label(opts.use_sandbox, opts.slot))   # after the steps: one may lose its group
+                      sandbox_label(opts.use_sandbox, opts.slot))
     return report
 
 
@@ -790,19 +792,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples-per-digit", "-n", type=int, default=10,
                         help="about this many samples of each digit (a hidden count within ±20%%; "
                              "default %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.95, help="accuracy needed to pass (default %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.95,
+                        help="accuracy needed to pass (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds the notebook may run (default 3600: generous for a CPU)")
     parser.add_argument("--sample-timeout", type=float, default=SAMPLE_TIMEOUT,
-                        help="seconds the first call of sample_digits may take; the other two get 1.5 "
-                             "times what it took, at most half of what it left and at least 60 s "
-                             "each (default %(default)s)")
+                        help="seconds the first call of sample_digits may take; the other two "
+                             "get 1.5 times what it took, at most half of what it left and at "
+                             "least 60 s each (default %(default)s)")
     parser.add_argument("--jobs", "-j", type=int, default=1,
                         help="submissions graded at once, each with its share of CPUs and memory "
                              "(default %(default)s)")
     parser.add_argument("--memory-gib", type=float, default=None,
-                        help=f"memory limit per submission, at least {MIN_MEMORY_GIB} (default: 80%% of RAM / "
-                             "jobs, 2-8 GiB)")
+                        help=f"memory limit per submission, at least {MIN_MEMORY_GIB} "
+                             "(default: 80%% of RAM / jobs, 2-8 GiB)")
     parser.add_argument("--seed", type=int, default=None,
                         help="fix the hidden seeds, e.g. a report's \"seed\" to reproduce its "
                              "grade (same --jobs, same private judges); default: a secret one each")
@@ -891,7 +894,7 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
     private = Path(tempfile.mkdtemp(prefix="course-grade-"))
     try:
         copies = snapshot(submissions, private)
-        if args.slot is None:   # the instructor's command (a worker's or a task's was set aside for it)
+        if args.slot is None:   # the instructor's own command (workers, tasks: set aside already)
             try:
                 _keep_earlier(out, [safe_name(args.name)] if args.name and len(copies) == 1 else
                               [name for name, _ in copies], books=args.submission.is_dir())
@@ -1010,7 +1013,8 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
             print(unreadable.text() + "\n", flush=True)
             return unreadable
         report_file = out / f"{safe_name(student)}.json"   # none now: _keep_earlier moved it
-        slot, limit = slots.pop(), worst_case_seconds(args.timeout, args.sample_timeout) + MARGIN_SECONDS
+        limit = worst_case_seconds(args.timeout, args.sample_timeout) + MARGIN_SECONDS
+        slot = slots.pop()
         tmp = Path(tempfile.mkdtemp(prefix=f"worker-{slot}-", dir=scratch))
         try:
             proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),
@@ -1019,8 +1023,8 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   timeout=limit, env=dict(os.environ, TMPDIR=str(tmp)))
             print(proc.stdout[-4000:], flush=True)
-            said = _last_line("\n".join(ln for ln in proc.stdout.splitlines()
-                                        if not ln.startswith("note:")))[:200]   # not the grader's notes
+            said = _last_line("\n".join(ln for ln in proc.stdout.splitlines()   # not the grader's
+                                        if not ln.startswith("note:")))[:200]   # own notes
             ended = (f"was killed by signal {-proc.returncode} (SIGKILL: often out of memory)"
                      if proc.returncode == -signal.SIGKILL else
                      f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else
@@ -1035,7 +1039,8 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
             report = Report(origins[student], ERROR, student=student, threshold=args.threshold,
                             sandbox=sandbox_label(opts.use_sandbox, slot),
                             reason=one_line(f"could not grade: the grading worker {ended} and "
-                                            "wrote no report; grade this notebook alone to see why"))
+                                            "wrote no report; grade this notebook alone to see "
+                                            "why"))
             write_report(report, out)
             return report
 

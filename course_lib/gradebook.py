@@ -6,11 +6,13 @@
 ``slurm`` copies every notebook into a private folder under ``OUT`` (the sandboxes never see it),
 writes ``grade.sbatch``, a job array with one task per submission, each running the same
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
-``sbatch`` (``--dry-run`` only writes the script and the private copies, and leaves the reports alone; ``--wait`` waits for the array, then collects).
+``sbatch`` (``--dry-run`` only writes the script and the private copies, and leaves the reports
+alone; ``--wait`` waits for the array, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
 already had in ``OUT`` (and the old roster, gradebook, review page and task logs) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
-that fails, and none is lost; if ``sbatch`` takes no job, they move back. A submission that could not be copied
+that fails, and none is lost; if ``sbatch`` takes no job, they move back. A submission that could
+not be copied
 (a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
 merges those reports into ``OUT/gradebook.csv`` (student, status, accuracy, reason) and
 ``OUT/review.html`` (each student's code beside its samples, ``course_lib/review.py``) and prints
@@ -32,9 +34,9 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, Report, build_parser, find_submissions, option_error,
-                    put_back, set_aside, snapshot, unreadable_report, why_unreadable,
-                    worst_case_seconds, writable_error)
+from .grade import (ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, Report, build_parser,
+                    find_submissions, option_error, put_back, set_aside, snapshot,
+                    unreadable_report, why_unreadable, worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
@@ -210,8 +212,8 @@ def task_problem(options: argparse.Namespace, cpus: int, mem_gib: int, minutes: 
     if cpus < 1 or parallel < 0:
         return "--cpus must be >= 1 and --parallel >= 0 (0: no limit)"
     if mem_gib - TASK_OVERHEAD_GIB < MIN_MEMORY_GIB:
-        return (f"--mem-gib must be at least {MIN_MEMORY_GIB + TASK_OVERHEAD_GIB}: the notebook gets "
-                f"{TASK_OVERHEAD_GIB} GiB less (its /tmp and /dev/shm live in memory, and the "
+        return (f"--mem-gib must be at least {MIN_MEMORY_GIB + TASK_OVERHEAD_GIB}: the notebook "
+                f"gets {TASK_OVERHEAD_GIB} GiB less (its /tmp and /dev/shm live in memory, and the "
                 f"grader itself runs in the task), and 06 promises it {MIN_MEMORY_GIB} GiB")
     share = mem_gib - TASK_OVERHEAD_GIB
     if options.memory_gib is not None and options.memory_gib > share:
@@ -359,7 +361,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs per task (default %(default)s)")
     parser.add_argument("--mem-gib", type=int, default=12,
                         help=f"memory per task (default %(default)s); its notebook gets "
-                             f"{TASK_OVERHEAD_GIB} GiB less, as much as the grader's own default gives")
+                             f"{TASK_OVERHEAD_GIB} GiB less, what the grader's own default gives")
     parser.add_argument("--minutes", type=int, default=None,
                         help="time limit per task (default: what --timeout and --sample-timeout "
                              "need, with a margin: "

@@ -123,7 +123,8 @@ class OptimizedUNet(Encoder):
     """03's UNet; with ``c_dim`` it also takes a context c (04-06): up = c_emb·h + t_emb.
 
     ``max_period`` is P in the sinusoidal embedding's slowest frequency 1/P (a period of 2π·P
-    steps; P = 10,000 as in transformers, P = T suits T steps, see notebook 03). ``forward(x, t, c=None, c_mask=None)``: c is (B, c_dim) (one-hot class or CLIP
+    steps; P = 10,000 as in transformers, P = T suits T steps, see notebook 03).
+    ``forward(x, t, c=None, c_mask=None)``: c is (B, c_dim) (one-hot class or CLIP
     embedding); c_mask (B, 1) is 1 to keep the context and 0 to drop it. A missing c
     means "no context", the same as a mask of 0.
     ``bottleneck`` is the width of the dense bottleneck's hidden layers (default: channels[1]).
