@@ -234,11 +234,17 @@ def image_transform(size: int, channels: int) -> v2.Compose:
     ])
 
 
+def require_float_images(x: torch.Tensor, what: str = "the images") -> None:
+    """Refuse integer pixels where the course's [-1, 1] floats are expected (clamped, they would
+    show as white, or score as noise, with no error)."""
+    if not x.is_floating_point():
+        raise ValueError(f"{what} are {x.dtype}; the course's images are floats in [-1, 1] "
+                         "(from [0, 255] pixels: x.float() / 127.5 - 1)")
+
+
 def to_display(x: torch.Tensor) -> torch.Tensor:
     """Inverse of the course transform: [-1, 1] -> [0, 1], clamped, for plotting."""
-    if not x.is_floating_point():
-        raise ValueError(f"images of {x.dtype} cannot be shown as the course's [-1, 1] floats; "
-                         "from [0, 255] pixels: x.float() / 127.5 - 1")
+    require_float_images(x)
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
 

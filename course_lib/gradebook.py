@@ -41,6 +41,7 @@ from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_j
 from .sandbox import SLOTS
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
+DEFAULT_TASK_MEM_GIB = 12   # a task's memory: its notebook keeps the 8 GiB a local grading gives
 TASK_OVERHEAD_GIB = 4   # a task's memory beyond its notebook's: /tmp and /dev/shm (1 GiB each,
                         # sandbox.Limits.shm_bytes) and the grader (torch, MNIST, the judges)
 
@@ -144,9 +145,12 @@ def collect(out: Path) -> int:
 
 
 def sbatch_script(roster: Path, out: Path, n_tasks: int, grader_args: list[str], *,
-                  cpus: int = 2, mem_gib: int = 12, minutes: int = 96, parallel: int = 0,
-                  python: str = sys.executable, hide: list[Path] = ()) -> str:
-    """The job array: task i grades line i+1 of the roster (student<TAB>private copy)."""
+                  cpus: int = 2, mem_gib: int = DEFAULT_TASK_MEM_GIB, minutes: int | None = None,
+                  parallel: int = 0, python: str = sys.executable, hide: list[Path] = ()) -> str:
+    """The job array: task i grades line i+1 of the roster (student<TAB>private copy);
+    ``minutes`` None: what ``grader_args``' time limits need (:func:`task_minutes`)."""
+    if minutes is None:
+        minutes = task_minutes(grader_options(grader_args))
     array = f"0-{n_tasks - 1}" + (f"%{parallel}" if parallel else "")
     hides = " ".join(f"--hide {shlex.quote(str(h))}" for h in hide)
     return f"""#!/bin/bash
@@ -229,7 +233,8 @@ def task_problem(options: argparse.Namespace, cpus: int, mem_gib: int, minutes: 
 
 
 def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: bool = False,
-           wait: bool = False, cpus: int = 2, mem_gib: int = 12, minutes: int | None = None,
+           wait: bool = False, cpus: int = 2, mem_gib: int = DEFAULT_TASK_MEM_GIB,
+           minutes: int | None = None,
            parallel: int = 0) -> int:
     """Snapshot the cohort, write the array script, and submit it (or only write it).
     ``minutes`` None: what the grader's time limits need (:func:`task_minutes`)."""
@@ -359,13 +364,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("submissions", type=Path)
     parser.add_argument("--out", type=Path, default=Path("grades"))
     parser.add_argument("--cpus", type=int, default=2, help="CPUs per task (default %(default)s)")
-    parser.add_argument("--mem-gib", type=int, default=12,
+    parser.add_argument("--mem-gib", type=int, default=DEFAULT_TASK_MEM_GIB,
                         help=f"memory per task (default %(default)s); its notebook gets "
                              f"{TASK_OVERHEAD_GIB} GiB less, what the grader's own default gives")
     parser.add_argument("--minutes", type=int, default=None,
                         help="time limit per task (default: what --timeout and --sample-timeout "
                              "need, with a margin: "
-                             f"{task_minutes(build_parser().parse_args(['SUBMISSIONS']))} with the "
+                             f"{task_minutes(grader_options([]))} with the "
                              "grader's defaults)")
     parser.add_argument("--parallel", type=int, default=0,
                         help="at most this many tasks at once (default 0: no limit)")

