@@ -22,12 +22,12 @@ folder (the grader reads those copies only). Then, for each one, three steps; ea
    judges (pixels tuned to the public judge are not).
 
 Exit status: 0 pass, 1 fail (the submission's fault, with the reason), 2 could not grade (the
-grader's: its weights, data or sandbox). Folders are graded ``--jobs`` at a time, each in its own
-sandbox with its share of the CPU threads and memory; ``python -m course_lib.grade slurm FOLDER``
-grades them as a Slurm job array and ``python -m course_lib.grade collect OUT`` merges the
-reports into ``OUT/gradebook.csv`` (``course_lib/gradebook.py``). A folder's grading also writes
-``OUT/review.html``, each student's code beside its samples, for a person to read
-(``course_lib/review.py``).
+grader's: its weights, data, sandbox, or a Python kernel that never started). Folders are graded
+``--jobs`` at a time, each in its own sandbox with its share of the CPU threads and memory;
+``python -m course_lib.grade slurm FOLDER`` grades them as a Slurm job array and
+``python -m course_lib.grade collect OUT`` merges the reports into ``OUT/gradebook.csv``
+(``course_lib/gradebook.py``). A folder's grading also writes ``OUT/review.html``, each
+student's code beside its samples, for a person to read (``course_lib/review.py``).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SAMPLES_FILE, SECOND_OPI
                            check_realistic, check_samples, check_second_draw, check_second_opinion,
                            ensure_private_judge, load_judge, load_private_judge, one_line,
                            plain_share, read_plain, read_samples, second_draw_floor)
-from .grade_runner import NO_SAMPLER, NOT_EXPORTABLE
+from .grade_runner import GRADER_FAILED, NO_SAMPLER, NOT_EXPORTABLE
 from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -379,6 +379,17 @@ def _over(who: str, over: str) -> str:
     return f"stopped: {who} {over}"
 
 
+def _grader_failed(result: sandbox.Result) -> None:
+    """CannotGrade where the runner's execute step failed in the sandbox before the notebook's
+    code ran (a kernel that never started, a module missing): the grading machine's fault, exit 2
+    (``grade_runner.GraderFailed``)."""
+    if result.returncode == GRADER_FAILED:   # its line, not nbclient's clean-up noise after it
+        said = next((ln for ln in result.stderr.splitlines() if ln.startswith("the grader's ")),
+                    _last_line(result.stderr))
+        raise CannotGrade(f"{said}; check the grader's Python environment (`make test` runs the "
+                          "grader's own tests)")
+
+
 def _memory_hint(opts: Options) -> str:
     return f" (it may have run out of its {opts.limits.memory_bytes / 2**30:.0f} GiB memory limit)"
 
@@ -396,6 +407,7 @@ def execute(nb, workdir: Path, opts: Options, rng: torch.Generator) -> Run:
     result = _sandboxed(_runner("execute", str(inside / "submission.ipynb"),
                                 str(inside / "export.pkl"), str(inside / "error.json")),
                         workdir, opts.timeout, opts, env)
+    _grader_failed(result)
     if result.over:
         raise Rejected(_over("the notebook", result.over))
     if result.timed_out:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import builtins
 import gc
-import importlib
+import importlib.util
 import json
 import marshal
 import pickle
@@ -35,9 +35,16 @@ EXPORT_CELL = """
 import course_lib.grade_runner as _grade_runner
 _grade_runner.export(globals(), {path!r})
 """
+GRADER_FAILED = 5   # exit status: the grader's own step failed before any of the notebook's code ran
 NO_SAMPLER = "the notebook must define a function sample_digits(labels)"
 NOT_EXPORTABLE = ("sample_digits could not be exported for grading ({}); keep sample_digits, its "
                   "model and the helpers it calls as plain top-level objects of the notebook")
+
+
+class GraderFailed(Exception):
+    """The grader's own step failed before the notebook's code could run: exit GRADER_FAILED.
+    Only :func:`execute` says so: there the notebook runs in another process (its kernel), so its
+    code cannot fake this exit; in :func:`sample` it runs in this one and could."""
 
 
 # --- export by value ----------------------------------------------------------------------------
@@ -158,15 +165,25 @@ def export(namespace: dict, path: str) -> None:
 
 def execute(notebook: str, export_path: str, result: str) -> int:
     """Run the notebook in a new kernel; on a failing cell write its number and error to ``result``."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
+    try:   # the grader's own modules (torch: the draws' and the notebook's) are not its to miss
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError
+        if importlib.util.find_spec("torch") is None:   # found, not imported: its memory is the
+            raise ImportError("No module named 'torch'")  # notebook's while the kernel runs
+    except ImportError as err:
+        raise GraderFailed(f"{type(err).__name__}: {err}") from err
     nb = nbformat.read(notebook, as_version=4)
     Path(notebook).unlink()   # read once: the notebook's code cannot read its own file for data
     nb.cells.append(nbformat.v4.new_code_cell(EXPORT_CELL.format(path=export_path)))
+    started = []   # cells handed to the kernel: until the first, no code of the notebook's ran
+
+    def cell_started(cell, cell_index) -> None:
+        started.append(cell_index)
+
     client = NotebookClient(nb, timeout=None, kernel_name="python3", allow_errors=False,
-                            resources={"metadata": {"path": str(Path(notebook).parent)}})
+                            resources={"metadata": {"path": str(Path(notebook).parent)}},
+                            on_cell_start=cell_started)
     try:
         client.execute()
     except CellExecutionError as err:
@@ -175,6 +192,11 @@ def execute(notebook: str, export_path: str, result: str) -> int:
         Path(result).write_text(json.dumps({"cell": cell, "last": cell == len(nb.cells),
                                             "ename": err.ename, "evalue": str(err.evalue)[:2000]}))
         return 3
+    except Exception as err:
+        if started:   # the notebook's kernel died or hung up while running its code
+            raise
+        raise GraderFailed(f"the Python kernel did not start ({type(err).__name__}: "
+                           f"{str(err)[:300]})") from err
     return 0
 
 
@@ -318,6 +340,10 @@ def main(argv=None) -> int:
     step, args = argv[0], argv[1:]
     try:
         return {"execute": execute, "sample": sample}[step](*args)
+    except GraderFailed as err:
+        print(f"the grader's {step} step failed in the sandbox, before the notebook's code ran: "
+              f"{err}", file=sys.stderr)
+        return GRADER_FAILED
     except RuntimeError as err:
         if "GRADER:" not in str(err):
             raise

@@ -588,6 +588,46 @@ def test_a_step_stopped_for_filling_its_folder_is_a_fail_that_says_so(tmp_path, 
         assert not (tmp_path / "draw").exists()
 
 
+
+def _run_execute(tmp_path, source: str, **env) -> subprocess.CompletedProcess:
+    """The runner's execute step on a one-cell notebook, unsandboxed, in a fresh process."""
+    notebook = tmp_path / "submission.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(source)]), notebook)
+    return subprocess.run([sys.executable, "-P", "-m", "course_lib.grade_runner", "execute",
+                           str(notebook), str(tmp_path / "export.pkl"), str(tmp_path / "error.json")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=dict(os.environ, **env))
+
+
+def test_a_kernel_that_never_starts_is_the_graders_problem_not_the_students(tmp_path):
+    """The execute step exits GRADER_FAILED only when it failed before any of the notebook's code
+    ran (here its kernelspec starts /bin/false); the grader then says "could not grade" (exit 2),
+    not FAIL. A notebook that kills its own kernel is still its own failure."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": ["/bin/false", "{connection_file}"],
+                                                  "display_name": "broken", "language": "python"}))
+    broken = _run_execute(tmp_path, "x = 1", JUPYTER_PATH=str(tmp_path / "jupyter"))
+    assert broken.returncode == grade_runner.GRADER_FAILED, broken.stderr
+    assert "the Python kernel did not start" in broken.stderr
+    killed = _run_execute(tmp_path, "import os\nos._exit(1)")
+    assert killed.returncode not in (0, 3, grade_runner.GRADER_FAILED), killed.stderr
+    assert "DeadKernelError" in killed.stderr
+
+    def failed(argv, workdir, timeout, opts, env=None):
+        return grade.sandbox.Result(grade_runner.GRADER_FAILED, 2.0, "", broken.stderr)
+    work = tmp_path / "notebook"
+    work.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grade, "_sandboxed", failed)
+        with pytest.raises(CannotGrade, match="the Python kernel did not start.*environment"):
+            grade.execute(new_notebook(), work, grade.Options(use_sandbox=False),
+                          torch.Generator().manual_seed(0))
+        # in a draw sample_digits runs in the runner's own process and could exit 5 itself
+        with pytest.raises(Rejected, match="sampling failed"):
+            grade._draw(work, tmp_path / "draw", {"seed": 1, "labels": [1], "shuffle": False,
+                                                  "seconds": 5.0}, grade.Options(use_sandbox=False), {})
+
 # --- end to end ---------------------------------------------------------------------------------
 
 SAMPLER = "import torch\ndef sample_digits(labels):\n    return {}\n"
