@@ -35,7 +35,7 @@ EXPORT_CELL = """
 import course_lib.grade_runner as _grade_runner
 _grade_runner.export(globals(), {path!r})
 """
-GRADER_FAILED = 5   # exit status: the grader's own step failed before any of the notebook's code ran
+GRADER_FAILED = 5   # exit status: the grader's step failed before any of the notebook's code ran
 NO_SAMPLER = "the notebook must define a function sample_digits(labels)"
 NOT_EXPORTABLE = ("sample_digits could not be exported for grading ({}); keep sample_digits, its "
                   "model and the helpers it calls as plain top-level objects of the notebook")
