@@ -32,6 +32,7 @@ student's code beside its samples, for a person to read (``course_lib/review.py`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import errno
 import hashlib
@@ -42,6 +43,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -75,6 +77,9 @@ MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the 
                                    # Python, MNIST and the judges loaded, the folder copied
 MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at least
 ERROR_CAP = 2**16                  # bytes of a cell's recorded error that the grader reads
+OUT_LOCK = ".grading.lock"         # in OUT: held by the one grading writing there (hold_out)
+BOOKS = ("gradebook.csv", "review.html")   # a folder run's files in OUT, beside the reports
+SLURM_BOOKS = ("roster.txt", "logs")       # a Slurm run's too: its roster and its tasks' logs
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
 
 
@@ -708,13 +713,13 @@ def write_report(report: Report, out: Path) -> Path:
     return path
 
 
-def set_aside(out: Path, students: list[str], to: Path, books: bool = True) -> list[Path]:
-    """Move these students' reports and sample grids to folder ``to``, and with ``books`` also
-    ``OUT``'s roster, gradebook, review page and Slurm logs: nothing is deleted, and no earlier
-    report can stand in for a grading that fails. Returns the paths moved, at their new place."""
-    names = [f"{s}{end}" for s in students for end in (".json", "_samples.png", "_samples.pt")]
-    if books:
-        names = ["roster.txt", "gradebook.csv", "review.html", "logs", *names]
+def set_aside(out: Path, students: list[str], to: Path, books: tuple[str, ...] = ()) -> list[Path]:
+    """Move these students' reports and sample grids, and the files ``books`` of ``OUT`` (its
+    gradebook, review page; a Slurm run's roster and logs), to folder ``to``: nothing is deleted,
+    and no earlier report can stand in for a grading that fails. A report moved names its grid's
+    new place. Returns the paths moved, at their new place."""
+    names = [*books, *(f"{s}{end}" for s in students for end in (".json", "_samples.png",
+                                                                  "_samples.pt"))]
     moved = []
     try:
         for name in names:
@@ -726,7 +731,22 @@ def set_aside(out: Path, students: list[str], to: Path, books: bool = True) -> l
     except BaseException:   # an error or Ctrl-C: all or nothing, a half-moved OUT loses track
         put_back(moved, out)
         raise
+    for report in (p for p in moved if p.suffix == ".json"):
+        _follow_grid(report, out, {p.name for p in moved})
     return moved
+
+
+def _follow_grid(report: Path, out: Path, moved: set[str]) -> None:
+    """A report set aside names its own grid, set aside beside it, not the new grid that a
+    regrade writes where it was. A report that is not one (unreadable JSON) is left as it is."""
+    try:
+        data = json.loads(report.read_text())
+        grid = data.get("grid") and Path(data["grid"])
+        if grid and grid.parent == out and grid.name in moved:
+            data["grid"] = str(report.parent / grid.name)
+            report.write_text(json.dumps(data, indent=2))
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
 
 
 def put_back(moved: list[Path], out: Path) -> None:
@@ -740,6 +760,44 @@ def put_back(moved: list[Path], out: Path) -> None:
             left.append(str(path))
     if left:
         raise OSError(f"could not move back to {out}: {', '.join(left)}")
+
+
+class OutBusy(Exception):
+    """Another grading holds ``OUT`` (:func:`hold_out`)."""
+
+
+@contextlib.contextmanager
+def hold_out(out: Path):
+    """Hold ``OUT`` for this grading alone, an exclusive ``flock`` on ``OUT/.grading.lock``
+    (released when the process ends, however it ends): two gradings setting reports aside and
+    writing one gradebook at once would mix or lose grades. OutBusy names the holder. Where the
+    file system has no locks (some NFS mounts), a note says so and the grading goes on."""
+    import fcntl
+
+    try:
+        fd = os.open(out / OUT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:   # collect by another user: its own error says what to do
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes "
+                  "there now", file=sys.stderr)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "it did not say who"
+            raise OutBusy(f"another grading is writing to {out} ({holder})") from None
+        except OSError as err:
+            print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes "
+                  "there now", file=sys.stderr)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def writable_error(out: Path, option: str = "--out", also: tuple[str, ...] = ("previous",)) -> str:
@@ -898,6 +956,19 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
         print(f"could not grade: {problem}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        if args.slot is None:   # a worker or a Slurm task: its parent or submit holds OUT
+            try:
+                held.enter_context(hold_out(out))
+            except OutBusy as err:
+                print(f"could not grade: {err}; wait for it to end, or give another --out "
+                      "(nothing was moved or graded)", file=sys.stderr)
+                return 2
+        return _grade_into(out, args, submissions, index, slot)
+
+
+def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int) -> int:
+    """:func:`_grade_all`'s work once ``out`` is this grading's to write."""
     try:   # before any worker starts: they all read the one file
         judge_file = ensure_private_judge(args.private_judge).resolve()
     except CannotGrade as err:
@@ -909,7 +980,8 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
         if args.slot is None:   # the instructor's own command (workers, tasks: set aside already)
             try:
                 _keep_earlier(out, [safe_name(args.name)] if args.name and len(copies) == 1 else
-                              [name for name, _ in copies], books=args.submission.is_dir())
+                              [name for name, _ in copies],
+                              books=BOOKS if args.submission.is_dir() else ())
             except OSError as err:
                 print(f"could not grade: cannot set the earlier reports in {out} aside "
                       f"({one_line(err)}); nothing was moved or graded", file=sys.stderr)
@@ -947,9 +1019,9 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
     return 2 if 2 in codes else 1 if 1 in codes else 0
 
 
-def _keep_earlier(out: Path, students: list[str], books: bool) -> None:
-    """Before a (re)grade: these students' earlier reports and grids, and for a folder the earlier
-    gradebook, review page, roster and Slurm logs, move to a new ``OUT/previous/grade-<time>-...``
+def _keep_earlier(out: Path, students: list[str], books: tuple[str, ...]) -> None:
+    """Before a (re)grade: these students' earlier reports and grids, and ``books`` (a folder run's
+    gradebook and review page), move to a new ``OUT/previous/grade-<time>-...``
     (:func:`set_aside`), where an appeal can still read them; a grading that then fails leaves no
     stale report in their place. Raises OSError (nothing moved) if they cannot be moved."""
     previous = out / "previous"

@@ -12,8 +12,7 @@ Each task writes ``OUT/<student>.json``. On submitting, the reports and grids th
 already had in ``OUT`` (and the old roster, gradebook, review page and task logs) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
 that fails, and none is lost; if ``sbatch`` takes no job, they move back. A submission that could
-not be copied
-(a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
+not be copied (a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
 merges those reports into ``OUT/gradebook.csv`` (student, status, accuracy, reason) and
 ``OUT/review.html`` (each student's code beside its samples, ``course_lib/review.py``) and prints
 the summary table; a submission without a report is listed as "could not grade".
@@ -21,6 +20,7 @@ the summary table; a submission without a report is listed as "could not grade".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -34,9 +34,10 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, Report, build_parser,
-                    find_submissions, option_error, put_back, set_aside, snapshot,
-                    unreadable_report, why_unreadable, worst_case_seconds, writable_error)
+from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, OutBusy, Report,
+                    build_parser, find_submissions, hold_out, option_error, put_back, set_aside,
+                    snapshot, unreadable_report, why_unreadable, worst_case_seconds,
+                    writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
@@ -280,6 +281,23 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
             return 2
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:   # a dry run moves no report: another may grade there
+        if not dry_run:
+            try:
+                held.enter_context(hold_out(out))
+            except OutBusy as err:
+                print(f"could not grade: {err}; wait for it to end, or give another --out "
+                      "(nothing was copied or submitted)", file=sys.stderr)
+                return 2
+        return _submit_into(out, submissions, notebooks, grader_args, options, judge,
+                            dry_run=dry_run, wait=wait, cpus=cpus, mem_gib=mem_gib,
+                            minutes=minutes, parallel=parallel)
+
+
+def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_args: list[str],
+                 options: argparse.Namespace, judge: Path, *, dry_run: bool, wait: bool,
+                 cpus: int, mem_gib: int, minutes: int, parallel: int) -> int:
+    """:func:`submit`'s work once ``out`` is this grading's to write."""
     job = Path(tempfile.mkdtemp(prefix=f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-", dir=out))
     (job / "copies").mkdir()   # mkdtemp made the job folder private (0700) and unique
     copies = snapshot(notebooks, job / "copies")
@@ -311,7 +329,7 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
     to = out / "previous" / job.name[1:]
     try:
-        aside = set_aside(out, [name for name, _ in copies], to)
+        aside = set_aside(out, [name for name, _ in copies], to, books=(*BOOKS, *SLURM_BOOKS))
         try:   # the old logs went with the old reports: task i's is logs/task-i.log
             (out / "logs").mkdir(exist_ok=True)
         except OSError:
@@ -355,7 +373,15 @@ def main(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog="python -m course_lib.grade collect",
                                          description="Merge OUT/*.json into OUT/gradebook.csv.")
         parser.add_argument("out", type=Path)
-        return collect(parser.parse_args(rest).out)
+        out = parser.parse_args(rest).out
+        if not os.path.isdir(out):
+            return collect(out)   # says so
+        try:
+            with hold_out(out):
+                return collect(out)
+        except OutBusy as err:
+            print(f"could not collect: {err}; collect once it has ended", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(
         prog="python -m course_lib.grade slurm",
         description="Grade a folder as a Slurm job array, one sandboxed task per submission. "

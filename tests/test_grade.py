@@ -19,7 +19,7 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import answer_key, grade, grade_checks, grade_runner, sandbox
+from course_lib import answer_key, grade, grade_checks, grade_runner, gradebook, sandbox
 
 
 def _required() -> bool:
@@ -738,8 +738,8 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     (tmp_path / "subs" / "linked.ipynb").symlink_to(completed)   # graded here, not by a worker
     earlier = tmp_path / "grades"
     earlier.mkdir()
-    for name in ("broken.json", "gradebook.csv", "carol.json"):   # carol: not in this folder
-        (earlier / name).write_text(f"earlier {name}")
+    for name in ("broken.json", "gradebook.csv", "carol.json", "roster.txt"):   # carol: not in
+        (earlier / name).write_text(f"earlier {name}")   # this folder; the roster: a Slurm run's
     code, out = _run_grader(tmp_path / "subs", "--profile", "test", "--samples-per-digit", 1,
                             "--jobs", 2, "--out", tmp_path / "grades", "--json",
                             tmp_path / "all.json", *_sandbox_args())
@@ -756,6 +756,7 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     kept = {p.name: p.read_text() for p in (earlier / "previous").glob("grade-*/*")}
     assert kept == {"broken.json": "earlier broken.json", "gradebook.csv": "earlier gradebook.csv"}
     assert (earlier / "carol.json").read_text() == "earlier carol.json"
+    assert (earlier / "roster.txt").read_text() == "earlier roster.txt"   # the cohort's: kept
     assert json.loads((earlier / "broken.json").read_text())["student"] == "broken"   # regraded
 
 
@@ -814,18 +815,49 @@ def test_grader_refuses_what_it_cannot_grade_before_anything_runs(tmp_path, caps
 def test_set_aside_moves_all_or_nothing_and_never_over_an_earlier_one(tmp_path):
     out, to = tmp_path / "grades", tmp_path / "grades" / "previous" / "run"
     out.mkdir()
-    for name in ("alice.json", "alice_samples.png", "bob.json", "gradebook.csv"):
+    for name in ("alice_samples.png", "bob.json", "gradebook.csv"):
         (out / name).write_text(f"earlier {name}")
+    (out / "alice.json").write_text(json.dumps({"student": "alice",
+                                                "grid": str(out / "alice_samples.png")}))
     to.mkdir(parents=True)
     (to / "bob.json").write_text("set aside before")
     with pytest.raises(FileExistsError):
-        grade.set_aside(out, ["alice", "bob"], to)
+        grade.set_aside(out, ["alice", "bob"], to, books=grade.BOOKS)
     assert sorted(p.name for p in out.glob("*.*")) == ["alice.json", "alice_samples.png",
                                                         "bob.json", "gradebook.csv"]
     assert (to / "bob.json").read_text() == "set aside before" and len(list(to.iterdir())) == 1
-    moved = grade.set_aside(out, ["alice"], to, books=False)     # a regrade keeps the gradebook
+    assert json.loads((out / "alice.json").read_text())["grid"] == str(out / "alice_samples.png")
+    moved = grade.set_aside(out, ["alice"], to)     # a regrade keeps the gradebook
     assert sorted(p.name for p in moved) == ["alice.json", "alice_samples.png"]
     assert (out / "gradebook.csv").is_file() and not (out / "alice.json").exists()
+    # the report set aside names its own grid, not the one a regrade will write in OUT
+    assert json.loads((to / "alice.json").read_text())["grid"] == str(to / "alice_samples.png")
+
+
+def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch):
+    """While one grading holds OUT, another (a notebook, a folder, a Slurm submit, a collect) is
+    refused in one line naming the holder, before it moves, copies or writes anything there."""
+    out = tmp_path / "grades"
+    out.mkdir()
+    (out / "alice.json").write_text(json.dumps({"submission": "alice.ipynb", "status": "pass",
+                                                "student": "alice"}))
+    subs = tmp_path / "subs"
+    alice = _notebook(subs / "alice.ipynb", "x = 1")
+    monkeypatch.setattr(gradebook.shutil, "which", lambda name: "/usr/bin/sbatch")
+    monkeypatch.setattr(gradebook, "ensure_private_judge", lambda path=None: None)
+    with grade.hold_out(out):
+        before = sorted(p.name for p in out.rglob("*"))
+        for run in (lambda: grade.main([str(alice), "--out", str(out), "--no-sandbox"]),
+                    lambda: grade.main([str(subs), "--out", str(out), "--no-sandbox"]),
+                    lambda: gradebook.main(["slurm", str(subs), "--out", str(out),
+                                            "--private-judge", str(tmp_path / "j.pt")]),
+                    lambda: grade.main(["collect", str(out)])):
+            assert run() == 2
+            err = capsys.readouterr().err
+            assert f"another grading is writing to {out} (pid {os.getpid()} on " in err, err
+            assert sorted(p.name for p in out.rglob("*")) == before
+    assert grade.main(["collect", str(out)]) == 0   # released: the next one may
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("wrong,said", [(["--timeout", "0"], "--timeout and --sample-timeout"),

@@ -132,7 +132,8 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
     seen = {}
 
     def sbatch(cmd, returncode, job_id, **kwargs):
-        seen["files"] = sorted(p.name for p in out.iterdir() if p.is_file())
+        seen["files"] = sorted(p.name for p in out.iterdir() if p.is_file()
+                               and p.name != grade.OUT_LOCK)
         seen["aside"] = sorted(str(p.relative_to(out)) for p in (out / "previous").rglob("*")
                                if p.is_file())
         seen["tasks"] = [ln.split("\t")[0] for ln in
@@ -149,7 +150,7 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
         assert [Path(p).name for p in seen["aside"]] == ["alice.json", "alice_samples.png",
                                                          "task-0.log", "roster.txt"]
         assert seen["tasks"] == ["alice", "bob"]                   # dave's link: no task
-        assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        assert sorted(p.name for p in out.iterdir() if p.is_file() and p.name != grade.OUT_LOCK) == [
             "alice.json", "alice_samples.png", "carol.json", "roster.txt"]   # all put back
         assert (out / "roster.txt").read_text() == "alice\t/x\ncarol\t/z\n"
         assert (out / "logs" / "task-0.log").read_text() == "alice's earlier task"
