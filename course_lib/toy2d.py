@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import SinusoidalPositionEmbedBlock
 from .ddpm import Schedule, extract
 
 
@@ -302,11 +303,10 @@ class ToyDenoiser(nn.Module):
     def __init__(self, T: int = 150, n_classes: int = 0, hidden: int = 64, t_dim: int = 16,
                  dim: int = 2, depth: int = 3):
         super().__init__()
-        if t_dim % 2 or t_dim < 2:
-            raise ValueError(f"t_dim must be an even number >= 2, got {t_dim}")
         self.T, self.n_classes = T, n_classes
-        # Frequencies from 1 to 1/T radians per step: the slowest one moves about a radian over 0..T-1.
-        self.register_buffer("freqs", torch.logspace(0, -math.log10(T), t_dim // 2))
+        # the UNets' embedding with periods up to 2πT steps (frequencies from 1 to 1/T radians
+        # per step): the slowest one moves about a radian over 0..T-1
+        self.t_embed = SinusoidalPositionEmbedBlock(t_dim, max_period=T)
         layers: list[nn.Module] = [nn.Linear(dim + t_dim + n_classes, hidden), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Linear(hidden, hidden), nn.SiLU()]
@@ -314,9 +314,8 @@ class ToyDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
                 c_mask: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = self.freqs.dtype
-        angles = t.to(dtype)[:, None] * self.freqs                       # (N, t_dim/2)
-        parts = [x.to(dtype), angles.sin(), angles.cos()]
+        dtype = self.net[0].weight.dtype
+        parts = [x.to(dtype), self.t_embed(t).to(dtype)]                 # (N, dim + t_dim)
         if self.n_classes:
             if c is None:
                 c = torch.zeros(len(x), self.n_classes, device=x.device, dtype=dtype)
