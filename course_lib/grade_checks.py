@@ -378,6 +378,10 @@ def _fine(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, 1, H, W) blurred by a 7-tap Gaussian of ``sigma`` pixels, one axis at a time, with
+    zero padding: the background beyond the edge is blank, as MNIST's is. (torchvision's
+    ``gaussian_blur`` has the same kernel but reflects at the edge, which would mirror ink lying
+    there; the copy thresholds were calibrated with this one.)"""
     r = torch.arange(-3, 4, dtype=torch.float32)
     k = torch.exp(-r ** 2 / (2 * sigma ** 2))
     k = (k / k.sum()).reshape(1, 1, 7, 1)

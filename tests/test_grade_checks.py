@@ -225,3 +225,22 @@ def test_the_second_draw_must_read_about_as_well_as_a_pass():
         gc.check_second_draw(0.70, 20, 0.95)                # 14 of 20
     with pytest.raises(Rejected, match=r"second draw \(another seed, 20 samples\).* only 10%"):
         gc.check_second_draw(0.10, 20, 0.95)
+
+
+def test_the_copy_checks_blur_is_torchvisions_kernel_with_a_blank_edge():
+    """gc.gaussian_blur: torchvision's Gaussian away from the edge; at the edge, blank beyond it
+    (torchvision reflects, mirroring ink that lies there)."""
+    import torchvision.transforms.functional as TF
+
+    inside = torch.zeros(1, 1, 28, 28)
+    inside[..., 10:18, 9:20] = 1.0
+    for sigma in gc.BLURS:
+        theirs = TF.gaussian_blur(inside, [7, 7], [sigma, sigma])
+        assert torch.allclose(gc.gaussian_blur(inside, sigma), theirs, atol=1e-6)
+    edge = torch.zeros(1, 1, 28, 28)
+    edge[..., :2, :] = 1.0     # ink along the top edge, two rows thick
+    ours, theirs = gc.gaussian_blur(edge, 1.3), TF.gaussian_blur(edge, [7, 7], [1.3, 1.3])
+    taps = torch.exp(-torch.arange(-3.0, 4.0) ** 2 / (2 * 1.3 ** 2))
+    kept = taps[3:5].sum() / taps.sum()   # the top row: itself and the row below, nothing above
+    assert torch.isclose(ours[0, 0, 0, 14], kept, atol=1e-6)
+    assert theirs[0, 0, 0, 14] > kept + 0.15   # the mirrored second row adds ink not there
