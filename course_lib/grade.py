@@ -233,30 +233,42 @@ def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
 
 def find_submissions(folder: Path) -> list[Path]:
     """The notebooks directly in ``folder`` (``*.ipynb``, any case, not hidden), sorted; what else
-    is there is listed on stderr, so that no student is left out unseen (macOS's ``._x`` files
-    and Jupyter's checkpoints excepted)."""
-    notebooks, other = [], []
+    is there is listed on stderr (:func:`not_graded`), so that no student is left out unseen."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as err:
         print(f"could not grade: cannot list {folder} ({err.strerror}); make it readable by the "
               "grader", file=sys.stderr)
         return []
-    for entry in entries:
-        if entry.name.startswith("._") or entry.name in (".ipynb_checkpoints", ".DS_Store"):
-            continue    # macOS's and Jupyter's own files, never a student's
-        if entry.name.startswith("."):
-            other.append(entry)    # a hidden notebook is listed, not graded
-            continue
-        (notebooks if entry.suffix.lower() == ".ipynb" and not entry.is_dir() else other).append(entry)
-    if other:
-        print(f"note: not graded, not a notebook directly in {folder}: "
-              + ", ".join(one_line(e.name) + ("/" if e.is_dir() else "") for e in other[:20])
-              + (f" and {len(other) - 20} more" if len(other) > 20 else ""), file=sys.stderr)
+    notebooks = [e for e in entries if _is_submission(e)]
+    note = not_graded(folder)
+    if note:
+        print(note, file=sys.stderr)
     if not notebooks:
         print(f"could not grade: no .ipynb files in {folder} (a notebook in a subfolder is not "
               "searched: put each student's notebook directly in the folder)", file=sys.stderr)
     return notebooks
+
+
+def _is_submission(entry: Path) -> bool:
+    return (not entry.name.startswith(".") and entry.suffix.lower() == ".ipynb"
+            and not entry.is_dir())
+
+
+def not_graded(folder: Path) -> str:
+    """A note naming what in ``folder`` is not graded (a subfolder, a hidden or other file), or
+    "": macOS's ``._x`` files and Jupyter's checkpoints are never a student's, and not named."""
+    try:
+        other = [e for e in sorted(folder.iterdir()) if not _is_submission(e)
+                 and not e.name.startswith("._")
+                 and e.name not in (".ipynb_checkpoints", ".DS_Store")]
+    except OSError:
+        return ""
+    if not other:
+        return ""
+    return (f"note: not graded, not a notebook directly in {folder}: "
+            + ", ".join(one_line(e.name) + ("/" if e.is_dir() else "") for e in other[:20])
+            + (f" and {len(other) - 20} more" if len(other) > 20 else ""))
 
 
 def _unreadable_note(copy: Path) -> Path:
@@ -1002,6 +1014,9 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
             from .gradebook import (collect_command, load_reports, summary, write_gradebook,
                                     write_review_page)
             print(summary(reports))
+            skipped = not_graded(args.submission)
+            if skipped:   # again, beside the summary: the first note scrolled away hours ago
+                print(skipped)
             write_gradebook(reports, out / "gradebook.csv")
             write_review_page(reports, out)
             others = {r.student for r in load_reports(out)} - {r.student for r in reports}

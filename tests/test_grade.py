@@ -736,6 +736,7 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     assert answer_key.main([str(completed)]) == 0
     _notebook(tmp_path / "subs" / "broken.ipynb", "raise RuntimeError('x')")
     (tmp_path / "subs" / "linked.ipynb").symlink_to(completed)   # graded here, not by a worker
+    (tmp_path / "subs" / "erin.zip").write_text("not a notebook")
     earlier = tmp_path / "grades"
     earlier.mkdir()
     for name in ("broken.json", "gradebook.csv", "carol.json", "roster.txt"):   # carol: not in
@@ -753,6 +754,7 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
     linked = next(r for r in reports if r["student"] == "linked")
     assert linked["status"] == grade.ERROR and "is a link" in linked["reason"], linked
     assert code == 2 and "broken" in out and "student" in out  # summary table
+    assert out.count("erin.zip") == 2   # named when found, and again beside the summary
     kept = {p.name: p.read_text() for p in (earlier / "previous").glob("grade-*/*")}
     assert kept == {"broken.json": "earlier broken.json", "gradebook.csv": "earlier gradebook.csv"}
     assert (earlier / "carol.json").read_text() == "earlier carol.json"
