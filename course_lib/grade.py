@@ -905,7 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "~/.cache/course_lib/grader/private_mnist_judges.pt, or under "
                              "$COURSE_GRADER_DIR; trained there on first use, about a minute each)")
     parser.add_argument("--slot", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--name", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--name", default=None,
+                        help="the student's name in a notebook's report (default: its earlier "
+                             "report's in --out, else the file's name)")
     parser.add_argument("--origin", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--hide", type=Path, action="append", default=[], help=argparse.SUPPRESS)
     return parser
@@ -989,9 +991,12 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
     private = Path(tempfile.mkdtemp(prefix="course-grade-"))
     try:
         copies = snapshot(submissions, private)
+        name = args.name
+        if name is None and args.slot is None and not args.submission.is_dir():
+            name = earlier_name(out, args.submission, copies[0][0])
         if args.slot is None:   # the instructor's own command (workers, tasks: set aside already)
             try:
-                _keep_earlier(out, [safe_name(args.name)] if args.name and len(copies) == 1 else
+                _keep_earlier(out, [safe_name(name)] if name and len(copies) == 1 else
                               [name for name, _ in copies],
                               books=BOOKS if args.submission.is_dir() else ())
             except OSError as err:
@@ -1006,7 +1011,7 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
                        keep_samples=args.keep_samples, private_judge=judge_file)
         if len(copies) == 1 or args.jobs == 1:
             origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
-            reports = [_grade_here(c, opts, args.name if len(copies) == 1 else None,
+            reports = [_grade_here(c, opts, name if len(copies) == 1 else None,
                                    args.origin or origins[c[0]]) for c in copies]
         else:
             reports = _grade_parallel(copies, submissions, args, out, opts, private)
@@ -1032,6 +1037,28 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
         args.json.write_text(json.dumps(data if args.submission.is_dir() else data[0], indent=2))
     codes = {r.exit_code for r in reports}
     return 2 if 2 in codes else 1 if 1 in codes else 0
+
+
+def earlier_name(out: Path, submission: Path, name: str) -> str:
+    """The name under which ``OUT`` already holds a report of this same file, else ``name``: a
+    folder run numbers a second file of one name (``A.IPYNB`` beside ``A.ipynb`` is ``A_2``), and
+    a regrade of that file must replace ``A_2``'s report, not ``A``'s. Several, or none: ``name``."""
+    mine, found = os.path.abspath(submission), set()
+    for path in out.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(data, dict) and isinstance(data.get("student"), str)
+                and isinstance(data.get("submission"), str)
+                and os.path.abspath(data["submission"]) == mine):
+            found.add(data["student"])
+    if len(found) != 1 or found == {name}:
+        return name
+    earlier = found.pop()
+    print(f"note: graded as {one_line(earlier)}, the name of this notebook's earlier report in "
+          f"{out} (--name gives another)", file=sys.stderr)
+    return earlier
 
 
 def _keep_earlier(out: Path, students: list[str], books: tuple[str, ...]) -> None:
