@@ -290,7 +290,7 @@ def lognormal_timesteps(schedule: Schedule, n: int, p_mean: float = -1.2, p_std:
 
     EDM's training noise levels (Karras et al. 2022, Table 1; P_mean = -1.2, P_std = 1.2 for
     32×32 images): most steps go to the low and middle noise levels (on 04's cosine schedule,
-    about half below t = 30, where SNR_t > 9), few to the nearly pure-noise end.
+    about half below t = 29, where SNR_t > 9), few to the nearly pure-noise end.
     """
     if not p_std > 0:
         raise ValueError(f"lognormal timesteps need P_std > 0 (EDM: 1.2), got {p_std}")

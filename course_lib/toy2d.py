@@ -18,7 +18,7 @@ Each component belongs to a class c (one class per component, or groups of compo
     (5) q_t(x | c): (1) restricted to the components of class c, weights renormalised
     (6) p_t(c | x) = Σ_{k ∈ c} r_k(x)
     (7) ε_w(x, t, c) = (1 + w) ε*(x, t, c) - w ε*(x, t)          classifier-free guidance
-    (8) p_w(x | c) ∝ p(x) p(c | x)^(1+w) = p(x | c)^(1+w) p(x)^(-w)   the "tilted" target
+    (8) p_w(x | c) ∝ p(x) p(c | x)^(1+w) ∝ p(x | c)^(1+w) p(x)^(-w)   the "tilted" target
 
 (8) is what guidance aims at; it has no closed-form normaliser, so :meth:`GaussianMixture.
 tilted_density` normalises it numerically on a grid. (CFG samples only approximate it: the
