@@ -271,6 +271,12 @@ def not_graded(folder: Path) -> str:
             + (f" and {len(other) - 20} more" if len(other) > 20 else ""))
 
 
+def origin(path: Path) -> str:
+    """What a report names as its submission: the file's absolute path (not followed if a link),
+    so that a regrade from another folder finds it (:func:`earlier_name`)."""
+    return os.path.abspath(path)
+
+
 def _unreadable_note(copy: Path) -> Path:
     """Where :func:`snapshot` notes why a submission could not be copied."""
     return copy.with_name(copy.name + ".unreadable")
@@ -748,13 +754,14 @@ def set_aside(out: Path, students: list[str], to: Path, books: tuple[str, ...] =
     return moved
 
 
-def _follow_grid(report: Path, out: Path, moved: set[str]) -> None:
-    """A report set aside names its own grid, set aside beside it, not the new grid that a
-    regrade writes where it was. A report that is not one (unreadable JSON) is left as it is."""
+def _follow_grid(report: Path, left: Path, moved: set[str]) -> None:
+    """A report moved from folder ``left`` names its own grid, moved beside it (set aside: not the new
+    grid a regrade writes where it was; put back: not the folder it left). A report that is not
+    one (unreadable JSON) is left as it is."""
     try:
         data = json.loads(report.read_text())
         grid = data.get("grid") and Path(data["grid"])
-        if grid and grid.parent == out and grid.name in moved:
+        if grid and grid.parent == left and grid.name in moved:
             data["grid"] = str(report.parent / grid.name)
             report.write_text(json.dumps(data, indent=2))
     except (OSError, ValueError, AttributeError, TypeError):
@@ -764,12 +771,15 @@ def _follow_grid(report: Path, out: Path, moved: set[str]) -> None:
 def put_back(moved: list[Path], out: Path) -> None:
     """Undo :func:`set_aside`: each path it moved goes back to ``out``, every one tried; an
     OSError at the end names those left where they were moved to."""
-    left = []
+    left, names = [], {p.name for p in moved}
     for path in moved:
         try:
             path.replace(out / path.name)
         except OSError:
             left.append(str(path))
+        else:
+            if path.suffix == ".json":   # its grid is back in OUT too: the report says so again
+                _follow_grid(out / path.name, path.parent, names)
     if left:
         raise OSError(f"could not move back to {out}: {', '.join(left)}")
 
@@ -782,8 +792,10 @@ class OutBusy(Exception):
 def hold_out(out: Path):
     """Hold ``OUT`` for this grading alone, an exclusive ``flock`` on ``OUT/.grading.lock``
     (released when the process ends, however it ends): two gradings setting reports aside and
-    writing one gradebook at once would mix or lose grades. OutBusy names the holder. Where the
-    file system has no locks (some NFS mounts), a note says so and the grading goes on."""
+    writing one gradebook at once would mix or lose grades. OutBusy names the holder. Where
+    ``flock`` fails (some NFS mounts), a note says so and the grading goes on; on a mount without
+    locking (``nolock``) it locks against gradings on the same machine only. A Slurm array's tasks
+    take no lock: ``grade slurm`` holds ``OUT`` while it submits them."""
     import fcntl
 
     try:
@@ -1010,7 +1022,7 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
                                     [*args.hide, judge_file.parent]), seed=args.seed,
                        keep_samples=args.keep_samples, private_judge=judge_file)
         if len(copies) == 1 or args.jobs == 1:
-            origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
+            origins = {name: origin(path) for (name, _), path in zip(copies, submissions)}
             reports = [_grade_here(c, opts, name if len(copies) == 1 else None,
                                    args.origin or origins[c[0]]) for c in copies]
         else:
@@ -1040,10 +1052,18 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
 
 
 def earlier_name(out: Path, submission: Path, name: str) -> str:
-    """The name under which ``OUT`` already holds a report of this same file, else ``name``: a
-    folder run numbers a second file of one name (``A.IPYNB`` beside ``A.ipynb`` is ``A_2``), and
-    a regrade of that file must replace ``A_2``'s report, not ``A``'s. Several, or none: ``name``."""
-    mine, found = os.path.abspath(submission), set()
+    """The name under which ``OUT`` already holds a report of this same file (or, for a Slurm task
+    that left none, its roster line), else ``name``: a folder run numbers the second file of one
+    name (``A.ipynb`` after ``A.IPYNB`` is ``A_2``), and a regrade of that file must replace
+    ``A_2``'s report, not ``A``'s. Several, or none: ``name``."""
+    mine, found = origin(submission), set()
+    try:   # student<TAB>private copy<TAB>origin (gradebook.roster_text)
+        for line in (out / "roster.txt").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[2] == mine:
+                found.add(parts[0])
+    except (OSError, UnicodeDecodeError):
+        pass
     for path in out.glob("*.json"):
         try:
             data = json.loads(path.read_text())
@@ -1130,7 +1150,7 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
         forwarded += ["--private-judge", str(args.private_judge)]
     for path in opts.hide:
         forwarded += ["--hide", str(path)]
-    origins = {name: str(path) for (name, _), path in zip(copies, submissions)}
+    origins = {name: origin(path) for (name, _), path in zip(copies, submissions)}
 
     def work(copy):
         student, path = copy

@@ -176,7 +176,7 @@ def execute(notebook: str, export_path: str, result: str) -> int:
     nb = nbformat.read(notebook, as_version=4)
     Path(notebook).unlink()   # read once: the notebook's code cannot read its own file for data
     nb.cells.append(nbformat.v4.new_code_cell(EXPORT_CELL.format(path=export_path)))
-    started = []   # cells handed to the kernel: until the first, no code of the notebook's ran
+    started = []   # cells nbclient began (markdown too): until the first, no notebook code ran
 
     def cell_started(cell, cell_index) -> None:
         started.append(cell_index)

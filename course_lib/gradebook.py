@@ -35,8 +35,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, OutBusy, Report,
-                    build_parser, find_submissions, hold_out, option_error, put_back, set_aside,
-                    snapshot, unreadable_report, why_unreadable, worst_case_seconds,
+                    build_parser, find_submissions, hold_out, option_error, origin, put_back,
+                    set_aside, snapshot, unreadable_report, why_unreadable, worst_case_seconds,
                     writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
@@ -148,7 +148,7 @@ def collect(out: Path) -> int:
 def sbatch_script(roster: Path, out: Path, n_tasks: int, grader_args: list[str], *,
                   cpus: int = 2, mem_gib: int = DEFAULT_TASK_MEM_GIB, minutes: int | None = None,
                   parallel: int = 0, python: str = sys.executable, hide: list[Path] = ()) -> str:
-    """The job array: task i grades line i+1 of the roster (student<TAB>private copy);
+    """The job array: task i grades line i+1 of the roster (:func:`roster_text`);
     ``minutes`` None: what ``grader_args``' time limits need (:func:`task_minutes`)."""
     if minutes is None:
         minutes = task_minutes(grader_options(grader_args))
@@ -166,17 +166,27 @@ def sbatch_script(roster: Path, out: Path, n_tasks: int, grader_args: list[str],
 set -euo pipefail
 line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(roster))})
 student=${{line%%$'\\t'*}}
-copy=${{line#*$'\\t'}}
+rest=${{line#*$'\\t'}}
+copy=${{rest%%$'\\t'*}}
+origin=${{rest#*$'\\t'}}
 cd {shlex.quote(os.getcwd())}
-exec {shlex.quote(python)} -m course_lib.grade "$copy" --name="$student" --origin="$student" \\
+exec {shlex.quote(python)} -m course_lib.grade "$copy" --name="$student" --origin="$origin" \\
   --slot $((SLURM_ARRAY_TASK_ID % {SLOTS})) --out {shlex.quote(str(out))} {hides} \\
   --memory-gib {mem_gib - TASK_OVERHEAD_GIB} {" ".join(shlex.quote(a) for a in grader_args)}
 """
 
 
-def roster_text(copies: list[tuple[str, Path]]) -> str:
-    """A roster: one "student<TAB>private copy" line per submission (what tasks and collect read)."""
-    return "".join(f"{name}\t{path}\n" for name, path in copies)
+def roster_text(copies: list[tuple[str, Path]], origins: dict[str, str] | None = None) -> str:
+    """A roster: one "student<TAB>private copy<TAB>origin" line per submission (what tasks and
+    collect read); the origin, the submitted file's path, is the student's name where that path
+    holds a character that is not printable (a tab or a new line could forge a line)."""
+    origins = origins or {}
+    return "".join(f"{name}\t{path}\t{_printable(origins.get(name, ''), name)}\n"
+                   for name, path in copies)
+
+
+def _printable(text: str, otherwise: str) -> str:
+    return text if text and text.isprintable() else otherwise
 
 
 def collect_command(out: Path, sudo: bool | None = None) -> str:
@@ -301,12 +311,12 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
     job = Path(tempfile.mkdtemp(prefix=f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-", dir=out))
     (job / "copies").mkdir()   # mkdtemp made the job folder private (0700) and unique
     copies = snapshot(notebooks, job / "copies")
-    origins = {name: str(path) for (name, _), path in zip(copies, notebooks)}
+    origins = {name: origin(path) for (name, _), path in zip(copies, notebooks)}
     # a copy snapshot could not make is graded here, where its reason is: no task for it
     unreadable = [(name, copy) for name, copy in copies if why_unreadable(copy) is not None]
     tasks = [c for c in copies if c not in unreadable]
     roster = job / "roster.txt"          # the script's; OUT/roster.txt only once it is submitted
-    roster.write_text(roster_text(tasks))
+    roster.write_text(roster_text(tasks, origins))
     folder = submissions if submissions.is_dir() else submissions.parent
     script = job / "grade.sbatch"
     script.write_text(sbatch_script(roster, out, max(1, len(tasks)), grader_args, cpus=cpus,
@@ -339,7 +349,7 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
         print(f"could not grade: cannot set the earlier reports in {out} aside ({one_line(err)}); "
               "nothing was submitted", file=sys.stderr)
         return 2
-    (out / "roster.txt").write_text(roster_text(tasks + unreadable))   # line i+1: task i's student
+    (out / "roster.txt").write_text(roster_text(tasks + unreadable, origins))   # line i+1: task i's student
     for name, copy in unreadable:
         unreadable_report(copy, name, origins[name], out, options.threshold)
     if not tasks:

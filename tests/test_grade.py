@@ -834,27 +834,39 @@ def test_set_aside_moves_all_or_nothing_and_never_over_an_earlier_one(tmp_path):
     assert (out / "gradebook.csv").is_file() and not (out / "alice.json").exists()
     # the report set aside names its own grid, not the one a regrade will write in OUT
     assert json.loads((to / "alice.json").read_text())["grid"] == str(to / "alice_samples.png")
+    grade.put_back(moved, out)    # and once put back, the grid in OUT again
+    assert json.loads((out / "alice.json").read_text())["grid"] == str(out / "alice_samples.png")
 
 
 def test_a_regrade_keeps_the_name_a_folder_run_numbered(tmp_path, monkeypatch, capsys):
-    """A.IPYNB beside A.ipynb was graded as A_2: regraded alone, it replaces A_2's report, and
-    A's stays where it is."""
-    subs, out = tmp_path / "subs", tmp_path / "grades"
-    first = _notebook(subs / "A.ipynb", "x = 1")
-    second = _notebook(subs / "A.IPYNB", "x = 1  # FIXME")
+    """Of A.IPYNB and A.ipynb a folder run numbers the second A_2: regraded alone, from any
+    folder, it replaces A_2's report and A's stays; a Slurm task's roster line finds it too."""
+    subs, out, private = tmp_path / "subs", tmp_path / "grades", tmp_path / "private"
+    _notebook(subs / "A.IPYNB", "x = 1")
+    _notebook(subs / "A.ipynb", "x = 1  # FIXME")
+    private.mkdir()
+    copies = grade.snapshot(grade.find_submissions(subs), private)
+    origins = dict(zip((name for name, _ in copies), grade.find_submissions(subs)))
+    assert sorted(origins) == ["A", "A_2"]
     out.mkdir()
-    for student, path in (("A", first), ("A_2", second)):
-        (out / f"{student}.json").write_text(json.dumps({"submission": str(path), "student": student,
-                                                         "status": "pass"}))
-    monkeypatch.chdir(tmp_path)   # the same file, given relative: the same report
-    assert grade.earlier_name(out, Path("subs/A.IPYNB"), "A") == "A_2"
-    assert grade.earlier_name(out, first, "A") == "A"
+    for student, path in origins.items():
+        (out / f"{student}.json").write_text(json.dumps({"submission": grade.origin(path),
+                                                         "student": student, "status": "pass"}))
+    second = origins["A_2"]
+    monkeypatch.chdir(subs)   # the same file, given relative to another folder: the same report
+    assert grade.earlier_name(out, Path(second.name), "A") == "A_2"
+    assert grade.earlier_name(out, origins["A"], "A") == "A"
     assert grade.earlier_name(out, tmp_path / "elsewhere.ipynb", "elsewhere") == "elsewhere"
+    (out / "A_2.json").unlink()   # a Slurm task that left no report: its roster line names it
+    (out / "roster.txt").write_text(gradebook.roster_text(copies, {n: grade.origin(p)
+                                                                   for n, p in origins.items()}))
+    assert grade.earlier_name(out, second, "A") == "A_2"
     monkeypatch.setattr(grade, "ensure_private_judge", lambda path=None: tmp_path / "judges.pt")
     assert grade.main([str(second), "--out", str(out), "--no-sandbox"]) == 1   # its FIXME
     assert "graded as A_2" in capsys.readouterr().err
     assert json.loads((out / "A_2.json").read_text())["status"] == grade.FAIL
     assert json.loads((out / "A.json").read_text())["status"] == "pass"
+
 
 def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch):
     """While one grading holds OUT, another (a notebook, a folder, a Slurm submit, a collect) is

@@ -70,6 +70,27 @@ def test_sbatch_script_is_one_task_per_submission(tmp_path):
     assert "-m course_lib.grade \"$copy\"" in script
 
 
+def test_each_task_reads_its_student_copy_and_origin_from_the_roster(tmp_path):
+    """The task's report names the submitted file's path (a regrade of that file finds it,
+    grade.earlier_name); a path that a tab or a new line would split into a forged roster line is
+    replaced by the student's name. The script's own bash reads the roster here."""
+    copies = [(name, tmp_path / "copies" / f"{name}.ipynb") for name in ("alice", "bob")]
+    roster = tmp_path / "roster.txt"
+    roster.write_text(gradebook.roster_text(copies, {"alice": "/subs/Alice Smith.ipynb",
+                                                     "bob": "/subs/b\nmallory\t/etc/shadow\t.ipynb"}))
+    assert len(roster.read_text().splitlines()) == 2
+    fake = tmp_path / "python"   # stands in for the grader: prints the arguments it is given
+    fake.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    fake.chmod(0o755)
+    script = gradebook.sbatch_script(roster, tmp_path / "out", 2, [], python=str(fake))
+    for task, origin in enumerate(("/subs/Alice Smith.ipynb", "bob")):
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task)))
+        student, copy = copies[task]
+        assert proc.stdout.splitlines()[:5] == ["-m", "course_lib.grade", str(copy),
+                                                f"--name={student}", f"--origin={origin}"], proc
+
+
 def test_slurm_dry_run_snapshots_and_writes_the_roster(tmp_path, capsys):
     subs, out = tmp_path / "subs", tmp_path / "out"
     subs.mkdir()
