@@ -455,7 +455,8 @@ def check_guided_eps(fn):
         student_calls = list(calls)
         ok, detail = _close(got, CFGDenoiser(toy_model, w)(x, t, c))
         if not ok:
-            return False, f"w={w}: {detail}; ε = (1 + w)·ε_cond − w·ε_uncond"
+            return False, (f"w={w}: {detail}; split the output with .chunk(2) (context kept, "
+                           "then dropped) and mix the halves with Exercise 2's formula")
         if student_calls != [2 * len(x)]:
             return False, (f"w={w}: the model ran on batches of {student_calls}; run it once on "
                            f"the doubled batch of {2 * len(x)} (context kept, then dropped)")
