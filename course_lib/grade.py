@@ -79,7 +79,8 @@ MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at 
 ERROR_CAP = 2**16                  # bytes of a cell's recorded error that the grader reads
 OUT_LOCK = ".grading.lock"         # in OUT: held by the one grading writing there (hold_out)
 BOOKS = ("gradebook.csv", "review.html")   # a folder run's files in OUT, beside the reports
-SLURM_BOOKS = ("roster.txt", "logs")       # a Slurm run's too: its roster and its tasks' logs
+SLURM_JOB = "slurm-job.txt"                # in OUT: the job id of the array submitted there
+SLURM_BOOKS = ("roster.txt", "logs", SLURM_JOB)   # a Slurm run's too: roster, logs, its job
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
 
 
@@ -788,14 +789,34 @@ class OutBusy(Exception):
     """Another grading holds ``OUT`` (:func:`hold_out`)."""
 
 
+def running_array(out: Path) -> str:
+    """Why ``OUT`` is still being written by a Slurm array (``OUT/slurm-job.txt`` names its job and
+    ``squeue`` still lists it), or "": none there, ended, or no ``squeue`` to ask."""
+    try:
+        job = (out / SLURM_JOB).read_text().strip()
+    except OSError:
+        return ""
+    if not job.isdigit() or shutil.which("squeue") is None:
+        return ""
+    try:
+        listed = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if listed.returncode != 0 or not listed.stdout.strip():
+        return ""
+    return f"Slurm job {job} is still grading into {out} (squeue lists it)"
+
+
 @contextlib.contextmanager
-def hold_out(out: Path):
+def hold_out(out: Path, arrays: bool = True):
     """Hold ``OUT`` for this grading alone, an exclusive ``flock`` on ``OUT/.grading.lock``
     (released when the process ends, however it ends): two gradings setting reports aside and
     writing one gradebook at once would mix or lose grades. OutBusy names the holder. Where
     ``flock`` fails (some NFS mounts), a note says so and the grading goes on; on a mount without
     locking (``nolock``) it locks against gradings on the same machine only. A Slurm array's tasks
-    take no lock: ``grade slurm`` holds ``OUT`` while it submits them."""
+    take no lock: ``grade slurm`` holds ``OUT`` while it submits them, and with ``arrays`` a
+    grading is refused while they run (:func:`running_array`; ``collect`` may read them)."""
     import fcntl
 
     try:
@@ -804,6 +825,7 @@ def hold_out(out: Path):
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes "
                   "there now", file=sys.stderr)
+        _refuse_running_array(out, arrays)
         yield
         return
     try:
@@ -819,9 +841,16 @@ def hold_out(out: Path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        _refuse_running_array(out, arrays)
         yield
     finally:
         os.close(fd)
+
+
+def _refuse_running_array(out: Path, arrays: bool) -> None:
+    busy = arrays and running_array(out)
+    if busy:
+        raise OutBusy(busy)
 
 
 def writable_error(out: Path, option: str = "--out", also: tuple[str, ...] = ("previous",)) -> str:

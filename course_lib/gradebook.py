@@ -11,7 +11,8 @@ alone; ``--wait`` waits for the array, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
 already had in ``OUT`` (and the old roster, gradebook, review page and task logs) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
-that fails, and none is lost; if ``sbatch`` takes no job, they move back. A submission that could
+that fails, and none is lost; if ``sbatch`` takes no job, they move back. ``OUT/slurm-job.txt``
+then names the job, and no other grading into ``OUT`` starts while ``squeue`` lists it. A submission that could
 not be copied (a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
 merges those reports into ``OUT/gradebook.csv`` (student, status, accuracy, reason) and
 ``OUT/review.html`` (each student's code beside its samples, ``course_lib/review.py``) and prints
@@ -34,10 +35,10 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, OutBusy, Report,
-                    build_parser, find_submissions, hold_out, option_error, origin, put_back,
-                    set_aside, snapshot, unreadable_report, why_unreadable, worst_case_seconds,
-                    writable_error)
+from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, SLURM_JOB, OutBusy,
+                    Report, build_parser, find_submissions, hold_out, option_error, origin,
+                    put_back, set_aside, snapshot, unreadable_report, why_unreadable,
+                    worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
@@ -370,6 +371,7 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
         print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
               "changed)", file=sys.stderr)
         return 2
+    (out / SLURM_JOB).write_text(f"{job_id}\n")   # no other grading here while it runs
     if proc.returncode != 0 and not wait:
         print(f"warning: sbatch took job {job_id} but said: {proc.stderr.strip()}; check it "
               "with squeue", file=sys.stderr)
@@ -387,7 +389,7 @@ def main(argv: list[str]) -> int:
         if not os.path.isdir(out):
             return collect(out)   # says so
         try:
-            with hold_out(out):
+            with hold_out(out, arrays=False):   # a look at a running array's reports: allowed
                 return collect(out)
         except OutBusy as err:
             print(f"could not collect: {err}; collect once it has ended", file=sys.stderr)

@@ -868,6 +868,30 @@ def test_a_regrade_keeps_the_name_a_folder_run_numbered(tmp_path, monkeypatch, c
     assert json.loads((out / "A.json").read_text())["status"] == "pass"
 
 
+def test_no_grading_into_out_while_its_slurm_array_runs(tmp_path, monkeypatch, capsys):
+    """OUT/slurm-job.txt names the array submitted there: while squeue lists it, a grading into
+    OUT is refused (collect may still look); once it has ended, gradings go on."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\necho 42_3\necho '42_[4-9]'\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "grades"
+    out.mkdir()
+    (out / grade.SLURM_JOB).write_text("42\n")
+    sub = _notebook(tmp_path / "alice.ipynb", "x = 1  # FIXME")
+    monkeypatch.setattr(grade, "ensure_private_judge", lambda path=None: tmp_path / "judges.pt")
+    assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 2
+    assert f"Slurm job 42 is still grading into {out}" in capsys.readouterr().err
+    assert not (out / "alice.json").exists()
+    grade.main(["collect", str(out)])
+    assert "still grading" not in capsys.readouterr().err
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\n"
+                      "exit 1\n")   # the job has ended
+    assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 1   # its FIXME
+    assert json.loads((out / "alice.json").read_text())["status"] == grade.FAIL
+
 def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch):
     """While one grading holds OUT, another (a notebook, a folder, a Slurm submit, a collect) is
     refused in one line naming the holder, before it moves, copies or writes anything there."""
