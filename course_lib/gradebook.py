@@ -9,7 +9,7 @@ sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and s
 ``sbatch`` (``--dry-run`` only writes the script and the private copies, and leaves the reports
 alone; ``--wait`` waits for the array, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
-already had in ``OUT`` (and the old roster, gradebook, review page and task logs) move to
+already had in ``OUT`` (and the old roster, gradebook, review page, task logs and job id) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
 that fails, and none is lost; if ``sbatch`` takes no job, they move back. ``OUT/slurm-job.txt``
 then names the job, and no other grading into ``OUT`` starts while ``squeue`` lists it. A submission that could
