@@ -202,7 +202,7 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
         except FileExistsError as err:   # an incomplete flowers/ in the way: nothing was fetched
             reason = f"no download was tried: {err}"
         except Exception as err:  # no network, server gone, disk full ...
-            reason = f"download failed: {type(err).__name__}: {err}"
+            reason = f"download failed: {type(err).__name__}: {err}{_certificate_hint(err)}"
         finally:
             socket.setdefaulttimeout(timeout)
     places = "\n  - ".join(looked)
@@ -220,6 +220,16 @@ def find_data_root(name: str, allow_download: bool | None = None) -> Path:
         f"%env COURSE_DATA_DIR=/path/to/datasets in a notebook's first cell), or put it in {local}, "
         f"or {online}; data/README.md has the details."
     )
+
+
+def _certificate_hint(err: Exception) -> str:
+    """Where a download failed because Python cannot check the server's certificate (the
+    python.org installer on macOS ships without the system's), how to give it one."""
+    if "CERTIFICATE_VERIFY_FAILED" not in f"{err} {getattr(err, 'reason', '')}":
+        return ""
+    return (" (this Python has no certificates to check the server with: on macOS, run "
+            "'Install Certificates.command' in its /Applications/Python 3.x folder; elsewhere, "
+            "pip install certifi and export SSL_CERT_FILE=\"$(python -m certifi)\")")
 
 
 # --- 2. transforms -----------------------------------------------------------------------

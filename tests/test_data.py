@@ -145,6 +145,26 @@ def test_real_flowers_default_classes_and_crop():
     assert [ds.classes.index(n.split("/")[0]) for n in ds.names] == ds.labels.tolist()
 
 
+def test_a_download_without_certificates_says_how_to_get_them(places, monkeypatch):
+    """urllib's error when Python cannot check the server's certificate (macOS's python.org
+    builds): the message says how to give Python certificates."""
+    import ssl
+    import urllib.error
+
+    def unverified(name, target):
+        raise urllib.error.URLError(ssl.SSLCertVerificationError(
+            1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    monkeypatch.setattr(data, "_download", unverified)
+    monkeypatch.setenv("COURSE_NO_DOWNLOAD", "0")
+    with pytest.raises(data.DataNotFoundError, match="Install Certificates.command") as info:
+        data.find_data_root("MNIST", allow_download=True)
+    assert "SSL_CERT_FILE" in str(info.value)
+    monkeypatch.setattr(data, "_download", lambda name, target: (_ for _ in ()).throw(
+        OSError("network unreachable")))
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.find_data_root("MNIST", allow_download=True)
+    assert "certificates" not in str(info.value)
+
 def test_downloaded_photos_are_shrunk_to_the_offline_copys_short_side(tmp_path):
     from PIL import Image
 
