@@ -227,9 +227,10 @@ def _certificate_hint(err: Exception) -> str:
     python.org installer on macOS ships without the system's), how to give it one."""
     if "CERTIFICATE_VERIFY_FAILED" not in f"{err} {getattr(err, 'reason', '')}":
         return ""
-    return (" (this Python has no certificates to check the server with: on macOS, run "
-            "'Install Certificates.command' in its /Applications/Python 3.x folder; elsewhere, "
-            "pip install certifi and export SSL_CERT_FILE=\"$(python -m certifi)\")")
+    return (" (Python could not check the server's certificate: on macOS, run 'Install "
+            "Certificates.command' in its /Applications/Python 3.x folder; elsewhere, or behind a "
+            "proxy that inspects HTTPS, pip install certifi and export SSL_CERT_FILE=\"$(python -m "
+            "certifi)\" (or your proxy's certificate) before starting JupyterLab)")
 
 
 # --- 2. transforms -----------------------------------------------------------------------

@@ -789,23 +789,41 @@ class OutBusy(Exception):
     """Another grading holds ``OUT`` (:func:`hold_out`)."""
 
 
-def running_array(out: Path) -> str:
-    """Why ``OUT`` is still being written by a Slurm array (``OUT/slurm-job.txt`` names its job and
-    ``squeue`` still lists it), or "": none there, ended, or no ``squeue`` to ask."""
+def array_state(out: Path) -> tuple[str, str]:
+    """(state, job) of the Slurm array ``grade slurm`` submitted into ``OUT`` (``OUT/slurm-job.txt``:
+    its id, and its cluster after a ";" as ``sbatch --parsable`` prints them): "running" while
+    ``squeue`` lists it, "ended" once it does not (or when there is none), "unknown" when
+    ``squeue`` cannot answer (not installed, its controller unreachable)."""
     try:
-        job = (out / SLURM_JOB).read_text().strip()
-    except OSError:
-        return ""
-    if not job.isdigit() or shutil.which("squeue") is None:
-        return ""
+        job, _, cluster = (out / SLURM_JOB).read_text().strip().partition(";")
+    except (OSError, ValueError):
+        return "ended", ""
+    if not job.isdigit():
+        return "ended", ""
+    if shutil.which("squeue") is None:
+        return "unknown", job
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}  # its own states
     try:
-        listed = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True,
-                                text=True, timeout=60)
+        listed = subprocess.run(["squeue", "--noheader", f"--jobs={job}", "--name=grade06",
+                                 "--format=%i", *([f"--clusters={cluster}"] if cluster else [])],
+                                capture_output=True, text=True, timeout=60, env=env)
     except (OSError, subprocess.TimeoutExpired):
+        return "unknown", job
+    if listed.returncode == 0:
+        return ("running" if listed.stdout.strip() else "ended"), job
+    return ("ended" if "Invalid job id" in listed.stderr else "unknown"), job
+
+
+def running_array(out: Path) -> str:
+    """Why ``OUT`` is still being written by the Slurm array submitted there, or "" (none, ended,
+    or ``squeue`` cannot say: then a note on stderr names the job to check)."""
+    state, job = array_state(out)
+    if state == "unknown":
+        print(f"note: squeue cannot say whether Slurm job {job}, submitted into {out}, still runs; "
+              "make sure it has ended before grading there", file=sys.stderr)
+    if state != "running":
         return ""
-    if listed.returncode != 0 or not listed.stdout.strip():
-        return ""
-    return f"Slurm job {job} is still grading into {out} (squeue lists it)"
+    return f"Slurm job {job} is still grading into {out} (squeue lists it; scancel {job} stops it)"
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@
 writes ``grade.sbatch``, a job array with one task per submission, each running the same
 sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and submits it with
 ``sbatch`` (``--dry-run`` only writes the script and the private copies, and leaves the reports
-alone; ``--wait`` waits for the array, then collects).
+alone; ``--wait`` asks ``squeue`` every half minute until the array has ended, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
 already had in ``OUT`` (and the old roster, gradebook, review page, task logs and job id) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
@@ -36,13 +36,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, SLURM_JOB, OutBusy,
-                    Report, build_parser, find_submissions, hold_out, option_error, origin,
-                    put_back, set_aside, snapshot, unreadable_report, why_unreadable,
+                    Report, array_state, build_parser, find_submissions, hold_out, option_error,
+                    origin, put_back, set_aside, snapshot, unreadable_report, why_unreadable,
                     worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
+WAIT_SECONDS = 30.0         # --wait asks squeue this often whether the array has ended
 DEFAULT_TASK_MEM_GIB = 12   # a task's memory: its notebook keeps the 8 GiB a local grading gives
 TASK_OVERHEAD_GIB = 4   # a task's memory beyond its notebook's: /tmp and /dev/shm (1 GiB each,
                         # sandbox.Limits.shm_bytes) and the grader (torch, MNIST, the judges)
@@ -280,6 +281,11 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
               "slurm-wlm), or write the script with --dry-run and submit it from a login node",
               file=sys.stderr)
         return 2
+    if wait and shutil.which("squeue") is None:
+        print("could not grade: --wait asks squeue when the array has ended, and squeue is not "
+              "found; put Slurm's bin folder on PATH, or submit without --wait and collect "
+              "later", file=sys.stderr)
+        return 2
     judge = options.private_judge
     if judge is None:
         judge = private_judge_path()
@@ -356,8 +362,8 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
     if not tasks:
         print("no notebook to run: every submission was unreadable")
         return collect(out)
-    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(script)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # not sbatch --wait: its job id would come only when the array ends, too late for slurm-job.txt
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     job_id = proc.stdout.strip().split(";")[0]
     if not job_id:    # nothing was submitted (with --wait too): put everything back
         for name, _ in unreadable:
@@ -371,12 +377,29 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
         print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
               "changed)", file=sys.stderr)
         return 2
-    (out / SLURM_JOB).write_text(f"{job_id}\n")   # no other grading here while it runs
-    if proc.returncode != 0 and not wait:
+    (out / SLURM_JOB).write_text(proc.stdout.strip() + "\n")   # no other grading while it runs
+    if proc.returncode != 0:
         print(f"warning: sbatch took job {job_id} but said: {proc.stderr.strip()}; check it "
               "with squeue", file=sys.stderr)
-    print(f"submitted job {job_id}; when it ends: {collect_command(out)}")
-    return collect(out) if wait else 0
+    print(f"submitted job {job_id}; when it ends: {collect_command(out)}", flush=True)
+    if not wait:
+        return 0
+    return wait_for_array(out, job_id)
+
+
+def wait_for_array(out: Path, job_id: str, every: float = WAIT_SECONDS) -> int:
+    """``--wait``: ask ``squeue`` every ``every`` seconds until the array has ended, then
+    :func:`collect`. Ctrl-C stops the waiting, not the job."""
+    try:
+        while True:
+            state, _ = array_state(out)
+            if state == "ended":
+                return collect(out)
+            time.sleep(every)   # "unknown" (a controller restarting): ask again
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; Slurm job {job_id} goes on (squeue -j {job_id}); when it "
+              f"ends: {collect_command(out)}", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str]) -> int:

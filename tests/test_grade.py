@@ -887,10 +887,16 @@ def test_no_grading_into_out_while_its_slurm_array_runs(tmp_path, monkeypatch, c
     assert not (out / "alice.json").exists()
     grade.main(["collect", str(out)])
     assert "still grading" not in capsys.readouterr().err
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' "
+                      ">&2\nexit 1\n")   # cannot say: a note, and the grading goes on
+    assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 1   # its FIXME
+    assert "squeue cannot say whether Slurm job 42" in capsys.readouterr().err
     squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\n"
                       "exit 1\n")   # the job has ended
-    assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 1   # its FIXME
+    assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 1
+    assert "squeue" not in capsys.readouterr().err
     assert json.loads((out / "alice.json").read_text())["status"] == grade.FAIL
+
 
 def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch):
     """While one grading holds OUT, another (a notebook, a folder, a Slurm submit, a collect) is

@@ -177,6 +177,7 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
         assert (out / "logs" / "task-0.log").read_text() == "alice's earlier task"
     monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 0, "42"))
     assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 0
+    assert (out / grade.SLURM_JOB).read_text() == "42\n"   # no other grading there while it runs
     assert not (out / "alice.json").exists() and (out / "carol.json").is_file()
     kept = list((out / "previous").rglob("alice.json"))
     assert len(kept) == 1 and kept[0].read_text() == '{"student": "alice"}'
@@ -187,6 +188,22 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
     assert dave["status"] == ERROR and "is a link" in dave["reason"]
     assert trained == [tmp_path / "j.pt"] * 3
 
+
+
+def test_wait_asks_squeue_until_the_array_ends_then_collects(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    states = iter(["running", "unknown", "running", "ended"])   # unknown: ask again
+    monkeypatch.setattr(gradebook, "array_state", lambda out: (next(states), "42"))
+    monkeypatch.setattr(gradebook, "collect", lambda out: 7)
+    assert gradebook.wait_for_array(out, "42", every=0) == 7
+    assert next(states, None) is None   # asked until it ended, not once more
+
+    def interrupted(out):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gradebook, "array_state", interrupted)
+    assert gradebook.wait_for_array(out, "42", every=0) == 130
+    assert "Slurm job 42 goes on" in capsys.readouterr().err
 
 @pytest.mark.parametrize("form", [["--private-judge", "{p}"], ["--private-judge={p}"],
                                   ["--private-j", "{p}"]])
