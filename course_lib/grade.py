@@ -756,9 +756,9 @@ def set_aside(out: Path, students: list[str], to: Path, books: tuple[str, ...] =
 
 
 def _follow_grid(report: Path, left: Path, moved: set[str]) -> None:
-    """A report moved from folder ``left`` names its own grid, moved beside it (set aside: not the new
-    grid a regrade writes where it was; put back: not the folder it left). A report that is not
-    one (unreadable JSON) is left as it is."""
+    """A report moved from folder ``left`` names its own grid, moved beside it (set aside: not
+    the new grid a regrade writes where it was; put back: not the folder it left). A report that
+    is not one (unreadable JSON) is left as it is."""
     try:
         data = json.loads(report.read_text())
         grid = data.get("grid") and Path(data["grid"])
@@ -790,10 +790,10 @@ class OutBusy(Exception):
 
 
 def array_state(out: Path) -> tuple[str, str]:
-    """(state, job) of the Slurm array ``grade slurm`` submitted into ``OUT`` (``OUT/slurm-job.txt``:
-    its id, and its cluster after a ";" as ``sbatch --parsable`` prints them): "running" while
-    ``squeue`` lists it, "ended" once it does not (or when there is none), "unknown" when
-    ``squeue`` cannot answer (not installed, its controller unreachable)."""
+    """(state, job) of the Slurm array ``grade slurm`` submitted into ``OUT``
+    (``OUT/slurm-job.txt``: its id, and its cluster after a ";" as ``sbatch --parsable`` prints
+    them): "running" while ``squeue`` lists it, "ended" once it does not (or when there is none),
+    "unknown" when ``squeue`` cannot answer (not installed, its controller unreachable)."""
     try:
         job, _, cluster = (out / SLURM_JOB).read_text().strip().partition(";")
     except (OSError, ValueError):

@@ -12,11 +12,12 @@ Each task writes ``OUT/<student>.json``. On submitting, the reports and grids th
 already had in ``OUT`` (and the old roster, gradebook, review page, task logs and job id) move to
 ``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
 that fails, and none is lost; if ``sbatch`` takes no job, they move back. ``OUT/slurm-job.txt``
-then names the job, and no other grading into ``OUT`` starts while ``squeue`` lists it. A submission that could
-not be copied (a link, unreadable) gets no task: its report is written at once, with the reason. ``collect``
-merges those reports into ``OUT/gradebook.csv`` (student, status, accuracy, reason) and
-``OUT/review.html`` (each student's code beside its samples, ``course_lib/review.py``) and prints
-the summary table; a submission without a report is listed as "could not grade".
+then names the job, and no other grading into ``OUT`` starts while ``squeue`` lists it. A
+submission that could not be copied (a link, unreadable) gets no task: its report is written at
+once, with the reason. ``collect`` merges those reports into ``OUT/gradebook.csv`` (student,
+status, accuracy, reason) and ``OUT/review.html`` (each student's code beside its samples,
+``course_lib/review.py``) and prints the summary table; a submission without a report is listed
+as "could not grade".
 """
 from __future__ import annotations
 
@@ -356,7 +357,8 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
         print(f"could not grade: cannot set the earlier reports in {out} aside ({one_line(err)}); "
               "nothing was submitted", file=sys.stderr)
         return 2
-    (out / "roster.txt").write_text(roster_text(tasks + unreadable, origins))   # line i+1: task i's student
+    # line i+1: task i's student
+    (out / "roster.txt").write_text(roster_text(tasks + unreadable, origins))
     for name, copy in unreadable:
         unreadable_report(copy, name, origins[name], out, options.threshold)
     if not tasks:
