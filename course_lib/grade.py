@@ -272,7 +272,7 @@ def not_graded(folder: Path) -> str:
             + (f" and {len(other) - 20} more" if len(other) > 20 else ""))
 
 
-def origin(path: Path) -> str:
+def origin_of(path: Path) -> str:
     """What a report names as its submission: the file's absolute path (not followed if a link),
     so that a regrade from another folder finds it (:func:`earlier_name`)."""
     return os.path.abspath(path)
@@ -1050,12 +1050,12 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
     private = Path(tempfile.mkdtemp(prefix="course-grade-"))
     try:
         copies = snapshot(submissions, private)
-        name = args.name
-        if name is None and args.slot is None and not args.submission.is_dir():
-            name = earlier_name(out, args.submission, copies[0][0])
+        given = args.name
+        if given is None and args.slot is None and not args.submission.is_dir():
+            given = earlier_name(out, args.submission, copies[0][0])
         if args.slot is None:   # the instructor's own command (workers, tasks: set aside already)
             try:
-                _keep_earlier(out, [safe_name(name)] if name and len(copies) == 1 else
+                _keep_earlier(out, [safe_name(given)] if given and len(copies) == 1 else
                               [name for name, _ in copies],
                               books=BOOKS if args.submission.is_dir() else ())
             except OSError as err:
@@ -1069,8 +1069,8 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
                                     [*args.hide, judge_file.parent]), seed=args.seed,
                        keep_samples=args.keep_samples, private_judge=judge_file)
         if len(copies) == 1 or args.jobs == 1:
-            origins = {name: origin(path) for (name, _), path in zip(copies, submissions)}
-            reports = [_grade_here(c, opts, name if len(copies) == 1 else None,
+            origins = {name: origin_of(path) for (name, _), path in zip(copies, submissions)}
+            reports = [_grade_here(c, opts, given if len(copies) == 1 else None,
                                    args.origin or origins[c[0]]) for c in copies]
         else:
             reports = _grade_parallel(copies, submissions, args, out, opts, private)
@@ -1103,7 +1103,7 @@ def earlier_name(out: Path, submission: Path, name: str) -> str:
     that left none, its roster line), else ``name``: a folder run numbers the second file of one
     name (``A.ipynb`` after ``A.IPYNB`` is ``A_2``), and a regrade of that file must replace
     ``A_2``'s report, not ``A``'s. Several, or none: ``name``."""
-    mine, found = origin(submission), set()
+    mine, found = origin_of(submission), set()
     try:   # student<TAB>private copy<TAB>origin (gradebook.roster_text)
         for line in (out / "roster.txt").read_text().splitlines():
             parts = line.split("\t")
@@ -1197,7 +1197,7 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
         forwarded += ["--private-judge", str(args.private_judge)]
     for path in opts.hide:
         forwarded += ["--hide", str(path)]
-    origins = {name: origin(path) for (name, _), path in zip(copies, submissions)}
+    origins = {name: origin_of(path) for (name, _), path in zip(copies, submissions)}
 
     def work(copy):
         student, path = copy

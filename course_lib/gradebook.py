@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, SLURM_JOB, OutBusy,
                     Report, array_state, build_parser, find_submissions, hold_out, option_error,
-                    origin, put_back, set_aside, snapshot, unreadable_report, why_unreadable,
+                    origin_of, put_back, set_aside, snapshot, unreadable_report, why_unreadable,
                     worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
@@ -307,19 +307,23 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
                 print(f"could not grade: {err}; wait for it to end, or give another --out "
                       "(nothing was copied or submitted)", file=sys.stderr)
                 return 2
-        return _submit_into(out, submissions, notebooks, grader_args, options, judge,
-                            dry_run=dry_run, wait=wait, cpus=cpus, mem_gib=mem_gib,
-                            minutes=minutes, parallel=parallel)
+        code, job_id = _submit_into(out, submissions, notebooks, grader_args, options, judge,
+                                    dry_run=dry_run, cpus=cpus, mem_gib=mem_gib,
+                                    minutes=minutes, parallel=parallel)
+    # OUT is let go while the array runs: running_array keeps other gradings out, and a collect
+    # in another terminal may look
+    return wait_for_array(out, job_id) if wait and job_id else code
 
 
 def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_args: list[str],
-                 options: argparse.Namespace, judge: Path, *, dry_run: bool, wait: bool,
-                 cpus: int, mem_gib: int, minutes: int, parallel: int) -> int:
-    """:func:`submit`'s work once ``out`` is this grading's to write."""
+                 options: argparse.Namespace, judge: Path, *, dry_run: bool, cpus: int,
+                 mem_gib: int, minutes: int, parallel: int) -> tuple[int, str]:
+    """:func:`submit`'s work once ``out`` is this grading's to write: (exit status, the job id
+    submitted, or "")."""
     job = Path(tempfile.mkdtemp(prefix=f".slurm-{time.strftime('%Y%m%d-%H%M%S')}-", dir=out))
     (job / "copies").mkdir()   # mkdtemp made the job folder private (0700) and unique
     copies = snapshot(notebooks, job / "copies")
-    origins = {name: origin(path) for (name, _), path in zip(copies, notebooks)}
+    origins = {name: origin_of(path) for (name, _), path in zip(copies, notebooks)}
     # a copy snapshot could not make is graded here, where its reason is: no task for it
     unreadable = [(name, copy) for name, copy in copies if why_unreadable(copy) is not None]
     tasks = [c for c in copies if c not in unreadable]
@@ -343,7 +347,7 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
               "without --dry-run, which also sets old reports aside, writes "
               f"{out / 'roster.txt'} for collect and reports the notebooks that are not tasks"
               f"{judges}; submitted by hand (sbatch {script}), none of that happens")
-        return 0
+        return 0, ""
     # no stale report may stand in for a task that fails: set aside, restored if sbatch refuses
     to = out / "previous" / job.name[1:]
     try:
@@ -356,14 +360,14 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
     except OSError as err:
         print(f"could not grade: cannot set the earlier reports in {out} aside ({one_line(err)}); "
               "nothing was submitted", file=sys.stderr)
-        return 2
+        return 2, ""
     # line i+1: task i's student
     (out / "roster.txt").write_text(roster_text(tasks + unreadable, origins))
     for name, copy in unreadable:
         unreadable_report(copy, name, origins[name], out, options.threshold)
     if not tasks:
         print("no notebook to run: every submission was unreadable")
-        return collect(out)
+        return collect(out), ""
     # not sbatch --wait: its job id would come only when the array ends, too late for slurm-job.txt
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     job_id = proc.stdout.strip().split(";")[0]
@@ -378,26 +382,29 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
             to.rmdir()
         print(f"could not grade: sbatch failed: {proc.stderr.strip()} (nothing in {out} "
               "changed)", file=sys.stderr)
-        return 2
+        return 2, ""
     (out / SLURM_JOB).write_text(proc.stdout.strip() + "\n")   # no other grading while it runs
     if proc.returncode != 0:
         print(f"warning: sbatch took job {job_id} but said: {proc.stderr.strip()}; check it "
               "with squeue", file=sys.stderr)
     print(f"submitted job {job_id}; when it ends: {collect_command(out)}", flush=True)
-    if not wait:
-        return 0
-    return wait_for_array(out, job_id)
+    return 0, job_id
 
 
 def wait_for_array(out: Path, job_id: str, every: float = WAIT_SECONDS) -> int:
     """``--wait``: ask ``squeue`` every ``every`` seconds until the array has ended, then
     :func:`collect`. Ctrl-C stops the waiting, not the job."""
+    said = False
     try:
         while True:
             state, _ = array_state(out)
             if state == "ended":
                 return collect(out)
-            time.sleep(every)   # "unknown" (a controller restarting): ask again
+            if state == "unknown" and not said:   # a controller restarting: ask again
+                print(f"note: squeue cannot say whether job {job_id} still runs; asking again "
+                      f"every {every:.0f} s (Ctrl-C stops the waiting, not the job)", file=sys.stderr)
+                said = True
+            time.sleep(every)
     except KeyboardInterrupt:
         print(f"\nstopped waiting; Slurm job {job_id} goes on (squeue -j {job_id}); when it "
               f"ends: {collect_command(out)}", file=sys.stderr)

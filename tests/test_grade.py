@@ -850,7 +850,7 @@ def test_a_regrade_keeps_the_name_a_folder_run_numbered(tmp_path, monkeypatch, c
     assert sorted(origins) == ["A", "A_2"]
     out.mkdir()
     for student, path in origins.items():
-        (out / f"{student}.json").write_text(json.dumps({"submission": grade.origin(path),
+        (out / f"{student}.json").write_text(json.dumps({"submission": grade.origin_of(path),
                                                          "student": student, "status": "pass"}))
     second = origins["A_2"]
     monkeypatch.chdir(subs)   # the same file, given relative to another folder: the same report
@@ -858,7 +858,7 @@ def test_a_regrade_keeps_the_name_a_folder_run_numbered(tmp_path, monkeypatch, c
     assert grade.earlier_name(out, origins["A"], "A") == "A"
     assert grade.earlier_name(out, tmp_path / "elsewhere.ipynb", "elsewhere") == "elsewhere"
     (out / "A_2.json").unlink()   # a Slurm task that left no report: its roster line names it
-    (out / "roster.txt").write_text(gradebook.roster_text(copies, {n: grade.origin(p)
+    (out / "roster.txt").write_text(gradebook.roster_text(copies, {n: grade.origin_of(p)
                                                                    for n, p in origins.items()}))
     assert grade.earlier_name(out, second, "A") == "A_2"
     monkeypatch.setattr(grade, "ensure_private_judge", lambda path=None: tmp_path / "judges.pt")

@@ -193,11 +193,12 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
 def test_wait_asks_squeue_until_the_array_ends_then_collects(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    states = iter(["running", "unknown", "running", "ended"])   # unknown: ask again
+    states = iter(["running", "unknown", "unknown", "running", "ended"])   # unknown: ask again
     monkeypatch.setattr(gradebook, "array_state", lambda out: (next(states), "42"))
     monkeypatch.setattr(gradebook, "collect", lambda out: 7)
     assert gradebook.wait_for_array(out, "42", every=0) == 7
     assert next(states, None) is None   # asked until it ended, not once more
+    assert capsys.readouterr().err.count("squeue cannot say whether job 42") == 1   # said once
 
     def interrupted(out):
         raise KeyboardInterrupt
