@@ -242,7 +242,7 @@ def find_submissions(folder: Path) -> list[Path]:
               "grader", file=sys.stderr)
         return []
     notebooks = [e for e in entries if _is_submission(e)]
-    note = not_graded(folder)
+    note = not_graded(folder, entries)
     if note:
         print(note, file=sys.stderr)
     if not notebooks:
@@ -256,12 +256,12 @@ def _is_submission(entry: Path) -> bool:
             and not entry.is_dir())
 
 
-def not_graded(folder: Path) -> str:
+def not_graded(folder: Path, entries: list[Path] | None = None) -> str:
     """A note naming what in ``folder`` is not graded (a subfolder, a hidden or other file), or
     "": macOS's ``._x`` files and Jupyter's checkpoints are never a student's, and not named."""
-    try:
-        other = [e for e in sorted(folder.iterdir()) if not _is_submission(e)
-                 and not e.name.startswith("._")
+    try:   # ``entries``: the folder as already listed
+        other = [e for e in (sorted(folder.iterdir()) if entries is None else entries)
+                 if not _is_submission(e) and not e.name.startswith("._")
                  and e.name not in (".ipynb_checkpoints", ".DS_Store")]
     except OSError:
         return ""
@@ -835,40 +835,59 @@ def hold_out(out: Path, arrays: bool = True):
     locking (``nolock``) it locks against gradings on the same machine only. A Slurm array's tasks
     take no lock: ``grade slurm`` holds ``OUT`` while it submits them, and with ``arrays`` a
     grading is refused while they run (:func:`running_array`; ``collect`` may read them)."""
+    fd = _lock(out)
+    try:
+        busy = arrays and running_array(out)
+        if busy:
+            raise OutBusy(busy)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(out: Path) -> int | None:
+    """The locked ``OUT/.grading.lock`` (its descriptor, the holder written in it), None where no
+    lock can be had (a note says so, except to another user, whose own error says what to do);
+    OutBusy while another grading holds it."""
     import fcntl
 
     try:
         fd = os.open(out / OUT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as err:   # collect by another user: its own error says what to do
+    except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes "
-                  "there now", file=sys.stderr)
-        _refuse_running_array(out, arrays)
-        yield
-        return
+            _no_lock_note(out, err)
+        return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "it did not say who"
-            raise OutBusy(f"another grading is writing to {out} ({holder})") from None
-        except OSError as err:
-            print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes "
-                  "there now", file=sys.stderr)
-        else:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        _refuse_running_array(out, arrays)
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "it did not say who"
         os.close(fd)
+        raise OutBusy(f"another grading is writing to {out} ({holder})") from None
+    except OSError as err:
+        _no_lock_note(out, err)
+        return fd
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    return fd
 
 
-def _refuse_running_array(out: Path, arrays: bool) -> None:
-    busy = arrays and running_array(out)
-    if busy:
-        raise OutBusy(busy)
+def _no_lock_note(out: Path, err: OSError) -> None:
+    print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes there "
+          "now", file=sys.stderr)
+
+
+def claim_out(held: contextlib.ExitStack, out: Path, nothing: str) -> bool:
+    """Hold ``OUT`` for the rest of ``held`` (:func:`hold_out`); False, having said why in one
+    line ending in ``nothing`` (what was left undone), where another grading holds it."""
+    try:
+        held.enter_context(hold_out(out))
+    except OutBusy as err:
+        print(f"could not grade: {err}; wait for it to end, or give another --out ({nothing})",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def writable_error(out: Path, option: str = "--out", also: tuple[str, ...] = ("previous",)) -> str:
@@ -1029,14 +1048,9 @@ def _grade_all(args, submissions: list[Path], index: int, slot: int) -> int:
         print(f"could not grade: {problem}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as held:
-        if args.slot is None:   # a worker or a Slurm task: its parent or submit holds OUT
-            try:
-                held.enter_context(hold_out(out))
-            except OutBusy as err:
-                print(f"could not grade: {err}; wait for it to end, or give another --out "
-                      "(nothing was moved or graded)", file=sys.stderr)
-                return 2
+    with contextlib.ExitStack() as held:   # a worker's or task's OUT: its parent's, submit's
+        if args.slot is None and not claim_out(held, out, "nothing was moved or graded"):
+            return 2
         return _grade_into(out, args, submissions, index, slot)
 
 

@@ -37,9 +37,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, SLURM_JOB, OutBusy,
-                    Report, array_state, build_parser, find_submissions, hold_out, option_error,
-                    origin_of, put_back, set_aside, snapshot, unreadable_report, why_unreadable,
-                    worst_case_seconds, writable_error)
+                    Report, array_state, build_parser, claim_out, find_submissions, hold_out,
+                    option_error, origin_of, put_back, set_aside, snapshot, unreadable_report,
+                    why_unreadable, worst_case_seconds, writable_error)
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
 from .sandbox import SLOTS
 
@@ -229,11 +229,11 @@ def task_problem(options: argparse.Namespace, cpus: int, mem_gib: int, minutes: 
     """What is wrong with the Slurm options for these grader options ("" if nothing)."""
     if cpus < 1 or parallel < 0:
         return "--cpus must be >= 1 and --parallel >= 0 (0: no limit)"
-    if mem_gib - TASK_OVERHEAD_GIB < MIN_MEMORY_GIB:
+    share = mem_gib - TASK_OVERHEAD_GIB   # what the task's notebook gets
+    if share < MIN_MEMORY_GIB:
         return (f"--mem-gib must be at least {MIN_MEMORY_GIB + TASK_OVERHEAD_GIB}: the notebook "
                 f"gets {TASK_OVERHEAD_GIB} GiB less (its /tmp and /dev/shm live in memory, and the "
                 f"grader itself runs in the task), and 06 promises it {MIN_MEMORY_GIB} GiB")
-    share = mem_gib - TASK_OVERHEAD_GIB
     if options.memory_gib is not None and options.memory_gib > share:
         return (f"--memory-gib {options.memory_gib:g} is more than a task of --mem-gib {mem_gib} "
                 f"leaves its notebook ({share} GiB): raise --mem-gib to "
@@ -300,13 +300,8 @@ def submit(submissions: Path, out: Path, grader_args: list[str], *, dry_run: boo
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:   # a dry run moves no report: another may grade there
-        if not dry_run:
-            try:
-                held.enter_context(hold_out(out))
-            except OutBusy as err:
-                print(f"could not grade: {err}; wait for it to end, or give another --out "
-                      "(nothing was copied or submitted)", file=sys.stderr)
-                return 2
+        if not dry_run and not claim_out(held, out, "nothing was copied or submitted"):
+            return 2
         code, job_id = _submit_into(out, submissions, notebooks, grader_args, options, judge,
                                     dry_run=dry_run, cpus=cpus, mem_gib=mem_gib,
                                     minutes=minutes, parallel=parallel)
