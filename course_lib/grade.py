@@ -27,7 +27,9 @@ grader's: its weights, data, sandbox, or a Python kernel that never started). Fo
 ``python -m course_lib.grade slurm FOLDER`` grades them as a Slurm job array and
 ``python -m course_lib.grade collect OUT`` merges the reports into ``OUT/gradebook.csv``
 (``course_lib/gradebook.py``). A folder's grading also writes ``OUT/review.html``, each
-student's code beside its samples, for a person to read (``course_lib/review.py``).
+student's code beside its samples, for a person to read (``course_lib/review.py``). A grading
+stopped (Ctrl-C, ``kill``, ``timeout``, ``scancel``) or killed outright ends its workers and the
+notebooks they run with it, and writes no report for a notebook whose grading it cut short.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -73,6 +76,7 @@ SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time,
                                    # what a left (and MIN_DRAW_SECONDS at least)
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
 MIN_DRAW_SECONDS = 60.0            # draws b and c get at least this, whatever a took
+WORKER_OF = "COURSE_GRADING_PID"   # a worker's environment: the grading that started it
 MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the grader's limits:
                                    # Python, MNIST and the judges loaded, the folder copied
 MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at least
@@ -843,19 +847,28 @@ def hold_out(out: Path, arrays: bool = True):
         yield
     finally:
         if fd is not None:
+            with contextlib.suppress(OSError):   # no stale holder for the next one to name
+                os.ftruncate(fd, 0)
             os.close(fd)
 
 
 def _lock(out: Path) -> int | None:
     """The locked ``OUT/.grading.lock`` (its descriptor, the holder written in it), None where no
-    lock can be had (a note says so, except to another user, whose own error says what to do);
-    OutBusy while another grading holds it."""
+    lock can be had (a note says so, except on a read-only OUT, whose own error says what to do);
+    OutBusy while another grading holds it. Another user's lock file (an OUT its group shares)
+    is locked read-only: ``flock`` needs no write access, only the holder goes unwritten."""
     import fcntl
 
+    path, flags = out / OUT_LOCK, os.O_NOFOLLOW
     try:
-        fd = os.open(out / OUT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except OSError:
+            return None   # not ours to read: nor is OUT to write, which the caller says
     except OSError as err:
-        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if err.errno != errno.EROFS:
             _no_lock_note(out, err)
         return None
     try:
@@ -867,9 +880,10 @@ def _lock(out: Path) -> int | None:
     except OSError as err:
         _no_lock_note(out, err)
         return fd
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    with contextlib.suppress(OSError):   # EBADF where read-only
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
     return fd
 
 
@@ -992,6 +1006,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    with sandbox.exit_on_sigterm():   # stopped by kill or scancel, it still cleans up after itself
+        return _main(argv)
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["collect"], ["slurm"]):
         from . import gradebook
@@ -1001,6 +1020,11 @@ def main(argv=None) -> int:
     problem = option_error(args)
     if problem:
         parser.error(problem)
+    parent = os.environ.pop(WORKER_OF, None)
+    if args.slot is not None and parent and not sandbox.end_with_parent(int(parent)):
+        print("could not grade: the grading that started this worker has already ended",
+              file=sys.stderr)
+        return 2
     if args.submission.is_dir():
         submissions = find_submissions(args.submission)
         if not submissions:
@@ -1223,12 +1247,14 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
         limit = worst_case_seconds(args.timeout, args.sample_timeout) + MARGIN_SECONDS
         slot = slots.pop()
         tmp = Path(tempfile.mkdtemp(prefix=f"worker-{slot}-", dir=scratch))
+        env = {**os.environ, "TMPDIR": str(tmp), WORKER_OF: str(os.getpid())}
         try:
-            proc = subprocess.run([sys.executable, "-m", "course_lib.grade", str(path),
-                                   *forwarded, "--slot", str(slot), f"--name={student}",
-                                   f"--origin={origins[student]}"],   # "=": a name may start with -
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=limit, env=dict(os.environ, TMPDIR=str(tmp)))
+            proc = workers.run([sys.executable, "-m", "course_lib.grade", str(path),
+                                *forwarded, "--slot", str(slot), f"--name={student}",
+                                f"--origin={origins[student]}"],   # "=": a name may start with -
+                               limit, env)
+            if workers.stopped:   # by the instructor: no report says the student's notebook failed
+                return None
             print(proc.stdout[-4000:], flush=True)
             said = _last_line("\n".join(ln for ln in proc.stdout.splitlines()   # not the grader's
                                         if not ln.startswith("note:")))[:200]   # own notes
@@ -1251,8 +1277,49 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
             write_report(report, out)
             return report
 
+    workers = _Workers()
     with ThreadPoolExecutor(args.jobs) as pool:
-        return list(pool.map(work, copies))
+        try:
+            return list(pool.map(work, copies))
+        except BaseException:   # Ctrl-C or SIGTERM: no worker goes on, none starts
+            pool.shutdown(wait=False, cancel_futures=True)
+            workers.stop()
+            raise
+
+
+class _Workers:
+    """The grading workers running now, so that a grading that is stopped stops them too and
+    starts no more. (A grading killed outright cannot: each worker asks the kernel to end it
+    then, :func:`sandbox.end_with_parent`.)"""
+
+    def __init__(self):
+        self.running, self.stopped, self.lock = set(), False, threading.Lock()
+
+    def run(self, argv: list[str], timeout: float, env: dict) -> subprocess.CompletedProcess:
+        """``subprocess.run(argv)``, output and errors together: TimeoutExpired once killed."""
+        with self.lock:
+            if self.stopped:
+                raise CannotGrade("the grading was stopped")
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env=env)
+            self.running.add(proc)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with self.lock:
+                self.running.discard(proc)
+        return subprocess.CompletedProcess(argv, proc.returncode, output)
+
+    def stop(self) -> None:
+        """SIGTERM to each: it stops its sandbox and frees its slot on the way out."""
+        with self.lock:
+            self.stopped = True
+            for proc in self.running:
+                proc.terminate()
 
 
 def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,

@@ -32,6 +32,7 @@ with the install command, and so do :func:`require` and :func:`run` without libs
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -480,15 +481,21 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
             os.close(seccomp_fd)
     out, err = _Tail(proc.stdout), _Tail(proc.stderr)
     code, over = None, ""
-    while True:
-        left = start + timeout - time.perf_counter()
-        try:
-            code = proc.wait(timeout=max(0.0, min(POLL_SECONDS, left)))
-            break
-        except subprocess.TimeoutExpired:
-            over = kernel_over(group, limits) or over_limits(proc.pid, workdir, limits)
-            if over or left <= POLL_SECONDS:
+    try:
+        while True:
+            left = start + timeout - time.perf_counter()
+            try:
+                code = proc.wait(timeout=max(0.0, min(POLL_SECONDS, left)))
                 break
+            except subprocess.TimeoutExpired:
+                over = kernel_over(group, limits) or over_limits(proc.pid, workdir, limits)
+                if over or left <= POLL_SECONDS:
+                    break
+    except BaseException:   # the grader stopped (Ctrl-C, SIGTERM): the step must not outlive it
+        _end(proc, slot, trusted)
+        if group is not None:
+            group.remove()
+        raise
     seconds = time.perf_counter() - start
     over = over or kernel_over(group, limits)   # an OOM kill may have ended it
     _end(proc, slot, trusted)
@@ -504,6 +511,40 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
 
 
 _fell_back = ""   # why a step had to start without its cgroup (kernel_limits reports it)
+
+
+PR_SET_PDEATHSIG = 1   # prctl(2)'s option (linux/prctl.h)
+
+
+def end_with_parent(parent: int) -> bool:
+    """Have the kernel send this process SIGTERM when ``parent`` (the process that started it)
+    ends, killed or not, so that a grading worker never outlives the grading that started it.
+    False where ``parent`` has already ended (or this is not Linux: nothing was asked)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    return os.getppid() == parent   # checked after: it may have ended before the call
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """Within: SIGTERM (``kill``, ``timeout``, Slurm's ``scancel``) raises ``SystemExit(143)``, as
+    Ctrl-C raises KeyboardInterrupt, so that the grader's ``finally`` blocks run (the step
+    killed, its slot, folders and cgroup freed). Python's default would end the process there and
+    then. Outside the main thread (where no handler can be set): unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    earlier = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
 
 
 def _start(cmd, cwd, env, limits: Limits, group, seccomp_fd):

@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -772,14 +774,15 @@ def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatc
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
-    def worker(cmd, timeout, env, **kwargs):   # its temporary files where the caller removes them
+    def worker(self, cmd, timeout, env):   # its temporary files where the caller removes them
         assert Path(env["TMPDIR"]).parent == scratch and Path(env["TMPDIR"]).is_dir()
+        assert env[grade.WORKER_OF] == str(os.getpid())   # each asks to end with this grading
         if "--name=bob" in cmd:
             raise subprocess.TimeoutExpired(cmd, timeout)
         if "--name=carol" in cmd:
             return subprocess.CompletedProcess(cmd, -9, f"{grade.NOT_ROOT}\n")
         return subprocess.CompletedProcess(cmd, 1, "Traceback (most recent call last):\nMemoryError\n")
-    monkeypatch.setattr(grade.subprocess, "run", worker)
+    monkeypatch.setattr(grade._Workers, "run", worker)
     reports = grade._grade_parallel(copies, [p for _, p in copies], args, out, opts, scratch)
     alice, bob, carol = reports
     assert alice.status == bob.status == carol.status == grade.ERROR and alice.threshold == 0.9
@@ -789,6 +792,45 @@ def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatc
     assert f"worker was stopped after {limit:.0f} s" in bob.reason, bob.reason
     for r in reports:
         assert json.loads((out / f"{r.student}.json").read_text())["reason"] == r.reason
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_grading_stopped_or_killed_leaves_no_worker_or_notebook_running(tmp_path, how):
+    """``kill``, ``timeout`` or a batch system ends a --jobs grading: its workers, their sandboxes
+    and the notebooks in them end too (two notebooks' kernels would otherwise hold the cores for
+    hours), and a grading stopped writes no report that blames a student."""
+    import psutil
+
+    for name in ("alice", "bob"):
+        _notebook(tmp_path / "subs" / f"{name}.ipynb", "import time\ntime.sleep(900)")
+    grading = subprocess.Popen([sys.executable, "-m", "course_lib.grade", str(tmp_path / "subs"),
+                                "--jobs", "2", "--out", str(tmp_path / "grades"), *_sandbox_args()],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, tree, kernels = time.monotonic() + 240, [], []
+        while len(kernels) < 2 and time.monotonic() < deadline and grading.poll() is None:
+            time.sleep(0.5)
+            tree = psutil.Process(grading.pid).children(recursive=True)
+            kernels = [p for p in tree if "ipykernel_launcher" in " ".join(_cmdline(p))]
+        assert len(kernels) == 2, f"both notebooks should be running by now ({grading.poll()})"
+        grading.send_signal(how)
+        grading.wait(timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, f"still running after the grading ended: {[p.pid for p in alive]}"
+    finally:
+        grading.kill()
+    if how == signal.SIGTERM:
+        assert grading.returncode == 128 + signal.SIGTERM   # it cleaned up, then ended
+        assert not list((tmp_path / "grades").glob("*.json")), "no report for a grading stopped"
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 def test_grader_refuses_what_it_cannot_grade_before_anything_runs(tmp_path, capsys):
@@ -922,6 +964,38 @@ def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch)
             assert sorted(p.name for p in out.rglob("*")) == before
     assert grade.main(["collect", str(out)]) == 0   # released: the next one may
     capsys.readouterr()
+
+
+def test_an_out_shared_by_two_users_is_held_by_one_grading_at_a_time(tmp_path, monkeypatch):
+    """Two instructors sharing OUT through their group: the second cannot write the first's lock
+    file, yet is refused while the first grades (``flock`` needs no write access), holds OUT in
+    its turn, and the first is then refused without being told its own, earlier, grading holds it."""
+    import errno
+
+    out = tmp_path / "grades"
+    out.mkdir()
+    real_open = os.open
+
+    def other_user(path, flags, *mode):   # the lock file is the first user's, 0644
+        if Path(path).name == grade.OUT_LOCK and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    with grade.hold_out(out):
+        with monkeypatch.context() as second, pytest.raises(grade.OutBusy) as busy:
+            second.setattr(os, "open", other_user)
+            with grade.hold_out(out):
+                pass
+    assert f"(pid {os.getpid()} on " in str(busy.value)
+    with monkeypatch.context() as second:
+        second.setattr(os, "open", other_user)
+        with grade.hold_out(out):
+            second.undo()
+            with pytest.raises(grade.OutBusy, match="it did not say who"):
+                with grade.hold_out(out):
+                    pass
+    with grade.hold_out(out):   # released: the next one may
+        pass
 
 
 @pytest.mark.parametrize("wrong,said", [(["--timeout", "0"], "--timeout and --sample-timeout"),

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -652,6 +653,54 @@ def test_detached_process_is_killed_and_cannot_stall_the_grader(sandboxed):
     uid = sandbox.sandbox_uid(0)
     left = subprocess.run(["pgrep", "-u", str(uid)], capture_output=True, text=True).stdout
     assert left.strip() == "", f"processes of the sandbox uid survived: {left}"
+
+
+def test_a_grader_stopped_mid_step_leaves_nothing_of_it_running(sandboxed):
+    """SIGTERM (``kill``, ``timeout``, ``scancel``) ends the grader's wait as SystemExit, on the way
+    out of which the step is killed (the grader itself goes on living here: bwrap's
+    --die-with-parent alone would not end it) and the earlier SIGTERM handler is put back."""
+    earlier = signal.getsignal(signal.SIGTERM)
+    threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with sandbox.exit_on_sigterm(), pytest.raises(SystemExit) as stopped:
+        sandboxed("import subprocess; subprocess.run(['sleep', '300'])", timeout=60)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is earlier
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-u", str(sandbox.sandbox_uid(0))], capture_output=True,
+                          text=True).stdout
+    assert left.strip() == "", f"the step outlived the grader's stop: {left}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_worker_ends_with_the_grading_that_started_it_even_killed(tmp_path):
+    """A grading killed outright (SIGKILL, out of memory) runs no clean-up: its workers must end
+    anyway, by the kernel's word (PR_SET_PDEATHSIG), not go on grading for hours."""
+    import psutil
+
+    said = tmp_path / "worker.txt"
+    worker = ("import os, sys, time\nfrom course_lib import sandbox\n"
+              "ok = sandbox.end_with_parent(int(sys.argv[1]))\n"
+              "open(sys.argv[2], 'w').write(f'{os.getpid()} {ok}')\ntime.sleep(300)")
+    grading = ("import os, subprocess, sys, time\n"
+               f"subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid()), {str(said)!r}])\n"
+               "time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", grading], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (said.exists() and said.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid, ok = said.read_text().split()
+        assert ok == "True"
+        parent.kill()
+        parent.wait()
+        _, alive = psutil.wait_procs([psutil.Process(int(pid))], timeout=10)
+        assert not alive, "the worker outlived the grading that started it"
+    finally:
+        parent.kill()
+    late = subprocess.run([sys.executable, "-c", "import os; from course_lib import sandbox; "
+                           "print(sandbox.end_with_parent(os.getppid() + 1))"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert late.stdout.strip() == "False", late.stderr   # its grading had already ended
 
 
 def test_the_process_limit_of_a_step_as_our_own_uid_comes_on_top_of_our_processes(monkeypatch):
