@@ -66,6 +66,7 @@ from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SAMPLES_FILE, SECOND_OPI
                            ensure_private_judge, load_judge, load_private_judge, one_line,
                            plain_share, read_plain, read_samples, second_draw_floor)
 from .grade_runner import GRADER_FAILED, NO_SAMPLER, NOT_EXPORTABLE
+from .storage import write_atomic
 from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -76,7 +77,7 @@ SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time,
                                    # what a left (and MIN_DRAW_SECONDS at least)
 DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
 MIN_DRAW_SECONDS = 60.0            # draws b and c get at least this, whatever a took
-WORKER_OF = "COURSE_GRADING_PID"   # a worker's environment: the grading that started it
+STOP_SECONDS = 30.0                # a worker stopped (SIGTERM) has this long to clean up
 MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the grader's limits:
                                    # Python, MNIST and the judges loaded, the folder copied
 MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at least
@@ -85,6 +86,7 @@ OUT_LOCK = ".grading.lock"         # in OUT: held by the one grading writing the
 BOOKS = ("gradebook.csv", "review.html")   # a folder run's files in OUT, beside the reports
 SLURM_JOB = "slurm-job.txt"                # in OUT: the job id of the array submitted there
 SLURM_BOOKS = ("roster.txt", "logs", SLURM_JOB)   # a Slurm run's too: roster, logs, its job
+WORKER_OF = "COURSE_GRADING_PID"   # in a --jobs worker's environment: the grading that started it
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
 
 
@@ -731,9 +733,8 @@ NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid in
 def write_report(report: Report, out: Path) -> Path:
     """``OUT/<student>.json``: what ``collect`` merges into the gradebook."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{report_name(report)}.json"
-    path.write_text(json.dumps(asdict(report), indent=2))
-    return path
+    path = out / f"{report_name(report)}.json"   # whole or not at all, even if stopped midway
+    return write_atomic(path, lambda f: f.write(json.dumps(asdict(report), indent=2).encode()))
 
 
 def set_aside(out: Path, students: list[str], to: Path, books: tuple[str, ...] = ()) -> list[Path]:
@@ -847,8 +848,8 @@ def hold_out(out: Path, arrays: bool = True):
         yield
     finally:
         if fd is not None:
-            with contextlib.suppress(OSError):   # no stale holder for the next one to name
-                os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):   # its holder's note goes with it (EBADF where
+                os.ftruncate(fd, 0)                # read-only: the note is not this grading's)
             os.close(fd)
 
 
@@ -856,17 +857,21 @@ def _lock(out: Path) -> int | None:
     """The locked ``OUT/.grading.lock`` (its descriptor, the holder written in it), None where no
     lock can be had (a note says so, except on a read-only OUT, whose own error says what to do);
     OutBusy while another grading holds it. Another user's lock file (an OUT its group shares)
-    is locked read-only: ``flock`` needs no write access, only the holder goes unwritten."""
+    is locked read-only: a local ``flock`` needs no write access, only the holder goes unwritten
+    (NFS's needs it: there the note says the lock could not be had)."""
     import fcntl
 
     path, flags = out / OUT_LOCK, os.O_NOFOLLOW
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        with contextlib.suppress(OSError):   # readable by the others, whatever our umask
+            os.fchmod(fd, 0o644)
     except PermissionError:
         try:
             fd = os.open(path, os.O_RDONLY | flags)
-        except OSError:
-            return None   # not ours to read: nor is OUT to write, which the caller says
+        except OSError as err:   # another user's, unreadable to us
+            _no_lock_note(out, err)
+            return None
     except OSError as err:
         if err.errno != errno.EROFS:
             _no_lock_note(out, err)
@@ -878,8 +883,9 @@ def _lock(out: Path) -> int | None:
         os.close(fd)
         raise OutBusy(f"another grading is writing to {out} ({holder})") from None
     except OSError as err:
+        os.close(fd)
         _no_lock_note(out, err)
-        return fd
+        return None
     with contextlib.suppress(OSError):   # EBADF where read-only
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
@@ -1296,18 +1302,25 @@ class _Workers:
         self.running, self.stopped, self.lock = set(), False, threading.Lock()
 
     def run(self, argv: list[str], timeout: float, env: dict) -> subprocess.CompletedProcess:
-        """``subprocess.run(argv)``, output and errors together: TimeoutExpired once killed."""
+        """``subprocess.run(argv)``, output and errors together; past ``timeout`` stopped (SIGTERM,
+        then SIGKILL if it has not ended in STOP_SECONDS) and TimeoutExpired raised; CannotGrade
+        once :meth:`stop` was called. Each worker runs in a session of its own, so that Ctrl-C
+        or a signal to the grading's process group reaches it once, from here."""
         with self.lock:
             if self.stopped:
                 raise CannotGrade("the grading was stopped")
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, env=env)
+                                    text=True, env=env, start_new_session=True)
             self.running.add(proc)
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            proc.terminate()   # it kills its sandbox and frees its slot on the way out
+            try:
+                proc.communicate(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
             raise
         finally:
             with self.lock:

@@ -479,9 +479,9 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
     finally:
         if seccomp_fd is not None:
             os.close(seccomp_fd)
-    out, err = _Tail(proc.stdout), _Tail(proc.stderr)
     code, over = None, ""
     try:
+        out, err = _Tail(proc.stdout), _Tail(proc.stderr)
         while True:
             left = start + timeout - time.perf_counter()
             try:
@@ -519,12 +519,12 @@ PR_SET_PDEATHSIG = 1   # prctl(2)'s option (linux/prctl.h)
 def end_with_parent(parent: int) -> bool:
     """Have the kernel send this process SIGTERM when ``parent`` (the process that started it)
     ends, killed or not, so that a grading worker never outlives the grading that started it.
-    False where ``parent`` has already ended (or this is not Linux: nothing was asked)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
+    False where ``parent`` has already ended. Linux only: elsewhere nothing is asked (a worker of
+    a grading killed outright runs on to its time limit), only whether it still runs."""
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     return os.getppid() == parent   # checked after: it may have ended before the call
 
 
@@ -532,19 +532,21 @@ def end_with_parent(parent: int) -> bool:
 def exit_on_sigterm():
     """Within: SIGTERM (``kill``, ``timeout``, Slurm's ``scancel``) raises ``SystemExit(143)``, as
     Ctrl-C raises KeyboardInterrupt, so that the grader's ``finally`` blocks run (the step
-    killed, its slot, folders and cgroup freed). Python's default would end the process there and
-    then. Outside the main thread (where no handler can be set): unchanged."""
+    killed, its slot, folders and cgroup freed); a second SIGTERM is then ignored, so as not to
+    cut that short. Python's default would end the process there and then. Outside the main
+    thread (where no handler can be set): unchanged."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
     earlier = signal.signal(signal.SIGTERM, stop)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, earlier)
+    finally:   # None: a handler set outside Python, which Python cannot put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if earlier is None else earlier)
 
 
 def _start(cmd, cwd, env, limits: Limits, group, seccomp_fd):

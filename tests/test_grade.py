@@ -5,6 +5,7 @@ template in the test profile; no accuracy is asserted for the latter (one epoch 
 only a well-formed report whose exit status matches its verdict. The adversarial notebooks are in
 ``tests/test_grade_attacks.py``; the checks against cheats in ``tests/test_grade_checks.py``.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -794,34 +796,66 @@ def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatc
         assert json.loads((out / f"{r.student}.json").read_text())["reason"] == r.reason
 
 
+@pytest.mark.usefixtures("mnist_available")
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_a_grading_stopped_or_killed_leaves_no_worker_or_notebook_running(tmp_path, how):
-    """``kill``, ``timeout`` or a batch system ends a --jobs grading: its workers, their sandboxes
-    and the notebooks in them end too (two notebooks' kernels would otherwise hold the cores for
-    hours), and a grading stopped writes no report that blames a student."""
+    """``kill``, ``timeout`` or a batch system ends a --jobs grading (here: a signal to its whole
+    process group, as ``timeout`` and Ctrl-C send): its workers, their sandboxes and the notebooks
+    in them end too (two notebooks' kernels would otherwise hold the cores for hours), and a
+    grading stopped writes no report that blames a student."""
     import psutil
 
     for name in ("alice", "bob"):
         _notebook(tmp_path / "subs" / f"{name}.ipynb", "import time\ntime.sleep(900)")
-    grading = subprocess.Popen([sys.executable, "-m", "course_lib.grade", str(tmp_path / "subs"),
-                                "--jobs", "2", "--out", str(tmp_path / "grades"), *_sandbox_args()],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, tree, kernels = time.monotonic() + 240, [], []
+    log = tmp_path / "grading.log"
+    with log.open("w") as said:
+        grading = subprocess.Popen([sys.executable, "-m", "course_lib.grade", str(tmp_path / "subs"),
+                                    "--jobs", "2", "--out", str(tmp_path / "grades"),
+                                    *_sandbox_args()], stdout=said, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    tree = []
+    try:   # a fresh machine first trains the private judges: minutes
+        deadline, kernels = time.monotonic() + 900, []
         while len(kernels) < 2 and time.monotonic() < deadline and grading.poll() is None:
             time.sleep(0.5)
             tree = psutil.Process(grading.pid).children(recursive=True)
             kernels = [p for p in tree if "ipykernel_launcher" in " ".join(_cmdline(p))]
-        assert len(kernels) == 2, f"both notebooks should be running by now ({grading.poll()})"
-        grading.send_signal(how)
-        grading.wait(timeout=60)
+        assert len(kernels) == 2, f"both notebooks should run by now: {log.read_text()[-2000:]}"
+        os.killpg(grading.pid, how)
+        grading.wait(timeout=90)
         _, alive = psutil.wait_procs(tree, timeout=30)
         assert not alive, f"still running after the grading ended: {[p.pid for p in alive]}"
-    finally:
+    finally:   # whatever went wrong, nothing of it goes on running
         grading.kill()
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
     if how == signal.SIGTERM:
-        assert grading.returncode == 128 + signal.SIGTERM   # it cleaned up, then ended
+        assert grading.returncode == 128 + signal.SIGTERM, log.read_text()[-2000:]   # cleaned up
         assert not list((tmp_path / "grades").glob("*.json")), "no report for a grading stopped"
+
+
+def test_stopped_workers_end_and_no_more_start(monkeypatch):
+    """grade._Workers: stop() ends the workers running (SIGTERM: each cleans up) and refuses new
+    ones; a worker past its time gets SIGTERM, then SIGKILL if it ignores that."""
+    workers, ended = grade._Workers(), {}
+    env = dict(os.environ)
+    waiting = threading.Thread(target=lambda: ended.update(run=workers.run(["sleep", "60"], 120, env)))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not workers.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers.stop()
+    waiting.join(10)
+    assert not waiting.is_alive() and ended["run"].returncode == -signal.SIGTERM
+    with pytest.raises(CannotGrade, match="stopped"):
+        workers.run(["true"], 10, env)
+    monkeypatch.setattr(grade, "STOP_SECONDS", 1.0)
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        grade._Workers().run([sys.executable, "-c", deaf], 2, env)
+    assert time.monotonic() - start < 20
 
 
 def _cmdline(process) -> list[str]:
@@ -966,15 +1000,25 @@ def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
 
 
-def test_an_out_shared_by_two_users_is_held_by_one_grading_at_a_time(tmp_path, monkeypatch):
+def test_an_out_shared_by_two_users_is_held_by_one_grading_at_a_time(tmp_path, monkeypatch,
+                                                                    capsys):
     """Two instructors sharing OUT through their group: the second cannot write the first's lock
-    file, yet is refused while the first grades (``flock`` needs no write access), holds OUT in
-    its turn, and the first is then refused without being told its own, earlier, grading holds it."""
+    file (readable whatever the first's umask), yet is refused while the first grades (``flock``
+    needs no write access), holds OUT in its turn, and the first is then refused without being
+    told its own, earlier, grading holds it. Where no lock can be had (NFS), a note says so and
+    the holder's note is left alone."""
     import errno
+    import fcntl
 
     out = tmp_path / "grades"
     out.mkdir()
     real_open = os.open
+    umask = os.umask(0o077)
+    try:
+        with grade.hold_out(out):
+            assert (out / grade.OUT_LOCK).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
 
     def other_user(path, flags, *mode):   # the lock file is the first user's, 0644
         if Path(path).name == grade.OUT_LOCK and flags & (os.O_RDWR | os.O_WRONLY):
@@ -996,6 +1040,16 @@ def test_an_out_shared_by_two_users_is_held_by_one_grading_at_a_time(tmp_path, m
                     pass
     with grade.hold_out(out):   # released: the next one may
         pass
+    (out / grade.OUT_LOCK).write_text("pid 7 on another machine\n")
+
+    def no_lock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    with monkeypatch.context() as nfs:
+        nfs.setattr(fcntl, "flock", no_lock)
+        with grade.hold_out(out):
+            pass
+    assert f"note: cannot lock {out} (No locks available)" in capsys.readouterr().err
+    assert (out / grade.OUT_LOCK).read_text() == "pid 7 on another machine\n"
 
 
 @pytest.mark.parametrize("wrong,said", [(["--timeout", "0"], "--timeout and --sample-timeout"),

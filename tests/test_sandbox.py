@@ -659,10 +659,20 @@ def test_a_grader_stopped_mid_step_leaves_nothing_of_it_running(sandboxed):
     """SIGTERM (``kill``, ``timeout``, ``scancel``) ends the grader's wait as SystemExit, on the way
     out of which the step is killed (the grader itself goes on living here: bwrap's
     --die-with-parent alone would not end it) and the earlier SIGTERM handler is put back."""
+    uid, done = str(sandbox.sandbox_uid(0)), threading.Event()
+
+    def stop_once_it_runs():   # as `kill` would, once the step's sleep has started
+        while not done.wait(0.1):
+            if subprocess.run(["pgrep", "-u", uid, "sleep"], capture_output=True).returncode == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
     earlier = signal.getsignal(signal.SIGTERM)
-    threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    with sandbox.exit_on_sigterm(), pytest.raises(SystemExit) as stopped:
-        sandboxed("import subprocess; subprocess.run(['sleep', '300'])", timeout=60)
+    threading.Thread(target=stop_once_it_runs, daemon=True).start()
+    try:
+        with sandbox.exit_on_sigterm(), pytest.raises(SystemExit) as stopped:
+            sandboxed("import subprocess; subprocess.run(['sleep', '300'])", timeout=60)
+    finally:
+        done.set()
     assert stopped.value.code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is earlier
     time.sleep(0.5)
