@@ -181,6 +181,18 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> tuple[bool, 
     return err <= atol, f"max difference {err:.2e}"
 
 
+def _on_copies(fn, names: tuple[str, ...], *args) -> tuple[object, str]:
+    """``fn(*args)`` given copies of its tensor arguments: (its result, "" or why it fails: the
+    arguments it changed in place, which the caller still needs as they were)."""
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    result = fn(*copies)
+    changed = [name for name, a, c in zip(names, args, copies)
+               if isinstance(a, torch.Tensor) and not torch.equal(a, c)]
+    return result, (f"it changed its input {', '.join(changed)} in place (x *= ..., x += ...); "
+                    "compute into a new tensor instead: the caller still needs the original"
+                    if changed else "")
+
+
 def _layer_difference(student: torch.nn.Module, reference: torch.nn.Module) -> str:
     """How the student's weights differ from the reference's, by name and shape ('' if alike)."""
     have, want = student.state_dict(), reference.state_dict()
@@ -216,13 +228,16 @@ def _same_module(student: torch.nn.Module, reference: torch.nn.Module, *inputs):
 def check_add_noise(fn):
     """One amount for the batch (as ``add_noise``), then one amount per image, shape (B,)."""
     x, noise = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
+    names = ("x", "amount", "noise")
     for amount in (0.0, 0.5, 0.8):
-        ok, detail = _close(fn(x, amount, noise), add_noise(x, amount, noise))
+        got, changed = _on_copies(fn, names, x, amount, noise)
+        ok, detail = (False, changed) if changed else _close(got, add_noise(x, amount, noise))
         if not ok:
             return False, f"amount={amount}: {detail}"
     amounts = torch.tensor([0.0, 0.3, 0.6, 1.0])
     try:
-        ok, detail = _close(fn(x, amounts, noise), add_noise(x, amounts, noise))
+        got, changed = _on_copies(fn, names, x, amounts, noise)
+        ok, detail = (False, changed) if changed else _close(got, add_noise(x, amounts, noise))
     except RuntimeError as err:
         ok, detail = False, str(err).splitlines()[0]
     if not ok:
@@ -250,7 +265,8 @@ def check_q_sample(fn):
     s = linear_schedule(150)
     x0, noise = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
     t = torch.tensor([0, 1, 30, 75, 148, 149])
-    return _close(fn(x0, t, noise, s.alpha_bars), s.q_sample(x0, t, noise))
+    got, changed = _on_copies(fn, ("x0", "t", "noise", "alpha_bars"), x0, t, noise, s.alpha_bars)
+    return (False, changed) if changed else _close(got, s.q_sample(x0, t, noise))
 
 
 @checker("reverse step (02)", rebuilds=("ddpm_step", "sample_ddpm"))

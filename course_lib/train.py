@@ -28,7 +28,23 @@ from .storage import load_tensors, save_atomic
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped before the weights were updated."""
+    """The loss became NaN or infinite; training stopped before the optimizer stepped with it."""
+
+
+def non_finite(model: nn.Module) -> str:
+    """The model's weights and buffers that hold NaN or ±inf, named ("" where none do)."""
+    bad = [name for name, v in (*model.named_parameters(), *model.named_buffers())
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+
+
+def _rebuild_hint(model: nn.Module) -> str:
+    """After a NaN loss: what else it spoiled. The forward pass that computed it has already
+    updated BatchNorm's running statistics, which no later training can repair."""
+    broken = non_finite(model)
+    return (f" The forward pass already put NaN or inf into {broken} (BatchNorm's running "
+            "statistics): re-run the cell that builds the model before training again."
+            if broken else "")
 
 
 class CheckpointError(RuntimeError):
@@ -167,6 +183,11 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
     if any(not 1 <= e <= epochs for e in snapshot_epochs):
         raise ValueError(f"snapshot_epochs must lie in 1..{epochs} (the epochs trained), "
                          f"got {snapshot_epochs}")
+    broken = non_finite(model)
+    if broken:
+        raise ValueError(f"the model already holds NaN or infinite values ({broken}): an earlier "
+                         "training diverged. Re-run the cell that builds the model, then train "
+                         "with a smaller learning rate (e.g. lr/10) or grad_clip=1.0.")
     memory_format = memory_format or pick_memory_format(model, device)
     model.to(device, memory_format=memory_format).train()
     optimizer = optimizer or adam(model.parameters(), lr=lr)
@@ -189,70 +210,75 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
         total = min(total, max_steps)
     bar = tqdm(total=total, desc=desc + (" (bf16)" if bf16 else ""), unit="step",
                disable=not progress)
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        epoch_total, epoch_steps, broke = 0.0, 0, False
-        for batch in loader:
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(model, _to(batch, device, memory_format))
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"loss became {value} at step {step} (epoch {epoch + 1}); the weights were "
-                    "not updated with it. Try a smaller learning rate (e.g. lr/10), pass "
-                    "grad_clip=1.0, and check that the inputs are finite and scaled to [-1, 1]."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            history.losses.append(value)
-            epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
-            bar.set_postfix({"epoch": f"{epoch + 1}/{epochs}",   # the epoch's mean: a batch's jumps
-                             "mean loss": f"{epoch_total / epoch_steps:.4f}"}, refresh=False)
-            bar.update()
-            step += 1
-            if out_of_budget():
-                broke = True
+    try:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            epoch_total, epoch_steps, broke = 0.0, 0, False
+            for batch in loader:
+                kind = torch.device(device).type
+                with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+                    loss = loss_fn(model, _to(batch, device, memory_format))
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss became {value} at step {step} (epoch {epoch + 1}); the optimizer "
+                        "did not step with it. Try a smaller learning rate (e.g. lr/10), pass "
+                        "grad_clip=1.0, and check that the inputs are finite and scaled to [-1, 1]."
+                        + _rebuild_hint(model))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                history.losses.append(value)
+                epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
+                bar.set_postfix({"epoch": f"{epoch + 1}/{epochs}",   # the epoch's mean, not a
+                                 "mean loss": f"{epoch_total / epoch_steps:.4f}"},   # batch's jumps
+                                refresh=False)
+                bar.update()
+                step += 1
+                if out_of_budget():
+                    broke = True
+                    break
+            if epoch_steps == 0:
+                raise ValueError(
+                    f"the loader gave no batch in epoch {epoch + 1}: " + (
+                        "an iterator without a length is used up after one pass; pass a DataLoader "
+                        "(or a list of batches), which starts again every epoch"
+                        if per_epoch is None and epoch > 0 else
+                        "it is empty" if per_epoch is None else
+                        "a dataset smaller than one batch gives none when its loader drops the "
+                        "last, short batch (make_loader does when it shuffles); use a smaller "
+                        "batch_size or more images"))
+            history.epoch_seconds.append(time.perf_counter() - start)
+            whole = not broke if per_epoch is None else epoch_steps == per_epoch
+            if epoch + 1 in snapshot_epochs and whole:   # an epoch cut short is no epoch's snapshot
+                kept = ema.module if ema is not None else model
+                history.snapshots[epoch + 1] = copy.deepcopy(kept)
+                history.snapshots[epoch + 1].eval().requires_grad_(False)
+            if on_epoch_end is not None:
+                model.eval()
+                with torch.no_grad():
+                    on_epoch_end(epoch, model)
+                model.train()
+            if out_of_budget():   # the budget ended it, not an error: the bar reads as done
+                bar.total = bar.n
                 break
-        if epoch_steps == 0:
-            bar.close()
-            raise ValueError(
-                f"the loader gave no batch in epoch {epoch + 1}: " + (
-                    "an iterator without a length is used up after one pass; pass a DataLoader "
-                    "(or a list of batches), which starts again every epoch"
-                    if per_epoch is None and epoch > 0 else
-                    "it is empty" if per_epoch is None else
-                    "a dataset smaller than one batch gives none when its loader drops the "
-                    "last, short batch (make_loader does when it shuffles); use a smaller "
-                    "batch_size or more images"))
-        history.epoch_seconds.append(time.perf_counter() - start)
-        whole = not broke if per_epoch is None else epoch_steps == per_epoch
-        if epoch + 1 in snapshot_epochs and whole:   # an epoch cut short is no epoch's snapshot
-            history.snapshots[epoch + 1] = copy.deepcopy(ema.module if ema is not None else model)
-            history.snapshots[epoch + 1].eval().requires_grad_(False)
-        if on_epoch_end is not None:
-            model.eval()
-            with torch.no_grad():
-                on_epoch_end(epoch, model)
-            model.train()
-        if out_of_budget():
-            break
-    bar.close()
+    finally:   # an error or Ctrl-C too: the bar ends, the model is left ready to sample
+        bar.close()
+        model.eval()
+        if ema is not None:
+            ema.eval()
     missed = [e for e in snapshot_epochs if e not in history.snapshots]
     if missed:   # max_steps or max_seconds stopped training first
         warnings.warn(f"training stopped after {len(history.epoch_seconds)} epoch(s), before the "
                       f"snapshots of epoch(s) {missed} were taken: history.snapshots has only "
                       f"{sorted(history.snapshots)}; raise max_steps / max_seconds or ask for "
                       "earlier epochs", stacklevel=2)
-    model.eval()
-    if ema is not None:
-        ema.eval()
     return history
 
 
@@ -306,14 +332,19 @@ def train_or_load(path: str | os.PathLike, model: nn.Module, loader: Iterable, l
 
     Either way it returns the :class:`History` (losses, seconds per epoch and, with
     ``ema_decay``, the EMA model), so a later notebook can reuse an earlier one's model and
-    compare its training curve. A checkpoint that does not fit is reported and retrained.
+    compare its training curve. A checkpoint that does not fit is reported, moved aside (kept:
+    it may be a model a student changed and trained for minutes) and retrained.
     """
     path = Path(path)
     if path.is_file():
         try:
             payload = load_checkpoint(path, model)
         except CheckpointError as err:
-            print(f"{err}\nTraining it here instead.")
+            when = time.strftime("%Y%m%d-%H%M%S")
+            aside = path.with_name(f"{path.stem}.unfit-{when}{path.suffix}")
+            os.replace(path, aside)
+            print(f"{err}\nTraining it here instead; the checkpoint that does not fit is kept as "
+                  f"{aside}.")
         else:
             if train_kwargs.get("device") is not None:   # where training would have left it
                 model.to(train_kwargs["device"])

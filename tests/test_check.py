@@ -59,6 +59,15 @@ def test_add_noise(capsys):
     assert not ok and "one amount per image" in out            # a float-only answer
 
 
+    def in_place(x, amount, noise):   # the right mix, written over the caller's batch
+        amount = torch.as_tensor(amount).reshape(-1, 1, 1, 1)
+        x *= 1 - amount
+        x += amount * noise
+        return x
+    ok, out = verdict(capsys, check.check_add_noise, in_place)
+    assert not ok and "amount=0.5: it changed its input x in place" in out, out
+
+
 def test_down_and_up_blocks(capsys):
     assert verdict(capsys, check.check_down_block, OwnDown)[0]
     assert verdict(capsys, check.check_up_block, OwnUp)[0]
@@ -106,6 +115,12 @@ def test_q_sample(capsys):
         return ab * x0 + (1 - ab) * noise
     assert verdict(capsys, check.check_q_sample, right)[0]
     assert not verdict(capsys, check.check_q_sample, wrong)[0]
+
+    def into_noise(x0, t, noise, alpha_bars):    # right, but written into the caller's noise
+        ab = alpha_bars[t].reshape(-1, 1, 1, 1)
+        return noise.mul_((1 - ab).sqrt()).add_(ab.sqrt() * x0)
+    ok, out = verdict(capsys, check.check_q_sample, into_noise)
+    assert not ok and "it changed its input noise in place" in out, out
 
 
 def _mean(x_t, t, eps, s):

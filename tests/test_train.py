@@ -175,9 +175,13 @@ def test_train_or_load_trains_once_then_loads(tmp_path, capsys):
     assert again.losses == first.losses and again.final_loss == first.final_loss
     assert torch.equal(again.ema.module.weight, first.ema.module.weight)
     assert "loaded Linear" in capsys.readouterr().out
+    trained = path.read_bytes()
     bad = train_or_load(path, nn.Linear(3, 1), [(torch.randn(8, 3), torch.randn(8, 1))], _mse,
                         progress=False)                       # does not fit: retrained
-    assert len(bad.losses) == 1 and "does not fit" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert len(bad.losses) == 1 and "does not fit" in out
+    kept = list(tmp_path.glob("m.unfit-*.pt"))   # not overwritten: a student's changed model
+    assert len(kept) == 1 and kept[0].read_bytes() == trained and f"kept as {kept[0]}" in out
 
 
 def test_grad_clip_limits_the_step():
@@ -196,6 +200,41 @@ def test_nan_loss_stops_with_a_hint_before_updating():
     with pytest.raises(NonFiniteLossError, match="smaller learning rate.*grad_clip"):
         train(model, batches, _mse, progress=False)
     assert torch.equal(model.weight, before)
+
+
+def test_a_nan_that_reached_batchnorm_asks_for_a_fresh_model():
+    """The forward pass that gave a NaN loss has already put it into BatchNorm's running
+    statistics: the error says so, and training that model again is refused with the way out,
+    rather than training well on batch statistics and sampling NaN in eval mode."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    batches = [(torch.full((2, 4), float("inf")), torch.zeros(2, 1))]
+    with pytest.raises(NonFiniteLossError, match=r"into 1\.running_mean, 1\.running_var.*re-run "
+                                                  "the cell that builds the model"):
+        train(model, batches, _mse, progress=False)
+    assert not model.training   # left ready to sample, as after a training that ends well
+    with pytest.raises(ValueError, match=r"already holds NaN or infinite values \(1\.running_mean"):
+        train(model, _regression_problem(), _mse, progress=False)
+
+
+def test_a_training_stopped_by_an_error_closes_its_bar(monkeypatch):
+    """Ctrl-C or an error in the loss: the bar ends (not left frozen under the traceback)."""
+    import course_lib.train as course_train
+
+    bars = []
+
+    class Bar(course_train.tqdm):
+        def close(self):
+            bars.append(self.n)
+            super().close()
+    monkeypatch.setattr(course_train, "tqdm", Bar)
+
+    def interrupted(model, batch):
+        if bars == [] and model.weight.grad is not None:
+            raise KeyboardInterrupt
+        return _mse(model, batch)
+    with pytest.raises(KeyboardInterrupt) as stopped:   # its traceback holds train's frame
+        train(nn.Linear(4, 1), _regression_problem(), interrupted)
+    assert bars == [1] and stopped.traceback   # closed by train, after the one step it took
 
 
 def test_max_steps_stops_early():
