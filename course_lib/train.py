@@ -32,9 +32,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def non_finite(model: nn.Module) -> str:
-    """The model's weights and buffers that hold NaN or ±inf, named ("" where none do)."""
-    bad = [name for name, v in (*model.named_parameters(), *model.named_buffers())
-           if v.is_floating_point() and not torch.isfinite(v).all()]
+    """The model's weights that hold NaN or ±inf and buffers that hold NaN, named ("" where none
+    do). Not a buffer's ±inf: an attention mask (open_clip's text tower) holds -inf on purpose."""
+    bad = [name for name, v in model.named_parameters() if not torch.isfinite(v).all()]
+    bad += [name for name, v in model.named_buffers() if v.is_floating_point() and v.isnan().any()]
     return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
@@ -42,9 +43,9 @@ def _rebuild_hint(model: nn.Module) -> str:
     """After a NaN loss: what else it spoiled. The forward pass that computed it has already
     updated BatchNorm's running statistics, which no later training can repair."""
     broken = non_finite(model)
-    return (f" The forward pass already put NaN or inf into {broken} (BatchNorm's running "
-            "statistics): re-run the cell that builds the model before training again."
-            if broken else "")
+    return (f" The model itself now holds NaN in {broken} (the forward pass updates BatchNorm's "
+            "running statistics before the loss is checked): re-run the cell that builds the "
+            "model before training again." if broken else "")
 
 
 class CheckpointError(RuntimeError):
@@ -340,11 +341,14 @@ def train_or_load(path: str | os.PathLike, model: nn.Module, loader: Iterable, l
         try:
             payload = load_checkpoint(path, model)
         except CheckpointError as err:
-            when = time.strftime("%Y%m%d-%H%M%S")
+            when, n = time.strftime("%Y%m%d-%H%M%S"), 1
             aside = path.with_name(f"{path.stem}.unfit-{when}{path.suffix}")
+            while aside.exists():
+                n += 1
+                aside = path.with_name(f"{path.stem}.unfit-{when}-{n}{path.suffix}")
             os.replace(path, aside)
             print(f"{err}\nTraining it here instead; the checkpoint that does not fit is kept as "
-                  f"{aside}.")
+                  f"{aside} (rename it back to {path.name} to use it).")
         else:
             if train_kwargs.get("device") is not None:   # where training would have left it
                 model.to(train_kwargs["device"])

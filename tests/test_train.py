@@ -208,12 +208,15 @@ def test_a_nan_that_reached_batchnorm_asks_for_a_fresh_model():
     rather than training well on batch statistics and sampling NaN in eval mode."""
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     batches = [(torch.full((2, 4), float("inf")), torch.zeros(2, 1))]
-    with pytest.raises(NonFiniteLossError, match=r"into 1\.running_mean, 1\.running_var.*re-run "
+    with pytest.raises(NonFiniteLossError, match=r"NaN in 1\.running_mean, 1\.running_var.*re-run "
                                                   "the cell that builds the model"):
         train(model, batches, _mse, progress=False)
     assert not model.training   # left ready to sample, as after a training that ends well
     with pytest.raises(ValueError, match=r"already holds NaN or infinite values \(1\.running_mean"):
         train(model, _regression_problem(), _mse, progress=False)
+    masked = nn.Linear(4, 1)   # a buffer's -inf on purpose (an attention mask) is no damage
+    masked.register_buffer("attn_mask", torch.full((2, 2), float("-inf")).triu(1))
+    assert len(train(masked, _regression_problem(), _mse, progress=False).losses) == 8
 
 
 def test_a_training_stopped_by_an_error_closes_its_bar(monkeypatch):
