@@ -66,7 +66,7 @@ from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SAMPLES_FILE, SECOND_OPI
                            ensure_private_judge, load_judge, load_private_judge, one_line,
                            plain_share, read_plain, read_samples, second_draw_floor)
 from .grade_runner import GRADER_FAILED, NO_SAMPLER, NOT_EXPORTABLE
-from .storage import write_atomic
+from .storage import save_json_atomic
 from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
 
 PASS, FAIL, ERROR = "pass", "fail", "could not grade"
@@ -734,7 +734,7 @@ def write_report(report: Report, out: Path) -> Path:
     """``OUT/<student>.json``: what ``collect`` merges into the gradebook."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{report_name(report)}.json"   # whole or not at all, even if stopped midway
-    return write_atomic(path, lambda f: f.write(json.dumps(asdict(report), indent=2).encode()))
+    return save_json_atomic(asdict(report), path)
 
 
 def set_aside(out: Path, students: list[str], to: Path, books: tuple[str, ...] = ()) -> list[Path]:
@@ -869,8 +869,9 @@ def _lock(out: Path) -> int | None:
     except PermissionError:
         try:
             fd = os.open(path, os.O_RDONLY | flags)
-        except OSError as err:   # another user's, unreadable to us
-            _no_lock_note(out, err)
+        except OSError as err:   # another user's, unreadable to us (none: OUT is not ours to
+            if err.errno != errno.ENOENT:   # write, which the caller says)
+                _no_lock_note(out, err)
             return None
     except OSError as err:
         if err.errno != errno.EROFS:
@@ -1269,6 +1270,8 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
                      f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else
                      f"exited with code {proc.returncode} ({said})")
         except subprocess.TimeoutExpired:
+            if workers.stopped:   # its time ran out as the grading was stopped: not its fault
+                return None
             ended = f"was stopped after {limit:.0f} s"
         finally:
             slots.append(slot)
@@ -1328,11 +1331,20 @@ class _Workers:
         return subprocess.CompletedProcess(argv, proc.returncode, output)
 
     def stop(self) -> None:
-        """SIGTERM to each: it stops its sandbox and frees its slot on the way out."""
+        """SIGTERM to each (it stops its sandbox and frees its slot on the way out), and SIGKILL
+        to any still running STOP_SECONDS later: a stopped grading waits no longer than that."""
         with self.lock:
             self.stopped = True
             for proc in self.running:
                 proc.terminate()
+        late = threading.Timer(STOP_SECONDS, self._kill_running)
+        late.daemon = True
+        late.start()
+
+    def _kill_running(self) -> None:
+        with self.lock:
+            for proc in self.running:
+                proc.kill()
 
 
 def self_check(sample_fn, samples_per_digit: int = 10, seed: int = 123,

@@ -495,6 +495,8 @@ def run(argv: list[str], workdir: Path, timeout: float, *, hide: list[Path] = ()
         _end(proc, slot, trusted)
         if group is not None:
             group.remove()
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
         raise
     seconds = time.perf_counter() - start
     over = over or kernel_over(group, limits)   # an OOM kill may have ended it
@@ -519,8 +521,10 @@ PR_SET_PDEATHSIG = 1   # prctl(2)'s option (linux/prctl.h)
 def end_with_parent(parent: int) -> bool:
     """Have the kernel send this process SIGTERM when ``parent`` (the process that started it)
     ends, killed or not, so that a grading worker never outlives the grading that started it.
-    False where ``parent`` has already ended. Linux only: elsewhere nothing is asked (a worker of
-    a grading killed outright runs on to its time limit), only whether it still runs."""
+    False where ``parent`` has already ended. The kernel watches the *thread* of ``parent`` that
+    started this process: the grading's pool thread, which waits for it to end. Linux only:
+    elsewhere nothing is asked (a worker of a grading killed outright runs on to its time
+    limit), only whether the parent still runs."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -539,8 +543,8 @@ def exit_on_sigterm():
         yield
         return
 
-    def stop(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def stop(signum, frame):   # then a handler that does nothing, not SIG_IGN: a worker
+        signal.signal(signal.SIGTERM, lambda *_: None)   # started now would inherit that
         raise SystemExit(128 + signum)
     earlier = signal.signal(signal.SIGTERM, stop)
     try:

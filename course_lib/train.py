@@ -31,21 +31,30 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the optimizer stepped with it."""
 
 
+def _spoiled(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(weights that hold NaN or ±inf, buffers that hold NaN). Not a buffer's ±inf: an attention
+    mask (open_clip's text tower) holds -inf on purpose."""
+    weights = [name for name, v in model.named_parameters() if not torch.isfinite(v).all()]
+    buffers = [name for name, v in model.named_buffers()
+               if v.is_floating_point() and v.isnan().any()]
+    return weights, buffers
+
+
 def non_finite(model: nn.Module) -> str:
-    """The model's weights that hold NaN or ±inf and buffers that hold NaN, named ("" where none
-    do). Not a buffer's ±inf: an attention mask (open_clip's text tower) holds -inf on purpose."""
-    bad = [name for name, v in model.named_parameters() if not torch.isfinite(v).all()]
-    bad += [name for name, v in model.named_buffers() if v.is_floating_point() and v.isnan().any()]
+    """The weights and buffers of :func:`_spoiled`, named ("" where none are)."""
+    bad = sum(_spoiled(model), [])
     return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
 def _rebuild_hint(model: nn.Module) -> str:
     """After a NaN loss: what else it spoiled. The forward pass that computed it has already
     updated BatchNorm's running statistics, which no later training can repair."""
+    _, buffers = _spoiled(model)
     broken = non_finite(model)
-    return (f" The model itself now holds NaN in {broken} (the forward pass updates BatchNorm's "
-            "running statistics before the loss is checked): re-run the cell that builds the "
-            "model before training again." if broken else "")
+    why = (" (the forward pass updates BatchNorm's running statistics before the loss is "
+           "checked)" if buffers else "")
+    return (f" The model itself now holds NaN or inf in {broken}{why}: re-run the cell that "
+            "builds the model before training again." if broken else "")
 
 
 class CheckpointError(RuntimeError):
@@ -211,12 +220,12 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
         total = min(total, max_steps)
     bar = tqdm(total=total, desc=desc + (" (bf16)" if bf16 else ""), unit="step",
                disable=not progress)
+    kind = torch.device(device).type
     try:
         for epoch in range(epochs):
             start = time.perf_counter()
             epoch_total, epoch_steps, broke = 0.0, 0, False
             for batch in loader:
-                kind = torch.device(device).type
                 with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, _to(batch, device, memory_format))
                 value = loss.item()
@@ -237,8 +246,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
                     ema.update_parameters(model)
                 history.losses.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
-                bar.set_postfix({"epoch": f"{epoch + 1}/{epochs}",   # the epoch's mean, not a
-                                 "mean loss": f"{epoch_total / epoch_steps:.4f}"},   # batch's jumps
+                mean = epoch_total / epoch_steps   # the epoch's mean, not a batch's jumps
+                bar.set_postfix({"epoch": f"{epoch + 1}/{epochs}", "mean loss": f"{mean:.4f}"},
                                 refresh=False)
                 bar.update()
                 step += 1

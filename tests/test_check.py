@@ -58,7 +58,6 @@ def test_add_noise(capsys):
     ok, out = verdict(capsys, check.check_add_noise, lambda x, a, n: (1 - a) * x + a * n)
     assert not ok and "one amount per image" in out            # a float-only answer
 
-
     def in_place(x, amount, noise):   # the right mix, written over the caller's batch
         amount = torch.as_tensor(amount).reshape(-1, 1, 1, 1)
         x *= 1 - amount

@@ -807,12 +807,14 @@ def test_a_grading_stopped_or_killed_leaves_no_worker_or_notebook_running(tmp_pa
 
     for name in ("alice", "bob"):
         _notebook(tmp_path / "subs" / f"{name}.ipynb", "import time\ntime.sleep(900)")
-    log = tmp_path / "grading.log"
+    log, scratch = tmp_path / "grading.log", tmp_path / "tmp"   # what a killed grading leaves
+    scratch.mkdir()
     with log.open("w") as said:
-        grading = subprocess.Popen([sys.executable, "-m", "course_lib.grade", str(tmp_path / "subs"),
-                                    "--jobs", "2", "--out", str(tmp_path / "grades"),
-                                    *_sandbox_args()], stdout=said, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        grading = subprocess.Popen([sys.executable, "-m", "course_lib.grade",
+                                    str(tmp_path / "subs"), "--jobs", "2",
+                                    "--out", str(tmp_path / "grades"), *_sandbox_args()],
+                                   stdout=said, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "TMPDIR": str(scratch)})
     tree = []
     try:   # a fresh machine first trains the private judges: minutes
         deadline, kernels = time.monotonic() + 900, []
@@ -835,27 +837,45 @@ def test_a_grading_stopped_or_killed_leaves_no_worker_or_notebook_running(tmp_pa
         assert not list((tmp_path / "grades").glob("*.json")), "no report for a grading stopped"
 
 
-def test_stopped_workers_end_and_no_more_start(monkeypatch):
-    """grade._Workers: stop() ends the workers running (SIGTERM: each cleans up) and refuses new
-    ones; a worker past its time gets SIGTERM, then SIGKILL if it ignores that."""
-    workers, ended = grade._Workers(), {}
+def test_stopped_workers_end_and_no_more_start(tmp_path, monkeypatch):
+    """grade._Workers: stop() ends the workers running (SIGTERM: each cleans up; SIGKILL
+    STOP_SECONDS later to one that ignores it) and refuses new ones; a worker past its time gets
+    SIGTERM, then SIGKILL if it ignores that."""
+    monkeypatch.setattr(grade, "STOP_SECONDS", 1.0)
+    killed, real_kill = [], subprocess.Popen.kill
+
+    def kill(proc):
+        killed.append(proc.args[-1])
+        real_kill(proc)
+    monkeypatch.setattr(subprocess.Popen, "kill", kill)
     env = dict(os.environ)
-    waiting = threading.Thread(target=lambda: ended.update(run=workers.run(["sleep", "60"], 120, env)))
-    waiting.start()
-    deadline = time.monotonic() + 10
-    while not workers.running and time.monotonic() < deadline:
+
+    def deaf(name):   # ignores SIGTERM, and says so in a file once it does
+        return [sys.executable, "-c", "import pathlib, signal, sys, time; "
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)", str(tmp_path / name)]
+    workers, ended = grade._Workers(), {}
+    def run(argv):
+        ended[argv[-1]] = workers.run(argv, 120, env)
+    threads = [threading.Thread(target=run, args=(argv,), daemon=True)
+               for argv in (["sleep", "60"], deaf("deaf"))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while ((len(workers.running) < 2 or not (tmp_path / "deaf").exists())
+           and time.monotonic() < deadline):
         time.sleep(0.05)
     workers.stop()
-    waiting.join(10)
-    assert not waiting.is_alive() and ended["run"].returncode == -signal.SIGTERM
+    for thread in threads:
+        thread.join(15)
+    assert ended["60"].returncode == -signal.SIGTERM
+    assert ended[str(tmp_path / "deaf")].returncode == -signal.SIGKILL
+    assert killed == [str(tmp_path / "deaf")]   # only the one that would not stop
     with pytest.raises(CannotGrade, match="stopped"):
         workers.run(["true"], 10, env)
-    monkeypatch.setattr(grade, "STOP_SECONDS", 1.0)
-    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    start = time.monotonic()
-    with pytest.raises(subprocess.TimeoutExpired):
-        grade._Workers().run([sys.executable, "-c", deaf], 2, env)
-    assert time.monotonic() - start < 20
+    with pytest.raises(subprocess.TimeoutExpired):   # past its time: SIGTERM, then SIGKILL
+        grade._Workers().run(deaf("late"), 5, env)
+    assert killed[-1] == str(tmp_path / "late")
 
 
 def _cmdline(process) -> list[str]:

@@ -691,9 +691,8 @@ def test_a_worker_ends_with_the_grading_that_started_it_even_killed(tmp_path):
     worker = ("import os, sys, time\nfrom course_lib import sandbox\n"
               "ok = sandbox.end_with_parent(int(sys.argv[1]))\n"
               "open(sys.argv[2], 'w').write(f'{os.getpid()} {ok}')\ntime.sleep(300)")
-    grading = ("import os, subprocess, sys, time\n"
-               f"subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid()), {str(said)!r}])\n"
-               "time.sleep(300)")
+    grading = ("import os, subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', "
+               f"{worker!r}, str(os.getpid()), {str(said)!r}])\ntime.sleep(300)")
     parent = subprocess.Popen([sys.executable, "-c", grading], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
@@ -707,10 +706,16 @@ def test_a_worker_ends_with_the_grading_that_started_it_even_killed(tmp_path):
         assert not alive, "the worker outlived the grading that started it"
     finally:
         parent.kill()
-    late = subprocess.run([sys.executable, "-c", "import os; from course_lib import sandbox; "
-                           "print(sandbox.end_with_parent(os.getppid() + 1))"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert late.stdout.strip() == "False", late.stderr   # its grading had already ended
+    said.unlink()   # a worker whose grading ended before it could ask: it is told so
+    late = ("import os, sys, time\nfrom course_lib import sandbox\ntime.sleep(1)\n"
+            "open(sys.argv[2], 'w').write(f'0 {sandbox.end_with_parent(int(sys.argv[1]))}')")
+    grading = ("import os, subprocess, sys\nsubprocess.Popen([sys.executable, '-c', "
+               f"{late!r}, str(os.getpid()), {str(said)!r}])")
+    subprocess.run([sys.executable, "-c", grading], cwd=ROOT, check=True)   # ends at once
+    deadline = time.monotonic() + 60
+    while not (said.exists() and said.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert said.read_text() == "0 False"
 
 
 def test_the_process_limit_of_a_step_as_our_own_uid_comes_on_top_of_our_processes(monkeypatch):
