@@ -7,7 +7,8 @@ Lookup order for a dataset's root folder (the first that holds it wins):
 3. system dataset folders (``/usr/share/datasets``; Debian's ``dataset-fashion-mnist``
    installs ``fashion-mnist/*.gz`` there, which are unpacked into ``data/``),
 4. a download into ``data/`` (torchvision for MNIST/FashionMNIST, the TensorFlow
-   flower-photos archive for flowers), unless ``COURSE_NO_DOWNLOAD=1``.
+   flower-photos archive for flowers), unless ``COURSE_NO_DOWNLOAD=1`` (the default of
+   ``allow_download``; a caller's explicit ``allow_download=True`` downloads even then).
 
 The course was measured on an offline copy of 4,307 flower photos (the "Flowers Recognition"
 set, which includes TensorFlow's flower photos) with a 128-px shorter side. A download is
