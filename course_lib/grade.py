@@ -769,7 +769,7 @@ def _follow_grid(report: Path, left: Path, moved: set[str]) -> None:
         grid = data.get("grid") and Path(data["grid"])
         if grid and grid.parent == left and grid.name in moved:
             data["grid"] = str(report.parent / grid.name)
-            report.write_text(json.dumps(data, indent=2))
+            save_json_atomic(data, report)   # as write_report writes it
     except (OSError, ValueError, AttributeError, TypeError):
         pass
 

@@ -42,19 +42,23 @@ def _spoiled(model: nn.Module) -> tuple[list[str], list[str]]:
 
 def non_finite(model: nn.Module) -> str:
     """The weights and buffers of :func:`_spoiled`, named ("" where none are)."""
-    bad = sum(_spoiled(model), [])
-    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return _named(sum(_spoiled(model), []))
+
+
+def _named(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _rebuild_hint(model: nn.Module) -> str:
     """After a NaN loss: what else it spoiled. The forward pass that computed it has already
     updated BatchNorm's running statistics, which no later training can repair."""
-    _, buffers = _spoiled(model)
-    broken = non_finite(model)
+    weights, buffers = _spoiled(model)
+    if not weights and not buffers:
+        return ""
     why = (" (the forward pass updates BatchNorm's running statistics before the loss is "
            "checked)" if buffers else "")
-    return (f" The model itself now holds NaN or inf in {broken}{why}: re-run the cell that "
-            "builds the model before training again." if broken else "")
+    return (f" The model itself now holds NaN or inf in {_named(weights + buffers)}{why}: re-run "
+            "the cell that builds the model before training again.")
 
 
 class CheckpointError(RuntimeError):
