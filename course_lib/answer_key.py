@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 
 from .config import REPO_ROOT
-from .grade import SKIPPING_TAGS
+from .grade_intake import SKIPPING_TAGS
 from .submission_code import EXERCISE, TEMPLATE
 
 KEY = REPO_ROOT / "answers" / "06_Assessment_Answers.md"

@@ -1,11 +1,12 @@
 """Instructor grading of 06_Assessment: ``python -m course_lib.grade SUBMISSION.ipynb|FOLDER``.
 
 Every submission is untrusted. Before anything runs, every notebook is copied into a private
-folder (the grader reads those copies only). Then, for each one, three steps; each raises
-:class:`~course_lib.grade_checks.Rejected` with a one-line reason, caught in one place
-(:func:`grade_one`) and reported as a FAIL:
+folder (the grader reads those copies only: ``course_lib/grade_intake.py``). Then, for each
+one, three steps; each raises :class:`~course_lib.grade_checks.Rejected` with a one-line reason,
+caught in one place (:func:`grade_one`) and reported as a FAIL:
 
-1. **read** (:func:`read_submission`): a valid notebook, every cell's source text, no ``FIXME``;
+1. **read** (:func:`~course_lib.grade_intake.read_submission`): a valid notebook, every cell's
+   source text, no ``FIXME``;
 2. **execute** (:func:`execute`): in a bubblewrap sandbox (``course_lib/sandbox.py``), run the
    notebook top to bottom in a fresh kernel; its appended last cell exports ``sample_digits``
    by value. Then the grader's own code calls it three times, each in a fresh sandboxed process
@@ -30,22 +31,24 @@ grader's: its weights, data, sandbox, or a Python kernel that never started). Fo
 student's code beside its samples, for a person to read (``course_lib/review.py``). A grading
 stopped (Ctrl-C, ``kill``, ``timeout``, ``scancel``) or killed outright ends its workers and the
 notebooks they run with it, and writes no report for a notebook whose grading it cut short.
+
+The grader's modules, each importing only those listed before it: ``grade_checks`` (the judges and
+checks), ``grade_report`` (a submission's :class:`~course_lib.grade_report.Report`),
+``grade_intake`` (submissions in), ``grade_out`` (the ``OUT`` folder: one grading at a time,
+earlier reports set aside), ``grade_options`` (the command line), ``review`` and ``gradebook`` (a
+cohort's review page, gradebook and Slurm array), and this one (running and judging).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import errno
-import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -58,114 +61,29 @@ from pathlib import Path
 
 import torch
 
-from . import sandbox
-from .grade_checks import (PLAIN_SHARE, PRIVATE_JUDGES, SAMPLES_FILE, SECOND_OPINION_GAP,
-                           SHUFFLED_LIMIT, CannotGrade, Judge, NotPlain, Rejected, TooBig, check_drawn,
+from . import gradebook, sandbox
+from .grade_checks import (PLAIN_SHARE, SAMPLES_FILE, CannotGrade, Judge, Rejected, check_drawn,
                            check_from_network, check_not_memorised, check_plain_background,
                            check_realistic, check_samples, check_second_draw, check_second_opinion,
                            ensure_private_judge, load_judge, load_private_judge, one_line,
-                           plain_share, read_plain, read_samples, second_draw_floor)
+                           plain_share, read_plain, read_samples)
+from .grade_intake import (find_submissions, not_graded, origin_of, read_submission, snapshot,
+                           student_name, unreadable_report)
+from .grade_options import (DRAW_STARTUP, MARGIN_SECONDS, MIN_DRAW_SECONDS, SAMPLE_TIMEOUT,
+                            build_parser, option_error, worst_case_seconds)
+from .grade_out import BOOKS, claim_out, earlier_name, keep_earlier, writable_error
+from .grade_report import (ERROR, FAIL, PASS, Report, per_digit_table, report_name, safe_name,
+                           write_report)
 from .grade_runner import GRADER_FAILED, NO_SAMPLER, NOT_EXPORTABLE
-from .storage import save_json_atomic
-from .submission_code import EXERCISE, NOTEBOOK_CAP, for_report
+from .gradebook import (collect_command, load_reports, summary, write_gradebook,
+                        write_review_page)
+from .submission_code import for_report
 
-PASS, FAIL, ERROR = "pass", "fail", "could not grade"
-SKIPPING_TAGS = ("raises-exception", "nbval-skip", "skip-execution")  # removed: every cell must run
-FIXME = re.compile(r"\bFIXME\b")
 SECOND_DRAW = 0.2                  # share of the labels (at least 20) drawn again, another seed
-SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time, at most half of
-                                   # what a left (and MIN_DRAW_SECONDS at least)
-DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
-MIN_DRAW_SECONDS = 60.0            # draws b and c get at least this, whatever a took
 STOP_SECONDS = 30.0                # a worker stopped (SIGTERM) has this long to clean up
-MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the grader's limits:
-                                   # Python, MNIST and the judges loaded, the folder copied
-MIN_MEMORY_GIB = 2                 # what 06's cell 0 promises each notebook at least
 ERROR_CAP = 2**16                  # bytes of a cell's recorded error that the grader reads
-OUT_LOCK = ".grading.lock"         # in OUT: held by the one grading writing there (hold_out)
-BOOKS = ("gradebook.csv", "review.html")   # a folder run's files in OUT, beside the reports
-SLURM_JOB = "slurm-job.txt"                # in OUT: the job id of the array submitted there
-SLURM_BOOKS = ("roster.txt", "logs", SLURM_JOB)   # a Slurm run's too: roster, logs, its job
 WORKER_OF = "COURSE_GRADING_PID"   # in a --jobs worker's environment: the grading that started it
 FOLDER_CAP = 4 * 2**30             # bytes the notebook may leave in its folder (copied for each draw)
-
-
-@dataclass
-class Report:
-    """The outcome of grading one submission."""
-
-    submission: str
-    status: str
-    reason: str = ""
-    student: str = ""
-    accuracy: float | None = None
-    per_digit: dict = field(default_factory=dict)
-    threshold: float = 0.95
-    samples: int | None = None
-    near_copies: int | None = None
-    frechet: float | None = None
-    frechet_limit: float | None = None
-    plain_background: float | None = None   # the samples' mean share of plain-background pixels
-    shuffled_accuracy: float | None = None   # the judge on the draw with shuffled weights
-    second_draw_accuracy: float | None = None   # the judge on the second draw (another seed)
-    second_draw_samples: int | None = None      # how many samples that draw asked for
-    second_opinion: float | None = None   # the strictest private judge's share read as asked for
-    seconds_running: float | None = None
-    seconds_sampling: float | None = None
-    seconds_grading: float | None = None
-    sandbox: str = "bubblewrap"
-    grid: str | None = None
-    code: dict | None = None   # what the student wrote, for the review page (submission_code)
-    seed: int | None = None    # the hidden seed drawn for this grading: --seed reproduces it
-    threads: int | None = None   # CPU threads the notebook ran with: the same, to reproduce it
-
-    @property
-    def exit_code(self) -> int:
-        return {PASS: 0, FAIL: 1}.get(self.status, 2)
-
-    def text(self) -> str:
-        lines = [f"submission: {one_line(self.submission)}",
-                 f"result:     {self.status.upper()}" + (f": {self.reason}" if self.reason else "")]
-        lines += per_digit_table(self.per_digit)
-        if self.accuracy is not None:
-            lines.append(f"overall:    {self.accuracy:.1%} of {self.samples} samples "
-                         f"(pass at >= {self.threshold:.0%})")
-        if self.near_copies is not None:
-            lines.append(f"near-copies of MNIST images: {self.near_copies}")
-        if self.frechet is not None:
-            lines.append(f"Fréchet distance to real digits: {self.frechet:.1f} "
-                         f"(limit {self.frechet_limit or 0:.1f})")
-        if self.plain_background is not None:
-            lines.append(f"plain background: {self.plain_background:.0%} of the pixels "
-                         f"(at least {PLAIN_SHARE:.0%}; real digits about 80%)")
-        if self.second_opinion is not None:
-            lines.append(f"independent judges (private, the strictest of {PRIVATE_JUDGES}): "
-                         f"{self.second_opinion:.1%} read as asked for "
-                         f"(may not fall more than {SECOND_OPINION_GAP * 100:.0f} points below "
-                         "the judge's)")
-        if self.second_draw_accuracy is not None:
-            floor = second_draw_floor(self.threshold, self.second_draw_samples or 1)
-            lines.append(f"second draw (another seed): {self.second_draw_accuracy:.0%} of "
-                         f"{self.second_draw_samples} read as asked for (at least {floor:.0%})")
-        if self.shuffled_accuracy is not None:
-            lines.append(f"with the network's weights shuffled: {self.shuffled_accuracy:.0%} read "
-                         f"as asked for (must stay under {SHUFFLED_LIMIT:.0%})")
-        if self.seconds_running is not None:
-            lines.append(f"time: {self.seconds_running:.0f} s running the notebook, "
-                         f"{self.seconds_sampling or 0:.0f} s sampling, "
-                         f"{self.seconds_grading or 0:.1f} s judging")
-        lines.append(f"sandbox:    {self.sandbox}")
-        if self.grid:
-            lines.append(f"samples grid: {self.grid}")
-        return "\n".join(lines)
-
-
-def per_digit_table(per_digit: dict) -> list[str]:
-    """Two aligned lines, digits and their accuracies: the report and self_check print the same."""
-    if not per_digit:
-        return []
-    return ["digit    " + " ".join(f"{d:>5}" for d in per_digit),
-            "accuracy " + " ".join(f"{a:>5.0%}" for a in per_digit.values())]
 
 
 @dataclass
@@ -183,184 +101,6 @@ class Options:
     seed: int | None = None  # None: a fresh secret seed per submission
     private_judge: Path | None = None   # None: this machine's (grade_checks.private_judge_path)
     keep_samples: bool = False
-
-
-# --- 0. private copies --------------------------------------------------------------------------
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a student's name."""
-    return re.sub(r"[^\w.-]", "_", text)[:80].lstrip(".") or "submission"
-
-
-def student_name(path: Path) -> str:
-    """The file's name, made file-name safe; where that changed it (O'Brien, a long name), a
-    short hash of the original follows, so that O'Brien and O_Brien never share a report."""
-    name = safe_name(path.stem)
-    if name != path.stem:
-        name = f"{name[:71]}-{hashlib.sha256(path.stem.encode()).hexdigest()[:8]}"
-    return name
-
-
-def snapshot(submissions: list[Path], private: Path) -> list[tuple[str, Path]]:
-    """Copy every submission into ``private`` before any runs: (student, copy) pairs.
-
-    Each file is read once with :func:`~course_lib.grade_checks.read_plain` (no links, regular
-    files under NOTEBOOK_CAP bytes); anything else becomes an empty copy, and why goes beside it
-    (:func:`why_unreadable`) for :func:`read_submission` to say. Nothing later reads the originals.
-    """
-    copies, seen = [], set()
-    for path in submissions:
-        name = base = student_name(path)
-        count = 1
-        while name in seen:   # two files, one name (A.ipynb, A.IPYNB): a number, within the cap
-            count += 1
-            name = f"{base[:76]}_{count}"
-        seen.add(name)
-        target = private / f"{name}.ipynb"
-        data, why = b"", None
-        try:
-            data = read_plain(path, NOTEBOOK_CAP)
-        except TooBig as err:    # a regular file: only its size is wrong, the student's to fix
-            why = {"too_big": True, "why": str(err)}
-        except OSError as err:   # read_plain opens no link (ELOOP) and reads no pipe (NotPlain)
-            if isinstance(err, NotPlain) or err.errno == errno.ELOOP:
-                why = {"too_big": False, "why": f"{path.name} is a link or not a regular file; "
-                       "put the notebook file itself in the folder (e.g. cp -L), since the "
-                       "grader never follows a link"}
-            else:
-                why = {"too_big": False, "why": f"{path.name} cannot be read ({err.strerror}); "
-                       "make it readable by the grader"}
-        target.write_bytes(data)
-        if why is not None:   # beside the copy, in the grader's private folder: no student wrote it
-            why["why"] = one_line(why["why"])   # the file's name is the student's: no escapes
-            _unreadable_note(target).write_text(json.dumps(why))
-        copies.append((name, target))
-    return copies
-
-
-def find_submissions(folder: Path) -> list[Path]:
-    """The notebooks directly in ``folder`` (``*.ipynb``, any case, not hidden), sorted; what else
-    is there is listed on stderr (:func:`not_graded`), so that no student is left out unseen."""
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:
-        print(f"could not grade: cannot list {folder} ({err.strerror}); make it readable by the "
-              "grader", file=sys.stderr)
-        return []
-    notebooks = [e for e in entries if _is_submission(e)]
-    note = not_graded(folder, entries)
-    if note:
-        print(note, file=sys.stderr)
-    if not notebooks:
-        print(f"could not grade: no .ipynb files in {folder} (a notebook in a subfolder is not "
-              "searched: put each student's notebook directly in the folder)", file=sys.stderr)
-    return notebooks
-
-
-def _is_submission(entry: Path) -> bool:
-    return (not entry.name.startswith(".") and entry.suffix.lower() == ".ipynb"
-            and not entry.is_dir())
-
-
-def not_graded(folder: Path, entries: list[Path] | None = None) -> str:
-    """A note naming what in ``folder`` is not graded (a subfolder, a hidden or other file), or
-    "": macOS's ``._x`` files and Jupyter's checkpoints are never a student's, and not named."""
-    try:   # ``entries``: the folder as already listed
-        other = [e for e in (sorted(folder.iterdir()) if entries is None else entries)
-                 if not _is_submission(e) and not e.name.startswith("._")
-                 and e.name not in (".ipynb_checkpoints", ".DS_Store")]
-    except OSError:
-        return ""
-    if not other:
-        return ""
-    return (f"note: not graded, not a notebook directly in {folder}: "
-            + ", ".join(one_line(e.name) + ("/" if e.is_dir() else "") for e in other[:20])
-            + (f" and {len(other) - 20} more" if len(other) > 20 else ""))
-
-
-def origin_of(path: Path) -> str:
-    """What a report names as its submission: the file's absolute path (not followed if a link),
-    so that a regrade from another folder finds it (:func:`earlier_name`)."""
-    return os.path.abspath(path)
-
-
-def _unreadable_note(copy: Path) -> Path:
-    """Where :func:`snapshot` notes why a submission could not be copied."""
-    return copy.with_name(copy.name + ".unreadable")
-
-
-def why_unreadable(copy: Path) -> dict | None:
-    """What :func:`snapshot` noted beside ``copy`` ({"too_big": bool, "why": str}), or None when
-    the submission was copied."""
-    note = _unreadable_note(copy)
-    return json.loads(note.read_text()) if note.is_file() else None
-
-
-# --- 1. reading ---------------------------------------------------------------------------------
-
-def read_submission(path: Path):
-    """The notebook, checked to be well formed and finished; Rejected otherwise (CannotGrade when
-    :func:`snapshot` could not copy it through no fault of the notebook's: a link, unreadable)."""
-    import nbformat
-
-    why = why_unreadable(path)
-    if why is not None:
-        if why["too_big"]:
-            raise Rejected(f"{why['why']}: submit the .ipynb file saved by Jupyter (clear large "
-                           "outputs first)")
-        raise CannotGrade(why["why"])
-    raw = path.read_bytes()
-    if len(raw) > NOTEBOOK_CAP:
-        raise Rejected(f"the notebook is larger than {NOTEBOOK_CAP // 2**20} MiB")
-    try:
-        data = json.loads(raw)
-        cells = data["cells"]
-        for i, cell in enumerate(cells, 1):
-            source = cell["source"]
-            if isinstance(source, list) and all(isinstance(s, str) for s in source):
-                cell["source"] = "".join(source)
-            elif not isinstance(source, str):
-                raise ValueError(f"cell {i}'s source is not text")
-            if cell.get("cell_type") not in ("code", "markdown", "raw"):
-                raise ValueError(f"cell {i} has no valid cell_type")
-            if not isinstance(cell.get("metadata", {}), dict):
-                raise ValueError(f"cell {i}'s metadata is not a JSON object")
-            if not isinstance(cell.get("metadata", {}).get("tags", []), list):
-                raise ValueError(f"cell {i}'s tags are not a list")
-        nb = nbformat.from_dict(data)
-        if nb.get("nbformat") != 4:
-            raise ValueError("it is not an nbformat 4 notebook")
-        if not isinstance(nb.get("metadata", {}), dict):
-            raise ValueError("its metadata is not a JSON object")
-    except RecursionError:
-        raise Rejected("not a readable Jupyter notebook: its JSON is nested too deeply; submit the "
-                       ".ipynb file saved by Jupyter") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise Rejected(f"not a readable Jupyter notebook: {err}; submit the .ipynb file "
-                       "saved by Jupyter") from None
-    left = fixme_cells(nb)
-    if left:
-        raise Rejected(f"FIXMEs left in cell(s) {', '.join(left)} (counting every cell from 1): "
-                       "finish them before submitting; the word FIXME may not stay in any code "
-                       "cell, comments included")
-    for cell in nb.cells:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if tags:
-            cell.metadata["tags"] = [t for t in tags if t not in SKIPPING_TAGS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    return nb
-
-
-def fixme_cells(nb) -> list[str]:
-    """Code cells that still hold FIXME: each one's number (1-based, every cell counted), with
-    its ``# EXERCISE: name`` line where it has one (Jupyter shows no cell numbers)."""
-    left = []
-    for i, cell in enumerate(nb.cells, 1):
-        if cell.cell_type == "code" and FIXME.search(cell.source):
-            tag = EXERCISE.match(cell.source)
-            left.append(f"{i} (EXERCISE: {tag.group(1)})" if tag else str(i))
-    return left
 
 
 # --- 2. executing -------------------------------------------------------------------------------
@@ -628,10 +368,6 @@ def judge(run: Run, judge_: Judge, report: Report, opts: Options) -> None:
     check_second_draw(report.second_draw_accuracy, len(run.positions_b), opts.threshold)
 
 
-def report_name(report: Report) -> str:
-    return safe_name(report.student or Path(report.submission).stem)
-
-
 def save_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
               path: Path) -> Path:
     """One row per digit (in label order); a red frame marks a sample the judge read otherwise."""
@@ -673,8 +409,11 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
               origin: str | None = None) -> Report:
     """Grade one private copy; never raises: pass, FAIL with a reason, or could not grade."""
     global _JUDGE
-    report = Report(origin or str(copy), ERROR, student=name or student_name(copy),
-                    threshold=opts.threshold)
+    name, origin = name or student_name(copy), origin or str(copy)
+    report = unreadable_report(copy, name, origin, opts.threshold)
+    if report is not None:   # never copied: nothing to run
+        return report
+    report = Report(origin, ERROR, student=name, threshold=opts.threshold)
     report.seed = secrets.randbits(62) if opts.seed is None else opts.seed
     report.threads = opts.limits.threads
     rng = torch.Generator().manual_seed(report.seed)
@@ -704,8 +443,7 @@ def grade_one(copy: Path, opts: Options, name: str | None = None,
         report.status = ERROR
         report.reason = Rejected(f"grader error {type(err).__name__}: {err}").reason
     # after the steps: one may lose its group
-    report.sandbox = ("none needed: the notebook was never run" if why_unreadable(copy) else
-                      sandbox_label(opts.use_sandbox, opts.slot))
+    report.sandbox = sandbox_label(opts.use_sandbox, opts.slot)
     return report
 
 
@@ -730,207 +468,6 @@ NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid in
             "isolation.")
 
 
-def write_report(report: Report, out: Path) -> Path:
-    """``OUT/<student>.json``: what ``collect`` merges into the gradebook."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{report_name(report)}.json"   # whole or not at all, even if stopped midway
-    return save_json_atomic(asdict(report), path)
-
-
-def set_aside(out: Path, students: list[str], to: Path, books: tuple[str, ...] = ()) -> list[Path]:
-    """Move these students' reports and sample grids, and the files ``books`` of ``OUT`` (its
-    gradebook, review page; a Slurm run's roster and logs), to folder ``to``: nothing is deleted,
-    and no earlier report can stand in for a grading that fails. A report moved names its grid's
-    new place. Returns the paths moved, at their new place."""
-    names = [*books, *(f"{s}{end}" for s in students for end in (".json", "_samples.png",
-                                                                  "_samples.pt"))]
-    moved = []
-    try:
-        for name in names:
-            if (out / name).is_file() or (name == "logs" and (out / name).is_dir()):
-                to.mkdir(parents=True, exist_ok=True)
-                if os.path.lexists(to / name):   # never over an earlier grade set aside there
-                    raise FileExistsError(errno.EEXIST, "already set aside", str(to / name))
-                moved.append((out / name).replace(to / name))
-    except BaseException:   # an error or Ctrl-C: all or nothing, a half-moved OUT loses track
-        put_back(moved, out)
-        raise
-    for report in (p for p in moved if p.suffix == ".json"):
-        _follow_grid(report, out, {p.name for p in moved})
-    return moved
-
-
-def _follow_grid(report: Path, left: Path, moved: set[str]) -> None:
-    """A report moved from folder ``left`` names its own grid, moved beside it (set aside: not
-    the new grid a regrade writes where it was; put back: not the folder it left). A report that
-    is not one (unreadable JSON) is left as it is."""
-    try:
-        data = json.loads(report.read_text())
-        grid = data.get("grid") and Path(data["grid"])
-        if grid and grid.parent == left and grid.name in moved:
-            data["grid"] = str(report.parent / grid.name)
-            save_json_atomic(data, report)   # as write_report writes it
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass
-
-
-def put_back(moved: list[Path], out: Path) -> None:
-    """Undo :func:`set_aside`: each path it moved goes back to ``out``, every one tried; an
-    OSError at the end names those left where they were moved to."""
-    left, names = [], {p.name for p in moved}
-    for path in moved:
-        try:
-            path.replace(out / path.name)
-        except OSError:
-            left.append(str(path))
-        else:
-            if path.suffix == ".json":   # its grid is back in OUT too: the report says so again
-                _follow_grid(out / path.name, path.parent, names)
-    if left:
-        raise OSError(f"could not move back to {out}: {', '.join(left)}")
-
-
-class OutBusy(Exception):
-    """Another grading holds ``OUT`` (:func:`hold_out`)."""
-
-
-def array_state(out: Path) -> tuple[str, str]:
-    """(state, job) of the Slurm array ``grade slurm`` submitted into ``OUT``
-    (``OUT/slurm-job.txt``: its id, and its cluster after a ";" as ``sbatch --parsable`` prints
-    them): "running" while ``squeue`` lists it, "ended" once it does not (or when there is none),
-    "unknown" when ``squeue`` cannot answer (not installed, its controller unreachable)."""
-    try:
-        job, _, cluster = (out / SLURM_JOB).read_text().strip().partition(";")
-    except (OSError, ValueError):
-        return "ended", ""
-    if not job.isdigit():
-        return "ended", ""
-    if shutil.which("squeue") is None:
-        return "unknown", job
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}  # its own states
-    try:
-        listed = subprocess.run(["squeue", "--noheader", f"--jobs={job}", "--name=grade06",
-                                 "--format=%i", *([f"--clusters={cluster}"] if cluster else [])],
-                                capture_output=True, text=True, timeout=60, env=env)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown", job
-    if listed.returncode == 0:
-        return ("running" if listed.stdout.strip() else "ended"), job
-    return ("ended" if "Invalid job id" in listed.stderr else "unknown"), job
-
-
-def running_array(out: Path) -> str:
-    """Why ``OUT`` is still being written by the Slurm array submitted there, or "" (none, ended,
-    or ``squeue`` cannot say: then a note on stderr names the job to check)."""
-    state, job = array_state(out)
-    if state == "unknown":
-        print(f"note: squeue cannot say whether Slurm job {job}, submitted into {out}, still runs; "
-              "make sure it has ended before grading there", file=sys.stderr)
-    if state != "running":
-        return ""
-    return f"Slurm job {job} is still grading into {out} (squeue lists it; scancel {job} stops it)"
-
-
-@contextlib.contextmanager
-def hold_out(out: Path, arrays: bool = True):
-    """Hold ``OUT`` for this grading alone, an exclusive ``flock`` on ``OUT/.grading.lock``
-    (released when the process ends, however it ends): two gradings setting reports aside and
-    writing one gradebook at once would mix or lose grades. OutBusy names the holder. Where
-    ``flock`` fails (some NFS mounts), a note says so and the grading goes on; on a mount without
-    locking (``nolock``) it locks against gradings on the same machine only. A Slurm array's tasks
-    take no lock: ``grade slurm`` holds ``OUT`` while it submits them, and with ``arrays`` a
-    grading is refused while they run (:func:`running_array`; ``collect`` may read them)."""
-    fd = _lock(out)
-    try:
-        busy = arrays and running_array(out)
-        if busy:
-            raise OutBusy(busy)
-        yield
-    finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):   # its holder's note goes with it (EBADF where
-                os.ftruncate(fd, 0)                # read-only: the note is not this grading's)
-            os.close(fd)
-
-
-def _lock(out: Path) -> int | None:
-    """The locked ``OUT/.grading.lock`` (its descriptor, the holder written in it), None where no
-    lock can be had (a note says so, except on a read-only OUT, whose own error says what to do);
-    OutBusy while another grading holds it. Another user's lock file (an OUT its group shares)
-    is locked read-only: a local ``flock`` needs no write access, only the holder goes unwritten
-    (NFS's needs it: there the note says the lock could not be had)."""
-    import fcntl
-
-    path, flags = out / OUT_LOCK, os.O_NOFOLLOW
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
-        with contextlib.suppress(OSError):   # readable by the others, whatever our umask
-            os.fchmod(fd, 0o644)
-    except PermissionError:
-        try:
-            fd = os.open(path, os.O_RDONLY | flags)
-        except OSError as err:   # another user's, unreadable to us (none: OUT is not ours to
-            if err.errno != errno.ENOENT:   # write, which the caller says)
-                _no_lock_note(out, err)
-            return None
-    except OSError as err:
-        if err.errno != errno.EROFS:
-            _no_lock_note(out, err)
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "it did not say who"
-        os.close(fd)
-        raise OutBusy(f"another grading is writing to {out} ({holder})") from None
-    except OSError as err:
-        os.close(fd)
-        _no_lock_note(out, err)
-        return None
-    with contextlib.suppress(OSError):   # EBADF where read-only
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-    return fd
-
-
-def _no_lock_note(out: Path, err: OSError) -> None:
-    print(f"note: cannot lock {out} ({err.strerror}); make sure no other grading writes there "
-          "now", file=sys.stderr)
-
-
-def claim_out(held: contextlib.ExitStack, out: Path, nothing: str) -> bool:
-    """Hold ``OUT`` for the rest of ``held`` (:func:`hold_out`); False, having said why in one
-    line ending in ``nothing`` (what was left undone), where another grading holds it."""
-    try:
-        held.enter_context(hold_out(out))
-    except OutBusy as err:
-        print(f"could not grade: {err}; wait for it to end, or give another --out ({nothing})",
-              file=sys.stderr)
-        return False
-    return True
-
-
-def writable_error(out: Path, option: str = "--out", also: tuple[str, ...] = ("previous",)) -> str:
-    """Why files cannot be written to ``out`` or its subfolders ``also`` (where earlier reports
-    are set aside) ("" if they can), found before hours of grading; nothing is created (a folder
-    not there yet is tried in the nearest one that is). ``option`` named ``out``."""
-    for folder in (out, *(out / name for name in also)):
-        there = next(p for p in (folder, *folder.parents) if os.path.exists(p))  # False: EACCES too
-        try:
-            if there == folder and not os.path.isdir(folder):
-                return f"{folder} is a file, not a folder; choose another {option}"
-            tempfile.TemporaryFile(dir=there).close()
-        except OSError as err:
-            fix = (f"choose another {option}" if err.errno in (errno.EROFS, errno.ENOTDIR) else
-                   f"choose another {option}, or grade as the user who owns {there} (sudo, if "
-                   "it was made by a grading with sudo)")
-            return f"cannot write to {folder} ({err.strerror or err}); {fix}"
-        if there != folder:   # not there yet: what is above it decides
-            break
-    return ""
-
-
 # --- the command line ---------------------------------------------------------------------------
 
 def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limits:
@@ -944,74 +481,6 @@ def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limit
     return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus)
 
 
-def option_error(args: argparse.Namespace) -> str:
-    """What is wrong with options the parser took ("" if nothing)."""
-    if args.samples_per_digit < 1 or not 0 < args.threshold <= 1 or args.jobs < 1:
-        return "--samples-per-digit and --jobs must be >= 1 and --threshold in (0, 1]"
-    if not all(0 < v < math.inf for v in (args.timeout, args.sample_timeout)):
-        return "--timeout and --sample-timeout are seconds, and must be > 0 (and finite)"
-    if args.memory_gib is not None and not MIN_MEMORY_GIB <= args.memory_gib < math.inf:
-        return (f"--memory-gib must be at least {MIN_MEMORY_GIB} (notebook 06 promises students "
-                f"{MIN_MEMORY_GIB} GiB); leave it out for 80% of RAM / jobs")
-    return ""
-
-
-def worst_case_seconds(timeout: float, sample_timeout: float) -> float:
-    """The longest one submission's grading may take: the notebook, then the three draws (a up to
-    ``sample_timeout``; b and c each at most half of what a left, and at least a minute), each
-    draw with its process's start-up."""
-    return timeout + sample_timeout + 2 * MIN_DRAW_SECONDS + 3 * DRAW_STARTUP
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m course_lib.grade",
-        description="Grade 06_Assessment submissions, each in a sandbox: run it in a fresh kernel, "
-                    "sample digits with hidden seeds and labels, judge them. Exit 0 pass, 1 fail, "
-                    "2 could not grade. Also: `grade slurm FOLDER` and `grade collect OUT`.")
-    parser.add_argument("submission", type=Path, help="a notebook, or a folder of notebooks")
-    parser.add_argument("--samples-per-digit", "-n", type=int, default=10,
-                        help="about this many samples of each digit (a hidden count within ±20%%; "
-                             "default %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.95,
-                        help="accuracy needed to pass (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=3600,
-                        help="seconds the notebook may run (default 3600: generous for a CPU)")
-    parser.add_argument("--sample-timeout", type=float, default=SAMPLE_TIMEOUT,
-                        help="seconds the first call of sample_digits may take; the other two "
-                             "get 1.5 times what it took, at most half of what it left and at "
-                             "least 60 s each (default %(default)s)")
-    parser.add_argument("--jobs", "-j", type=int, default=1,
-                        help="submissions graded at once, each with its share of CPUs and memory "
-                             "(default %(default)s)")
-    parser.add_argument("--memory-gib", type=float, default=None,
-                        help=f"memory limit per submission, at least {MIN_MEMORY_GIB} "
-                             "(default: 80%% of RAM / jobs, 2-8 GiB)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="fix the hidden seeds, e.g. a report's \"seed\" to reproduce its "
-                             "grade (same --jobs, same private judges); default: a secret one each")
-    parser.add_argument("--profile", choices=("full", "test"), default="full",
-                        help="COURSE_PROFILE the submission runs in (default full; test is for CI)")
-    parser.add_argument("--out", type=Path, default=Path("grades"),
-                        help="folder for the JSON reports, grids and gradebook (default ./grades)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report(s) here")
-    parser.add_argument("--keep-samples", action="store_true",
-                        help="also save the judged samples as OUT/<student>_samples.pt")
-    parser.add_argument("--no-sandbox", action="store_true",
-                        help="run notebooks WITHOUT isolation (trusted notebooks only)")
-    parser.add_argument("--private-judge", type=Path, default=None,
-                        help="the grader's private second judges, one file (default: "
-                             "~/.cache/course_lib/grader/private_mnist_judges.pt, or under "
-                             "$COURSE_GRADER_DIR; trained there on first use, about a minute each)")
-    parser.add_argument("--slot", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--name", default=None,
-                        help="the student's name in a notebook's report (default: its earlier "
-                             "report's in --out, else the file's name)")
-    parser.add_argument("--origin", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--hide", type=Path, action="append", default=[], help=argparse.SUPPRESS)
-    return parser
-
-
 def main(argv=None) -> int:
     with sandbox.exit_on_sigterm():   # stopped by kill or scancel, it still cleans up after itself
         return _main(argv)
@@ -1020,7 +489,6 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["collect"], ["slurm"]):
-        from . import gradebook
         return gradebook.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1100,7 +568,7 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
             given = earlier_name(out, args.submission, copies[0][0])
         if args.slot is None:   # the instructor's own command (workers, tasks: set aside already)
             try:
-                _keep_earlier(out, [safe_name(given)] if given and len(copies) == 1 else
+                keep_earlier(out, [safe_name(given)] if given and len(copies) == 1 else
                               [name for name, _ in copies],
                               books=BOOKS if args.submission.is_dir() else ())
             except OSError as err:
@@ -1120,8 +588,6 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
         else:
             reports = _grade_parallel(copies, submissions, args, out, opts, private)
         if args.submission.is_dir():
-            from .gradebook import (collect_command, load_reports, summary, write_gradebook,
-                                    write_review_page)
             print(summary(reports))
             skipped = not_graded(args.submission)
             if skipped:   # again, beside the summary: the first note scrolled away hours ago
@@ -1143,53 +609,6 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
     return 2 if 2 in codes else 1 if 1 in codes else 0
 
 
-def earlier_name(out: Path, submission: Path, name: str) -> str:
-    """The name under which ``OUT`` already holds a report of this same file (or, for a Slurm task
-    that left none, its roster line), else ``name``: a folder run numbers the second file of one
-    name (``A.ipynb`` after ``A.IPYNB`` is ``A_2``), and a regrade of that file must replace
-    ``A_2``'s report, not ``A``'s. Several, or none: ``name``."""
-    mine, found = origin_of(submission), set()
-    try:   # student<TAB>private copy<TAB>origin (gradebook.roster_text)
-        for line in (out / "roster.txt").read_text().splitlines():
-            parts = line.split("\t")
-            if len(parts) == 3 and parts[2] == mine:
-                found.add(parts[0])
-    except (OSError, UnicodeDecodeError):
-        pass
-    for path in out.glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if (isinstance(data, dict) and isinstance(data.get("student"), str)
-                and isinstance(data.get("submission"), str)
-                and os.path.abspath(data["submission"]) == mine):
-            found.add(data["student"])
-    if len(found) != 1 or found == {name}:
-        return name
-    earlier = found.pop()
-    print(f"note: graded as {one_line(earlier)}, the name of this notebook's earlier report in "
-          f"{out} (--name gives another)", file=sys.stderr)
-    return earlier
-
-
-def _keep_earlier(out: Path, students: list[str], books: tuple[str, ...]) -> None:
-    """Before a (re)grade: these students' earlier reports and grids, and ``books`` (a folder run's
-    gradebook and review page), move to a new ``OUT/previous/grade-<time>-...``
-    (:func:`set_aside`), where an appeal can still read them; a grading that then fails leaves no
-    stale report in their place. Raises OSError (nothing moved) if they cannot be moved."""
-    previous = out / "previous"
-    previous.mkdir(exist_ok=True)
-    to = Path(tempfile.mkdtemp(prefix=f"grade-{time.strftime('%Y%m%d-%H%M%S')}-", dir=previous))
-    try:
-        moved = set_aside(out, students, to, books=books)
-    finally:
-        if not any(to.iterdir()):
-            to.rmdir()   # previous/ stays: another grader may be making its folder there now
-    if moved:
-        print(f"note: {len(moved)} earlier file(s) of this grading moved to {to}", file=sys.stderr)
-
-
 def _hidden(submission: Path, out: Path, private: Path, more=()) -> tuple:
     """Folders no sandbox may see: the submissions, the reports, the private copies, the home."""
     folder = submission if submission.is_dir() else submission.parent
@@ -1205,18 +624,6 @@ def _grade_here(copy: tuple[str, Path], opts: Options, name: str | None, origin:
     report = grade_one(path, opts, name or student, origin)
     write_report(report, opts.out)
     print(report.text() + "\n", flush=True)
-    return report
-
-
-def unreadable_report(copy: Path, name: str, origin: str, out: Path,
-                      threshold: float = 0.95) -> Report | None:
-    """The report of a submission :func:`snapshot` could not copy (None for any other): its
-    reason lives beside this copy only, so it is graded here, by the process that copied it, and
-    never by a worker or a Slurm task, which would copy the empty copy again without it."""
-    if why_unreadable(copy) is None:
-        return None
-    report = grade_one(copy, Options(threshold=threshold, out=out, use_sandbox=False), name, origin)
-    write_report(report, out)
     return report
 
 
@@ -1246,11 +653,12 @@ def _grade_parallel(copies, submissions, args, out: Path, opts: Options,
 
     def work(copy):
         student, path = copy
-        unreadable = unreadable_report(path, student, origins[student], out, args.threshold)
+        unreadable = unreadable_report(path, student, origins[student], args.threshold)
         if unreadable is not None:
+            write_report(unreadable, out)
             print(unreadable.text() + "\n", flush=True)
             return unreadable
-        report_file = out / f"{safe_name(student)}.json"   # none now: _keep_earlier moved it
+        report_file = out / f"{safe_name(student)}.json"   # none now: keep_earlier moved it
         limit = worst_case_seconds(args.timeout, args.sample_timeout) + MARGIN_SECONDS
         slot = slots.pop()
         tmp = Path(tempfile.mkdtemp(prefix=f"worker-{slot}-", dir=scratch))

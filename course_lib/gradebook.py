@@ -10,7 +10,7 @@ sandboxed grader (``python -m course_lib.grade COPY --name STUDENT ...``), and s
 alone; ``--wait`` asks ``squeue`` every half minute until the array has ended, then collects).
 Each task writes ``OUT/<student>.json``. On submitting, the reports and grids these students
 already had in ``OUT`` (and the old roster, gradebook, review page, task logs and job id) move to
-``OUT/previous/<job>/`` (:func:`~course_lib.grade.set_aside`), so that none stands in for a task
+``OUT/previous/<job>/`` (:func:`~course_lib.grade_out.set_aside`), so that none stands in for a task
 that fails, and none is lost; if ``sbatch`` takes no job, they move back. ``OUT/slurm-job.txt``
 then names the job, and no other grading into ``OUT`` starts while ``squeue`` lists it. A
 submission that could not be copied (a link, unreadable) gets no task: its report is written at
@@ -36,11 +36,14 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .grade import (BOOKS, ERROR, MARGIN_SECONDS, MIN_MEMORY_GIB, SLURM_BOOKS, SLURM_JOB, OutBusy,
-                    Report, array_state, build_parser, claim_out, find_submissions, hold_out,
-                    option_error, origin_of, put_back, set_aside, snapshot, unreadable_report,
-                    why_unreadable, worst_case_seconds, writable_error)
+from .grade_intake import find_submissions, origin_of, snapshot, unreadable_report, why_unreadable
+from .grade_options import (MARGIN_SECONDS, MIN_MEMORY_GIB, build_parser, option_error,
+                            worst_case_seconds)
+from .grade_out import (BOOKS, SLURM_BOOKS, SLURM_JOB, OutBusy, array_state, claim_out, hold_out,
+                        put_back, set_aside, writable_error)
+from .grade_report import ERROR, Report, write_report
 from .grade_checks import CannotGrade, ensure_private_judge, one_line, private_judge_path
+from .review import read_first, write_review
 from .sandbox import SLOTS
 
 GRADEBOOK_FIELDS = ("student", "status", "accuracy", "reason")
@@ -77,7 +80,6 @@ def write_gradebook(reports: list[Report], path: Path) -> Path:
 def write_review_page(reports: list[Report], out: Path) -> None:
     """``OUT/review.html`` (:func:`course_lib.review.write_review`), after the gradebook: a fault
     in it is printed, and never costs the grades already written."""
-    from .review import read_first, write_review
     try:
         print(f"review page (each student's code beside its samples): "
               f"{write_review(reports, out)}")
@@ -359,7 +361,7 @@ def _submit_into(out: Path, submissions: Path, notebooks: list[Path], grader_arg
     # line i+1: task i's student
     (out / "roster.txt").write_text(roster_text(tasks + unreadable, origins))
     for name, copy in unreadable:
-        unreadable_report(copy, name, origins[name], out, options.threshold)
+        write_report(unreadable_report(copy, name, origins[name], options.threshold), out)
     if not tasks:
         print("no notebook to run: every submission was unreadable")
         return collect(out), ""

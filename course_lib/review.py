@@ -24,7 +24,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grade import ERROR, FAIL, PASS, Report, report_name
+from .grade_report import ERROR, FAIL, PASS, Report, report_name
 from .grade_checks import (COPY_SHARE, PLAIN_SHARE, SECOND_OPINION_GAP, SHUFFLED_LIMIT, one_line,
                            read_plain, second_draw_floor)
 from .submission_code import StudentCell, from_report, invisible

@@ -280,7 +280,7 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
                     on_epoch_end(epoch, model)
                 model.train()
             if out_of_budget():   # the budget ended it, not an error: the bar reads as done
-                bar.total = bar.n
+                _done_here(bar)
                 break
     finally:   # an error or Ctrl-C too: the bar ends, the model is left ready to sample
         bar.close()
@@ -294,6 +294,16 @@ def train(model: nn.Module, loader: Iterable, loss_fn: Callable, epochs: int = 1
                       f"{sorted(history.snapshots)}; raise max_steps / max_seconds or ask for "
                       "earlier epochs", stacklevel=2)
     return history
+
+
+def _done_here(bar) -> None:
+    """A bar stopped early by a budget reads as done where it stands: its total becomes its count,
+    in JupyterLab's widget too (``tqdm.notebook`` sizes the widget only when the bar is made)."""
+    bar.total = bar.n
+    widget = getattr(bar, "container", None)
+    if widget is not None:   # (text, bar, text), as tqdm.notebook's own reset() reads it
+        widget.children[1].max = bar.n
+    bar.refresh()
 
 
 # --- checkpoints ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,8 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import answer_key, grade, grade_checks, grade_runner, gradebook, sandbox
+from course_lib import (answer_key, grade, grade_checks, grade_intake, grade_options, grade_out,
+                        grade_report, grade_runner, gradebook, sandbox)
 
 
 def _required() -> bool:
@@ -60,33 +62,33 @@ def _sandbox_args():
 
 def test_read_submission_reasons(tmp_path):
     ok = _notebook(tmp_path / "ok.ipynb", "x = 1")
-    nb = grade.read_submission(ok)
+    nb = grade_intake.read_submission(ok)
     assert nb.cells[0].source == "x = 1"
     fixme = _notebook(tmp_path / "fixme.ipynb", "x = 1", "y = FIXME")
     with pytest.raises(Rejected, match=r"FIXMEs left in cell\(s\) 2"):
-        grade.read_submission(fixme)
+        grade_intake.read_submission(fixme)
     tagged = _notebook(tmp_path / "tagged.ipynb", "x = 1", "# EXERCISE: forward\ny = FIXME")
     with pytest.raises(Rejected, match=r"cell\(s\) 2 \(EXERCISE: forward\)"):
-        grade.read_submission(tagged)
+        grade_intake.read_submission(tagged)
     (tmp_path / "broken.ipynb").write_text("{not json")
     with pytest.raises(Rejected, match="not a readable Jupyter notebook"):
-        grade.read_submission(tmp_path / "broken.ipynb")
+        grade_intake.read_submission(tmp_path / "broken.ipynb")
     data = json.loads(ok.read_text())
     data["cells"][0]["source"] = 42
     (tmp_path / "numeric.ipynb").write_text(json.dumps(data))
     with pytest.raises(Rejected, match="cell 1's source is not text"):
-        grade.read_submission(tmp_path / "numeric.ipynb")
+        grade_intake.read_submission(tmp_path / "numeric.ipynb")
     # malformed past the cells' text: a FAIL saying what is wrong, never a grader error
     (tmp_path / "deep.ipynb").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(Rejected, match="nested too deeply"):
-        grade.read_submission(tmp_path / "deep.ipynb")
+        grade_intake.read_submission(tmp_path / "deep.ipynb")
     for where, value, reason in (("cell", [], "cell 1's metadata"), ("cell", {"tags": "x"}, "tags"),
                                  ("notebook", [1], "its metadata")):
         data = json.loads(ok.read_text())
         (data["cells"][0] if where == "cell" else data)["metadata"] = value
         (tmp_path / "meta.ipynb").write_text(json.dumps(data))
         with pytest.raises(Rejected, match=reason):
-            grade.read_submission(tmp_path / "meta.ipynb")
+            grade_intake.read_submission(tmp_path / "meta.ipynb")
 
 
 def test_read_submission_strips_skipping_tags(tmp_path):
@@ -94,7 +96,7 @@ def test_read_submission_strips_skipping_tags(tmp_path):
     data = json.loads(path.read_text())
     data["cells"][0]["metadata"]["tags"] = ["raises-exception", "nbval-ignore-output"]
     path.write_text(json.dumps(data))
-    assert grade.read_submission(path).cells[0].metadata["tags"] == ["nbval-ignore-output"]
+    assert grade_intake.read_submission(path).cells[0].metadata["tags"] == ["nbval-ignore-output"]
 
 
 def test_snapshot_copies_regular_files_only(tmp_path):
@@ -103,27 +105,28 @@ def test_snapshot_copies_regular_files_only(tmp_path):
     os.mkfifo(tmp_path / "subs" / "carol.ipynb")
     private = tmp_path / "private"
     private.mkdir()
-    copies = dict(grade.snapshot(sorted((tmp_path / "subs").glob("*.ipynb")), private))
+    copies = dict(grade_intake.snapshot(sorted((tmp_path / "subs").glob("*.ipynb")), private))
     assert copies["alice"].read_bytes() == real.read_bytes()
     for name in ("bob", "carol"):  # a link and a pipe: not the notebook's fault, and said so
         with pytest.raises(grade.CannotGrade, match=f"{name}.ipynb is a link or not a regular file"):
-            grade.read_submission(copies[name])
+            grade_intake.read_submission(copies[name])
     real.write_text("changed later")
     assert copies["alice"].read_text() != "changed later"
     sly = tmp_path / "subs" / "eve\x1b]0;owned\x07\x1b[2J.ipynb"     # terminal escapes in its name
     sly.symlink_to(real)
-    copies = dict(grade.snapshot([sly], private))
-    said = grade.why_unreadable(next(iter(copies.values())))["why"]
+    copies = dict(grade_intake.snapshot([sly], private))
+    said = grade_intake.why_unreadable(next(iter(copies.values())))["why"]
     assert "is a link" in said and "\x1b" not in said and "\x07" not in said, said
 
 
 def test_student_names_are_safe_and_never_merge_two_students():
-    names = [grade.student_name(Path(f"{n}.ipynb")) for n in ("alice", "O'Brien", "O_Brien",
+    names = [grade_intake.student_name(Path(f"{n}.ipynb")) for n in ("alice", "O'Brien", "O_Brien",
                                                                "-dash", "x" * 90, "x" * 89 + "y")]
     assert names[0] == "alice" and names[2] == "O_Brien" and names[3] == "-dash"
     assert names[1].startswith("O_Brien-") and len(set(names)) == len(names)
     assert all(re.fullmatch(r"[\w.-]+", n) and len(n) <= 80 for n in names), names
-    assert grade.build_parser().parse_args(["x.ipynb", f"--name={names[3]}"]).name == "-dash"
+    parsed = grade_options.build_parser().parse_args(["x.ipynb", f"--name={names[3]}"])
+    assert parsed.name == "-dash"
 
 
 def test_find_submissions_lists_what_it_leaves_out(tmp_path, capsys):
@@ -131,13 +134,13 @@ def test_find_submissions_lists_what_it_leaves_out(tmp_path, capsys):
     for name in ("alice.ipynb", "BOB.IPYNB", "._alice.ipynb", "notes.txt", "carol/carol.ipynb"):
         (subs / name).parent.mkdir(parents=True, exist_ok=True)
         (subs / name).write_text("{}")
-    assert [p.name for p in grade.find_submissions(subs)] == ["BOB.IPYNB", "alice.ipynb"]
+    assert [p.name for p in grade_intake.find_submissions(subs)] == ["BOB.IPYNB", "alice.ipynb"]
     err = capsys.readouterr().err
     assert "carol/" in err and "notes.txt" in err and "._alice" not in err
-    assert grade.find_submissions(subs / "carol") == [subs / "carol" / "carol.ipynb"]
+    assert grade_intake.find_submissions(subs / "carol") == [subs / "carol" / "carol.ipynb"]
     empty = tmp_path / "export"
     (empty / "dave").mkdir(parents=True)
-    assert grade.find_submissions(empty) == []
+    assert grade_intake.find_submissions(empty) == []
     assert "subfolder is not searched" in capsys.readouterr().err
 
 
@@ -146,12 +149,12 @@ def test_snapshot_says_why_a_submission_is_too_big(tmp_path, monkeypatch):
     big = _notebook(tmp_path / "subs" / "dave.ipynb", "x = 1\n" * 100)
     private = tmp_path / "private"
     private.mkdir()
-    copies = dict(grade.snapshot([big], private))
+    copies = dict(grade_intake.snapshot([big], private))
     with pytest.raises(Rejected, match="over the 0 MiB limit") as rejected:
-        grade.read_submission(copies["dave"])
+        grade_intake.read_submission(copies["dave"])
     assert "clear large outputs" in rejected.value.reason
     report = grade.grade_one(copies["dave"], grade.Options(use_sandbox=False), "dave")
-    assert report.status == grade.FAIL and "dave.ipynb is 0 MiB" in report.reason
+    assert report.status == grade_report.FAIL and "dave.ipynb is 0 MiB" in report.reason
     assert report.seed is not None and report.threads == grade.Options().limits.threads
 
 
@@ -308,14 +311,15 @@ def test_judge_weights_must_match_the_pinned_hash(tmp_path):
 
 def test_report_text_exit_codes_and_one_table():
     per_digit = {d: 0.97 for d in range(10)}
-    r = grade.Report("a.ipynb", grade.PASS, accuracy=0.97, per_digit=per_digit, samples=100)
+    r = grade_report.Report("a.ipynb", grade_report.PASS, accuracy=0.97, per_digit=per_digit,
+                            samples=100)
     assert r.exit_code == 0 and "PASS" in r.text() and "97.0%" in r.text()
-    assert "\n".join(grade.per_digit_table(per_digit)) in r.text()
+    assert "\n".join(grade_report.per_digit_table(per_digit)) in r.text()
     assert "sandbox:    bubblewrap" in r.text() and "shuffled" not in r.text()
     r.shuffled_accuracy = 0.05
     assert "weights shuffled: 5% read as asked for (must stay under 60%)" in r.text()
-    assert grade.Report("a.ipynb", grade.FAIL, reason="x").exit_code == 1
-    assert grade.Report("a.ipynb", grade.ERROR, reason="x").exit_code == 2
+    assert grade_report.Report("a.ipynb", grade_report.FAIL, reason="x").exit_code == 1
+    assert grade_report.Report("a.ipynb", grade_report.ERROR, reason="x").exit_code == 2
 
 
 def test_self_check_prints_the_same_table(capsys):
@@ -323,7 +327,7 @@ def test_self_check_prints_the_same_table(capsys):
     result = grade.self_check(lambda labels: torch.rand(len(labels), 1, 28, 28) * 2 - 1,
                               samples_per_digit=2)
     out = capsys.readouterr().out
-    table = grade.per_digit_table(result["per_digit"])
+    table = grade_report.per_digit_table(result["per_digit"])
     assert table[0] in out and table[1] in out and "preview" in out
     # uniform noise is no plain background: the preview warns as the grader would fail it
     assert result["plain_background"] < 0.3 and "plain background" in out and "TOO LITTLE" in out
@@ -346,7 +350,7 @@ def test_save_grid_with_any_number_of_misreads(tmp_path):
 
 def test_answer_key_fills_every_exercise():
     nb = answer_key.fill()
-    assert grade.fixme_cells(nb) == []
+    assert grade_intake.fixme_cells(nb) == []
     template = nbformat.read(answer_key.TEMPLATE, as_version=4)
     exercises = [c for c in template.cells if answer_key.EXERCISE.match(c.source)]
     assert len(exercises) == 5 and set(answer_key.solutions()) == {
@@ -544,11 +548,11 @@ def test_a_file_the_grader_cannot_copy_is_the_notebooks_fail_not_a_grader_error(
 def test_names_reach_the_terminal_as_one_printable_line(tmp_path, capsys):
     """A file name can hold terminal escapes: the report and the folder notes print none."""
     evil = "bob\x1b[2J\x07.ipynb"
-    report = grade.Report(str(tmp_path / evil), grade.ERROR, reason="x")
+    report = grade_report.Report(str(tmp_path / evil), grade_report.ERROR, reason="x")
     assert "\x1b" not in report.text() and "\x07" not in report.text()
     (tmp_path / "subs").mkdir()
     (tmp_path / "subs" / "notes\x1b]0;pwned\x07.txt").write_text("x")
-    grade.find_submissions(tmp_path / "subs")
+    grade_intake.find_submissions(tmp_path / "subs")
     err = capsys.readouterr().err
     assert "notes" in err and "\x1b" not in err and "\x07" not in err
 
@@ -756,7 +760,7 @@ def test_key_filled_template_grades_end_to_end_in_test_profile(tmp_path):
         w in key["reason"] for w in ("below", "do not look", "plain background", "second draw")), key
     assert (tmp_path / "grades" / "key_samples.png").is_file()
     linked = next(r for r in reports if r["student"] == "linked")
-    assert linked["status"] == grade.ERROR and "is a link" in linked["reason"], linked
+    assert linked["status"] == grade_report.ERROR and "is a link" in linked["reason"], linked
     assert code == 2 and "broken" in out and "student" in out  # summary table
     assert out.count("erin.zip") == 2   # named when found, and again beside the summary
     kept = {p.name: p.read_text() for p in (earlier / "previous").glob("grade-*/*")}
@@ -770,7 +774,8 @@ def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatc
     """A worker killed or crashed: its student keeps a report (collect lists them), with the cause."""
     out = tmp_path / "grades"
     copies = [(name, _notebook(tmp_path / f"{name}.ipynb", "x = 1")) for name in ("alice", "bob", "carol")]
-    args = grade.build_parser().parse_args([str(tmp_path), "--jobs", "3", "--threshold", "0.9"])
+    args = grade_options.build_parser().parse_args([str(tmp_path), "--jobs", "3",
+                                                    "--threshold", "0.9"])
     opts = grade.Options(threshold=0.9, out=out, use_sandbox=False)
 
     scratch = tmp_path / "scratch"
@@ -787,10 +792,12 @@ def test_a_worker_that_leaves_no_report_gets_one_saying_why(tmp_path, monkeypatc
     monkeypatch.setattr(grade._Workers, "run", worker)
     reports = grade._grade_parallel(copies, [p for _, p in copies], args, out, opts, scratch)
     alice, bob, carol = reports
-    assert alice.status == bob.status == carol.status == grade.ERROR and alice.threshold == 0.9
+    assert alice.status == bob.status == carol.status == grade_report.ERROR
+    assert alice.threshold == 0.9
     assert "worker was killed by signal 9 (SIGKILL: often out of memory)" in carol.reason
     assert "worker exited with code 1 (MemoryError)" in alice.reason, alice.reason
-    limit = grade.worst_case_seconds(args.timeout, args.sample_timeout) + grade.MARGIN_SECONDS
+    limit = (grade_options.worst_case_seconds(args.timeout, args.sample_timeout)
+             + grade_options.MARGIN_SECONDS)
     assert f"worker was stopped after {limit:.0f} s" in bob.reason, bob.reason
     for r in reports:
         assert json.loads((out / f"{r.student}.json").read_text())["reason"] == r.reason
@@ -907,7 +914,8 @@ def test_grader_refuses_what_it_cannot_grade_before_anything_runs(tmp_path, caps
     assert err.startswith(f"could not grade: {taken} is a file") and "another --json" in err, err
     assert not (tmp_path / "g2").exists()
     deep = tmp_path / "new" / "grades"
-    assert grade.writable_error(deep) == "" and not (tmp_path / "new").exists()   # creates nothing
+    assert grade_out.writable_error(deep) == ""
+    assert not (tmp_path / "new").exists()   # creates nothing
 
 
 def test_set_aside_moves_all_or_nothing_and_never_over_an_earlier_one(tmp_path):
@@ -920,17 +928,17 @@ def test_set_aside_moves_all_or_nothing_and_never_over_an_earlier_one(tmp_path):
     to.mkdir(parents=True)
     (to / "bob.json").write_text("set aside before")
     with pytest.raises(FileExistsError):
-        grade.set_aside(out, ["alice", "bob"], to, books=grade.BOOKS)
+        grade_out.set_aside(out, ["alice", "bob"], to, books=grade_out.BOOKS)
     assert sorted(p.name for p in out.glob("*.*")) == ["alice.json", "alice_samples.png",
                                                         "bob.json", "gradebook.csv"]
     assert (to / "bob.json").read_text() == "set aside before" and len(list(to.iterdir())) == 1
     assert json.loads((out / "alice.json").read_text())["grid"] == str(out / "alice_samples.png")
-    moved = grade.set_aside(out, ["alice"], to)     # a regrade keeps the gradebook
+    moved = grade_out.set_aside(out, ["alice"], to)     # a regrade keeps the gradebook
     assert sorted(p.name for p in moved) == ["alice.json", "alice_samples.png"]
     assert (out / "gradebook.csv").is_file() and not (out / "alice.json").exists()
     # the report set aside names its own grid, not the one a regrade will write in OUT
     assert json.loads((to / "alice.json").read_text())["grid"] == str(to / "alice_samples.png")
-    grade.put_back(moved, out)    # and once put back, the grid in OUT again
+    grade_out.put_back(moved, out)    # and once put back, the grid in OUT again
     assert json.loads((out / "alice.json").read_text())["grid"] == str(out / "alice_samples.png")
 
 
@@ -941,26 +949,26 @@ def test_a_regrade_keeps_the_name_a_folder_run_numbered(tmp_path, monkeypatch, c
     _notebook(subs / "A.IPYNB", "x = 1")
     _notebook(subs / "A.ipynb", "x = 1  # FIXME")
     private.mkdir()
-    copies = grade.snapshot(grade.find_submissions(subs), private)
-    origins = dict(zip((name for name, _ in copies), grade.find_submissions(subs)))
+    copies = grade_intake.snapshot(grade_intake.find_submissions(subs), private)
+    origins = dict(zip((name for name, _ in copies), grade_intake.find_submissions(subs)))
     assert sorted(origins) == ["A", "A_2"]
     out.mkdir()
     for student, path in origins.items():
-        (out / f"{student}.json").write_text(json.dumps({"submission": grade.origin_of(path),
+        (out / f"{student}.json").write_text(json.dumps({"submission": grade_intake.origin_of(path),
                                                          "student": student, "status": "pass"}))
     second = origins["A_2"]
     monkeypatch.chdir(subs)   # the same file, given relative to another folder: the same report
-    assert grade.earlier_name(out, Path(second.name), "A") == "A_2"
-    assert grade.earlier_name(out, origins["A"], "A") == "A"
-    assert grade.earlier_name(out, tmp_path / "elsewhere.ipynb", "elsewhere") == "elsewhere"
+    assert grade_out.earlier_name(out, Path(second.name), "A") == "A_2"
+    assert grade_out.earlier_name(out, origins["A"], "A") == "A"
+    assert grade_out.earlier_name(out, tmp_path / "elsewhere.ipynb", "elsewhere") == "elsewhere"
     (out / "A_2.json").unlink()   # a Slurm task that left no report: its roster line names it
-    (out / "roster.txt").write_text(gradebook.roster_text(copies, {n: grade.origin_of(p)
+    (out / "roster.txt").write_text(gradebook.roster_text(copies, {n: grade_intake.origin_of(p)
                                                                    for n, p in origins.items()}))
-    assert grade.earlier_name(out, second, "A") == "A_2"
+    assert grade_out.earlier_name(out, second, "A") == "A_2"
     monkeypatch.setattr(grade, "ensure_private_judge", lambda path=None: tmp_path / "judges.pt")
     assert grade.main([str(second), "--out", str(out), "--no-sandbox"]) == 1   # its FIXME
     assert "graded as A_2" in capsys.readouterr().err
-    assert json.loads((out / "A_2.json").read_text())["status"] == grade.FAIL
+    assert json.loads((out / "A_2.json").read_text())["status"] == grade_report.FAIL
     assert json.loads((out / "A.json").read_text())["status"] == "pass"
 
 
@@ -975,7 +983,7 @@ def test_no_grading_into_out_while_its_slurm_array_runs(tmp_path, monkeypatch, c
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "grades"
     out.mkdir()
-    (out / grade.SLURM_JOB).write_text("42\n")
+    (out / grade_out.SLURM_JOB).write_text("42\n")
     sub = _notebook(tmp_path / "alice.ipynb", "x = 1  # FIXME")
     monkeypatch.setattr(grade, "ensure_private_judge", lambda path=None: tmp_path / "judges.pt")
     assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 2
@@ -991,7 +999,7 @@ def test_no_grading_into_out_while_its_slurm_array_runs(tmp_path, monkeypatch, c
                       "exit 1\n")   # the job has ended
     assert grade.main([str(sub), "--out", str(out), "--no-sandbox"]) == 1
     assert "squeue" not in capsys.readouterr().err
-    assert json.loads((out / "alice.json").read_text())["status"] == grade.FAIL
+    assert json.loads((out / "alice.json").read_text())["status"] == grade_report.FAIL
 
 
 def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch):
@@ -1005,7 +1013,7 @@ def test_two_gradings_never_write_one_out_at_once(tmp_path, capsys, monkeypatch)
     alice = _notebook(subs / "alice.ipynb", "x = 1")
     monkeypatch.setattr(gradebook.shutil, "which", lambda name: "/usr/bin/sbatch")
     monkeypatch.setattr(gradebook, "ensure_private_judge", lambda path=None: None)
-    with grade.hold_out(out):
+    with grade_out.hold_out(out):
         before = sorted(p.name for p in out.rglob("*"))
         for run in (lambda: grade.main([str(alice), "--out", str(out), "--no-sandbox"]),
                     lambda: grade.main([str(subs), "--out", str(out), "--no-sandbox"]),
@@ -1035,41 +1043,55 @@ def test_an_out_shared_by_two_users_is_held_by_one_grading_at_a_time(tmp_path, m
     real_open = os.open
     umask = os.umask(0o077)
     try:
-        with grade.hold_out(out):
-            assert (out / grade.OUT_LOCK).stat().st_mode & 0o777 == 0o644
+        with grade_out.hold_out(out):
+            assert (out / grade_out.OUT_LOCK).stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
 
     def other_user(path, flags, *mode):   # the lock file is the first user's, 0644
-        if Path(path).name == grade.OUT_LOCK and flags & (os.O_RDWR | os.O_WRONLY):
+        if Path(path).name == grade_out.OUT_LOCK and flags & (os.O_RDWR | os.O_WRONLY):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, flags, *mode)
 
-    with grade.hold_out(out):
-        with monkeypatch.context() as second, pytest.raises(grade.OutBusy) as busy:
+    with grade_out.hold_out(out):
+        with monkeypatch.context() as second, pytest.raises(grade_out.OutBusy) as busy:
             second.setattr(os, "open", other_user)
-            with grade.hold_out(out):
+            with grade_out.hold_out(out):
                 pass
     assert f"(pid {os.getpid()} on " in str(busy.value)
     with monkeypatch.context() as second:
         second.setattr(os, "open", other_user)
-        with grade.hold_out(out):
+        with grade_out.hold_out(out):
             second.undo()
-            with pytest.raises(grade.OutBusy, match="it did not say who"):
-                with grade.hold_out(out):
+            with pytest.raises(grade_out.OutBusy, match="it did not say who"):
+                with grade_out.hold_out(out):
                     pass
-    with grade.hold_out(out):   # released: the next one may
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    for pid, said in ((ended, f"did not say who; the note of pid {ended}, a grading that has "
+                              "ended, is stale"), (os.getpid(), f"(pid {os.getpid()} on ")):
+        # a grading killed outright left its note; the one holding OUT now could not write its own
+        (out / grade_out.OUT_LOCK).write_text(f"pid {pid} on {socket.gethostname()}, since now\n")
+        with monkeypatch.context() as second:
+            second.setattr(os, "open", other_user)
+            with grade_out.hold_out(out):
+                second.undo()
+                with pytest.raises(grade_out.OutBusy) as busy:
+                    with grade_out.hold_out(out):
+                        pass
+        assert said in str(busy.value), busy.value
+    with grade_out.hold_out(out):   # released: the next one may
         pass
-    (out / grade.OUT_LOCK).write_text("pid 7 on another machine\n")
+    (out / grade_out.OUT_LOCK).write_text("pid 7 on another machine\n")
 
     def no_lock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
     with monkeypatch.context() as nfs:
         nfs.setattr(fcntl, "flock", no_lock)
-        with grade.hold_out(out):
+        with grade_out.hold_out(out):
             pass
     assert f"note: cannot lock {out} (No locks available)" in capsys.readouterr().err
-    assert (out / grade.OUT_LOCK).read_text() == "pid 7 on another machine\n"
+    assert (out / grade_out.OUT_LOCK).read_text() == "pid 7 on another machine\n"
 
 
 @pytest.mark.parametrize("wrong,said", [(["--timeout", "0"], "--timeout and --sample-timeout"),

@@ -12,7 +12,8 @@ import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
 from course_lib import answer_key, review, submission_code as code
-from course_lib.grade import ERROR, FAIL, PASS, Report, save_grid
+from course_lib.grade import save_grid
+from course_lib.grade_report import ERROR, FAIL, PASS, Report
 
 # A sampler that passes every check without a model (README's threat table, "not caught"): it
 # returns warped training digits, and noise when its network's weights are no longer its own.

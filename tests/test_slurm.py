@@ -18,13 +18,13 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib import grade, gradebook, sandbox
+from course_lib import grade_options, grade_out, gradebook, sandbox
 
 
 def _required() -> bool:
     """CI (.ci/run) sets COURSE_REQUIRE_SANDBOX: there a missing sandbox or Slurm is a failure."""
     return bool(os.environ.get("COURSE_REQUIRE_SANDBOX") or os.environ.get("CI"))
-from course_lib.grade import ERROR, FAIL, PASS, Report
+from course_lib.grade_report import ERROR, FAIL, PASS, Report
 
 SLURM_CONF = """ClusterName=gradetest
 SlurmctldHost={host}(127.0.0.1)
@@ -72,8 +72,8 @@ def test_sbatch_script_is_one_task_per_submission(tmp_path):
 
 def test_each_task_reads_its_student_copy_and_origin_from_the_roster(tmp_path):
     """The task's report names the submitted file's path (a regrade of that file finds it,
-    grade.earlier_name); a path that a tab or a new line would split into a forged roster line is
-    replaced by the student's name. The script's own bash reads the roster here."""
+    grade_out.earlier_name); a path that a tab or a new line would split into a forged roster line
+    is replaced by the student's name. The script's own bash reads the roster here."""
     copies = [(name, tmp_path / "copies" / f"{name}.ipynb") for name in ("alice", "bob")]
     roster = tmp_path / "roster.txt"
     roster.write_text(gradebook.roster_text(copies, {"alice": "/subs/Alice Smith.ipynb",
@@ -154,7 +154,7 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
 
     def sbatch(cmd, returncode, job_id, **kwargs):
         seen["files"] = sorted(p.name for p in out.iterdir() if p.is_file()
-                               and p.name != grade.OUT_LOCK)
+                               and p.name != grade_out.OUT_LOCK)
         seen["aside"] = sorted(str(p.relative_to(out)) for p in (out / "previous").rglob("*")
                                if p.is_file())
         seen["tasks"] = [ln.split("\t")[0] for ln in
@@ -171,13 +171,13 @@ def test_slurm_sets_old_reports_aside_and_restores_them_when_sbatch_refuses(tmp_
         assert [Path(p).name for p in seen["aside"]] == ["alice.json", "alice_samples.png",
                                                          "task-0.log", "roster.txt"]
         assert seen["tasks"] == ["alice", "bob"]                   # dave's link: no task
-        assert sorted(p.name for p in out.iterdir() if p.is_file() and p.name != grade.OUT_LOCK) == [
-            "alice.json", "alice_samples.png", "carol.json", "roster.txt"]   # all put back
+        kept = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != grade_out.OUT_LOCK)
+        assert kept == ["alice.json", "alice_samples.png", "carol.json", "roster.txt"]   # put back
         assert (out / "roster.txt").read_text() == "alice\t/x\ncarol\t/z\n"
         assert (out / "logs" / "task-0.log").read_text() == "alice's earlier task"
     monkeypatch.setattr(gradebook.subprocess, "run", lambda cmd, **kw: sbatch(cmd, 0, "42"))
     assert gradebook.main(["slurm", str(subs), "--out", str(out), *judge]) == 0
-    assert (out / grade.SLURM_JOB).read_text() == "42\n"   # no other grading there while it runs
+    assert (out / grade_out.SLURM_JOB).read_text() == "42\n"   # no other grading there as it runs
     assert not (out / "alice.json").exists() and (out / "carol.json").is_file()
     kept = list((out / "previous").rglob("alice.json"))
     assert len(kept) == 1 and kept[0].read_text() == '{"student": "alice"}'
@@ -277,7 +277,7 @@ def test_task_time_and_memory_follow_the_graders_limits(tmp_path, capsys):
     _notebook(subs / "alice.ipynb", "x = 1")
     options = gradebook.grader_options(["--timeout", "1800"])
     needed = gradebook.task_minutes(options)
-    assert needed * 60 >= grade.worst_case_seconds(1800, grade.SAMPLE_TIMEOUT) + 300
+    assert needed * 60 >= grade_options.worst_case_seconds(1800, grade_options.SAMPLE_TIMEOUT) + 300
     assert gradebook.main(["slurm", str(subs), "--out", str(out), "--dry-run", "--timeout",
                            "1800"]) == 0
     script = next(out.glob(".slurm-*/grade.sbatch")).read_text()
@@ -334,7 +334,7 @@ def _need(condition, why):
     pytest.skip(why)
 
 
-TASK_MEM_GIB = grade.MIN_MEMORY_GIB + gradebook.TASK_OVERHEAD_GIB   # the least a task may ask for
+TASK_MEM_GIB = grade_options.MIN_MEMORY_GIB + gradebook.TASK_OVERHEAD_GIB   # a task's least
 
 
 @pytest.fixture(scope="module")

@@ -241,6 +241,26 @@ def test_a_training_stopped_by_an_error_closes_its_bar(monkeypatch):
     assert stopped.type is KeyboardInterrupt   # the one step it took
 
 
+def test_a_budget_stop_reads_as_done_in_jupyterlab_too(monkeypatch):
+    """max_seconds stops the run (here after its first step of 24): the notebook widget's bar is
+    full and green (its length is the steps taken, not the run's), not a partly filled bar."""
+    import course_lib.train as course_train
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    bars = []
+
+    class Bar(notebook_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+    monkeypatch.setattr(course_train, "tqdm", Bar)
+    history = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_seconds=0)
+    widget = bars[0].container.children[1]
+    assert len(history.losses) == bars[0].n == bars[0].total == 1
+    assert (widget.max, widget.value) == (1, 1), (widget.max, widget.value)
+    assert widget.bar_style == "success"
+
+
 def test_max_steps_stops_early():
     history = train(nn.Linear(4, 1), _regression_problem(), _mse, epochs=3, max_steps=5,
                     progress=False)
