@@ -10,7 +10,8 @@ from pathlib import Path
 
 SAMPLE_TIMEOUT = 1050.0            # seconds for draw a; b and c: 1.5x a's time, at most half of
                                    # what a left (and MIN_DRAW_SECONDS at least)
-DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading the export
+DRAW_STARTUP = 120.0               # seconds more per draw's process: starting Python, loading
+                                   # the export
 MIN_DRAW_SECONDS = 60.0            # draws b and c get at least this, whatever a took
 MARGIN_SECONDS = 600.0             # a worker's or Slurm task's time beyond the grader's limits:
                                    # Python, MNIST and the judges loaded, the folder copied

@@ -194,13 +194,13 @@ def _holder(note: str) -> str:
     pid, _, host = note.removeprefix("pid ").partition(" on ")
     if not note:
         return "it did not say who"
-    if pid.isdigit() and host.partition(",")[0] == socket.gethostname():
+    if pid.isascii() and pid.isdigit() and host.partition(",")[0] == socket.gethostname():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            return (f"it did not say who; the note of pid {pid}, a grading that has ended, is "
-                    "stale")
-        except OSError:   # another user's process: it runs
+            return (f"it did not say who; the note names pid {pid} of this machine, which has "
+                    "ended: likely a grading killed outright, its note left behind")
+        except (OSError, OverflowError):   # another user's process (it runs), a pid past range
             pass
     return note
 

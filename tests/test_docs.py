@@ -9,6 +9,7 @@ block and then the check, which must return True.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import re
@@ -31,12 +32,35 @@ def _headings(notebook: Path) -> list[str]:
             for line in "".join(c["source"]).splitlines() if line.startswith("#")]
 
 
+def _defined(file: Path) -> set[str]:
+    """The names ``file`` defines at its top level (not those it imports)."""
+    names = set()
+    for node in ast.parse(file.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def test_a_citation_names_the_file_that_defines_it(tmp_path):
+    """`course_lib/train.py::native_bf16` once passed, since train imports it: config defines it."""
+    module = tmp_path / "m.py"
+    module.write_text("from .config import native_bf16\nX, (Y, Z) = 1, (2, 3)\nW: int = 4\n"
+                      "def f():\n    inner = 5\nclass C:\n    pass\n")
+    assert _defined(module) == {"X", "Y", "Z", "W", "f", "C"}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_code_references_exist(doc):
     for path, symbol in CODE_REF.findall(doc.read_text()):
         file = ROOT / "course_lib" / f"{path}.py"
         assert file.is_file(), f"{doc.name} cites course_lib/{path}.py, which does not exist"
         if symbol:
+            assert symbol.split(".")[0] in _defined(file), (
+                f"{doc.name} cites {path}.py::{symbol}, which {path}.py does not define (it may "
+                "import it: cite the file that defines it)")
             obj = importlib.import_module("course_lib." + path.replace("/", "."))
             for part in symbol.split("."):
                 assert hasattr(obj, part), f"{doc.name} cites {path}.py::{symbol}: no {part!r}"

@@ -145,7 +145,7 @@ def test_find_submissions_lists_what_it_leaves_out(tmp_path, capsys):
 
 
 def test_snapshot_says_why_a_submission_is_too_big(tmp_path, monkeypatch):
-    monkeypatch.setattr(grade, "NOTEBOOK_CAP", 100)
+    monkeypatch.setattr(grade_intake, "NOTEBOOK_CAP", 100)
     big = _notebook(tmp_path / "subs" / "dave.ipynb", "x = 1\n" * 100)
     private = tmp_path / "private"
     private.mkdir()
@@ -155,7 +155,8 @@ def test_snapshot_says_why_a_submission_is_too_big(tmp_path, monkeypatch):
     assert "clear large outputs" in rejected.value.reason
     report = grade.grade_one(copies["dave"], grade.Options(use_sandbox=False), "dave")
     assert report.status == grade_report.FAIL and "dave.ipynb is 0 MiB" in report.reason
-    assert report.seed is not None and report.threads == grade.Options().limits.threads
+    assert report.sandbox == grade_intake.NEVER_RUN   # never run: no seed or threads to keep
+    assert report.seed is None and report.threads is None
 
 
 # --- hidden labels, the samples file, the judge's weights -------------------------------------
@@ -1068,8 +1069,8 @@ def test_an_out_shared_by_two_users_is_held_by_one_grading_at_a_time(tmp_path, m
                     pass
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True).stdout.strip()
-    for pid, said in ((ended, f"did not say who; the note of pid {ended}, a grading that has "
-                              "ended, is stale"), (os.getpid(), f"(pid {os.getpid()} on ")):
+    for pid, said in ((ended, f"did not say who; the note names pid {ended} of this machine, "
+                              "which has ended"), (os.getpid(), f"(pid {os.getpid()} on ")):
         # a grading killed outright left its note; the one holding OUT now could not write its own
         (out / grade_out.OUT_LOCK).write_text(f"pid {pid} on {socket.gethostname()}, since now\n")
         with monkeypatch.context() as second:

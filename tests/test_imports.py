@@ -54,7 +54,8 @@ def cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_cycle_finder_finds_a_cycle_and_only_one():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert cycle({"grade": {"gradebook"}, "gradebook": {"grade"}}) == ["grade", "gradebook", "grade"]
+    assert cycle({"grade": {"gradebook"}, "gradebook": {"grade"}}) == ["grade", "gradebook",
+                                                                        "grade"]
     assert cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
 
