@@ -133,7 +133,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> to
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predict(model, images).argmax(1) == labels).float().mean().item()
+    return (predict(model, images).argmax(1) == labels.cpu()).float().mean().item()
 
 
 def vary_intensity(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,11 +37,12 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from .config import downloads_allowed, evaluating
-from .data import ImageContextDataset, to_display
+from .data import ImageContextDataset, require_float_images, to_display
 from .framing import close_ups
 from .image_tower import (LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, holds_lite0_weights, lite0_features,
                           lite0_weights, load_lite0)
-from .storage import load_tensors, pinned_package_file, save_atomic, tensor_bytes
+from .storage import (load_tensors, pinned_package_file, save_atomic, save_json_atomic,
+                      tensor_bytes)
 from .train import History, train
 
 PRETRAINED = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -162,6 +164,7 @@ class CourseClip:
     std: tuple
     source: str
     trained_on: str | None = None   # a small CLIP's training data digest (:func:`training_digest`)
+    trained_steps: int | None = None   # and how many optimizer steps it trained for
 
     @property
     def embed_dim(self) -> int:
@@ -204,6 +207,7 @@ class CourseClip:
 
     def preprocess(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> CLIP's input size (unless ``resize=False``) and normalisation."""
+        require_float_images(images, "the images CLIP embeds")
         x = (images.float().clamp(-1, 1) + 1) / 2
         if resize:
             x = v2.functional.resize(x, [self.image_size, self.image_size], antialias=True)
@@ -224,6 +228,8 @@ class CourseClip:
         EfficientNet tower at 128 px, batches of 256 held 1.5 GB more, and ran no faster.
         Read in eval mode; the model's own mode is restored after."""
         device = next(self.model.parameters()).device
+        if len(images) == 0:   # no batch to run (the towers differ on an empty one)
+            return torch.zeros(0, self.embed_dim)
         with evaluating(self.model):
             if self.reads_lite0_features(images):   # Lite0's pooled features -> the projection
                 features = lite0_features(images, batch_size, device=device).to(device)
@@ -258,10 +264,13 @@ def load_pretrained(name: str = PRETRAINED[0], tag: str = PRETRAINED[1],
         if hub:
             from huggingface_hub import try_to_load_from_cache
 
-            repo, filename = os.path.split(hub)
-            cached = try_to_load_from_cache(repo, filename or "open_clip_pytorch_model.bin")
-            if isinstance(cached, str):
-                where = cached
+            repo, filename = os.path.split(hub)   # open_clip downloads the safetensors file first
+            for name_in_repo in ("open_clip_model.safetensors",
+                                 filename or "open_clip_pytorch_model.bin"):
+                cached = try_to_load_from_cache(repo, name_in_repo)
+                if isinstance(cached, str):
+                    where = cached
+                    break
     if where is None and not allow_download:
         return None, (f"no {name} ({tag}) weights in $COURSE_CLIP_WEIGHTS or open_clip's cache, "
                       "and downloads are disabled")
@@ -270,7 +279,9 @@ def load_pretrained(name: str = PRETRAINED[0], tag: str = PRETRAINED[1],
     except Exception as err:  # offline, interrupted download, corrupt file ...
         return None, f"loading {name} ({tag}) failed: {type(err).__name__}: {err}"
     norm = next(t for t in preprocess.transforms if hasattr(t, "mean"))
-    clip = CourseClip(model.eval(), open_clip.get_tokenizer(name), model.visual.image_size[0],
+    size = model.visual.image_size   # (H, W) for a ViT, one int for a ResNet
+    clip = CourseClip(model.eval(), open_clip.get_tokenizer(name),
+                      size if isinstance(size, int) else size[0],
                       tuple(norm.mean), tuple(norm.std), f"pretrained open_clip {name} ({tag})")
     return clip, f"loaded from {where or 'a download'}"
 
@@ -502,19 +513,22 @@ def training_digest(images: torch.Tensor, captions: Sequence[str]) -> str:
 
 
 def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict,
-                    trained_on: str | None = None) -> Path:
+                    trained_on: str | None = None, steps: int | None = None) -> Path:
     """Write an open_clip ``local-dir:`` folder (config + weights), atomically (temp dir + rename);
-    ``trained_on`` (:func:`training_digest`) is kept beside open_clip's own keys."""
+    ``trained_on`` (:func:`training_digest`) and ``steps`` (how long it trained) are kept beside
+    open_clip's own keys."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        (tmp / "open_clip_config.json").write_text(json.dumps({
+        tmp.chmod(0o755)   # mkdtemp's 0700 would keep it from the rest of a shared course folder
+        save_json_atomic({
             "model_cfg": config,
             "preprocess_cfg": {"mean": list(clip.mean), "std": list(clip.std)},
             "course_trained_on": trained_on,
-        }, indent=2))
-        torch.save(clip.model.state_dict(), tmp / "open_clip_pytorch_model.bin")
+            "course_steps": steps,
+        }, tmp / "open_clip_config.json")
+        save_atomic(clip.model.state_dict(), tmp / "open_clip_pytorch_model.bin")
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -525,16 +539,27 @@ def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict,
 
 
 def load_small_clip(folder: str | os.PathLike) -> CourseClip:
-    """Read a folder written by :func:`save_small_clip` through open_clip's ``local-dir:`` schema."""
+    """Read a folder written by :func:`save_small_clip` through open_clip's ``local-dir:`` schema;
+    FileNotFoundError where none is saved, or what is saved cannot be read (then train it again:
+    open_clip itself would build an untrained model where the weights file is missing)."""
     folder = Path(folder).resolve()
     if not (folder / "open_clip_config.json").is_file():
         raise FileNotFoundError(f"no small CLIP saved in {folder}; train it first")
-    saved = json.loads((folder / "open_clip_config.json").read_text())
-    clip = small_clip(saved["model_cfg"], source=f"the course's small CLIP, loaded from {folder}")
-    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    if not (folder / "open_clip_pytorch_model.bin").is_file():
+        raise FileNotFoundError(f"the small CLIP saved in {folder} has no weights file; train it "
+                                "again")
+    try:
+        saved = json.loads((folder / "open_clip_config.json").read_text())
+        clip = small_clip(saved["model_cfg"],
+                          source=f"the course's small CLIP, loaded from {folder}")
+        model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    except (ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
+        raise FileNotFoundError(f"the small CLIP saved in {folder} cannot be read "
+                                f"({type(err).__name__}); train it again") from err
     _lock_pretrained_towers(model, saved["model_cfg"])   # open_clip builds them unlocked
     clip.model = model.eval()
     clip.trained_on = saved.get("course_trained_on")
+    clip.trained_steps = saved.get("course_steps")
     return clip
 
 
@@ -549,8 +574,11 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
         digest.update(tensor_bytes(tensor))
     key = [list(images.shape), digest.hexdigest()]
     if path.is_file():
-        saved = load_tensors(path)
-        if saved.get("key") == key:
+        try:
+            saved = load_tensors(path)
+        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):
+            saved = None   # unreadable, or not ours: computed again, and written over
+        if isinstance(saved, dict) and saved.get("key") == key:
             return saved["embeddings"]
     embeddings = clip.embed_images(images)
     save_atomic({"key": key, "embeddings": embeddings}, path)
@@ -582,6 +610,9 @@ def zero_shot(clip: CourseClip, images: torch.Tensor,
     A prompt may be a list of wordings of one class: their unit text embeddings are averaged and
     renormalised, the prompt ensembling of Radford et al. 2021 (section 3.1.4).
     """
+    if isinstance(prompts, str):
+        raise ValueError(f"prompts is one string ({prompts!r}); give a list of prompts, one per "
+                         "class, e.g. [\"a daisy\", \"a rose\"]")
     wordings = [[p] if isinstance(p, str) else list(p) for p in prompts]
     classes = torch.stack([torch.nn.functional.normalize(clip.embed_text(w).mean(0), dim=0)
                            for w in wordings])
@@ -637,14 +668,18 @@ def get_clip(images: torch.Tensor, captions: Sequence[str], folder: str | os.Pat
             if clip.trained_on != trained_on:
                 raise FileNotFoundError(f"the CLIP saved in {folder} was trained on other photos "
                                         "or captions")
+            if clip.trained_steps != steps:
+                raise FileNotFoundError(f"the CLIP saved in {folder} trained for "
+                                        f"{clip.trained_steps or 'an unknown number of'} steps, "
+                                        f"not {steps}")
         except FileNotFoundError as why_not:
             if (Path(folder) / "open_clip_config.json").is_file():   # one is saved, but unfit
                 print(f"Training a new small CLIP: {why_not}")
             config = small_clip_config(text_tower=tower, vision=vision)
             clip = small_clip(config)
             history = train_small_clip(clip, images, captions, steps=steps, device=device)
-            clip.trained_on = trained_on
-            save_small_clip(clip, folder, config, trained_on=trained_on)
+            clip.trained_on, clip.trained_steps = trained_on, steps
+            save_small_clip(clip, folder, config, trained_on=trained_on, steps=steps)
     clip.model.to(device).eval()
     print(f"THIS RUN USES: {clip.source}")
     return clip, history

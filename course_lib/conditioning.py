@@ -15,6 +15,15 @@ from .config import draw_device
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Integer labels (B,) -> float one-hot vectors (B, n_classes)."""
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one class index per image, shape (B,); got shape "
+                         f"{tuple(labels.shape)} (one-hot rows already? labels.argmax(1) gives "
+                         "the indices)")
+    if len(labels) == 0:
+        return torch.zeros(0, n_classes, device=labels.device)
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError("labels must be whole class indices; got fractions (a class index is "
+                         "an integer: labels.long() after rounding)")
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes - 1}], got [{labels.min()}, "
                          f"{labels.max()}]")

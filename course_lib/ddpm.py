@@ -386,10 +386,12 @@ def ddim_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, schedule: Schedule, 
 # --- samplers ----------------------------------------------------------------------------------
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
-    """Fresh noise from ``generator`` (a CPU generator: the same numbers on every device)."""
+    """Fresh noise from ``generator``, drawn on its own device (a CPU generator: the same numbers
+    whatever the device of ``x``), then moved to ``x``'s."""
     if generator is None:
         return None
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                       device=draw_device(generator, x.device)).to(x.device)
 
 
 def _sample_loop(model: Denoiser, x: torch.Tensor, timesteps: list[int], step: Callable,

@@ -10,15 +10,20 @@ from typing import Callable
 
 import torch
 
+from course_lib.config import draw_device
+from course_lib.data import require_float_images
 from course_lib.ddpm import (DEFAULT_ETA, Schedule, StepOutput, _sample_loop, ddim_step,
                              ddim_timesteps, sample_ddim)
 
 
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``, from ``generator`` when given (a CPU generator:
-    the same numbers on any device). Unlike the samplers' per-step noise it is never None: the
-    start of a sampler and the pasted-back pixels always need one."""
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+    """Standard normal noise shaped like ``like``, from ``generator`` when given (drawn on the
+    generator's device, so a CPU generator gives the same numbers whatever the photos' device),
+    else on the CPU. Unlike the samplers' per-step noise it is never None: the start of a sampler
+    and the pasted-back pixels always need one."""
+    require_float_images(like, "the photos to edit")
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype,
+                       device=draw_device(generator, "cpu")).to(like.device)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_tower import lite0_features, lite0_weights
+from .storage import save_atomic
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PROBE_PATH = WEIGHTS_DIR / "framing_probe.pt"
@@ -89,8 +91,15 @@ def leave_one_out(features: torch.Tensor, labels: torch.Tensor, l2: float) -> fl
 
 
 def load_probe(path: str | Path = PROBE_PATH) -> FramingProbe:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return FramingProbe(**state)
+    """The probe saved at ``path`` (the shipped one by default); one clear error where it is
+    missing or cannot be read."""
+    try:
+        return FramingProbe(**torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        raise FileNotFoundError(f"the framing probe {path} is missing or cannot be read "
+                                f"({type(err).__name__}): restore the course's copy (git checkout "
+                                "course_lib/weights/framing_probe.pt), or fit it again: python -m "
+                                "course_lib.framing") from err
 
 
 def close_ups(photos: torch.Tensor, probe: FramingProbe | None = None,
@@ -145,7 +154,7 @@ def main(argv=None) -> None:
     for name in ("held_out", "held_out_2"):
         hit = ((probe.probability(feats[name]) > 0.5) == sets[name][1]).float().mean()
         print(f"{name}: the probe (l2 = {best:g}) agrees with the person on {hit:.1%}")
-    torch.save(probe.state_dict(), args.out)
+    save_atomic(probe.state_dict(), args.out)
     print(f"saved {args.out}")
 
 

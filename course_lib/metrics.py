@@ -238,16 +238,17 @@ def confusion_shares(images: torch.Tensor, labels: torch.Tensor,
                         for k in labels.unique()])
 
 
-def real_quality(dataset: str = "fashion_mnist", size: int = 16, n: int = 500,
+def real_quality(dataset: str = "fashion_mnist", size: int | None = None, n: int = 500,
                  mix: torch.Tensor | None = None) -> Quality:
-    """The same measures for ``n`` held-out real images: the yardstick (samples usually score
-    below it, though not always: it is not a bound).
+    """The same measures for ``n`` held-out real images at ``size`` (default: the size its judge
+    reads, ``JUDGED_SIZE``): the yardstick (samples usually score below it, though not always:
+    it is not a bound).
 
     With ``mix`` (class shares, e.g. from :func:`class_shares`), the real images are drawn in
     those proportions (as far as the pool allows): what the distance would be if a model drew
     perfect images of each class but in the wrong mix.
     """
-    images, labels, _ = real_split(dataset, size)
+    images, labels, _ = real_split(dataset, JUDGED_SIZE.get(dataset, 16) if size is None else size)
     if mix is None:
         keep = torch.arange(min(n, len(images)))
     else:
@@ -324,13 +325,21 @@ def record_figure(name: str, value: float) -> None:
     """Keep one headline number of this run in checkpoints/<profile>/figures.json (atomically)."""
     if name not in FIGURES:
         raise ValueError(f"{name!r} is not one of the course's headline figures {FIGURES}")
-    path = _figures_file()
-    table = json.loads(path.read_text()) if path.is_file() else {}
+    table = recorded_figures()
     table[name] = float(value)
-    save_json_atomic(table, path)
+    save_json_atomic(table, _figures_file())
 
 
 def recorded_figures() -> dict[str, float]:
     """The headline numbers recorded so far in this profile."""
     path = _figures_file()
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text())
+    except ValueError as err:
+        table = err
+    if not isinstance(table, dict):
+        raise ValueError(f"{path} is not a record of headline figures ({table}); delete it and "
+                         "re-run the notebooks that write it")
+    return table

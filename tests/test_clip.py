@@ -144,34 +144,86 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, toy):
     images, captions, _ = toy
     config = cl.small_clip_config(width=64, layers=1, embed_dim=32)
     model = cl.small_clip(config)
-    folder = cl.save_small_clip(model, tmp_path / "clip", config)
+    folder = cl.save_small_clip(model, tmp_path / "clip", config, steps=7)
     loaded = cl.load_small_clip(folder)
     assert torch.allclose(model.embed_images(images[:4]), loaded.embed_images(images[:4]), atol=1e-6)
     assert torch.allclose(model.embed_text(captions[:4]), loaded.embed_text(captions[:4]), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["clip"]
+    assert loaded.trained_steps == 7 and folder.stat().st_mode & 0o777 == 0o755   # not mkdtemp's
     with pytest.raises(FileNotFoundError, match="train it first"):
         cl.load_small_clip(tmp_path / "missing")
 
 
-def test_embedding_cache_reuses_and_invalidates(tmp_path, toy):
+def test_embedding_cache_reuses_and_invalidates(tmp_path, toy, monkeypatch):
     images, _, _ = toy
     model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
     path = tmp_path / "emb.pt"
+    computed = []
+    embed = model.embed_images
+    monkeypatch.setattr(model, "embed_images", lambda x: computed.append(len(x)) or embed(x))
     first = cl.cached_image_embeddings(model, images[:8], path)
     assert torch.equal(cl.cached_image_embeddings(model, images[:8], path), first)
+    assert computed == [8]                                  # read back, not computed again
+    cl.cached_image_embeddings(model, images[:7], path)     # other images: computed
+    assert computed == [8, 7]
     with torch.no_grad():
         model.model.visual.conv1.weight.add_(0.1)          # a changed model must not reuse it
     assert not torch.equal(cl.cached_image_embeddings(model, images[:8], path), first)
+    assert computed == [8, 7, 8]
+    for broken in (b"not a file torch wrote", None):   # unreadable, or a bare tensor: computed
+        if broken is None:
+            torch.save(torch.zeros(3), path)
+        else:
+            path.write_bytes(broken)
+        assert torch.allclose(cl.cached_image_embeddings(model, images[:8], path),
+                              cl.cached_image_embeddings(model, images[:8], path))
+    assert computed == [8, 7, 8, 8, 8]   # each written over, then read back
+
+
+def test_empty_batches_and_a_prompt_string(toy):
+    images, captions, _ = toy
+    model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
+    assert model.embed_images(images[:0]).shape == (0, 32)
+    with pytest.raises(ValueError, match="give a list of prompts"):   # not 7 one-letter prompts
+        cl.zero_shot(model, images[:2], "a daisy")
+    with pytest.raises(ValueError, match="floats in"):   # 0-255 pixels would embed as white
+        model.embed_images((images[:2] * 127.5 + 127.5).to(torch.uint8))
+
+
+def _empty_hub_cache(monkeypatch, folder):
+    """huggingface_hub reads HF_HUB_CACHE once, at import: its constant is what a lookup uses."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(folder))
 
 
 def test_pretrained_is_reported_missing_offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    _empty_hub_cache(monkeypatch, tmp_path)
     monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
     clip, why = cl.load_pretrained(allow_download=False)
     assert clip is None and "downloads are disabled" in why
     monkeypatch.setenv("COURSE_CLIP_WEIGHTS", str(tmp_path / "nope.bin"))
     clip, why = cl.load_pretrained(allow_download=False)
     assert clip is None and "is not a file" in why
+
+
+def test_pretrained_weights_that_open_clip_downloaded_are_found_offline(monkeypatch, tmp_path):
+    """open_clip downloads open_clip_model.safetensors first: the offline lookup finds it."""
+    import huggingface_hub
+
+    weights = tmp_path / "open_clip_model.safetensors"
+    weights.write_bytes(b"")
+    monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name: str(weights) if name == weights.name else None)
+    asked = []
+
+    def create(name, pretrained):
+        asked.append(pretrained)
+        raise RuntimeError("not a real file")
+    monkeypatch.setattr(cl.open_clip, "create_model_and_transforms", create)
+    clip, why = cl.load_pretrained(allow_download=False)
+    assert clip is None and asked == [str(weights)] and "not a real file" in why
 
 
 def test_clip_score_rejects_mismatched_lengths(toy):
@@ -184,7 +236,7 @@ def test_clip_score_rejects_mismatched_lengths(toy):
 @pytest.fixture
 def offline_tiny_clips(tmp_path, monkeypatch):
     """No pretrained CLIP to find or download, and every small CLIP get_clip builds is tiny."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _empty_hub_cache(monkeypatch, tmp_path / "hub")
     monkeypatch.delenv("COURSE_CLIP_WEIGHTS", raising=False)
     config = cl.small_clip_config
     monkeypatch.setattr(cl, "small_clip_config",
@@ -197,10 +249,22 @@ def test_get_clip_trains_once_then_loads(tmp_path, toy, offline_tiny_clips):
     first, history = cl.get_clip(images, captions, tmp_path / "clip", steps=3,
                                  allow_download=False, text_tower="own")
     assert history is not None and len(history.losses) == 3
-    again, history2 = cl.get_clip(images, captions, tmp_path / "clip", allow_download=False,
-                                  text_tower="own")
+    again, history2 = cl.get_clip(images, captions, tmp_path / "clip", steps=3,
+                                  allow_download=False, text_tower="own")
     assert history2 is None and "loaded from" in again.source
     assert torch.allclose(first.embed_text(captions[:2]), again.embed_text(captions[:2]), atol=1e-6)
+    longer, history5 = cl.get_clip(images, captions, tmp_path / "clip", steps=4,   # more steps:
+                                   allow_download=False, text_tower="own")        # trained anew
+    assert history5 is not None and len(history5.losses) == 4 and longer.trained_steps == 4
+    (tmp_path / "clip" / "open_clip_pytorch_model.bin").unlink()   # open_clip would build an
+    with pytest.raises(FileNotFoundError, match="no weights file"):   # untrained one, silently
+        cl.load_small_clip(tmp_path / "clip")
+    _, history6 = cl.get_clip(images, captions, tmp_path / "clip", steps=4, allow_download=False,
+                              text_tower="own")
+    assert history6 is not None   # trained again, not loaded untrained
+    (tmp_path / "clip" / "open_clip_config.json").write_text("{cut")
+    with pytest.raises(FileNotFoundError, match="cannot be read"):
+        cl.load_small_clip(tmp_path / "clip")
     # other captions (a new captioner, say) train a new CLIP rather than reuse the saved one
     recaptioned, history4 = cl.get_clip(images, captions[1:] + captions[:1], tmp_path / "clip", steps=2,
                                         allow_download=False, text_tower="own")

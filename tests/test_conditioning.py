@@ -35,6 +35,12 @@ def test_one_hot():
     assert one_hot(torch.tensor([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
         one_hot(torch.tensor([3]), 3)
+    assert one_hot(torch.tensor([2.0, 0.0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert one_hot(torch.tensor([], dtype=torch.long), 3).shape == (0, 3)
+    with pytest.raises(ValueError, match="one-hot rows already"):   # would give (2, 3, 3)
+        one_hot(torch.eye(3)[[2, 0]].long(), 3)
+    with pytest.raises(ValueError, match="whole class indices"):    # 1.7 would become class 1
+        one_hot(torch.tensor([1.7]), 3)
 
 
 @pytest.fixture

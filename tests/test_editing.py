@@ -36,6 +36,8 @@ def test_the_editors_noise_with_the_forward_process(monkeypatch):
     editing.img2img(lambda x, t: x, x0, s, 0.5, steps=40, generator=torch.Generator().manual_seed(5))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
     assert seen["t_start"] == 20 and torch.allclose(seen["x"], s.q_sample(x0, 20, noise))
+    with pytest.raises(ValueError, match="floats in \\[-1, 1\\]"):   # 0-255 pixels
+        editing.img2img(lambda x, t: x, (x0 * 127.5 + 127.5).to(torch.uint8), s, 0.5, steps=40)
 
 
 def test_img2img_with_a_perfect_denoiser_returns_the_image_and_strength_sets_the_start():

@@ -41,6 +41,10 @@ def test_probe_round_trips_through_its_state_dict(tmp_path):
     torch.save(probe.state_dict(), tmp_path / "probe.pt")
     again = framing.load_probe(tmp_path / "probe.pt")
     assert again.l2 == 0.3 and torch.equal(again.probability(features), probe.probability(features))
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "probe.pt").read_bytes()[:100])
+    for broken in (tmp_path / "missing.pt", tmp_path / "cut.pt"):
+        with pytest.raises(FileNotFoundError, match="python -m course_lib.framing"):
+            framing.load_probe(broken)
 
 
 def test_close_ups_without_the_lite0_weights_fall_back_to_the_pixel_rule(monkeypatch):

@@ -103,7 +103,6 @@ def test_within_class_spread_is_zero_for_copies_and_larger_for_varied_images():
         metrics.within_class_spread(real.images[:3], torch.tensor([0, 1]))
 
 
-@pytest.mark.usefixtures("data_available")
 def test_sample_quality_needs_two_images():
     with pytest.raises(ValueError, match="at least 2 images"):
         sample_quality(torch.zeros(1, 1, 28, 28), "mnist")
@@ -189,6 +188,25 @@ def test_figures_are_named_and_kept(tmp_path, monkeypatch):
     assert metrics.recorded_figures() == {"nb03_frechet": 42.5, "nb03_recognised": 0.5}
     with pytest.raises(ValueError, match="headline figures"):
         metrics.record_figure("nb03_frechett", 1.0)
+    for broken in ("{cut", "[1, 2]"):   # a truncated or foreign file: one clear error
+        path.write_text(broken)
+        with pytest.raises(ValueError, match="delete it and re-run"):
+            metrics.record_figure("nb03_frechet", 1.0)
+        assert path.read_text() == broken   # nothing written over it
+
+
+def test_real_images_default_to_their_judges_size(monkeypatch):
+    from course_lib import metrics
+    asked = []
+
+    def split(dataset, size):
+        asked.append((dataset, size))
+        raise RuntimeError("no data needed")
+    monkeypatch.setattr(metrics, "real_split", split)
+    for dataset, size in (("flowers", None), ("fashion_mnist", None), ("flowers", 64)):
+        with pytest.raises(RuntimeError):
+            metrics.real_quality(dataset, size)
+    assert asked == [("flowers", 32), ("fashion_mnist", 16), ("flowers", 64)]
 
 
 def test_colourfulness_is_zero_for_grey_and_grows_with_vivid_hues():
