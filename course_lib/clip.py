@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -550,13 +549,17 @@ def load_small_clip(folder: str | os.PathLike) -> CourseClip:
                                 "again")
     try:
         saved = json.loads((folder / "open_clip_config.json").read_text())
-        clip = small_clip(saved["model_cfg"],
-                          source=f"the course's small CLIP, loaded from {folder}")
+        config = saved["model_cfg"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise FileNotFoundError(f"the small CLIP saved in {folder} cannot be read (its config: "
+                                f"{type(err).__name__}: {err}); train it again") from err
+    clip = small_clip(config, source=f"the course's small CLIP, loaded from {folder}")
+    try:
         model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-    except (ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
-        raise FileNotFoundError(f"the small CLIP saved in {folder} cannot be read "
-                                f"({type(err).__name__}); train it again") from err
-    _lock_pretrained_towers(model, saved["model_cfg"])   # open_clip builds them unlocked
+    except Exception as err:   # a cut or foreign weights file: torch.load raises many kinds
+        raise FileNotFoundError(f"the small CLIP saved in {folder} cannot be read (its weights: "
+                                f"{type(err).__name__}: {err}); train it again") from err
+    _lock_pretrained_towers(model, config)   # open_clip builds them unlocked
     clip.model = model.eval()
     clip.trained_on = saved.get("course_trained_on")
     clip.trained_steps = saved.get("course_steps")
@@ -576,8 +579,8 @@ def cached_image_embeddings(clip: CourseClip, images: torch.Tensor, path: str | 
     if path.is_file():
         try:
             saved = load_tensors(path)
-        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):
-            saved = None   # unreadable, or not ours: computed again, and written over
+        except Exception:   # cut or foreign (torch.load raises many kinds): computed again,
+            saved = None    # and written over
         if isinstance(saved, dict) and saved.get("key") == key:
             return saved["embeddings"]
     embeddings = clip.embed_images(images)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +94,9 @@ def load_probe(path: str | Path = PROBE_PATH) -> FramingProbe:
     missing or cannot be read."""
     try:
         return FramingProbe(**torch.load(path, map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as err:
+    except Exception as err:   # missing, cut or foreign: torch.load raises many kinds
         raise FileNotFoundError(f"the framing probe {path} is missing or cannot be read "
-                                f"({type(err).__name__}): restore the course's copy (git checkout "
+                                f"({type(err).__name__}: {err}): restore the course's copy (git checkout "
                                 "course_lib/weights/framing_probe.pt), or fit it again: python -m "
                                 "course_lib.framing") from err
 

@@ -180,10 +180,12 @@ def test_embedding_cache_reuses_and_invalidates(tmp_path, toy, monkeypatch):
     assert computed == [8, 7, 8, 8, 8]   # each written over, then read back
 
 
-def test_empty_batches_and_a_prompt_string(toy):
+def test_empty_batches_and_a_prompt_string(toy, monkeypatch):
     images, captions, _ = toy
     model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
+    monkeypatch.setattr(model, "encode_images", lambda x: pytest.fail("no batch to encode"))
     assert model.embed_images(images[:0]).shape == (0, 32)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="give a list of prompts"):   # not 7 one-letter prompts
         cl.zero_shot(model, images[:2], "a daisy")
     with pytest.raises(ValueError, match="floats in"):   # 0-255 pixels would embed as white
@@ -262,8 +264,11 @@ def test_get_clip_trains_once_then_loads(tmp_path, toy, offline_tiny_clips):
     _, history6 = cl.get_clip(images, captions, tmp_path / "clip", steps=4, allow_download=False,
                               text_tower="own")
     assert history6 is not None   # trained again, not loaded untrained
+    (tmp_path / "clip" / "open_clip_pytorch_model.bin").write_bytes(b"")   # a crash's file
+    with pytest.raises(FileNotFoundError, match="cannot be read \\(its weights"):
+        cl.load_small_clip(tmp_path / "clip")
     (tmp_path / "clip" / "open_clip_config.json").write_text("{cut")
-    with pytest.raises(FileNotFoundError, match="cannot be read"):
+    with pytest.raises(FileNotFoundError, match="cannot be read \\(its config"):
         cl.load_small_clip(tmp_path / "clip")
     # other captions (a new captioner, say) train a new CLIP rather than reuse the saved one
     recaptioned, history4 = cl.get_clip(images, captions[1:] + captions[:1], tmp_path / "clip", steps=2,

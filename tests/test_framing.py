@@ -42,7 +42,8 @@ def test_probe_round_trips_through_its_state_dict(tmp_path):
     again = framing.load_probe(tmp_path / "probe.pt")
     assert again.l2 == 0.3 and torch.equal(again.probability(features), probe.probability(features))
     (tmp_path / "cut.pt").write_bytes((tmp_path / "probe.pt").read_bytes()[:100])
-    for broken in (tmp_path / "missing.pt", tmp_path / "cut.pt"):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for broken in (tmp_path / "missing.pt", tmp_path / "cut.pt", tmp_path / "empty.pt"):
         with pytest.raises(FileNotFoundError, match="python -m course_lib.framing"):
             framing.load_probe(broken)
 
