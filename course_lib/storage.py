@@ -54,6 +54,13 @@ def tensor_bytes(tensor: torch.Tensor):
     return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
 
 
+def why_unreadable(err: BaseException) -> str:
+    """What went wrong reading a file, in one short line: the error's type and the first line of
+    its message (torch.load's run to paragraphs)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Read a file written by :func:`save_atomic`; tensors and plain containers only."""
     return torch.load(path, map_location=map_location, weights_only=True)

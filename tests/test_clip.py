@@ -265,8 +265,9 @@ def test_get_clip_trains_once_then_loads(tmp_path, toy, offline_tiny_clips):
                               text_tower="own")
     assert history6 is not None   # trained again, not loaded untrained
     (tmp_path / "clip" / "open_clip_pytorch_model.bin").write_bytes(b"")   # a crash's file
-    with pytest.raises(FileNotFoundError, match="cannot be read \\(its weights"):
+    with pytest.raises(FileNotFoundError, match="cannot be read \\(its weights") as err:
         cl.load_small_clip(tmp_path / "clip")
+    assert "\n" not in str(err.value)
     (tmp_path / "clip" / "open_clip_config.json").write_text("{cut")
     with pytest.raises(FileNotFoundError, match="cannot be read \\(its config"):
         cl.load_small_clip(tmp_path / "clip")

@@ -43,9 +43,12 @@ def test_probe_round_trips_through_its_state_dict(tmp_path):
     assert again.l2 == 0.3 and torch.equal(again.probability(features), probe.probability(features))
     (tmp_path / "cut.pt").write_bytes((tmp_path / "probe.pt").read_bytes()[:100])
     (tmp_path / "empty.pt").write_bytes(b"")
-    for broken in (tmp_path / "missing.pt", tmp_path / "cut.pt", tmp_path / "empty.pt"):
-        with pytest.raises(FileNotFoundError, match="python -m course_lib.framing"):
+    (tmp_path / "foreign.pt").write_bytes(b"\x80\x02not a file torch wrote")   # torch: 6 lines
+    for broken in (tmp_path / "missing.pt", tmp_path / "cut.pt", tmp_path / "empty.pt",
+                   tmp_path / "foreign.pt"):
+        with pytest.raises(FileNotFoundError, match="python -m course_lib.framing") as err:
             framing.load_probe(broken)
+        assert "\n" not in str(err.value)   # one line, not torch's paragraphs
 
 
 def test_close_ups_without_the_lite0_weights_fall_back_to_the_pixel_rule(monkeypatch):
