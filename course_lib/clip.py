@@ -40,8 +40,8 @@ from .data import ImageContextDataset, require_float_images, to_display
 from .framing import close_ups
 from .image_tower import (LITE0_IMAGE_SIZE, LITE0_TIMM_NAME, holds_lite0_weights, lite0_features,
                           lite0_weights, load_lite0)
-from .storage import (load_tensors, pinned_package_file, save_atomic, save_json_atomic,
-                      tensor_bytes, why_unreadable)
+from .storage import (error_line, load_tensors, pinned_package_file, save_atomic,
+                      save_json_atomic, tensor_bytes)
 from .train import History, train
 
 PRETRAINED = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -552,13 +552,13 @@ def load_small_clip(folder: str | os.PathLike) -> CourseClip:
         config = saved["model_cfg"]
     except (ValueError, KeyError, TypeError) as err:
         raise FileNotFoundError(f"the small CLIP saved in {folder} cannot be read (its config: "
-                                f"{why_unreadable(err)}); train it again") from err
+                                f"{error_line(err)}); train it again") from err
     clip = small_clip(config, source=f"the course's small CLIP, loaded from {folder}")
     try:
         model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     except Exception as err:   # a cut or foreign weights file: torch.load raises many kinds
         raise FileNotFoundError(f"the small CLIP saved in {folder} cannot be read (its weights: "
-                                f"{why_unreadable(err)}); train it again") from err
+                                f"{error_line(err)}); train it again") from err
     _lock_pretrained_towers(model, config)   # open_clip builds them unlocked
     clip.model = model.eval()
     clip.trained_on = saved.get("course_trained_on")

@@ -10,10 +10,9 @@ from typing import Callable
 
 import torch
 
-from course_lib.config import draw_device
 from course_lib.data import require_float_images
-from course_lib.ddpm import (DEFAULT_ETA, Schedule, StepOutput, _sample_loop, ddim_step,
-                             ddim_timesteps, sample_ddim)
+from course_lib.ddpm import (DEFAULT_ETA, Schedule, StepOutput, _noise_like, _sample_loop,
+                             ddim_step, ddim_timesteps, sample_ddim)
 
 
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -22,8 +21,7 @@ def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     else on the CPU. Unlike the samplers' per-step noise it is never None: the start of a sampler
     and the pasted-back pixels always need one."""
     require_float_images(like, "the photos to edit")
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype,
-                       device=draw_device(generator, "cpu")).to(like.device)
+    return _noise_like(like, torch.default_generator if generator is None else generator)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_tower import lite0_features, lite0_weights
-from .storage import save_atomic, why_unreadable
+from .storage import error_line, save_atomic
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PROBE_PATH = WEIGHTS_DIR / "framing_probe.pt"
@@ -96,7 +96,7 @@ def load_probe(path: str | Path = PROBE_PATH) -> FramingProbe:
         return FramingProbe(**torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:   # missing, cut or foreign: torch.load raises many kinds
         raise FileNotFoundError(f"the framing probe {path} is missing or cannot be read "
-                                f"({why_unreadable(err)}): restore the course's copy (git "
+                                f"({error_line(err)}): restore the course's copy (git "
                                 "checkout course_lib/weights/framing_probe.pt), or fit it again: "
                                 "python -m course_lib.framing") from err
 

@@ -337,9 +337,9 @@ def recorded_figures() -> dict[str, float]:
         return {}
     try:
         table = json.loads(path.read_text())
-    except ValueError as err:
-        table = err
+    except ValueError:   # cut short: no JSON at all
+        table = None
     if not isinstance(table, dict):
-        raise ValueError(f"{path} is not a record of headline figures ({table}); delete it and "
-                         "re-run the notebooks that write it")
+        raise ValueError(f"{path} is not a record of headline figures (a JSON object); delete it "
+                         "and re-run the notebooks that write it")
     return table

@@ -54,7 +54,7 @@ def tensor_bytes(tensor: torch.Tensor):
     return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
 
 
-def why_unreadable(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """What went wrong reading a file, in one short line: the error's type and the first line of
     its message (torch.load's run to paragraphs)."""
     lines = str(err).strip().splitlines()
