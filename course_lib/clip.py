@@ -515,10 +515,13 @@ def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict,
                     trained_on: str | None = None, steps: int | None = None) -> Path:
     """Write an open_clip ``local-dir:`` folder (config + weights), atomically (temp dir + rename);
     ``trained_on`` (:func:`training_digest`) and ``steps`` (how long it trained) are kept beside
-    open_clip's own keys."""
+    open_clip's own keys. A CLIP saved there before is moved aside, not deleted, until the new
+    one is in place: a crash in between leaves one of the two whole (the old one in
+    ``.NAME.old*/clip``), never neither."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    aside = None
     try:
         tmp.chmod(0o755)   # mkdtemp's 0700 would keep it from the rest of a shared course folder
         save_json_atomic({
@@ -529,11 +532,17 @@ def save_small_clip(clip: CourseClip, folder: str | os.PathLike, config: dict,
         }, tmp / "open_clip_config.json")
         save_atomic(clip.model.state_dict(), tmp / "open_clip_pytorch_model.bin")
         if folder.exists():
-            shutil.rmtree(folder)
+            aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old"))
+            folder.rename(aside / "clip")
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and not folder.exists():
+            (aside / "clip").rename(folder)       # the new one is not in: the old one back
         raise
+    finally:
+        if aside is not None and folder.exists():
+            shutil.rmtree(aside, ignore_errors=True)
     return folder
 
 

@@ -154,6 +154,35 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, toy):
         cl.load_small_clip(tmp_path / "missing")
 
 
+def test_saving_over_a_clip_replaces_it_and_a_failed_save_keeps_the_old_one(tmp_path, toy,
+                                                                           monkeypatch):
+    images, _, _ = toy
+    config = cl.small_clip_config(width=64, layers=1, embed_dim=32)
+    first, second = cl.small_clip(config), cl.small_clip(config)
+    with torch.no_grad():
+        second.model.visual.conv1.weight.add_(0.1)
+    folder = cl.save_small_clip(first, tmp_path / "clip", config, steps=1)
+    cl.save_small_clip(second, folder, config, steps=2)
+    assert cl.load_small_clip(folder).trained_steps == 2
+    assert torch.allclose(cl.load_small_clip(folder).embed_images(images[:2]),
+                          second.embed_images(images[:2]), atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip"]       # nothing left aside
+
+    rename = type(folder).rename
+
+    def fail_moving_the_new_one_in(self, target):
+        if self.name.startswith(".clip.") and not self.name.startswith(".clip.old"):
+            raise OSError("disk went away")
+        return rename(self, target)
+
+    monkeypatch.setattr(type(folder), "rename", fail_moving_the_new_one_in)
+    with pytest.raises(OSError, match="disk went away"):
+        cl.save_small_clip(first, folder, config, steps=3)
+    monkeypatch.undo()
+    assert cl.load_small_clip(folder).trained_steps == 2           # the old one, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["clip"]
+
+
 def test_embedding_cache_reuses_and_invalidates(tmp_path, toy, monkeypatch):
     images, _, _ = toy
     model = cl.small_clip(cl.small_clip_config(width=64, layers=1, embed_dim=32))
