@@ -1,11 +1,12 @@
 """Sampler settings for notebook 03's fixed model: the same trained network, several ways to sample it.
 
     python bench/sampler_settings.py                 # 03's fixed model and recipe, 500 judged samples
+    python bench/sampler_settings.py --judged 2000   # the stored table
     python bench/sampler_settings.py --judged 64     # a quick look
 
-Trains 03's fixed model once, exactly as notebook 03 section 10 does (channels 16, 32, 64, dense
-bottleneck 128; scaled-linear schedule, EMA 0.999 with warm-up, lr 2e-3 with warm-up and cosine
-decay, batches of 64, 10 epochs), then draws the same 500 starting noises with each setting below
+Trains 03's fixed model once, exactly as notebook 03 section 10 does (unmirrored FashionMNIST
+16×16; channels 16, 32, 64, dense bottleneck 128; scaled-linear schedule, EMA 0.999 with warm-up, lr 2e-3 with warm-up and cosine
+decay, batches of 64, 10 epochs), then draws the same starting noises with each setting below
 and judges them with the 16×16 FashionMNIST judge: recognised share, Fréchet distance, smallest
 and largest class share, and sampling seconds. Only the sampler changes between rows. Writes
 bench/sampler_settings.md and bench/sampler_settings.json.
@@ -73,7 +74,7 @@ def command_line(doc: str, argv=None):
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--judged", type=int, default=500)
     args = parser.parse_args(argv)
-    return (args, load_fashion_mnist(size=16, flip=True),
+    return (args, load_fashion_mnist(size=16, flip=False),   # unmirrored, as notebook 03 trains
             real_quality("fashion_mnist", 16, n=args.judged))
 
 
@@ -90,8 +91,8 @@ def main(argv=None) -> int:
         rows.append({"name": name, **judged_figures(samples), "sampling_s": round(seconds, 1)})
         print(rows[-1], flush=True)
     lines = [f"Sampler settings for 03's fixed model (2 CPU cores, {platform.machine()}, torch "
-             f"{torch.__version__}): 03's fixed model (channels 16, 32, 64, bottleneck 128) trained as in "
-             f"notebook 03 for {steps} steps "
+             f"{torch.__version__}, speed kind \"{config.speed('cpu')}\"): 03's fixed model (channels 16, 32, 64, bottleneck 128) "
+             f"trained as in notebook 03, on unmirrored images, for {steps} steps "
              f"(final loss {history.final_loss:.4f}), the same {args.judged} starting noises, judged by "
              f"the 16×16 FashionMNIST judge. Real 16×16 test images: {real.recognisable:.0%} "
              f"recognised, Fréchet distance {real.frechet:.1f}.", "",
