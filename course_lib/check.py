@@ -482,16 +482,25 @@ def check_guided_eps(fn):
 @checker("context with dropout (04)", rebuilds=("keep_mask", "mix_contexts"))
 def check_context_drop(fn):
     labels = torch.randint(0, 10, (20_000,))
-    c = fn(labels, 10, 0.9)
-    if not isinstance(c, torch.Tensor) or c.shape != (20_000, 10):
-        return False, f"expected a (20000, 10) tensor, got {getattr(c, 'shape', type(c))}"
-    kept = c.sum(dim=1)
-    if not set(kept.unique().tolist()) <= {0.0, 1.0}:
-        return False, "each row must be a one-hot vector or all zeros"
-    if not torch.equal(c[kept == 1].argmax(dim=1), labels[kept == 1]):
-        return False, "kept rows must be the one-hot vector of their own label"
-    share = kept.mean().item()
-    return abs(share - 0.9) < 0.015, f"{share:.1%} of contexts kept (expected about 90%)"
+    masks = []
+    for keep_prob in (0.9, 0.5, 0.5):   # another probability, and twice: a mask drawn each call
+        c = fn(labels, 10, keep_prob)
+        if not isinstance(c, torch.Tensor) or c.shape != (20_000, 10):
+            return False, f"expected a (20000, 10) tensor, got {getattr(c, 'shape', type(c))}"
+        kept = c.sum(dim=1)
+        if not set(kept.unique().tolist()) <= {0.0, 1.0}:
+            return False, "each row must be a one-hot vector or all zeros"
+        if not torch.equal(c[kept == 1].argmax(dim=1), labels[kept == 1]):
+            return False, "kept rows must be the one-hot vector of their own label"
+        share = kept.mean().item()
+        if abs(share - keep_prob) >= 0.015:
+            return False, (f"with keep_prob={keep_prob}, {share:.1%} of contexts kept (expected "
+                           f"about {keep_prob:.0%}): keep each row with probability keep_prob")
+        masks.append(kept)
+    if torch.equal(masks[1], masks[2]):
+        return False, ("two calls dropped exactly the same rows: draw the mask at random on every "
+                       "call (torch.rand), not as a fixed pattern or from a fixed seed")
+    return True, "each row kept with probability keep_prob (90% and 50% tried), a new mask each call"
 
 
 # --- 05 --------------------------------------------------------------------------------------

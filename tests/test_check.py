@@ -324,9 +324,20 @@ def test_context_drop(capsys):
 
     def keeps_all(labels, n, keep_prob):
         return one_hot(labels, n)
+
+    def always_ninety(labels, n, keep_prob):     # the notebook's KEEP_PROB, written in
+        return one_hot(labels, n) * (torch.rand(len(labels), 1) < 0.9).float()
+
+    def every_other(labels, n, keep_prob):       # the right share, as a fixed pattern
+        every = round(1 / (1 - keep_prob))
+        return one_hot(labels, n) * (torch.arange(len(labels)) % every != 0).float()[:, None]
     assert verdict(capsys, check.check_context_drop, right)[0]
     ok, out = verdict(capsys, check.check_context_drop, keeps_all)
     assert not ok and "100.0% of contexts kept" in out
+    ok, out = verdict(capsys, check.check_context_drop, always_ninety)
+    assert not ok and "keep_prob=0.5" in out
+    ok, out = verdict(capsys, check.check_context_drop, every_other)
+    assert not ok and "same rows" in out
 
 
 def test_clip_loss_and_zero_shot(capsys):
