@@ -470,15 +470,19 @@ NOT_ROOT = ("note: not running as root, so each notebook runs as your own uid in
 
 # --- the command line ---------------------------------------------------------------------------
 
-def _limits(jobs: int, memory_gib: float | None, slot: int = 0) -> sandbox.Limits:
-    """A slot's share of the machine: its cores (and as many threads), its memory."""
+def _limits(jobs: int, memory_gib: float | None, slot: int = 0,
+            longest_run: float = 3600 + DRAW_STARTUP) -> sandbox.Limits:
+    """A slot's share of the machine: its cores (and as many threads), its memory, and CPU time
+    for twice the ``longest_run`` seconds of its threads all busy (RLIMIT_CPU counts every thread
+    of a process: a fixed 4 hours stopped a 16-thread notebook after 15 minutes)."""
     import psutil
 
     cpus = sandbox.slot_cpus(slot, jobs)
     threads = len(cpus) or max(1, len(sandbox.host_cores()) // jobs)
     share = psutil.virtual_memory().total * 0.8 / jobs
     memory = int(memory_gib * 2**30) if memory_gib else int(min(8 * 2**30, max(2 * 2**30, share)))
-    return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus)
+    cpu_seconds = max(sandbox.Limits.cpu_seconds, math.ceil(2 * threads * longest_run))
+    return sandbox.Limits(memory_bytes=memory, threads=threads, cpus=cpus, cpu_seconds=cpu_seconds)
 
 
 def main(argv=None) -> int:
@@ -577,7 +581,8 @@ def _grade_into(out: Path, args, submissions: list[Path], index: int, slot: int)
                 return 2
         opts = Options(args.samples_per_digit, args.threshold, args.timeout, args.sample_timeout,
                        args.profile, out, not args.no_sandbox, slot,
-                       _limits(args.jobs, args.memory_gib, index),
+                       _limits(args.jobs, args.memory_gib, index,
+                               max(args.timeout, args.sample_timeout + DRAW_STARTUP)),
                        hide=_hidden(args.submission, out, private,
                                     [*args.hide, judge_file.parent]), seed=args.seed,
                        keep_samples=args.keep_samples, private_judge=judge_file)

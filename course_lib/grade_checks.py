@@ -94,6 +94,9 @@ SECOND_DRAW_ERRORS = 5.0      # the second draw may fall this many standard erro
 SECOND_OPINION_GAP = 0.10     # each private judge may read at most this share fewer as asked for
 PLAIN_MARGIN = 0.25           # a pixel this close to its picture's darkest shade is background
 PLAIN_SHARE = 0.5             # the samples' mean share of background pixels must reach this
+STROKES = 0.5                 # neighbouring pixels correlate at least this much in strokes (real
+                              # digits: about 0.8; noise and scattered dots: about 0)
+DISTINCT_SHARE = 0.5          # handwriting: at least this share of a draw's pictures are distinct
 
 
 def one_line(text) -> str:
@@ -200,8 +203,9 @@ def private_judge_path() -> Path:
 def ensure_private_judge(path: Path | None = None, progress: bool = True) -> Path:
     """The private judges' file, trained first if it is not there: ``PRIVATE_JUDGES`` runs of
     ``classifier.train_classifier`` for one epoch (about a minute each on 2 CPU cores, 99% on
-    MNIST's test set), each from a seed drawn with ``secrets``, in a folder only the grader can
-    read. Once per grading machine."""
+    MNIST's test set), each from a seed drawn with ``secrets``, in a file only the grader can read
+    (a folder it makes for it is the grader's alone too; one that exists, such as a shared folder
+    named by ``--private-judge``, keeps its permissions). Once per grading machine."""
     path = Path(path) if path is not None else private_judge_path()
     if path.is_file():
         return path
@@ -209,8 +213,9 @@ def ensure_private_judge(path: Path | None = None, progress: bool = True) -> Pat
     from .data import DataNotFoundError
     from .storage import save_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True)
+        path.parent.chmod(0o700)
     print(f"training the grader's {PRIVATE_JUDGES} private judges, once for this machine (about a "
           f"minute each on 2 CPU cores) -> {path}", file=sys.stderr, flush=True)
     states = []
@@ -221,7 +226,7 @@ def ensure_private_judge(path: Path | None = None, progress: bool = True) -> Pat
             states.append(model.state_dict())
     except DataNotFoundError as err:
         raise CannotGrade(f"MNIST is needed to train the grader's private judges: {err}") from None
-    save_atomic({"judges": states}, path)   # all or nothing: a half-trained set is never kept
+    save_atomic({"judges": states}, path, mode=0o600)   # all or nothing: a half-trained set is never kept
     return path
 
 
@@ -435,12 +440,37 @@ def check_drawn(first: torch.Tensor, second: torch.Tensor, positions: list[int])
     if same > DIFFER_SHARE:
         raise Rejected(f"{same:.0%} of the samples came out the same with another seed; "
                        "sample_digits must draw new samples from the random generator")
-    x = canonical(first)
-    sim = x @ x.T - 2 * torch.eye(len(x))
-    repeats = int((sim.max(1).values > SAME_COSINE).sum())
-    if repeats > REPEAT_SHARE * len(x):
-        raise Rejected(f"{repeats} of {len(x)} samples repeat another sample of the same draw; "
+    count = repeats(first)
+    if count > REPEAT_SHARE * len(first):
+        raise Rejected(f"{count} of {len(first)} samples repeat another sample of the same draw; "
                        "sample_digits must draw each sample afresh")
+
+
+def repeats(images: torch.Tensor) -> int:
+    """How many pictures of one draw are the same picture as another of it."""
+    x = canonical(images)
+    sim = x @ x.T - 2 * torch.eye(len(x))
+    return int((sim.max(1).values > SAME_COSINE).sum())
+
+
+def distinct_share(images: torch.Tensor) -> float:
+    """The share of a draw's pictures that are not the same picture as an earlier one of it (one
+    picture over and over: 1/n; a few picked twice: close to 1)."""
+    x = canonical(images)
+    earlier = (x @ x.T).tril(-1)
+    return 1 - (earlier > SAME_COSINE).any(1).float().mean().item()
+
+
+def stroke_correlation(images: torch.Tensor) -> torch.Tensor:
+    """Per picture, the correlation of each pixel with its right and lower neighbours: strokes of
+    ink make neighbours alike (real digits: about 0.8), noise and scattered dots do not (about 0);
+    a blank picture counts 0."""
+    x = images.float().reshape(len(images), 28, 28)
+    a = torch.cat([x[:, :, :-1].flatten(1), x[:, :-1, :].flatten(1)], 1)
+    b = torch.cat([x[:, :, 1:].flatten(1), x[:, 1:, :].flatten(1)], 1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norms > 1e-9, (a * b).sum(1) / norms.clamp(min=1e-9), torch.zeros_like(norms))
 
 
 def frechet(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
@@ -526,14 +556,48 @@ def check_second_opinion(images: torch.Tensor, labels: torch.Tensor, accuracy: f
     return share
 
 
-def shuffled_share(shuffled, labels: torch.Tensor, judge: Judge) -> float | None:
-    """The share of the draw with shuffled weights that the judge reads as ``labels``; None when
-    the draw holds no pictures of the right shape (NaN reads as 0, values are clipped)."""
+def _shuffled_pictures(shuffled, labels: torch.Tensor) -> torch.Tensor | None:
+    """The draw with shuffled weights as pictures (NaN reads as 0, values are clipped); None when
+    it holds no pictures of the right shape."""
     if (type(shuffled) is not torch.Tensor or not shuffled.dtype.is_floating_point
             or tuple(shuffled.shape) != (len(labels), 1, 28, 28)):
         return None
-    images = torch.nan_to_num(shuffled.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
-    return (judge.predict(images) == labels).float().mean().item()
+    return torch.nan_to_num(shuffled.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+
+
+def shuffled_share(shuffled, labels: torch.Tensor, judge: Judge) -> float | None:
+    """The share of the draw with shuffled weights that the judge reads as ``labels``; None when
+    the draw holds no pictures of the right shape."""
+    images = _shuffled_pictures(shuffled, labels)
+    return None if images is None else (judge.predict(images) == labels).float().mean().item()
+
+
+def shuffled_realism(shuffled, labels: torch.Tensor, judge: Judge) -> dict | None:
+    """How much the draw with shuffled weights still looks like handwriting, by what a first draw
+    must show that needs no digit read right: its Fréchet distance to real digits over the limit
+    samples keep within (``frechet_over_limit``, :func:`check_realistic`, for as many real digits
+    with these labels), its mean share of plain background, the share of its pictures that are
+    distinct (:func:`distinct_share`), and its mean :func:`stroke_correlation`; None when it
+    holds no pictures. A shuffled network draws noise (many times past the limit) or one picture
+    over and over; stored or warped digits stay handwriting, whatever their classes, even where
+    a shuffled classifier picks a few of them twice (:func:`still_handwriting`,
+    ``bench/network_check.md``)."""
+    images = _shuffled_pictures(shuffled, labels)
+    if images is None:
+        return None
+    distance = frechet(judge.features(images), judge.real_mean, judge.real_cov)
+    return {"frechet_over_limit": distance / (FRECHET_RATIO * real_frechet(judge, labels)),
+            "plain": plain_share(images).mean().item(), "distinct": distinct_share(images),
+            "strokes": stroke_correlation(images).mean().item()}
+
+
+def still_handwriting(realism: dict | None) -> bool:
+    """Whether :func:`shuffled_realism` found handwriting: within the Fréchet limit, ink on a
+    plain background, in strokes, and mostly distinct pictures, not one over and over."""
+    return realism is not None and (realism["frechet_over_limit"] <= 1
+                                    and realism["plain"] >= PLAIN_SHARE
+                                    and realism["distinct"] >= DISTINCT_SHARE
+                                    and realism["strokes"] >= STROKES)
 
 
 def second_draw_floor(threshold: float, n: int) -> float:
@@ -562,10 +626,12 @@ def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
     ``shuffled`` is the grader's draw of ``labels`` after every weight of the notebook's networks
     was shuffled (``course_lib/grade_runner.py::shuffle_weights``). A sampler that draws from its
     network then has noise for a network, and the judge reads a picture as asked for only by
-    chance (the answer key's: 12% on average, ``bench/network_check.md``); stored, warped or
-    hand-made pictures never needed the weights, and keep their digits. Returns that
-    share, or None when the draw gave no pictures (it raised, ran out of time or returned
-    something else), which is what a broken network may well do.
+    chance (the answer key's: 12% on average, ``bench/network_check.md``), and its pictures are
+    far from handwriting (:func:`shuffled_realism`). Stored, warped or hand-made pictures never
+    needed the weights: they keep their digits, or, where a classifier in the notebook chose
+    which picture answers which label (its weights shuffled too), they are still handwriting, of
+    other digits. Returns that share, or None when the draw gave no pictures (it raised, ran out
+    of time or returned something else), which is what a broken network may well do.
     """
     share = shuffled_share(shuffled, labels, judge)
     if share is not None and share >= limit:
@@ -573,4 +639,13 @@ def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
                        f"its networks shuffled, sample_digits still drew {share:.0%} of "
                        f"{len(labels)} digits as asked for; sample_digits must draw its digits "
                        "with the notebook's trained network")
+    realism = shuffled_realism(shuffled, labels, judge)
+    if still_handwriting(realism):
+        raise Rejected("the samples do not come from the notebook's network: with every weight of "
+                       "its networks shuffled, sample_digits still drew handwritten digits (a "
+                       f"Fréchet distance to real digits of {realism['frechet_over_limit']:.2f} "
+                       "times the limit samples keep within, strokes on a plain background), only "
+                       "not the ones asked for, as pictures kept as data and chosen by a "
+                       "classifier are; sample_digits must draw its digits with the notebook's "
+                       "trained network")
     return share

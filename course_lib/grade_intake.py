@@ -25,11 +25,12 @@ NEVER_RUN = "none needed: the notebook was never run"   # the report's sandbox, 
 
 
 def student_name(path: Path) -> str:
-    """The file's name, made file-name safe; where that changed it (O'Brien, a long name), a
-    short hash of the original follows, so that O'Brien and O_Brien never share a report."""
+    """The file's name, made file-name safe; where that changed it (O'Brien, a long name, a name
+    that is not UTF-8 from an old zip), a short hash of the original bytes follows, so that O'Brien
+    and O_Brien never share a report."""
     name = safe_name(path.stem)
     if name != path.stem:
-        name = f"{name[:71]}-{hashlib.sha256(path.stem.encode()).hexdigest()[:8]}"
+        name = f"{name[:71]}-{hashlib.sha256(os.fsencode(path.stem)).hexdigest()[:8]}"
     return name
 
 
@@ -144,6 +145,11 @@ def read_submission(path: Path):
         raise Rejected(f"the notebook is larger than {NOTEBOOK_CAP // 2**20} MiB")
     try:
         data = json.loads(raw)
+        try:   # JSON may escape half a surrogate pair ("\ud800"): no text, and Jupyter never saves one
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("it holds a lone surrogate escape (such as \\ud800), which is not "
+                             "text") from None
         cells = data["cells"]
         for i, cell in enumerate(cells, 1):
             source = cell["source"]

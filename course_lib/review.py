@@ -27,6 +27,7 @@ from pathlib import Path
 from .grade_report import ERROR, FAIL, PASS, Report, report_name
 from .grade_checks import (COPY_SHARE, PLAIN_SHARE, SECOND_OPINION_GAP, SHUFFLED_LIMIT, one_line,
                            read_plain, second_draw_floor)
+from .storage import write_atomic
 from .submission_code import StudentCell, from_report, invisible
 
 GRID_CAP = 4 * 2**20   # bytes of a grid PNG embedded in the page
@@ -241,8 +242,7 @@ def render(reports: list[Report], out: Path) -> str:
 
 
 def write_review(reports: list[Report], out: Path) -> Path:
-    """Write ``OUT/review.html`` for ``reports`` (their grids are read from OUT)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "review.html"
-    path.write_text(render(reports, out), encoding="utf-8")
-    return path
+    """Write ``OUT/review.html`` for ``reports`` (their grids are read from OUT), atomically: a
+    page that fails to render leaves the earlier one as it was."""
+    page = render(reports, out).encode("utf-8")
+    return write_atomic(out / "review.html", lambda f: f.write(page))

@@ -69,7 +69,8 @@ class Limits:
     memory_bytes: int = 6 * 2**30     # RLIMIT_DATA (heap and anonymous maps) per process, and
                                       # all its processes together (PSS + swap, checked each second)
     address_bytes: int = 64 * 2**30   # RLIMIT_AS (torch reserves much more than it uses)
-    cpu_seconds: int = 4 * 3600       # RLIMIT_CPU (summed over threads)
+    cpu_seconds: int = 4 * 3600       # RLIMIT_CPU (per process, summed over its threads; the
+                                      # grader gives more to many threads: grade._limits)
     processes: int = 256              # RLIMIT_NPROC for the sandbox uid
     file_bytes: int = 2 * 2**30       # RLIMIT_FSIZE: largest file it may write
     folder_bytes: int = 4 * 2**30     # what its work folder may hold on disk (checked each second)
@@ -267,7 +268,8 @@ through folders it creates traversable (bwrap would make them 0700, unreadable t
 EMPTY_TMPFS_BYTES = 2**20
 """The cap on every empty folder but /tmp and /dev/shm (nothing is written there). As root they
 are the root's, unwritable to the sandbox uid; without root they are the grader's own, writable,
-and, uncapped, each could take half of the machine's memory, which no check each second counts."""
+and, uncapped, each could take half of the machine's memory, which no check each second counts.
+The root folder, bwrap's own tmpfs, has no cap: :func:`bwrap_command` makes it read-only."""
 
 
 def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[str, str],
@@ -306,7 +308,10 @@ def bwrap_command(argv: list[str], workdir: Path, hide: list[Path], env: dict[st
     for path in hidden:  # and hidden again where they lie inside what was shown
         if any(path.is_relative_to(p) for p in shown):
             cmd += [*small, "--tmpfs", str(path)]
-    cmd += ["--bind", str(workdir), INSIDE_HOME, "--chdir", INSIDE_HOME,
+    # "/" itself is a tmpfs bwrap makes, uncapped, and without root the grader's own: read-only
+    # once every mount point is made on it (not recursive: /tmp, /dev/shm and the work folder
+    # keep theirs)
+    cmd += ["--bind", str(workdir), INSIDE_HOME, "--remount-ro", "/", "--chdir", INSIDE_HOME,
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv"]
     if seccomp_fd is not None:

@@ -20,8 +20,10 @@ from typing import Any, Callable, IO
 import torch
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 mode: int = 0o644) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``
+    (with permissions ``mode``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,7 +32,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary files
+        os.chmod(tmp, mode)  # mkstemp makes it private; most are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,9 +40,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     return path
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path``, atomically."""
-    return write_atomic(path, lambda f: torch.save(obj, f))
+def save_atomic(obj: Any, path: str | os.PathLike, mode: int = 0o644) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically (with permissions ``mode``)."""
+    return write_atomic(path, lambda f: torch.save(obj, f), mode)
 
 
 def save_json_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -53,6 +53,10 @@ LOOK_AT = (
      r"|\bcompile\(|\bimportlib\b|\bmarshal\b|\bbase64\b|\bget_ipython\b|\bgetattr\(|\bvars\("
      r"|\b__import__\b|\b__dict__\b|\b__traceback__\b|\btb_frame\b|\bf_back\b|\bf_locals\b"
      r"|\btime\.(time|perf_counter|monotonic|process_time)\b"),
+    ("uses the course's digit classifier, the judge (to choose or tune samples by it?)",
+     r"\bload_judge_classifier\b|\bload_classifier\b|\bDigitClassifier\b|mnist_classifier"
+     r"|\bgrade_checks\b|\bcourse_lib\.(grade\w*|classifier)\b"
+     r"|\bfrom\s+course_lib\s+import\b.*\b(grade\w*|classifier)\b"),
     ("uses training images directly",
      r"\bload_mnist\b|\bMNIST\(|\.images\b|\btrain_set\b|\bdataset\["),
     ("uses the course library's version of an assessed part (the schedule, UNet, loss, reverse "
@@ -76,9 +80,10 @@ and variation selectors."""
 def invisible(ch: str) -> bool:
     """Whether ``ch`` shows nothing where it stands: a format or control character (the direction
     overrides of "Trojan Source" code, zero-width spaces, Unicode's tag characters), a line or
-    paragraph separator, or one of IGNORABLE; not the tab."""
+    paragraph separator, half a surrogate pair (no character at all, and no page can hold one),
+    or one of IGNORABLE; not the tab."""
     code = ord(ch)
-    return ch != "\t" and (unicodedata.category(ch) in ("Cf", "Cc", "Zl", "Zp")
+    return ch != "\t" and (unicodedata.category(ch) in ("Cf", "Cc", "Zl", "Zp", "Cs")
                             or any(low <= code <= high for low, high in IGNORABLE))
 
 
@@ -125,6 +130,36 @@ def look_at(line: str) -> str:
     return "; ".join(found)
 
 
+IMPORT = re.compile(r"^\s*(from\s+[\w.]+\s+)?import\b")
+IMPORT_LINES_CAP = 100   # lines one import statement is followed over
+
+
+def line_marks(lines: list[str]) -> list[str]:
+    """:func:`look_at` of each line, where an import written over several lines (in parentheses,
+    or continued by backslashes, as Black and isort write a long one) is searched as one line,
+    and what that finds marks each of its lines: ``from course_lib import (`` then ``ddpm,``
+    hides nothing."""
+    marks = [look_at(line) for line in lines]
+    i = 0
+    while i < len(lines):
+        end, depth = i, 0
+        if IMPORT.match(lines[i]):
+            while True:
+                depth += lines[end].count("(") - lines[end].count(")")
+                if (depth <= 0 and not lines[end].rstrip().endswith("\\")) \
+                        or end + 1 == len(lines) or end - i == IMPORT_LINES_CAP:
+                    break
+                end += 1
+        if end > i:
+            whole = " ".join(line.rstrip().rstrip("\\") for line in lines[i:end + 1])
+            found = [why for why, pattern in _LOOK_AT if pattern.search(whole)]
+            for k in range(i, end + 1):
+                own = [why for why in marks[k].split("; ") if why]
+                marks[k] = "; ".join(dict.fromkeys(own + found))
+        i = end + 1
+    return marks
+
+
 def _code_cells(path: Path) -> list[tuple[int, str]] | None:
     """(number, source) of each code cell of a notebook file; None if it is not one."""
     try:   # read_plain: a regular file under NOTEBOOK_CAP, never through a link (NotPlain)
@@ -143,13 +178,14 @@ def _code_cells(path: Path) -> list[tuple[int, str]] | None:
 def _diff(old: str, new: str) -> list[tuple[str, str, str]]:
     """Every line of both, in order: kept (' '), removed ('-'), written ('+', with why to look)."""
     a, b = source_lines(old), source_lines(new)
+    marks = line_marks(b)
     lines = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if op == "equal":
             lines += [(" ", text, "") for text in a[i1:i2]]
             continue
         lines += [("-", text, "") for text in a[i1:i2]]
-        lines += [("+", text, look_at(text)) for text in b[j1:j2]]
+        lines += [("+", b[j], marks[j]) for j in range(j1, j2)]
     return lines
 
 
@@ -193,8 +229,9 @@ def student_cells(notebook: Path, template: Path | None = TEMPLATE) -> list[Stud
         if alike is not None:
             found.append(StudentCell(number, "changed template cell", _diff(alike, source)))
         else:
+            lines = source_lines(source)
             found.append(StudentCell(number, "new cell",
-                                     [("+", line, look_at(line)) for line in source_lines(source)]))
+                                     [("+", *pair) for pair in zip(lines, line_marks(lines))]))
     return found
 
 

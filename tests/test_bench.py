@@ -866,20 +866,28 @@ def test_warp_registration_rows_back_the_grader_keeping_its_copy_check():
 
 def test_network_check_passes_the_key_and_catches_samplers_without_a_network():
     """bench/network_check.md: with its weights shuffled, the answer key's network draws far fewer
-    digits than the grader's limit, while every sampler that needs no network keeps its digits
-    and is rejected; walkthrough 06 quotes the figures as measured."""
+    digits than the grader's limit, and no handwriting, while every sampler that needs no network
+    keeps its digits, or its handwriting where a classifier routes it, and is rejected; what
+    other shuffled networks may draw passes; walkthrough 06 quotes the figures as measured."""
     import json
     from math import comb
 
-    from course_lib.grade_checks import SHUFFLED_LIMIT
+    from course_lib.grade_checks import DISTINCT_SHARE, PLAIN_SHARE, SHUFFLED_LIMIT, STROKES
     data = json.loads((ROOT / "bench" / "network_check.json").read_text())
     assert data["limit"] == SHUFFLED_LIMIT and data["trained_share"] >= 0.95
+    assert (data["strokes"], data["plain_share"], data["distinct_share"]) == (
+        STROKES, PLAIN_SHARE, DISTINCT_SHARE)
     results = dict(data["results"])
     key = results.pop("answer key, weights shuffled")
     assert key["rejected"] == 0 and key["max"] < SHUFFLED_LIMIT and key["no_pictures"] == 0
-    assert key["mean"] == sum(key["shares"]) / len(key["shares"])
+    assert key["mean"] == sum(key["shares"]) / len(key["shares"]) and key["handwriting"] == 0
+    stand_ins = {k: results.pop(k) for k in list(results) if k.startswith("stand-in")}
+    assert len(stand_ins) == 3 and all(r["rejected"] == 0 for r in stand_ins.values()), stand_ins
+    routed = {k: results.pop(k) for k in list(results) if ", routed" in k}
+    assert len(routed) == 4 and all(r["max"] < SHUFFLED_LIMIT and r["handwriting"] == 1
+                                    for r in routed.values()), routed
     assert {"elastic (alpha 34, sigma 4)", "affine (10 deg, 6%, 0.9-1.1x)"} <= set(results)
-    assert all(r["rejected"] == 1.0 for r in results.values()), results
+    assert all(r["rejected"] == 1.0 for r in [*results.values(), *routed.values()]), results
     lowest = min(r["min"] for r in results.values())
     n, need = 20, round(SHUFFLED_LIMIT * 20)
     false_fail = sum(comb(n, k) * key["mean"] ** k * (1 - key["mean"]) ** (n - k)
@@ -889,6 +897,11 @@ def test_network_check_passes_the_key_and_catches_samplers_without_a_network():
             f"sampler that needs no network, warped copies included, reads {lowest:.0%} or more") in text
     assert f"fails the submission when {SHUFFLED_LIMIT:.0%} or more" in text
     assert 1 / 3e6 < false_fail < 1 / 1e6 and "about once in two million gradings" in text
+    ratio = key["ratio"]
+    assert (f"the answer key's shuffled draws lie {ratio['min']:.1f} to {ratio['max']:.1f} times past "
+            f"that limit, with strokes of {key['strokes']['max']:.2f} at most") in text
+    assert (f"the routed digits lie within {max(r['ratio']['max'] for r in routed.values()):.2f} "
+            "of it") in text
 
 
 def test_self_conditioning_does_not_pay_for_04s_flowers():

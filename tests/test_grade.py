@@ -78,6 +78,10 @@ def test_read_submission_reasons(tmp_path):
     (tmp_path / "numeric.ipynb").write_text(json.dumps(data))
     with pytest.raises(Rejected, match="cell 1's source is not text"):
         grade_intake.read_submission(tmp_path / "numeric.ipynb")
+    data["cells"][0]["source"] = "x = 1  # \ud800"   # half a surrogate pair: JSON allows the escape
+    (tmp_path / "surrogate.ipynb").write_text(json.dumps(data))
+    with pytest.raises(Rejected, match="lone surrogate"):
+        grade_intake.read_submission(tmp_path / "surrogate.ipynb")
     # malformed past the cells' text: a FAIL saying what is wrong, never a grader error
     (tmp_path / "deep.ipynb").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(Rejected, match="nested too deeply"):
@@ -127,6 +131,32 @@ def test_student_names_are_safe_and_never_merge_two_students():
     assert all(re.fullmatch(r"[\w.-]+", n) and len(n) <= 80 for n in names), names
     parsed = grade_options.build_parser().parse_args(["x.ipynb", f"--name={names[3]}"])
     assert parsed.name == "-dash"
+
+
+def test_cpu_time_grows_with_the_threads_a_notebook_is_given(monkeypatch):
+    """RLIMIT_CPU counts every thread of a process: a fixed 4 hours stopped an honest notebook on
+    16 busy threads after 15 minutes, far inside its hour, as a 'dead kernel'."""
+    monkeypatch.setattr(grade.sandbox, "host_cores", lambda: list(range(32)))
+    whole = grade._limits(1, None, 0, 3720)
+    assert whole.threads == 32 and whole.cpu_seconds >= 32 * 3720
+    share = grade._limits(16, None, 3, 3720)                     # two cores each
+    assert share.cpus == (6, 7) and share.threads == 2 and share.cpu_seconds >= 2 * 3720
+    assert grade._limits(16, None, 3, 60).cpu_seconds == grade.sandbox.Limits.cpu_seconds   # never less
+
+
+def test_a_file_name_that_is_not_utf8_is_graded_under_a_safe_name(tmp_path):
+    """M\x81ller.ipynb, as an old Windows zip unpacks Müller.ipynb: Python holds its name with
+    surrogate escapes, which str.encode refused, stopping a whole folder's grading."""
+    subs = tmp_path / "subs"
+    _notebook(subs / os.fsdecode(b"M\x81ller.ipynb"), "x = 1")
+    _notebook(subs / "M_ller.ipynb", "x = 2")
+    private = tmp_path / "private"
+    private.mkdir()
+    copies = dict(grade_intake.snapshot(grade_intake.find_submissions(subs), private))
+    assert len(copies) == 2 and "M_ller" in copies
+    (odd,) = [name for name in copies if name != "M_ller"]
+    assert re.fullmatch(r"M_ller-[0-9a-f]{8}", odd) and odd.encode()
+    assert grade_intake.read_submission(copies[odd]).cells[0].source == "x = 1"
 
 
 def test_find_submissions_lists_what_it_leaves_out(tmp_path, capsys):

@@ -166,6 +166,18 @@ def cohort(tmp_path_factory, request, mnist_available):
            "import torch\nnet = torch.nn.Linear(4, 4)\n" + cheat("elastic").replace(  # so in b and c
                "    return cheats", "    if len(labels) < 50:\n"
                "        return torch.rand(len(labels), 1, 28, 28) * 2 - 1\n    return cheats"))
+    _write(subs / "u_router.ipynb",  # warped digits of random classes; the course's judge picks,
+           "import torch\n" + WRITE_CHEATS +  # for each label, one it reads so (no generator at all)
+           "def sample_digits(labels):\n    import sys, torch\n    sys.path.insert(0, '.')\n"
+           "    import cheats\n    from course_lib.classifier import load_classifier\n"
+           "    judge = load_classifier('mnist')   # in the shuffled draw, shuffled as it loads\n"
+           "    pool = cheats.elastic(torch.randint(0, 10, (8 * len(labels),)),\n"
+           "                          int(torch.randint(0, 10**6, (1,))))\n"
+           "    with torch.no_grad():\n        read = judge(pool).argmax(1)\n    picked = []\n"
+           "    for label in labels.tolist():\n        found = (read == label).nonzero()[:, 0]\n"
+           "        found = found if len(found) else torch.arange(len(pool))\n"
+           "        picked.append(pool[found[torch.randint(len(found), (1,))]])\n"
+           "    return torch.cat(picked)\n")
 
     env = dict(os.environ, COURSE_GRADER_SECRET="s3cret")
     victim_before = victim.read_bytes()
@@ -185,6 +197,8 @@ def cohort(tmp_path_factory, request, mnist_available):
 
 
 EXPECTED = {
+    # its own zeros, judged; each draw reads a fresh copy of its folder, so this holds even if the
+    # daemon lived on: that it did not is test_nothing_left_running's (pgrep)
     "a_daemon": "constant",
     "b_victim": "constant",                     # not the daemon's copies
     "d_monkeypatch": "constant",                # the monkeypatch never reaches the grader's code
@@ -203,6 +217,7 @@ EXPECTED = {
     "q_userns": "returned non-zero exit status 1",   # unshare: Operation not permitted (seccomp)
     "r_ascent": "plain background",              # texture the judges read as digits
     "t_size_gate": "second draw",                # noise in both later draws: the second is judged
+    "u_router": "still drew handwritten digits",  # shuffled, its judge picks digits at random
 }
 
 

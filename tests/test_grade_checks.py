@@ -92,13 +92,46 @@ def test_candidates_find_a_shifted_copy_among_the_nearest():
     assert top[:, 0].tolist() == [7, 150, 299]       # the source ranks first at the right shift
 
 
+def test_strokes_tell_ink_from_noise_and_dots(labels, mnist_available):
+    real = cheats.held_out_real(labels, seed=1)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(len(labels), 1, 28, 28, generator=g) * 2 - 1
+    dots = (torch.rand(len(labels), 1, 28, 28, generator=g) < 0.1) * 2.0 - 1
+    assert gc.stroke_correlation(real).mean() > 0.7 > gc.STROKES
+    for other in (noise, dots):
+        assert gc.stroke_correlation(other).abs().mean() < 0.1
+    assert gc.stroke_correlation(torch.zeros(3, 1, 28, 28)).tolist() == [0.0, 0.0, 0.0]   # blank
+    assert gc.repeats(torch.cat([real[:5], real[:1]])) == 2 and gc.repeats(real[:5]) == 0
+    assert gc.distinct_share(torch.cat([real[:5], real[:1]])) == pytest.approx(5 / 6)
+    assert gc.distinct_share(real[:1].repeat(4, 1, 1, 1)) == pytest.approx(1 / 4)
+
+
 def test_samples_that_keep_their_digits_without_the_network_are_caught(judge, labels):
     """The draw with shuffled weights: digits there mean the pictures never needed the network."""
     with pytest.raises(Rejected, match="do not come from the notebook's network"):
         gc.check_from_network(cheats.elastic(labels, seed=3), labels, judge)
+    # stored digits that a classifier in the notebook picks for each label: once its weights are
+    # shuffled, it picks at random, and few read as asked for, yet they are still handwriting
+    # (the grader's shuffled draw holds about 21 labels; 101 here)
+    for asked in (labels[:21], labels):
+        other = torch.randint(0, 10, (len(asked),), generator=torch.Generator().manual_seed(1))
+        for routed in (cheats.elastic(other, seed=3), cheats.held_out_real(other, seed=3)):
+            assert gc.shuffled_share(routed, asked, judge) < gc.SHUFFLED_LIMIT
+            assert gc.still_handwriting(gc.shuffled_realism(routed, asked, judge))
+            with pytest.raises(Rejected, match="still drew handwritten digits"):
+                gc.check_from_network(routed, asked, judge)
     noise = torch.rand(len(labels), 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     share = gc.check_from_network(noise, labels, judge)           # what a shuffled network draws
     assert share is not None and share < gc.SHUFFLED_LIMIT
+    assert gc.shuffled_realism(noise, labels, judge)["frechet_over_limit"] > 1
+    # what else a shuffled network may draw is not handwriting: one blank picture over and over,
+    # scattered dots (thresholded noise), blurred blobs
+    few = labels[:21]
+    g = torch.Generator().manual_seed(2)
+    for other in (-torch.ones(21, 1, 28, 28), (torch.rand(21, 1, 28, 28, generator=g) < 0.1) * 2.0 - 1,
+                  torch.nn.functional.avg_pool2d(torch.randn(21, 1, 32, 32, generator=g), 5, 1) * 3):
+        assert not gc.still_handwriting(gc.shuffled_realism(other, few, judge))
+        assert gc.check_from_network(other, few, judge) < gc.SHUFFLED_LIMIT
     assert gc.check_from_network(torch.full((len(labels), 1, 28, 28), float("nan")), labels,
                                  judge) < gc.SHUFFLED_LIMIT
     assert gc.check_from_network(torch.empty(0), labels, judge) is None    # it raised: no pictures
@@ -181,7 +214,12 @@ def test_the_private_judges_are_trained_once_in_a_folder_only_the_grader_reads(t
     monkeypatch.setattr(classifier, "train_classifier", fake_training)
     path = gc.ensure_private_judge(progress=False)
     assert path == tmp_path / "grader" / "private_mnist_judges.pt" and path.is_file()
-    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert (path.parent.stat().st_mode & 0o777) == 0o700 and (path.stat().st_mode & 0o777) == 0o600
+    shared = tmp_path / "shared"         # a folder the instructor names keeps its permissions
+    shared.mkdir(mode=0o755)
+    assert (gc.ensure_private_judge(shared / "judges.pt", progress=False).stat().st_mode & 0o777
+            == 0o600) and (shared.stat().st_mode & 0o777) == 0o755
+    del seeds[3:]
     assert len(seeds) == gc.PRIVATE_JUDGES == 3 and len(set(seeds)) == 3   # three secret seeds
     assert gc.ensure_private_judge(progress=False) == path and len(seeds) == 3   # kept, not retrained
     judges = gc.load_private_judge()

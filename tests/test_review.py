@@ -160,10 +160,28 @@ def test_large_or_broken_notebooks_are_bounded(tmp_path):
     ("def linear_schedule(T):  # mine, not ddpm_step's", ""),             # an own part, named alike
     ("from course_lib.viz import show_images", ""),                   # what 06 itself imports
     ("from course_lib.blocks import GELUConvBlock", ""),
+    ("judge = load_judge_classifier()", "digit classifier"),        # to pick samples it reads
+    ("from course_lib.classifier import load_classifier", "digit classifier"),
+    ("from course_lib import classifier", "digit classifier"),
+    ("j = DigitClassifier(); j.load_state_dict(w)", "digit classifier"),
 ])
 def test_look_at(line, expected):
     found = code.look_at(line)
     assert (expected in found) if expected else found == ""
+
+
+def test_an_import_over_several_lines_is_searched_whole():
+    """Black and isort write a long import over several lines: each of them gets its marks."""
+    lines = ["from course_lib import (", "    ddpm,", "    viz,", ")", "x = 1",
+             "from course_lib.grade import \\", "    load_judge_classifier", "y = open('f')",
+             "from course_lib.blocks import (EmbedBlock,", "    GELUConvBlock)"]
+    marks = code.line_marks(lines)
+    assert all("assessed part" in m for m in marks[:4]) and marks[4] == ""
+    assert all("digit classifier" in m for m in marks[5:7]) and "assessed" not in marks[5]
+    assert marks[7] == code.look_at(lines[7]) != "" and marks[8:] == ["", ""]
+    assert marks[1].count("assessed part") == 1
+    cell = code.StudentCell(1, "new cell", [("+", *pair) for pair in zip(lines, marks)])
+    assert cell.marks == 7
 
 
 def test_without_the_template_every_cell_is_the_students_and_the_page_says_so(tmp_path):
@@ -194,6 +212,25 @@ def test_the_page_shows_invisible_characters_and_counts_what_it_cut(tmp_path):
     assert code.look_at("sample_digits = lambda l: \u3164(l)")    # a Hangul filler: a name to Python
     assert review.visible("\u3164(l)") == "\\u3164(l)"
     assert code.source_lines("a\nb\r\nc\x0cd\u2028e\n") == ["a", "b", "c\x0cd\u2028e"]   # Python's lines
+
+
+def test_half_a_surrogate_pair_is_escaped_and_a_failed_page_keeps_the_earlier_one(tmp_path,
+                                                                                 monkeypatch):
+    """A lone surrogate (JSON's "\\ud800") cannot be written as UTF-8: it was put on the page as
+    it was, and writing the page failed, leaving an empty review.html for the whole cohort."""
+    cell = {"number": 2, "kind": "new cell", "lines": [["+", "x = 1  # \ud800", ""]]}
+    report = Report("s", PASS, student="s", accuracy=0.99, samples=100, code={"cells": [cell]})
+    out = tmp_path / "grades"
+    page = review.write_review([report], out)
+    before = page.read_bytes()
+    assert b"x = 1  # \\ud800" in before
+
+    def broken(reports, folder):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+    monkeypatch.setattr(review, "render", broken)
+    with pytest.raises(UnicodeEncodeError):
+        review.write_review([report], out)
+    assert page.read_bytes() == before and [p.name for p in out.iterdir()] == ["review.html"]
 
 
 def test_the_second_draw_is_a_check_on_the_page():

@@ -962,6 +962,63 @@ def test_the_documents_quote_the_folder_limits():
         assert re.search(r"`/dev/shm`[^|]*at most 1 GiB", text), f"{doc}: /dev/shm's cap"
 
 
+def test_the_root_folder_is_read_only(sandboxed):
+    """bwrap's own root tmpfs has no size cap and, without root, is the grader's: a notebook could
+    fill it with files that no check each second counts. It is remounted read-only; /tmp, /dev/shm
+    and the work folder, mounted on it, stay writable."""
+    code = ("import errno, os\nprint(bool(os.statvfs('/').f_flag & os.ST_RDONLY))\n"
+            "try:\n    open('/junk', 'w')\nexcept OSError as err:\n    print(errno.errorcode[err.errno])\n"
+            "for p in ('/tmp/x', '/dev/shm/x', 'x'):\n    open(p, 'w').write('ok')\nprint('written')")
+    assert sandboxed(code).stdout.split() == ["True", "EROFS", "written"]
+
+
+def test_without_root_the_root_folder_is_read_only_too():
+    """Without root (most cluster accounts) the sandbox runs as the grader's own uid, which owns
+    bwrap's root tmpfs and the folders made on it: there, above all, it must stay read-only. The
+    grader is run as the nobody user, as such an account would."""
+    import tempfile
+    import textwrap
+    _need(sandbox.bwrap_path() is not None,
+          "bubblewrap is not installed (enable with: sudo apt-get install bubblewrap)")
+    _need(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+          "this test grades as the nobody user: run it as root, with setpriv (util-linux)")
+    as_nobody = [shutil.which("setpriv"), "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                 sys.executable]
+    sees = subprocess.run([*as_nobody, "-c", "import os, sys; print(os.path.isdir(sys.base_prefix) "
+                           "and os.path.isdir(sys.prefix))"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60).stdout.strip()
+    if sees != "True":   # e.g. a pyenv Python in root's own 0700 home: no other user can run it
+        pytest.skip(f"the nobody user cannot read this Python ({sys.base_prefix}); a Python "
+                    "installed where every user can read it runs this test")
+    inside = shutil.which("python3", path="/usr/bin:/bin")   # the system's: plain to every user
+    _need(inside is not None, "the system has no python3 in /usr/bin (Debian: apt-get install python3)")
+    base = Path(tempfile.mkdtemp(prefix="course-nonroot-"))   # pytest's tmp_path is root's alone
+    try:
+        os.chmod(base, 0o755)
+        os.chown(base, 65534, 65534)
+        code = ("import errno, os\nprint(bool(os.statvfs('/').f_flag & os.ST_RDONLY))\n"
+                "try:\n    open('/junk', 'w')\nexcept OSError as err:\n"
+                "    print(errno.errorcode[err.errno])\n"
+                "for p in ('/tmp/x', 'x'):\n    open(p, 'w').write('ok')\nprint('written', os.getuid())")
+        grader = textwrap.dedent(f"""
+            import sys
+            from pathlib import Path
+            from course_lib import sandbox
+            work = Path({str(base)!r}) / "work"
+            work.mkdir()
+            result = sandbox.run([{inside!r}, "-c", {code!r}], work, 60)
+            print(result.stdout, end="")
+            print(result.stderr, file=sys.stderr)
+        """)
+        proc = subprocess.run([*as_nobody, "-c", grader], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, HOME=str(base)))
+        _need("namespace" not in proc.stderr or proc.stdout,
+              f"bubblewrap cannot run without root here (user namespaces off?): {proc.stderr[-300:]}")
+        assert proc.stdout.split() == ["True", "EROFS", "written", "65534"], proc.stderr[-2000:]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_every_empty_folder_is_a_small_tmpfs(sandboxed):
     """Without root these tmpfs are the grader's own and writable: uncapped, each could fill half
     the machine's memory, which the checks each second do not count. /tmp and /dev/shm keep
