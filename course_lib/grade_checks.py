@@ -28,7 +28,8 @@ A pass must show *generated* digits:
   (``course_lib/grade_runner.py::shuffle_weights``), in a fresh process that the sampler cannot
   tell from the second draw's; fewer than ``SHUFFLED_LIMIT`` of those
   pictures may read as the digits asked for (stored, warped or hand-made pictures do not need
-  the weights, and keep their digits);
+  the weights, and keep their digits), and they may not still be handwriting of other digits
+  (stored pictures that a classifier, shuffled too, picks at random: :func:`still_handwriting`);
 - **read as the digit asked for**, by the judge, at the threshold (default 95%); and the second
   draw too, within ``SECOND_DRAW_ERRORS`` standard errors of that threshold for its fewer samples
   (:func:`check_second_draw`): the first draw asks for more digits than the second, so a sampler
@@ -213,8 +214,9 @@ def ensure_private_judge(path: Path | None = None, progress: bool = True) -> Pat
     from .data import DataNotFoundError
     from .storage import save_atomic
 
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True)
+    made = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)   # another grader may make it at the same time
+    if made:
         path.parent.chmod(0o700)
     print(f"training the grader's {PRIVATE_JUDGES} private judges, once for this machine (about a "
           f"minute each on 2 CPU cores) -> {path}", file=sys.stderr, flush=True)
@@ -641,11 +643,8 @@ def check_from_network(shuffled, labels: torch.Tensor, judge: Judge,
                        "with the notebook's trained network")
     realism = shuffled_realism(shuffled, labels, judge)
     if still_handwriting(realism):
-        raise Rejected("the samples do not come from the notebook's network: with every weight of "
-                       "its networks shuffled, sample_digits still drew handwritten digits (a "
-                       f"Fréchet distance to real digits of {realism['frechet_over_limit']:.2f} "
-                       "times the limit samples keep within, strokes on a plain background), only "
-                       "not the ones asked for, as pictures kept as data and chosen by a "
-                       "classifier are; sample_digits must draw its digits with the notebook's "
-                       "trained network")
+        raise Rejected("the samples do not come from the notebook's network: with its weights "
+                       "shuffled, sample_digits still drew handwritten digits, of other classes "
+                       "(stored pictures picked by a classifier?); draw them with the trained "
+                       "network")
     return share

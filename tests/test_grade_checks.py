@@ -216,7 +216,8 @@ def test_the_private_judges_are_trained_once_in_a_folder_only_the_grader_reads(t
     assert path == tmp_path / "grader" / "private_mnist_judges.pt" and path.is_file()
     assert (path.parent.stat().st_mode & 0o777) == 0o700 and (path.stat().st_mode & 0o777) == 0o600
     shared = tmp_path / "shared"         # a folder the instructor names keeps its permissions
-    shared.mkdir(mode=0o755)
+    shared.mkdir()
+    shared.chmod(0o755)
     assert (gc.ensure_private_judge(shared / "judges.pt", progress=False).stat().st_mode & 0o777
             == 0o600) and (shared.stat().st_mode & 0o777) == 0o755
     del seeds[3:]
