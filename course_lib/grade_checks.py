@@ -448,19 +448,21 @@ def check_drawn(first: torch.Tensor, second: torch.Tensor, positions: list[int])
                        "sample_digits must draw each sample afresh")
 
 
+def _same_pictures(images: torch.Tensor) -> torch.Tensor:
+    """(n, n): which pictures of one draw are the same picture as which other (never itself)."""
+    x = canonical(images)
+    return (x @ x.T > SAME_COSINE) & ~torch.eye(len(x), dtype=torch.bool)
+
+
 def repeats(images: torch.Tensor) -> int:
     """How many pictures of one draw are the same picture as another of it."""
-    x = canonical(images)
-    sim = x @ x.T - 2 * torch.eye(len(x))
-    return int((sim.max(1).values > SAME_COSINE).sum())
+    return int(_same_pictures(images).any(1).sum())
 
 
 def distinct_share(images: torch.Tensor) -> float:
     """The share of a draw's pictures that are not the same picture as an earlier one of it (one
     picture over and over: 1/n; a few picked twice: close to 1)."""
-    x = canonical(images)
-    earlier = (x @ x.T).tril(-1)
-    return 1 - (earlier > SAME_COSINE).any(1).float().mean().item()
+    return 1 - _same_pictures(images).tril(-1).any(1).float().mean().item()
 
 
 def stroke_correlation(images: torch.Tensor) -> torch.Tensor:
@@ -470,9 +472,8 @@ def stroke_correlation(images: torch.Tensor) -> torch.Tensor:
     x = images.float().reshape(len(images), 28, 28)
     a = torch.cat([x[:, :, :-1].flatten(1), x[:, :-1, :].flatten(1)], 1)
     b = torch.cat([x[:, :, 1:].flatten(1), x[:, 1:, :].flatten(1)], 1)
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    return torch.where(norms > 1e-9, (a * b).sum(1) / norms.clamp(min=1e-9), torch.zeros_like(norms))
+    # Pearson's r: the cosine of the centred pairs (torch's eps makes a blank picture's 0)
+    return F.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True), dim=1)
 
 
 def frechet(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:

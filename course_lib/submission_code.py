@@ -124,10 +124,14 @@ def look_at(line: str) -> str:
     """Why a line the student wrote deserves a look ('' if it does not): see :data:`LOOK_AT`.
     Comments are searched too (cutting them off at '#' would miss code after a '#' in a string);
     code written to dodge the patterns is still shown in full."""
+    return "; ".join(_reasons(line))
+
+
+def _reasons(line: str) -> list[str]:
     found = [why for why, pattern in _LOOK_AT if pattern.search(line)]
     if len(line) > WIDTH_CAP or any(map(invisible, line)):
         found.append(HIDES_TEXT)
-    return "; ".join(found)
+    return found
 
 
 IMPORT = re.compile(r"^\s*(from\s+[\w.]+\s+)?import\b")
@@ -139,7 +143,7 @@ def line_marks(lines: list[str]) -> list[str]:
     or continued by backslashes, as Black and isort write a long one) is searched as one line,
     and what that finds marks each of its lines: ``from course_lib import (`` then ``ddpm,``
     hides nothing."""
-    marks = [look_at(line) for line in lines]
+    marks = [_reasons(line) for line in lines]
     i = 0
     while i < len(lines):
         end, depth = i, 0
@@ -154,10 +158,9 @@ def line_marks(lines: list[str]) -> list[str]:
             whole = " ".join(line.rstrip().rstrip("\\") for line in lines[i:end + 1])
             found = [why for why, pattern in _LOOK_AT if pattern.search(whole)]
             for k in range(i, end + 1):
-                own = [why for why in marks[k].split("; ") if why]
-                marks[k] = "; ".join(dict.fromkeys(own + found))
+                marks[k] = list(dict.fromkeys(marks[k] + found))
         i = end + 1
-    return marks
+    return ["; ".join(found) for found in marks]
 
 
 def _code_cells(path: Path) -> list[tuple[int, str]] | None:
